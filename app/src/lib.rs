@@ -1,0 +1,76 @@
+//! Tether's user interface: the HTML shell, the routes and their pages.
+//!
+//! Everything here renders on the server (feature `ssr`) and hydrates in the
+//! browser (feature `hydrate`). Server-only code sits behind `ssr`, so nothing
+//! from tokio or lapin reaches the WASM bundle.
+//!
+//! - [`shell`]: the HTML document the server wraps around [`App`].
+//! - [`App`]: meta tags, stylesheet and the router.
+//! - [`home`]: the fleet overview, the first page a user sees.
+
+mod home;
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::{
+    StaticSegment,
+    components::{Route, Router, Routes},
+};
+
+/// The HTML document around the app: head with hydration scripts, body with [`App`].
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
+                <AutoReload options=options.clone() />
+                <HydrationScripts options />
+                <MetaTags />
+            </head>
+            <body>
+                <App />
+            </body>
+        </html>
+    }
+}
+
+/// The root component: stylesheet, title and routes.
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+
+    view! {
+        <Stylesheet id="leptos" href="/pkg/tether.css" />
+        <Title text="Tether" />
+        <Router>
+            <header class="topbar">
+                <a class="brand" href="/">
+                    "Tether"
+                </a>
+            </header>
+            <main>
+                <Routes fallback=NotFound>
+                    <Route path=StaticSegment("") view=home::HomePage />
+                </Routes>
+            </main>
+        </Router>
+    }
+}
+
+/// Shown for any path no route matches.
+#[component]
+fn NotFound() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        response.set_status(http::StatusCode::NOT_FOUND);
+    }
+    view! {
+        <section class="card">
+            <h1>"Page not found"</h1>
+            <p>"There is nothing at this address. " <a href="/">"Back to the fleet"</a></p>
+        </section>
+    }
+}

@@ -1,0 +1,67 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import path from "node:path";
+
+// Starts `tether-server` (the release build) on port 0, waits until it says where it
+// listens, and hands that address to the tests through TETHER_BASE_URL. Set
+// TETHER_BASE_URL yourself to test a server that is already running instead.
+export default async function globalSetup(): Promise<(() => Promise<void>) | void> {
+  if (process.env.TETHER_BASE_URL) return;
+
+  const repo = path.resolve(__dirname, "..");
+  const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(repo, "target");
+  const bin = process.env.TETHER_SERVER_BIN ?? path.join(targetDir, "release", "tether-server");
+  const siteRoot = process.env.TETHER_SITE_ROOT ?? path.join(repo, "target", "site");
+  if (!existsSync(bin)) {
+    throw new Error(`${bin} does not exist: build it first with \`cargo leptos build --release\` (scripts/test.sh does).`);
+  }
+  if (!existsSync(path.join(siteRoot, "pkg"))) {
+    throw new Error(`${siteRoot}/pkg does not exist: build the site first with \`cargo leptos build --release\`.`);
+  }
+
+  const server = spawn(bin, [], {
+    env: {
+      ...process.env,
+      TETHER_ADDR: "127.0.0.1:0",
+      TETHER_SITE_ROOT: siteRoot,
+      LEPTOS_ENV: "PROD",
+      RUST_LOG: process.env.RUST_LOG ?? "info",
+      NO_COLOR: "1",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const baseURL = await listeningAddress(server);
+  process.env.TETHER_BASE_URL = baseURL;
+  console.log(`tether-server under test: ${baseURL}`);
+
+  return async () => {
+    server.kill("SIGTERM");
+    await new Promise((resolve) => server.once("exit", resolve));
+  };
+}
+
+// Resolves with the server's URL from its "listening on http://…" log line; rejects if
+// it exits or stays silent for too long, with everything it printed.
+function listeningAddress(server: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let output = "";
+    const timer = setTimeout(() => fail("did not report its address within 30 s"), 30_000);
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      server.kill("SIGKILL");
+      reject(new Error(`tether-server ${why}. Its output:\n${output}`));
+    };
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      const found = output.match(/listening on (http:\/\/[\d.:]+)/);
+      if (found) {
+        clearTimeout(timer);
+        resolve(found[1]);
+      }
+      if (process.env.TETHER_E2E_SERVER_LOG) process.stderr.write(chunk);
+    };
+    server.stdout?.on("data", onData);
+    server.stderr?.on("data", onData);
+    server.once("exit", (code) => fail(`exited with code ${code}`));
+  });
+}

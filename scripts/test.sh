@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Runs every check and test of Tether, in this order:
+#   cargo fmt --check; clippy -D warnings on the server (ssr) and wasm32 (hydrate) builds;
+#   every Rust test in the workspace (against RabbitMQ on 127.0.0.1:5672, started if it is
+#   not running); the release build; the Playwright suite in headless Chromium.
+# Every stage runs even when an earlier one failed; the script ends with each runner's
+# summary, then one line `N passed, N failed` over all of them, and exits non-zero on
+# any failure. A failed check (fmt, clippy, build) counts as one failure.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+bootstrap test || exit 1
+cd "$TETHER_ROOT"
+
+export TETHER_TEST_AMQP_URL="${TETHER_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+logs="$(mktemp -d)"
+failed_checks=()
+started=$SECONDS
+
+stage() {
+  local name="$1"; shift
+  local t0=$SECONDS
+  printf '\n=== %s: %s\n' "$name" "$*"
+  if "$@"; then
+    printf '=== %s: ok (%ss)\n' "$name" $((SECONDS - t0))
+  else
+    printf '=== %s: FAILED (%ss)\n' "$name" $((SECONDS - t0))
+    failed_checks+=("$name")
+    return 1
+  fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# The broker tests need: RabbitMQ on 127.0.0.1:5672. Started (and installed from Debian's
+# packages) when missing; never skipped.
+ensure_rabbitmq() {
+  if port_open 127.0.0.1 5672; then
+    echo "RabbitMQ is listening on 127.0.0.1:5672"
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "installing Debian's rabbitmq-server (apt-get)"
+    as_root apt-get update -qq &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server ||
+      { echo "cannot install rabbitmq-server: install it, or start a broker on 127.0.0.1:5672" >&2; return 1; }
+  fi
+  port_open 127.0.0.1 5672 && return
+  echo "starting RabbitMQ (rabbitmq-server -detached)"
+  as_root rabbitmq-server -detached || return 1
+  for _ in $(seq 120); do
+    port_open 127.0.0.1 5672 && { echo "RabbitMQ is up"; return; }
+    sleep 1
+  done
+  echo "RabbitMQ did not open 127.0.0.1:5672 within 120 s" >&2
+  return 1
+}
+
+cargo_tests() {
+  cargo test --workspace --exclude frontend --no-fail-fast 2>&1 | tee "$logs/cargo-test.log"
+  return "${PIPESTATUS[0]}"
+}
+
+playwright_tests() {
+  rm -f end2end/test-results/results.json
+  (cd end2end && npx playwright test)
+}
+
+stage fmt cargo fmt --all --check
+stage "clippy (server, ssr)" cargo clippy --workspace --exclude frontend --all-targets --locked -- -D warnings
+stage "clippy (wasm32, hydrate)" cargo clippy -p frontend -p protocol --target wasm32-unknown-unknown --locked -- -D warnings
+stage rabbitmq ensure_rabbitmq
+stage "cargo test" cargo_tests
+if stage "release build" cargo leptos build --release; then
+  stage playwright playwright_tests
+fi
+
+# The runners' own counts.
+read -r cargo_passed cargo_failed cargo_ignored < <(
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+       END { print p + 0, f + 0, g + 0 }' "$logs/cargo-test.log" 2>/dev/null || echo 0 0 0)
+read -r pw_passed pw_failed pw_skipped < <(
+  node -e 'const s = require(process.argv[1]).stats; console.log(s.expected + s.flaky, s.unexpected, s.skipped)' \
+    "$TETHER_ROOT/end2end/test-results/results.json" 2>/dev/null || echo 0 0 0)
+
+# A runner that failed without reporting a failed test (it did not compile, its
+# server did not start) still counts as one failure; its own failures count once.
+unreported=0
+for check in "${failed_checks[@]}"; do
+  case "$check" in
+    "cargo test") [ "$cargo_failed" -gt 0 ] || unreported=$((unreported + 1)) ;;
+    playwright) [ "$pw_failed" -gt 0 ] || unreported=$((unreported + 1)) ;;
+    *) unreported=$((unreported + 1)) ;;
+  esac
+done
+passed=$((cargo_passed + pw_passed))
+failed=$((cargo_failed + pw_failed + unreported))
+printf '\n=== summary (%ss)\n' $((SECONDS - started))
+echo "cargo test: $cargo_passed passed, $cargo_failed failed, $cargo_ignored ignored"
+echo "playwright: $pw_passed passed, $pw_failed failed, $pw_skipped skipped"
+if [ ${#failed_checks[@]} -gt 0 ]; then
+  echo "failed stages: $(IFS=,; echo "${failed_checks[*]}" | sed 's/,/, /g')"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
