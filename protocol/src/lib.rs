@@ -1,3 +1,28 @@
 //! The contract on the wire between devices, servers and browsers.
 //!
-//! Serde types and names only: no tokio, no lapin, so it compiles for wasm32 too.
+//! Serde types and names only — no tokio, no lapin — so it compiles for wasm32 and the
+//! browser shares the server's types. PROTOCOL.md at the repository root describes the
+//! same contract for device authors in other languages.
+//!
+//! - [`names`]: exchanges, routing keys and the [`DeviceId`] that appears in them.
+//! - [`codec`]: the JSON envelope every message travels in, with its version check.
+//! - [`device`]: what devices send (hello, heartbeat, bye, delivered, progress, reply,
+//!   telemetry) and what servers send them (command, cancel).
+//! - [`capability`]: what a device announces it can do, and argument validation
+//!   against it.
+//! - [`command`]: a command's statuses and the state machine between them.
+
+pub mod capability;
+pub mod codec;
+pub mod command;
+pub mod device;
+pub mod names;
+
+pub use capability::{ArgKind, ArgSpec, ArgumentError, Capabilities, CommandSpec, MetricSpec};
+pub use codec::{DecodeError, PROTOCOL_VERSION, decode, encode};
+pub use command::{CommandId, CommandStatus, TransitionError};
+pub use device::{
+    Bye, CancelRequest, CommandRequest, Delivered, DeviceMessage, ErrorCode, Heartbeat, Hello,
+    Outcome, Progress, Reply, ServerMessage, TelemetrySample,
+};
+pub use names::{DeviceId, InvalidDeviceId};

@@ -1,0 +1,312 @@
+//! Messages between a device and the servers.
+//!
+//! A device publishes [`DeviceMessage`]s: hello, heartbeat and bye to the presence
+//! exchange; delivered, progress and reply to the `reply_to` queue it was given, with the
+//! command's `correlation_id`; telemetry to the telemetry exchange. A server publishes
+//! [`ServerMessage`]s to a device's inbox.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Capabilities, CommandId, DeviceId};
+
+/// Everything a device sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DeviceMessage {
+    Hello(Hello),
+    Heartbeat(Heartbeat),
+    Bye(Bye),
+    Delivered(Delivered),
+    Progress(Progress),
+    Reply(Reply),
+    Telemetry(TelemetrySample),
+}
+
+/// Everything a server sends to a device's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Command(CommandRequest),
+    Cancel(CancelRequest),
+}
+
+/// A device announces itself: sent on every (re)connect, with a new session and inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub device_id: DeviceId,
+    /// New on every connection; messages from older sessions are ignored.
+    pub session_id: String,
+    /// The broker-named queue that receives this session's commands.
+    pub inbox: String,
+    /// What sort of device it is, e.g. `thermostat`.
+    pub kind: String,
+    pub firmware: String,
+    /// How often heartbeats come. The server declares the device offline after
+    /// several are missed.
+    pub heartbeat_ms: u64,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// "Still here", every `heartbeat_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub device_id: DeviceId,
+    pub session_id: String,
+}
+
+/// "Going away now" (shutdown, reboot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bye {
+    pub device_id: DeviceId,
+    pub session_id: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A command for a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRequest {
+    pub command_id: CommandId,
+    pub name: String,
+    #[serde(default)]
+    pub args: BTreeMap<String, Value>,
+    /// Time the device has, from receipt, to reply. Past it the server has already
+    /// reported the command as timed out, and a late reply is ignored.
+    pub timeout_ms: u64,
+}
+
+/// Stop working on a command, if it is still running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    pub command_id: CommandId,
+}
+
+/// The device has received the command (sent at once, before running it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub command_id: CommandId,
+    pub session_id: String,
+}
+
+/// The command is under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub command_id: CommandId,
+    pub session_id: String,
+    /// 0–100, when the device can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    /// What it is doing now, or a piece of partial output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The command's one and only answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub command_id: CommandId,
+    pub session_id: String,
+    pub outcome: Outcome,
+}
+
+/// How a command ended on the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok {
+        #[serde(default)]
+        result: Value,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Why a device did not carry out a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// It tried, and it did not work.
+    Failed,
+    /// The device does not know this command.
+    UnknownCommand,
+    /// The arguments are wrong (the device checked them too).
+    InvalidArguments,
+    /// It stopped because it was asked to.
+    Cancelled,
+    /// It cannot take the command now.
+    Busy,
+    /// A code from a newer device that this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+/// One reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetrySample {
+    pub device_id: DeviceId,
+    pub session_id: String,
+    pub metric: String,
+    pub value: f64,
+    /// When it was measured, in milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{DecodeError, PROTOCOL_VERSION, decode, encode};
+
+    fn id(s: &str) -> DeviceId {
+        DeviceId::new(s).unwrap()
+    }
+
+    fn every_device_message() -> Vec<DeviceMessage> {
+        let capabilities: Capabilities = serde_json::from_value(json!({
+            "commands": [{"name": "toggle"}, {"name": "set", "args": [
+                {"name": "on", "type": "boolean", "required": true}]}],
+            "metrics": [{"name": "power", "unit": "W", "min": 0.0, "max": 3000.0}]
+        }))
+        .unwrap();
+        let command_id = CommandId::from("c-1");
+        vec![
+            DeviceMessage::Hello(Hello {
+                device_id: id("sw-1"),
+                session_id: "s1".into(),
+                inbox: "amq.gen-abc".into(),
+                kind: "switch".into(),
+                firmware: "1.2.3".into(),
+                heartbeat_ms: 2000,
+                capabilities,
+            }),
+            DeviceMessage::Heartbeat(Heartbeat {
+                device_id: id("sw-1"),
+                session_id: "s1".into(),
+            }),
+            DeviceMessage::Bye(Bye {
+                device_id: id("sw-1"),
+                session_id: "s1".into(),
+                reason: "shutdown".into(),
+            }),
+            DeviceMessage::Delivered(Delivered {
+                command_id: command_id.clone(),
+                session_id: "s1".into(),
+            }),
+            DeviceMessage::Progress(Progress {
+                command_id: command_id.clone(),
+                session_id: "s1".into(),
+                percent: Some(40),
+                message: Some("flashing".into()),
+            }),
+            DeviceMessage::Reply(Reply {
+                command_id: command_id.clone(),
+                session_id: "s1".into(),
+                outcome: Outcome::Ok {
+                    result: json!({"on": true}),
+                },
+            }),
+            DeviceMessage::Reply(Reply {
+                command_id,
+                session_id: "s1".into(),
+                outcome: Outcome::Error {
+                    code: ErrorCode::Busy,
+                    message: "rebooting".into(),
+                },
+            }),
+            DeviceMessage::Telemetry(TelemetrySample {
+                device_id: id("sw-1"),
+                session_id: "s1".into(),
+                metric: "power".into(),
+                value: 12.5,
+                ts_ms: 1_700_000_000_000,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_the_envelope() {
+        for message in every_device_message() {
+            let bytes = encode(&message);
+            assert_eq!(decode::<DeviceMessage>(&bytes), Ok(message));
+        }
+        for message in [
+            ServerMessage::Command(CommandRequest {
+                command_id: "c-9".into(),
+                name: "set".into(),
+                args: [("on".to_owned(), json!(true))].into(),
+                timeout_ms: 10_000,
+            }),
+            ServerMessage::Cancel(CancelRequest {
+                command_id: "c-9".into(),
+            }),
+        ] {
+            assert_eq!(decode::<ServerMessage>(&encode(&message)), Ok(message));
+        }
+    }
+
+    #[test]
+    fn the_envelope_is_flat_json_with_version_and_type() {
+        let bytes = encode(&DeviceMessage::Heartbeat(Heartbeat {
+            device_id: id("d"),
+            session_id: "s".into(),
+        }));
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value,
+            json!({"v": PROTOCOL_VERSION, "type": "heartbeat", "device_id": "d", "session_id": "s"})
+        );
+    }
+
+    #[test]
+    fn bad_input_decodes_to_clear_errors() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"\xff\x00", "not_an_envelope"),
+            (b"[1,2]", "not_an_envelope"),
+            (br#"{"type":"heartbeat"}"#, "not_an_envelope"),
+            (
+                br#"{"v":2,"type":"heartbeat","device_id":"d","session_id":"s"}"#,
+                "unsupported_version",
+            ),
+            (br#"{"v":1,"type":"dance"}"#, "malformed"),
+            (
+                br#"{"v":1,"type":"heartbeat","device_id":"a.b","session_id":"s"}"#,
+                "malformed",
+            ),
+        ];
+        for (bytes, reason) in cases {
+            let error = decode::<DeviceMessage>(bytes).unwrap_err();
+            assert_eq!(error.reason(), reason, "{error}");
+        }
+        assert_eq!(
+            decode::<DeviceMessage>(br#"{"v":7}"#)
+                .unwrap_err()
+                .to_string(),
+            "unsupported protocol version 7 (this build speaks 1)"
+        );
+        assert!(
+            matches!(decode::<DeviceMessage>(b"{\"v\":1,\"type\":\"hello\"}"), Err(DecodeError::Malformed(m)) if m.contains("device_id"))
+        );
+    }
+
+    #[test]
+    fn unknown_error_codes_from_newer_devices_still_decode() {
+        let bytes = br#"{"v":1,"type":"reply","command_id":"c","session_id":"s","outcome":{"status":"error","code":"overheated","message":"hot"}}"#;
+        let DeviceMessage::Reply(reply) = decode::<DeviceMessage>(bytes).unwrap() else {
+            panic!("not a reply")
+        };
+        assert_eq!(
+            reply.outcome,
+            Outcome::Error {
+                code: ErrorCode::Other,
+                message: "hot".into()
+            }
+        );
+    }
+}
