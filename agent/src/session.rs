@@ -1,0 +1,464 @@
+//! One connection's life: connect, declare the inbox, say hello, serve commands and send
+//! heartbeats until the connection fails, a restart is asked for, or shutdown.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ExchangeDeclareOptions, QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use protocol::{
+    Bye, CommandId, CommandRequest, Delivered, DeviceMessage, ErrorCode, Heartbeat, Hello, Outcome,
+    Progress, Reply, ServerMessage,
+    names::{self, PresenceKind},
+};
+use tokio::{sync::mpsc, task::AbortHandle};
+
+use crate::{Command, CommandError, Config, Handler};
+
+/// How many commands the broker hands this device before it acknowledges them.
+const PREFETCH: u16 = 32;
+
+/// How a session ended, when it ended on purpose.
+pub(crate) enum End {
+    Shutdown,
+    Restart { downtime: Duration },
+}
+
+/// A session that failed; `served` tells whether it got as far as saying hello.
+pub(crate) struct Failure {
+    pub error: anyhow::Error,
+    pub served: bool,
+}
+
+/// What a handler can do while it works on a command.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    publisher: Publisher,
+    reply_to: String,
+    command_id: CommandId,
+    restart: mpsc::UnboundedSender<Duration>,
+}
+
+impl CommandContext {
+    /// Reports progress: a percentage (0–100) if known, and what is happening.
+    pub async fn progress(&self, percent: Option<u8>, message: impl Into<String>) {
+        let progress = Progress {
+            command_id: self.command_id.clone(),
+            session_id: self.publisher.session_id.clone(),
+            percent: percent.map(|p| p.min(100)),
+            message: Some(message.into()),
+        };
+        self.publisher
+            .reply(
+                &self.reply_to,
+                &self.command_id,
+                &DeviceMessage::Progress(progress),
+            )
+            .await;
+    }
+
+    /// After this command's reply is sent, the device goes away (bye, disconnect) and
+    /// comes back after `downtime` with a new session — what a reboot looks like.
+    pub fn restart_after_reply(&self, downtime: Duration) {
+        // The session is gone if this fails, and then there is nothing to restart.
+        let _ = self.restart.send(downtime);
+    }
+}
+
+/// Publishes on the session's channel, stamping every message with its session id.
+#[derive(Debug, Clone)]
+struct Publisher {
+    channel: Channel,
+    device_id: protocol::DeviceId,
+    session_id: String,
+}
+
+impl Publisher {
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        correlation_id: Option<&CommandId>,
+        message: &DeviceMessage,
+    ) -> lapin::Result<()> {
+        let mut properties =
+            BasicProperties::default().with_content_type(names::CONTENT_TYPE.into());
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.0.as_str().into());
+        }
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &protocol::encode(message),
+                properties,
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn presence(&self, kind: PresenceKind, message: &DeviceMessage) -> lapin::Result<()> {
+        let key = names::presence_key(&self.device_id, kind);
+        self.publish(names::PRESENCE_EXCHANGE, &key, None, message)
+            .await
+    }
+
+    /// Sends something about a command to the server's reply queue. A failure here means
+    /// the connection is going down, which the session loop notices and handles.
+    async fn reply(&self, reply_to: &str, command_id: &CommandId, message: &DeviceMessage) {
+        if let Err(error) = self.publish("", reply_to, Some(command_id), message).await {
+            tracing::warn!(command = %command_id, "cannot send to {reply_to}: {error}");
+        }
+    }
+}
+
+/// Commands running in this session, so that they can be cancelled, and stopped when
+/// the session ends.
+type Running = Arc<Mutex<HashMap<CommandId, AbortHandle>>>;
+
+pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
+    config: &Config,
+    handler: &Arc<H>,
+    mut shutdown: Pin<&mut S>,
+) -> Result<End, Failure> {
+    let failed = |served| move |error| Failure { error, served };
+    let connection = tokio::select! {
+        connection = Connection::connect(&config.amqp_url, ConnectionProperties::default()) => connection,
+        () = &mut shutdown => return Ok(End::Shutdown),
+    }
+    .with_context(|| format!("cannot connect to {}", redact(&config.amqp_url)))
+    .map_err(failed(false))?;
+    let running: Running = Arc::default();
+    let result = serve_connection(config, handler, &connection, &running, shutdown).await;
+    for (_, task) in running
+        .lock()
+        .expect("no code panics while holding this lock")
+        .drain()
+    {
+        task.abort();
+    }
+    if connection.status().connected() {
+        let _ = connection.close(200, "bye".into()).await;
+    }
+    result
+}
+
+async fn serve_connection<H: Handler, S: Future<Output = ()>>(
+    config: &Config,
+    handler: &Arc<H>,
+    connection: &Connection,
+    running: &Running,
+    mut shutdown: Pin<&mut S>,
+) -> Result<End, Failure> {
+    let failed = |served| move |error: anyhow::Error| Failure { error, served };
+    let (channel, inbox) = declare(connection).await.map_err(failed(false))?;
+    let mut commands = channel
+        .basic_consume(
+            inbox.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot consume the inbox")
+        .map_err(failed(false))?;
+    let publisher = Publisher {
+        channel: channel.clone(),
+        device_id: config.device_id.clone(),
+        session_id: new_session_id(),
+    };
+    let hello = Hello {
+        device_id: config.device_id.clone(),
+        session_id: publisher.session_id.clone(),
+        inbox: inbox.clone(),
+        kind: config.kind.clone(),
+        firmware: config.firmware.clone(),
+        heartbeat_ms: u64::try_from(config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+        capabilities: handler.capabilities(),
+    };
+    publisher
+        .presence(PresenceKind::Hello, &DeviceMessage::Hello(hello))
+        .await
+        .context("cannot say hello")
+        .map_err(failed(false))?;
+    tracing::info!(device = %config.device_id, session = %publisher.session_id, %inbox, "online");
+
+    let (restart_tx, mut restart_rx) = mpsc::unbounded_channel();
+    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    heartbeat.tick().await; // The first tick is immediate; hello just said it all.
+    let bye = |reason: &str| {
+        DeviceMessage::Bye(Bye {
+            device_id: config.device_id.clone(),
+            session_id: publisher.session_id.clone(),
+            reason: reason.to_owned(),
+        })
+    };
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                let _ = publisher.presence(PresenceKind::Bye, &bye("shutdown")).await;
+                return Ok(End::Shutdown);
+            }
+            Some(downtime) = restart_rx.recv() => {
+                let _ = publisher.presence(PresenceKind::Bye, &bye("restart")).await;
+                return Ok(End::Restart { downtime });
+            }
+            _ = heartbeat.tick() => {
+                let beat = DeviceMessage::Heartbeat(Heartbeat { device_id: config.device_id.clone(), session_id: publisher.session_id.clone() });
+                publisher.presence(PresenceKind::Heartbeat, &beat).await.context("cannot send a heartbeat").map_err(failed(true))?;
+            }
+            delivery = commands.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    on_delivery(handler, &publisher, running, &restart_tx, delivery).await.map_err(failed(true))?;
+                }
+                Some(Err(error)) => return Err(failed(true)(anyhow::Error::new(error).context("inbox consumer failed"))),
+                None => return Err(failed(true)(anyhow::anyhow!("the broker cancelled the inbox consumer"))),
+            }
+        }
+    }
+}
+
+/// Opens the session's channel, declares the exchanges it publishes to and its inbox:
+/// broker-named, exclusive (only this connection may consume it) and auto-deleted, so
+/// that it disappears with the connection and commands to a gone device come back
+/// unroutable at once.
+async fn declare(connection: &Connection) -> anyhow::Result<(Channel, String)> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    for exchange in [names::PRESENCE_EXCHANGE, names::TELEMETRY_EXCHANGE] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("cannot declare exchange {exchange}"))?;
+    }
+    let inbox = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot declare the inbox")?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .context("cannot set prefetch")?;
+    Ok((channel, inbox.name().to_string()))
+}
+
+/// Handles one message from the inbox. Anything that is not a usable command is logged
+/// and acknowledged, so it cannot come back; only a broker failure is an error.
+async fn on_delivery<H: Handler>(
+    handler: &Arc<H>,
+    publisher: &Publisher,
+    running: &Running,
+    restart: &mpsc::UnboundedSender<Duration>,
+    delivery: Delivery,
+) -> anyhow::Result<()> {
+    let message = protocol::decode::<ServerMessage>(&delivery.data);
+    let reply_to = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|r| r.to_string());
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .context("cannot acknowledge a command")?;
+    match message {
+        Err(error) => tracing::warn!("ignoring an inbox message: {error}"),
+        Ok(ServerMessage::Cancel(cancel)) => {
+            let task = running
+                .lock()
+                .expect("no code panics while holding this lock")
+                .remove(&cancel.command_id);
+            if let Some(task) = task {
+                task.abort();
+                tracing::info!(command = %cancel.command_id, "cancelled");
+                if let Some(reply_to) = &reply_to {
+                    let outcome = Outcome::Error {
+                        code: ErrorCode::Cancelled,
+                        message: "cancelled on request".into(),
+                    };
+                    publisher
+                        .reply(
+                            reply_to,
+                            &cancel.command_id,
+                            &reply(publisher, &cancel.command_id, outcome),
+                        )
+                        .await;
+                }
+            }
+        }
+        Ok(ServerMessage::Command(request)) => {
+            let Some(reply_to) = reply_to else {
+                tracing::warn!(command = %request.command_id, "ignoring a command without reply_to");
+                return Ok(());
+            };
+            start_command(handler, publisher, running, restart, request, reply_to).await;
+        }
+    }
+    Ok(())
+}
+
+async fn start_command<H: Handler>(
+    handler: &Arc<H>,
+    publisher: &Publisher,
+    running: &Running,
+    restart: &mpsc::UnboundedSender<Duration>,
+    request: CommandRequest,
+    reply_to: String,
+) {
+    let id = request.command_id.clone();
+    let delivered = DeviceMessage::Delivered(Delivered {
+        command_id: id.clone(),
+        session_id: publisher.session_id.clone(),
+    });
+    publisher.reply(&reply_to, &id, &delivered).await;
+
+    let command = match check(handler.as_ref(), request) {
+        Ok(command) => command,
+        Err(error) => {
+            let outcome = Outcome::Error {
+                code: error.code,
+                message: error.message,
+            };
+            publisher
+                .reply(&reply_to, &id, &reply(publisher, &id, outcome))
+                .await;
+            return;
+        }
+    };
+    tracing::info!(command = %id, name = %command.name, "running");
+    let (inner_restart_tx, mut inner_restart_rx) = mpsc::unbounded_channel();
+    let context = CommandContext {
+        publisher: publisher.clone(),
+        reply_to: reply_to.clone(),
+        command_id: id.clone(),
+        restart: inner_restart_tx,
+    };
+    let (handler, publisher_for_task, running_for_task, restart) = (
+        handler.clone(),
+        publisher.clone(),
+        running.clone(),
+        restart.clone(),
+    );
+    // Held across the spawn so that the task cannot remove itself before it is listed.
+    let mut listed = running
+        .lock()
+        .expect("no code panics while holding this lock");
+    let key = id.clone();
+    let task = tokio::spawn(async move {
+        let timeout = command.timeout;
+        let outcome = match tokio::time::timeout(timeout, handler.handle(command, context)).await {
+            Ok(Ok(result)) => Outcome::Ok { result },
+            Ok(Err(error)) => Outcome::Error {
+                code: error.code,
+                message: error.message,
+            },
+            Err(_) => Outcome::Error {
+                code: ErrorCode::Failed,
+                message: format!("gave up after {} ms", timeout.as_millis()),
+            },
+        };
+        running_for_task
+            .lock()
+            .expect("no code panics while holding this lock")
+            .remove(&id);
+        let message = reply(&publisher_for_task, &id, outcome);
+        publisher_for_task.reply(&reply_to, &id, &message).await;
+        // A restart asked for by the handler happens only once its reply is out.
+        if let Ok(downtime) = inner_restart_rx.try_recv() {
+            let _ = restart.send(downtime);
+        }
+    });
+    listed.insert(key, task.abort_handle());
+}
+
+/// Checks a request against the announced capabilities, as the server did; a device
+/// must not trust its input.
+fn check<H: Handler>(handler: &H, request: CommandRequest) -> Result<Command, CommandError> {
+    let capabilities = handler.capabilities();
+    let Some(spec) = capabilities.command(&request.name) else {
+        return Err(CommandError {
+            code: ErrorCode::UnknownCommand,
+            message: format!("unknown command \"{}\"", request.name),
+        });
+    };
+    let args = spec
+        .validate(&request.args)
+        .map_err(|e| CommandError::invalid_arguments(e.to_string()))?;
+    Ok(Command {
+        id: request.command_id,
+        name: request.name,
+        args,
+        timeout: Duration::from_millis(request.timeout_ms),
+    })
+}
+
+fn reply(publisher: &Publisher, command_id: &CommandId, outcome: Outcome) -> DeviceMessage {
+    DeviceMessage::Reply(Reply {
+        command_id: command_id.clone(),
+        session_id: publisher.session_id.clone(),
+        outcome,
+    })
+}
+
+fn new_session_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+    }
+}
