@@ -98,7 +98,8 @@ printf '\n=== summary (%ss)\n' $((SECONDS - started))
 echo "cargo test: $cargo_passed passed, $cargo_failed failed, $cargo_ignored ignored"
 echo "playwright: $pw_passed passed, $pw_failed failed, $pw_skipped skipped"
 if [ ${#failed_checks[@]} -gt 0 ]; then
-  echo "failed stages: $(IFS=,; echo "${failed_checks[*]}" | sed 's/,/, /g')"
+  joined="$(printf '%s, ' "${failed_checks[@]}")"
+  echo "failed stages: ${joined%, }"
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -10,8 +10,10 @@
 //!   telemetry) and what servers send them (command, cancel).
 //! - [`capability`]: what a device announces it can do, and argument validation
 //!   against it.
+//! - [`api`]: device and command views, live events and API bodies for browsers.
 //! - [`command`]: a command's statuses and the state machine between them.
 
+pub mod api;
 pub mod capability;
 pub mod codec;
 pub mod command;

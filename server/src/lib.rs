@@ -8,6 +8,8 @@
 //! `main.rs` only parses the configuration, sets up logging and calls [`run`];
 //! the integration tests call the same [`run`] on port 0.
 
+pub mod hub;
+
 use std::{future::Future, net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;

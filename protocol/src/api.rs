@@ -1,0 +1,91 @@
+//! What the server tells browsers and scripts: device and command views, live events,
+//! and the JSON API's request and error bodies. These never travel over AMQP to devices.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Capabilities, CommandId, CommandStatus, DeviceId};
+
+/// A device as users see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub id: DeviceId,
+    pub kind: String,
+    pub firmware: String,
+    pub online: bool,
+    /// When it last came online or went offline (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// When anything was last heard from it.
+    pub last_seen_ms: u64,
+    pub heartbeat_ms: u64,
+    pub capabilities: Capabilities,
+}
+
+/// A command as users see it, at its latest status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandView {
+    pub id: CommandId,
+    pub device_id: DeviceId,
+    pub name: String,
+    pub args: BTreeMap<String, Value>,
+    pub status: CommandStatus,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// When it will be reported as timed out if nothing has ended it.
+    pub deadline_ms: u64,
+    /// The latest progress: percentage, if the device gave one…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    /// …and what it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The device's result, once succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it did not succeed, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the live channel carries: a snapshot first, then changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    Snapshot {
+        devices: Vec<DeviceView>,
+        commands: Vec<CommandView>,
+    },
+    DeviceUpdated {
+        device: DeviceView,
+    },
+    CommandUpdated {
+        command: CommandView,
+    },
+}
+
+/// `POST /api/v1/devices/{id}/commands`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendCommand {
+    pub name: String,
+    #[serde(default)]
+    pub args: BTreeMap<String, Value>,
+    /// Time the device has to answer; the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Every API error: a stable code for programs, a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Command timeouts: the default, and the bounds a caller may choose within.
+pub mod timeouts {
+    pub const DEFAULT_MS: u64 = 10_000;
+    pub const MIN_MS: u64 = 100;
+    pub const MAX_MS: u64 = 300_000;
+}

@@ -1,0 +1,912 @@
+//! The hub: the server's bridge to the broker, and the only server code that speaks AMQP.
+//!
+//! It keeps the [`registry`] of devices from their presence messages, sends commands to
+//! device inboxes as AMQP RPC (mandatory, with an expiration, the replica's reply queue
+//! and the command id as correlation id, under publisher confirms), follows each
+//! command through its statuses in [`commands`], and tells every listener what changed
+//! as [`LiveEvent`]s. A pending command is an entry in a map and a deadline in a sorted
+//! set, watched by one timer task; no task or thread waits on it.
+//!
+//! Topology (see DESIGN.md): devices publish presence to `tether.presence`; this replica
+//! reads it through its own exclusive queue bound to `presence.#`, reads replies from
+//! its own exclusive reply queue, and shares command updates with other replicas over
+//! the `tether.events` fanout exchange. Malformed or foreign messages are counted in
+//! [`Stats`] and dropped; consumers never ack-loop (they consume with auto-ack).
+
+mod commands;
+mod registry;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+    message::Delivery,
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use protocol::{
+    ArgumentError, CancelRequest, CommandId, CommandRequest, CommandStatus, DeviceId,
+    DeviceMessage, ServerMessage,
+    api::{CommandView, DeviceView, LiveEvent, SendCommand, timeouts},
+    names::{self, PresenceKind},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast};
+
+use self::{commands::Commands, registry::Registry};
+
+/// How the hub reaches the broker.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub amqp_url: String,
+    /// A command's deadline when the caller gives none.
+    pub default_timeout: Duration,
+}
+
+/// Why a command was not sent. Nothing was sent to the device in any of these cases.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SendError {
+    #[error("no device \"{0}\" has ever connected")]
+    UnknownDevice(String),
+    #[error("device \"{0}\" is offline")]
+    DeviceOffline(DeviceId),
+    #[error("device \"{device}\" has no command \"{name}\"")]
+    UnknownCommand { device: DeviceId, name: String },
+    #[error("{0}")]
+    InvalidArguments(#[from] ArgumentError),
+    #[error("timeout_ms must be between {min} and {max} (got {got})", min = timeouts::MIN_MS, max = timeouts::MAX_MS, got = .0)]
+    InvalidTimeout(u64),
+    #[error("the server is not connected to the broker; try again shortly")]
+    BrokerUnavailable,
+}
+
+/// Why a command was not cancelled.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CancelError {
+    #[error("no command \"{0}\"")]
+    UnknownCommand(CommandId),
+    #[error("command \"{}\" has already ended as {}", .0.id, .0.status)]
+    AlreadyEnded(Box<CommandView>),
+    #[error("command \"{0}\" was sent by another server replica; cancel it there")]
+    NotOurs(CommandId),
+}
+
+/// Counts of messages the hub dropped, by why.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Bodies that were not a message of this protocol version.
+    pub malformed: AtomicU64,
+    /// Well-formed messages on a queue where they do not belong.
+    pub foreign: AtomicU64,
+    /// Messages from a device session that a newer one replaced, or from an unknown device.
+    pub stale: AtomicU64,
+    /// Messages about commands that had already ended, or that we never sent.
+    pub late: AtomicU64,
+    /// Commands that came back unroutable: the device's inbox was gone.
+    pub returned: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct StatsSnapshot {
+    pub malformed: u64,
+    pub foreign: u64,
+    pub stale: u64,
+    pub late: u64,
+    pub returned: u64,
+    pub pending_commands: u64,
+}
+
+/// The hub; cheap to clone, shared by every request handler.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: HubConfig,
+    /// Identifies this replica's events on `tether.events`, so it skips its own.
+    replica_id: String,
+    state: Mutex<State>,
+    /// Live events for this replica's browsers. Sent while `state` is locked, so a
+    /// snapshot taken under the same lock is followed by exactly the later events.
+    events: broadcast::Sender<LiveEvent>,
+    /// The broker link, while connected.
+    link: Mutex<Option<Link>>,
+    /// Wakes the timer when an earlier deadline arrives.
+    timer: Notify,
+    stats: Stats,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    registry: Registry,
+    commands: Commands,
+}
+
+/// A connected broker link: the publishing channel (in confirm mode) and the queue that
+/// devices send this replica's replies to.
+#[derive(Debug, Clone)]
+struct Link {
+    channel: Channel,
+    reply_queue: String,
+}
+
+/// The consumers of one connection.
+struct Consumers {
+    presence: Consumer,
+    replies: Consumer,
+    events: Consumer,
+}
+
+/// A command update as shared between replicas on `tether.events`.
+#[derive(Debug, Serialize, Deserialize)]
+struct ReplicaEvent {
+    origin: String,
+    command: CommandView,
+}
+
+/// How often device heartbeats are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Live events a slow browser may fall behind by before it must resync.
+const EVENT_BUFFER: usize = 4096;
+
+impl Hub {
+    /// Connects to the broker, declares the topology and starts consuming. Fails if the
+    /// broker cannot be reached now; once started, the hub reconnects by itself.
+    /// Everything stops when `shutdown` resolves.
+    pub async fn start(
+        config: HubConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let (connection, link, consumers) = connect(&config.amqp_url).await?;
+        let hub = Self {
+            inner: Arc::new(Inner {
+                config,
+                replica_id: format!("{:016x}", fastrand::u64(..)),
+                state: Mutex::default(),
+                events: broadcast::channel(EVENT_BUFFER).0,
+                link: Mutex::new(Some(link)),
+                timer: Notify::new(),
+                stats: Stats::default(),
+            }),
+        };
+        let (link_hub, timer_hub) = (hub.clone(), hub.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = link_hub.maintain_link(connection, consumers) => {}
+                () = timer_hub.run_timer() => {}
+                () = shutdown => {}
+            }
+        });
+        Ok(hub)
+    }
+
+    /// Every device ever seen, sorted by id.
+    pub fn devices(&self) -> Vec<DeviceView> {
+        self.state().registry.views()
+    }
+
+    pub fn device(&self, id: &DeviceId) -> Option<DeviceView> {
+        self.state().registry.get(id).map(|d| d.view.clone())
+    }
+
+    pub fn command(&self, id: &CommandId) -> Option<CommandView> {
+        self.state().commands.get(id)
+    }
+
+    /// The most recent commands, newest first, of one device or of all.
+    pub fn recent_commands(&self, device: Option<&DeviceId>, limit: usize) -> Vec<CommandView> {
+        self.state().commands.recent(device, limit)
+    }
+
+    /// Whether the broker link is up.
+    pub fn is_connected(&self) -> bool {
+        self.link().is_some()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let stats = &self.inner.stats;
+        StatsSnapshot {
+            malformed: load(&stats.malformed),
+            foreign: load(&stats.foreign),
+            stale: load(&stats.stale),
+            late: load(&stats.late),
+            returned: load(&stats.returned),
+            pending_commands: self.state().commands.pending() as u64,
+        }
+    }
+
+    /// A snapshot of devices and recent commands, and the events that follow it.
+    pub fn subscribe(&self, recent: usize) -> (LiveEvent, broadcast::Receiver<LiveEvent>) {
+        let state = self.state();
+        let receiver = self.inner.events.subscribe();
+        let snapshot = LiveEvent::Snapshot {
+            devices: state.registry.views(),
+            commands: state.commands.recent(None, recent),
+        };
+        (snapshot, receiver)
+    }
+
+    /// Validates a command against what the device announced, sends it, and returns it
+    /// once the broker has confirmed it: `sent`, or `offline` if the device's inbox is
+    /// gone, or `failed` if the broker refused it.
+    pub async fn send(
+        &self,
+        device_id: &str,
+        request: SendCommand,
+    ) -> Result<CommandView, SendError> {
+        let timeout_ms = request
+            .timeout_ms
+            .unwrap_or(duration_ms(self.inner.config.default_timeout));
+        if !(timeouts::MIN_MS..=timeouts::MAX_MS).contains(&timeout_ms) {
+            return Err(SendError::InvalidTimeout(timeout_ms));
+        }
+        let device_id = DeviceId::new(device_id).map_err(|e| SendError::UnknownDevice(e.0))?;
+        let link = self.link().ok_or(SendError::BrokerUnavailable)?;
+        let now_ms = now_ms();
+        let (view, inbox, session_id) = {
+            let mut state = self.state();
+            let device = state
+                .registry
+                .get(&device_id)
+                .ok_or_else(|| SendError::UnknownDevice(device_id.to_string()))?;
+            if !device.view.online {
+                return Err(SendError::DeviceOffline(device_id));
+            }
+            let spec = device
+                .view
+                .capabilities
+                .command(&request.name)
+                .ok_or_else(|| SendError::UnknownCommand {
+                    device: device_id.clone(),
+                    name: request.name.clone(),
+                })?;
+            let args = spec.validate(&request.args)?;
+            let view = CommandView {
+                id: CommandId(format!("{:032x}", fastrand::u128(..))),
+                device_id: device_id.clone(),
+                name: request.name,
+                args,
+                status: CommandStatus::Accepted,
+                created_ms: now_ms,
+                updated_ms: now_ms,
+                deadline_ms: now_ms + timeout_ms,
+                percent: None,
+                message: None,
+                result: None,
+                error: None,
+            };
+            let (inbox, session_id) = (device.inbox.clone(), device.session_id.clone());
+            let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+            state
+                .commands
+                .accept(view.clone(), session_id.clone(), inbox.clone(), deadline);
+            self.broadcast(&[LiveEvent::CommandUpdated {
+                command: view.clone(),
+            }]);
+            (view, inbox, session_id)
+        };
+        self.inner.timer.notify_one();
+        self.share(std::slice::from_ref(&view)).await;
+
+        let request = ServerMessage::Command(CommandRequest {
+            command_id: view.id.clone(),
+            name: view.name.clone(),
+            args: view.args.clone(),
+            timeout_ms,
+        });
+        let properties = BasicProperties::default()
+            .with_content_type(names::CONTENT_TYPE.into())
+            .with_reply_to(link.reply_queue.as_str().into())
+            .with_correlation_id(view.id.0.as_str().into())
+            .with_message_id(view.id.0.as_str().into())
+            // A command that waited out its deadline in the inbox is dropped, never run.
+            .with_expiration(timeout_ms.to_string().into());
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirmed = match link
+            .channel
+            .basic_publish(
+                "".into(),
+                inbox.as_str().into(),
+                options,
+                &protocol::encode(&request),
+                properties,
+            )
+            .await
+        {
+            Ok(confirm) => confirm.await,
+            Err(error) => Err(error),
+        };
+        let now_ms = self::now_ms();
+        let changed = match confirmed {
+            Ok(Confirmation::Nack(_)) => self.end_command(
+                &view.id,
+                CommandStatus::Failed,
+                "the broker refused the command",
+                now_ms,
+            ),
+            Ok(Confirmation::Ack(Some(_))) => {
+                self.inner.stats.returned.fetch_add(1, Ordering::Relaxed);
+                self.device_gone(&device_id, &session_id, now_ms)
+            }
+            Ok(_) => {
+                let mut state = self.state();
+                let sent = state
+                    .commands
+                    .advance(&view.id, CommandStatus::Sent, now_ms, |_| {})
+                    .ok();
+                let sent: Vec<_> = sent.into_iter().collect();
+                self.broadcast_commands(&sent);
+                sent
+            }
+            Err(error) => {
+                tracing::warn!(command = %view.id, "publishing failed: {error}");
+                let changed = self.end_command(
+                    &view.id,
+                    CommandStatus::Failed,
+                    "the connection to the broker was lost while sending",
+                    now_ms,
+                );
+                self.share(&changed).await;
+                return Err(SendError::BrokerUnavailable);
+            }
+        };
+        self.share(&changed).await;
+        Ok(self.command(&view.id).unwrap_or(view))
+    }
+
+    /// Cancels a pending command: it ends as `cancelled` now, and the device is told to
+    /// stop if it is still working on it.
+    pub async fn cancel(&self, id: &CommandId) -> Result<CommandView, CancelError> {
+        let (view, inbox) = {
+            let mut state = self.state();
+            let current = state
+                .commands
+                .get(id)
+                .ok_or_else(|| CancelError::UnknownCommand(id.clone()))?;
+            if current.status.is_terminal() {
+                return Err(CancelError::AlreadyEnded(Box::new(current)));
+            }
+            let inbox = state
+                .commands
+                .inbox(id)
+                .ok_or_else(|| CancelError::NotOurs(id.clone()))?;
+            let view = state
+                .commands
+                .advance(id, CommandStatus::Cancelled, now_ms(), |v| {
+                    v.error = Some("cancelled by a user".into())
+                })
+                .map_err(|_| CancelError::AlreadyEnded(Box::new(current)))?;
+            self.broadcast_commands(std::slice::from_ref(&view));
+            (view, inbox)
+        };
+        self.share(std::slice::from_ref(&view)).await;
+        if let Some(link) = self.link() {
+            let message = ServerMessage::Cancel(CancelRequest {
+                command_id: id.clone(),
+            });
+            let properties = BasicProperties::default()
+                .with_content_type(names::CONTENT_TYPE.into())
+                .with_reply_to(link.reply_queue.as_str().into())
+                .with_correlation_id(id.0.as_str().into());
+            // Best effort: the command has ended for everyone already; a device that is
+            // gone has nothing to stop.
+            let _ = link
+                .channel
+                .basic_publish(
+                    "".into(),
+                    inbox.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &protocol::encode(&message),
+                    properties,
+                )
+                .await;
+        }
+        Ok(view)
+    }
+
+    /// Waits up to `max` for a command to end; returns it as it is then.
+    pub async fn wait(&self, id: &CommandId, max: Duration) -> Option<CommandView> {
+        let mut events = self.inner.events.subscribe();
+        let current = self.command(id)?;
+        if current.status.is_terminal() {
+            return Some(current);
+        }
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return self.command(id),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    let now = self.command(id)?;
+                    if now.status.is_terminal() {
+                        return Some(now);
+                    }
+                }
+                Ok(Ok(LiveEvent::CommandUpdated { command }))
+                    if &command.id == id && command.status.is_terminal() =>
+                {
+                    return Some(command);
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .expect("no code panics while holding the hub's state lock")
+    }
+
+    fn link(&self) -> Option<Link> {
+        self.inner
+            .link
+            .lock()
+            .expect("no code panics while holding the link lock")
+            .clone()
+    }
+
+    fn set_link(&self, link: Option<Link>) {
+        *self
+            .inner
+            .link
+            .lock()
+            .expect("no code panics while holding the link lock") = link;
+    }
+
+    /// Sends events to this replica's listeners. Call with the state locked.
+    fn broadcast(&self, events: &[LiveEvent]) {
+        for event in events {
+            // No listener is fine: nobody is watching.
+            let _ = self.inner.events.send(event.clone());
+        }
+    }
+
+    fn broadcast_commands(&self, commands: &[CommandView]) {
+        for command in commands {
+            let _ = self.inner.events.send(LiveEvent::CommandUpdated {
+                command: command.clone(),
+            });
+        }
+    }
+
+    /// Tells the other replicas about command changes. Best effort: if the broker is
+    /// down, they learn nothing, and our own listeners already know.
+    async fn share(&self, commands: &[CommandView]) {
+        let Some(link) = self.link() else { return };
+        for command in commands {
+            let event = ReplicaEvent {
+                origin: self.inner.replica_id.clone(),
+                command: command.clone(),
+            };
+            let properties =
+                BasicProperties::default().with_content_type(names::CONTENT_TYPE.into());
+            if let Err(error) = link
+                .channel
+                .basic_publish(
+                    names::EVENTS_EXCHANGE.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &protocol::encode(&event),
+                    properties,
+                )
+                .await
+            {
+                tracing::debug!("cannot share an event with other replicas: {error}");
+            }
+        }
+    }
+
+    fn end_command(
+        &self,
+        id: &CommandId,
+        status: CommandStatus,
+        why: &str,
+        now_ms: u64,
+    ) -> Vec<CommandView> {
+        let mut state = self.state();
+        let ended: Vec<_> = state
+            .commands
+            .advance(id, status, now_ms, |v| v.error = Some(why.to_owned()))
+            .ok()
+            .into_iter()
+            .collect();
+        self.broadcast_commands(&ended);
+        ended
+    }
+
+    /// The device's session is gone (inbox unroutable): it is offline, and so is every
+    /// command still waiting on that session.
+    fn device_gone(&self, device: &DeviceId, session_id: &str, now_ms: u64) -> Vec<CommandView> {
+        let mut state = self.state();
+        if let Some(view) = state.registry.unroutable(device, session_id, now_ms) {
+            self.broadcast(&[LiveEvent::DeviceUpdated { device: view }]);
+        }
+        let ended = state.commands.end_for_device(
+            device,
+            Some(session_id),
+            CommandStatus::Offline,
+            "the device is offline: its inbox is gone",
+            now_ms,
+        );
+        self.broadcast_commands(&ended);
+        ended
+    }
+
+    /// Serves the broker connection; when it fails, fails what was pending and
+    /// reconnects with backoff, forever.
+    async fn maintain_link(&self, mut connection: Connection, mut consumers: Consumers) {
+        let mut failures: u32 = 0;
+        loop {
+            let error = self.consume(&mut consumers).await;
+            tracing::warn!("lost the broker connection: {error:#}");
+            self.set_link(None);
+            let _ = connection.close(200, "reconnecting".into()).await;
+            let ended = {
+                let mut state = self.state();
+                let ended = state.commands.end_all(
+                    CommandStatus::Failed,
+                    "the server lost its broker connection; the answer cannot arrive",
+                    now_ms(),
+                );
+                self.broadcast_commands(&ended);
+                ended
+            };
+            drop(ended);
+            loop {
+                failures = failures.saturating_add(1);
+                let pause =
+                    Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)).min(15_000));
+                tokio::time::sleep(pause).await;
+                match connect(&self.inner.config.amqp_url).await {
+                    Ok((new_connection, link, new_consumers)) => {
+                        tracing::info!("reconnected to the broker");
+                        (connection, consumers) = (new_connection, new_consumers);
+                        self.set_link(Some(link));
+                        failures = 0;
+                        break;
+                    }
+                    Err(error) => tracing::warn!("cannot reconnect to the broker: {error:#}"),
+                }
+            }
+        }
+    }
+
+    /// Handles deliveries until a consumer fails; returns why.
+    async fn consume(&self, consumers: &mut Consumers) -> anyhow::Error {
+        loop {
+            let delivery = tokio::select! {
+                d = consumers.presence.next() => d.map(|d| d.map(|d| (Queue::Presence, d))),
+                d = consumers.replies.next() => d.map(|d| d.map(|d| (Queue::Replies, d))),
+                d = consumers.events.next() => d.map(|d| d.map(|d| (Queue::Events, d))),
+            };
+            match delivery {
+                Some(Ok((Queue::Presence, delivery))) => self.on_presence(&delivery),
+                Some(Ok((Queue::Replies, delivery))) => {
+                    let changed = self.on_reply(&delivery);
+                    self.share(&changed).await;
+                }
+                Some(Ok((Queue::Events, delivery))) => self.on_replica_event(&delivery),
+                Some(Err(error)) => return anyhow::Error::new(error).context("a consumer failed"),
+                None => return anyhow::anyhow!("the broker cancelled a consumer"),
+            }
+        }
+    }
+
+    fn on_presence(&self, delivery: &Delivery) {
+        let message = match protocol::decode::<DeviceMessage>(&delivery.data) {
+            Ok(message) => message,
+            Err(error) => {
+                return self.dropped(
+                    &self.inner.stats.malformed,
+                    &format!("presence message: {error}"),
+                );
+            }
+        };
+        let routed = names::parse_presence_key(delivery.routing_key.as_str());
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let mut state = self.state();
+        let mut events = Vec::new();
+        let mut ended = Vec::new();
+        match (message, routed) {
+            (DeviceMessage::Hello(hello), Some((device, PresenceKind::Hello)))
+                if device == hello.device_id =>
+            {
+                if hello.heartbeat_ms < 100 || hello.inbox.is_empty() {
+                    drop(state);
+                    return self.dropped(
+                        &self.inner.stats.malformed,
+                        "hello without an inbox or with a heartbeat under 100 ms",
+                    );
+                }
+                let (view, replaced) = state.registry.hello(hello, now, now_ms);
+                if let Some(old) = replaced {
+                    let why =
+                        "the device reconnected with a new session; the old one cannot answer";
+                    ended = state.commands.end_for_device(
+                        &device,
+                        Some(&old),
+                        CommandStatus::Offline,
+                        why,
+                        now_ms,
+                    );
+                }
+                events.push(LiveEvent::DeviceUpdated { device: view });
+            }
+            (DeviceMessage::Heartbeat(beat), Some((device, PresenceKind::Heartbeat)))
+                if device == beat.device_id =>
+            {
+                match state.registry.heartbeat(&beat, now, now_ms) {
+                    Ok(back) => {
+                        events.extend(back.map(|device| LiveEvent::DeviceUpdated { device }))
+                    }
+                    Err(_) => {
+                        self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            (DeviceMessage::Bye(bye), Some((device, PresenceKind::Bye)))
+                if device == bye.device_id =>
+            {
+                match state.registry.bye(&bye, now_ms) {
+                    Ok(gone) => {
+                        events.extend(gone.map(|device| LiveEvent::DeviceUpdated { device }));
+                        let why = if bye.reason.is_empty() {
+                            "the device went offline".to_owned()
+                        } else {
+                            format!("the device went offline ({})", bye.reason)
+                        };
+                        ended = state.commands.end_for_device(
+                            &device,
+                            Some(&bye.session_id),
+                            CommandStatus::Offline,
+                            &why,
+                            now_ms,
+                        );
+                    }
+                    Err(_) => {
+                        self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            (message, _) => {
+                drop(state);
+                return self.dropped(
+                    &self.inner.stats.foreign,
+                    &format!("{message:?} under routing key {}", delivery.routing_key),
+                );
+            }
+        }
+        self.broadcast(&events);
+        self.broadcast_commands(&ended);
+        drop(state);
+        if !ended.is_empty() {
+            let hub = self.clone();
+            tokio::spawn(async move { hub.share(&ended).await });
+        }
+    }
+
+    fn on_reply(&self, delivery: &Delivery) -> Vec<CommandView> {
+        let message = match protocol::decode::<DeviceMessage>(&delivery.data) {
+            Ok(message) => message,
+            Err(error) => {
+                self.dropped(&self.inner.stats.malformed, &format!("reply: {error}"));
+                return Vec::new();
+            }
+        };
+        let mut state = self.state();
+        match state.commands.apply_device_message(&message, now_ms()) {
+            Ok(view) => {
+                self.broadcast_commands(std::slice::from_ref(&view));
+                vec![view]
+            }
+            Err(commands::Ignored::NotAboutACommand) => {
+                drop(state);
+                self.dropped(
+                    &self.inner.stats.foreign,
+                    "a non-command message on the reply queue",
+                );
+                Vec::new()
+            }
+            Err(commands::Ignored::StaleSession) => {
+                drop(state);
+                self.dropped(&self.inner.stats.stale, "a reply from an old session");
+                Vec::new()
+            }
+            Err(why) => {
+                drop(state);
+                self.dropped(
+                    &self.inner.stats.late,
+                    &format!("a reply about an ended or unknown command ({why:?})"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_replica_event(&self, delivery: &Delivery) {
+        let event = match protocol::decode::<ReplicaEvent>(&delivery.data) {
+            Ok(event) => event,
+            Err(error) => {
+                return self.dropped(
+                    &self.inner.stats.malformed,
+                    &format!("replica event: {error}"),
+                );
+            }
+        };
+        if event.origin == self.inner.replica_id {
+            return;
+        }
+        let mut state = self.state();
+        state.commands.mirror(event.command.clone());
+        self.broadcast_commands(&[event.command]);
+    }
+
+    fn dropped(&self, counter: &AtomicU64, what: &str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("dropped {what}");
+    }
+
+    /// Times out commands at their deadlines and devices whose heartbeats stopped.
+    async fn run_timer(&self) {
+        loop {
+            let next_deadline = self.state().commands.next_deadline();
+            let sweep = Instant::now() + SWEEP_INTERVAL;
+            let wake_at = next_deadline.map_or(sweep, |deadline| deadline.min(sweep));
+            tokio::select! {
+                () = tokio::time::sleep_until(wake_at.into()) => {}
+                () = self.inner.timer.notified() => continue,
+            }
+            let (now, now_ms) = (Instant::now(), now_ms());
+            let changed = {
+                let mut state = self.state();
+                let mut changed = state.commands.expire(now, now_ms);
+                for (device, session_id) in state.registry.expire(now, now_ms) {
+                    let why = "the device stopped sending heartbeats";
+                    changed.extend(state.commands.end_for_device(
+                        &device.id,
+                        Some(&session_id),
+                        CommandStatus::Offline,
+                        why,
+                        now_ms,
+                    ));
+                    self.broadcast(&[LiveEvent::DeviceUpdated { device }]);
+                }
+                self.broadcast_commands(&changed);
+                changed
+            };
+            self.share(&changed).await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Queue {
+    Presence,
+    Replies,
+    Events,
+}
+
+/// Connects and declares this replica's topology.
+async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("cannot connect to the broker at {}", redact(amqp_url)))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (exchange, kind) in [
+        (names::PRESENCE_EXCHANGE, ExchangeKind::Topic),
+        (names::TELEMETRY_EXCHANGE, ExchangeKind::Topic),
+        (names::EVENTS_EXCHANGE, ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(exchange.into(), kind, durable, FieldTable::default())
+            .await
+            .with_context(|| format!("cannot declare exchange {exchange}"))?;
+    }
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = async |exchange: Option<(&str, &str)>| -> anyhow::Result<String> {
+        let name = channel
+            .queue_declare("".into(), private, FieldTable::default())
+            .await
+            .context("cannot declare a queue")?
+            .name()
+            .to_string();
+        if let Some((exchange, key)) = exchange {
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    exchange.into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("cannot bind to {exchange}"))?;
+        }
+        Ok(name)
+    };
+    let presence_queue = queue(Some((names::PRESENCE_EXCHANGE, names::PRESENCE_ALL))).await?;
+    let reply_queue = queue(None).await?;
+    let events_queue = queue(Some((names::EVENTS_EXCHANGE, ""))).await?;
+    // Auto-ack: these queues are private and transient, and a message that cannot be
+    // handled is dropped and counted, so nothing could usefully be redelivered.
+    let auto_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consume = async |queue: &str| -> anyhow::Result<Consumer> {
+        channel
+            .basic_consume(queue.into(), "".into(), auto_ack, FieldTable::default())
+            .await
+            .with_context(|| format!("cannot consume {queue}"))
+    };
+    let consumers = Consumers {
+        presence: consume(&presence_queue).await?,
+        replies: consume(&reply_queue).await?,
+        events: consume(&events_queue).await?,
+    };
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("cannot enable publisher confirms")?;
+    Ok((
+        connection,
+        Link {
+            channel,
+            reply_queue,
+        },
+        consumers,
+    ))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, duration_ms)
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The URL without its password, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

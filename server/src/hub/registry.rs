@@ -1,0 +1,277 @@
+//! The devices this replica knows, from their presence messages. Pure state: the hub
+//! feeds it messages and the clock, and publishes what changed.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use protocol::{Bye, DeviceId, Heartbeat, Hello, api::DeviceView};
+
+/// Heartbeats a device may miss before it is declared offline.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// A device and where its current session can be reached.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub view: DeviceView,
+    pub session_id: String,
+    pub inbox: String,
+    /// When anything was last heard from this session, for heartbeat expiry.
+    last_heard: Instant,
+}
+
+/// Why a presence message changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// From a device this replica has never seen say hello.
+    UnknownDevice,
+    /// From a session that a newer hello replaced.
+    StaleSession,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    devices: HashMap<DeviceId, Device>,
+}
+
+impl Registry {
+    /// A device says hello: it is online with this session and inbox, whatever it was
+    /// before. Returns its view and the session it replaced, if any (whose commands can
+    /// no longer be answered).
+    pub fn hello(
+        &mut self,
+        hello: Hello,
+        now: Instant,
+        now_ms: u64,
+    ) -> (DeviceView, Option<String>) {
+        let previous = self.devices.get(&hello.device_id);
+        let was_online = previous.is_some_and(|d| d.view.online);
+        let replaced = previous
+            .map(|d| d.session_id.clone())
+            .filter(|s| *s != hello.session_id);
+        let since_ms = match previous {
+            Some(d) if was_online && replaced.is_none() => d.view.since_ms,
+            _ => now_ms,
+        };
+        let view = DeviceView {
+            id: hello.device_id.clone(),
+            kind: hello.kind,
+            firmware: hello.firmware,
+            online: true,
+            since_ms,
+            last_seen_ms: now_ms,
+            heartbeat_ms: hello.heartbeat_ms,
+            capabilities: hello.capabilities,
+        };
+        let device = Device {
+            view: view.clone(),
+            session_id: hello.session_id,
+            inbox: hello.inbox,
+            last_heard: now,
+        };
+        self.devices.insert(hello.device_id, device);
+        (view, replaced)
+    }
+
+    /// A heartbeat from the current session. Returns the view if the device had been
+    /// declared offline (its heartbeats were late) and is now back.
+    pub fn heartbeat(
+        &mut self,
+        beat: &Heartbeat,
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<Option<DeviceView>, Ignored> {
+        let device = self.current(&beat.device_id, &beat.session_id)?;
+        device.last_heard = now;
+        device.view.last_seen_ms = now_ms;
+        if device.view.online {
+            return Ok(None);
+        }
+        device.view.online = true;
+        device.view.since_ms = now_ms;
+        Ok(Some(device.view.clone()))
+    }
+
+    /// The current session says goodbye: offline now.
+    pub fn bye(&mut self, bye: &Bye, now_ms: u64) -> Result<Option<DeviceView>, Ignored> {
+        let device = self.current(&bye.device_id, &bye.session_id)?;
+        device.view.last_seen_ms = now_ms;
+        Ok(Self::go_offline(device, now_ms))
+    }
+
+    /// A message to this session's inbox came back unroutable: the inbox is gone.
+    pub fn unroutable(
+        &mut self,
+        id: &DeviceId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Option<DeviceView> {
+        let device = self.current(id, session_id).ok()?;
+        Self::go_offline(device, now_ms)
+    }
+
+    /// Declares offline every device whose heartbeats stopped; returns them with the
+    /// session that went silent.
+    pub fn expire(&mut self, now: Instant, now_ms: u64) -> Vec<(DeviceView, String)> {
+        self.devices
+            .values_mut()
+            .filter(|d| {
+                d.view.online && now.duration_since(d.last_heard) > Self::silence_allowed(d)
+            })
+            .filter_map(|d| Self::go_offline(d, now_ms).map(|view| (view, d.session_id.clone())))
+            .collect()
+    }
+
+    pub fn get(&self, id: &DeviceId) -> Option<&Device> {
+        self.devices.get(id)
+    }
+
+    /// Every device, sorted by id.
+    pub fn views(&self) -> Vec<DeviceView> {
+        let mut views: Vec<_> = self.devices.values().map(|d| d.view.clone()).collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        views
+    }
+
+    fn current(&mut self, id: &DeviceId, session_id: &str) -> Result<&mut Device, Ignored> {
+        let device = self.devices.get_mut(id).ok_or(Ignored::UnknownDevice)?;
+        if device.session_id == session_id {
+            Ok(device)
+        } else {
+            Err(Ignored::StaleSession)
+        }
+    }
+
+    fn go_offline(device: &mut Device, now_ms: u64) -> Option<DeviceView> {
+        if !device.view.online {
+            return None;
+        }
+        device.view.online = false;
+        device.view.since_ms = now_ms;
+        Some(device.view.clone())
+    }
+
+    fn silence_allowed(device: &Device) -> Duration {
+        Duration::from_millis(
+            device
+                .view
+                .heartbeat_ms
+                .saturating_mul(u64::from(MISSED_HEARTBEATS)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(id: &str, session: &str) -> Hello {
+        Hello {
+            device_id: DeviceId::new(id).unwrap(),
+            session_id: session.into(),
+            inbox: format!("inbox-{session}"),
+            kind: "switch".into(),
+            firmware: "1.0".into(),
+            heartbeat_ms: 1000,
+            capabilities: Default::default(),
+        }
+    }
+
+    fn beat(id: &str, session: &str) -> Heartbeat {
+        Heartbeat {
+            device_id: DeviceId::new(id).unwrap(),
+            session_id: session.into(),
+        }
+    }
+
+    #[test]
+    fn hello_heartbeat_and_bye() {
+        let t0 = Instant::now();
+        let mut registry = Registry::default();
+        let (view, replaced) = registry.hello(hello("d", "s1"), t0, 1_000);
+        assert!(view.online);
+        assert_eq!((view.since_ms, replaced), (1_000, None));
+
+        assert_eq!(registry.heartbeat(&beat("d", "s1"), t0, 2_000), Ok(None));
+        assert_eq!(registry.get(&view.id).unwrap().view.last_seen_ms, 2_000);
+
+        let bye = Bye {
+            device_id: view.id.clone(),
+            session_id: "s1".into(),
+            reason: String::new(),
+        };
+        let offline = registry.bye(&bye, 3_000).unwrap().unwrap();
+        assert!(!offline.online);
+        assert_eq!(offline.since_ms, 3_000);
+        assert_eq!(registry.bye(&bye, 3_500), Ok(None), "already offline");
+    }
+
+    #[test]
+    fn a_new_session_replaces_the_old_one_and_old_messages_are_ignored() {
+        let t0 = Instant::now();
+        let mut registry = Registry::default();
+        registry.hello(hello("d", "s1"), t0, 1_000);
+        let (view, replaced) = registry.hello(hello("d", "s2"), t0, 2_000);
+        assert_eq!(replaced.as_deref(), Some("s1"));
+        assert_eq!(view.since_ms, 2_000, "a new session is a new online period");
+        assert_eq!(registry.get(&view.id).unwrap().inbox, "inbox-s2");
+        assert_eq!(
+            registry.heartbeat(&beat("d", "s1"), t0, 3_000),
+            Err(Ignored::StaleSession)
+        );
+        assert_eq!(
+            registry.heartbeat(&beat("x", "s1"), t0, 3_000),
+            Err(Ignored::UnknownDevice)
+        );
+        assert_eq!(registry.unroutable(&view.id, "s1", 3_000), None);
+        assert!(registry.unroutable(&view.id, "s2", 3_000).is_some());
+    }
+
+    #[test]
+    fn silent_devices_expire_after_missed_heartbeats_and_can_come_back() {
+        let t0 = Instant::now();
+        let mut registry = Registry::default();
+        registry.hello(hello("quiet", "s1"), t0, 0);
+        registry.hello(hello("chatty", "s2"), t0, 0);
+        let t1 = t0 + Duration::from_millis(2_500);
+        registry
+            .heartbeat(&beat("chatty", "s2"), t1, 2_500)
+            .unwrap();
+        assert!(
+            registry.expire(t1, 2_500).is_empty(),
+            "3 heartbeats are allowed"
+        );
+
+        let t2 = t0 + Duration::from_millis(3_100);
+        let expired = registry.expire(t2, 3_100);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(
+            (expired[0].0.id.as_str(), expired[0].1.as_str()),
+            ("quiet", "s1")
+        );
+        assert!(registry.expire(t2, 3_100).is_empty(), "expires once");
+
+        let back = registry
+            .heartbeat(&beat("quiet", "s1"), t2, 3_200)
+            .unwrap()
+            .unwrap();
+        assert!(back.online);
+        assert_eq!(back.since_ms, 3_200);
+    }
+
+    #[test]
+    fn views_are_sorted() {
+        let t0 = Instant::now();
+        let mut registry = Registry::default();
+        for id in ["c", "a", "b"] {
+            registry.hello(hello(id, id), t0, 0);
+        }
+        let ids: Vec<_> = registry
+            .views()
+            .into_iter()
+            .map(|v| v.id.to_string())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+}
