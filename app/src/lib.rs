@@ -5,17 +5,22 @@
 //! from tokio or lapin reaches the WASM bundle.
 //!
 //! - [`shell`]: the HTML document the server wraps around [`App`].
-//! - [`App`]: meta tags, stylesheet and the router.
-//! - [`home`]: the fleet overview, the first page a user sees.
+//! - [`App`]: meta tags, stylesheet, the live connection and the router.
+//! - [`fleet`]: server functions, the [`fleet::Fleet`] trait the server implements, and
+//!   the live channel that keeps every page current.
+//! - [`devices`]: the fleet list and the device page with command forms and log.
 
-mod home;
+pub mod devices;
+pub mod fleet;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::{
-    StaticSegment,
+    ParamSegment, StaticSegment,
     components::{Route, Router, Routes},
 };
+
+use crate::fleet::live::{LinkStatus, provide_live};
 
 /// The HTML document around the app: head with hydration scripts, body with [`App`].
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -41,6 +46,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    let live = provide_live();
 
     view! {
         <Stylesheet id="leptos" href="/pkg/tether.css" />
@@ -50,13 +56,35 @@ pub fn App() -> impl IntoView {
                 <a class="brand" href="/">
                     "Tether"
                 </a>
+                <ConnectionIndicator status=live.status />
             </header>
             <main>
                 <Routes fallback=NotFound>
-                    <Route path=StaticSegment("") view=home::HomePage />
+                    <Route path=StaticSegment("") view=devices::list::DeviceListPage />
+                    <Route path=(StaticSegment("devices"), ParamSegment("id")) view=devices::detail::DevicePage />
                 </Routes>
             </main>
         </Router>
+    }
+}
+
+/// Whether this tab is receiving live updates.
+#[component]
+fn ConnectionIndicator(status: RwSignal<LinkStatus>) -> impl IntoView {
+    let text = move || match status.get() {
+        LinkStatus::Connecting => "connecting…",
+        LinkStatus::Live => "live",
+        LinkStatus::Reconnecting => "reconnecting…",
+    };
+    let class = move || match status.get() {
+        LinkStatus::Live => "link live",
+        _ => "link down",
+    };
+    view! {
+        <span class=class role="status" aria-live="polite" data-testid="connection" title="Live updates">
+            <span class="dot" aria-hidden="true"></span>
+            {text}
+        </span>
     }
 }
 

@@ -1,23 +1,37 @@
 //! Tether's web server.
 //!
 //! - [`Config`]: every setting, from flags or `TETHER_*` environment variables.
-//! - [`router`]: the HTTP routes (health, server-rendered pages, static files),
-//!   separate from serving so tests can call it directly.
-//! - [`run`]: binds, serves until `shutdown` resolves, then drains connections.
+//! - [`hub`]: the bridge to the broker — device registry, commands, live events. The
+//!   only module that speaks AMQP.
+//! - [`api`]: the JSON HTTP API, and the hub as the UI's server functions see it.
+//! - [`live`]: the WebSocket that streams a snapshot and then every event to a tab.
+//! - [`router`]: every route (health, metrics, API, pages, static files), separate
+//!   from serving so tests can call it directly.
+//! - [`Server`] / [`run`]: bind, serve until `shutdown`, drain.
 //!
-//! `main.rs` only parses the configuration, sets up logging and calls [`run`];
-//! the integration tests call the same [`run`] on port 0.
+//! `main.rs` only parses the configuration, sets up logging and calls [`run`]; the
+//! integration tests call the same code on port 0.
 
+pub mod api;
 pub mod hub;
+pub mod live;
 
-use std::{future::Future, net::SocketAddr, path::PathBuf};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use app::{App, shell};
-use axum::{Router, routing::get};
+use app::{App, fleet::SharedFleet, shell};
+use axum::{
+    Router,
+    extract::{FromRef, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::get,
+};
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::net::TcpListener;
+
+use crate::hub::{Hub, HubConfig};
 
 /// Server settings. Each one is a flag and an environment variable of the same name.
 #[derive(Debug, Clone, clap::Parser)]
@@ -32,32 +46,80 @@ pub struct Config {
     /// public assets). Unset: `LEPTOS_SITE_ROOT`, else `target/site`.
     #[arg(long = "site-root", env = "TETHER_SITE_ROOT")]
     pub site_root: Option<PathBuf>,
+
+    /// The AMQP 0-9-1 broker devices connect to.
+    #[arg(
+        long = "amqp-url",
+        env = "TETHER_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// A command's deadline when the caller gives none, in milliseconds.
+    #[arg(long = "command-timeout-ms", env = "TETHER_COMMAND_TIMEOUT_MS", default_value_t = protocol::api::timeouts::DEFAULT_MS,
+          value_parser = clap::value_parser!(u64).range(protocol::api::timeouts::MIN_MS..=protocol::api::timeouts::MAX_MS))]
+    pub command_timeout_ms: u64,
 }
 
-/// A server that has bound its port and is ready to serve.
+impl Config {
+    /// Defaults for everything, serving on `addr`, using the broker at `amqp_url`.
+    pub fn new(addr: SocketAddr, amqp_url: impl Into<String>) -> Self {
+        Self {
+            addr: Some(addr),
+            site_root: None,
+            amqp_url: amqp_url.into(),
+            command_timeout_ms: protocol::api::timeouts::DEFAULT_MS,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone, FromRef)]
+pub struct AppState {
+    pub leptos_options: LeptosOptions,
+    pub hub: Hub,
+}
+
+/// A server that has bound its port and connected to the broker.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     router: Router,
+    hub: Hub,
 }
 
 impl Server {
-    /// Binds the configured address and builds the routes.
+    /// Connects to the broker, binds the configured address and builds the routes.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let options = leptos_options(&config)?;
+        let hub_config = HubConfig {
+            amqp_url: config.amqp_url.clone(),
+            default_timeout: Duration::from_millis(config.command_timeout_ms),
+        };
+        let hub = Hub::start(hub_config, std::future::pending())
+            .await
+            .context("start RabbitMQ, or point TETHER_AMQP_URL at a running broker")?;
         let addr = options.site_addr;
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (is another server using it? set TETHER_ADDR)")
         })?;
         Ok(Self {
             listener,
-            router: router(options),
+            router: router(AppState {
+                leptos_options: options,
+                hub: hub.clone(),
+            }),
+            hub,
         })
     }
 
     /// The address actually bound (differs from the configured one for port 0).
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// Serves until `shutdown` resolves, then lets open requests finish.
@@ -82,18 +144,77 @@ pub async fn run(
     server.serve(shutdown).await
 }
 
-/// All HTTP routes: health checks, the Leptos pages, and the built site's files.
-pub fn router(options: LeptosOptions) -> Router {
+/// All routes: health, readiness, metrics, the JSON API, the Leptos pages and server
+/// functions, and the built site's files.
+pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
+    let fleet: SharedFleet = Arc::new(state.hub.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
-        .leptos_routes(&options, routes, {
-            let options = options.clone();
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .nest("/api", api::routes())
+        .leptos_routes_with_context(&state, routes, move || provide_context(fleet.clone()), {
+            let options = state.leptos_options.clone();
             move || shell(options.clone())
         })
-        .fallback(leptos_axum::file_and_error_handler(shell))
-        .with_state(options)
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .with_state(state)
+}
+
+/// Ready while the broker link is up.
+async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
+    if hub.is_connected() {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker",
+        )
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
+    let stats = hub.stats();
+    let devices = hub.devices();
+    let online = devices.iter().filter(|d| d.online).count();
+    let text = format!(
+        "# HELP tether_devices Devices known to this replica, by presence.\n\
+         # TYPE tether_devices gauge\n\
+         tether_devices{{state=\"online\"}} {online}\n\
+         tether_devices{{state=\"offline\"}} {offline}\n\
+         # HELP tether_commands_pending Commands sent by this replica that have not ended.\n\
+         # TYPE tether_commands_pending gauge\n\
+         tether_commands_pending {pending}\n\
+         # HELP tether_broker_connected Whether the broker link is up.\n\
+         # TYPE tether_broker_connected gauge\n\
+         tether_broker_connected {connected}\n\
+         # HELP tether_messages_dropped_total Messages from the broker that were dropped, by reason.\n\
+         # TYPE tether_messages_dropped_total counter\n\
+         tether_messages_dropped_total{{reason=\"malformed\"}} {malformed}\n\
+         tether_messages_dropped_total{{reason=\"foreign\"}} {foreign}\n\
+         tether_messages_dropped_total{{reason=\"stale_session\"}} {stale}\n\
+         tether_messages_dropped_total{{reason=\"late\"}} {late}\n\
+         # HELP tether_commands_returned_total Commands that came back unroutable (device gone).\n\
+         # TYPE tether_commands_returned_total counter\n\
+         tether_commands_returned_total {returned}\n",
+        offline = devices.len() - online,
+        pending = stats.pending_commands,
+        connected = u8::from(hub.is_connected()),
+        malformed = stats.malformed,
+        foreign = stats.foreign,
+        stale = stats.stale,
+        late = stats.late,
+        returned = stats.returned,
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
 }
 
 /// Leptos's own settings (from cargo-leptos's `LEPTOS_*` variables or their

@@ -11,11 +11,12 @@ struct Running {
 }
 
 async fn start() -> Running {
-    let config = server::Config {
-        addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        site_root: None,
-    };
-    let server = server::Server::bind(config).await.expect("bind port 0");
+    let amqp_url = std::env::var("TETHER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), amqp_url);
+    let server = server::Server::bind(config)
+        .await
+        .expect("RabbitMQ must be running (scripts/test.sh starts it)");
     let addr = server.local_addr().expect("bound address");
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.serve(async {
@@ -60,6 +61,13 @@ async fn health_endpoints_answer() {
     let running = start().await;
     assert_eq!(get(&running, "/healthz").await, (200, "ok".to_owned()));
     assert_eq!(get(&running, "/readyz").await, (200, "ready".to_owned()));
+    let (status, metrics) = get(&running, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("tether_broker_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains("tether_messages_dropped_total{reason=\"malformed\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

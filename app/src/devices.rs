@@ -1,0 +1,64 @@
+//! Devices: the fleet list and one device's page, with what they share.
+
+pub mod detail;
+pub mod list;
+
+use leptos::prelude::*;
+use protocol::{CommandStatus, api::DeviceView};
+
+/// "just now", "42 s", "5 min", "3 h", "2 d".
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    let seconds = now_ms.saturating_sub(then_ms) / 1000;
+    match seconds {
+        0..=4 => "just now".to_owned(),
+        5..=59 => format!("{seconds} s ago"),
+        60..=3_599 => format!("{} min ago", seconds / 60),
+        3_600..=86_399 => format!("{} h ago", seconds / 3_600),
+        _ => format!("{} d ago", seconds / 86_400),
+    }
+}
+
+/// Online or offline, with since when.
+#[component]
+pub fn PresenceBadge(device: DeviceView, now_ms: Signal<u64>) -> impl IntoView {
+    let (label, class) = if device.online {
+        ("online", "badge online")
+    } else {
+        ("offline", "badge offline")
+    };
+    let since = device.since_ms;
+    view! {
+        <span class=class data-testid="presence">{label}</span>
+        <span class="muted since">" since " {move || ago(now_ms.get(), since)}</span>
+    }
+}
+
+/// A command's status as a coloured label.
+#[component]
+pub fn StatusBadge(status: CommandStatus) -> impl IntoView {
+    let tone = match status {
+        CommandStatus::Succeeded => "ok",
+        CommandStatus::Failed
+        | CommandStatus::Rejected
+        | CommandStatus::Offline
+        | CommandStatus::TimedOut => "bad",
+        CommandStatus::Cancelled => "muted",
+        _ => "busy",
+    };
+    view! { <span class=format!("badge status {tone}") data-testid="status">{status.as_str().replace('_', " ")}</span> }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ago;
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(ago(10_000, 9_000), "just now");
+        assert_eq!(ago(60_000, 18_000), "42 s ago");
+        assert_eq!(ago(400_000, 100_000), "5 min ago");
+        assert_eq!(ago(4 * 3_600_000, 0), "4 h ago");
+        assert_eq!(ago(3 * 86_400_000, 0), "3 d ago");
+        assert_eq!(ago(0, 5_000), "just now", "clock skew is not negative time");
+    }
+}

@@ -1,0 +1,491 @@
+//! One device: its state, a form per command it announced, and a live log of the
+//! commands sent to it.
+
+use std::collections::BTreeMap;
+
+use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+use protocol::{
+    ArgKind, ArgSpec, Capabilities, CommandSpec, DeviceId,
+    api::{CommandView, DeviceView, SendCommand, timeouts},
+};
+use serde_json::Value;
+
+use super::{PresenceBadge, StatusBadge, ago};
+use crate::fleet::{
+    cancel_command, error_message, get_device, live::use_live, recent_commands, send_command,
+};
+
+/// What the page shows, apart from the details that change with every heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+enum Loaded {
+    Failed(String),
+    Unknown(String),
+    Found(DeviceId, Capabilities),
+}
+
+#[component]
+pub fn DevicePage() -> impl IntoView {
+    let params = use_params_map();
+    let id = Memo::new(move |_| params.read().get("id").unwrap_or_default());
+    let live = use_live();
+    let rendered = Resource::new(
+        move || id.get(),
+        |id| async move { (get_device(id.clone()).await, recent_commands(id, 50).await) },
+    );
+
+    let device = Memo::new(move |_| -> Option<Result<Option<DeviceView>, String>> {
+        let id = id.get();
+        if live.synced.get() {
+            let known = live.devices.with(|all| {
+                all.iter()
+                    .find(|(k, _)| k.as_str() == id)
+                    .map(|(_, d)| d.clone())
+            });
+            return Some(Ok(known));
+        }
+        rendered
+            .get()
+            .map(|(device, _)| device.map_err(|e| error_message(&e)))
+    });
+    let loaded = Memo::new(move |_| {
+        device.get().map(|result| match result {
+            Err(message) => Loaded::Failed(message),
+            Ok(None) => Loaded::Unknown(id.get()),
+            Ok(Some(d)) => Loaded::Found(d.id, d.capabilities),
+        })
+    });
+    // Commands the server rendered, until the live channel has its own.
+    let initial_commands = move || {
+        rendered
+            .get()
+            .and_then(|(_, commands)| commands.ok())
+            .unwrap_or_default()
+    };
+
+    view! {
+        <Suspense fallback=|| view! { <section class="card"><p class="muted">"Loading device…"</p></section> }>
+            {move || loaded.get().map(|loaded| match loaded {
+                Loaded::Failed(message) => view! {
+                    <section class="card"><p class="error" role="alert">{message}</p></section>
+                }.into_any(),
+                Loaded::Unknown(id) => {
+                    #[cfg(feature = "ssr")]
+                    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+                        response.set_status(http::StatusCode::NOT_FOUND);
+                    }
+                    view! {
+                        <section class="card">
+                            <h1>"Unknown device"</h1>
+                            <p>"No device \"" {id} "\" has connected to this server. " <a href="/">"Back to the fleet"</a></p>
+                        </section>
+                    }.into_any()
+                }
+                Loaded::Found(id, capabilities) => view! {
+                    <DeviceHeader device=Signal::derive(move || device.get().and_then(Result::ok).flatten()) />
+                    <section class="card" aria-labelledby="commands-heading">
+                        <h2 id="commands-heading">"Commands"</h2>
+                        <div class="forms">
+                            {capabilities.commands.into_iter().map(|spec| view! { <CommandForm device_id=id.clone() spec /> }).collect_view()}
+                        </div>
+                    </section>
+                    <CommandLog device_id=id initial=initial_commands() />
+                }.into_any(),
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn DeviceHeader(device: Signal<Option<DeviceView>>) -> impl IntoView {
+    let live = use_live();
+    let now_ms = Signal::derive(move || live.now_ms.get());
+    move || {
+        device.get().map(|d| {
+            let last_seen = d.last_seen_ms;
+            view! {
+                <section class="card device-header">
+                    <p class="crumbs"><a href="/">"Fleet"</a> " / "</p>
+                    <h1>{d.id.to_string()}</h1>
+                    <p class="presence"><PresenceBadge device=d.clone() now_ms /></p>
+                    <dl class="facts">
+                        <dt>"Kind"</dt><dd>{d.kind.clone()}</dd>
+                        <dt>"Firmware"</dt><dd>{d.firmware.clone()}</dd>
+                        <dt>"Last seen"</dt><dd>{move || ago(now_ms.get(), last_seen)}</dd>
+                        <dt>"Heartbeat"</dt><dd>{format!("every {} s", d.heartbeat_ms as f64 / 1000.0)}</dd>
+                    </dl>
+                </section>
+            }
+        })
+    }
+}
+
+/// A form for one command, generated from its argument specs. Arguments are checked in
+/// the browser with the same rules the server applies, so mistakes show at once.
+#[component]
+fn CommandForm(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
+    let live = use_live();
+    let values: RwSignal<BTreeMap<String, String>> = RwSignal::new(
+        spec.args
+            .iter()
+            .map(|arg| {
+                (
+                    arg.name.clone(),
+                    arg.default.as_ref().map(input_text).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    );
+    let timeout_s = RwSignal::new((timeouts::DEFAULT_MS / 1000).to_string());
+    let error = RwSignal::new(None::<String>);
+    let sending = RwSignal::new(false);
+    let form_id = format!("command-{}", spec.name);
+    let title = spec.name.replace('_', " ");
+    let send_label = format!("Send {title}");
+
+    let submit = {
+        let (spec, device_id) = (spec.clone(), device_id.clone());
+        move |event: leptos::ev::SubmitEvent| {
+            event.prevent_default();
+            let request =
+                match build_request(&spec, &values.get_untracked(), &timeout_s.get_untracked()) {
+                    Ok(request) => request,
+                    Err(message) => return error.set(Some(message)),
+                };
+            error.set(None);
+            sending.set(true);
+            let device = device_id.to_string();
+            leptos::task::spawn_local(async move {
+                match send_command(device, request).await {
+                    Ok(command) => live.upsert_command(command),
+                    Err(e) => error.set(Some(error_message(&e))),
+                }
+                sending.set(false);
+            });
+        }
+    };
+
+    view! {
+        <form class="command" id=form_id.clone() aria-label=title.clone() novalidate on:submit=submit>
+            <h3>{title.clone()}</h3>
+            {(!spec.description.is_empty()).then(|| view! { <p class="muted">{spec.description.clone()}</p> })}
+            {spec.args.iter().map(|arg| view! { <ArgInput form_id=form_id.clone() arg=arg.clone() values /> }).collect_view()}
+            <label class="field timeout">
+                <span>"Deadline (s)"</span>
+                <input type="number" min="0.1" max="300" step="any" name="timeout_s" prop:value=move || timeout_s.get()
+                    on:input=move |ev| timeout_s.set(event_target_value(&ev)) />
+            </label>
+            <p class="error" role="alert" data-testid="form-error">{move || error.get()}</p>
+            <button type="submit" disabled=move || sending.get()>
+                {move || if sending.get() { "Sending…".to_owned() } else { send_label.clone() }}
+            </button>
+        </form>
+    }
+}
+
+#[component]
+fn ArgInput(
+    form_id: String,
+    arg: ArgSpec,
+    values: RwSignal<BTreeMap<String, String>>,
+) -> impl IntoView {
+    let input_id = format!("{form_id}-{}", arg.name);
+    let name = arg.name.clone();
+    let value = {
+        let name = name.clone();
+        move || values.with(|v| v.get(&name).cloned().unwrap_or_default())
+    };
+    let set = {
+        let name = name.clone();
+        move |text: String| {
+            values.update(|v| {
+                v.insert(name.clone(), text);
+            })
+        }
+    };
+    let hint = match &arg.kind {
+        ArgKind::Integer { min, max } => {
+            range_hint(min.map(|m| m.to_string()), max.map(|m| m.to_string()))
+        }
+        ArgKind::Number { min, max } => {
+            range_hint(min.map(|m| m.to_string()), max.map(|m| m.to_string()))
+        }
+        ArgKind::String { max_len: Some(n) } => format!("up to {n} characters"),
+        _ => String::new(),
+    };
+    let label = format!(
+        "{}{}",
+        arg.name.replace('_', " "),
+        if arg.required { " (required)" } else { "" }
+    );
+    let control = match arg.kind.clone() {
+        ArgKind::Boolean => {
+            let set = set.clone();
+            view! {
+                <input id=input_id.clone() type="checkbox" name=name.clone() prop:checked=move || value() == "true"
+                    on:change=move |ev| set(event_target_checked(&ev).to_string()) />
+            }.into_any()
+        }
+        ArgKind::Choice { choices } => {
+            let set = set.clone();
+            view! {
+                <select id=input_id.clone() name=name.clone() prop:value=value on:change=move |ev| set(event_target_value(&ev))>
+                    {(!arg.required).then(|| view! { <option value="">"—"</option> })}
+                    {choices.into_iter().map(|c| view! { <option value=c.clone()>{c.clone()}</option> }).collect_view()}
+                </select>
+            }.into_any()
+        }
+        ArgKind::Integer { min, max } => {
+            let set = set.clone();
+            view! {
+                <input id=input_id.clone() type="number" step="1" name=name.clone() min=min.map(|m| m.to_string()) max=max.map(|m| m.to_string())
+                    prop:value=value on:input=move |ev| set(event_target_value(&ev)) />
+            }.into_any()
+        }
+        ArgKind::Number { min, max } => {
+            let set = set.clone();
+            view! {
+                <input id=input_id.clone() type="number" step="any" name=name.clone() min=min.map(|m| m.to_string()) max=max.map(|m| m.to_string())
+                    prop:value=value on:input=move |ev| set(event_target_value(&ev)) />
+            }.into_any()
+        }
+        ArgKind::String { max_len } => {
+            let set = set.clone();
+            view! {
+                <input id=input_id.clone() type="text" name=name.clone() maxlength=max_len.map(|m| m.to_string())
+                    prop:value=value on:input=move |ev| set(event_target_value(&ev)) />
+            }.into_any()
+        }
+    };
+    view! {
+        <div class="field">
+            <label for=input_id>{label}</label>
+            {control}
+            {(!hint.is_empty() || !arg.description.is_empty()).then(|| view! {
+                <small class="muted">{arg.description.clone()} {(!hint.is_empty()).then(|| format!(" ({hint})"))}</small>
+            })}
+        </div>
+    }
+}
+
+fn range_hint(min: Option<String>, max: Option<String>) -> String {
+    match (min, max) {
+        (Some(min), Some(max)) => format!("{min} to {max}"),
+        (Some(min), None) => format!("at least {min}"),
+        (None, Some(max)) => format!("at most {max}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// How a JSON value shows in a text input.
+fn input_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Turns the form's text into typed arguments and checks them against the spec.
+fn build_request(
+    spec: &CommandSpec,
+    values: &BTreeMap<String, String>,
+    timeout_s: &str,
+) -> Result<SendCommand, String> {
+    let mut args = BTreeMap::new();
+    for arg in &spec.args {
+        let text = values.get(&arg.name).map(|t| t.trim()).unwrap_or_default();
+        if text.is_empty() && !matches!(arg.kind, ArgKind::Boolean) {
+            continue;
+        }
+        let value = match &arg.kind {
+            ArgKind::Boolean => Value::Bool(text == "true"),
+            ArgKind::Integer { .. } => text
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| format!("argument \"{}\" must be a whole number", arg.name))?,
+            ArgKind::Number { .. } => text
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Value::from)
+                .ok_or_else(|| format!("argument \"{}\" must be a number", arg.name))?,
+            ArgKind::String { .. } | ArgKind::Choice { .. } => Value::String(text.to_owned()),
+        };
+        args.insert(arg.name.clone(), value);
+    }
+    spec.validate(&args).map_err(|e| e.to_string())?;
+    let timeout_ms = timeout_s
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|s| (s * 1000.0).round() as u64)
+        .filter(|ms| (timeouts::MIN_MS..=timeouts::MAX_MS).contains(ms))
+        .ok_or_else(|| {
+            format!(
+                "the deadline must be between {} and {} seconds",
+                timeouts::MIN_MS as f64 / 1000.0,
+                timeouts::MAX_MS / 1000
+            )
+        })?;
+    Ok(SendCommand {
+        name: spec.name.clone(),
+        args,
+        timeout_ms: Some(timeout_ms),
+    })
+}
+
+/// The commands sent to this device, newest first, each walking through its statuses.
+#[component]
+fn CommandLog(device_id: DeviceId, initial: Vec<CommandView>) -> impl IntoView {
+    let live = use_live();
+    let now_ms = Signal::derive(move || live.now_ms.get());
+    let commands = move || {
+        let mut commands: Vec<CommandView> = if live.synced.get() {
+            live.commands.with(|all| {
+                all.values()
+                    .filter(|c| c.device_id == device_id)
+                    .cloned()
+                    .collect()
+            })
+        } else {
+            initial.clone()
+        };
+        commands.sort_by_key(|c| std::cmp::Reverse(c.created_ms));
+        commands
+    };
+    view! {
+        <section class="card" aria-labelledby="log-heading">
+            <h2 id="log-heading">"Command log"</h2>
+            <ol class="log" aria-live="polite" data-testid="command-log">
+                <For each=commands key=|c| (c.id.clone(), c.updated_ms) let:command>
+                    <CommandEntry command now_ms />
+                </For>
+            </ol>
+        </section>
+    }
+}
+
+#[component]
+fn CommandEntry(command: CommandView, now_ms: Signal<u64>) -> impl IntoView {
+    let created = command.created_ms;
+    let args = if command.args.is_empty() {
+        String::new()
+    } else {
+        command
+            .args
+            .iter()
+            .map(|(k, v)| format!("{k}={}", input_text(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pending = !command.status.is_terminal();
+    let cancel_error = RwSignal::new(None::<String>);
+    let id = command.id.0.clone();
+    let cancel = move |_| {
+        let id = id.clone();
+        leptos::task::spawn_local(async move {
+            if let Err(e) = cancel_command(id).await {
+                cancel_error.set(Some(error_message(&e)));
+            }
+        });
+    };
+    let result = command
+        .result
+        .as_ref()
+        .map(|r| serde_json::to_string_pretty(r).unwrap_or_default());
+    view! {
+        <li class="entry" data-testid="command" data-command=command.id.0.clone() data-status=command.status.as_str()>
+            <div class="entry-head">
+                <strong class="name">{command.name.replace('_', " ")}</strong>
+                <span class="muted args">{args}</span>
+                <StatusBadge status=command.status />
+                <span class="muted when">{move || ago(now_ms.get(), created)}</span>
+                {pending.then(|| view! { <button type="button" class="link" on:click=cancel>"Cancel"</button> })}
+            </div>
+            {pending.then(|| view! {
+                <progress max="100" value=command.percent.map(|p| p.to_string()) aria-label="progress">
+                    {command.percent.map(|p| format!("{p}%"))}
+                </progress>
+            })}
+            {command.message.clone().map(|m| view! { <p class="progress-message">{m}</p> })}
+            {result.map(|r| view! { <pre class="result" data-testid="result">{r}</pre> })}
+            {command.error.clone().map(|e| view! { <p class="error" data-testid="command-error">{e}</p> })}
+            {move || cancel_error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+        </li>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> CommandSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "set_target",
+            "args": [
+                {"name": "celsius", "type": "number", "min": 5.0, "max": 30.0, "required": true},
+                {"name": "hold", "type": "integer"},
+                {"name": "quiet", "type": "boolean"}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn form_text_becomes_typed_arguments() {
+        let request = build_request(
+            &spec(),
+            &values(&[("celsius", " 21.5 "), ("hold", "30"), ("quiet", "true")]),
+            "10",
+        )
+        .unwrap();
+        assert_eq!(request.args["celsius"], serde_json::json!(21.5));
+        assert_eq!(request.args["hold"], serde_json::json!(30));
+        assert_eq!(request.args["quiet"], serde_json::json!(true));
+        assert_eq!(request.timeout_ms, Some(10_000));
+    }
+
+    #[test]
+    fn form_mistakes_read_clearly() {
+        let cases = [
+            (
+                values(&[("celsius", "99")]),
+                "10",
+                "argument \"celsius\" is 99, outside the allowed range 5..=30",
+            ),
+            (
+                values(&[("celsius", "")]),
+                "10",
+                "missing required argument \"celsius\"",
+            ),
+            (
+                values(&[("celsius", "warm")]),
+                "10",
+                "argument \"celsius\" must be a number",
+            ),
+            (
+                values(&[("celsius", "20"), ("hold", "1.5")]),
+                "10",
+                "argument \"hold\" must be a whole number",
+            ),
+            (
+                values(&[("celsius", "20")]),
+                "900",
+                "the deadline must be between 0.1 and 300 seconds",
+            ),
+        ];
+        for (given, timeout, message) in cases {
+            assert_eq!(
+                build_request(&spec(), &given, timeout).unwrap_err(),
+                message
+            );
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The fleet: every device, online first, updating live.
+
+use leptos::prelude::*;
+use protocol::api::DeviceView;
+
+use super::PresenceBadge;
+use crate::fleet::{list_devices, live::use_live};
+
+/// The landing page. Rendered on the server with the devices known then, so it is
+/// useful before WASM loads; once hydrated, the live channel keeps it current.
+#[component]
+pub fn DeviceListPage() -> impl IntoView {
+    let live = use_live();
+    let rendered = Resource::new(|| (), |_| list_devices());
+    let hydrated = RwSignal::new(false);
+    // Effects run only in the browser, after hydration: the page marks itself so that
+    // tests (and curious users) can tell the WASM has taken over.
+    Effect::new(move |_| hydrated.set(true));
+    let help_open = RwSignal::new(false);
+
+    let devices = move || -> Option<Result<Vec<DeviceView>, String>> {
+        if live.synced.get() {
+            let mut devices: Vec<_> = live.devices.get().into_values().collect();
+            devices.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.id.cmp(&b.id)));
+            return Some(Ok(devices));
+        }
+        rendered.get().map(|r| {
+            r.map(|mut devices| {
+                devices.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.id.cmp(&b.id)));
+                devices
+            })
+            .map_err(|e| crate::fleet::error_message(&e))
+        })
+    };
+
+    view! {
+        <section class="card" data-testid="fleet" data-hydrated=move || hydrated.get().then_some("true")>
+            <h1>"Fleet"</h1>
+            <Suspense fallback=|| view! { <p class="muted">"Loading devices…"</p> }>
+                {move || devices().map(|result| match result {
+                    Err(message) => view! { <p class="error" role="alert">{message}</p> }.into_any(),
+                    Ok(devices) if devices.is_empty() => view! {
+                        <p class="empty">"No devices have connected yet."</p>
+                    }.into_any(),
+                    Ok(devices) => view! { <DeviceTable devices /> }.into_any(),
+                })}
+            </Suspense>
+            <button
+                type="button"
+                class="secondary"
+                aria-expanded=move || help_open.get().to_string()
+                aria-controls="connect-help"
+                on:click=move |_| help_open.update(|open| *open = !*open)
+            >
+                {move || if help_open.get() { "Hide how to connect a device" } else { "Show how to connect a device" }}
+            </button>
+            <div id="connect-help" class="help" role="region" aria-label="How to connect a device" hidden=move || !help_open.get()>
+                <p>"Run an agent beside the device, pointed at the broker (three simulated devices here):"</p>
+                <pre><code>"TETHER_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f tether-agent --simulate 3"</code></pre>
+                <p>"Or build your own with the agent library; PROTOCOL.md describes the wire format for other languages."</p>
+            </div>
+        </section>
+    }
+}
+
+#[component]
+fn DeviceTable(devices: Vec<DeviceView>) -> impl IntoView {
+    let live = use_live();
+    let now_ms = Signal::derive(move || live.now_ms.get());
+    view! {
+        <table class="devices">
+            <caption class="sr-only">"Devices"</caption>
+            <thead>
+                <tr>
+                    <th scope="col">"Device"</th>
+                    <th scope="col">"Status"</th>
+                    <th scope="col">"Kind"</th>
+                    <th scope="col">"Firmware"</th>
+                    <th scope="col">"Last seen"</th>
+                </tr>
+            </thead>
+            <tbody>
+                {devices.into_iter().map(|device| {
+                    let last_seen = device.last_seen_ms;
+                    view! {
+                        <tr data-testid="device-row" data-device=device.id.to_string()>
+                            <th scope="row"><a href=format!("/devices/{}", device.id)>{device.id.to_string()}</a></th>
+                            <td><PresenceBadge device=device.clone() now_ms /></td>
+                            <td>{device.kind.clone()}</td>
+                            <td>{device.firmware.clone()}</td>
+                            <td class="muted">{move || super::ago(now_ms.get(), last_seen)}</td>
+                        </tr>
+                    }
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+}

@@ -1,0 +1,173 @@
+//! The live channel, browser side: one WebSocket per tab to `/api/v1/live`. The server
+//! sends a snapshot, then every change; on any break the tab reconnects with backoff
+//! and takes a fresh snapshot. Pages read the signals here; nothing polls.
+
+use std::collections::BTreeMap;
+
+use leptos::prelude::*;
+use protocol::{
+    CommandId, DeviceId,
+    api::{CommandView, DeviceView, LiveEvent},
+};
+
+/// Commands kept in the tab, newest by creation.
+const KEEP_COMMANDS: usize = 500;
+
+/// The state of the live channel, for the connection indicator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// Not yet connected (also what the server renders).
+    Connecting,
+    /// Connected and in sync.
+    Live,
+    /// Lost; trying again.
+    Reconnecting,
+}
+
+/// The live view of the fleet, shared by every page of the tab.
+#[derive(Debug, Clone, Copy)]
+pub struct Live {
+    pub devices: RwSignal<BTreeMap<DeviceId, DeviceView>>,
+    pub commands: RwSignal<BTreeMap<CommandId, CommandView>>,
+    pub status: RwSignal<LinkStatus>,
+    /// Whether a snapshot has arrived: until then pages show what the server rendered.
+    pub synced: RwSignal<bool>,
+    /// Milliseconds since the Unix epoch, ticking every second in the browser, for
+    /// "5 min ago" labels.
+    pub now_ms: RwSignal<u64>,
+}
+
+impl Live {
+    /// Applies one event from the server.
+    pub fn apply(&self, event: LiveEvent) {
+        match event {
+            LiveEvent::Snapshot { devices, commands } => {
+                self.devices
+                    .set(devices.into_iter().map(|d| (d.id.clone(), d)).collect());
+                self.commands
+                    .set(commands.into_iter().map(|c| (c.id.clone(), c)).collect());
+                self.synced.set(true);
+                self.status.set(LinkStatus::Live);
+            }
+            LiveEvent::DeviceUpdated { device } => self.devices.update(|all| {
+                all.insert(device.id.clone(), device);
+            }),
+            LiveEvent::CommandUpdated { command } => self.upsert_command(command),
+        }
+    }
+
+    /// Adds or replaces a command, unless a later status of it is already known.
+    pub fn upsert_command(&self, command: CommandView) {
+        self.commands.update(|all| {
+            let newer_known = all
+                .get(&command.id)
+                .is_some_and(|known| known.updated_ms > command.updated_ms);
+            if !newer_known {
+                all.insert(command.id.clone(), command);
+            }
+            if all.len() > KEEP_COMMANDS {
+                let oldest = all
+                    .values()
+                    .min_by_key(|c| c.created_ms)
+                    .map(|c| c.id.clone());
+                if let Some(oldest) = oldest {
+                    all.remove(&oldest);
+                }
+            }
+        });
+    }
+}
+
+/// Creates the live view for this tab and, in the browser, connects it.
+pub fn provide_live() -> Live {
+    let live = Live {
+        devices: RwSignal::new(BTreeMap::new()),
+        commands: RwSignal::new(BTreeMap::new()),
+        status: RwSignal::new(LinkStatus::Connecting),
+        synced: RwSignal::new(false),
+        now_ms: RwSignal::new(now_ms()),
+    };
+    provide_context(live);
+    #[cfg(feature = "hydrate")]
+    {
+        leptos::task::spawn_local(browser::stay_connected(live));
+        leptos::task::spawn_local(browser::tick(live));
+    }
+    live
+}
+
+pub fn use_live() -> Live {
+    expect_context::<Live>()
+}
+
+/// Milliseconds since the Unix epoch, on either side.
+pub fn now_ms() -> u64 {
+    #[cfg(feature = "hydrate")]
+    {
+        js_sys::Date::now() as u64
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(feature = "hydrate")]
+mod browser {
+    use futures_util::StreamExt as _;
+    use gloo_net::websocket::{Message, futures::WebSocket};
+    use gloo_timers::future::TimeoutFuture;
+    use leptos::prelude::*;
+
+    use super::{LinkStatus, Live};
+
+    /// Keeps the tab connected: connect, read events until the socket breaks, wait with
+    /// backoff and jitter, and again. Every new connection starts with a snapshot.
+    pub async fn stay_connected(live: Live) {
+        let mut failures: u32 = 0;
+        loop {
+            if let Ok(socket) = WebSocket::open(&live_url()) {
+                let (_, mut incoming) = socket.split();
+                while let Some(Ok(message)) = incoming.next().await {
+                    let text = match message {
+                        Message::Text(text) => text,
+                        Message::Bytes(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    };
+                    match serde_json::from_str(&text) {
+                        Ok(event) => {
+                            failures = 0;
+                            live.apply(event);
+                        }
+                        Err(error) => leptos::logging::warn!("ignoring a live message: {error}"),
+                    }
+                }
+            }
+            live.status.set(LinkStatus::Reconnecting);
+            failures = failures.saturating_add(1);
+            let ceiling = 500u32.saturating_mul(1 << failures.min(5)).min(10_000);
+            let pause = ceiling / 2 + (js_sys::Math::random() * f64::from(ceiling / 2)) as u32;
+            TimeoutFuture::new(pause).await;
+        }
+    }
+
+    /// Moves `now_ms` on every second.
+    pub async fn tick(live: Live) {
+        loop {
+            live.now_ms.set(super::now_ms());
+            TimeoutFuture::new(1_000).await;
+        }
+    }
+
+    fn live_url() -> String {
+        let location = window().location();
+        let scheme = if location.protocol().as_deref() == Ok("https:") {
+            "wss"
+        } else {
+            "ws"
+        };
+        let host = location.host().unwrap_or_default();
+        format!("{scheme}://{host}/api/v1/live")
+    }
+}

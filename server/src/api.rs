@@ -1,0 +1,252 @@
+//! The JSON HTTP API over the hub, for scripts and other systems (documented in
+//! API.md), and the same operations for the UI's server functions ([`app::fleet::Fleet`]).
+//!
+//! Every error is JSON `{"code": "...", "message": "..."}` with a fitting status:
+//! unknown device or command 404, bad input 400 or 422, conflicts 409, broker down 503.
+
+use std::{pin::Pin, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{FromRequest, Path, Query, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use protocol::{
+    CommandId,
+    api::{ApiError, CommandView, DeviceView, SendCommand},
+};
+use serde::Deserialize;
+
+use crate::{
+    AppState,
+    hub::{CancelError, Hub, SendError},
+    live,
+};
+
+/// The longest a `GET /api/v1/commands/{id}?wait_ms=` may wait.
+const MAX_WAIT_MS: u64 = 60_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/devices", get(list_devices))
+        .route("/v1/devices/{id}", get(get_device))
+        .route(
+            "/v1/devices/{id}/commands",
+            get(device_commands).post(send_command),
+        )
+        .route("/v1/commands", get(recent_commands))
+        .route("/v1/commands/{id}", get(get_command).delete(cancel_command))
+        .route("/v1/live", get(live::upgrade))
+        .fallback(|| async {
+            Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+        })
+}
+
+/// An API error response.
+#[derive(Debug)]
+pub struct Failure(StatusCode, ApiError);
+
+impl Failure {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self(
+            status,
+            ApiError {
+                code: code.to_owned(),
+                message: message.into(),
+            },
+        )
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<SendError> for Failure {
+    fn from(error: SendError) -> Self {
+        let (status, code) = match &error {
+            SendError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
+            SendError::DeviceOffline(_) => (StatusCode::CONFLICT, "device_offline"),
+            SendError::UnknownCommand { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_command")
+            }
+            SendError::InvalidArguments(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments")
+            }
+            SendError::InvalidTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout"),
+            SendError::BrokerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
+impl From<CancelError> for Failure {
+    fn from(error: CancelError) -> Self {
+        let (status, code) = match &error {
+            CancelError::UnknownCommand(_) => (StatusCode::NOT_FOUND, "unknown_command"),
+            CancelError::AlreadyEnded(_) => (StatusCode::CONFLICT, "already_ended"),
+            CancelError::NotOurs(_) => (StatusCode::CONFLICT, "other_replica"),
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
+/// A JSON body whose rejection is an API error too.
+struct Body<T>(T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Failure;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(Failure::new(
+                rejection.status(),
+                "bad_request",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+async fn list_devices(State(hub): State<Hub>) -> Json<Vec<DeviceView>> {
+    Json(hub.devices())
+}
+
+async fn get_device(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, Failure> {
+    device(&hub, &id).map(Json)
+}
+
+fn device(hub: &Hub, id: &str) -> Result<DeviceView, Failure> {
+    protocol::DeviceId::new(id)
+        .ok()
+        .and_then(|id| hub.device(&id))
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                "unknown_device",
+                format!("no device \"{id}\" has ever connected"),
+            )
+        })
+}
+
+#[derive(Debug, Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn device_commands(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    Query(limit): Query<Limit>,
+) -> Result<Json<Vec<CommandView>>, Failure> {
+    let device = device(&hub, &id)?;
+    Ok(Json(hub.recent_commands(
+        Some(&device.id),
+        limit.limit.unwrap_or(50).min(1_000),
+    )))
+}
+
+async fn recent_commands(
+    State(hub): State<Hub>,
+    Query(limit): Query<Limit>,
+) -> Json<Vec<CommandView>> {
+    Json(hub.recent_commands(None, limit.limit.unwrap_or(50).min(1_000)))
+}
+
+async fn send_command(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    Body(request): Body<SendCommand>,
+) -> Result<(StatusCode, Json<CommandView>), Failure> {
+    let command = hub.send(&id, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(command)))
+}
+
+#[derive(Debug, Deserialize)]
+struct Wait {
+    /// Wait up to this long for the command to end (long poll).
+    wait_ms: Option<u64>,
+}
+
+async fn get_command(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    Query(wait): Query<Wait>,
+) -> Result<Json<CommandView>, Failure> {
+    let id = CommandId(id);
+    let unknown = || {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "unknown_command",
+            format!("no command \"{id}\""),
+        )
+    };
+    let command = match wait.wait_ms {
+        Some(ms) if ms > 0 => {
+            hub.wait(&id, Duration::from_millis(ms.min(MAX_WAIT_MS)))
+                .await
+        }
+        _ => hub.command(&id),
+    };
+    command.map(Json).ok_or_else(unknown)
+}
+
+async fn cancel_command(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<Json<CommandView>, Failure> {
+    Ok(Json(hub.cancel(&CommandId(id)).await?))
+}
+
+type Answer<'a> = Pin<Box<dyn Future<Output = Result<CommandView, ApiError>> + Send + 'a>>;
+
+impl app::fleet::Fleet for Hub {
+    fn devices(&self) -> Vec<DeviceView> {
+        Hub::devices(self)
+    }
+
+    fn device(&self, id: &str) -> Option<DeviceView> {
+        protocol::DeviceId::new(id)
+            .ok()
+            .and_then(|id| Hub::device(self, &id))
+    }
+
+    fn recent_commands(&self, device: Option<&str>, limit: usize) -> Vec<CommandView> {
+        match device.map(protocol::DeviceId::new) {
+            None => Hub::recent_commands(self, None, limit),
+            Some(Ok(id)) => Hub::recent_commands(self, Some(&id), limit),
+            Some(Err(_)) => Vec::new(),
+        }
+    }
+
+    fn send_command(&self, device: String, request: SendCommand) -> Answer<'_> {
+        Box::pin(async move {
+            self.send(&device, request)
+                .await
+                .map_err(|e| Failure::from(e).1)
+        })
+    }
+
+    fn cancel_command(&self, id: String) -> Answer<'_> {
+        Box::pin(async move {
+            self.cancel(&CommandId(id))
+                .await
+                .map_err(|e| Failure::from(e).1)
+        })
+    }
+}

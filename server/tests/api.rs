@@ -1,0 +1,287 @@
+//! The JSON API and the live WebSocket, over real HTTP, against the real broker and a
+//! real agent.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use agent::simulate::{Kind, Simulated};
+use futures_util::StreamExt as _;
+use protocol::{
+    CommandStatus, DeviceId,
+    api::{ApiError, CommandView, DeviceView, LiveEvent},
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
+
+fn amqp_url() -> String {
+    std::env::var("TETHER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A server and one simulated device; both stop when this is dropped.
+struct Setup {
+    base: String,
+    device: DeviceId,
+    client: reqwest::Client,
+    _stop_server: oneshot::Sender<()>,
+    _stop_agent: watch::Sender<bool>,
+}
+
+async fn setup(kind: Kind) -> Setup {
+    let config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), amqp_url());
+    let server = server::Server::bind(config)
+        .await
+        .expect("RabbitMQ must be running (scripts/test.sh starts it)");
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let hub = server.hub().clone();
+    let (stop_server, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+
+    let device = DeviceId::new(format!("api-{}-{:08x}", kind.name(), fastrand::u32(..))).unwrap();
+    let mut config = agent::Config::new(amqp_url(), device.clone(), kind.name());
+    config.heartbeat = Duration::from_secs(1);
+    let (stop_agent, mut agent_stopped) = watch::channel(false);
+    tokio::spawn(agent::run(
+        config,
+        Arc::new(Simulated::new(kind)),
+        async move {
+            let _ = agent_stopped.wait_for(|s| *s).await;
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !hub.device(&device).is_some_and(|d| d.online) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent did not come online"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Setup {
+        base,
+        device,
+        client: reqwest::Client::new(),
+        _stop_server: stop_server,
+        _stop_agent: stop_agent,
+    }
+}
+
+impl Setup {
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> (StatusCode, T) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    fn commands_path(&self) -> String {
+        format!("/api/v1/devices/{}/commands", self.device)
+    }
+}
+
+fn error(value: Value) -> ApiError {
+    serde_json::from_value(value).expect("an API error body")
+}
+
+#[tokio::test]
+async fn devices_are_listed_and_looked_up() {
+    let setup = setup(Kind::Switch).await;
+    let (status, devices): (_, Vec<DeviceView>) = setup.get("/api/v1/devices").await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = devices
+        .iter()
+        .find(|d| d.id == setup.device)
+        .expect("listed");
+    assert!(listed.online);
+    assert_eq!(listed.kind, "switch");
+
+    let (status, device): (_, DeviceView) = setup
+        .get(&format!("/api/v1/devices/{}", setup.device))
+        .await;
+    assert_eq!((status, device.id), (StatusCode::OK, setup.device.clone()));
+    let (status, body): (_, Value) = setup.get("/api/v1/devices/nobody-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        error(body),
+        ApiError {
+            code: "unknown_device".into(),
+            message: "no device \"nobody-here\" has ever connected".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_command_is_accepted_then_long_polled_to_its_result() {
+    let setup = setup(Kind::Switch).await;
+    let (status, body) = setup.post(&setup.commands_path(), r#"{"name":"on"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let accepted: CommandView = serde_json::from_value(body).unwrap();
+    let (status, done): (_, CommandView) = setup
+        .get(&format!("/api/v1/commands/{}?wait_ms=5000", accepted.id))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (done.status, done.result),
+        (CommandStatus::Succeeded, Some(json!({"on": true})))
+    );
+
+    let (_, recent): (_, Vec<CommandView>) = setup.get(&setup.commands_path()).await;
+    assert_eq!(recent.first().map(|c| &c.id), Some(&accepted.id));
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_with_fitting_statuses() {
+    let setup = setup(Kind::Thermostat).await;
+    let path = setup.commands_path();
+    let cases = [
+        (
+            path.as_str(),
+            r#"{"name":"set_target","args":{"celsius":99}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_arguments",
+        ),
+        (
+            path.as_str(),
+            r#"{"name":"launch"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_command",
+        ),
+        (
+            path.as_str(),
+            r#"{"name":"get_state","timeout_ms":5}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_timeout",
+        ),
+        (
+            path.as_str(),
+            r#"{"name":"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            path.as_str(),
+            r#"{"args":{}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_request",
+        ),
+        (
+            "/api/v1/devices/ghost/commands",
+            r#"{"name":"get_state"}"#,
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+        ),
+    ];
+    for (path, body, status, code) in cases {
+        let (got, answer) = setup.post(path, body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        let answer = error(answer);
+        assert_eq!(answer.code, code, "{body}: {}", answer.message);
+        assert!(!answer.message.is_empty());
+    }
+    let (status, body): (_, Value) = setup.get("/api/v1/commands/does-not-exist").await;
+    assert_eq!(
+        (status, error(body).code.as_str()),
+        (StatusCode::NOT_FOUND, "unknown_command")
+    );
+    let (status, body): (_, Value) = setup.get("/api/v1/nothing-here").await;
+    assert_eq!(
+        (status, error(body).code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn a_pending_command_can_be_cancelled_once() {
+    let setup = setup(Kind::Gateway).await;
+    let (_, body) = setup
+        .post(
+            &setup.commands_path(),
+            r#"{"name":"echo","args":{"delay_ms":20000},"timeout_ms":30000}"#,
+        )
+        .await;
+    let accepted: CommandView = serde_json::from_value(body).unwrap();
+    let (status, body) = setup
+        .delete(&format!("/api/v1/commands/{}", accepted.id))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        serde_json::from_value::<CommandView>(body).unwrap().status,
+        CommandStatus::Cancelled
+    );
+    let (status, body) = setup
+        .delete(&format!("/api/v1/commands/{}", accepted.id))
+        .await;
+    assert_eq!(
+        (status, error(body).code.as_str()),
+        (StatusCode::CONFLICT, "already_ended")
+    );
+}
+
+#[tokio::test]
+async fn the_live_channel_sends_a_snapshot_then_each_status() {
+    let setup = setup(Kind::Gateway).await;
+    let url = format!("{}/api/v1/live", setup.base.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket upgrade");
+    let mut next = async || -> LiveEvent {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(message.to_text().unwrap()).unwrap()
+    };
+    let LiveEvent::Snapshot { devices, .. } = next().await else {
+        panic!("the first message is not a snapshot")
+    };
+    assert!(devices.iter().any(|d| d.id == setup.device && d.online));
+
+    let (_, body) = setup
+        .post(
+            &setup.commands_path(),
+            r#"{"name":"collect_logs","args":{"lines":2}}"#,
+        )
+        .await;
+    let accepted: CommandView = serde_json::from_value(body).unwrap();
+    let mut statuses = Vec::new();
+    while statuses
+        .last()
+        .is_none_or(|s: &CommandStatus| !s.is_terminal())
+    {
+        if let LiveEvent::CommandUpdated { command } = next().await
+            && command.id == accepted.id
+        {
+            statuses.push(command.status);
+        }
+    }
+    statuses.dedup();
+    use CommandStatus::*;
+    assert_eq!(statuses, [Accepted, Sent, Delivered, Progress, Succeeded]);
+}
