@@ -2,8 +2,9 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import path from "node:path";
 
-// Starts `tether-server` (the release build) on port 0, waits until it says where it
-// listens, and hands that address to the tests through TETHER_BASE_URL. Set
+// Starts `tether-server` (the release build) on port 0 against the test broker, waits
+// until it says where it listens, and hands that address to the tests through
+// TETHER_BASE_URL, and the agent binary's path through TETHER_AGENT_BIN. Set
 // TETHER_BASE_URL yourself to test a server that is already running instead.
 export default async function globalSetup(): Promise<(() => Promise<void>) | void> {
   if (process.env.TETHER_BASE_URL) return;
@@ -23,6 +24,7 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
     env: {
       ...process.env,
       TETHER_ADDR: "127.0.0.1:0",
+      TETHER_AMQP_URL: amqpUrl(),
       TETHER_SITE_ROOT: siteRoot,
       LEPTOS_ENV: "PROD",
       RUST_LOG: process.env.RUST_LOG ?? "info",
@@ -32,12 +34,22 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
   });
   const baseURL = await listeningAddress(server);
   process.env.TETHER_BASE_URL = baseURL;
+  process.env.TETHER_AGENT_BIN ??= path.join(targetDir, "release", "tether-agent");
+  if (!existsSync(process.env.TETHER_AGENT_BIN)) {
+    server.kill("SIGKILL");
+    throw new Error(`${process.env.TETHER_AGENT_BIN} does not exist: build it with \`cargo build --release -p agent\` (scripts/test.sh does).`);
+  }
   console.log(`tether-server under test: ${baseURL}`);
 
   return async () => {
     server.kill("SIGTERM");
     await new Promise((resolve) => server.once("exit", resolve));
   };
+}
+
+// The broker the server and the agents under test use.
+export function amqpUrl(): string {
+  return process.env.TETHER_TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672/%2f";
 }
 
 // Resolves with the server's URL from its "listening on http://…" log line; rejects if

@@ -70,7 +70,11 @@ stage "clippy (server, ssr)" cargo clippy --workspace --exclude frontend --all-t
 stage "clippy (wasm32, hydrate)" cargo clippy -p frontend -p protocol --target wasm32-unknown-unknown --locked -- -D warnings
 stage rabbitmq ensure_rabbitmq
 stage "cargo test" cargo_tests
-if stage "release build" cargo leptos build --release; then
+release_build() {
+  cargo leptos build --release && cargo build --release --locked -p agent --bin tether-agent
+}
+
+if stage "release build" release_build; then
   stage playwright playwright_tests
 fi
 

@@ -16,7 +16,7 @@ pub mod fleet;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::{
-    ParamSegment, StaticSegment,
+    ParamSegment, SsrMode, StaticSegment,
     components::{Route, Router, Routes},
 };
 
@@ -60,8 +60,14 @@ pub fn App() -> impl IntoView {
             </header>
             <main>
                 <Routes fallback=NotFound>
-                    <Route path=StaticSegment("") view=devices::list::DeviceListPage />
-                    <Route path=(StaticSegment("devices"), ParamSegment("id")) view=devices::detail::DevicePage />
+                    // Async: the server waits for the data and sends whole pages, so they
+                    // are complete before (or without) any WASM.
+                    <Route path=StaticSegment("") view=devices::list::DeviceListPage ssr=SsrMode::Async />
+                    <Route
+                        path=(StaticSegment("devices"), ParamSegment("id"))
+                        view=devices::detail::DevicePage
+                        ssr=SsrMode::Async
+                    />
                 </Routes>
             </main>
         </Router>

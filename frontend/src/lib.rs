@@ -1,5 +1,8 @@
 //! The WASM entry point: hydrates the page the server rendered. Nothing else lives here.
 
+// Leptos's view types nest deeply; the hydrate build needs more room to lay them out.
+#![recursion_limit = "256"]
+
 /// Called by the generated JS once the WASM module has loaded.
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {

@@ -116,6 +116,7 @@ fn DeviceHeader(device: Signal<Option<DeviceView>>) -> impl IntoView {
                     </dl>
                 </section>
             }
+            .into_any()
         })
     }
 }
@@ -181,6 +182,7 @@ fn CommandForm(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
             </button>
         </form>
     }
+    .into_any()
 }
 
 #[component]
@@ -266,6 +268,7 @@ fn ArgInput(
             })}
         </div>
     }
+    .into_any()
 }
 
 fn range_hint(min: Option<String>, max: Option<String>) -> String {
@@ -357,12 +360,13 @@ fn CommandLog(device_id: DeviceId, initial: Vec<CommandView>) -> impl IntoView {
         <section class="card" aria-labelledby="log-heading">
             <h2 id="log-heading">"Command log"</h2>
             <ol class="log" aria-live="polite" data-testid="command-log">
-                <For each=commands key=|c| (c.id.clone(), c.updated_ms) let:command>
+                <For each=commands key=|c| (c.id.clone(), c.status, c.updated_ms, c.percent, c.message.clone()) let:command>
                     <CommandEntry command now_ms />
                 </For>
             </ol>
         </section>
     }
+    .into_any()
 }
 
 #[component]
@@ -413,6 +417,7 @@ fn CommandEntry(command: CommandView, now_ms: Signal<u64>) -> impl IntoView {
             {move || cancel_error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
         </li>
     }
+    .into_any()
 }
 
 #[cfg(test)]

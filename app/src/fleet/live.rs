@@ -56,13 +56,14 @@ impl Live {
         }
     }
 
-    /// Adds or replaces a command, unless a later status of it is already known.
+    /// Adds or replaces a command, unless a later status of it is already known (the
+    /// answer to a send can arrive after the live events that followed it).
     pub fn upsert_command(&self, command: CommandView) {
         self.commands.update(|all| {
-            let newer_known = all
+            if all
                 .get(&command.id)
-                .is_some_and(|known| known.updated_ms > command.updated_ms);
-            if !newer_known {
+                .is_none_or(|known| supersedes(&command, known))
+            {
                 all.insert(command.id.clone(), command);
             }
             if all.len() > KEEP_COMMANDS {
@@ -76,6 +77,16 @@ impl Live {
             }
         });
     }
+}
+
+/// Whether `new` is a later state of the command than `known`: a step on in its
+/// lifecycle, or a newer update at the same step (progress). Timestamps alone cannot
+/// tell: several steps often happen within one millisecond.
+fn supersedes(new: &CommandView, known: &CommandView) -> bool {
+    if new.status == known.status {
+        return new.updated_ms >= known.updated_ms;
+    }
+    known.status.advance(new.status).is_ok()
 }
 
 /// Creates the live view for this tab and, in the browser, connects it.
@@ -111,6 +122,47 @@ pub fn now_ms() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{CommandStatus, DeviceId};
+
+    use super::*;
+
+    fn at(status: CommandStatus, updated_ms: u64) -> CommandView {
+        CommandView {
+            id: "c".into(),
+            device_id: DeviceId::new("d").unwrap(),
+            name: "n".into(),
+            args: Default::default(),
+            status,
+            created_ms: 0,
+            updated_ms,
+            deadline_ms: 0,
+            percent: None,
+            message: None,
+            result: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_late_answer_never_undoes_later_news() {
+        use CommandStatus::*;
+        assert!(
+            !supersedes(&at(Sent, 5), &at(Succeeded, 5)),
+            "same millisecond, earlier step"
+        );
+        assert!(!supersedes(&at(Sent, 4), &at(Delivered, 5)));
+        assert!(supersedes(&at(Succeeded, 5), &at(Sent, 5)));
+        assert!(supersedes(&at(Progress, 7), &at(Progress, 6)));
+        assert!(!supersedes(&at(Progress, 6), &at(Progress, 7)));
+        assert!(
+            !supersedes(&at(TimedOut, 9), &at(Succeeded, 5)),
+            "nothing follows an end"
+        );
     }
 }
 
