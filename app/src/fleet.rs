@@ -64,7 +64,7 @@ pub async fn recent_commands(
 
 /// Sends a command; returns it once the broker has confirmed it. The error message is
 /// meant for the user.
-#[server(endpoint = "send_command", input = leptos::server_fn::codec::Json)]
+#[server(endpoint = "send_command", input = Json)]
 pub async fn send_command(
     device: String,
     request: protocol::api::SendCommand,
