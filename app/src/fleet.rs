@@ -7,7 +7,7 @@
 
 pub mod live;
 
-use leptos::prelude::*;
+use leptos::{prelude::*, server_fn::codec::Json};
 use protocol::api::{CommandView, DeviceView};
 
 /// What the server functions need from the hub.
