@@ -110,6 +110,32 @@ ensure_chromium() {
   Elsewhere: install Chromium or Chrome and set CHROMIUM_PATH to its executable."
 }
 
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# The broker Tether and its tests use: RabbitMQ on 127.0.0.1:5672. Started (and
+# installed from Debian's packages) when missing.
+ensure_rabbitmq() {
+  if port_open 127.0.0.1 5672; then
+    echo "RabbitMQ is listening on 127.0.0.1:5672"
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "installing Debian's rabbitmq-server (apt-get)"
+    as_root apt-get update -qq &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server ||
+      { echo "cannot install rabbitmq-server: install it, or start a broker on 127.0.0.1:5672" >&2; return 1; }
+  fi
+  port_open 127.0.0.1 5672 && return
+  echo "starting RabbitMQ (rabbitmq-server -detached)"
+  as_root rabbitmq-server -detached || return 1
+  for _ in $(seq 120); do
+    port_open 127.0.0.1 5672 && { echo "RabbitMQ is up"; return; }
+    sleep 1
+  done
+  echo "RabbitMQ did not open 127.0.0.1:5672 within 120 s" >&2
+  return 1
+}
+
 bootstrap() {
   local purpose="${1:-run}"
   need_rust || return 1

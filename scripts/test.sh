@@ -29,32 +29,6 @@ stage() {
   fi
 }
 
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-
-# The broker tests need: RabbitMQ on 127.0.0.1:5672. Started (and installed from Debian's
-# packages) when missing; never skipped.
-ensure_rabbitmq() {
-  if port_open 127.0.0.1 5672; then
-    echo "RabbitMQ is listening on 127.0.0.1:5672"
-    return
-  fi
-  if ! command -v rabbitmq-server >/dev/null 2>&1; then
-    echo "installing Debian's rabbitmq-server (apt-get)"
-    as_root apt-get update -qq &&
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server ||
-      { echo "cannot install rabbitmq-server: install it, or start a broker on 127.0.0.1:5672" >&2; return 1; }
-  fi
-  port_open 127.0.0.1 5672 && return
-  echo "starting RabbitMQ (rabbitmq-server -detached)"
-  as_root rabbitmq-server -detached || return 1
-  for _ in $(seq 120); do
-    port_open 127.0.0.1 5672 && { echo "RabbitMQ is up"; return; }
-    sleep 1
-  done
-  echo "RabbitMQ did not open 127.0.0.1:5672 within 120 s" >&2
-  return 1
-}
-
 cargo_tests() {
   cargo test --workspace --exclude frontend --no-fail-fast 2>&1 | tee "$logs/cargo-test.log"
   return "${PIPESTATUS[0]}"

@@ -160,6 +160,9 @@ struct ReplicaEvent {
     command: CommandView,
 }
 
+/// How long after a device's session ends its pending commands wait for answers that
+/// were already on their way (they travel on another queue than the goodbye).
+const OFFLINE_GRACE: Duration = Duration::from_millis(300);
 /// How often device heartbeats are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Live events a slow browser may fall behind by before it must resync.
@@ -346,7 +349,7 @@ impl Hub {
             ),
             Ok(Confirmation::Ack(Some(_))) => {
                 self.inner.stats.returned.fetch_add(1, Ordering::Relaxed);
-                self.device_gone(&device_id, &session_id, now_ms)
+                self.device_gone(&view.id, &device_id, &session_id, now_ms)
             }
             Ok(_) => {
                 let mut state = self.state();
@@ -535,20 +538,36 @@ impl Hub {
         ended
     }
 
-    /// The device's session is gone (inbox unroutable): it is offline, and so is every
-    /// command still waiting on that session.
-    fn device_gone(&self, device: &DeviceId, session_id: &str, now_ms: u64) -> Vec<CommandView> {
+    /// `command` came back unroutable: the device's session is gone. The command ends as
+    /// offline now; the device is offline, and so, after a grace for answers already
+    /// on their way, is every other command pending on that session.
+    fn device_gone(
+        &self,
+        command: &CommandId,
+        device: &DeviceId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Vec<CommandView> {
+        let why = "the device is offline: its inbox is gone";
         let mut state = self.state();
         if let Some(view) = state.registry.unroutable(device, session_id, now_ms) {
             self.broadcast(&[LiveEvent::DeviceUpdated { device: view }]);
         }
-        let ended = state.commands.end_for_device(
-            device,
-            Some(session_id),
-            CommandStatus::Offline,
-            "the device is offline: its inbox is gone",
-            now_ms,
-        );
+        let ended: Vec<_> = state
+            .commands
+            .advance(command, CommandStatus::Offline, now_ms, |v| {
+                v.error = Some(why.to_owned())
+            })
+            .ok()
+            .into_iter()
+            .collect();
+        if state
+            .commands
+            .device_gone(device, session_id, why, Instant::now() + OFFLINE_GRACE)
+            > 0
+        {
+            self.inner.timer.notify_one();
+        }
         self.broadcast_commands(&ended);
         ended
     }
@@ -627,7 +646,6 @@ impl Hub {
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut state = self.state();
         let mut events = Vec::new();
-        let mut ended = Vec::new();
         match (message, routed) {
             (DeviceMessage::Hello(hello), Some((device, PresenceKind::Hello)))
                 if device == hello.device_id =>
@@ -643,13 +661,13 @@ impl Hub {
                 if let Some(old) = replaced {
                     let why =
                         "the device reconnected with a new session; the old one cannot answer";
-                    ended = state.commands.end_for_device(
-                        &device,
-                        Some(&old),
-                        CommandStatus::Offline,
-                        why,
-                        now_ms,
-                    );
+                    if state
+                        .commands
+                        .device_gone(&device, &old, why, now + OFFLINE_GRACE)
+                        > 0
+                    {
+                        self.inner.timer.notify_one();
+                    }
                 }
                 events.push(LiveEvent::DeviceUpdated { device: view });
             }
@@ -676,13 +694,15 @@ impl Hub {
                         } else {
                             format!("the device went offline ({})", bye.reason)
                         };
-                        ended = state.commands.end_for_device(
+                        if state.commands.device_gone(
                             &device,
-                            Some(&bye.session_id),
-                            CommandStatus::Offline,
+                            &bye.session_id,
                             &why,
-                            now_ms,
-                        );
+                            now + OFFLINE_GRACE,
+                        ) > 0
+                        {
+                            self.inner.timer.notify_one();
+                        }
                     }
                     Err(_) => {
                         self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
@@ -698,12 +718,6 @@ impl Hub {
             }
         }
         self.broadcast(&events);
-        self.broadcast_commands(&ended);
-        drop(state);
-        if !ended.is_empty() {
-            let hub = self.clone();
-            tokio::spawn(async move { hub.share(&ended).await });
-        }
     }
 
     fn on_reply(&self, delivery: &Delivery) -> Vec<CommandView> {
@@ -780,18 +794,15 @@ impl Hub {
             let (now, now_ms) = (Instant::now(), now_ms());
             let changed = {
                 let mut state = self.state();
-                let mut changed = state.commands.expire(now, now_ms);
                 for (device, session_id) in state.registry.expire(now, now_ms) {
+                    // Silent for several heartbeats: no grace is needed.
                     let why = "the device stopped sending heartbeats";
-                    changed.extend(state.commands.end_for_device(
-                        &device.id,
-                        Some(&session_id),
-                        CommandStatus::Offline,
-                        why,
-                        now_ms,
-                    ));
+                    state
+                        .commands
+                        .device_gone(&device.id, &session_id, why, now);
                     self.broadcast(&[LiveEvent::DeviceUpdated { device }]);
                 }
+                let changed = state.commands.expire(now, now_ms);
                 self.broadcast_commands(&changed);
                 changed
             };

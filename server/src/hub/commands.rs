@@ -44,6 +44,9 @@ struct Own {
     /// The session's inbox, for a cancel.
     inbox: String,
     deadline: Instant,
+    /// Set when the device went away: at `deadline` the command ends as offline, for
+    /// this reason, instead of timing out.
+    gone: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +77,7 @@ impl Commands {
                     session_id,
                     inbox,
                     deadline,
+                    gone: None,
                 }),
             },
         );
@@ -161,51 +165,71 @@ impl Commands {
         }
     }
 
-    /// Ends every command whose deadline has passed as timed out.
+    /// Ends every command whose deadline has passed: as offline if its device went
+    /// away (see [`Self::device_gone`]), else as timed out.
     pub fn expire(&mut self, now: Instant, now_ms: u64) -> Vec<CommandView> {
-        let due: Vec<CommandId> = self
+        let due: Vec<(CommandId, Option<String>)> = self
             .deadlines
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
-            .map(|(_, id)| id.clone())
+            .map(|(_, id)| {
+                let gone = self
+                    .records
+                    .get(id)
+                    .and_then(|r| r.own.as_ref())
+                    .and_then(|own| own.gone.clone());
+                (id.clone(), gone)
+            })
             .collect();
-        due.iter()
-            .filter_map(|id| {
-                self.advance(id, CommandStatus::TimedOut, now_ms, |view| {
-                    view.error = Some("the device did not answer before the deadline".into());
-                })
-                .ok()
+        due.into_iter()
+            .filter_map(|(id, gone)| {
+                let (status, why) = match gone {
+                    Some(why) => (CommandStatus::Offline, why),
+                    None => (
+                        CommandStatus::TimedOut,
+                        "the device did not answer before the deadline".to_owned(),
+                    ),
+                };
+                self.advance(&id, status, now_ms, |view| view.error = Some(why))
+                    .ok()
             })
             .collect()
     }
 
-    /// Ends every pending command sent to `device` (to `session_id` only, if given) with
-    /// `status` and `why`.
-    pub fn end_for_device(
+    /// The device's session ended (bye, a new session, or its inbox vanished): every
+    /// command still pending on that session ends as offline at `at` — a moment later,
+    /// not now, because answers the device sent just before leaving travel on another
+    /// queue than its goodbye and may arrive after it. Returns how many were pending.
+    pub fn device_gone(
         &mut self,
         device: &DeviceId,
-        session_id: Option<&str>,
-        status: CommandStatus,
+        session_id: &str,
         why: &str,
-        now_ms: u64,
-    ) -> Vec<CommandView> {
-        let ids: Vec<CommandId> = self
-            .records
-            .values()
-            .filter(|r| &r.view.device_id == device && !r.view.status.is_terminal())
-            .filter(|r| {
-                r.own
-                    .as_ref()
-                    .is_some_and(|own| session_id.is_none_or(|s| s == own.session_id))
-            })
-            .map(|r| r.view.id.clone())
-            .collect();
-        ids.iter()
-            .filter_map(|id| {
-                self.advance(id, status, now_ms, |view| view.error = Some(why.to_owned()))
-                    .ok()
-            })
-            .collect()
+        at: Instant,
+    ) -> usize {
+        let mut moved = Vec::new();
+        for record in self.records.values_mut() {
+            if &record.view.device_id != device || record.view.status.is_terminal() {
+                continue;
+            }
+            let Some(own) = record
+                .own
+                .as_mut()
+                .filter(|own| own.session_id == session_id)
+            else {
+                continue;
+            };
+            own.gone = Some(why.to_owned());
+            if at < own.deadline {
+                moved.push((own.deadline, at, record.view.id.clone()));
+                own.deadline = at;
+            }
+        }
+        for (old, new, id) in &moved {
+            self.deadlines.remove(&(*old, id.clone()));
+            self.deadlines.insert((*new, id.clone()));
+        }
+        moved.len()
     }
 
     /// Ends every pending command of this replica with `status` and `why`.
@@ -467,25 +491,63 @@ mod tests {
     }
 
     #[test]
-    fn a_device_going_offline_ends_only_its_pending_commands_of_that_session() {
+    fn a_device_going_away_ends_its_sessions_commands_as_offline_after_a_grace() {
         let t0 = Instant::now();
+        let grace = t0 + Duration::from_millis(300);
         let mut commands = Commands::default();
-        commands.accept(view("a1", "a"), "sa".into(), "inbox".into(), t0);
-        commands.accept(view("a2", "a"), "old".into(), "inbox".into(), t0);
-        commands.accept(view("b1", "b"), "sb".into(), "inbox".into(), t0);
-        let ended = commands.end_for_device(
-            &DeviceId::new("a").unwrap(),
-            Some("sa"),
-            CommandStatus::Offline,
-            "gone",
-            5,
+        commands.accept(
+            view("a1", "a"),
+            "sa".into(),
+            "inbox".into(),
+            t0 + Duration::from_secs(10),
         );
+        commands.accept(
+            view("a2", "a"),
+            "sa".into(),
+            "inbox".into(),
+            t0 + Duration::from_secs(10),
+        );
+        commands.accept(
+            view("a3", "a"),
+            "old".into(),
+            "inbox".into(),
+            t0 + Duration::from_secs(10),
+        );
+        commands.accept(
+            view("b1", "b"),
+            "sb".into(),
+            "inbox".into(),
+            t0 + Duration::from_secs(10),
+        );
+        let a = DeviceId::new("a").unwrap();
+        assert_eq!(commands.device_gone(&a, "sa", "gone", grace), 2);
+        assert_eq!(commands.next_deadline(), Some(grace));
+        assert!(
+            commands.expire(t0, 0).is_empty(),
+            "not before the grace ends"
+        );
+
+        // An answer already on its way still counts.
+        let answer = reply("a1", "sa", Outcome::Ok { result: json!(1) });
+        assert_eq!(
+            commands.apply_device_message(&answer, 1).unwrap().status,
+            CommandStatus::Succeeded
+        );
+
+        let ended = commands.expire(grace, 300);
         assert_eq!(
             ended.iter().map(|v| v.id.0.as_str()).collect::<Vec<_>>(),
-            ["a1"]
+            ["a2"]
         );
-        assert_eq!(ended[0].error.as_deref(), Some("gone"));
-        assert_eq!(commands.pending(), 2);
+        assert_eq!(
+            (ended[0].status, ended[0].error.as_deref()),
+            (CommandStatus::Offline, Some("gone"))
+        );
+        assert_eq!(
+            commands.pending(),
+            2,
+            "other sessions and devices are untouched"
+        );
     }
 
     #[test]
