@@ -17,6 +17,7 @@ mod commands;
 mod registry;
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -44,7 +45,7 @@ use protocol::{
     names::{self, PresenceKind},
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use self::{commands::Commands, registry::Registry};
 
@@ -127,6 +128,8 @@ struct Inner {
     events: broadcast::Sender<LiveEvent>,
     /// The broker link, while connected.
     link: Mutex<Option<Link>>,
+    /// Callers of [`Hub::wait`], by command, told when it ends. Locked after `state`.
+    waiters: Mutex<HashMap<CommandId, Vec<oneshot::Sender<CommandView>>>>,
     /// Wakes the timer when an earlier deadline arrives.
     timer: Notify,
     stats: Stats,
@@ -184,6 +187,7 @@ impl Hub {
                 state: Mutex::default(),
                 events: broadcast::channel(EVENT_BUFFER).0,
                 link: Mutex::new(Some(link)),
+                waiters: Mutex::default(),
                 timer: Notify::new(),
                 stats: Stats::default(),
             }),
@@ -429,29 +433,34 @@ impl Hub {
 
     /// Waits up to `max` for a command to end; returns it as it is then.
     pub async fn wait(&self, id: &CommandId, max: Duration) -> Option<CommandView> {
-        let mut events = self.inner.events.subscribe();
-        let current = self.command(id)?;
-        if current.status.is_terminal() {
-            return Some(current);
-        }
-        let deadline = tokio::time::Instant::now() + max;
-        loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return self.command(id),
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    let now = self.command(id)?;
-                    if now.status.is_terminal() {
-                        return Some(now);
-                    }
+        let ended = {
+            // Checked and registered under the state lock, so the end cannot slip
+            // between the two.
+            let state = self.state();
+            let current = state.commands.get(id)?;
+            if current.status.is_terminal() {
+                return Some(current);
+            }
+            let (notify, ended) = oneshot::channel();
+            self.waiters().entry(id.clone()).or_default().push(notify);
+            ended
+        };
+        match tokio::time::timeout(max, ended).await {
+            Ok(Ok(command)) => Some(command),
+            _ => {
+                if let Some(waiting) = self.waiters().get_mut(id) {
+                    waiting.retain(|notify| !notify.is_closed());
                 }
-                Ok(Ok(LiveEvent::CommandUpdated { command }))
-                    if &command.id == id && command.status.is_terminal() =>
-                {
-                    return Some(command);
-                }
-                Ok(Ok(_)) => {}
+                self.command(id)
             }
         }
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, HashMap<CommandId, Vec<oneshot::Sender<CommandView>>>> {
+        self.inner
+            .waiters
+            .lock()
+            .expect("no code panics while holding the waiters lock")
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -485,8 +494,17 @@ impl Hub {
         }
     }
 
+    /// Sends command changes to listeners, and ended commands to their waiters. Call
+    /// with the state locked.
     fn broadcast_commands(&self, commands: &[CommandView]) {
         for command in commands {
+            if command.status.is_terminal()
+                && let Some(waiting) = self.waiters().remove(&command.id)
+            {
+                for notify in waiting {
+                    let _ = notify.send(command.clone());
+                }
+            }
             let _ = self.inner.events.send(LiveEvent::CommandUpdated {
                 command: command.clone(),
             });
@@ -502,8 +520,10 @@ impl Hub {
                 origin: self.inner.replica_id.clone(),
                 command: command.clone(),
             };
-            let properties =
-                BasicProperties::default().with_content_type(names::CONTENT_TYPE.into());
+            // The origin in a property too, so replicas skip their own without decoding.
+            let properties = BasicProperties::default()
+                .with_content_type(names::CONTENT_TYPE.into())
+                .with_app_id(self.inner.replica_id.as_str().into());
             if let Err(error) = link
                 .channel
                 .basic_publish(
@@ -759,6 +779,10 @@ impl Hub {
     }
 
     fn on_replica_event(&self, delivery: &Delivery) {
+        let own = delivery.properties.app_id().as_ref().map(|id| id.as_str());
+        if own == Some(self.inner.replica_id.as_str()) {
+            return;
+        }
         let event = match protocol::decode::<ReplicaEvent>(&delivery.data) {
             Ok(event) => event,
             Err(error) => {

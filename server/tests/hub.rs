@@ -712,3 +712,55 @@ async fn malformed_and_foreign_messages_are_counted_and_ignored() {
         "the noise did not change the device"
     );
 }
+
+#[tokio::test]
+async fn another_replica_sees_every_status_of_a_command_and_can_wait_for_it() {
+    let sender = start_hub().await;
+    let watcher = start_hub().await;
+    let gateway = start_agent("gw-replicas", Kind::Gateway, Duration::from_secs(1));
+    online(&sender, &gateway.id).await;
+    online(&watcher, &gateway.id).await;
+    let (_snapshot, mut events) = watcher.subscribe(0);
+
+    let sent = sender
+        .send(
+            gateway.id.as_str(),
+            command("collect_logs", json!({"lines": 2}), None),
+        )
+        .await
+        .unwrap();
+    // The other replica learns of the command through `tether.events`, a moment later.
+    eventually("the command mirrored", Duration::from_secs(5), || {
+        watcher.command(&sent.id)
+    })
+    .await;
+    let seen = within(
+        Duration::from_secs(5),
+        "the other replica",
+        watcher.wait(&sent.id, Duration::from_secs(5)),
+    )
+    .await
+    .expect("mirrored");
+    assert_eq!(seen.status, CommandStatus::Succeeded);
+    assert_eq!(seen.result, sender.command(&sent.id).unwrap().result);
+
+    let mut statuses = Vec::new();
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+    {
+        if let protocol::api::LiveEvent::CommandUpdated { command } = event
+            && command.id == sent.id
+        {
+            statuses.push(command.status);
+        }
+    }
+    statuses.dedup();
+    assert_eq!(
+        statuses.last(),
+        Some(&CommandStatus::Succeeded),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&CommandStatus::Progress), "{statuses:?}");
+    let refused = watcher.cancel(&sent.id).await.unwrap_err();
+    assert!(refused.to_string().contains("already ended"), "{refused}");
+    gateway.stop().await;
+}
