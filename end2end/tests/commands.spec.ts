@@ -41,7 +41,9 @@ test("an out-of-range argument shows a clear error and sends nothing", async ({ 
   await expect(device.log.getByTestId("command")).toHaveCount(0);
 
   await device.send("set_target", { celsius: "22" });
-  await expect(device.form("set_target").getByRole("alert")).toBeEmpty();
+  // The error is cleared (and, being empty, hidden).
+  await expect(device.form("set_target").getByTestId("form-error")).toBeEmpty();
+  await expect(device.form("set_target").getByRole("alert")).toBeHidden();
   await expect(device.latestCommand()).toHaveAttribute("data-status", "succeeded", { timeout: 10_000 });
   await expect(device.latestCommand().getByTestId("result")).toContainText('"target": 22');
 });
