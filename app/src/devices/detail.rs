@@ -205,14 +205,21 @@ fn ArgInput(
             })
         }
     };
-    let hint = match &arg.kind {
+    // Numbers share one input: bounds and step differ by kind.
+    let numeric = match &arg.kind {
         ArgKind::Integer { min, max } => {
-            range_hint(min.map(|m| m.to_string()), max.map(|m| m.to_string()))
+            Some((min.map(|m| m.to_string()), max.map(|m| m.to_string()), "1"))
         }
-        ArgKind::Number { min, max } => {
-            range_hint(min.map(|m| m.to_string()), max.map(|m| m.to_string()))
-        }
-        ArgKind::String { max_len: Some(n) } => format!("up to {n} characters"),
+        ArgKind::Number { min, max } => Some((
+            min.map(|m| m.to_string()),
+            max.map(|m| m.to_string()),
+            "any",
+        )),
+        _ => None,
+    };
+    let hint = match (&arg.kind, &numeric) {
+        (_, Some((min, max, _))) => range_hint(min.clone(), max.clone()),
+        (ArgKind::String { max_len: Some(n) }, _) => format!("up to {n} characters"),
         _ => String::new(),
     };
     let label = format!(
@@ -237,26 +244,21 @@ fn ArgInput(
                 </select>
             }.into_any()
         }
-        ArgKind::Integer { min, max } => {
-            let set = set.clone();
-            view! {
-                <input id=input_id.clone() type="number" step="1" name=name.clone() min=min.map(|m| m.to_string()) max=max.map(|m| m.to_string())
-                    prop:value=value on:input=move |ev| set(event_target_value(&ev)) />
-            }.into_any()
-        }
-        ArgKind::Number { min, max } => {
-            let set = set.clone();
-            view! {
-                <input id=input_id.clone() type="number" step="any" name=name.clone() min=min.map(|m| m.to_string()) max=max.map(|m| m.to_string())
-                    prop:value=value on:input=move |ev| set(event_target_value(&ev)) />
-            }.into_any()
-        }
         ArgKind::String { max_len } => {
             let set = set.clone();
             view! {
                 <input id=input_id.clone() type="text" name=name.clone() maxlength=max_len.map(|m| m.to_string())
                     prop:value=value on:input=move |ev| set(event_target_value(&ev)) />
             }.into_any()
+        }
+        ArgKind::Integer { .. } | ArgKind::Number { .. } => {
+            let (min, max, step) = numeric.unwrap_or_default();
+            let set = set.clone();
+            view! {
+                <input id=input_id.clone() type="number" step=step name=name.clone() min=min max=max
+                    prop:value=value on:input=move |ev| set(event_target_value(&ev)) />
+            }
+            .into_any()
         }
     };
     view! {
