@@ -65,7 +65,8 @@ async fn main() -> anyhow::Result<()> {
         },
         std::future::pending(),
     )
-    .await?;
+    .await;
+    anyhow::ensure!(hub.is_connected(), "cannot reach the broker at {url}");
     let (stop, stopped) = watch::channel(false);
     let switches: Vec<DeviceId> = (0..devices)
         .map(|n| spawn_agent(&url, &format!("bench-sw{n}"), Kind::Switch, &stopped))

@@ -172,21 +172,31 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const EVENT_BUFFER: usize = 4096;
 
 impl Hub {
-    /// Connects to the broker, declares the topology and starts consuming. Fails if the
-    /// broker cannot be reached now; once started, the hub reconnects by itself.
-    /// Everything stops when `shutdown` resolves.
+    /// Connects to the broker, declares the topology and starts consuming. If the
+    /// broker cannot be reached now, the hub starts disconnected (sends are refused as
+    /// `BrokerUnavailable`, `is_connected` is false) and keeps trying in the
+    /// background, as it does whenever the link drops. Everything stops when
+    /// `shutdown` resolves.
     pub async fn start(
         config: HubConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<Self> {
-        let (connection, link, consumers) = connect(&config.amqp_url).await?;
+    ) -> Self {
+        let first = match connect(&config.amqp_url).await {
+            Ok(connected) => Some(connected),
+            Err(error) => {
+                tracing::error!(
+                    "{error:#}; retrying in the background (start the broker, or set TETHER_AMQP_URL)"
+                );
+                None
+            }
+        };
         let hub = Self {
             inner: Arc::new(Inner {
                 config,
                 replica_id: format!("{:016x}", fastrand::u64(..)),
                 state: Mutex::default(),
                 events: broadcast::channel(EVENT_BUFFER).0,
-                link: Mutex::new(Some(link)),
+                link: Mutex::new(first.as_ref().map(|(_, link, _)| link.clone())),
                 waiters: Mutex::default(),
                 timer: Notify::new(),
                 stats: Stats::default(),
@@ -195,12 +205,12 @@ impl Hub {
         let (link_hub, timer_hub) = (hub.clone(), hub.clone());
         tokio::spawn(async move {
             tokio::select! {
-                () = link_hub.maintain_link(connection, consumers) => {}
+                () = link_hub.maintain_link(first.map(|(connection, _, consumers)| (connection, consumers))) => {}
                 () = timer_hub.run_timer() => {}
                 () = shutdown => {}
             }
         });
-        Ok(hub)
+        hub
     }
 
     /// Every device ever seen, sorted by id.
@@ -593,39 +603,44 @@ impl Hub {
     }
 
     /// Serves the broker connection; when it fails, fails what was pending and
-    /// reconnects with backoff, forever.
-    async fn maintain_link(&self, mut connection: Connection, mut consumers: Consumers) {
-        let mut failures: u32 = 0;
+    /// reconnects with backoff, forever. Starts by connecting if `first` is `None`.
+    async fn maintain_link(&self, first: Option<(Connection, Consumers)>) {
+        let mut current = first;
         loop {
+            let (connection, mut consumers) = match current.take() {
+                Some(connected) => connected,
+                None => self.reconnect().await,
+            };
             let error = self.consume(&mut consumers).await;
             tracing::warn!("lost the broker connection: {error:#}");
             self.set_link(None);
             let _ = connection.close(200, "reconnecting".into()).await;
-            let ended = {
-                let mut state = self.state();
-                let ended = state.commands.end_all(
-                    CommandStatus::Failed,
-                    "the server lost its broker connection; the answer cannot arrive",
-                    now_ms(),
-                );
-                self.broadcast_commands(&ended);
-                ended
-            };
-            drop(ended);
-            loop {
-                failures = failures.saturating_add(1);
-                let pause =
-                    Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)).min(15_000));
-                tokio::time::sleep(pause).await;
-                match connect(&self.inner.config.amqp_url).await {
-                    Ok((new_connection, link, new_consumers)) => {
-                        tracing::info!("reconnected to the broker");
-                        (connection, consumers) = (new_connection, new_consumers);
-                        self.set_link(Some(link));
-                        failures = 0;
-                        break;
-                    }
-                    Err(error) => tracing::warn!("cannot reconnect to the broker: {error:#}"),
+            let mut state = self.state();
+            let ended = state.commands.end_all(
+                CommandStatus::Failed,
+                "the server lost its broker connection; the answer cannot arrive",
+                now_ms(),
+            );
+            self.broadcast_commands(&ended);
+        }
+    }
+
+    /// Connects again, with exponential backoff up to 15 s between attempts.
+    async fn reconnect(&self) -> (Connection, Consumers) {
+        let mut failures: u32 = 0;
+        loop {
+            failures = failures.saturating_add(1);
+            let pause =
+                Duration::from_millis(250u64.saturating_mul(1 << failures.min(6)).min(15_000));
+            tokio::time::sleep(pause).await;
+            match connect(&self.inner.config.amqp_url).await {
+                Ok((connection, link, consumers)) => {
+                    tracing::info!("connected to the broker");
+                    self.set_link(Some(link));
+                    return (connection, consumers);
+                }
+                Err(error) => {
+                    tracing::warn!("cannot reach the broker: {error:#}; retrying in {pause:?}")
                 }
             }
         }

@@ -80,7 +80,7 @@ pub struct AppState {
     pub hub: Hub,
 }
 
-/// A server that has bound its port and connected to the broker.
+/// A server that has bound its port.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
@@ -89,16 +89,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Connects to the broker, binds the configured address and builds the routes.
+    /// Starts the hub (connected to the broker, or retrying in the background), binds
+    /// the configured address and builds the routes.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let options = leptos_options(&config)?;
         let hub_config = HubConfig {
             amqp_url: config.amqp_url.clone(),
             default_timeout: Duration::from_millis(config.command_timeout_ms),
         };
-        let hub = Hub::start(hub_config, std::future::pending())
-            .await
-            .context("start RabbitMQ, or point TETHER_AMQP_URL at a running broker")?;
+        let hub = Hub::start(hub_config, std::future::pending()).await;
         let addr = options.site_addr;
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (is another server using it? set TETHER_ADDR)")

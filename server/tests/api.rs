@@ -34,6 +34,11 @@ async fn setup(kind: Kind) -> Setup {
         .expect("RabbitMQ must be running (scripts/test.sh starts it)");
     let base = format!("http://{}", server.local_addr().unwrap());
     let hub = server.hub().clone();
+    assert!(
+        hub.is_connected(),
+        "RabbitMQ must be running at {} (scripts/test.sh starts it)",
+        amqp_url()
+    );
     let (stop_server, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.serve(async {
         let _ = stopped.await;

@@ -13,10 +13,12 @@ struct Running {
 async fn start() -> Running {
     let amqp_url = std::env::var("TETHER_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    start_with(amqp_url).await
+}
+
+async fn start_with(amqp_url: String) -> Running {
     let config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), amqp_url);
-    let server = server::Server::bind(config)
-        .await
-        .expect("RabbitMQ must be running (scripts/test.sh starts it)");
+    let server = server::Server::bind(config).await.expect("bind port 0");
     let addr = server.local_addr().expect("bound address");
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.serve(async {
@@ -77,4 +79,37 @@ async fn unknown_page_is_a_404_with_a_way_back() {
     assert_eq!(status, 404);
     assert!(body.contains("Page not found"), "{body}");
     assert!(body.contains("href=\"/\""), "{body}");
+}
+
+#[tokio::test]
+async fn without_a_broker_pages_still_render_and_commands_fail_clearly() {
+    // Nothing listens on port 1: the hub starts disconnected and keeps retrying.
+    let running = start_with("amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
+    let (status, body) = get(&running, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<h1>Fleet</h1>"), "{body}");
+    assert_eq!(
+        get(&running, "/readyz").await,
+        (503, "not connected to the broker".to_owned())
+    );
+    let (_, metrics) = get(&running, "/metrics").await;
+    assert!(metrics.contains("tether_broker_connected 0"), "{metrics}");
+
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/v1/devices/any/commands",
+            running.addr
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"toggle"}"#)
+        .send()
+        .await
+        .expect("HTTP request");
+    assert_eq!(response.status().as_u16(), 503);
+    let error: protocol::api::ApiError = response.json().await.expect("JSON error");
+    assert_eq!(error.code, "broker_unavailable");
+    assert_eq!(
+        error.message,
+        "the server is not connected to the broker; try again shortly"
+    );
 }

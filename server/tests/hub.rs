@@ -30,11 +30,13 @@ async fn start_hub() -> Hub {
         amqp_url: amqp_url(),
         default_timeout: Duration::from_secs(10),
     };
-    Hub::start(config, std::future::pending())
-        .await
-        .unwrap_or_else(|e| {
-            panic!("RabbitMQ must be running for these tests (scripts/test.sh starts it): {e:#}")
-        })
+    let hub = Hub::start(config, std::future::pending()).await;
+    assert!(
+        hub.is_connected(),
+        "RabbitMQ must be running for these tests at {} (scripts/test.sh starts it)",
+        amqp_url()
+    );
+    hub
 }
 
 fn unique(name: &str) -> String {

@@ -85,10 +85,10 @@ fn DeviceTable(devices: Vec<DeviceView>) -> impl IntoView {
                     view! {
                         <tr data-testid="device-row" data-device=device.id.to_string()>
                             <th scope="row"><a href=format!("/devices/{}", device.id)>{device.id.to_string()}</a></th>
-                            <td><PresenceBadge device=device.clone() now_ms /></td>
-                            <td>{device.kind.clone()}</td>
-                            <td>{device.firmware.clone()}</td>
-                            <td class="muted">{move || super::ago(now_ms.get(), last_seen)}</td>
+                            <td data-label="Status"><PresenceBadge device=device.clone() now_ms /></td>
+                            <td data-label="Kind">{device.kind.clone()}</td>
+                            <td data-label="Firmware">{device.firmware.clone()}</td>
+                            <td data-label="Last seen" class="muted">{move || super::ago(now_ms.get(), last_seen)}</td>
                         </tr>
                     }
                 }).collect_view()}
