@@ -1,0 +1,102 @@
+//! Tether's embedded AMQP 0-9-1 broker: what Tether and ordinary clients (lapin, pika)
+//! need, behaving as RabbitMQ does, for a single machine with nothing installed.
+//! Nothing is persisted.
+//!
+//! - [`Config`] and [`Broker`]: bind, then [`Broker::serve`] until shutdown.
+//! - `vhost`: exchanges, queues, bindings, consumers and routing; shared state behind
+//!   one lock that is never held across an `.await`.
+//! - `connection`: one client connection — handshake, channels, methods — with one
+//!   reader and one writer task.
+
+mod connection;
+mod vhost;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::net::TcpListener;
+
+use crate::vhost::Vhost;
+
+/// How the broker listens and whom it lets in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen; 127.0.0.1 unless told otherwise. Port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// The one user allowed in, with PLAIN authentication.
+    pub user: String,
+    pub password: String,
+    /// The largest frame accepted, in bytes (checked before buffering).
+    pub frame_max: u32,
+    /// Channels per connection.
+    pub channel_max: u16,
+    /// Heartbeat interval proposed to clients, in seconds (0: none).
+    pub heartbeat: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 5673)),
+            user: "guest".into(),
+            password: "guest".into(),
+            frame_max: 131_072,
+            channel_max: 2_047,
+            heartbeat: 60,
+        }
+    }
+}
+
+/// A bound broker, ready to serve.
+#[derive(Debug)]
+pub struct Broker {
+    listener: TcpListener,
+    config: Arc<Config>,
+    vhost: Arc<Mutex<Vhost>>,
+}
+
+impl Broker {
+    pub async fn bind(config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.addr).await?;
+        Ok(Self {
+            listener,
+            config: Arc::new(config),
+            vhost: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The URL a client on this machine connects with.
+    pub fn url(&self) -> std::io::Result<String> {
+        let addr = self.local_addr()?;
+        Ok(format!(
+            "amqp://{}:{}@{addr}/%2f",
+            self.config.user, self.config.password
+        ))
+    }
+
+    /// Accepts connections until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut next_id: u64 = 0;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        next_id += 1;
+                        let (config, vhost) = (self.config.clone(), self.vhost.clone());
+                        tokio::spawn(connection::serve(next_id, socket, peer, config, vhost));
+                    }
+                    Err(error) => tracing::warn!("accept failed: {error}"),
+                }
+            }
+        }
+    }
+}

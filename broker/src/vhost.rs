@@ -1,0 +1,519 @@
+//! The broker's shared state: exchanges, queues, bindings and consumers, and routing.
+//! Connections call in under one lock, never held across an `.await`; deliveries leave
+//! through each consumer's connection channel.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use amq_protocol::protocol::BasicProperties;
+use tokio::sync::mpsc;
+
+/// Which connection owns something (exclusive queues, consumers).
+pub type ConnectionId = u64;
+
+/// A message as stored in a queue.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: Arc<Vec<u8>>,
+    pub redelivered: bool,
+}
+
+/// A message handed to a consumer, sent to its connection.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: u16,
+    pub consumer_tag: String,
+    pub queue: String,
+    pub message: Message,
+    pub no_ack: bool,
+    /// The consumer's count of unacknowledged messages, to decrement on ack.
+    pub unacked: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+}
+
+impl ExchangeKind {
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "direct" => Some(Self::Direct),
+            "fanout" => Some(Self::Fanout),
+            "topic" => Some(Self::Topic),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Exchange {
+    kind: ExchangeKind,
+    durable: bool,
+    /// (queue, binding key)
+    bindings: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    connection: ConnectionId,
+    channel: u16,
+    tag: String,
+    no_ack: bool,
+    /// 0: unlimited.
+    prefetch: usize,
+    unacked: Arc<AtomicUsize>,
+    deliver: mpsc::UnboundedSender<Delivery>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    owner: Option<ConnectionId>,
+    auto_delete: bool,
+    messages: VecDeque<Message>,
+    consumers: Vec<Consumer>,
+    /// Round-robin position among consumers.
+    next: usize,
+    /// Auto-delete queues go when their last consumer leaves, once they had one.
+    had_consumers: bool,
+}
+
+/// Why a request failed: an AMQP reply code and text, as RabbitMQ words them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Refusal {
+    fn new(code: u16, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
+pub const NOT_FOUND: u16 = 404;
+pub const RESOURCE_LOCKED: u16 = 405;
+pub const PRECONDITION_FAILED: u16 = 406;
+
+#[derive(Debug)]
+pub struct Vhost {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Queue>,
+}
+
+impl Default for Vhost {
+    fn default() -> Self {
+        let mut exchanges = HashMap::new();
+        for (name, kind) in [
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+        ] {
+            exchanges.insert(
+                name.to_owned(),
+                Exchange {
+                    kind,
+                    durable: true,
+                    bindings: Vec::new(),
+                },
+            );
+        }
+        Self {
+            exchanges,
+            queues: HashMap::new(),
+        }
+    }
+}
+
+impl Vhost {
+    pub fn declare_exchange(
+        &mut self,
+        name: &str,
+        kind: &str,
+        durable: bool,
+        passive: bool,
+    ) -> Result<(), Refusal> {
+        if let Some(existing) = self.exchanges.get(name) {
+            if passive {
+                return Ok(());
+            }
+            let same_kind = ExchangeKind::parse(kind) == Some(existing.kind);
+            if !same_kind || existing.durable != durable {
+                return Err(Refusal::new(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - inequivalent arg 'type' or 'durable' for exchange '{name}' in vhost '/'"
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        if passive {
+            return Err(Refusal::new(
+                NOT_FOUND,
+                format!("NOT_FOUND - no exchange '{name}' in vhost '/'"),
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(Refusal::new(
+                403,
+                format!("ACCESS_REFUSED - exchange name '{name}' contains reserved prefix 'amq.*'"),
+            ));
+        }
+        let kind = ExchangeKind::parse(kind).ok_or_else(|| {
+            Refusal::new(
+                503,
+                format!("COMMAND_INVALID - unknown exchange type '{kind}'"),
+            )
+        })?;
+        self.exchanges.insert(
+            name.to_owned(),
+            Exchange {
+                kind,
+                durable,
+                bindings: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Declares a queue (a broker-named one if `name` is empty); returns its name and
+    /// message and consumer counts.
+    pub fn declare_queue(
+        &mut self,
+        connection: ConnectionId,
+        name: &str,
+        exclusive: bool,
+        auto_delete: bool,
+        passive: bool,
+    ) -> Result<(String, u32, u32), Refusal> {
+        let name = if name.is_empty() {
+            if passive {
+                return Err(Refusal::new(
+                    NOT_FOUND,
+                    "NOT_FOUND - no queue '' in vhost '/'",
+                ));
+            }
+            format!("amq.gen-{}", random_name())
+        } else {
+            name.to_owned()
+        };
+        if let Some(queue) = self.queues.get(&name) {
+            if queue.owner.is_some_and(|owner| owner != connection) {
+                return Err(Refusal::new(
+                    RESOURCE_LOCKED,
+                    format!(
+                        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost '/'"
+                    ),
+                ));
+            }
+            let counts = (queue.messages.len() as u32, queue.consumers.len() as u32);
+            return Ok((name, counts.0, counts.1));
+        }
+        if passive {
+            return Err(Refusal::new(
+                NOT_FOUND,
+                format!("NOT_FOUND - no queue '{name}' in vhost '/'"),
+            ));
+        }
+        let owner = exclusive.then_some(connection);
+        self.queues.insert(
+            name.clone(),
+            Queue {
+                owner,
+                auto_delete,
+                ..Queue::default()
+            },
+        );
+        Ok((name, 0, 0))
+    }
+
+    pub fn bind(
+        &mut self,
+        connection: ConnectionId,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), Refusal> {
+        self.usable_queue(connection, queue)?;
+        let exchange_entry = self.exchanges.get_mut(exchange).ok_or_else(|| {
+            Refusal::new(
+                NOT_FOUND,
+                format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'"),
+            )
+        })?;
+        let binding = (queue.to_owned(), key.to_owned());
+        if !exchange_entry.bindings.contains(&binding) {
+            exchange_entry.bindings.push(binding);
+        }
+        Ok(())
+    }
+
+    /// Routes a published message to its queues; returns how many it reached.
+    pub fn publish(&mut self, exchange: &str, message: Message) -> Result<usize, Refusal> {
+        let targets: Vec<String> = if exchange.is_empty() {
+            self.queues
+                .contains_key(&message.routing_key)
+                .then(|| message.routing_key.clone())
+                .into_iter()
+                .collect()
+        } else {
+            let entry = self.exchanges.get(exchange).ok_or_else(|| {
+                Refusal::new(
+                    NOT_FOUND,
+                    format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'"),
+                )
+            })?;
+            let mut targets: Vec<String> = entry
+                .bindings
+                .iter()
+                .filter(|(_, key)| match entry.kind {
+                    ExchangeKind::Fanout => true,
+                    ExchangeKind::Direct => *key == message.routing_key,
+                    ExchangeKind::Topic => topic_matches(key, &message.routing_key),
+                })
+                .map(|(queue, _)| queue.clone())
+                .collect();
+            targets.sort();
+            targets.dedup();
+            targets
+        };
+        for queue in &targets {
+            if let Some(entry) = self.queues.get_mut(queue) {
+                entry.messages.push_back(message.clone());
+            }
+            self.dispatch(queue);
+        }
+        Ok(targets.len())
+    }
+
+    /// Adds a consumer; messages waiting in the queue start flowing to it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn consume(
+        &mut self,
+        connection: ConnectionId,
+        channel: u16,
+        queue: &str,
+        tag: String,
+        no_ack: bool,
+        prefetch: u16,
+        deliver: mpsc::UnboundedSender<Delivery>,
+    ) -> Result<(), Refusal> {
+        let entry = self.usable_queue(connection, queue)?;
+        entry.consumers.push(Consumer {
+            connection,
+            channel,
+            tag,
+            no_ack,
+            prefetch: usize::from(prefetch),
+            unacked: Arc::default(),
+            deliver,
+        });
+        entry.had_consumers = true;
+        self.dispatch(queue);
+        Ok(())
+    }
+
+    /// Removes a consumer; an auto-delete queue without consumers left goes away.
+    pub fn cancel(&mut self, connection: ConnectionId, channel: u16, tag: &str) {
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in names {
+            if let Some(queue) = self.queues.get_mut(&name) {
+                queue.consumers.retain(|c| {
+                    !(c.connection == connection && c.channel == channel && c.tag == tag)
+                });
+            }
+            self.delete_if_unused(&name);
+        }
+    }
+
+    /// A consumer acknowledged (or rejected without requeue) messages: it may take more.
+    pub fn settled(&mut self, queue: &str) {
+        self.dispatch(queue);
+    }
+
+    /// Puts messages back at the head of their queue, marked redelivered.
+    pub fn requeue(&mut self, queue: &str, mut message: Message) {
+        message.redelivered = true;
+        if let Some(entry) = self.queues.get_mut(queue) {
+            entry.messages.push_front(message);
+        }
+        self.dispatch(queue);
+    }
+
+    /// A channel closed: its consumers go.
+    pub fn close_channel(&mut self, connection: ConnectionId, channel: u16) {
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in names {
+            if let Some(queue) = self.queues.get_mut(&name) {
+                queue
+                    .consumers
+                    .retain(|c| !(c.connection == connection && c.channel == channel));
+            }
+            self.delete_if_unused(&name);
+        }
+    }
+
+    /// A connection closed: its consumers go, and so do its exclusive queues.
+    pub fn close_connection(&mut self, connection: ConnectionId) {
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in names {
+            let exclusive = self
+                .queues
+                .get(&name)
+                .is_some_and(|q| q.owner == Some(connection));
+            if exclusive {
+                self.delete_queue(&name);
+                continue;
+            }
+            if let Some(queue) = self.queues.get_mut(&name) {
+                queue.consumers.retain(|c| c.connection != connection);
+            }
+            self.delete_if_unused(&name);
+        }
+    }
+
+    fn delete_if_unused(&mut self, name: &str) {
+        let unused = self
+            .queues
+            .get(name)
+            .is_some_and(|q| q.auto_delete && q.had_consumers && q.consumers.is_empty());
+        if unused {
+            self.delete_queue(name);
+        }
+    }
+
+    fn delete_queue(&mut self, name: &str) {
+        self.queues.remove(name);
+        for exchange in self.exchanges.values_mut() {
+            exchange.bindings.retain(|(queue, _)| queue != name);
+        }
+    }
+
+    fn usable_queue(
+        &mut self,
+        connection: ConnectionId,
+        name: &str,
+    ) -> Result<&mut Queue, Refusal> {
+        let queue = self.queues.get_mut(name).ok_or_else(|| {
+            Refusal::new(
+                NOT_FOUND,
+                format!("NOT_FOUND - no queue '{name}' in vhost '/'"),
+            )
+        })?;
+        if queue.owner.is_some_and(|owner| owner != connection) {
+            return Err(Refusal::new(
+                RESOURCE_LOCKED,
+                format!(
+                    "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost '/'"
+                ),
+            ));
+        }
+        Ok(queue)
+    }
+
+    /// Hands waiting messages to consumers with room, round robin.
+    fn dispatch(&mut self, name: &str) {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        while !queue.messages.is_empty() && !queue.consumers.is_empty() {
+            let count = queue.consumers.len();
+            let ready = (0..count)
+                .map(|offset| (queue.next + offset) % count)
+                .find(|&i| {
+                    let c = &queue.consumers[i];
+                    c.no_ack || c.prefetch == 0 || c.unacked.load(Ordering::Relaxed) < c.prefetch
+                });
+            let Some(index) = ready else { return };
+            queue.next = (index + 1) % count;
+            let Some(message) = queue.messages.pop_front() else {
+                return;
+            };
+            let consumer = &queue.consumers[index];
+            if !consumer.no_ack {
+                consumer.unacked.fetch_add(1, Ordering::Relaxed);
+            }
+            let delivery = Delivery {
+                channel: consumer.channel,
+                consumer_tag: consumer.tag.clone(),
+                queue: name.to_owned(),
+                message,
+                no_ack: consumer.no_ack,
+                unacked: consumer.unacked.clone(),
+            };
+            if let Err(mpsc::error::SendError(undelivered)) = consumer.deliver.send(delivery) {
+                // The connection is going away; it will remove its consumers.
+                queue.consumers.remove(index);
+                queue.messages.push_front(undelivered.message);
+            }
+        }
+    }
+}
+
+/// AMQP topic matching: words split by `.`, `*` matches one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn matches(pattern: &[&str], key: &[&str]) -> bool {
+        match (pattern.first(), key.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => {
+                matches(&pattern[1..], key) || (!key.is_empty() && matches(pattern, &key[1..]))
+            }
+            (Some(&"*"), Some(_)) => matches(&pattern[1..], &key[1..]),
+            (Some(p), Some(k)) if p == k => matches(&pattern[1..], &key[1..]),
+            _ => false,
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = if key.is_empty() {
+        Vec::new()
+    } else {
+        key.split('.').collect()
+    };
+    matches(&pattern, &key)
+}
+
+fn random_name() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    (0..22)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches;
+
+    #[test]
+    fn topic_patterns_match_as_in_rabbitmq() {
+        let cases = [
+            ("presence.#", "presence.gw-1.hello", true),
+            ("presence.#", "presence", true),
+            ("presence.*.hello", "presence.gw-1.hello", true),
+            ("presence.*.hello", "presence.gw-1.bye", false),
+            ("presence.*", "presence.a.b", false),
+            ("#", "anything.at.all", true),
+            ("#.hello", "presence.gw.hello", true),
+            ("a.#.z", "a.z", true),
+            ("a.#.z", "a.b.c.z", true),
+            ("a.*.z", "a.z", false),
+            ("telemetry.#", "presence.x", false),
+        ];
+        for (pattern, key, expected) in cases {
+            assert_eq!(topic_matches(pattern, key), expected, "{pattern} vs {key}");
+        }
+    }
+}

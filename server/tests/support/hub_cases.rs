@@ -1,0 +1,766 @@
+//! The hub against a real broker with real agents: included by `tests/hub.rs`
+//! (RabbitMQ) and `tests/hub_embedded.rs` (the embedded broker), each of which says
+//! where its broker is with a `crate::amqp_url()`. Each test uses its own device ids, so
+//! tests can run in parallel on one broker. A missing broker fails the tests.
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use agent::simulate::{Kind, Simulated};
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use protocol::{
+    CommandStatus, DeviceId, DeviceMessage, Hello, Outcome, Reply, ServerMessage,
+    api::{CommandView, SendCommand},
+    names,
+};
+use serde_json::{Value, json};
+use server::hub::{Hub, HubConfig, SendError};
+use tokio::sync::watch;
+
+use crate::amqp_url;
+
+async fn start_hub() -> Hub {
+    let config = HubConfig {
+        amqp_url: amqp_url(),
+        default_timeout: Duration::from_secs(10),
+    };
+    let hub = Hub::start(config, std::future::pending()).await;
+    assert!(
+        hub.is_connected(),
+        "RabbitMQ must be running for these tests at {} (scripts/test.sh starts it)",
+        amqp_url()
+    );
+    hub
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{:08x}", fastrand::u32(..))
+}
+
+/// A running simulated agent; dropping it makes it say bye and disconnect.
+struct Agent {
+    id: DeviceId,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agent {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.expect("agent task").expect("agent ran");
+    }
+}
+
+fn start_agent(name: &str, kind: Kind, heartbeat: Duration) -> Agent {
+    let id = DeviceId::new(unique(name)).unwrap();
+    let mut config = agent::Config::new(amqp_url(), id.clone(), kind.name());
+    config.heartbeat = heartbeat;
+    config.reconnect_min = Duration::from_millis(50);
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(agent::run(
+        config,
+        Arc::new(Simulated::new(kind)),
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
+    Agent { id, stop, task }
+}
+
+async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn online(hub: &Hub, id: &DeviceId) {
+    eventually(&format!("{id} online"), Duration::from_secs(10), || {
+        hub.device(id).filter(|d| d.online)
+    })
+    .await;
+}
+
+fn command(name: &str, args: Value, timeout_ms: Option<u64>) -> SendCommand {
+    let args: BTreeMap<String, Value> = serde_json::from_value(args).unwrap();
+    SendCommand {
+        name: name.into(),
+        args,
+        timeout_ms,
+    }
+}
+
+async fn run(hub: &Hub, device: &DeviceId, request: SendCommand) -> CommandView {
+    let sent = hub
+        .send(device.as_str(), request)
+        .await
+        .expect("command accepted");
+    hub.wait(&sent.id, Duration::from_secs(30))
+        .await
+        .expect("command known")
+}
+
+async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
+}
+
+#[tokio::test]
+async fn a_command_succeeds_with_the_devices_result() {
+    let hub = start_hub().await;
+    let switch = start_agent("switch", Kind::Switch, Duration::from_secs(1));
+    online(&hub, &switch.id).await;
+
+    let sent = hub
+        .send(switch.id.as_str(), command("toggle", json!({}), None))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            sent.status,
+            CommandStatus::Sent | CommandStatus::Delivered | CommandStatus::Succeeded
+        ),
+        "{sent:?}"
+    );
+    let done = hub.wait(&sent.id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result, Some(json!({"on": true})));
+
+    let again = run(&hub, &switch.id, command("toggle", json!({}), None)).await;
+    assert_eq!(again.result, Some(json!({"on": false})));
+    assert_eq!(hub.recent_commands(Some(&switch.id), 10).len(), 2);
+    switch.stop().await;
+}
+
+#[tokio::test]
+async fn every_status_of_a_command_reaches_listeners_in_order() {
+    let hub = start_hub().await;
+    let gateway = start_agent("gw-events", Kind::Gateway, Duration::from_secs(1));
+    online(&hub, &gateway.id).await;
+    let (_snapshot, mut events) = hub.subscribe(10);
+    let done = run(
+        &hub,
+        &gateway.id,
+        command("collect_logs", json!({"lines": 3}), None),
+    )
+    .await;
+    assert_eq!(done.status, CommandStatus::Succeeded);
+    assert_eq!(
+        done.result.as_ref().unwrap()["lines"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let mut statuses = Vec::new();
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+    {
+        if let protocol::api::LiveEvent::CommandUpdated { command } = event
+            && command.id == done.id
+        {
+            statuses.push(command.status);
+        }
+    }
+    statuses.dedup();
+    let expected = [
+        CommandStatus::Accepted,
+        CommandStatus::Sent,
+        CommandStatus::Delivered,
+        CommandStatus::Progress,
+        CommandStatus::Succeeded,
+    ];
+    assert_eq!(statuses, expected);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_error_ends_the_command_as_failed() {
+    let hub = start_hub().await;
+    let gateway = start_agent("gw-fail", Kind::Gateway, Duration::from_secs(1));
+    online(&hub, &gateway.id).await;
+    let done = run(
+        &hub,
+        &gateway.id,
+        command("fail", json!({"message": "disk full"}), None),
+    )
+    .await;
+    assert_eq!(
+        (done.status, done.error.as_deref()),
+        (CommandStatus::Failed, Some("disk full"))
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn bad_commands_are_rejected_before_anything_is_sent() {
+    let hub = start_hub().await;
+    let thermostat = start_agent("thermo", Kind::Thermostat, Duration::from_secs(1));
+    online(&hub, &thermostat.id).await;
+    let id = thermostat.id.as_str();
+
+    let unknown = hub
+        .send(id, command("explode", json!({}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        format!("device \"{id}\" has no command \"explode\"")
+    );
+    let too_hot = hub
+        .send(id, command("set_target", json!({"celsius": 99}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        too_hot.to_string(),
+        "argument \"celsius\" is 99, outside the allowed range 5..=30"
+    );
+    let missing = hub
+        .send(id, command("set_target", json!({}), None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, SendError::InvalidArguments(_)),
+        "{missing:?}"
+    );
+    let too_long = hub
+        .send(id, command("get_state", json!({}), Some(301_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(too_long, SendError::InvalidTimeout(301_000));
+    let nobody = hub
+        .send("no-such-device", command("get_state", json!({}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(nobody, SendError::UnknownDevice("no-such-device".into()));
+    let invalid = hub
+        .send("not/a/device", command("get_state", json!({}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid, SendError::UnknownDevice("not/a/device".into()));
+    assert!(
+        hub.recent_commands(Some(&thermostat.id), 10).is_empty(),
+        "nothing was accepted"
+    );
+
+    let set = run(
+        &hub,
+        &thermostat.id,
+        command("set_target", json!({"celsius": 22.5}), None),
+    )
+    .await;
+    assert_eq!(set.result.unwrap()["target"], json!(22.5));
+    thermostat.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_that_says_bye_ends_its_pending_commands_as_offline_at_once() {
+    let hub = start_hub().await;
+    let gateway = start_agent("gw-bye", Kind::Gateway, Duration::from_secs(5));
+    online(&hub, &gateway.id).await;
+    let slow = hub
+        .send(
+            gateway.id.as_str(),
+            command("echo", json!({"delay_ms": 20_000}), Some(30_000)),
+        )
+        .await
+        .unwrap();
+    eventually("delivered", Duration::from_secs(5), || {
+        hub.command(&slow.id)
+            .filter(|c| c.status == CommandStatus::Delivered)
+    })
+    .await;
+
+    let id = gateway.id.clone();
+    gateway.stop().await;
+    let ended = within(
+        Duration::from_secs(2),
+        "offline",
+        hub.wait(&slow.id, Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended.status, CommandStatus::Offline, "{ended:?}");
+    assert!(!hub.device(&id).unwrap().online);
+    let refused = hub
+        .send(id.as_str(), command("echo", json!({}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused, SendError::DeviceOffline(id));
+}
+
+/// A device written with bare lapin, to misbehave in ways the agent never would.
+struct RawDevice {
+    id: DeviceId,
+    session_id: String,
+    inbox: String,
+    connection: Connection,
+    channel: lapin::Channel,
+}
+
+impl RawDevice {
+    async fn connect(name: &str, heartbeat_ms: u64) -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ");
+        let channel = connection.create_channel().await.unwrap();
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let inbox = channel
+            .queue_declare("".into(), private, FieldTable::default())
+            .await
+            .unwrap()
+            .name()
+            .to_string();
+        let id = DeviceId::new(unique(name)).unwrap();
+        let device = Self {
+            id,
+            session_id: unique("session"),
+            inbox,
+            connection,
+            channel,
+        };
+        let capabilities = serde_json::from_value(json!({"commands": [{"name": "echo"}]})).unwrap();
+        let hello = DeviceMessage::Hello(Hello {
+            device_id: device.id.clone(),
+            session_id: device.session_id.clone(),
+            inbox: device.inbox.clone(),
+            kind: "raw".into(),
+            firmware: "0".into(),
+            heartbeat_ms,
+            capabilities,
+        });
+        device
+            .publish_presence("hello", &protocol::encode(&hello))
+            .await;
+        device
+    }
+
+    async fn publish_presence(&self, kind: &str, body: &[u8]) {
+        let key = format!("presence.{}.{kind}", self.id);
+        self.publish(
+            names::PRESENCE_EXCHANGE,
+            &key,
+            body,
+            BasicProperties::default(),
+        )
+        .await;
+    }
+
+    async fn publish(&self, exchange: &str, key: &str, body: &[u8], properties: BasicProperties) {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_command_to_a_vanished_inbox_is_offline_at_once() {
+    let hub = start_hub().await;
+    let device = RawDevice::connect("raw-gone", 60_000).await;
+    online(&hub, &device.id).await;
+    // Gone without a bye, as if the process were killed: the broker deletes the inbox.
+    device.connection.close(320, "killed".into()).await.unwrap();
+
+    let sent = within(
+        Duration::from_secs(2),
+        "send",
+        hub.send(device.id.as_str(), command("echo", json!({}), None)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.status, CommandStatus::Offline, "{sent:?}");
+    assert_eq!(
+        sent.error.as_deref(),
+        Some("the device is offline: its inbox is gone")
+    );
+    assert!(!hub.device(&device.id).unwrap().online);
+    assert_eq!(hub.stats().returned, 1);
+}
+
+#[tokio::test]
+async fn a_device_that_stops_heartbeating_goes_offline_with_its_commands() {
+    let hub = start_hub().await;
+    let device = RawDevice::connect("raw-silent", 200).await;
+    online(&hub, &device.id).await;
+    let pending = hub
+        .send(device.id.as_str(), command("echo", json!({}), Some(60_000)))
+        .await
+        .unwrap();
+    assert_eq!(pending.status, CommandStatus::Sent);
+
+    // It never heartbeats: after three missed 200 ms heartbeats it is offline, and so is
+    // the command, long before its 60 s deadline.
+    let ended = within(
+        Duration::from_secs(3),
+        "offline",
+        hub.wait(&pending.id, Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended.status, CommandStatus::Offline);
+    assert_eq!(
+        ended.error.as_deref(),
+        Some("the device stopped sending heartbeats")
+    );
+    assert!(!hub.device(&device.id).unwrap().online);
+}
+
+#[tokio::test]
+async fn a_slow_device_times_out_at_the_deadline_and_its_late_reply_is_ignored() {
+    let hub = start_hub().await;
+    let gateway = start_agent("gw-slow", Kind::Gateway, Duration::from_secs(1));
+    online(&hub, &gateway.id).await;
+    let started = tokio::time::Instant::now();
+    let sent = hub
+        .send(
+            gateway.id.as_str(),
+            command("echo", json!({"delay_ms": 1_500}), Some(500)),
+        )
+        .await
+        .unwrap();
+    let ended = hub.wait(&sent.id, Duration::from_secs(10)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(ended.status, CommandStatus::TimedOut);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1_400),
+        "timed out after {took:?}"
+    );
+
+    // The device gives up at the same deadline and says so; that reply is too late.
+    eventually("the late reply", Duration::from_secs(5), || {
+        (hub.stats().late >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        hub.command(&sent.id).unwrap().status,
+        CommandStatus::TimedOut
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_rebooted_device_comes_back_with_a_new_session_and_is_commandable() {
+    let hub = start_hub().await;
+    let gateway = start_agent("gw-reboot", Kind::Gateway, Duration::from_secs(1));
+    online(&hub, &gateway.id).await;
+    let (_snapshot, mut events) = hub.subscribe(0);
+
+    let reboot = run(
+        &hub,
+        &gateway.id,
+        command("reboot", json!({"seconds": 1}), None),
+    )
+    .await;
+    assert_eq!(reboot.status, CommandStatus::Succeeded);
+    let mut went_offline = false;
+    let came_back = within(Duration::from_secs(10), "back online", async {
+        loop {
+            if let Ok(protocol::api::LiveEvent::DeviceUpdated { device }) = events.recv().await
+                && device.id == gateway.id
+            {
+                went_offline |= !device.online;
+                if went_offline && device.online {
+                    return device;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(came_back.online);
+
+    let echo = run(
+        &hub,
+        &gateway.id,
+        command("echo", json!({"message": "again"}), None),
+    )
+    .await;
+    assert_eq!(echo.result, Some(json!({"message": "again"})));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_pending_command_ends_it_and_stops_the_device() {
+    let hub = start_hub().await;
+    let gateway = start_agent("gw-cancel", Kind::Gateway, Duration::from_secs(1));
+    online(&hub, &gateway.id).await;
+    let slow = hub
+        .send(
+            gateway.id.as_str(),
+            command("echo", json!({"delay_ms": 30_000}), Some(60_000)),
+        )
+        .await
+        .unwrap();
+    let cancelled = hub.cancel(&slow.id).await.unwrap();
+    assert_eq!(cancelled.status, CommandStatus::Cancelled);
+    let again = hub.cancel(&slow.id).await.unwrap_err();
+    assert!(
+        again
+            .to_string()
+            .ends_with("has already ended as cancelled"),
+        "{again}"
+    );
+    // The device's own "cancelled" answer comes later and changes nothing.
+    let fast = run(&hub, &gateway.id, command("echo", json!({}), None)).await;
+    assert_eq!(fast.status, CommandStatus::Succeeded);
+    assert_eq!(
+        hub.command(&slow.id).unwrap().status,
+        CommandStatus::Cancelled
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_pending_slow_commands_do_not_delay_a_fast_one() {
+    let hub = start_hub().await;
+    let slow: Vec<Agent> = (0..4)
+        .map(|n| {
+            start_agent(
+                &format!("gw-busy{n}"),
+                Kind::Gateway,
+                Duration::from_secs(2),
+            )
+        })
+        .collect();
+    let fast = start_agent("switch-fast", Kind::Switch, Duration::from_secs(2));
+    for agent in slow.iter().chain([&fast]) {
+        online(&hub, &agent.id).await;
+    }
+    let sends = (0..1_000).map(|n| {
+        let (hub, device) = (hub.clone(), slow[n % slow.len()].id.clone());
+        async move {
+            hub.send(
+                device.as_str(),
+                command("echo", json!({"delay_ms": 120_000}), Some(120_000)),
+            )
+            .await
+        }
+    });
+    let pending: Vec<_> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(hub.stats().pending_commands, 1_000);
+
+    let toggled = within(
+        Duration::from_secs(2),
+        "the fast command",
+        run(&hub, &fast.id, command("toggle", json!({}), None)),
+    )
+    .await;
+    assert_eq!(toggled.status, CommandStatus::Succeeded);
+    assert!(
+        pending
+            .iter()
+            .all(|c| !hub.command(&c.id).unwrap().status.is_terminal())
+    );
+    for agent in slow {
+        agent.stop().await;
+    }
+    // All end as offline with their devices, after the short grace for late answers.
+    eventually("no pending commands", Duration::from_secs(2), || {
+        (hub.stats().pending_commands == 0).then_some(())
+    })
+    .await;
+    assert!(
+        pending
+            .iter()
+            .all(|c| hub.command(&c.id).unwrap().status == CommandStatus::Offline)
+    );
+    fast.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_and_foreign_messages_are_counted_and_ignored() {
+    let hub = start_hub().await;
+    let device = RawDevice::connect("raw-noisy", 60_000).await;
+    online(&hub, &device.id).await;
+
+    // On the presence exchange: garbage, a future version, a reply, a hello under
+    // another device's key, and a heartbeat from a session that does not exist.
+    device.publish_presence("hello", b"\x00garbage").await;
+    device
+        .publish_presence("heartbeat", br#"{"v":99,"type":"heartbeat"}"#)
+        .await;
+    let stray = DeviceMessage::Reply(Reply {
+        command_id: "x".into(),
+        session_id: "y".into(),
+        outcome: Outcome::Ok { result: json!(1) },
+    });
+    device
+        .publish_presence("heartbeat", &protocol::encode(&stray))
+        .await;
+    let other = format!("presence.{}-other.heartbeat", device.id);
+    let beat = protocol::encode(&DeviceMessage::Heartbeat(protocol::Heartbeat {
+        device_id: device.id.clone(),
+        session_id: device.session_id.clone(),
+    }));
+    device
+        .publish(
+            names::PRESENCE_EXCHANGE,
+            &other,
+            &beat,
+            BasicProperties::default(),
+        )
+        .await;
+    let old = protocol::encode(&DeviceMessage::Heartbeat(protocol::Heartbeat {
+        device_id: device.id.clone(),
+        session_id: "old".into(),
+    }));
+    device.publish_presence("heartbeat", &old).await;
+    // On the events exchange: garbage.
+    device
+        .publish(
+            names::EVENTS_EXCHANGE,
+            "",
+            b"{not json",
+            BasicProperties::default(),
+        )
+        .await;
+
+    // A command: the device answers with garbage, a reply from another session, then
+    // the real reply.
+    let mut inbox = device
+        .channel
+        .basic_consume(
+            device.inbox.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let sent = hub
+        .send(device.id.as_str(), command("echo", json!({}), None))
+        .await
+        .unwrap();
+    let delivery = within(Duration::from_secs(5), "the command", inbox.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ServerMessage::Command(request) =
+        protocol::decode::<ServerMessage>(&delivery.data).unwrap()
+    else {
+        panic!("not a command")
+    };
+    assert_eq!(request.command_id, sent.id);
+    let reply_to = delivery.properties.reply_to().as_ref().unwrap().to_string();
+    let correlated = BasicProperties::default().with_correlation_id(sent.id.0.as_str().into());
+    device
+        .publish("", &reply_to, b"[]", correlated.clone())
+        .await;
+    let answer = |session: &str| {
+        protocol::encode(&DeviceMessage::Reply(Reply {
+            command_id: sent.id.clone(),
+            session_id: session.into(),
+            outcome: Outcome::Ok {
+                result: json!("pong"),
+            },
+        }))
+    };
+    device
+        .publish("", &reply_to, &answer("someone-else"), correlated.clone())
+        .await;
+    device
+        .publish("", &reply_to, &answer(&device.session_id), correlated)
+        .await;
+
+    let done = hub.wait(&sent.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (done.status, done.result),
+        (CommandStatus::Succeeded, Some(json!("pong")))
+    );
+    let stats = eventually("all counted", Duration::from_secs(5), || {
+        Some(hub.stats()).filter(|s| s.malformed >= 4 && s.foreign >= 2 && s.stale >= 2)
+    })
+    .await;
+    assert_eq!(
+        (stats.malformed, stats.foreign, stats.stale),
+        (4, 2, 2),
+        "{stats:?}"
+    );
+    assert!(
+        hub.device(&device.id).unwrap().online,
+        "the noise did not change the device"
+    );
+}
+
+#[tokio::test]
+async fn another_replica_sees_every_status_of_a_command_and_can_wait_for_it() {
+    let sender = start_hub().await;
+    let watcher = start_hub().await;
+    let gateway = start_agent("gw-replicas", Kind::Gateway, Duration::from_secs(1));
+    online(&sender, &gateway.id).await;
+    online(&watcher, &gateway.id).await;
+    let (_snapshot, mut events) = watcher.subscribe(0);
+
+    let sent = sender
+        .send(
+            gateway.id.as_str(),
+            command("collect_logs", json!({"lines": 2}), None),
+        )
+        .await
+        .unwrap();
+    // The other replica learns of the command through `tether.events`, a moment later.
+    eventually("the command mirrored", Duration::from_secs(5), || {
+        watcher.command(&sent.id)
+    })
+    .await;
+    let seen = within(
+        Duration::from_secs(5),
+        "the other replica",
+        watcher.wait(&sent.id, Duration::from_secs(5)),
+    )
+    .await
+    .expect("mirrored");
+    assert_eq!(seen.status, CommandStatus::Succeeded);
+    assert_eq!(seen.result, sender.command(&sent.id).unwrap().result);
+
+    let mut statuses = Vec::new();
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+    {
+        if let protocol::api::LiveEvent::CommandUpdated { command } = event
+            && command.id == sent.id
+        {
+            statuses.push(command.status);
+        }
+    }
+    statuses.dedup();
+    assert_eq!(
+        statuses.last(),
+        Some(&CommandStatus::Succeeded),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&CommandStatus::Progress), "{statuses:?}");
+    let refused = watcher.cancel(&sent.id).await.unwrap_err();
+    assert!(refused.to_string().contains("already ended"), "{refused}");
+    gateway.stop().await;
+}
