@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs Tether: installs what is missing, makes sure a broker is up (RabbitMQ on
-# 127.0.0.1:5672 unless TETHER_AMQP_URL points elsewhere), builds the release site,
-# server and agent, starts three simulated devices so the fleet is not empty, and
-# serves the UI until Ctrl-C.
+# Runs Tether: installs what is missing, builds the release site, server and agent,
+# starts three simulated devices so the fleet is not empty, and serves the UI until
+# Ctrl-C. With TETHER_AMQP_URL unset the server runs its own embedded broker (on
+# TETHER_BROKER_ADDR, default 127.0.0.1:5673; nothing is persisted), so nothing needs to
+# be installed or running beforehand.
 #
 #   TETHER_ADDR=0.0.0.0:8080 scripts/run.sh     serve elsewhere (default 127.0.0.1:3000)
+#   TETHER_AMQP_URL=amqp://… scripts/run.sh     use RabbitMQ (or another broker) instead
 #   TETHER_SIMULATE=0 scripts/run.sh            no simulated devices
 #
 # Every other argument is passed to tether-server (see `--help`).
@@ -13,10 +15,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 bootstrap run
 cd "$TETHER_ROOT"
 
-if [ -z "${TETHER_AMQP_URL:-}" ]; then
-  ensure_rabbitmq
-  export TETHER_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
-fi
+# Where the simulated devices connect: the given broker, or the server's embedded one
+# (they retry until the server is up).
+agents_url="${TETHER_AMQP_URL:-amqp://${TETHER_BROKER_USER:-guest}:${TETHER_BROKER_PASSWORD:-guest}@${TETHER_BROKER_ADDR:-127.0.0.1:5673}/%2f}"
 
 echo "run: building the release site, server and agent"
 cargo leptos build --release
@@ -26,7 +27,7 @@ target="${CARGO_TARGET_DIR:-$TETHER_ROOT/target}/release"
 simulate="${TETHER_SIMULATE:-3}"
 if [ "$simulate" -gt 0 ]; then
   echo "run: starting $simulate simulated devices (tether-agent --simulate $simulate)"
-  RUST_LOG="${RUST_LOG:-warn}" "$target/tether-agent" --simulate "$simulate" --device-id demo &
+  TETHER_AMQP_URL="$agents_url" RUST_LOG="${RUST_LOG:-warn}" "$target/tether-agent" --simulate "$simulate" --device-id demo &
   agents=$!
   trap 'kill "$agents" 2>/dev/null || true' EXIT
 fi

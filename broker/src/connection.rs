@@ -68,6 +68,7 @@ pub async fn serve(
     let (deliver, mut deliveries) = mpsc::unbounded_channel();
     let mut conn = Connection {
         id,
+        peer,
         config: config.clone(),
         vhost: vhost.clone(),
         out,
@@ -118,6 +119,7 @@ pub async fn serve(
 
 struct Connection {
     id: ConnectionId,
+    peer: SocketAddr,
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
     out: mpsc::UnboundedSender<Vec<u8>>,
@@ -350,6 +352,10 @@ impl Connection {
         let response = start_ok.response.as_bytes();
         let mut parts = response.split(|b| *b == 0);
         let (_, user, password) = (parts.next(), parts.next(), parts.next());
+        // As in RabbitMQ, the well-known guest account works from this machine only.
+        if self.config.user == "guest" && !self.peer.ip().is_loopback() {
+            return false;
+        }
         user == Some(self.config.user.as_bytes())
             && password == Some(self.config.password.as_bytes())
     }

@@ -47,13 +47,35 @@ pub struct Config {
     #[arg(long = "site-root", env = "TETHER_SITE_ROOT")]
     pub site_root: Option<PathBuf>,
 
-    /// The AMQP 0-9-1 broker devices connect to.
+    /// The AMQP 0-9-1 broker devices connect to (RabbitMQ, say). Unset: start the
+    /// embedded broker and use it.
+    #[arg(long = "amqp-url", env = "TETHER_AMQP_URL")]
+    pub amqp_url: Option<String>,
+
+    /// Where the embedded broker listens when TETHER_AMQP_URL is unset. Not 5672, so it
+    /// never collides with a RabbitMQ on the same machine.
     #[arg(
-        long = "amqp-url",
-        env = "TETHER_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        long = "broker-addr",
+        env = "TETHER_BROKER_ADDR",
+        default_value = "127.0.0.1:5673"
     )]
-    pub amqp_url: String,
+    pub broker_addr: SocketAddr,
+
+    /// The embedded broker's user and password (the guest account works only from
+    /// this machine, as in RabbitMQ).
+    #[arg(
+        long = "broker-user",
+        env = "TETHER_BROKER_USER",
+        default_value = "guest"
+    )]
+    pub broker_user: String,
+    #[arg(
+        long = "broker-password",
+        env = "TETHER_BROKER_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true
+    )]
+    pub broker_password: String,
 
     /// A command's deadline when the caller gives none, in milliseconds.
     #[arg(long = "command-timeout-ms", env = "TETHER_COMMAND_TIMEOUT_MS", default_value_t = protocol::api::timeouts::DEFAULT_MS,
@@ -67,7 +89,10 @@ impl Config {
         Self {
             addr: Some(addr),
             site_root: None,
-            amqp_url: amqp_url.into(),
+            amqp_url: Some(amqp_url.into()),
+            broker_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            broker_user: "guest".into(),
+            broker_password: "guest".into(),
             command_timeout_ms: protocol::api::timeouts::DEFAULT_MS,
         }
     }
@@ -86,6 +111,8 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     hub: Hub,
+    /// The embedded broker's URL, when this server runs one.
+    embedded_broker: Option<String>,
 }
 
 impl Server {
@@ -93,8 +120,15 @@ impl Server {
     /// the configured address and builds the routes.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let options = leptos_options(&config)?;
+        let (amqp_url, embedded_broker) = match &config.amqp_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let url = start_embedded_broker(&config).await?;
+                (url.clone(), Some(url))
+            }
+        };
         let hub_config = HubConfig {
-            amqp_url: config.amqp_url.clone(),
+            amqp_url,
             default_timeout: Duration::from_millis(config.command_timeout_ms),
         };
         let hub = Hub::start(hub_config, std::future::pending()).await;
@@ -109,6 +143,7 @@ impl Server {
                 hub: hub.clone(),
             }),
             hub,
+            embedded_broker,
         })
     }
 
@@ -121,6 +156,11 @@ impl Server {
         &self.hub
     }
 
+    /// The URL devices use to reach the embedded broker, if this server runs one.
+    pub fn embedded_broker_url(&self) -> Option<&str> {
+        self.embedded_broker.as_deref()
+    }
+
     /// Serves until `shutdown` resolves, then lets open requests finish.
     pub async fn serve(
         self,
@@ -131,6 +171,27 @@ impl Server {
             .await
             .context("HTTP server failed")
     }
+}
+
+/// Starts the embedded broker in this process; returns the URL to reach it.
+async fn start_embedded_broker(config: &Config) -> anyhow::Result<String> {
+    let broker_config = broker::Config {
+        addr: config.broker_addr,
+        user: config.broker_user.clone(),
+        password: config.broker_password.clone(),
+        ..broker::Config::default()
+    };
+    let broker = broker::Broker::bind(broker_config).await.with_context(|| {
+        format!("cannot start the embedded broker on {} (set TETHER_BROKER_ADDR, or TETHER_AMQP_URL to use another broker)", config.broker_addr)
+    })?;
+    let url = broker.url()?;
+    let addr = broker.local_addr()?;
+    tracing::info!(
+        "embedded AMQP broker on {addr} (nothing is persisted); devices connect with TETHER_AMQP_URL=amqp://{}:<password>@{addr}/%2f",
+        config.broker_user
+    );
+    tokio::spawn(broker.serve(std::future::pending()));
+    Ok(url)
 }
 
 /// Binds, logs the address and serves until `shutdown` resolves.

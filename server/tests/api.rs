@@ -290,3 +290,68 @@ async fn the_live_channel_sends_a_snapshot_then_each_status() {
     use CommandStatus::*;
     assert_eq!(statuses, [Accepted, Sent, Delivered, Progress, Succeeded]);
 }
+
+#[tokio::test]
+async fn without_an_amqp_url_the_server_runs_its_own_broker() {
+    let mut config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), "unused");
+    config.amqp_url = None;
+    let server = server::Server::bind(config)
+        .await
+        .expect("the embedded broker starts");
+    let broker_url = server
+        .embedded_broker_url()
+        .expect("an embedded broker")
+        .to_owned();
+    assert!(
+        broker_url.starts_with("amqp://guest:guest@127.0.0.1:"),
+        "{broker_url}"
+    );
+    assert!(
+        server.hub().is_connected(),
+        "the hub reached its own broker"
+    );
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let hub = server.hub().clone();
+    tokio::spawn(server.serve(std::future::pending()));
+
+    let device = DeviceId::new(format!("embedded-{:08x}", fastrand::u32(..))).unwrap();
+    let config = agent::Config::new(broker_url, device.clone(), "switch");
+    tokio::spawn(agent::run(
+        config,
+        Arc::new(Simulated::new(Kind::Switch)),
+        std::future::pending(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !hub.device(&device).is_some_and(|d| d.online) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent did not come online"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = reqwest::Client::new();
+    let accepted: CommandView = client
+        .post(format!("{base}/api/v1/devices/{device}/commands"))
+        .json(&json!({"name": "toggle"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done: CommandView = client
+        .get(format!(
+            "{base}/api/v1/commands/{}?wait_ms=5000",
+            accepted.id
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.status, done.result),
+        (CommandStatus::Succeeded, Some(json!({"on": true})))
+    );
+}
