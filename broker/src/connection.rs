@@ -25,7 +25,7 @@ use tokio::{
 
 use crate::{
     Config,
-    vhost::{ConnectionId, Delivery, Message, Refusal, Vhost},
+    vhost::{ConnectionId, Delivery, Message, Outbound, Refusal, Vhost},
 };
 
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -98,7 +98,13 @@ pub async fn serve(
                     }
                 }
             },
-            Some(delivery) = deliveries.recv() => conn.deliver(delivery),
+            Some(outbound) = deliveries.recv() => match outbound {
+                Outbound::Deliver(delivery) => conn.deliver(*delivery),
+                Outbound::Cancelled { channel, tag } => conn.method(channel, AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.as_str().into(),
+                    nowait: true,
+                }))),
+            },
             _ = heartbeat.tick() => {
                 if conn.heartbeat > 0 {
                     silent_ticks += 1;
@@ -123,7 +129,7 @@ struct Connection {
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
     out: mpsc::UnboundedSender<Vec<u8>>,
-    deliver: mpsc::UnboundedSender<Delivery>,
+    deliver: mpsc::UnboundedSender<Outbound>,
     frame_max: u32,
     heartbeat: u16,
     /// Past connection.open.
@@ -432,6 +438,7 @@ impl Connection {
                     declare.exclusive,
                     declare.auto_delete,
                     declare.passive,
+                    &declare.arguments,
                 );
                 result.map(|(name, messages, consumers)| {
                     if !declare.nowait {
@@ -462,6 +469,67 @@ impl Connection {
                     }
                 })
             }
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(unbind)) => {
+                let result = self.vhost().unbind(
+                    self.id,
+                    unbind.queue.as_str(),
+                    unbind.exchange.as_str(),
+                    unbind.routing_key.as_str(),
+                );
+                result.map(|()| {
+                    self.method(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                    )
+                })
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Purge(purge)) => {
+                let result = self.vhost().purge(self.id, purge.queue.as_str());
+                result.map(|count| {
+                    if !purge.nowait {
+                        self.method(
+                            id,
+                            AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                                message_count: count,
+                            })),
+                        );
+                    }
+                })
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Delete(delete)) => {
+                let result = self.vhost().delete(
+                    self.id,
+                    delete.queue.as_str(),
+                    delete.if_unused,
+                    delete.if_empty,
+                );
+                result.map(|count| {
+                    if !delete.nowait {
+                        self.method(
+                            id,
+                            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                                message_count: count,
+                            })),
+                        );
+                    }
+                })
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Delete(delete)) => {
+                let result = self
+                    .vhost()
+                    .delete_exchange(delete.exchange.as_str(), delete.if_unused);
+                result.map(|()| {
+                    if !delete.nowait {
+                        self.method(
+                            id,
+                            AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
+                                exchange::DeleteOk {},
+                            )),
+                        );
+                    }
+                })
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Get(get)) => self.get(id, get),
             AMQPClass::Basic(basic::AMQPMethod::Qos(qos)) => {
                 if let Some(channel) = self.channels.get_mut(&id) {
                     channel.prefetch = qos.prefetch_count;
@@ -636,6 +704,7 @@ impl Connection {
             properties: publishing.properties,
             body: Arc::new(publishing.body),
             redelivered: false,
+            expires_at: None,
         };
         let confirm = channel.confirm.then(|| {
             channel.published += 1;
@@ -643,8 +712,9 @@ impl Connection {
         });
         let exchange = publishing.method.exchange.to_string();
         let routed = self.vhost().publish(&exchange, message.clone());
+        let mut rejected = false;
         match routed {
-            Ok(0) if publishing.method.mandatory => {
+            Ok(routed) if routed.queues == 0 && publishing.method.mandatory => {
                 self.method(
                     id,
                     AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
@@ -656,21 +726,67 @@ impl Connection {
                 );
                 self.content(id, &message);
             }
-            Ok(_) => {}
+            Ok(routed) => rejected = routed.rejected,
             Err(refusal) => {
                 self.close_channel_with(id, &refusal, 60, 40);
                 return;
             }
         }
         if let Some(tag) = confirm {
-            self.method(
-                id,
-                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            let answer = if rejected {
+                // A full queue with reject-publish refused it: the publisher must know.
+                basic::AMQPMethod::Nack(basic::Nack {
                     delivery_tag: tag,
                     multiple: false,
-                })),
+                    requeue: false,
+                })
+            } else {
+                basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: tag,
+                    multiple: false,
+                })
+            };
+            self.method(id, AMQPClass::Basic(answer));
+        }
+    }
+
+    /// basic.get: one message, or get-empty.
+    fn get(&mut self, id: u16, get: basic::Get) -> Result<(), Refusal> {
+        let taken = self.vhost().get(self.id, get.queue.as_str())?;
+        let Some((message, remaining)) = taken else {
+            self.method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            );
+            return Ok(());
+        };
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        channel.delivered += 1;
+        let tag = channel.delivered;
+        if !get.no_ack {
+            channel.unacked.insert(
+                tag,
+                Unacked {
+                    queue: get.queue.to_string(),
+                    message: message.clone(),
+                    counter: Arc::new(AtomicUsize::new(1)),
+                },
             );
         }
+        self.method(
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: tag,
+                redelivered: message.redelivered,
+                exchange: message.exchange.as_str().into(),
+                routing_key: message.routing_key.as_str().into(),
+                message_count: remaining,
+            })),
+        );
+        self.content(id, &message);
+        Ok(())
     }
 
     /// Sends a message's header and body frames.

@@ -8,9 +8,13 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
-use amq_protocol::protocol::BasicProperties;
+use amq_protocol::{
+    protocol::BasicProperties,
+    types::{AMQPValue, FieldTable},
+};
 use tokio::sync::mpsc;
 
 /// Which connection owns something (exclusive queues, consumers).
@@ -24,6 +28,35 @@ pub struct Message {
     pub properties: BasicProperties,
     pub body: Arc<Vec<u8>>,
     pub redelivered: bool,
+    /// Past this, the message is dropped instead of delivered (per-message
+    /// `expiration` or the queue's `x-message-ttl`, whichever is sooner).
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// What a connection hears from the vhost about its consumers.
+#[derive(Debug)]
+pub enum Outbound {
+    Deliver(Box<Delivery>),
+    /// The queue was deleted under the consumer (consumer_cancel_notify).
+    Cancelled {
+        channel: u16,
+        tag: String,
+    },
+}
+
+/// Where a published message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// Queues that took it.
+    pub queues: usize,
+    /// A full queue with `x-overflow: reject-publish` refused it (the publisher gets a nack).
+    pub rejected: bool,
 }
 
 /// A message handed to a consumer, sent to its connection.
@@ -73,13 +106,19 @@ struct Consumer {
     /// 0: unlimited.
     prefetch: usize,
     unacked: Arc<AtomicUsize>,
-    deliver: mpsc::UnboundedSender<Delivery>,
+    deliver: mpsc::UnboundedSender<Outbound>,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     owner: Option<ConnectionId>,
     auto_delete: bool,
+    /// `x-message-ttl`.
+    ttl: Option<Duration>,
+    /// `x-max-length`; beyond it the oldest message is dropped, or with `x-overflow:
+    /// reject-publish` the new one is refused.
+    max_length: Option<usize>,
+    reject_publish: bool,
     messages: VecDeque<Message>,
     consumers: Vec<Consumer>,
     /// Round-robin position among consumers.
@@ -199,6 +238,7 @@ impl Vhost {
         exclusive: bool,
         auto_delete: bool,
         passive: bool,
+        arguments: &FieldTable,
     ) -> Result<(String, u32, u32), Refusal> {
         let name = if name.is_empty() {
             if passive {
@@ -230,11 +270,30 @@ impl Vhost {
             ));
         }
         let owner = exclusive.then_some(connection);
+        let ttl = integer_argument(arguments, "x-message-ttl")?
+            .map(|ms| Duration::from_millis(ms as u64));
+        let max_length = integer_argument(arguments, "x-max-length")?.map(|n| n as usize);
+        let reject_publish = match arguments.inner().get("x-overflow") {
+            None => false,
+            Some(AMQPValue::LongString(s)) if s.as_bytes() == b"drop-head" => false,
+            Some(AMQPValue::LongString(s)) if s.as_bytes() == b"reject-publish" => true,
+            Some(other) => {
+                return Err(Refusal::new(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - invalid arg 'x-overflow' for queue '{name}': {other:?}"
+                    ),
+                ));
+            }
+        };
         self.queues.insert(
             name.clone(),
             Queue {
                 owner,
                 auto_delete,
+                ttl,
+                max_length,
+                reject_publish,
                 ..Queue::default()
             },
         );
@@ -262,8 +321,8 @@ impl Vhost {
         Ok(())
     }
 
-    /// Routes a published message to its queues; returns how many it reached.
-    pub fn publish(&mut self, exchange: &str, message: Message) -> Result<usize, Refusal> {
+    /// Routes a published message to its queues.
+    pub fn publish(&mut self, exchange: &str, message: Message) -> Result<Routed, Refusal> {
         let targets: Vec<String> = if exchange.is_empty() {
             self.queues
                 .contains_key(&message.routing_key)
@@ -291,13 +350,144 @@ impl Vhost {
             targets.dedup();
             targets
         };
-        for queue in &targets {
-            if let Some(entry) = self.queues.get_mut(queue) {
-                entry.messages.push_back(message.clone());
+        let now = Instant::now();
+        let per_message = message
+            .properties
+            .expiration()
+            .as_ref()
+            .and_then(|ms| ms.as_str().parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let mut routed = Routed {
+            queues: 0,
+            rejected: false,
+        };
+        for name in &targets {
+            let Some(queue) = self.queues.get_mut(name) else {
+                continue;
+            };
+            let ttl = match (per_message, queue.ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let mut copy = message.clone();
+            copy.expires_at = ttl.map(|ttl| now + ttl);
+            if let Some(max) = queue.max_length
+                && queue.messages.len() >= max
+            {
+                if queue.reject_publish {
+                    routed.rejected = true;
+                    continue;
+                }
+                while queue.messages.len() >= max.max(1) {
+                    queue.messages.pop_front();
+                }
+                if max == 0 {
+                    continue;
+                }
             }
-            self.dispatch(queue);
+            queue.messages.push_back(copy);
+            routed.queues += 1;
+            self.dispatch(name);
         }
-        Ok(targets.len())
+        // Routed somewhere counts as routed, even if a full queue refused it too.
+        if routed.queues == 0 && routed.rejected {
+            routed.queues = targets.len();
+        }
+        Ok(routed)
+    }
+
+    /// Takes one message off a queue (basic.get); returns it and how many remain.
+    pub fn get(
+        &mut self,
+        connection: ConnectionId,
+        name: &str,
+    ) -> Result<Option<(Message, u32)>, Refusal> {
+        let queue = self.usable_queue(connection, name)?;
+        let now = Instant::now();
+        while let Some(message) = queue.messages.pop_front() {
+            if !message.expired(now) {
+                return Ok(Some((message, queue.messages.len() as u32)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drops every ready message of a queue; returns how many.
+    pub fn purge(&mut self, connection: ConnectionId, name: &str) -> Result<u32, Refusal> {
+        let queue = self.usable_queue(connection, name)?;
+        let count = queue.messages.len() as u32;
+        queue.messages.clear();
+        Ok(count)
+    }
+
+    /// Deletes a queue on request; its consumers are told (basic.cancel). Returns how
+    /// many messages went with it.
+    pub fn delete(
+        &mut self,
+        connection: ConnectionId,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, Refusal> {
+        let queue = match self.usable_queue(connection, name) {
+            Ok(queue) => queue,
+            // Deleting what is not there is fine, as in RabbitMQ.
+            Err(refusal) if refusal.code == NOT_FOUND => return Ok(0),
+            Err(refusal) => return Err(refusal),
+        };
+        if if_unused && !queue.consumers.is_empty() {
+            return Err(Refusal::new(
+                PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"),
+            ));
+        }
+        if if_empty && !queue.messages.is_empty() {
+            return Err(Refusal::new(
+                PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty"),
+            ));
+        }
+        let count = queue.messages.len() as u32;
+        self.delete_queue(name);
+        Ok(count)
+    }
+
+    pub fn unbind(
+        &mut self,
+        connection: ConnectionId,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), Refusal> {
+        self.usable_queue(connection, queue)?;
+        if let Some(entry) = self.exchanges.get_mut(exchange) {
+            entry.bindings.retain(|(q, k)| !(q == queue && k == key));
+        }
+        Ok(())
+    }
+
+    pub fn delete_exchange(&mut self, name: &str, if_unused: bool) -> Result<(), Refusal> {
+        if name.starts_with("amq.") || name.is_empty() {
+            return Err(Refusal::new(
+                403,
+                format!(
+                    "ACCESS_REFUSED - operation not permitted on the default exchange or 'amq.*' ('{name}')"
+                ),
+            ));
+        }
+        if if_unused
+            && self
+                .exchanges
+                .get(name)
+                .is_some_and(|e| !e.bindings.is_empty())
+        {
+            return Err(Refusal::new(
+                PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - exchange '{name}' in vhost '/' in use"),
+            ));
+        }
+        self.exchanges.remove(name);
+        Ok(())
     }
 
     /// Adds a consumer; messages waiting in the queue start flowing to it.
@@ -310,7 +500,7 @@ impl Vhost {
         tag: String,
         no_ack: bool,
         prefetch: u16,
-        deliver: mpsc::UnboundedSender<Delivery>,
+        deliver: mpsc::UnboundedSender<Outbound>,
     ) -> Result<(), Refusal> {
         let entry = self.usable_queue(connection, queue)?;
         entry.consumers.push(Consumer {
@@ -397,7 +587,15 @@ impl Vhost {
     }
 
     fn delete_queue(&mut self, name: &str) {
-        self.queues.remove(name);
+        if let Some(queue) = self.queues.remove(name) {
+            for consumer in queue.consumers {
+                // A consumer on another connection learns its queue is gone.
+                let _ = consumer.deliver.send(Outbound::Cancelled {
+                    channel: consumer.channel,
+                    tag: consumer.tag,
+                });
+            }
+        }
         for exchange in self.exchanges.values_mut() {
             exchange.bindings.retain(|(queue, _)| queue != name);
         }
@@ -455,13 +653,42 @@ impl Vhost {
                 no_ack: consumer.no_ack,
                 unacked: consumer.unacked.clone(),
             };
-            if let Err(mpsc::error::SendError(undelivered)) = consumer.deliver.send(delivery) {
+            if let Err(mpsc::error::SendError(Outbound::Deliver(undelivered))) =
+                consumer.deliver.send(Outbound::Deliver(Box::new(delivery)))
+            {
                 // The connection is going away; it will remove its consumers.
                 queue.consumers.remove(index);
                 queue.messages.push_front(undelivered.message);
             }
         }
     }
+}
+
+/// A whole-number queue argument, whatever integer type the client sent it as.
+fn integer_argument(arguments: &FieldTable, key: &str) -> Result<Option<i64>, Refusal> {
+    let value = match arguments.inner().get(key) {
+        None => return Ok(None),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(other) => {
+            return Err(Refusal::new(
+                PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - invalid arg '{key}': {other:?}"),
+            ));
+        }
+    };
+    if value < 0 {
+        return Err(Refusal::new(
+            PRECONDITION_FAILED,
+            format!("PRECONDITION_FAILED - invalid arg '{key}': {value} is negative"),
+        ));
+    }
+    Ok(Some(value))
 }
 
 /// AMQP topic matching: words split by `.`, `*` matches one word, `#` zero or more.

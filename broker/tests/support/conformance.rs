@@ -1,8 +1,10 @@
-//! The embedded broker driven by lapin, the client Tether itself uses.
+//! Broker behaviour as Tether and ordinary clients rely on it, driven by lapin. Included
+//! by `conformance_embedded.rs` and `conformance_rabbitmq.rs`, which each provide a
+//! `crate::broker_url()`: the same cases must pass on both brokers. Queue names are
+//! unique per run, so leftovers on a long-lived RabbitMQ change nothing.
 
 use std::time::Duration;
 
-use broker::{Broker, Config};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind,
@@ -14,21 +16,17 @@ use lapin::{
 };
 
 async fn start() -> String {
-    let broker = Broker::bind(Config {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    })
-    .await
-    .expect("bind");
-    let url = broker.url().unwrap();
-    tokio::spawn(broker.serve(std::future::pending()));
-    url
+    crate::broker_url().await
+}
+
+fn unique(name: &str) -> String {
+    format!("conformance-{name}-{:08x}", fastrand::u32(..))
 }
 
 async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default())
         .await
-        .expect("connect to the embedded broker")
+        .unwrap_or_else(|e| panic!("cannot connect to the broker at {url}: {e}"))
 }
 
 fn private() -> QueueDeclareOptions {
@@ -107,13 +105,14 @@ async fn topic_and_fanout_exchanges_route_like_rabbitmq() {
     let url = start().await;
     let connection = connect(&url).await;
     let channel = connection.create_channel().await.unwrap();
+    let presence = unique("presence");
     let durable = ExchangeDeclareOptions {
-        durable: true,
+        auto_delete: true,
         ..Default::default()
     };
     channel
         .exchange_declare(
-            "t.presence".into(),
+            presence.as_str().into(),
             ExchangeKind::Topic,
             durable,
             FieldTable::default(),
@@ -131,7 +130,7 @@ async fn topic_and_fanout_exchanges_route_like_rabbitmq() {
     channel
         .queue_bind(
             all.name().clone(),
-            "t.presence".into(),
+            presence.as_str().into(),
             "presence.#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -141,7 +140,7 @@ async fn topic_and_fanout_exchanges_route_like_rabbitmq() {
     channel
         .queue_bind(
             hellos.name().clone(),
-            "t.presence".into(),
+            presence.as_str().into(),
             "presence.*.hello".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -155,7 +154,7 @@ async fn topic_and_fanout_exchanges_route_like_rabbitmq() {
     ] {
         channel
             .basic_publish(
-                "t.presence".into(),
+                presence.as_str().into(),
                 key.into(),
                 BasicPublishOptions::default(),
                 key.as_bytes(),
@@ -200,7 +199,7 @@ async fn topic_and_fanout_exchanges_route_like_rabbitmq() {
     let other = connection.create_channel().await.unwrap();
     let error = other
         .exchange_declare(
-            "t.presence".into(),
+            presence.as_str().into(),
             ExchangeKind::Fanout,
             durable,
             FieldTable::default(),
@@ -226,7 +225,7 @@ async fn mandatory_publishes_to_nowhere_come_back_before_their_confirm() {
     let confirm = channel
         .basic_publish(
             "".into(),
-            "amq.gen-gone".into(),
+            unique("gone").as_str().into(),
             mandatory,
             b"hello?",
             BasicProperties::default().with_correlation_id("x".into()),
@@ -318,11 +317,14 @@ async fn unacked_messages_return_to_the_queue_marked_redelivered() {
     let url = start().await;
     let connection = connect(&url).await;
     let setup = connection.create_channel().await.unwrap();
+    // Shared, so it outlives its consumers; on RabbitMQ it expires a minute after the test.
+    let work = unique("work");
+    let expires = args(&[("x-expires", lapin::types::AMQPValue::LongInt(60_000))]);
     setup
         .queue_declare(
-            "work".into(),
+            work.as_str().into(),
             QueueDeclareOptions::default(),
-            FieldTable::default(),
+            expires,
         )
         .await
         .unwrap();
@@ -330,7 +332,7 @@ async fn unacked_messages_return_to_the_queue_marked_redelivered() {
         setup
             .basic_publish(
                 "".into(),
-                "work".into(),
+                work.as_str().into(),
                 BasicPublishOptions::default(),
                 format!("job {n}").as_bytes(),
                 BasicProperties::default(),
@@ -345,7 +347,7 @@ async fn unacked_messages_return_to_the_queue_marked_redelivered() {
         .unwrap();
     let mut jobs = worker
         .basic_consume(
-            "work".into(),
+            work.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -369,7 +371,7 @@ async fn unacked_messages_return_to_the_queue_marked_redelivered() {
     let again = connection.create_channel().await.unwrap();
     let mut jobs = again
         .basic_consume(
-            "work".into(),
+            work.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -390,4 +392,210 @@ async fn wrong_credentials_are_refused() {
     let url = start().await.replace("guest:guest", "guest:wrong");
     let refused = Connection::connect(&url, ConnectionProperties::default()).await;
     assert!(refused.is_err(), "a wrong password must not get in");
+}
+
+fn args(pairs: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert((*key).into(), value.clone());
+    }
+    table
+}
+
+async fn get(channel: &lapin::Channel, queue: &str) -> Option<Vec<u8>> {
+    channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .map(|message| message.delivery.data)
+}
+
+#[tokio::test]
+async fn expired_messages_are_never_delivered() {
+    let url = start().await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    let plain = channel
+        .queue_declare("".into(), private(), FieldTable::default())
+        .await
+        .unwrap()
+        .name()
+        .to_string();
+    let with_ttl = channel
+        .queue_declare(
+            "".into(),
+            private(),
+            args(&[("x-message-ttl", lapin::types::AMQPValue::LongInt(100))]),
+        )
+        .await
+        .unwrap()
+        .name()
+        .to_string();
+    let soon = BasicProperties::default().with_expiration("100".into());
+    channel
+        .basic_publish(
+            "".into(),
+            plain.as_str().into(),
+            BasicPublishOptions::default(),
+            b"stale",
+            soon,
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            plain.as_str().into(),
+            BasicPublishOptions::default(),
+            b"fresh",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            with_ttl.as_str().into(),
+            BasicPublishOptions::default(),
+            b"stale",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        get(&channel, &plain).await.as_deref(),
+        Some(&b"fresh"[..]),
+        "the expired one was dropped"
+    );
+    assert_eq!(get(&channel, &with_ttl).await, None);
+}
+
+#[tokio::test]
+async fn full_queues_drop_the_oldest_or_refuse_the_newest() {
+    let url = start().await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let max = |overflow: &str| {
+        args(&[
+            ("x-max-length", lapin::types::AMQPValue::LongInt(2)),
+            (
+                "x-overflow",
+                lapin::types::AMQPValue::LongString(overflow.into()),
+            ),
+        ])
+    };
+    let drop_head = channel
+        .queue_declare("".into(), private(), max("drop-head"))
+        .await
+        .unwrap()
+        .name()
+        .to_string();
+    let reject = channel
+        .queue_declare("".into(), private(), max("reject-publish"))
+        .await
+        .unwrap()
+        .name()
+        .to_string();
+    let mut confirmations = Vec::new();
+    for n in 1..=3 {
+        for queue in [&drop_head, &reject] {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    format!("m{n}").as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            confirmations.push((queue == &reject, n, confirm.is_ack()));
+        }
+    }
+    assert_eq!(get(&channel, &drop_head).await.as_deref(), Some(&b"m2"[..]));
+    assert_eq!(get(&channel, &reject).await.as_deref(), Some(&b"m1"[..]));
+    let refused: Vec<_> = confirmations
+        .iter()
+        .filter(|(_, _, acked)| !acked)
+        .map(|(to_reject, n, _)| (*to_reject, *n))
+        .collect();
+    assert_eq!(
+        refused,
+        [(true, 3)],
+        "only the third publish to the reject-publish queue is nacked"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_queue_tells_its_consumers_and_purge_counts() {
+    let url = start().await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    let shared = unique("shared");
+    channel
+        .queue_declare(
+            shared.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        channel
+            .basic_publish(
+                "".into(),
+                shared.as_str().into(),
+                BasicPublishOptions::default(),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        channel
+            .queue_purge(
+                shared.as_str().into(),
+                lapin::options::QueuePurgeOptions::default()
+            )
+            .await
+            .unwrap(),
+        3
+    );
+
+    let listener = connect(&url).await.create_channel().await.unwrap();
+    let mut consumer = listener
+        .basic_consume(
+            shared.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_delete(
+            shared.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .expect("the consumer hears of it");
+    assert!(
+        ended.is_none(),
+        "the consumer was cancelled by the broker: {ended:?}"
+    );
 }

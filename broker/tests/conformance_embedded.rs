@@ -1,0 +1,40 @@
+//! The broker conformance cases against the embedded broker, one broker per test, plus
+//! what only the embedded broker does (refusing what it does not implement).
+
+use std::time::Duration;
+
+use broker::{Broker, Config};
+use lapin::{Connection, ConnectionProperties};
+
+#[path = "support/conformance.rs"]
+mod cases;
+
+async fn broker_url() -> String {
+    let broker = Broker::bind(Config {
+        addr: "127.0.0.1:0".parse().expect("an address"),
+        ..Config::default()
+    })
+    .await
+    .expect("the embedded broker binds");
+    let url = broker.url().expect("its URL");
+    tokio::spawn(broker.serve(std::future::pending()));
+    url
+}
+
+async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect to the embedded broker")
+}
+
+#[tokio::test]
+async fn what_is_not_implemented_is_refused_cleanly() {
+    let url = broker_url().await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), channel.tx_select())
+        .await
+        .expect("an answer, not a hang");
+    let error = refused.unwrap_err();
+    assert!(error.to_string().contains("NOT_IMPLEMENTED"), "{error}");
+}
