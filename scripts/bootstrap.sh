@@ -136,6 +136,18 @@ ensure_rabbitmq() {
   return 1
 }
 
+# The broker's interop test drives it with pika, a client nobody here wrote: Debian's
+# python3-pika (which brings python3).
+ensure_pika() {
+  if /usr/bin/python3 -c 'import pika' >/dev/null 2>&1; then
+    say "ok: python3-pika"
+    return
+  fi
+  say "installing Debian's python3-pika (apt-get)"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pika ||
+    die "the broker interop test needs Python's pika: sudo apt-get install python3-pika (or set TETHER_PYTHON to a python with pika)"
+}
+
 bootstrap() {
   local purpose="${1:-run}"
   need_rust || return 1
@@ -146,6 +158,7 @@ bootstrap() {
   if [ "$purpose" = test ]; then
     ensure_end2end_packages || return 1
     ensure_chromium || return 1
+    ensure_pika || return 1
   fi
 }
 
