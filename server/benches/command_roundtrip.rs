@@ -40,8 +40,15 @@ async fn main() -> anyhow::Result<()> {
     let devices = args.first().copied().unwrap_or(10);
     let commands = args.get(1).copied().unwrap_or(5_000);
     let concurrency = args.get(2).copied().unwrap_or(32);
-    let url = std::env::var("TETHER_BENCH_AMQP_URL")
+    let rabbitmq = std::env::var("TETHER_BENCH_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let embedded = broker::Broker::bind(broker::Config {
+        addr: "127.0.0.1:0".parse()?,
+        ..broker::Config::default()
+    })
+    .await?;
+    let embedded_url = embedded.url()?;
+    tokio::spawn(embedded.serve(std::future::pending()));
 
     println!(
         "# command round trip: {devices} devices, {commands} commands, {concurrency} in flight"
@@ -52,9 +59,27 @@ async fn main() -> anyhow::Result<()> {
         cpu_model()
     );
     println!();
-    println!("| round | commands/s | p50 | p99 | p99.9 | max |");
-    println!("|---|---|---|---|---|---|");
+    println!("| broker | round | commands/s | p50 | p99 | p99.9 | max |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, url) in [
+        ("RabbitMQ", rabbitmq.as_str()),
+        ("embedded", embedded_url.as_str()),
+    ] {
+        rounds(name, url, devices, commands, concurrency).await?;
+    }
+    Ok(())
+}
 
+/// The three rounds against one broker.
+async fn rounds(
+    broker: &str,
+    url: &str,
+    devices: usize,
+    commands: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let report = |round: &str, result: &Round| report(&format!("{broker} | {round}"), result);
+    let url = url.to_owned();
     let baseline = bare_lapin(&url, commands, concurrency).await?;
     report("bare lapin request/reply (baseline)", &baseline);
 
