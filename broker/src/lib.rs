@@ -14,7 +14,10 @@ mod vhost;
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use tokio::net::TcpListener;
@@ -35,6 +38,8 @@ pub struct Config {
     pub channel_max: u16,
     /// Heartbeat interval proposed to clients, in seconds (0: none).
     pub heartbeat: u16,
+    /// Connections open at once; more are turned away.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -46,6 +51,7 @@ impl Default for Config {
             frame_max: 131_072,
             channel_max: 2_047,
             heartbeat: 60,
+            max_connections: 4_096,
         }
     }
 }
@@ -85,14 +91,24 @@ impl Broker {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut next_id: u64 = 0;
+        let open = Arc::new(AtomicUsize::new(0));
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
+                        if open.load(Ordering::Relaxed) >= self.config.max_connections {
+                            tracing::warn!(%peer, "turning a connection away: {} are open, the limit", self.config.max_connections);
+                            drop(socket);
+                            continue;
+                        }
                         next_id += 1;
-                        let (config, vhost) = (self.config.clone(), self.vhost.clone());
-                        tokio::spawn(connection::serve(next_id, socket, peer, config, vhost));
+                        open.fetch_add(1, Ordering::Relaxed);
+                        let (config, vhost, open) = (self.config.clone(), self.vhost.clone(), open.clone());
+                        tokio::spawn(async move {
+                            connection::serve(next_id, socket, peer, config, vhost).await;
+                            open.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
                     Err(error) => tracing::warn!("accept failed: {error}"),
                 }

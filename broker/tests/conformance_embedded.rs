@@ -38,3 +38,25 @@ async fn what_is_not_implemented_is_refused_cleanly() {
     let error = refused.unwrap_err();
     assert!(error.to_string().contains("NOT_IMPLEMENTED"), "{error}");
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_turned_away() {
+    let config = Config {
+        addr: "127.0.0.1:0".parse().expect("an address"),
+        max_connections: 2,
+        ..Config::default()
+    };
+    let broker = Broker::bind(config).await.expect("binds");
+    let url = broker.url().expect("its URL");
+    tokio::spawn(broker.serve(std::future::pending()));
+    let first = connect(&url).await;
+    let second = connect(&url).await;
+    let third = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(&url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert!(third.is_err(), "a third connection must be refused");
+    drop((first, second));
+}
