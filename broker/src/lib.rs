@@ -40,6 +40,9 @@ pub struct Config {
     pub heartbeat: u16,
     /// Connections open at once; more are turned away.
     pub max_connections: usize,
+    /// Bytes of message bodies all queues may hold together; beyond it publishes are
+    /// refused (nacked under confirms).
+    pub max_bytes: usize,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             channel_max: 2_047,
             heartbeat: 60,
             max_connections: 4_096,
+            max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -67,10 +71,11 @@ pub struct Broker {
 impl Broker {
     pub async fn bind(config: Config) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.addr).await?;
+        let vhost = Arc::new(Mutex::new(Vhost::new(config.max_bytes)));
         Ok(Self {
             listener,
             config: Arc::new(config),
-            vhost: Arc::default(),
+            vhost,
         })
     }
 

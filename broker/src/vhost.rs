@@ -109,6 +109,48 @@ struct Consumer {
     deliver: mpsc::UnboundedSender<Outbound>,
 }
 
+/// A queue's ready messages, with the bytes they hold.
+#[derive(Debug, Default)]
+struct Ready {
+    messages: VecDeque<Message>,
+    bytes: usize,
+}
+
+impl Ready {
+    fn push_back(&mut self, message: Message) {
+        self.bytes += message.body.len();
+        self.messages.push_back(message);
+    }
+
+    fn push_front(&mut self, message: Message) {
+        self.bytes += message.body.len();
+        self.messages.push_front(message);
+    }
+
+    fn pop_front(&mut self) -> Option<Message> {
+        let message = self.messages.pop_front()?;
+        self.bytes -= message.body.len();
+        Some(message)
+    }
+
+    fn front(&self) -> Option<&Message> {
+        self.messages.front()
+    }
+
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Queue {
     owner: Option<ConnectionId>,
@@ -119,7 +161,7 @@ struct Queue {
     /// reject-publish` the new one is refused.
     max_length: Option<usize>,
     reject_publish: bool,
-    messages: VecDeque<Message>,
+    messages: Ready,
     consumers: Vec<Consumer>,
     /// Round-robin position among consumers.
     next: usize,
@@ -151,10 +193,13 @@ pub const PRECONDITION_FAILED: u16 = 406;
 pub struct Vhost {
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<String, Queue>,
+    /// Bytes of message bodies all queues may hold together; publishes beyond it are
+    /// refused (nacked), so a flood cannot exhaust memory.
+    max_bytes: usize,
 }
 
-impl Default for Vhost {
-    fn default() -> Self {
+impl Vhost {
+    pub fn new(max_bytes: usize) -> Self {
         let mut exchanges = HashMap::new();
         for (name, kind) in [
             ("amq.direct", ExchangeKind::Direct),
@@ -173,6 +218,7 @@ impl Default for Vhost {
         Self {
             exchanges,
             queues: HashMap::new(),
+            max_bytes,
         }
     }
 }
@@ -257,6 +303,21 @@ impl Vhost {
                     RESOURCE_LOCKED,
                     format!(
                         "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost '/'"
+                    ),
+                ));
+            }
+            let differs = if queue.owner.is_some() != exclusive {
+                Some("exclusive")
+            } else if queue.auto_delete != auto_delete {
+                Some("auto_delete")
+            } else {
+                None
+            };
+            if let (Some(flag), false) = (differs, passive) {
+                return Err(Refusal::new(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - inequivalent arg '{flag}' for queue '{name}' in vhost '/'"
                     ),
                 ));
             }
@@ -357,6 +418,7 @@ impl Vhost {
             .as_ref()
             .and_then(|ms| ms.as_str().parse::<u64>().ok())
             .map(Duration::from_millis);
+        let mut held: usize = self.queues.values().map(|q| q.messages.bytes).sum();
         let mut routed = Routed {
             queues: 0,
             rejected: false,
@@ -371,6 +433,15 @@ impl Vhost {
             };
             let mut copy = message.clone();
             copy.expires_at = ttl.map(|ttl| now + ttl);
+            if held + copy.body.len() > self.max_bytes {
+                tracing::warn!(
+                    "refusing a message for '{name}': queues hold {held} bytes, the limit is {}",
+                    self.max_bytes
+                );
+                routed.rejected = true;
+                continue;
+            }
+            held += copy.body.len();
             if let Some(max) = queue.max_length
                 && queue.messages.len() >= max
             {
@@ -628,7 +699,13 @@ impl Vhost {
         let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
+        let now = Instant::now();
         while !queue.messages.is_empty() && !queue.consumers.is_empty() {
+            // Expired messages at the head are dropped, never delivered.
+            if queue.messages.front().is_some_and(|m| m.expired(now)) {
+                queue.messages.pop_front();
+                continue;
+            }
             let count = queue.consumers.len();
             let ready = (0..count)
                 .map(|offset| (queue.next + offset) % count)

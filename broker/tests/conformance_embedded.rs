@@ -60,3 +60,51 @@ async fn connections_beyond_the_limit_are_turned_away() {
     assert!(third.is_err(), "a third connection must be refused");
     drop((first, second));
 }
+
+#[tokio::test]
+async fn publishes_beyond_the_memory_limit_are_refused() {
+    let config = Config {
+        addr: "127.0.0.1:0".parse().expect("an address"),
+        max_bytes: 1_000,
+        ..Config::default()
+    };
+    let broker = Broker::bind(config).await.expect("binds");
+    let url = broker.url().expect("its URL");
+    tokio::spawn(broker.serve(std::future::pending()));
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let options = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), options, lapin::types::FieldTable::default())
+        .await
+        .expect("a queue");
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.name().clone(),
+                lapin::options::BasicPublishOptions::default(),
+                &[0u8; 600],
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("published")
+            .await
+            .expect("confirmed");
+        answers.push(confirm.is_ack());
+    }
+    assert_eq!(
+        answers,
+        [true, false],
+        "the second 600 bytes would pass the 1,000-byte limit"
+    );
+}

@@ -599,3 +599,132 @@ async fn deleting_a_queue_tells_its_consumers_and_purge_counts() {
         "the consumer was cancelled by the broker: {ended:?}"
     );
 }
+
+#[tokio::test]
+async fn redeclaring_a_queue_differently_is_refused() {
+    let url = start().await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    let name = unique("redeclare");
+    let expires = args(&[("x-expires", lapin::types::AMQPValue::LongInt(60_000))]);
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            expires.clone(),
+        )
+        .await
+        .unwrap();
+    // The same declaration again is fine.
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            expires.clone(),
+        )
+        .await
+        .unwrap();
+    let auto_delete = QueueDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    let error = channel
+        .queue_declare(name.as_str().into(), auto_delete, expires)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("PRECONDITION_FAILED"), "{error}");
+    // A passive declare only checks that it exists.
+    let other = connection.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    other
+        .queue_declare(name.as_str().into(), passive, FieldTable::default())
+        .await
+        .unwrap();
+    let missing = other
+        .queue_declare(
+            unique("missing").as_str().into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("NOT_FOUND"), "{missing}");
+}
+
+#[tokio::test]
+async fn a_message_that_expires_while_its_consumer_is_busy_is_never_delivered() {
+    let url = start().await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    let inbox = channel
+        .queue_declare("".into(), private(), FieldTable::default())
+        .await
+        .unwrap()
+        .name()
+        .clone();
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            inbox.clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            inbox.clone(),
+            BasicPublishOptions::default(),
+            b"first",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let soon = BasicProperties::default().with_expiration("100".into());
+    channel
+        .basic_publish(
+            "".into(),
+            inbox.clone(),
+            BasicPublishOptions::default(),
+            b"stale",
+            soon,
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            inbox.clone(),
+            BasicPublishOptions::default(),
+            b"last",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+
+    let first = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.data, b"first");
+    tokio::time::sleep(Duration::from_millis(300)).await; // "stale" expires while we are busy
+    first.ack(BasicAckOptions::default()).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.data, b"last",
+        "the expired message was dropped, not delivered late"
+    );
+}
