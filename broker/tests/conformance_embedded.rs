@@ -108,3 +108,89 @@ async fn publishes_beyond_the_memory_limit_are_refused() {
         "the second 600 bytes would pass the 1,000-byte limit"
     );
 }
+
+/// Writes one frame the way a client would.
+async fn write_frame(socket: &mut tokio::net::TcpStream, frame: amq_protocol::frame::AMQPFrame) {
+    use tokio::io::AsyncWriteExt as _;
+    let bytes = cookie_factory::gen_simple(amq_protocol::frame::gen_frame(&frame), Vec::new())
+        .expect("encodes");
+    socket.write_all(&bytes).await.expect("writes");
+}
+
+#[tokio::test]
+async fn a_peer_that_goes_silent_is_closed_after_two_heartbeats() {
+    use amq_protocol::{
+        frame::AMQPFrame,
+        protocol::{AMQPClass, connection},
+    };
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let url = broker_url().await;
+    let addr = url
+        .rsplit('@')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port")
+        .to_owned();
+    let mut socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    socket
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .expect("header");
+    let start_ok = connection::StartOk {
+        client_properties: Default::default(),
+        mechanism: "PLAIN".into(),
+        response: "\0guest\0guest".into(),
+        locale: "en_US".into(),
+    };
+    write_frame(
+        &mut socket,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+        ),
+    )
+    .await;
+    // A 1 s heartbeat, then nothing at all from this client.
+    let tune_ok = connection::TuneOk {
+        channel_max: 16,
+        frame_max: 131_072,
+        heartbeat: 1,
+    };
+    write_frame(
+        &mut socket,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+        ),
+    )
+    .await;
+    let open = connection::Open {
+        virtual_host: "/".into(),
+    };
+    write_frame(
+        &mut socket,
+        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open))),
+    )
+    .await;
+
+    let started = std::time::Instant::now();
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // start, tune, open-ok, then the broker's own heartbeats
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the broker kept a silent peer open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+}
