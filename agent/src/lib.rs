@@ -34,6 +34,8 @@ pub struct Config {
     /// How often to send a heartbeat; the server declares the device offline after
     /// a few are missed.
     pub heartbeat: Duration,
+    /// How often to publish readings of the announced metrics; `None` for never.
+    pub telemetry: Option<Duration>,
     /// First delay before reconnecting; doubles on each failure up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -48,6 +50,7 @@ impl Config {
             kind: kind.into(),
             firmware: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat: Duration::from_secs(5),
+            telemetry: Some(Duration::from_secs(5)),
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(30),
         }
@@ -126,6 +129,12 @@ pub trait Handler: Send + Sync + 'static {
         command: Command,
         context: CommandContext,
     ) -> impl Future<Output = Result<Value, CommandError>> + Send;
+
+    /// Current readings, as (metric, value), for metrics announced in the capabilities;
+    /// published to `tether.telemetry` every `Config::telemetry`. None by default.
+    fn readings(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
 }
 
 /// Runs the agent until `shutdown` resolves: connects, serves sessions, and reconnects

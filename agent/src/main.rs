@@ -44,6 +44,10 @@ struct Args {
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "TETHER_HEARTBEAT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     heartbeat_ms: u64,
+
+    /// How often to publish readings, in milliseconds; 0 for never.
+    #[arg(long, env = "TETHER_TELEMETRY_MS", default_value_t = 5000)]
+    telemetry_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,6 +95,8 @@ async fn main() -> anyhow::Result<()> {
     for (device_id, kind) in devices {
         let mut config = agent::Config::new(args.amqp_url.clone(), device_id, kind.name());
         config.heartbeat = Duration::from_millis(args.heartbeat_ms);
+        config.telemetry =
+            (args.telemetry_ms > 0).then(|| Duration::from_millis(args.telemetry_ms));
         let mut stop = stop_rx.clone();
         agents.spawn(agent::run(
             config,

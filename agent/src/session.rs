@@ -22,7 +22,7 @@ use lapin::{
 };
 use protocol::{
     Bye, CommandId, CommandRequest, Delivered, DeviceMessage, ErrorCode, Heartbeat, Hello, Outcome,
-    Progress, Reply, ServerMessage,
+    Progress, Reply, ServerMessage, TelemetrySample,
     names::{self, PresenceKind},
 };
 use tokio::{sync::mpsc, task::AbortHandle};
@@ -118,6 +118,26 @@ impl Publisher {
             .await
     }
 
+    /// Publishes one sample per reading to `telemetry.<device>.<metric>`.
+    async fn telemetry(&self, readings: Vec<(String, f64)>) -> lapin::Result<()> {
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        for (metric, value) in readings {
+            let key = names::telemetry_key(&self.device_id, &metric);
+            let sample = DeviceMessage::Telemetry(TelemetrySample {
+                device_id: self.device_id.clone(),
+                session_id: self.session_id.clone(),
+                metric,
+                value,
+                ts_ms,
+            });
+            self.publish(names::TELEMETRY_EXCHANGE, &key, None, &sample)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Sends something about a command to the server's reply queue. A failure here means
     /// the connection is going down, which the session loop notices and handles.
     async fn reply(&self, reply_to: &str, command_id: &CommandId, message: &DeviceMessage) {
@@ -201,6 +221,12 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
     let (restart_tx, mut restart_rx) = mpsc::unbounded_channel();
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.tick().await; // The first tick is immediate; hello just said it all.
+    // Far in the future when telemetry is off, so the branch never fires.
+    let mut telemetry = tokio::time::interval(
+        config
+            .telemetry
+            .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
+    );
     let bye = |reason: &str| {
         DeviceMessage::Bye(Bye {
             device_id: config.device_id.clone(),
@@ -221,6 +247,9 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
             _ = heartbeat.tick() => {
                 let beat = DeviceMessage::Heartbeat(Heartbeat { device_id: config.device_id.clone(), session_id: publisher.session_id.clone() });
                 publisher.presence(PresenceKind::Heartbeat, &beat).await.context("cannot send a heartbeat").map_err(failed(true))?;
+            }
+            _ = telemetry.tick(), if config.telemetry.is_some() => {
+                publisher.telemetry(handler.readings()).await.context("cannot send telemetry").map_err(failed(true))?;
             }
             delivery = commands.next() => match delivery {
                 Some(Ok(delivery)) => {

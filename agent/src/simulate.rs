@@ -50,7 +50,7 @@ impl Simulated {
         match kind {
             Kind::Thermostat => Self::Thermostat(Thermostat::default()),
             Kind::Switch => Self::Switch(Switch::default()),
-            Kind::Gateway => Self::Gateway(Gateway),
+            Kind::Gateway => Self::Gateway(Gateway::default()),
         }
     }
 }
@@ -75,6 +75,24 @@ impl Handler for Simulated {
             Self::Gateway(device) => device.handle(&command, &context).await,
         }
     }
+
+    fn readings(&self) -> Vec<(String, f64)> {
+        match self {
+            Self::Thermostat(device) => {
+                vec![(
+                    "temperature".into(),
+                    round(device.temperature() + noise(0.05)),
+                )]
+            }
+            Self::Switch(device) => vec![("power".into(), device.power())],
+            Self::Gateway(device) => device.readings(),
+        }
+    }
+}
+
+/// Uniform noise in `-amplitude..amplitude`.
+fn noise(amplitude: f64) -> f64 {
+    (fastrand::f64() * 2.0 - 1.0) * amplitude
 }
 
 fn command(name: &str, description: &str, args: Vec<ArgSpec>) -> CommandSpec {
@@ -221,6 +239,19 @@ pub struct Switch {
 }
 
 impl Switch {
+    /// Power draw in W: a load of about 45 W when on, standby when off.
+    pub fn power(&self) -> f64 {
+        let on = *self
+            .on
+            .lock()
+            .expect("no code panics while holding this lock");
+        if on {
+            round(45.0 + noise(5.0))
+        } else {
+            round(0.4 + noise(0.05))
+        }
+    }
+
     fn capabilities() -> Capabilities {
         Capabilities {
             commands: vec![
@@ -251,9 +282,39 @@ impl Switch {
 
 /// A gateway: slow operations with progress, and a reboot that takes it offline.
 #[derive(Debug)]
-pub struct Gateway;
+pub struct Gateway {
+    /// CPU and memory load in %, wandering.
+    load: Mutex<(f64, f64)>,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self {
+            load: Mutex::new((15.0, 40.0)),
+        }
+    }
+}
 
 impl Gateway {
+    /// CPU wanders between 2 and 95 %, memory creeps between 20 and 85 %, the signal
+    /// hovers around -70 dBm.
+    fn readings(&self) -> Vec<(String, f64)> {
+        let mut load = self
+            .load
+            .lock()
+            .expect("no code panics while holding this lock");
+        load.0 = (load.0 + noise(8.0)).clamp(2.0, 95.0);
+        load.1 = (load.1 + noise(1.0) + 0.1).clamp(20.0, 85.0);
+        vec![
+            ("cpu".into(), round(load.0)),
+            ("memory".into(), round(load.1)),
+            (
+                "signal".into(),
+                round((-70.0 + noise(6.0)).clamp(-120.0, -30.0)),
+            ),
+        ]
+    }
+
     fn capabilities() -> Capabilities {
         let integer = |min, max| ArgKind::Integer {
             min: Some(min),
@@ -391,6 +452,29 @@ mod tests {
         );
         state.catch_up(later + Duration::from_secs(600));
         assert!((state.temperature - 25.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn readings_are_announced_metrics_within_their_ranges() {
+        for kind in Kind::ALL {
+            let device = Simulated::new(kind);
+            let metrics = device.capabilities().metrics;
+            for _ in 0..200 {
+                let readings = device.readings();
+                assert_eq!(readings.len(), metrics.len(), "{kind:?} reads every metric");
+                for (name, value) in readings {
+                    let spec = metrics
+                        .iter()
+                        .find(|m| m.name == name)
+                        .unwrap_or_else(|| panic!("{name} is not announced"));
+                    assert!(
+                        spec.min.is_none_or(|min| value >= min)
+                            && spec.max.is_none_or(|max| value <= max),
+                        "{name} = {value}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
