@@ -49,6 +49,16 @@ pub struct CommandView {
     pub error: Option<String>,
 }
 
+/// One accepted reading, as the live channel carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub device_id: DeviceId,
+    pub metric: String,
+    pub value: f64,
+    /// When it was measured (ms since the Unix epoch).
+    pub ts_ms: u64,
+}
+
 /// What the live channel carries: a snapshot first, then changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -62,6 +72,9 @@ pub enum LiveEvent {
     },
     CommandUpdated {
         command: CommandView,
+    },
+    Telemetry {
+        reading: Reading,
     },
 }
 

@@ -41,7 +41,7 @@ use lapin::{
 use protocol::{
     ArgumentError, CancelRequest, CommandId, CommandRequest, CommandStatus, DeviceId,
     DeviceMessage, ServerMessage,
-    api::{CommandView, DeviceView, LiveEvent, SendCommand, timeouts},
+    api::{CommandView, DeviceView, LiveEvent, Reading, SendCommand, timeouts},
     names::{self, PresenceKind},
 };
 use serde::{Deserialize, Serialize};
@@ -98,6 +98,14 @@ pub struct Stats {
     pub late: AtomicU64,
     /// Commands that came back unroutable: the device's inbox was gone.
     pub returned: AtomicU64,
+    /// Readings passed on to listeners.
+    pub readings_accepted: AtomicU64,
+    /// Readings of a metric the device did not announce.
+    pub readings_unknown_metric: AtomicU64,
+    /// Readings outside the announced range (or not finite).
+    pub readings_out_of_range: AtomicU64,
+    /// Readings beyond a device's rate limit.
+    pub readings_flood: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -109,6 +117,10 @@ pub struct StatsSnapshot {
     pub late: u64,
     pub returned: u64,
     pub pending_commands: u64,
+    pub readings_accepted: u64,
+    pub readings_unknown_metric: u64,
+    pub readings_out_of_range: u64,
+    pub readings_flood: u64,
 }
 
 /// The hub; cheap to clone, shared by every request handler.
@@ -139,6 +151,8 @@ struct Inner {
 struct State {
     registry: Registry,
     commands: Commands,
+    /// Readings per device in the current one-second window, for the rate limit.
+    reading_windows: HashMap<DeviceId, (Instant, u32)>,
 }
 
 /// A connected broker link: the publishing channel (in confirm mode) and the queue that
@@ -154,6 +168,7 @@ struct Consumers {
     presence: Consumer,
     replies: Consumer,
     events: Consumer,
+    telemetry: Consumer,
 }
 
 /// A command update as shared between replicas on `tether.events`.
@@ -166,6 +181,9 @@ struct ReplicaEvent {
 /// How long after a device's session ends its pending commands wait for answers that
 /// were already on their way (they travel on another queue than the goodbye).
 const OFFLINE_GRACE: Duration = Duration::from_millis(300);
+/// Readings a device may send per second; more are dropped and counted, so one noisy
+/// device cannot drown the others.
+const MAX_READINGS_PER_SECOND: u32 = 50;
 /// How often device heartbeats are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Live events a slow browser may fall behind by before it must resync.
@@ -246,6 +264,10 @@ impl Hub {
             late: load(&stats.late),
             returned: load(&stats.returned),
             pending_commands: self.state().commands.pending() as u64,
+            readings_accepted: load(&stats.readings_accepted),
+            readings_unknown_metric: load(&stats.readings_unknown_metric),
+            readings_out_of_range: load(&stats.readings_out_of_range),
+            readings_flood: load(&stats.readings_flood),
         }
     }
 
@@ -653,6 +675,7 @@ impl Hub {
                 d = consumers.presence.next() => d.map(|d| d.map(|d| (Queue::Presence, d))),
                 d = consumers.replies.next() => d.map(|d| d.map(|d| (Queue::Replies, d))),
                 d = consumers.events.next() => d.map(|d| d.map(|d| (Queue::Events, d))),
+                d = consumers.telemetry.next() => d.map(|d| d.map(|d| (Queue::Telemetry, d))),
             };
             match delivery {
                 Some(Ok((Queue::Presence, delivery))) => self.on_presence(&delivery),
@@ -661,6 +684,7 @@ impl Hub {
                     self.share(&changed).await;
                 }
                 Some(Ok((Queue::Events, delivery))) => self.on_replica_event(&delivery),
+                Some(Ok((Queue::Telemetry, delivery))) => self.on_telemetry(&delivery),
                 Some(Err(error)) => return anyhow::Error::new(error).context("a consumer failed"),
                 None => return anyhow::anyhow!("the broker cancelled a consumer"),
             }
@@ -793,6 +817,94 @@ impl Hub {
         }
     }
 
+    /// A reading: checked against what its device announced, rate-limited per device,
+    /// then passed to listeners. Anything else is counted and dropped.
+    fn on_telemetry(&self, delivery: &Delivery) {
+        let sample = match protocol::decode::<DeviceMessage>(&delivery.data) {
+            Ok(DeviceMessage::Telemetry(sample)) => sample,
+            Ok(other) => {
+                return self.dropped(
+                    &self.inner.stats.foreign,
+                    &format!("{other:?} on the telemetry exchange"),
+                );
+            }
+            Err(error) => {
+                return self.dropped(&self.inner.stats.malformed, &format!("reading: {error}"));
+            }
+        };
+        let routed = names::telemetry_key(&sample.device_id, &sample.metric);
+        if delivery.routing_key.as_str() != routed {
+            return self.dropped(
+                &self.inner.stats.foreign,
+                &format!("a reading under routing key {}", delivery.routing_key),
+            );
+        }
+        let stats = &self.inner.stats;
+        let mut state = self.state();
+        let Some(device) = state
+            .registry
+            .get(&sample.device_id)
+            .filter(|d| d.session_id == sample.session_id)
+        else {
+            drop(state);
+            return self.dropped(
+                &stats.stale,
+                "a reading from an unknown device or an old session",
+            );
+        };
+        let Some(spec) = device
+            .view
+            .capabilities
+            .metrics
+            .iter()
+            .find(|m| m.name == sample.metric)
+        else {
+            drop(state);
+            return self.dropped(
+                &stats.readings_unknown_metric,
+                &format!("a reading of unannounced metric {:?}", sample.metric),
+            );
+        };
+        let in_range = sample.value.is_finite()
+            && spec.min.is_none_or(|min| sample.value >= min)
+            && spec.max.is_none_or(|max| sample.value <= max);
+        if !in_range {
+            drop(state);
+            return self.dropped(
+                &stats.readings_out_of_range,
+                &format!(
+                    "{} = {} is outside its announced range",
+                    sample.metric, sample.value
+                ),
+            );
+        }
+        let now = Instant::now();
+        let window = state
+            .reading_windows
+            .entry(sample.device_id.clone())
+            .or_insert((now, 0));
+        if now.duration_since(window.0) >= Duration::from_secs(1) {
+            *window = (now, 0);
+        }
+        window.1 += 1;
+        if window.1 > MAX_READINGS_PER_SECOND {
+            // Counted, but logged only once a window: a flood must not flood the log.
+            stats.readings_flood.fetch_add(1, Ordering::Relaxed);
+            if window.1 == MAX_READINGS_PER_SECOND + 1 {
+                tracing::warn!(device = %sample.device_id, "dropping readings beyond {MAX_READINGS_PER_SECOND}/s");
+            }
+            return;
+        }
+        stats.readings_accepted.fetch_add(1, Ordering::Relaxed);
+        let reading = Reading {
+            device_id: sample.device_id,
+            metric: sample.metric,
+            value: sample.value,
+            ts_ms: sample.ts_ms,
+        };
+        self.broadcast(&[LiveEvent::Telemetry { reading }]);
+    }
+
     fn on_replica_event(&self, delivery: &Delivery) {
         let own = delivery.properties.app_id().as_ref().map(|id| id.as_str());
         if own == Some(self.inner.replica_id.as_str()) {
@@ -855,6 +967,7 @@ enum Queue {
     Presence,
     Replies,
     Events,
+    Telemetry,
 }
 
 /// Connects and declares this replica's topology.
@@ -909,6 +1022,7 @@ async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)
     let presence_queue = queue(Some((names::PRESENCE_EXCHANGE, names::PRESENCE_ALL))).await?;
     let reply_queue = queue(None).await?;
     let events_queue = queue(Some((names::EVENTS_EXCHANGE, ""))).await?;
+    let telemetry_queue = queue(Some((names::TELEMETRY_EXCHANGE, names::TELEMETRY_ALL))).await?;
     // Auto-ack: these queues are private and transient, and a message that cannot be
     // handled is dropped and counted, so nothing could usefully be redelivered.
     let auto_ack = BasicConsumeOptions {
@@ -925,6 +1039,7 @@ async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)
         presence: consume(&presence_queue).await?,
         replies: consume(&reply_queue).await?,
         events: consume(&events_queue).await?,
+        telemetry: consume(&telemetry_queue).await?,
     };
     channel
         .confirm_select(ConfirmSelectOptions::default())

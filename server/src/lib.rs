@@ -258,7 +258,13 @@ async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
          tether_messages_dropped_total{{reason=\"late\"}} {late}\n\
          # HELP tether_commands_returned_total Commands that came back unroutable (device gone).\n\
          # TYPE tether_commands_returned_total counter\n\
-         tether_commands_returned_total {returned}\n",
+         tether_commands_returned_total {returned}\n\
+         # HELP tether_readings_total Device readings, by what became of them.\n\
+         # TYPE tether_readings_total counter\n\
+         tether_readings_total{{outcome=\"accepted\"}} {accepted}\n\
+         tether_readings_total{{outcome=\"unknown_metric\"}} {unknown_metric}\n\
+         tether_readings_total{{outcome=\"out_of_range\"}} {out_of_range}\n\
+         tether_readings_total{{outcome=\"flood\"}} {flood}\n",
         offline = devices.len() - online,
         pending = stats.pending_commands,
         connected = u8::from(hub.is_connected()),
@@ -267,6 +273,10 @@ async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
         stale = stats.stale,
         late = stats.late,
         returned = stats.returned,
+        accepted = stats.readings_accepted,
+        unknown_metric = stats.readings_unknown_metric,
+        out_of_range = stats.readings_out_of_range,
+        flood = stats.readings_flood,
     );
     (
         [(

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use leptos::prelude::*;
 use protocol::{
     CommandId, DeviceId,
-    api::{CommandView, DeviceView, LiveEvent},
+    api::{CommandView, DeviceView, LiveEvent, Reading},
 };
 
 /// Commands kept in the tab, newest by creation.
@@ -29,6 +29,8 @@ pub enum LinkStatus {
 pub struct Live {
     pub devices: RwSignal<BTreeMap<DeviceId, DeviceView>>,
     pub commands: RwSignal<BTreeMap<CommandId, CommandView>>,
+    /// The latest reading of each device's metrics.
+    pub readings: RwSignal<BTreeMap<(DeviceId, String), Reading>>,
     pub status: RwSignal<LinkStatus>,
     /// Whether a snapshot has arrived: until then pages show what the server rendered.
     pub synced: RwSignal<bool>,
@@ -53,6 +55,9 @@ impl Live {
                 all.insert(device.id.clone(), device);
             }),
             LiveEvent::CommandUpdated { command } => self.upsert_command(command),
+            LiveEvent::Telemetry { reading } => self.readings.update(|latest| {
+                latest.insert((reading.device_id.clone(), reading.metric.clone()), reading);
+            }),
         }
     }
 
@@ -94,6 +99,7 @@ pub fn provide_live() -> Live {
     let live = Live {
         devices: RwSignal::new(BTreeMap::new()),
         commands: RwSignal::new(BTreeMap::new()),
+        readings: RwSignal::new(BTreeMap::new()),
         status: RwSignal::new(LinkStatus::Connecting),
         synced: RwSignal::new(false),
         now_ms: RwSignal::new(now_ms()),
