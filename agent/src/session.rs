@@ -16,7 +16,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ExchangeDeclareOptions, QueueDeclareOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
     types::FieldTable,
 };
@@ -211,8 +211,9 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
         heartbeat_ms: u64::try_from(config.heartbeat.as_millis()).unwrap_or(u64::MAX),
         capabilities: handler.capabilities(),
     };
+    let hello = DeviceMessage::Hello(hello);
     publisher
-        .presence(PresenceKind::Hello, &DeviceMessage::Hello(hello))
+        .presence(PresenceKind::Hello, &hello)
         .await
         .context("cannot say hello")
         .map_err(failed(false))?;
@@ -253,7 +254,7 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
             }
             delivery = commands.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    on_delivery(handler, &publisher, running, &restart_tx, delivery).await.map_err(failed(true))?;
+                    on_delivery(handler, &publisher, running, &restart_tx, &hello, delivery).await.map_err(failed(true))?;
                 }
                 Some(Err(error)) => return Err(failed(true)(anyhow::Error::new(error).context("inbox consumer failed"))),
                 None => return Err(failed(true)(anyhow::anyhow!("the broker cancelled the inbox consumer"))),
@@ -297,6 +298,29 @@ async fn declare(connection: &Connection) -> anyhow::Result<(Channel, String)> {
         )
         .await
         .context("cannot declare the inbox")?;
+    // Servers that start later ask every device to say hello again through this exchange.
+    channel
+        .exchange_declare(
+            names::DISCOVER_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot declare the discovery exchange")?;
+    channel
+        .queue_bind(
+            inbox.name().clone(),
+            names::DISCOVER_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot bind the inbox for discovery")?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await
@@ -311,6 +335,7 @@ async fn on_delivery<H: Handler>(
     publisher: &Publisher,
     running: &Running,
     restart: &mpsc::UnboundedSender<Duration>,
+    hello: &DeviceMessage,
     delivery: Delivery,
 ) -> anyhow::Result<()> {
     let message = protocol::decode::<ServerMessage>(&delivery.data);
@@ -325,6 +350,10 @@ async fn on_delivery<H: Handler>(
         .context("cannot acknowledge a command")?;
     match message {
         Err(error) => tracing::warn!("ignoring an inbox message: {error}"),
+        Ok(ServerMessage::Announce(_)) => publisher
+            .presence(PresenceKind::Hello, hello)
+            .await
+            .context("cannot announce the device again")?,
         Ok(ServerMessage::Cancel(cancel)) => {
             let task = running
                 .lock()

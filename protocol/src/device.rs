@@ -31,7 +31,13 @@ pub enum DeviceMessage {
 pub enum ServerMessage {
     Command(CommandRequest),
     Cancel(CancelRequest),
+    Announce(AnnounceRequest),
 }
+
+/// "Say hello again": sent to every device through `tether.discover` by a server that has
+/// just connected, so it learns of devices that were already online.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceRequest {}
 
 /// A device announces itself: sent on every (re)connect, with a new session and inbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,6 +252,7 @@ mod tests {
             ServerMessage::Cancel(CancelRequest {
                 command_id: "c-9".into(),
             }),
+            ServerMessage::Announce(AnnounceRequest {}),
         ] {
             assert_eq!(decode::<ServerMessage>(&encode(&message)), Ok(message));
         }

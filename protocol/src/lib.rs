@@ -24,7 +24,7 @@ pub use capability::{ArgKind, ArgSpec, ArgumentError, Capabilities, CommandSpec,
 pub use codec::{DecodeError, PROTOCOL_VERSION, decode, encode};
 pub use command::{CommandId, CommandStatus, TransitionError};
 pub use device::{
-    Bye, CancelRequest, CommandRequest, Delivered, DeviceMessage, ErrorCode, Heartbeat, Hello,
-    Outcome, Progress, Reply, ServerMessage, TelemetrySample,
+    AnnounceRequest, Bye, CancelRequest, CommandRequest, Delivered, DeviceMessage, ErrorCode,
+    Heartbeat, Hello, Outcome, Progress, Reply, ServerMessage, TelemetrySample,
 };
 pub use names::{DeviceId, InvalidDeviceId};

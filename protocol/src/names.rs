@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub const PRESENCE_EXCHANGE: &str = "tether.presence";
 /// Topic exchange for readings: `telemetry.<device>.<metric>`.
 pub const TELEMETRY_EXCHANGE: &str = "tether.telemetry";
+/// Fanout exchange from servers to every device inbox: asks every device to announce
+/// itself again (a server that starts while devices are connected learns of them).
+pub const DISCOVER_EXCHANGE: &str = "tether.discover";
 /// Fanout exchange between server replicas: command status changes and other UI events.
 pub const EVENTS_EXCHANGE: &str = "tether.events";
 /// Binding that receives every presence message.

@@ -987,6 +987,7 @@ async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)
         (names::PRESENCE_EXCHANGE, ExchangeKind::Topic),
         (names::TELEMETRY_EXCHANGE, ExchangeKind::Topic),
         (names::EVENTS_EXCHANGE, ExchangeKind::Fanout),
+        (names::DISCOVER_EXCHANGE, ExchangeKind::Fanout),
     ] {
         channel
             .exchange_declare(exchange.into(), kind, durable, FieldTable::default())
@@ -1045,6 +1046,19 @@ async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .context("cannot enable publisher confirms")?;
+    // Devices that were online before this connection say hello again, so a replica
+    // that (re)starts knows the whole fleet at once instead of after each reconnect.
+    let announce = protocol::encode(&ServerMessage::Announce(protocol::AnnounceRequest {}));
+    channel
+        .basic_publish(
+            names::DISCOVER_EXCHANGE.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &announce,
+            BasicProperties::default().with_content_type(names::CONTENT_TYPE.into()),
+        )
+        .await
+        .context("cannot ask devices to announce themselves")?;
     Ok((
         connection,
         Link {

@@ -854,3 +854,31 @@ async fn bad_readings_are_counted_and_dropped_and_a_flood_is_capped() {
     // The hub still works for commands.
     assert!(hub.device(&device.id).unwrap().online);
 }
+
+#[tokio::test]
+async fn a_hub_that_starts_later_learns_of_devices_already_online() {
+    let first = start_hub().await;
+    let switch = start_agent("switch-early", Kind::Switch, Duration::from_secs(30));
+    online(&first, &switch.id).await;
+
+    // The device says hello only once per connection and heartbeats every 30 s: the late
+    // hub learns of it because it asks every device to announce itself.
+    let late = start_hub().await;
+    let device = within(
+        Duration::from_secs(5),
+        "the late hub sees the device",
+        async {
+            loop {
+                if let Some(device) = late.device(&switch.id).filter(|d| d.online) {
+                    return device;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(device.kind, "switch");
+    let toggled = run(&late, &switch.id, command("toggle", json!({}), None)).await;
+    assert_eq!(toggled.status, CommandStatus::Succeeded);
+    switch.stop().await;
+}
