@@ -109,27 +109,37 @@ struct Consumer {
     deliver: mpsc::UnboundedSender<Outbound>,
 }
 
-/// A queue's ready messages, with the bytes they hold.
+/// A queue's ready messages. Their bytes are added to the vhost's running total as they
+/// come and taken off as they go (dropping the queue included), so the memory limit is
+/// checked without walking every queue on each publish.
 #[derive(Debug, Default)]
 struct Ready {
     messages: VecDeque<Message>,
-    bytes: usize,
+    /// Bytes held by all queues of the vhost, this one's included.
+    held: Arc<AtomicUsize>,
 }
 
 impl Ready {
+    fn counted(held: Arc<AtomicUsize>) -> Self {
+        Self {
+            messages: VecDeque::new(),
+            held,
+        }
+    }
+
     fn push_back(&mut self, message: Message) {
-        self.bytes += message.body.len();
+        self.held.fetch_add(message.body.len(), Ordering::Relaxed);
         self.messages.push_back(message);
     }
 
     fn push_front(&mut self, message: Message) {
-        self.bytes += message.body.len();
+        self.held.fetch_add(message.body.len(), Ordering::Relaxed);
         self.messages.push_front(message);
     }
 
     fn pop_front(&mut self) -> Option<Message> {
         let message = self.messages.pop_front()?;
-        self.bytes -= message.body.len();
+        self.held.fetch_sub(message.body.len(), Ordering::Relaxed);
         Some(message)
     }
 
@@ -138,8 +148,8 @@ impl Ready {
     }
 
     fn clear(&mut self) {
-        self.messages.clear();
-        self.bytes = 0;
+        let bytes: usize = self.messages.drain(..).map(|m| m.body.len()).sum();
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn len(&self) -> usize {
@@ -148,6 +158,12 @@ impl Ready {
 
     fn is_empty(&self) -> bool {
         self.messages.is_empty()
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -196,6 +212,8 @@ pub struct Vhost {
     /// Bytes of message bodies all queues may hold together; publishes beyond it are
     /// refused (nacked), so a flood cannot exhaust memory.
     max_bytes: usize,
+    /// Bytes all queues hold now, kept by each queue's [`Ready`].
+    held: Arc<AtomicUsize>,
 }
 
 impl Vhost {
@@ -219,6 +237,7 @@ impl Vhost {
             exchanges,
             queues: HashMap::new(),
             max_bytes,
+            held: Arc::default(),
         }
     }
 }
@@ -355,6 +374,7 @@ impl Vhost {
                 ttl,
                 max_length,
                 reject_publish,
+                messages: Ready::counted(self.held.clone()),
                 ..Queue::default()
             },
         );
@@ -418,7 +438,6 @@ impl Vhost {
             .as_ref()
             .and_then(|ms| ms.as_str().parse::<u64>().ok())
             .map(Duration::from_millis);
-        let mut held: usize = self.queues.values().map(|q| q.messages.bytes).sum();
         let mut routed = Routed {
             queues: 0,
             rejected: false,
@@ -433,6 +452,7 @@ impl Vhost {
             };
             let mut copy = message.clone();
             copy.expires_at = ttl.map(|ttl| now + ttl);
+            let held = self.held.load(Ordering::Relaxed);
             if held + copy.body.len() > self.max_bytes {
                 tracing::warn!(
                     "refusing a message for '{name}': queues hold {held} bytes, the limit is {}",
@@ -441,7 +461,6 @@ impl Vhost {
                 routed.rejected = true;
                 continue;
             }
-            held += copy.body.len();
             if let Some(max) = queue.max_length
                 && queue.messages.len() >= max
             {
@@ -799,7 +818,48 @@ fn random_name() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::topic_matches;
+    use super::*;
+
+    fn message(queue: &str, bytes: usize) -> Message {
+        Message {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            properties: BasicProperties::default(),
+            body: Arc::new(vec![0; bytes]),
+            redelivered: false,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn the_memory_limit_counts_what_queues_hold_now() {
+        let mut vhost = Vhost::new(1_000);
+        let no_args = FieldTable::default();
+        let (a, ..) = vhost
+            .declare_queue(1, "", false, false, false, &no_args)
+            .unwrap();
+        assert!(!vhost.publish("", message(&a, 600)).unwrap().rejected);
+        assert!(
+            vhost.publish("", message(&a, 600)).unwrap().rejected,
+            "1,200 bytes would pass 1,000"
+        );
+        assert_eq!(
+            vhost.get(1, &a).unwrap().map(|(m, _)| m.body.len()),
+            Some(600)
+        );
+        assert!(
+            !vhost.publish("", message(&a, 600)).unwrap().rejected,
+            "taking one off made room"
+        );
+        vhost.delete(1, &a, false, false).unwrap();
+        let (b, ..) = vhost
+            .declare_queue(1, "", false, false, false, &no_args)
+            .unwrap();
+        assert!(
+            !vhost.publish("", message(&b, 900)).unwrap().rejected,
+            "a deleted queue gives its bytes back"
+        );
+    }
 
     #[test]
     fn topic_patterns_match_as_in_rabbitmq() {
