@@ -18,6 +18,20 @@ pub fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
+/// When a device was last heard from. Heartbeats are not pushed to the page one by one,
+/// so for an online device the answer is "at most one heartbeat ago" (else it would
+/// have gone offline), never the stale time of the last event.
+pub fn last_heard(now_ms: u64, device: &DeviceView) -> String {
+    let heard = if device.online {
+        device
+            .last_seen_ms
+            .max(now_ms.saturating_sub(device.heartbeat_ms))
+    } else {
+        device.last_seen_ms
+    };
+    ago(now_ms, heard)
+}
+
 /// Online or offline, with since when.
 #[component]
 pub fn PresenceBadge(device: DeviceView, now_ms: Signal<u64>) -> impl IntoView {
@@ -60,5 +74,22 @@ mod tests {
         assert_eq!(ago(4 * 3_600_000, 0), "4 h ago");
         assert_eq!(ago(3 * 86_400_000, 0), "3 d ago");
         assert_eq!(ago(0, 5_000), "just now", "clock skew is not negative time");
+    }
+
+    #[test]
+    fn an_online_device_was_heard_at_most_a_heartbeat_ago() {
+        let device = |online| protocol::api::DeviceView {
+            id: protocol::DeviceId::new("d").unwrap(),
+            kind: "k".into(),
+            firmware: "f".into(),
+            online,
+            since_ms: 0,
+            last_seen_ms: 0,
+            heartbeat_ms: 30_000,
+            capabilities: Default::default(),
+        };
+        let ten_minutes = 600_000;
+        assert_eq!(super::last_heard(ten_minutes, &device(true)), "30 s ago");
+        assert_eq!(super::last_heard(ten_minutes, &device(false)), "10 min ago");
     }
 }

@@ -102,7 +102,7 @@ fn DeviceHeader(device: Signal<Option<DeviceView>>) -> impl IntoView {
     let now_ms = Signal::derive(move || live.now_ms.get());
     move || {
         device.get().map(|d| {
-            let last_seen = d.last_seen_ms;
+            let heard = d.clone();
             view! {
                 <section class="card device-header">
                     <p class="crumbs"><a href="/">"Fleet"</a> " / "</p>
@@ -111,7 +111,7 @@ fn DeviceHeader(device: Signal<Option<DeviceView>>) -> impl IntoView {
                     <dl class="facts">
                         <dt>"Kind"</dt><dd>{d.kind.clone()}</dd>
                         <dt>"Firmware"</dt><dd>{d.firmware.clone()}</dd>
-                        <dt>"Last seen"</dt><dd>{move || ago(now_ms.get(), last_seen)}</dd>
+                        <dt>"Last seen"</dt><dd>{move || super::last_heard(now_ms.get(), &heard)}</dd>
                         <dt>"Heartbeat"</dt><dd>{format!("every {} s", d.heartbeat_ms as f64 / 1000.0)}</dd>
                     </dl>
                 </section>

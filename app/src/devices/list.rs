@@ -81,14 +81,14 @@ fn DeviceTable(devices: Vec<DeviceView>) -> impl IntoView {
             </thead>
             <tbody>
                 {devices.into_iter().map(|device| {
-                    let last_seen = device.last_seen_ms;
+                    let heard = device.clone();
                     view! {
                         <tr data-testid="device-row" data-device=device.id.to_string()>
                             <th scope="row"><a href=format!("/devices/{}", device.id)>{device.id.to_string()}</a></th>
                             <td data-label="Status"><PresenceBadge device=device.clone() now_ms /></td>
                             <td data-label="Kind">{device.kind.clone()}</td>
                             <td data-label="Firmware">{device.firmware.clone()}</td>
-                            <td data-label="Last seen" class="muted">{move || super::ago(now_ms.get(), last_seen)}</td>
+                            <td data-label="Last seen" class="muted">{move || super::last_heard(now_ms.get(), &heard)}</td>
                         </tr>
                     }
                 }).collect_view()}
