@@ -139,10 +139,11 @@ ensure_rabbitmq() {
 # The broker's interop test drives it with pika, a client nobody here wrote: Debian's
 # python3-pika (which brings python3).
 ensure_pika() {
-  if /usr/bin/python3 -c 'import pika' >/dev/null 2>&1; then
-    say "ok: python3-pika"
+  if "${TETHER_PYTHON:-/usr/bin/python3}" -c 'import pika' >/dev/null 2>&1; then
+    say "ok: pika for ${TETHER_PYTHON:-/usr/bin/python3}"
     return
   fi
+  [ -z "${TETHER_PYTHON:-}" ] || die "TETHER_PYTHON=$TETHER_PYTHON cannot import pika: pip install pika there, or unset it"
   say "installing Debian's python3-pika (apt-get)"
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pika ||
     die "the broker interop test needs Python's pika: sudo apt-get install python3-pika (or set TETHER_PYTHON to a python with pika)"

@@ -149,23 +149,27 @@ struct Limit {
     limit: Option<usize>,
 }
 
+impl Limit {
+    /// How many commands to list: 50 unless asked, at most 1,000.
+    fn get(&self) -> usize {
+        self.limit.unwrap_or(50).min(1_000)
+    }
+}
+
 async fn device_commands(
     State(hub): State<Hub>,
     Path(id): Path<String>,
     Query(limit): Query<Limit>,
 ) -> Result<Json<Vec<CommandView>>, Failure> {
     let device = device(&hub, &id)?;
-    Ok(Json(hub.recent_commands(
-        Some(&device.id),
-        limit.limit.unwrap_or(50).min(1_000),
-    )))
+    Ok(Json(hub.recent_commands(Some(&device.id), limit.get())))
 }
 
 async fn recent_commands(
     State(hub): State<Hub>,
     Query(limit): Query<Limit>,
 ) -> Json<Vec<CommandView>> {
-    Json(hub.recent_commands(None, limit.limit.unwrap_or(50).min(1_000)))
+    Json(hub.recent_commands(None, limit.get()))
 }
 
 async fn send_command(

@@ -846,11 +846,10 @@ impl Hub {
             .get(&sample.device_id)
             .filter(|d| d.session_id == sample.session_id)
         else {
-            drop(state);
-            return self.dropped(
-                &stats.stale,
-                "a reading from an unknown device or an old session",
-            );
+            // Counted, not logged: every reading of a device in this state would log,
+            // as heartbeats from old sessions are not logged either.
+            stats.stale.fetch_add(1, Ordering::Relaxed);
+            return;
         };
         let Some(spec) = device
             .view
