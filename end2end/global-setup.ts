@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 
 // Starts `tether-server` (the release build) on port 0 against the test broker, waits
@@ -20,12 +21,19 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
     throw new Error(`${siteRoot}/pkg does not exist: build the site first with \`cargo leptos build --release\`.`);
   }
 
+  // Readings go to a SQLite file of this run's own, through a storage queue of its own
+  // that the broker deletes a minute after this server is gone.
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), "tether-e2e-"));
+  const tag = path.basename(dataDir);
   const server = spawn(bin, [], {
     env: {
       ...process.env,
       TETHER_ADDR: "127.0.0.1:0",
       TETHER_AMQP_URL: amqpUrl(),
       TETHER_SITE_ROOT: siteRoot,
+      TETHER_DATABASE_URL: `sqlite://${path.join(dataDir, "telemetry.db")}`,
+      TETHER_STORE_QUEUE: `tether.telemetry.store.${tag}`,
+      TETHER_STORE_QUEUE_EXPIRES_MS: "60000",
       LEPTOS_ENV: "PROD",
       RUST_LOG: process.env.RUST_LOG ?? "info",
       NO_COLOR: "1",
@@ -44,6 +52,7 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
   return async () => {
     server.kill("SIGTERM");
     await new Promise((resolve) => server.once("exit", resolve));
+    rmSync(dataDir, { recursive: true, force: true });
   };
 }
 

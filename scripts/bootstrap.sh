@@ -136,6 +136,41 @@ ensure_rabbitmq() {
   return 1
 }
 
+# The storage tests run against PostgreSQL too (TETHER_TEST_DATABASE_URL, default the
+# local server's `test` database with trust auth, as on Debian's CI machines).
+ensure_postgres() {
+  if [ -n "${TETHER_TEST_DATABASE_URL:-}" ]; then
+    echo "PostgreSQL for tests: $TETHER_TEST_DATABASE_URL (given)"
+    return
+  fi
+  if port_open 127.0.0.1 5432; then
+    echo "PostgreSQL is listening on 127.0.0.1:5432"
+    return
+  fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "installing Debian's postgresql (apt-get)"
+    as_root apt-get update -qq &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql ||
+      { echo "cannot install postgresql: install it, or set TETHER_TEST_DATABASE_URL" >&2; return 1; }
+  fi
+  echo "starting PostgreSQL"
+  as_root service postgresql start || true
+  for _ in $(seq 60); do
+    port_open 127.0.0.1 5432 && break
+    sleep 1
+  done
+  port_open 127.0.0.1 5432 || { echo "PostgreSQL did not open 127.0.0.1:5432 within 60 s" >&2; return 1; }
+  # A fresh Debian install asks for passwords over TCP: the tests need a `test`
+  # database the postgres user reaches from this machine.
+  if ! psql "postgres://postgres@127.0.0.1:5432/test" -c 'select 1' >/dev/null 2>&1; then
+    as_root su postgres -c "psql -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null &&
+      { as_root su postgres -c "createdb test" 2>/dev/null || true; } ||
+      { echo "cannot prepare PostgreSQL for the tests; set TETHER_TEST_DATABASE_URL" >&2; return 1; }
+    export TETHER_TEST_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/test"
+  fi
+  echo "PostgreSQL is up"
+}
+
 # The broker's interop test drives it with pika, a client nobody here wrote: Debian's
 # python3-pika (which brings python3).
 ensure_pika() {

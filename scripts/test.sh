@@ -43,6 +43,7 @@ stage fmt cargo fmt --all --check
 stage "clippy (server, ssr)" cargo clippy --workspace --exclude frontend --all-targets --locked -- -D warnings
 stage "clippy (wasm32, hydrate)" cargo clippy -p frontend -p protocol --target wasm32-unknown-unknown --locked -- -D warnings
 stage rabbitmq ensure_rabbitmq
+stage postgresql ensure_postgres
 stage "cargo test" cargo_tests
 release_build() {
   cargo leptos build --release && cargo build --release --locked -p agent --bin tether-agent

@@ -29,6 +29,17 @@ pub trait Fleet: Send + Sync + 'static {
     ) -> std::pin::Pin<
         Box<dyn Future<Output = Result<CommandView, protocol::api::ApiError>> + Send + '_>,
     >;
+    fn history(
+        &self,
+        device: String,
+        query: protocol::api::HistoryQuery,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<Output = Result<protocol::api::History, protocol::api::ApiError>>
+                + Send
+                + '_,
+        >,
+    >;
 }
 
 /// The hub, as the server provides it to server functions.
@@ -80,6 +91,18 @@ pub async fn send_command(
 pub async fn cancel_command(id: String) -> Result<CommandView, ServerFnError> {
     fleet()?
         .cancel_command(id)
+        .await
+        .map_err(|e| ServerFnError::new(e.message))
+}
+
+/// A device's downsampled history, for its charts.
+#[server(endpoint = "telemetry", input = Json)]
+pub async fn telemetry_history(
+    device: String,
+    query: protocol::api::HistoryQuery,
+) -> Result<protocol::api::History, ServerFnError> {
+    fleet()?
+        .history(device, query)
         .await
         .map_err(|e| ServerFnError::new(e.message))
 }

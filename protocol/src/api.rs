@@ -59,6 +59,71 @@ pub struct Reading {
     pub ts_ms: u64,
 }
 
+/// One point of a metric's history: the samples of one time bucket, summarised.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// The mean time of the bucket's samples (ms since the Unix epoch): a bucket
+    /// holding one sample sits exactly at that sample.
+    pub t_ms: u64,
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    /// How many samples the bucket holds.
+    pub count: u32,
+}
+
+/// One metric's history over a range, with what the device announced about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    pub metric: String,
+    #[serde(default)]
+    pub unit: String,
+    /// The announced range, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Oldest first; buckets without samples are absent.
+    pub points: Vec<Point>,
+}
+
+/// `GET /api/v1/devices/{id}/telemetry`: a device's history, downsampled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub device_id: DeviceId,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// The width of one bucket: `to - from` divided by the number of points asked for.
+    pub bucket_ms: u64,
+    pub series: Vec<Series>,
+}
+
+/// The query of `GET /api/v1/devices/{id}/telemetry`, all optional: every announced
+/// metric, over the last hour, in [`history::DEFAULT_POINTS`] points.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// One metric; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// Start, ms since the Unix epoch (inclusive); an hour before `to` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// End (exclusive); now when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+    /// Most points per metric, 1 to [`history::MAX_POINTS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_points: Option<u32>,
+}
+
+/// History requests: points per series unless asked, and the most one may ask for.
+pub mod history {
+    pub const DEFAULT_POINTS: u32 = 300;
+    pub const MAX_POINTS: u32 = 2_000;
+    /// The default range: the last hour.
+    pub const DEFAULT_SPAN_MS: u64 = 3_600_000;
+}
+
 /// What the live channel carries: a snapshot first, then changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

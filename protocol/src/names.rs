@@ -13,6 +13,9 @@ pub const TELEMETRY_EXCHANGE: &str = "tether.telemetry";
 pub const DISCOVER_EXCHANGE: &str = "tether.discover";
 /// Fanout exchange between server replicas: command status changes and other UI events.
 pub const EVENTS_EXCHANGE: &str = "tether.events";
+/// The durable queue, shared by every server replica, whose competing consumers store
+/// readings (queue-based load levelling). Bound to [`TELEMETRY_ALL`].
+pub const STORE_QUEUE: &str = "tether.telemetry.store";
 /// Binding that receives every presence message.
 pub const PRESENCE_ALL: &str = "presence.#";
 /// Binding that receives every telemetry sample.

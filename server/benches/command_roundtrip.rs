@@ -85,8 +85,8 @@ async fn rounds(
 
     let hub = Hub::start(
         HubConfig {
-            amqp_url: url.clone(),
             default_timeout: Duration::from_secs(30),
+            ..HubConfig::new(url.clone())
         },
         std::future::pending(),
     )

@@ -8,14 +8,14 @@ use std::{pin::Pin, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{FromRequest, Path, Query, State, rejection::JsonRejection},
+    extract::{FromRequest, FromRequestParts, Path, Query, State, rejection::JsonRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
 use protocol::{
     CommandId,
-    api::{ApiError, CommandView, DeviceView, SendCommand},
+    api::{ApiError, CommandView, DeviceView, History, HistoryQuery, SendCommand, Series, history},
 };
 use serde::Deserialize;
 
@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/devices/{id}/commands",
             get(device_commands).post(send_command),
         )
+        .route("/v1/devices/{id}/telemetry", get(device_telemetry))
         .route("/v1/commands", get(recent_commands))
         .route("/v1/commands/{id}", get(get_command).delete(cancel_command))
         .route("/v1/live", get(live::upgrade))
@@ -120,6 +121,31 @@ where
     }
 }
 
+/// A query string whose rejection is an API error too.
+struct Params<T>(T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
 async fn list_devices(State(hub): State<Hub>) -> Json<Vec<DeviceView>> {
     Json(hub.devices())
 }
@@ -159,7 +185,7 @@ impl Limit {
 async fn device_commands(
     State(hub): State<Hub>,
     Path(id): Path<String>,
-    Query(limit): Query<Limit>,
+    Params(limit): Params<Limit>,
 ) -> Result<Json<Vec<CommandView>>, Failure> {
     let device = device(&hub, &id)?;
     Ok(Json(hub.recent_commands(Some(&device.id), limit.get())))
@@ -167,7 +193,7 @@ async fn device_commands(
 
 async fn recent_commands(
     State(hub): State<Hub>,
-    Query(limit): Query<Limit>,
+    Params(limit): Params<Limit>,
 ) -> Json<Vec<CommandView>> {
     Json(hub.recent_commands(None, limit.get()))
 }
@@ -190,7 +216,7 @@ struct Wait {
 async fn get_command(
     State(hub): State<Hub>,
     Path(id): Path<String>,
-    Query(wait): Query<Wait>,
+    Params(wait): Params<Wait>,
 ) -> Result<Json<CommandView>, Failure> {
     let id = CommandId(id);
     let unknown = || {
@@ -215,6 +241,142 @@ async fn cancel_command(
     Path(id): Path<String>,
 ) -> Result<Json<CommandView>, Failure> {
     Ok(Json(hub.cancel(&CommandId(id)).await?))
+}
+
+async fn device_telemetry(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    Params(query): Params<HistoryQuery>,
+) -> Result<Json<History>, Failure> {
+    Ok(Json(history(&hub, &id, query).await?))
+}
+
+/// A device's history, downsampled: for the API and the UI's charts.
+pub async fn history(hub: &Hub, id: &str, query: HistoryQuery) -> Result<History, Failure> {
+    let unknown_device = || {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("no device \"{id}\" has ever connected"),
+        )
+    };
+    let device_id = protocol::DeviceId::new(id).map_err(|_| unknown_device())?;
+    let to = query.to.unwrap_or_else(crate::hub::now_ms);
+    let from = query
+        .from
+        .unwrap_or_else(|| to.saturating_sub(history::DEFAULT_SPAN_MS));
+    if from >= to {
+        return Err(Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_range",
+            format!("from ({from}) must be before to ({to}), both in ms since the Unix epoch"),
+        ));
+    }
+    let max_points = query.max_points.unwrap_or(history::DEFAULT_POINTS);
+    if !(1..=history::MAX_POINTS).contains(&max_points) {
+        return Err(Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_max_points",
+            format!(
+                "max_points must be between 1 and {} (got {max_points})",
+                history::MAX_POINTS
+            ),
+        ));
+    }
+    let store = hub.store().ok_or_else(|| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_off",
+            "this server keeps no history (TETHER_DATABASE_URL=none)",
+        )
+    })?;
+    let store_failed = |error: anyhow::Error| {
+        tracing::warn!("telemetry history for {id}: {error:#}");
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the telemetry store cannot be read right now; try again shortly",
+        )
+    };
+    // What the device announced, else (a device not heard from since this server
+    // started) what is stored of it.
+    let announced = hub
+        .device(&device_id)
+        .map(|device| device.capabilities.metrics);
+    let stored = match &announced {
+        Some(specs)
+            if query
+                .metric
+                .as_ref()
+                .is_none_or(|m| specs.iter().any(|s| &s.name == m)) =>
+        {
+            Vec::new()
+        }
+        _ => store.metrics(id).await.map_err(store_failed)?,
+    };
+    if announced.is_none() && stored.is_empty() {
+        return Err(unknown_device());
+    }
+    let specs = announced.unwrap_or_default();
+    let metrics: Vec<String> = match &query.metric {
+        Some(metric) => {
+            if !specs.iter().any(|s| &s.name == metric) && !stored.contains(metric) {
+                return Err(Failure::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_metric",
+                    format!("device \"{id}\" has no metric \"{metric}\""),
+                ));
+            }
+            vec![metric.clone()]
+        }
+        None => specs
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(
+                stored
+                    .iter()
+                    .filter(|m| !specs.iter().any(|s| &s.name == *m))
+                    .cloned(),
+            )
+            .collect(),
+    };
+    let as_i64 = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+    let bucket_ms = crate::store::bucket_ms(as_i64(from), as_i64(to), max_points);
+    let mut found = store
+        .series(crate::store::SeriesQuery {
+            device: id.to_owned(),
+            metrics: metrics.clone(),
+            from_ms: as_i64(from),
+            to_ms: as_i64(to),
+            bucket_ms,
+        })
+        .await
+        .map_err(store_failed)?;
+    let series = metrics
+        .into_iter()
+        .map(|metric| {
+            let spec = specs.iter().find(|s| s.name == metric);
+            let points = found
+                .iter_mut()
+                .find(|(m, _)| *m == metric)
+                .map(|(_, points)| std::mem::take(points))
+                .unwrap_or_default();
+            Series {
+                unit: spec.map(|s| s.unit.clone()).unwrap_or_default(),
+                min: spec.and_then(|s| s.min),
+                max: spec.and_then(|s| s.max),
+                metric,
+                points,
+            }
+        })
+        .collect();
+    Ok(History {
+        device_id,
+        from_ms: from,
+        to_ms: to,
+        bucket_ms: bucket_ms as u64,
+        series,
+    })
 }
 
 type Answer<'a> = Pin<Box<dyn Future<Output = Result<CommandView, ApiError>> + Send + 'a>>;
@@ -243,6 +405,18 @@ impl app::fleet::Fleet for Hub {
             self.send(&device, request)
                 .await
                 .map_err(|e| Failure::from(e).1)
+        })
+    }
+
+    fn history(
+        &self,
+        device: String,
+        query: HistoryQuery,
+    ) -> Pin<Box<dyn Future<Output = Result<History, ApiError>> + Send + '_>> {
+        Box::pin(async move {
+            history(self, &device, query)
+                .await
+                .map_err(|failure| failure.1)
         })
     }
 

@@ -14,7 +14,12 @@
 //! [`Stats`] and dropped; consumers never ack-loop (they consume with auto-ack).
 
 mod commands;
+mod recorder;
 mod registry;
+
+pub use self::recorder::{
+    QUEUE_MAX_LENGTH, Recorder, RecorderConfig, RecorderSnapshot, RecorderStats, Rejected, Stop,
+};
 
 use std::{
     collections::HashMap,
@@ -40,7 +45,7 @@ use lapin::{
 };
 use protocol::{
     ArgumentError, CancelRequest, CommandId, CommandRequest, CommandStatus, DeviceId,
-    DeviceMessage, ServerMessage,
+    DeviceMessage, MetricSpec, ServerMessage,
     api::{CommandView, DeviceView, LiveEvent, Reading, SendCommand, timeouts},
     names::{self, PresenceKind},
 };
@@ -48,13 +53,43 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, oneshot};
 
 use self::{commands::Commands, registry::Registry};
+use crate::{redact, store::Store};
 
-/// How the hub reaches the broker.
+/// How the hub reaches the broker, and where it stores readings.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub amqp_url: String,
     /// A command's deadline when the caller gives none.
     pub default_timeout: Duration,
+    /// Where readings are stored; `None` keeps only the live view.
+    pub store: Option<Store>,
+    /// How many [`Recorder`]s this replica runs on the shared storage queue.
+    pub recorders: usize,
+    /// The storage queue: [`names::STORE_QUEUE`] but in tests, and whether it expires.
+    pub store_queue: String,
+    pub store_queue_expires: Option<Duration>,
+}
+
+impl HubConfig {
+    /// Defaults: 10 s command timeout, no storage.
+    pub fn new(amqp_url: impl Into<String>) -> Self {
+        Self {
+            amqp_url: amqp_url.into(),
+            default_timeout: Duration::from_millis(timeouts::DEFAULT_MS),
+            store: None,
+            recorders: 1,
+            store_queue: names::STORE_QUEUE.to_owned(),
+            store_queue_expires: None,
+        }
+    }
+}
+
+/// What the hub knows of a device's metric.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Known {
+    UnknownDevice,
+    UnknownMetric,
+    Metric(MetricSpec),
 }
 
 /// Why a command was not sent. Nothing was sent to the device in any of these cases.
@@ -106,10 +141,12 @@ pub struct Stats {
     pub readings_out_of_range: AtomicU64,
     /// Readings beyond a device's rate limit.
     pub readings_flood: AtomicU64,
+    /// Readings whose value is not a number.
+    pub readings_wrong_type: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct StatsSnapshot {
     pub malformed: u64,
     pub foreign: u64,
@@ -121,6 +158,9 @@ pub struct StatsSnapshot {
     pub readings_unknown_metric: u64,
     pub readings_out_of_range: u64,
     pub readings_flood: u64,
+    pub readings_wrong_type: u64,
+    /// What this replica's recorders did.
+    pub recorders: RecorderSnapshot,
 }
 
 /// The hub; cheap to clone, shared by every request handler.
@@ -145,6 +185,7 @@ struct Inner {
     /// Wakes the timer when an earlier deadline arrives.
     timer: Notify,
     stats: Stats,
+    recorder_stats: Arc<RecorderStats>,
 }
 
 #[derive(Debug, Default)]
@@ -218,8 +259,25 @@ impl Hub {
                 waiters: Mutex::default(),
                 timer: Notify::new(),
                 stats: Stats::default(),
+                recorder_stats: Arc::default(),
             }),
         };
+        if let Some(store) = &hub.inner.config.store {
+            for _ in 0..hub.inner.config.recorders {
+                let config = &hub.inner.config;
+                let recorder = Recorder::new(
+                    RecorderConfig {
+                        queue: config.store_queue.clone(),
+                        expires: config.store_queue_expires,
+                        ..RecorderConfig::new(config.amqp_url.clone())
+                    },
+                    store.clone(),
+                    Some(hub.clone()),
+                    hub.inner.recorder_stats.clone(),
+                );
+                tokio::spawn(recorder.run(std::future::pending()));
+            }
+        }
         let (link_hub, timer_hub) = (hub.clone(), hub.clone());
         tokio::spawn(async move {
             tokio::select! {
@@ -268,6 +326,27 @@ impl Hub {
             readings_unknown_metric: load(&stats.readings_unknown_metric),
             readings_out_of_range: load(&stats.readings_out_of_range),
             readings_flood: load(&stats.readings_flood),
+            readings_wrong_type: load(&stats.readings_wrong_type),
+            recorders: self.inner.recorder_stats.snapshot(),
+        }
+    }
+
+    /// Where readings are stored, if anywhere.
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.config.store.as_ref()
+    }
+
+    /// What `device` announced about `metric`.
+    pub fn metric(&self, device: &DeviceId, metric: &str) -> Known {
+        match self.state().registry.get(device) {
+            None => Known::UnknownDevice,
+            Some(known) => known
+                .view
+                .capabilities
+                .metrics
+                .iter()
+                .find(|m| m.name == metric)
+                .map_or(Known::UnknownMetric, |spec| Known::Metric(spec.clone())),
         }
     }
 
@@ -828,6 +907,12 @@ impl Hub {
                     &format!("{other:?} on the telemetry exchange"),
                 );
             }
+            Err(error) if is_wrong_type(&delivery.data) => {
+                return self.dropped(
+                    &self.inner.stats.readings_wrong_type,
+                    &format!("reading: {error}"),
+                );
+            }
             Err(error) => {
                 return self.dropped(&self.inner.stats.malformed, &format!("reading: {error}"));
             }
@@ -1068,7 +1153,8 @@ async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)
     ))
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, duration_ms)
@@ -1078,13 +1164,10 @@ fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The URL without its password, for logs and errors.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
-            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+/// Whether a body that did not decode is a reading whose value is not a number.
+fn is_wrong_type(data: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(data).is_ok_and(|body| {
+        body.get("type").and_then(|t| t.as_str()) == Some("telemetry")
+            && body.get("value").is_some_and(|v| !v.is_number())
+    })
 }

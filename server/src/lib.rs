@@ -15,6 +15,7 @@
 pub mod api;
 pub mod hub;
 pub mod live;
+pub mod store;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -31,7 +32,13 @@ use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::net::TcpListener;
 
-use crate::hub::{Hub, HubConfig};
+use crate::{
+    hub::{Hub, HubConfig},
+    store::Store,
+};
+
+/// How often readings older than the retention are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Server settings. Each one is a flag and an environment variable of the same name.
 #[derive(Debug, Clone, clap::Parser)]
@@ -81,6 +88,37 @@ pub struct Config {
     #[arg(long = "command-timeout-ms", env = "TETHER_COMMAND_TIMEOUT_MS", default_value_t = protocol::api::timeouts::DEFAULT_MS,
           value_parser = clap::value_parser!(u64).range(protocol::api::timeouts::MIN_MS..=protocol::api::timeouts::MAX_MS))]
     pub command_timeout_ms: u64,
+
+    /// Where readings are stored: `postgres://user@host/db` for PostgreSQL,
+    /// `sqlite://<path>` (or a bare path) for SQLite, `none` to keep only the live view.
+    #[arg(
+        long = "database-url",
+        env = "TETHER_DATABASE_URL",
+        default_value = "sqlite://tether-data/telemetry.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// How long readings are kept, e.g. `30d`, `12h`; older ones are pruned.
+    #[arg(long = "retention", env = "TETHER_RETENTION", default_value = "30d",
+          value_parser = store::parse_duration)]
+    pub retention: Duration,
+
+    /// Recorders this replica runs on the shared storage queue (each is one
+    /// competing consumer writing batches).
+    #[arg(long = "recorders", env = "TETHER_RECORDERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub recorders: u16,
+
+    /// The durable queue readings wait in to be stored. Every replica of one Tether
+    /// shares it; only a test or staging server should name its own.
+    #[arg(long = "store-queue", env = "TETHER_STORE_QUEUE", default_value = protocol::names::STORE_QUEUE)]
+    pub store_queue: String,
+
+    /// Delete the storage queue after it has had no consumer for this many ms. For a
+    /// queue of a test server's own, so it cannot pile up readings once that is gone.
+    #[arg(long = "store-queue-expires-ms", env = "TETHER_STORE_QUEUE_EXPIRES_MS")]
+    pub store_queue_expires_ms: Option<u64>,
 }
 
 impl Config {
@@ -94,6 +132,11 @@ impl Config {
             broker_user: "guest".into(),
             broker_password: "guest".into(),
             command_timeout_ms: protocol::api::timeouts::DEFAULT_MS,
+            database_url: "none".into(),
+            retention: Duration::from_secs(30 * 86_400),
+            recorders: 1,
+            store_queue: protocol::names::STORE_QUEUE.into(),
+            store_queue_expires_ms: None,
         }
     }
 }
@@ -127,9 +170,31 @@ impl Server {
                 (url.clone(), Some(url))
             }
         };
+        let store = match config.database_url.as_str() {
+            "none" => None,
+            url => {
+                let store = Store::open(url).await?;
+                tracing::info!(
+                    "storing readings in {} ({}), keeping them {:?}",
+                    redact(url),
+                    store.kind(),
+                    config.retention
+                );
+                tokio::spawn(
+                    store
+                        .clone()
+                        .prune_forever(config.retention, PRUNE_INTERVAL),
+                );
+                Some(store)
+            }
+        };
         let hub_config = HubConfig {
-            amqp_url,
             default_timeout: Duration::from_millis(config.command_timeout_ms),
+            store,
+            recorders: usize::from(config.recorders),
+            store_queue: config.store_queue.clone(),
+            store_queue_expires: config.store_queue_expires_ms.map(Duration::from_millis),
+            ..HubConfig::new(amqp_url)
         };
         let hub = Hub::start(hub_config, std::future::pending()).await;
         let addr = options.site_addr;
@@ -264,7 +329,19 @@ async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
          tether_readings_total{{outcome=\"accepted\"}} {accepted}\n\
          tether_readings_total{{outcome=\"unknown_metric\"}} {unknown_metric}\n\
          tether_readings_total{{outcome=\"out_of_range\"}} {out_of_range}\n\
-         tether_readings_total{{outcome=\"flood\"}} {flood}\n",
+         tether_readings_total{{outcome=\"flood\"}} {flood}\n\
+         tether_readings_total{{outcome=\"wrong_type\"}} {wrong_type}\n\
+         # HELP tether_samples_stored_total Readings written to the store by this replica's recorders.\n\
+         # TYPE tether_samples_stored_total counter\n\
+         tether_samples_stored_total {stored}\n\
+         # HELP tether_samples_duplicate_total Readings redelivered after being stored (kept once).\n\
+         # TYPE tether_samples_duplicate_total counter\n\
+         tether_samples_duplicate_total {duplicates}\n\
+         # HELP tether_store_errors_total Failed batch writes (each retried; nothing is acknowledged before it is stored).\n\
+         # TYPE tether_store_errors_total counter\n\
+         tether_store_errors_total {store_errors}\n\
+         # HELP tether_samples_rejected_total Readings the recorders refused to store, by reason.\n\
+         # TYPE tether_samples_rejected_total counter\n{rejected}",
         offline = devices.len() - online,
         pending = stats.pending_commands,
         connected = u8::from(hub.is_connected()),
@@ -277,6 +354,18 @@ async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
         unknown_metric = stats.readings_unknown_metric,
         out_of_range = stats.readings_out_of_range,
         flood = stats.readings_flood,
+        wrong_type = stats.readings_wrong_type,
+        stored = stats.recorders.stored,
+        duplicates = stats.recorders.duplicates,
+        store_errors = stats.recorders.store_errors,
+        rejected = stats
+            .recorders
+            .rejected
+            .iter()
+            .map(|(reason, n)| format!(
+                "tether_samples_rejected_total{{reason=\"{reason}\"}} {n}\n"
+            ))
+            .collect::<String>(),
     );
     (
         [(
@@ -310,4 +399,36 @@ fn leptos_options(config: &Config) -> anyhow::Result<LeptosOptions> {
         options.site_root = root.to_string_lossy().into_owned().into();
     }
     Ok(options)
+}
+
+/// A URL without its password, for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden_in_urls() {
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/tether"),
+            "postgres://app:***@db:5432/tether"
+        );
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact("tether-data/telemetry.db"),
+            "tether-data/telemetry.db"
+        );
+    }
 }

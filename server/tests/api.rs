@@ -7,7 +7,7 @@ use agent::simulate::{Kind, Simulated};
 use futures_util::StreamExt as _;
 use protocol::{
     CommandStatus, DeviceId,
-    api::{ApiError, CommandView, DeviceView, LiveEvent},
+    api::{ApiError, CommandView, DeviceView, History, LiveEvent},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -28,7 +28,20 @@ struct Setup {
 }
 
 async fn setup(kind: Kind) -> Setup {
-    let config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), amqp_url());
+    setup_with(kind, None).await
+}
+
+/// With readings stored in a SQLite file of its own, through a queue of its own, and a
+/// device reporting every `telemetry`.
+async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
+    let mut config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), amqp_url());
+    let tag = format!("{:08x}", fastrand::u32(..));
+    if telemetry.is_some() {
+        let path = std::env::temp_dir().join(format!("tether-api-{tag}/telemetry.db"));
+        config.database_url = format!("sqlite://{}", path.display());
+        config.store_queue = format!("tether.telemetry.store.test-{tag}");
+        config.store_queue_expires_ms = Some(60_000);
+    }
     let server = server::Server::bind(config)
         .await
         .expect("RabbitMQ must be running (scripts/test.sh starts it)");
@@ -47,6 +60,7 @@ async fn setup(kind: Kind) -> Setup {
     let device = DeviceId::new(format!("api-{}-{:08x}", kind.name(), fastrand::u32(..))).unwrap();
     let mut config = agent::Config::new(amqp_url(), device.clone(), kind.name());
     config.heartbeat = Duration::from_secs(1);
+    config.telemetry = telemetry;
     let (stop_agent, mut agent_stopped) = watch::channel(false);
     tokio::spawn(agent::run(
         config,
@@ -354,4 +368,86 @@ async fn without_an_amqp_url_the_server_runs_its_own_broker() {
         (done.status, done.result),
         (CommandStatus::Succeeded, Some(json!({"on": true})))
     );
+}
+
+#[tokio::test]
+async fn stored_telemetry_is_served_downsampled() {
+    let setup = setup_with(Kind::Gateway, Some(Duration::from_millis(100))).await;
+    let path = format!("/api/v1/devices/{}/telemetry", setup.device);
+    // Readings are stored through the queue within a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let history = loop {
+        let (status, history): (_, History) = setup.get(&path).await;
+        assert_eq!(status, StatusCode::OK);
+        let stored = |s: &protocol::api::Series| s.points.iter().map(|p| p.count).sum::<u32>();
+        if history.series.iter().all(|s| stored(s) >= 5) {
+            break history;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readings were not stored: {history:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Every announced metric, with its unit and range, over the last hour.
+    let names: Vec<_> = history.series.iter().map(|s| s.metric.as_str()).collect();
+    assert_eq!(names, ["cpu", "memory", "signal"]);
+    let cpu = &history.series[0];
+    assert_eq!(
+        (cpu.unit.as_str(), cpu.min, cpu.max),
+        ("%", Some(0.0), Some(100.0))
+    );
+    assert_eq!(history.to_ms - history.from_ms, 3_600_000);
+    assert_eq!(history.bucket_ms, 12_000);
+    assert!(cpu.points.iter().all(|p| p.min <= p.avg && p.avg <= p.max));
+
+    // One metric, a narrow range, few points.
+    let (from, to) = (history.to_ms - 60_000, history.to_ms + 1_000);
+    let (status, one): (_, History) = setup
+        .get(&format!(
+            "{path}?metric=signal&from={from}&to={to}&max_points=2"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one.series.len(), 1);
+    assert_eq!(one.series[0].unit, "dBm");
+    assert!((1..=2).contains(&one.series[0].points.len()));
+
+    for (query, status, code) in [
+        ("?metric=humidity", StatusCode::NOT_FOUND, "unknown_metric"),
+        (
+            "?from=10&to=5",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_range",
+        ),
+        (
+            "?max_points=0",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_max_points",
+        ),
+        (
+            "?max_points=100000",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_max_points",
+        ),
+        ("?from=yesterday", StatusCode::BAD_REQUEST, "bad_request"),
+    ] {
+        let (got, body): (_, Value) = setup.get(&format!("{path}{query}")).await;
+        assert_eq!((got, error(body).code.as_str()), (status, code), "{query}");
+    }
+    let (status, body): (_, Value) = setup.get("/api/v1/devices/nobody-here/telemetry").await;
+    assert_eq!(
+        (status, error(body).code.as_str()),
+        (StatusCode::NOT_FOUND, "unknown_device")
+    );
+}
+
+#[tokio::test]
+async fn without_storage_history_is_a_clear_503() {
+    let setup = setup(Kind::Gateway).await;
+    let (status, body): (_, Value) = setup
+        .get(&format!("/api/v1/devices/{}/telemetry", setup.device))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error(body).code, "storage_off");
 }

@@ -24,10 +24,7 @@ use tokio::sync::watch;
 use crate::amqp_url;
 
 async fn start_hub() -> Hub {
-    let config = HubConfig {
-        amqp_url: amqp_url(),
-        default_timeout: Duration::from_secs(10),
-    };
+    let config = HubConfig::new(amqp_url());
     let hub = Hub::start(config, std::future::pending()).await;
     assert!(
         hub.is_connected(),

@@ -1,0 +1,201 @@
+//! Where readings are kept: SQLite by default (a file, no setup), PostgreSQL when the
+//! database URL says `postgres://`.
+//!
+//! One table, `samples (device, metric, ts_ms, value)`, keyed by device, metric and
+//! time, so storing a sample twice (a batch redelivered after its worker died between
+//! commit and ack) keeps one copy. History is read downsampled: the range is cut into
+//! at most `max_points` buckets and each bucket gives its mean, minimum, maximum and
+//! count, computed by the database.
+
+mod postgres;
+mod sqlite;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use protocol::api::Point;
+
+use crate::redact;
+
+/// One reading to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub device: String,
+    pub metric: String,
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+/// A downsampled read of one device's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesQuery {
+    pub device: String,
+    pub metrics: Vec<String>,
+    /// Inclusive, ms since the Unix epoch.
+    pub from_ms: i64,
+    /// Exclusive.
+    pub to_ms: i64,
+    /// The width of one bucket; see [`bucket_ms`].
+    pub bucket_ms: i64,
+}
+
+/// The bucket width that cuts `[from, to)` into at most `max_points` buckets.
+pub fn bucket_ms(from_ms: i64, to_ms: i64, max_points: u32) -> i64 {
+    let span = (to_ms - from_ms).max(1);
+    let points = i64::from(max_points.max(1));
+    (span + points - 1) / points
+}
+
+/// The telemetry store.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
+}
+
+impl Store {
+    /// Opens (creating if needed) the store a URL names: `postgres://…` or
+    /// `postgresql://…` for PostgreSQL, `sqlite://<path>` or a bare path for SQLite.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(
+                postgres::Postgres::connect(url)
+                    .await
+                    .with_context(|| format!("cannot open PostgreSQL at {}", redact(url)))?,
+            ))
+        } else {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            Ok(Self::Sqlite(
+                sqlite::Sqlite::open(path)
+                    .await
+                    .with_context(|| format!("cannot open the SQLite database {path}"))?,
+            ))
+        }
+    }
+
+    /// What kind of store this is, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Stores a batch in one transaction; samples already stored are skipped. Returns how
+    /// many were new.
+    pub async fn insert(&self, samples: Vec<Sample>) -> anyhow::Result<u64> {
+        if samples.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Self::Sqlite(store) => store.insert(samples).await,
+            Self::Postgres(store) => store.insert(samples).await,
+        }
+    }
+
+    /// Each requested metric's points in the range, oldest first, one per non-empty
+    /// bucket. A metric without samples in the range has no entry.
+    pub async fn series(&self, query: SeriesQuery) -> anyhow::Result<Vec<(String, Vec<Point>)>> {
+        if query.metrics.is_empty() || query.to_ms <= query.from_ms {
+            return Ok(Vec::new());
+        }
+        match self {
+            Self::Sqlite(store) => store.series(query).await,
+            Self::Postgres(store) => store.series(query).await,
+        }
+    }
+
+    /// The metrics stored for a device, sorted.
+    pub async fn metrics(&self, device: &str) -> anyhow::Result<Vec<String>> {
+        match self {
+            Self::Sqlite(store) => store.metrics(device).await,
+            Self::Postgres(store) => store.metrics(device).await,
+        }
+    }
+
+    /// How many samples are stored, for one device or for all.
+    pub async fn count(&self, device: Option<&str>) -> anyhow::Result<u64> {
+        match self {
+            Self::Sqlite(store) => store.count(device).await,
+            Self::Postgres(store) => store.count(device).await,
+        }
+    }
+
+    /// Deletes every sample measured before `before_ms`; returns how many.
+    pub async fn prune(&self, before_ms: i64) -> anyhow::Result<u64> {
+        match self {
+            Self::Sqlite(store) => store.prune(before_ms).await,
+            Self::Postgres(store) => store.prune(before_ms).await,
+        }
+    }
+
+    /// Prunes samples older than `retention` now and then every `every`, forever.
+    pub async fn prune_forever(self, retention: Duration, every: Duration) {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let cutoff = now_ms().saturating_sub(retention_ms);
+            match self.prune(cutoff).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!("pruned {pruned} samples older than {retention:?}"),
+                Err(error) => tracing::warn!("cannot prune old samples: {error:#}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Parses a retention such as `30d`, `12h`, `90m` or `45s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30d, 12h, 90m or 45s"))?;
+    let seconds = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(format!("{text:?}: the unit must be d, h, m or s")),
+    };
+    if number == 0 {
+        return Err("a duration must be more than zero".into());
+    }
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_the_range_in_at_most_max_points() {
+        assert_eq!(bucket_ms(0, 3_600_000, 300), 12_000);
+        assert_eq!(bucket_ms(0, 10, 300), 1);
+        assert_eq!(bucket_ms(0, 301, 300), 2);
+        assert_eq!(bucket_ms(5, 5, 300), 1);
+        let week = 7 * 86_400_000;
+        assert!(week / bucket_ms(0, week, 400) <= 400);
+    }
+
+    #[test]
+    fn retention_parses_units_and_refuses_nonsense() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("0d").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! The SQLite store: one file, written through one connection and read through another
+//! (WAL mode, so reads never wait for a write). rusqlite is blocking, so every call runs
+//! on tokio's blocking pool.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use protocol::api::Point;
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::{Sample, SeriesQuery};
+
+#[derive(Clone)]
+pub struct Sqlite {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sqlite").finish_non_exhaustive()
+    }
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS samples (
+        device TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (device, metric, ts_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS samples_by_time ON samples (ts_ms);
+";
+
+impl Sqlite {
+    pub async fn open(path: &str) -> anyhow::Result<Self> {
+        let path = path.to_owned();
+        run(move || {
+            if let Some(parent) = Path::new(&path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let writer = connection(&path)?;
+            writer.execute_batch(SCHEMA)?;
+            let reader = connection(&path)?;
+            Ok(Self {
+                writer: Arc::new(Mutex::new(writer)),
+                reader: Arc::new(Mutex::new(reader)),
+            })
+        })
+        .await
+    }
+
+    pub async fn insert(&self, samples: Vec<Sample>) -> anyhow::Result<u64> {
+        let writer = self.writer.clone();
+        run(move || {
+            let mut db = lock(&writer);
+            let transaction = db.transaction()?;
+            let mut inserted = 0;
+            {
+                let mut statement = transaction.prepare_cached(
+                    "INSERT INTO samples (device, metric, ts_ms, value) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO NOTHING",
+                )?;
+                for sample in &samples {
+                    inserted += statement.execute(params![
+                        sample.device,
+                        sample.metric,
+                        sample.ts_ms,
+                        sample.value
+                    ])? as u64;
+                }
+            }
+            transaction.commit()?;
+            Ok(inserted)
+        })
+        .await
+    }
+
+    pub async fn series(&self, query: SeriesQuery) -> anyhow::Result<Vec<(String, Vec<Point>)>> {
+        let reader = self.reader.clone();
+        run(move || {
+            let db = lock(&reader);
+            let mut statement = db.prepare_cached(
+                "SELECT (ts_ms - ?3) / ?5 AS bucket, AVG(ts_ms), AVG(value), MIN(value), MAX(value), COUNT(*)
+                 FROM samples
+                 WHERE device = ?1 AND metric = ?2 AND ts_ms >= ?3 AND ts_ms < ?4
+                 GROUP BY bucket ORDER BY bucket",
+            )?;
+            let mut all = Vec::new();
+            for metric in &query.metrics {
+                let points = statement
+                    .query_map(
+                        params![
+                            query.device,
+                            metric,
+                            query.from_ms,
+                            query.to_ms,
+                            query.bucket_ms.max(1)
+                        ],
+                        |row| {
+                            Ok(Point {
+                                t_ms: row.get::<_, f64>(1)?.round() as u64,
+                                avg: row.get(2)?,
+                                min: row.get(3)?,
+                                max: row.get(4)?,
+                                count: row.get::<_, i64>(5)? as u32,
+                            })
+                        },
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !points.is_empty() {
+                    all.push((metric.clone(), points));
+                }
+            }
+            Ok(all)
+        })
+        .await
+    }
+
+    pub async fn metrics(&self, device: &str) -> anyhow::Result<Vec<String>> {
+        let (reader, device) = (self.reader.clone(), device.to_owned());
+        run(move || {
+            let db = lock(&reader);
+            let mut statement = db.prepare_cached(
+                "SELECT DISTINCT metric FROM samples WHERE device = ?1 ORDER BY metric",
+            )?;
+            let metrics = statement
+                .query_map([device], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(metrics)
+        })
+        .await
+    }
+
+    pub async fn count(&self, device: Option<&str>) -> anyhow::Result<u64> {
+        let (reader, device) = (self.reader.clone(), device.map(str::to_owned));
+        run(move || {
+            let db = lock(&reader);
+            let count: Option<i64> = match device {
+                Some(device) => db
+                    .query_row(
+                        "SELECT COUNT(*) FROM samples WHERE device = ?1",
+                        [device],
+                        |row| row.get(0),
+                    )
+                    .optional()?,
+                None => db
+                    .query_row("SELECT COUNT(*) FROM samples", [], |row| row.get(0))
+                    .optional()?,
+            };
+            Ok(count.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    pub async fn prune(&self, before_ms: i64) -> anyhow::Result<u64> {
+        let writer = self.writer.clone();
+        run(move || {
+            let db = lock(&writer);
+            Ok(db.execute("DELETE FROM samples WHERE ts_ms < ?1", [before_ms])? as u64)
+        })
+        .await
+    }
+}
+
+fn connection(path: &str) -> anyhow::Result<Connection> {
+    let connection = Connection::open(path)?;
+    // WAL: readers never block the writer; NORMAL sync is durable across a process
+    // crash (only an OS crash can lose the last commits).
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(connection)
+}
+
+/// A poisoned lock only means another call panicked mid-statement; SQLite rolled that
+/// transaction back, so the connection is still good.
+fn lock(connection: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    connection
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn run<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("a database task panicked")?
+}

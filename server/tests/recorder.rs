@@ -1,0 +1,432 @@
+//! Storing readings through the shared durable queue, against RabbitMQ
+//! (`TETHER_TEST_AMQP_URL`) and the embedded broker: competing recorders split the work
+//! with nothing stored twice or lost, a recorder that dies mid-batch loses nothing, and
+//! bad readings are counted and dropped. Each test uses its own queue and device ids.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::{AMQPValue, FieldTable},
+};
+use protocol::{DeviceId, DeviceMessage, TelemetrySample, names};
+use server::{
+    hub::{QUEUE_MAX_LENGTH, Recorder, RecorderConfig, RecorderStats, Rejected, Stop},
+    store::Store,
+};
+use tokio::sync::oneshot;
+
+/// A test's queue goes away a minute after its last use, even if the test crashed.
+const EXPIRES_MS: i64 = 60_000;
+
+fn rabbitmq() -> String {
+    std::env::var("TETHER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The embedded broker, started once for this binary in a runtime of its own.
+fn embedded() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime for the broker");
+            runtime.block_on(async move {
+                let config = broker::Config {
+                    addr: "127.0.0.1:0".parse().expect("an address"),
+                    ..broker::Config::default()
+                };
+                let broker = broker::Broker::bind(config)
+                    .await
+                    .expect("the broker binds");
+                sender.send(broker.url().expect("its URL")).expect("sent");
+                broker.serve(std::future::pending()).await;
+            });
+        });
+        receiver.recv().expect("the embedded broker started")
+    })
+    .clone()
+}
+
+/// One test's queue, device, store and publishing channel.
+struct Bench {
+    url: String,
+    queue: String,
+    device: DeviceId,
+    store: Store,
+    dir: std::path::PathBuf,
+    channel: Channel,
+    _connection: Connection,
+}
+
+impl Bench {
+    async fn new(url: String) -> Self {
+        let tag = format!("{:08x}", fastrand::u32(..));
+        let device = DeviceId::new(format!("rec-{tag}")).unwrap();
+        let dir = std::env::temp_dir().join(format!("tether-recorder-{tag}"));
+        let store = Store::open(dir.join("telemetry.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let connection = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("the broker must be running at {url}: {e}"));
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let bench = Self {
+            queue: format!("tether.telemetry.store.test-{tag}"),
+            url,
+            device,
+            store,
+            dir,
+            channel,
+            _connection: connection,
+        };
+        bench
+            .channel
+            .exchange_declare(
+                names::TELEMETRY_EXCHANGE.into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        // Declared as the recorders declare it, so that readings published before any
+        // recorder runs wait in it.
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(QUEUE_MAX_LENGTH),
+        );
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
+        bench
+            .channel
+            .queue_declare(
+                bench.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await
+            .unwrap();
+        bench
+            .channel
+            .queue_bind(
+                bench.queue.as_str().into(),
+                names::TELEMETRY_EXCHANGE.into(),
+                format!("telemetry.{}.#", bench.device).as_str().into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        bench
+    }
+
+    fn recorder(&self, batch: usize, linger: Duration) -> Recorder {
+        let config = RecorderConfig {
+            queue: self.queue.clone(),
+            binding: format!("telemetry.{}.#", self.device),
+            batch,
+            linger,
+            expires: Some(Duration::from_millis(EXPIRES_MS as u64)),
+            ..RecorderConfig::new(self.url.clone())
+        };
+        Recorder::new(
+            config,
+            self.store.clone(),
+            None,
+            Arc::new(RecorderStats::default()),
+        )
+    }
+
+    async fn publish_raw(&self, key: &str, body: &[u8]) {
+        self.channel
+            .basic_publish(
+                names::TELEMETRY_EXCHANGE.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// `n` readings of `cpu`, 100 ms apart (well under the per-second limit).
+    async fn publish(&self, n: u64, start_ms: u64) {
+        for i in 0..n {
+            let body = protocol::encode(&DeviceMessage::Telemetry(TelemetrySample {
+                device_id: self.device.clone(),
+                session_id: "s".into(),
+                metric: "cpu".into(),
+                value: (i % 100) as f64,
+                ts_ms: start_ms + i * 100,
+            }));
+            self.publish_raw(&names::telemetry_key(&self.device, "cpu"), &body)
+                .await;
+        }
+    }
+
+    async fn ready_messages(&self) -> u32 {
+        self.channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    async fn stored(&self) -> u64 {
+        self.store.count(Some(self.device.as_str())).await.unwrap()
+    }
+
+    async fn wait_stored(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.stored().await < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} samples stored",
+                self.stored().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing more arrives late.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(self.stored().await, n);
+    }
+
+    async fn finish(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn(recorder: Recorder) -> (oneshot::Sender<Stop>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(recorder.run(async move { stopped.await.unwrap_or(Stop::Drain) }));
+    (stop, task)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn two_recorders_share_the_queue_storing_each_sample_once(url: String) {
+    let bench = Bench::new(url).await;
+    let start = now_ms() - 600_000;
+    bench.publish(2_000, start).await;
+    // Small batches and a prefetch of two batches: neither can take everything.
+    let (first, second) = (
+        bench.recorder(50, Duration::from_millis(20)),
+        bench.recorder(50, Duration::from_millis(20)),
+    );
+    let (first_stats, second_stats) = (first.stats().clone(), second.stats().clone());
+    let (stop_first, first_task) = spawn(first);
+    let (stop_second, second_task) = spawn(second);
+    bench.wait_stored(2_000).await;
+    let (a, b) = (first_stats.snapshot(), second_stats.snapshot());
+    assert_eq!(a.stored + b.stored, 2_000, "{a:?} {b:?}");
+    assert_eq!(a.duplicates + b.duplicates, 0);
+    assert!(
+        a.stored > 0 && b.stored > 0,
+        "both recorders did some of the work: {} and {}",
+        a.stored,
+        b.stored
+    );
+    // Every sample is there, with its value.
+    let series = bench
+        .store
+        .series(server::store::SeriesQuery {
+            device: bench.device.to_string(),
+            metrics: vec!["cpu".into()],
+            from_ms: start as i64,
+            to_ms: start as i64 + 200_000,
+            bucket_ms: 1,
+        })
+        .await
+        .unwrap();
+    let points = &series[0].1;
+    assert_eq!(points.len(), 2_000);
+    assert!(
+        points
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.t_ms == start + i as u64 * 100 && p.avg == (i % 100) as f64)
+    );
+    let _ = (stop_first.send(Stop::Drain), stop_second.send(Stop::Drain));
+    first_task.await.unwrap();
+    second_task.await.unwrap();
+    assert_eq!(
+        bench.ready_messages().await,
+        0,
+        "everything was acknowledged"
+    );
+    bench.finish().await;
+}
+
+async fn a_recorder_that_dies_mid_batch_loses_nothing(url: String) {
+    let bench = Bench::new(url).await;
+    let start = now_ms() - 600_000;
+    bench.publish(300, start).await;
+    // This one takes everything into one batch that waits a minute to fill…
+    let doomed = bench.recorder(1_000, Duration::from_secs(60));
+    let (kill, doomed_task) = spawn(doomed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bench.ready_messages().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the recorder never took the messages"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …and dies holding them, unacknowledged.
+    kill.send(Stop::Abandon).unwrap();
+    doomed_task.await.unwrap();
+    assert_eq!(bench.stored().await, 0);
+    // As if another one had died after committing a third of them, before its ack.
+    let committed: Vec<_> = (0..100)
+        .map(|i| server::store::Sample {
+            device: bench.device.to_string(),
+            metric: "cpu".into(),
+            ts_ms: (start + i * 100) as i64,
+            value: (i % 100) as f64,
+        })
+        .collect();
+    bench.store.insert(committed).await.unwrap();
+
+    let survivor = bench.recorder(64, Duration::from_millis(20));
+    let stats = survivor.stats().clone();
+    let (stop, task) = spawn(survivor);
+    bench.wait_stored(300).await;
+    let seen = stats.snapshot();
+    assert_eq!((seen.stored, seen.duplicates), (200, 100), "{seen:?}");
+    stop.send(Stop::Drain).unwrap();
+    task.await.unwrap();
+    bench.finish().await;
+}
+
+async fn bad_readings_are_counted_and_not_stored(url: String) {
+    let bench = Bench::new(url).await;
+    let recorder = bench.recorder(100, Duration::from_millis(20));
+    let stats = recorder.stats().clone();
+    let (stop, task) = spawn(recorder);
+    let device = bench.device.clone();
+    let key = names::telemetry_key(&device, "cpu");
+    let now = now_ms();
+    bench.publish_raw(&key, b"not json at all").await;
+    bench
+        .publish_raw(
+            &key,
+            format!(r#"{{"v":1,"type":"telemetry","device_id":"{device}","session_id":"s","metric":"cpu","value":"hot","ts_ms":{now}}}"#)
+                .as_bytes(),
+        )
+        .await;
+    // Under another device's key.
+    let body = protocol::encode(&DeviceMessage::Telemetry(TelemetrySample {
+        device_id: device.clone(),
+        session_id: "s".into(),
+        metric: "memory".into(),
+        value: 1.0,
+        ts_ms: now,
+    }));
+    bench.publish_raw(&key, &body).await;
+    // From an hour in the future.
+    let future = protocol::encode(&DeviceMessage::Telemetry(TelemetrySample {
+        device_id: device.clone(),
+        session_id: "s".into(),
+        metric: "cpu".into(),
+        value: 1.0,
+        ts_ms: now + 3_600_000,
+    }));
+    bench.publish_raw(&key, &future).await;
+    // A flood: 80 readings measured within one second.
+    for i in 0..80 {
+        let body = protocol::encode(&DeviceMessage::Telemetry(TelemetrySample {
+            device_id: device.clone(),
+            session_id: "s".into(),
+            metric: "cpu".into(),
+            value: 1.0,
+            ts_ms: (now / 1000) * 1000 + i,
+        }));
+        bench.publish_raw(&key, &body).await;
+    }
+    bench.wait_stored(50).await;
+    let seen = stats.snapshot();
+    assert_eq!(seen.rejected(Rejected::Malformed), 1, "{seen:?}");
+    assert_eq!(seen.rejected(Rejected::WrongType), 1);
+    assert_eq!(seen.rejected(Rejected::Foreign), 1);
+    assert_eq!(seen.rejected(Rejected::BadTimestamp), 1);
+    assert_eq!(seen.rejected(Rejected::Flood), 30);
+    // The recorder kept going, and acknowledged the bad ones too.
+    bench.publish(5, now + 10_000).await;
+    bench.wait_stored(55).await;
+    stop.send(Stop::Drain).unwrap();
+    task.await.unwrap();
+    assert_eq!(bench.ready_messages().await, 0);
+    bench.finish().await;
+}
+
+mod rabbitmq {
+    use super::*;
+
+    #[tokio::test]
+    async fn competing_recorders() {
+        two_recorders_share_the_queue_storing_each_sample_once(rabbitmq()).await;
+    }
+
+    #[tokio::test]
+    async fn death_mid_batch() {
+        a_recorder_that_dies_mid_batch_loses_nothing(rabbitmq()).await;
+    }
+
+    #[tokio::test]
+    async fn bad_readings() {
+        bad_readings_are_counted_and_not_stored(rabbitmq()).await;
+    }
+}
+
+mod embedded {
+    use super::*;
+
+    #[tokio::test]
+    async fn competing_recorders() {
+        two_recorders_share_the_queue_storing_each_sample_once(embedded()).await;
+    }
+
+    #[tokio::test]
+    async fn death_mid_batch() {
+        a_recorder_that_dies_mid_batch_loses_nothing(embedded()).await;
+    }
+
+    #[tokio::test]
+    async fn bad_readings() {
+        bad_readings_are_counted_and_not_stored(embedded()).await;
+    }
+}
