@@ -12,6 +12,7 @@
 //! them; a handler never runs past the command's timeout; every command gets exactly one
 //! reply unless the connection is lost first.
 
+mod pace;
 mod session;
 pub mod simulate;
 
@@ -36,6 +37,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How often to publish readings of the announced metrics; `None` for never.
     pub telemetry: Option<Duration>,
+    /// The fastest a server may ask for while someone watches the device.
+    pub telemetry_fastest: Duration,
     /// First delay before reconnecting; doubles on each failure up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -51,6 +54,7 @@ impl Config {
             firmware: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat: Duration::from_secs(5),
             telemetry: Some(Duration::from_secs(5)),
+            telemetry_fastest: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(30),
         }

@@ -48,6 +48,10 @@ struct Args {
     /// How often to publish readings, in milliseconds; 0 for never.
     #[arg(long, env = "TETHER_TELEMETRY_MS", default_value_t = 5000)]
     telemetry_ms: u64,
+
+    /// The fastest a server may ask readings to come while someone watches, in ms.
+    #[arg(long, env = "TETHER_TELEMETRY_FASTEST_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+    telemetry_fastest_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         config.heartbeat = Duration::from_millis(args.heartbeat_ms);
         config.telemetry =
             (args.telemetry_ms > 0).then(|| Duration::from_millis(args.telemetry_ms));
+        config.telemetry_fastest = Duration::from_millis(args.telemetry_fastest_ms);
         let mut stop = stop_rx.clone();
         agents.spawn(agent::run(
             config,

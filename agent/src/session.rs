@@ -27,7 +27,7 @@ use protocol::{
 };
 use tokio::{sync::mpsc, task::AbortHandle};
 
-use crate::{Command, CommandError, Config, Handler};
+use crate::{Command, CommandError, Config, Handler, pace::Pace};
 
 /// How many commands the broker hands this device before it acknowledges them.
 const PREFETCH: u16 = 32;
@@ -197,6 +197,10 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
         .await
         .context("cannot consume the inbox")
         .map_err(failed(false))?;
+    // Readings go out at the configured pace, faster while servers hold watch leases.
+    let mut pace = config
+        .telemetry
+        .map(|normal| Pace::new(normal, config.telemetry_fastest));
     let publisher = Publisher {
         channel: channel.clone(),
         device_id: config.device_id.clone(),
@@ -209,7 +213,10 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
         kind: config.kind.clone(),
         firmware: config.firmware.clone(),
         heartbeat_ms: u64::try_from(config.heartbeat.as_millis()).unwrap_or(u64::MAX),
-        capabilities: handler.capabilities(),
+        capabilities: protocol::Capabilities {
+            reporting: pace.as_ref().map(Pace::reporting),
+            ..handler.capabilities()
+        },
     };
     let hello = DeviceMessage::Hello(hello);
     publisher
@@ -222,12 +229,10 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
     let (restart_tx, mut restart_rx) = mpsc::unbounded_channel();
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.tick().await; // The first tick is immediate; hello just said it all.
-    // Far in the future when telemetry is off, so the branch never fires.
-    let mut telemetry = tokio::time::interval(
-        config
-            .telemetry
-            .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
-    );
+    // Far in the future when there is nothing to wait for, so the branch never fires.
+    let never = || tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut last_reading = tokio::time::Instant::now();
+    let mut next_reading = last_reading;
     let bye = |reason: &str| {
         DeviceMessage::Bye(Bye {
             device_id: config.device_id.clone(),
@@ -249,12 +254,28 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
                 let beat = DeviceMessage::Heartbeat(Heartbeat { device_id: config.device_id.clone(), session_id: publisher.session_id.clone() });
                 publisher.presence(PresenceKind::Heartbeat, &beat).await.context("cannot send a heartbeat").map_err(failed(true))?;
             }
-            _ = telemetry.tick(), if config.telemetry.is_some() => {
+            () = tokio::time::sleep_until(next_reading), if pace.is_some() => {
                 publisher.telemetry(handler.readings()).await.context("cannot send telemetry").map_err(failed(true))?;
+                last_reading = tokio::time::Instant::now();
+                if let Some(pace) = &pace {
+                    next_reading = last_reading + pace.interval(last_reading.into_std());
+                }
+            }
+            () = tokio::time::sleep_until(pace.as_ref().and_then(Pace::next_expiry).map_or_else(never, Into::into)) => {
+                if let Some(pace) = &mut pace {
+                    pace.expire(std::time::Instant::now());
+                    tracing::debug!(device = %config.device_id, "a watch lease lapsed; reporting every {:?}", pace.interval(std::time::Instant::now()));
+                    next_reading = last_reading + pace.interval(std::time::Instant::now());
+                }
             }
             delivery = commands.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    on_delivery(handler, &publisher, running, &restart_tx, &hello, delivery).await.map_err(failed(true))?;
+                    on_delivery(handler, &publisher, running, &restart_tx, &hello, pace.as_mut(), delivery).await.map_err(failed(true))?;
+                    if let Some(pace) = &pace {
+                        // Sooner when a viewer arrived (at once, if the faster interval has
+                        // already passed), later when the last one left.
+                        next_reading = last_reading + pace.interval(std::time::Instant::now());
+                    }
                 }
                 Some(Err(error)) => return Err(failed(true)(anyhow::Error::new(error).context("inbox consumer failed"))),
                 None => return Err(failed(true)(anyhow::anyhow!("the broker cancelled the inbox consumer"))),
@@ -336,6 +357,7 @@ async fn on_delivery<H: Handler>(
     running: &Running,
     restart: &mpsc::UnboundedSender<Duration>,
     hello: &DeviceMessage,
+    pace: Option<&mut Pace>,
     delivery: Delivery,
 ) -> anyhow::Result<()> {
     let message = protocol::decode::<ServerMessage>(&delivery.data);
@@ -350,6 +372,23 @@ async fn on_delivery<H: Handler>(
         .context("cannot acknowledge a command")?;
     match message {
         Err(error) => tracing::warn!("ignoring an inbox message: {error}"),
+        Ok(ServerMessage::Watch(watch)) => match pace {
+            Some(pace) => {
+                pace.watch(
+                    &watch.replica,
+                    Duration::from_millis(watch.interval_ms),
+                    Duration::from_millis(watch.lease_ms),
+                    std::time::Instant::now(),
+                );
+                tracing::debug!(replica = %watch.replica, "watched; reporting every {:?}", pace.interval(std::time::Instant::now()));
+            }
+            None => tracing::debug!("ignoring a watch: this device reports no telemetry"),
+        },
+        Ok(ServerMessage::Unwatch(unwatch)) => {
+            if let Some(pace) = pace {
+                pace.unwatch(&unwatch.replica);
+            }
+        }
         Ok(ServerMessage::Announce(_)) => publisher
             .presence(PresenceKind::Hello, hello)
             .await

@@ -185,6 +185,7 @@ impl Thermostat {
                 command("get_state", "Read the temperature and the target", vec![]),
             ],
             metrics: vec![metric("temperature", "°C", -10.0, 50.0)],
+            reporting: None,
         }
     }
 
@@ -261,6 +262,7 @@ impl Switch {
                 command("get_state", "Read the state", vec![]),
             ],
             metrics: vec![metric("power", "W", 0.0, 3000.0)],
+            reporting: None,
         }
     }
 
@@ -383,6 +385,7 @@ impl Gateway {
                 metric("memory", "%", 0.0, 100.0),
                 metric("signal", "dBm", -120.0, -30.0),
             ],
+            reporting: None,
         }
     }
 

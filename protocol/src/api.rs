@@ -143,6 +143,15 @@ pub enum LiveEvent {
     },
 }
 
+/// What a tab may tell the live channel: which device pages it shows, so that those
+/// devices report faster while they are on screen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveRequest {
+    Watch { device_id: DeviceId },
+    Unwatch { device_id: DeviceId },
+}
+
 /// `POST /api/v1/devices/{id}/commands`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendCommand {

@@ -14,6 +14,19 @@ pub struct Capabilities {
     pub commands: Vec<CommandSpec>,
     #[serde(default)]
     pub metrics: Vec<MetricSpec>,
+    /// How often readings go out, and how fast they may be asked to: a device that
+    /// announces this reports faster while someone watches it (see `ServerMessage::Watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reporting: Option<Reporting>,
+}
+
+/// A device's reporting pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reporting {
+    /// The usual interval between readings.
+    pub interval_ms: u64,
+    /// The shortest interval the device accepts while watched.
+    pub fastest_ms: u64,
 }
 
 impl Capabilities {

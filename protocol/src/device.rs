@@ -32,6 +32,26 @@ pub enum ServerMessage {
     Command(CommandRequest),
     Cancel(CancelRequest),
     Announce(AnnounceRequest),
+    Watch(WatchRequest),
+    Unwatch(UnwatchRequest),
+}
+
+/// "Someone is watching you through me": report every `interval_ms` (the device clamps
+/// it to what it announced) for the next `lease_ms`. A server renews the lease while its
+/// viewers stay, so a server that vanishes cannot keep a device fast; the device goes
+/// back to its usual pace once every replica's lease has lapsed or been released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    /// Which server replica holds this lease.
+    pub replica: String,
+    pub interval_ms: u64,
+    pub lease_ms: u64,
+}
+
+/// "My last viewer left": releases the replica's lease at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwatchRequest {
+    pub replica: String,
 }
 
 /// "Say hello again": sent to every device through `tether.discover` by a server that has
@@ -253,6 +273,14 @@ mod tests {
                 command_id: "c-9".into(),
             }),
             ServerMessage::Announce(AnnounceRequest {}),
+            ServerMessage::Watch(WatchRequest {
+                replica: "r1".into(),
+                interval_ms: 1_000,
+                lease_ms: 30_000,
+            }),
+            ServerMessage::Unwatch(UnwatchRequest {
+                replica: "r1".into(),
+            }),
         ] {
             assert_eq!(decode::<ServerMessage>(&encode(&message)), Ok(message));
         }

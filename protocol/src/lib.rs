@@ -20,11 +20,14 @@ pub mod command;
 pub mod device;
 pub mod names;
 
-pub use capability::{ArgKind, ArgSpec, ArgumentError, Capabilities, CommandSpec, MetricSpec};
+pub use capability::{
+    ArgKind, ArgSpec, ArgumentError, Capabilities, CommandSpec, MetricSpec, Reporting,
+};
 pub use codec::{DecodeError, PROTOCOL_VERSION, decode, encode};
 pub use command::{CommandId, CommandStatus, TransitionError};
 pub use device::{
     AnnounceRequest, Bye, CancelRequest, CommandRequest, Delivered, DeviceMessage, ErrorCode,
-    Heartbeat, Hello, Outcome, Progress, Reply, ServerMessage, TelemetrySample,
+    Heartbeat, Hello, Outcome, Progress, Reply, ServerMessage, TelemetrySample, UnwatchRequest,
+    WatchRequest,
 };
 pub use names::{DeviceId, InvalidDeviceId};

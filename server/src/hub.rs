@@ -45,7 +45,7 @@ use lapin::{
 };
 use protocol::{
     ArgumentError, CancelRequest, CommandId, CommandRequest, CommandStatus, DeviceId,
-    DeviceMessage, MetricSpec, ServerMessage,
+    DeviceMessage, MetricSpec, ServerMessage, UnwatchRequest, WatchRequest,
     api::{CommandView, DeviceView, LiveEvent, Reading, SendCommand, timeouts},
     names::{self, PresenceKind},
 };
@@ -68,6 +68,10 @@ pub struct HubConfig {
     /// The storage queue: [`names::STORE_QUEUE`] but in tests, and whether it expires.
     pub store_queue: String,
     pub store_queue_expires: Option<Duration>,
+    /// How often a watched device is asked to report (it keeps to what it announced).
+    pub watch_interval: Duration,
+    /// How long one watch lease lasts; renewed every third of it while viewers stay.
+    pub watch_lease: Duration,
 }
 
 impl HubConfig {
@@ -80,6 +84,8 @@ impl HubConfig {
             recorders: 1,
             store_queue: names::STORE_QUEUE.to_owned(),
             store_queue_expires: None,
+            watch_interval: Duration::from_secs(1),
+            watch_lease: Duration::from_secs(30),
         }
     }
 }
@@ -194,6 +200,37 @@ struct State {
     commands: Commands,
     /// Readings per device in the current one-second window, for the rate limit.
     reading_windows: HashMap<DeviceId, (Instant, u32)>,
+    /// How many of this replica's viewers watch each device.
+    watched: HashMap<DeviceId, usize>,
+}
+
+/// Held while someone watches a device through this replica: the device reports faster
+/// until the last of these is dropped (see [`Hub::watch`]).
+#[derive(Debug)]
+pub struct Watching {
+    hub: Hub,
+    device: DeviceId,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.hub.state();
+            match state.watched.get_mut(&self.device) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => state.watched.remove(&self.device).is_some(),
+            }
+        };
+        if last {
+            let unwatch = ServerMessage::Unwatch(UnwatchRequest {
+                replica: self.hub.inner.replica_id.clone(),
+            });
+            self.hub.tell(&self.device, unwatch);
+        }
+    }
 }
 
 /// A connected broker link: the publishing channel (in confirm mode) and the queue that
@@ -329,6 +366,69 @@ impl Hub {
             readings_wrong_type: load(&stats.readings_wrong_type),
             recorders: self.inner.recorder_stats.snapshot(),
         }
+    }
+
+    /// Someone watches `device`: while the returned guard lives, this replica holds a
+    /// lease on the device's fast pace (renewed every third of the lease), so its
+    /// readings come every `watch_interval` instead of every few seconds. Devices that
+    /// announced no `reporting` are left alone.
+    pub fn watch(&self, device: &DeviceId) -> Watching {
+        let first = {
+            let mut state = self.state();
+            let count = state.watched.entry(device.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.tell_watch(device);
+        }
+        Watching {
+            hub: self.clone(),
+            device: device.clone(),
+        }
+    }
+
+    /// How many devices this replica's viewers watch.
+    pub fn watched_devices(&self) -> usize {
+        self.state().watched.len()
+    }
+
+    fn tell_watch(&self, device: &DeviceId) {
+        let config = &self.inner.config;
+        let watch = ServerMessage::Watch(WatchRequest {
+            replica: self.inner.replica_id.clone(),
+            interval_ms: duration_ms(config.watch_interval),
+            lease_ms: duration_ms(config.watch_lease),
+        });
+        self.tell(device, watch);
+    }
+
+    /// Sends `message` to an online device's inbox if it takes pace requests, without
+    /// waiting: a lost one is made good by the next renewal, or by the lease lapsing.
+    fn tell(&self, device: &DeviceId, message: ServerMessage) {
+        let Some(link) = self.link() else { return };
+        let inbox = self
+            .state()
+            .registry
+            .get(device)
+            .filter(|d| d.view.online && d.view.capabilities.reporting.is_some())
+            .map(|d| d.inbox.clone());
+        let Some(inbox) = inbox else { return };
+        tokio::spawn(async move {
+            let published = link
+                .channel
+                .basic_publish(
+                    "".into(),
+                    inbox.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &protocol::encode(&message),
+                    BasicProperties::default().with_content_type(names::CONTENT_TYPE.into()),
+                )
+                .await;
+            if let Err(error) = published {
+                tracing::debug!("cannot send a pace request: {error}");
+            }
+        });
     }
 
     /// Where readings are stored, if anywhere.
@@ -784,6 +884,8 @@ impl Hub {
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut state = self.state();
         let mut events = Vec::new();
+        // A watched device that (re)connected gets its lease on the new inbox at once.
+        let mut rewatch = None;
         match (message, routed) {
             (DeviceMessage::Hello(hello), Some((device, PresenceKind::Hello)))
                 if device == hello.device_id =>
@@ -796,6 +898,9 @@ impl Hub {
                     );
                 }
                 let (view, replaced) = state.registry.hello(hello, now, now_ms);
+                if state.watched.contains_key(&device) {
+                    rewatch = Some(device.clone());
+                }
                 if let Some(old) = replaced {
                     let why =
                         "the device reconnected with a new session; the old one cannot answer";
@@ -856,6 +961,10 @@ impl Hub {
             }
         }
         self.broadcast(&events);
+        drop(state);
+        if let Some(device) = rewatch {
+            self.tell_watch(&device);
+        }
     }
 
     fn on_reply(&self, delivery: &Delivery) -> Vec<CommandView> {
@@ -1018,6 +1127,8 @@ impl Hub {
 
     /// Times out commands at their deadlines and devices whose heartbeats stopped.
     async fn run_timer(&self) {
+        let renew_every = self.inner.config.watch_lease / 3;
+        let mut renewed = Instant::now();
         loop {
             let next_deadline = self.state().commands.next_deadline();
             let sweep = Instant::now() + SWEEP_INTERVAL;
@@ -1027,6 +1138,13 @@ impl Hub {
                 () = self.inner.timer.notified() => continue,
             }
             let (now, now_ms) = (Instant::now(), now_ms());
+            if now.duration_since(renewed) >= renew_every {
+                renewed = now;
+                let watched: Vec<DeviceId> = self.state().watched.keys().cloned().collect();
+                for device in &watched {
+                    self.tell_watch(device);
+                }
+            }
             let changed = {
                 let mut state = self.state();
                 for (device, session_id) in state.registry.expire(now, now_ms) {

@@ -119,6 +119,18 @@ pub struct Config {
     /// queue of a test server's own, so it cannot pile up readings once that is gone.
     #[arg(long = "store-queue-expires-ms", env = "TETHER_STORE_QUEUE_EXPIRES_MS")]
     pub store_queue_expires_ms: Option<u64>,
+
+    /// How often a device someone watches is asked to report, in ms (each device keeps
+    /// to the fastest pace it announced).
+    #[arg(long = "watch-interval-ms", env = "TETHER_WATCH_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub watch_interval_ms: u64,
+
+    /// How long a watch lease lasts, in ms: a device slows down this long after a server
+    /// that watched it vanished. Renewed every third of it while someone watches.
+    #[arg(long = "watch-lease-ms", env = "TETHER_WATCH_LEASE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
+    pub watch_lease_ms: u64,
 }
 
 impl Config {
@@ -137,6 +149,8 @@ impl Config {
             recorders: 1,
             store_queue: protocol::names::STORE_QUEUE.into(),
             store_queue_expires_ms: None,
+            watch_interval_ms: 1_000,
+            watch_lease_ms: 30_000,
         }
     }
 }
@@ -194,6 +208,8 @@ impl Server {
             recorders: usize::from(config.recorders),
             store_queue: config.store_queue.clone(),
             store_queue_expires: config.store_queue_expires_ms.map(Duration::from_millis),
+            watch_interval: Duration::from_millis(config.watch_interval_ms),
+            watch_lease: Duration::from_millis(config.watch_lease_ms),
             ..HubConfig::new(amqp_url)
         };
         let hub = Hub::start(hub_config, std::future::pending()).await;
@@ -312,6 +328,9 @@ async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
          # HELP tether_commands_pending Commands sent by this replica that have not ended.\n\
          # TYPE tether_commands_pending gauge\n\
          tether_commands_pending {pending}\n\
+         # HELP tether_watched_devices Devices this replica's viewers are watching (reporting faster).\n\
+         # TYPE tether_watched_devices gauge\n\
+         tether_watched_devices {watched}\n\
          # HELP tether_broker_connected Whether the broker link is up.\n\
          # TYPE tether_broker_connected gauge\n\
          tether_broker_connected {connected}\n\
@@ -345,6 +364,7 @@ async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
         offline = devices.len() - online,
         pending = stats.pending_commands,
         connected = u8::from(hub.is_connected()),
+        watched = hub.watched_devices(),
         malformed = stats.malformed,
         foreign = stats.foreign,
         stale = stats.stale,

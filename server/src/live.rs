@@ -1,6 +1,10 @@
 //! The live channel, server side: `GET /api/v1/live` upgrades to a WebSocket that
 //! sends a snapshot (devices and recent commands), then every event, as JSON text.
 //! A client that falls too far behind gets a fresh snapshot instead of a gap.
+//!
+//! The client may send `{"type":"watch","device_id":…}` and `{"type":"unwatch",…}`
+//! while it shows a device: watched devices report faster (see [`Hub::watch`]) until
+//! the tab unwatches them or goes away. Anything else it sends is ignored.
 
 use axum::{
     extract::{
@@ -9,10 +13,18 @@ use axum::{
     },
     response::Response,
 };
-use protocol::api::LiveEvent;
+use std::collections::HashMap;
+
+use protocol::{
+    DeviceId,
+    api::{LiveEvent, LiveRequest},
+};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Watching};
+
+/// Devices one tab may watch at once.
+const MAX_WATCHED_PER_CLIENT: usize = 32;
 
 /// Recent commands in each snapshot.
 const SNAPSHOT_COMMANDS: usize = 200;
@@ -22,6 +34,8 @@ pub async fn upgrade(socket: WebSocketUpgrade, State(hub): State<Hub>) -> Respon
 }
 
 async fn serve(mut socket: WebSocket, hub: Hub) {
+    // Dropped with the connection, which releases every watch it held.
+    let mut watching: HashMap<DeviceId, Watching> = HashMap::new();
     let (snapshot, mut events) = hub.subscribe(SNAPSHOT_COMMANDS);
     if send(&mut socket, &snapshot).await.is_err() {
         return;
@@ -45,7 +59,19 @@ async fn serve(mut socket: WebSocket, hub: Hub) {
                 Err(RecvError::Closed) => return,
             },
             incoming = socket.recv() => match incoming {
-                // Clients have nothing to say; pings are answered by axum.
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<LiveRequest>(&text) {
+                    Ok(LiveRequest::Watch { device_id }) => {
+                        if watching.len() < MAX_WATCHED_PER_CLIENT && !watching.contains_key(&device_id) {
+                            let guard = hub.watch(&device_id);
+                            watching.insert(device_id, guard);
+                        }
+                    }
+                    Ok(LiveRequest::Unwatch { device_id }) => {
+                        watching.remove(&device_id);
+                    }
+                    Err(error) => tracing::debug!("ignoring a live client's message: {error}"),
+                },
+                // Pings are answered by axum.
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },

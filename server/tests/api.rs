@@ -23,6 +23,7 @@ struct Setup {
     base: String,
     device: DeviceId,
     client: reqwest::Client,
+    hub: server::hub::Hub,
     _stop_server: oneshot::Sender<()>,
     _stop_agent: watch::Sender<bool>,
 }
@@ -81,6 +82,7 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
         base,
         device,
         client: reqwest::Client::new(),
+        hub,
         _stop_server: stop_server,
         _stop_agent: stop_agent,
     }
@@ -450,4 +452,52 @@ async fn without_storage_history_is_a_clear_503() {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error(body).code, "storage_off");
+}
+
+#[tokio::test]
+async fn a_tab_watching_a_device_over_the_live_channel_speeds_it_up() {
+    // The device reports every 5 s, or every second while watched.
+    let setup = setup_with(Kind::Gateway, Some(Duration::from_secs(5))).await;
+    let url = format!("{}/api/v1/live", setup.base.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket upgrade");
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let first = socket.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"snapshot\""));
+    socket
+        .send(Message::text("this is not a request"))
+        .await
+        .unwrap();
+    socket
+        .send(Message::text(
+            json!({"type": "watch", "device_id": setup.device}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let mut readings = 0;
+    let _ = tokio::time::timeout(Duration::from_millis(3_500), async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Ok(LiveEvent::Telemetry { reading }) =
+                serde_json::from_str::<LiveEvent>(message.to_text().unwrap_or_default())
+                && reading.device_id == setup.device
+            {
+                readings += 1;
+            }
+        }
+    })
+    .await;
+    assert_eq!(setup.hub.watched_devices(), 1);
+    // Three metrics a round: at least three rounds in 3.5 s, where 5 s apart gives one.
+    assert!(readings >= 9, "only {readings} readings while watched");
+    drop(socket);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while setup.hub.watched_devices() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closing the tab did not release its watch"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
