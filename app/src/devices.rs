@@ -1,7 +1,9 @@
 //! Devices: the fleet list and one device's page, with what they share.
 
+pub mod chart;
 pub mod detail;
 pub mod list;
+pub mod telemetry;
 
 use leptos::prelude::*;
 use protocol::{CommandStatus, api::DeviceView};
@@ -87,6 +89,7 @@ mod tests {
             last_seen_ms: 0,
             heartbeat_ms: 30_000,
             capabilities: Default::default(),
+            latest: Default::default(),
         };
         let ten_minutes = 600_000;
         assert_eq!(super::last_heard(ten_minutes, &device(true)), "30 s ago");

@@ -21,6 +21,25 @@ pub struct DeviceView {
     pub last_seen_ms: u64,
     pub heartbeat_ms: u64,
     pub capabilities: Capabilities,
+    /// The latest accepted reading of each metric, as of this view.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latest: BTreeMap<String, Latest>,
+}
+
+/// A metric's latest reading.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latest {
+    pub value: f64,
+    pub ts_ms: u64,
+}
+
+impl DeviceView {
+    /// The reading the fleet list shows: the first metric the device announced, and its
+    /// latest value, if any has come.
+    pub fn key_reading(&self) -> Option<(&crate::MetricSpec, Latest)> {
+        let spec = self.capabilities.metrics.first()?;
+        Some((spec, *self.latest.get(&spec.name)?))
+    }
 }
 
 /// A command as users see it, at its latest status.

@@ -46,7 +46,7 @@ use lapin::{
 use protocol::{
     ArgumentError, CancelRequest, CommandId, CommandRequest, CommandStatus, DeviceId,
     DeviceMessage, MetricSpec, ServerMessage, UnwatchRequest, WatchRequest,
-    api::{CommandView, DeviceView, LiveEvent, Reading, SendCommand, timeouts},
+    api::{CommandView, DeviceView, Latest, LiveEvent, Reading, SendCommand, timeouts},
     names::{self, PresenceKind},
 };
 use serde::{Deserialize, Serialize};
@@ -1089,6 +1089,22 @@ impl Hub {
             return;
         }
         stats.readings_accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some(device) = state.registry.get_mut(&sample.device_id) {
+            let latest = device
+                .view
+                .latest
+                .entry(sample.metric.clone())
+                .or_insert(Latest {
+                    value: sample.value,
+                    ts_ms: sample.ts_ms,
+                });
+            if sample.ts_ms >= latest.ts_ms {
+                *latest = Latest {
+                    value: sample.value,
+                    ts_ms: sample.ts_ms,
+                };
+            }
+        }
         let reading = Reading {
             device_id: sample.device_id,
             metric: sample.metric,

@@ -83,6 +83,9 @@ pub fn DevicePage() -> impl IntoView {
                 }
                 Loaded::Found(id, capabilities) => view! {
                     <DeviceHeader device=Signal::derive(move || device.get().and_then(Result::ok).flatten()) />
+                    {(!capabilities.metrics.is_empty()).then(|| view! {
+                        <super::telemetry::Telemetry device_id=id.clone() capabilities=capabilities.clone() />
+                    })}
                     <section class="card" aria-labelledby="commands-heading">
                         <h2 id="commands-heading">"Commands"</h2>
                         <div class="forms">

@@ -74,6 +74,7 @@ fn DeviceTable(devices: Vec<DeviceView>) -> impl IntoView {
                 <tr>
                     <th scope="col">"Device"</th>
                     <th scope="col">"Status"</th>
+                    <th scope="col">"Reading"</th>
                     <th scope="col">"Kind"</th>
                     <th scope="col">"Firmware"</th>
                     <th scope="col">"Last seen"</th>
@@ -82,10 +83,12 @@ fn DeviceTable(devices: Vec<DeviceView>) -> impl IntoView {
             <tbody>
                 {devices.into_iter().map(|device| {
                     let heard = device.clone();
+                    let reading = device.clone();
                     view! {
                         <tr data-testid="device-row" data-device=device.id.to_string()>
                             <th scope="row"><a href=format!("/devices/{}", device.id)>{device.id.to_string()}</a></th>
                             <td data-label="Status"><PresenceBadge device=device.clone() now_ms /></td>
+                            <td data-label="Reading" class="reading" data-testid="key-reading">{move || key_reading(&reading, live)}</td>
                             <td data-label="Kind">{device.kind.clone()}</td>
                             <td data-label="Firmware">{device.firmware.clone()}</td>
                             <td data-label="Last seen" class="muted">{move || super::last_heard(now_ms.get(), &heard)}</td>
@@ -95,4 +98,33 @@ fn DeviceTable(devices: Vec<DeviceView>) -> impl IntoView {
             </tbody>
         </table>
     }
+}
+
+/// The device's first announced metric and its latest value: live if a reading came
+/// since the device list was read, else what the server knew.
+fn key_reading(device: &DeviceView, live: crate::fleet::live::Live) -> String {
+    let Some(spec) = device.capabilities.metrics.first() else {
+        return String::new();
+    };
+    let known = device.latest.get(&spec.name).map(|l| (l.value, l.ts_ms));
+    let fresh = live.readings.with(|readings| {
+        readings
+            .get(&(device.id.clone(), spec.name.clone()))
+            .map(|r| (r.value, r.ts_ms))
+    });
+    let latest = match (known, fresh) {
+        (Some(known), Some(fresh)) => Some(if fresh.1 >= known.1 { fresh } else { known }),
+        (known, fresh) => fresh.or(known),
+    };
+    latest.map_or_else(
+        || "—".to_owned(),
+        |(value, _)| {
+            let value = super::chart::format_value(value, 1);
+            if spec.unit.is_empty() {
+                format!("{} {value}", spec.name)
+            } else {
+                format!("{} {value} {}", spec.name, spec.unit)
+            }
+        },
+    )
 }

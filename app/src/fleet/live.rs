@@ -7,8 +7,14 @@ use std::collections::BTreeMap;
 use leptos::prelude::*;
 use protocol::{
     CommandId, DeviceId,
-    api::{CommandView, DeviceView, LiveEvent, Reading},
+    api::{CommandView, DeviceView, LiveEvent, LiveRequest, Reading},
 };
+
+/// Where requests to the server go while connected.
+#[cfg(feature = "hydrate")]
+type Outbox = futures_channel::mpsc::UnboundedSender<String>;
+#[cfg(not(feature = "hydrate"))]
+type Outbox = ();
 
 /// Commands kept in the tab, newest by creation.
 const KEEP_COMMANDS: usize = 500;
@@ -37,6 +43,11 @@ pub struct Live {
     /// Milliseconds since the Unix epoch, ticking every second in the browser, for
     /// "5 min ago" labels.
     pub now_ms: RwSignal<u64>,
+    /// Devices this tab shows, by how many views show each: they report faster while
+    /// watched. Told to the server again on every reconnect.
+    pub watching: RwSignal<BTreeMap<DeviceId, usize>>,
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    outbox: StoredValue<Option<Outbox>>,
 }
 
 impl Live {
@@ -59,6 +70,52 @@ impl Live {
                 latest.insert((reading.device_id.clone(), reading.metric.clone()), reading);
             }),
         }
+    }
+
+    /// A view shows `device` from now on: the server asks it to report faster.
+    pub fn watch(&self, device: &DeviceId) {
+        let mut first = false;
+        self.watching.update(|all| {
+            let count = all.entry(device.clone()).or_insert(0);
+            *count += 1;
+            first = *count == 1;
+        });
+        if first {
+            self.tell(&LiveRequest::Watch {
+                device_id: device.clone(),
+            });
+        }
+    }
+
+    /// A view that showed `device` is gone.
+    pub fn unwatch(&self, device: &DeviceId) {
+        let mut last = false;
+        self.watching.try_update(|all| {
+            if let Some(count) = all.get_mut(device) {
+                *count -= 1;
+                if *count == 0 {
+                    all.remove(device);
+                    last = true;
+                }
+            }
+        });
+        if last {
+            self.tell(&LiveRequest::Unwatch {
+                device_id: device.clone(),
+            });
+        }
+    }
+
+    /// Sends a request if connected; on reconnect the watch list is sent afresh anyway.
+    fn tell(&self, request: &LiveRequest) {
+        #[cfg(feature = "hydrate")]
+        self.outbox.try_with_value(|outbox| {
+            if let (Some(outbox), Ok(text)) = (outbox, serde_json::to_string(request)) {
+                let _ = outbox.unbounded_send(text);
+            }
+        });
+        #[cfg(not(feature = "hydrate"))]
+        let _ = request;
     }
 
     /// Adds or replaces a command, unless a later status of it is already known (the
@@ -103,6 +160,8 @@ pub fn provide_live() -> Live {
         status: RwSignal::new(LinkStatus::Connecting),
         synced: RwSignal::new(false),
         now_ms: RwSignal::new(now_ms()),
+        watching: RwSignal::new(BTreeMap::new()),
+        outbox: StoredValue::new(None),
     };
     provide_context(live);
     #[cfg(feature = "hydrate")]
@@ -174,10 +233,11 @@ mod tests {
 
 #[cfg(feature = "hydrate")]
 mod browser {
-    use futures_util::StreamExt as _;
+    use futures_util::{SinkExt as _, StreamExt as _};
     use gloo_net::websocket::{Message, futures::WebSocket};
     use gloo_timers::future::TimeoutFuture;
     use leptos::prelude::*;
+    use protocol::api::LiveRequest;
 
     use super::{LinkStatus, Live};
 
@@ -187,7 +247,23 @@ mod browser {
         let mut failures: u32 = 0;
         loop {
             if let Ok(socket) = WebSocket::open(&live_url()) {
-                let (_, mut incoming) = socket.split();
+                let (mut outgoing, mut incoming) = socket.split();
+                // Requests go out through a channel while this connection lasts; the
+                // devices on screen are watched again on each new connection.
+                let (outbox, mut requests) = futures_channel::mpsc::unbounded::<String>();
+                for device_id in live.watching.get_untracked().into_keys() {
+                    if let Ok(text) = serde_json::to_string(&LiveRequest::Watch { device_id }) {
+                        let _ = outbox.unbounded_send(text);
+                    }
+                }
+                live.outbox.set_value(Some(outbox));
+                leptos::task::spawn_local(async move {
+                    while let Some(text) = requests.next().await {
+                        if outgoing.send(Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
                 while let Some(Ok(message)) = incoming.next().await {
                     let text = match message {
                         Message::Text(text) => text,
@@ -202,6 +278,8 @@ mod browser {
                     }
                 }
             }
+            // Dropping the sender ends the writer, and with it the socket.
+            live.outbox.set_value(None);
             live.status.set(LinkStatus::Reconnecting);
             failures = failures.saturating_add(1);
             let ceiling = 500u32.saturating_mul(1 << failures.min(5)).min(10_000);

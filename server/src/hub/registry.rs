@@ -62,6 +62,8 @@ impl Registry {
             since_ms,
             last_seen_ms: now_ms,
             heartbeat_ms: hello.heartbeat_ms,
+            // Kept across sessions: the last value known is still worth showing.
+            latest: previous.map(|d| d.view.latest.clone()).unwrap_or_default(),
             capabilities: hello.capabilities,
         };
         let device = Device {
@@ -125,6 +127,10 @@ impl Registry {
 
     pub fn get(&self, id: &DeviceId) -> Option<&Device> {
         self.devices.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &DeviceId) -> Option<&mut Device> {
+        self.devices.get_mut(id)
     }
 
     /// Every device, sorted by id.

@@ -1,0 +1,510 @@
+//! One metric over time, as an SVG line chart: the mean of each bucket as a line, its
+//! minimum to maximum as a band behind it, gaps where the device said nothing, the
+//! announced unit on the value axis, local times on the time axis, the latest value in
+//! the heading, and a readout of the nearest point under the pointer.
+//!
+//! Everything is computed here, in plain functions, so it renders the same on the
+//! server (the chart is there before WASM loads) and in the browser.
+
+use leptos::prelude::*;
+use protocol::api::Point;
+
+const WIDTH: f64 = 640.0;
+const HEIGHT: f64 = 200.0;
+const LEFT: f64 = 56.0;
+const RIGHT: f64 = 14.0;
+const TOP: f64 = 12.0;
+const BOTTOM: f64 = 26.0;
+const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
+const PLOT_H: f64 = HEIGHT - TOP - BOTTOM;
+
+const SECOND: u64 = 1_000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+
+/// What one chart shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChartData {
+    pub metric: String,
+    pub unit: String,
+    /// Oldest first.
+    pub points: Vec<Point>,
+    /// The time window, ms since the Unix epoch.
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// A silence longer than this breaks the line.
+    pub gap_ms: u64,
+    /// Minutes to add to UTC for local time (0 on the server).
+    pub offset_min: i64,
+}
+
+/// Evenly spaced round values covering `[lo, hi]`, about `count` of them.
+pub fn nice_ticks(lo: f64, hi: f64, count: usize) -> (Vec<f64>, f64) {
+    let span = (hi - lo).abs().max(f64::EPSILON);
+    let raw = span / count.max(1) as f64;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    let first = (lo / step).floor() * step;
+    let last = (hi / step).ceil() * step;
+    let n = ((last - first) / step).round() as usize;
+    ((0..=n).map(|i| first + i as f64 * step).collect(), step)
+}
+
+/// Decimals that show a step of `step` without noise: the fewest that make it whole.
+pub fn decimals_for(step: f64) -> usize {
+    (0..=4usize)
+        .find(|d| {
+            let scaled = step * 10f64.powi(*d as i32);
+            (scaled - scaled.round()).abs() < 1e-6 * scaled.abs().max(1.0)
+        })
+        .unwrap_or(4)
+}
+
+/// A value with `decimals` decimals, never "-0".
+pub fn format_value(value: f64, decimals: usize) -> String {
+    let text = format!("{value:.decimals$}");
+    if text
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c == '0' || c == '.')
+    {
+        text.trim_start_matches('-').to_owned()
+    } else {
+        text
+    }
+}
+
+/// The time-axis step for a span: the smallest round step giving at most six ticks.
+pub fn time_step(span_ms: u64) -> u64 {
+    [
+        10 * SECOND,
+        15 * SECOND,
+        30 * SECOND,
+        MINUTE,
+        2 * MINUTE,
+        5 * MINUTE,
+        10 * MINUTE,
+        15 * MINUTE,
+        30 * MINUTE,
+        HOUR,
+        2 * HOUR,
+        3 * HOUR,
+        6 * HOUR,
+        12 * HOUR,
+        DAY,
+        2 * DAY,
+    ]
+    .into_iter()
+    .find(|step| span_ms / step <= 6)
+    .unwrap_or(7 * DAY)
+}
+
+/// Tick times in `[from, to]` at multiples of `step` in local time.
+pub fn time_ticks(from_ms: u64, to_ms: u64, step: u64, offset_min: i64) -> Vec<u64> {
+    let offset = offset_min * 60_000;
+    let local_from = from_ms as i64 + offset;
+    let first = local_from.div_euclid(step as i64) * step as i64 + step as i64 - offset;
+    let first = if first - step as i64 >= from_ms as i64 {
+        first - step as i64
+    } else {
+        first
+    };
+    (0..)
+        .map(|i| first + i * step as i64)
+        .take_while(|t| *t <= to_ms as i64)
+        .map(|t| t as u64)
+        .collect()
+}
+
+/// A time label for the axis: `14:05`, `14:05:30` for steps under a minute, and
+/// `Tue 24` for steps of a day or more.
+pub fn time_label(t_ms: u64, step: u64, offset_min: i64) -> String {
+    let local = t_ms as i64 + offset_min * 60_000;
+    let days = local.div_euclid(DAY as i64);
+    let of_day = local.rem_euclid(DAY as i64);
+    let (h, m, s) = (
+        of_day / HOUR as i64,
+        (of_day / MINUTE as i64) % 60,
+        (of_day / 1000) % 60,
+    );
+    if step >= DAY {
+        const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        let (_, _, day) = civil_from_days(days);
+        format!("{} {day}", WEEKDAYS[days.rem_euclid(7) as usize])
+    } else if step < MINUTE {
+        format!("{h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}")
+    }
+}
+
+/// A full time for the readout: `Tue 24 14:05:30`.
+pub fn moment_label(t_ms: u64, offset_min: i64) -> String {
+    format!(
+        "{} {}",
+        time_label(t_ms, DAY, offset_min),
+        time_label(t_ms, SECOND, offset_min)
+    )
+}
+
+/// Year, month and day of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// The points split where the device was silent for longer than `gap_ms`.
+pub fn segments(points: &[Point], gap_ms: u64) -> Vec<&[Point]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..points.len() {
+        if points[i].t_ms.saturating_sub(points[i - 1].t_ms) > gap_ms {
+            out.push(&points[start..i]);
+            start = i;
+        }
+    }
+    if start < points.len() {
+        out.push(&points[start..]);
+    }
+    out
+}
+
+/// Adds a live reading to a series bucketed from `origin_ms` in `bucket_ms` steps:
+/// into the last point if it falls in the same bucket, as a new point if later, not at
+/// all if it is not newer than what is there (the history already had it).
+pub fn merge_reading(
+    points: &mut Vec<Point>,
+    t_ms: u64,
+    value: f64,
+    origin_ms: u64,
+    bucket_ms: u64,
+) {
+    let bucket = |t: u64| t.saturating_sub(origin_ms) / bucket_ms.max(1);
+    match points.last_mut() {
+        Some(last) if t_ms <= last.t_ms => {}
+        Some(last) if bucket(last.t_ms) == bucket(t_ms) && bucket_ms > 1 => {
+            let n = f64::from(last.count);
+            last.avg = (last.avg * n + value) / (n + 1.0);
+            last.t_ms = ((last.t_ms as f64 * n + t_ms as f64) / (n + 1.0)).round() as u64;
+            last.min = last.min.min(value);
+            last.max = last.max.max(value);
+            last.count += 1;
+        }
+        _ => points.push(Point {
+            t_ms,
+            avg: value,
+            min: value,
+            max: value,
+            count: 1,
+        }),
+    }
+}
+
+/// The value axis: round ticks around the data, padded so the line never touches the
+/// frame; a flat line sits in the middle.
+fn value_axis(points: &[Point]) -> (f64, f64, Vec<f64>, f64) {
+    let lo = points.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
+    let hi = points
+        .iter()
+        .map(|p| p.max)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if !lo.is_finite() || !hi.is_finite() {
+        (0.0, 1.0)
+    } else if (hi - lo).abs() < 1e-9 {
+        let pad = (hi.abs() * 0.05).max(1.0);
+        (lo - pad, hi + pad)
+    } else {
+        let pad = (hi - lo) * 0.08;
+        (lo - pad, hi + pad)
+    };
+    let (ticks, step) = nice_ticks(lo, hi, 4);
+    let (first, last) = (ticks[0], *ticks.last().unwrap_or(&ticks[0]));
+    (first, last, ticks, step)
+}
+
+#[component]
+pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
+    // Where the pointer is, as a fraction of the plot's width.
+    let hover: RwSignal<Option<f64>> = RwSignal::new(None);
+    let on_move = move |event: leptos::ev::PointerEvent| {
+        #[cfg(feature = "hydrate")]
+        {
+            use wasm_bindgen::JsCast as _;
+            let Some(svg) = event
+                .current_target()
+                .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+            else {
+                return;
+            };
+            let rect = svg.get_bounding_client_rect();
+            if rect.width() > 0.0 {
+                let x = (f64::from(event.client_x()) - rect.left()) / rect.width() * WIDTH;
+                hover.set(Some(((x - LEFT) / PLOT_W).clamp(0.0, 1.0)));
+            }
+        }
+        #[cfg(not(feature = "hydrate"))]
+        let _ = event;
+    };
+
+    move || {
+        let data = data.get();
+        let span = data.to_ms.saturating_sub(data.from_ms).max(1);
+        let visible: Vec<Point> = data
+            .points
+            .iter()
+            .filter(|p| p.t_ms >= data.from_ms && p.t_ms <= data.to_ms)
+            .copied()
+            .collect();
+        let (lo, hi, ticks, step) = value_axis(&visible);
+        let decimals = decimals_for(step);
+        let x = move |t: u64| LEFT + (t.saturating_sub(data.from_ms)) as f64 / span as f64 * PLOT_W;
+        let y = move |v: f64| TOP + (hi - v) / (hi - lo) * PLOT_H;
+        let unit = data.unit.clone();
+        let with_unit = move |v: f64, d: usize| {
+            if unit.is_empty() {
+                format_value(v, d)
+            } else {
+                format!("{} {}", format_value(v, d), unit)
+            }
+        };
+
+        let mut line = String::new();
+        let mut band = Vec::new();
+        let mut dots = Vec::new();
+        for segment in segments(&visible, data.gap_ms) {
+            if segment.len() == 1 {
+                dots.push((x(segment[0].t_ms), y(segment[0].avg)));
+            }
+            for (i, p) in segment.iter().enumerate() {
+                line.push_str(&format!(
+                    "{}{:.1},{:.1}",
+                    if i == 0 { "M" } else { "L" },
+                    x(p.t_ms),
+                    y(p.avg)
+                ));
+            }
+            if segment.iter().any(|p| p.max > p.min) {
+                let upper = segment
+                    .iter()
+                    .map(|p| format!("{:.1},{:.1}", x(p.t_ms), y(p.max)));
+                let lower = segment
+                    .iter()
+                    .rev()
+                    .map(|p| format!("{:.1},{:.1}", x(p.t_ms), y(p.min)));
+                band.push(upper.chain(lower).collect::<Vec<_>>().join(" "));
+            }
+        }
+        let latest = visible.last().copied();
+        let t_step = time_step(span);
+        let time_ticks = time_ticks(data.from_ms, data.to_ms, t_step, data.offset_min);
+        let summary = match latest {
+            Some(p) => format!(
+                "{}: latest {}, from {} to {} in this range",
+                data.metric,
+                with_unit(p.avg, decimals + 1),
+                with_unit(
+                    visible.iter().map(|p| p.min).fold(f64::INFINITY, f64::min),
+                    decimals + 1
+                ),
+                with_unit(
+                    visible
+                        .iter()
+                        .map(|p| p.max)
+                        .fold(f64::NEG_INFINITY, f64::max),
+                    decimals + 1
+                ),
+            ),
+            None => format!("{}: no readings in this range", data.metric),
+        };
+        let readout = hover.get().and_then(|fraction| {
+            let t = data.from_ms as f64 + fraction * span as f64;
+            let nearest = visible
+                .iter()
+                .min_by_key(|p| (p.t_ms as f64 - t).abs() as u64)?;
+            let (px, py) = (x(nearest.t_ms), y(nearest.avg));
+            let mut text = format!(
+                "{} · {}",
+                with_unit(nearest.avg, decimals + 1),
+                moment_label(nearest.t_ms, data.offset_min)
+            );
+            if nearest.count > 1 {
+                text.push_str(&format!(
+                    " · {}–{} over {} readings",
+                    format_value(nearest.min, decimals + 1),
+                    format_value(nearest.max, decimals + 1),
+                    nearest.count
+                ));
+            }
+            // Keep the label inside the frame.
+            let anchor = if px > LEFT + PLOT_W * 0.6 {
+                "end"
+            } else {
+                "start"
+            };
+            let tx = if anchor == "end" { px - 8.0 } else { px + 8.0 };
+            Some(view! {
+                <g class="readout" data-testid="chart-readout">
+                    <line x1=px x2=px y1=TOP y2=TOP + PLOT_H />
+                    <circle cx=px cy=py r="4" />
+                    <text x=tx y=TOP + 12.0 text-anchor=anchor>{text}</text>
+                </g>
+            })
+        });
+        let empty = visible.is_empty().then(|| {
+            view! {
+                <text class="empty" x=LEFT + PLOT_W / 2.0 y=TOP + PLOT_H / 2.0 text-anchor="middle">
+                    "No readings in this range yet"
+                </text>
+            }
+        });
+        let headline = latest.map_or_else(|| "—".to_owned(), |p| with_unit(p.avg, decimals + 1));
+        view! {
+            <figure class="chart" data-testid="chart" data-metric=data.metric.clone() data-points=visible.len()>
+                <figcaption>
+                    <span class="metric">{data.metric.clone()}</span>
+                    <span class="latest" data-testid="chart-latest">{headline}</span>
+                </figcaption>
+                <svg
+                    viewBox=format!("0 0 {WIDTH} {HEIGHT}")
+                    role="img"
+                    aria-label=summary
+                    on:pointermove=on_move
+                    on:pointerleave=move |_| hover.set(None)
+                >
+                    <g class="grid">
+                        {ticks.iter().map(|v| view! {
+                            <line x1=LEFT x2=LEFT + PLOT_W y1=y(*v) y2=y(*v) />
+                        }).collect_view()}
+                    </g>
+                    <g class="axis y">
+                        {ticks.iter().map(|v| view! {
+                            <text x=LEFT - 6.0 y=y(*v) + 4.0 text-anchor="end">{format_value(*v, decimals)}</text>
+                        }).collect_view()}
+                        <text class="unit" x=4.0 y=TOP + 4.0>{data.unit.clone()}</text>
+                    </g>
+                    <g class="axis x">
+                        <line x1=LEFT x2=LEFT + PLOT_W y1=TOP + PLOT_H y2=TOP + PLOT_H />
+                        {time_ticks.iter().map(|t| view! {
+                            <line x1=x(*t) x2=x(*t) y1=TOP + PLOT_H y2=TOP + PLOT_H + 4.0 />
+                            <text x=x(*t) y=HEIGHT - 8.0 text-anchor="middle">{time_label(*t, t_step, data.offset_min)}</text>
+                        }).collect_view()}
+                    </g>
+                    {band.into_iter().map(|points| view! { <polygon class="band" points=points /> }).collect_view()}
+                    <path class="line" d=line />
+                    {dots.into_iter().map(|(cx, cy)| view! { <circle class="dot" cx=cx cy=cy r="2.5" /> }).collect_view()}
+                    {latest.map(|p| view! { <circle class="last" cx=x(p.t_ms) cy=y(p.avg) r="3.5" /> })}
+                    {empty}
+                    {readout}
+                </svg>
+            </figure>
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t_ms: u64, v: f64) -> Point {
+        Point {
+            t_ms,
+            avg: v,
+            min: v,
+            max: v,
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn value_ticks_are_round_and_cover_the_data() {
+        let (ticks, step) = nice_ticks(18.3, 23.9, 4);
+        assert_eq!(step, 2.0);
+        assert_eq!(ticks, [18.0, 20.0, 22.0, 24.0]);
+        let (ticks, step) = nice_ticks(-75.2, -64.1, 4);
+        assert_eq!(step, 5.0);
+        assert_eq!(ticks.first(), Some(&-80.0));
+        assert_eq!(ticks.last(), Some(&-60.0));
+        let (_, step) = nice_ticks(0.0, 0.9, 4);
+        assert_eq!(step, 0.25);
+        assert_eq!(decimals_for(0.25), 2);
+        assert_eq!(decimals_for(2.0), 0);
+        assert_eq!(decimals_for(0.5), 1);
+        assert_eq!(decimals_for(25.0), 0);
+    }
+
+    #[test]
+    fn values_never_read_minus_zero() {
+        assert_eq!(format_value(-0.001, 1), "0.0");
+        assert_eq!(format_value(-1.25, 1), "-1.2");
+        assert_eq!(format_value(21.456, 2), "21.46");
+    }
+
+    #[test]
+    fn time_axes_have_a_handful_of_round_ticks_in_local_time() {
+        // 2026-11-24 14:07:00 UTC.
+        let t = 1_795_529_220_000;
+        assert_eq!(time_step(15 * MINUTE), 5 * MINUTE);
+        assert_eq!(time_step(HOUR), 10 * MINUTE);
+        assert_eq!(time_step(DAY), 6 * HOUR);
+        assert_eq!(time_step(7 * DAY), 2 * DAY);
+        let ticks = time_ticks(t, t + 15 * MINUTE, 5 * MINUTE, 0);
+        let labels: Vec<_> = ticks
+            .iter()
+            .map(|t| time_label(*t, 5 * MINUTE, 0))
+            .collect();
+        assert_eq!(labels, ["14:10", "14:15", "14:20"]);
+        // An hour ahead of UTC (Paris in winter).
+        let labels: Vec<_> = time_ticks(t, t + 15 * MINUTE, 5 * MINUTE, 60)
+            .iter()
+            .map(|t| time_label(*t, 5 * MINUTE, 60))
+            .collect();
+        assert_eq!(labels, ["15:10", "15:15", "15:20"]);
+        assert_eq!(time_label(t, DAY, 0), "Tue 24");
+        assert_eq!(time_label(t, 30 * SECOND, 0), "14:07:00");
+        assert_eq!(moment_label(t + 5_000, 0), "Tue 24 14:07:05");
+    }
+
+    #[test]
+    fn silences_break_the_line() {
+        let points = [
+            point(0, 1.0),
+            point(1_000, 1.0),
+            point(60_000, 1.0),
+            point(61_000, 1.0),
+        ];
+        let parts = segments(&points, 5_000);
+        assert_eq!(parts.iter().map(|s| s.len()).collect::<Vec<_>>(), [2, 2]);
+        assert!(segments(&[], 5_000).is_empty());
+    }
+
+    #[test]
+    fn live_readings_join_their_bucket_or_start_the_next() {
+        let mut points = vec![point(10_000, 2.0)];
+        merge_reading(&mut points, 10_000, 9.0, 0, 12_000);
+        assert_eq!(points.len(), 1, "already there");
+        merge_reading(&mut points, 11_000, 4.0, 0, 12_000);
+        assert_eq!(points.len(), 1);
+        assert_eq!(
+            (points[0].avg, points[0].min, points[0].max, points[0].count),
+            (3.0, 2.0, 4.0, 2)
+        );
+        merge_reading(&mut points, 12_500, 5.0, 0, 12_000);
+        assert_eq!(points.len(), 2, "the next bucket");
+        // With one-millisecond buckets every reading is its own point.
+        let mut raw = vec![point(10, 1.0)];
+        merge_reading(&mut raw, 11, 2.0, 0, 1);
+        assert_eq!(raw.len(), 2);
+    }
+}

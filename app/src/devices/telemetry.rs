@@ -1,0 +1,184 @@
+//! A device's readings on its page: a chart per announced metric over a chosen range
+//! (15 min, 1 h, 24 h, 7 d), loaded from storage downsampled by the server, then
+//! extended live. While the page is open the device reports faster (the tab watches it
+//! over the live channel).
+
+use std::collections::BTreeMap;
+
+use leptos::prelude::*;
+use protocol::{
+    Capabilities, DeviceId,
+    api::{History, HistoryQuery, Point},
+};
+
+use super::chart::{Chart, ChartData, merge_reading};
+use crate::fleet::{
+    error_message,
+    live::{now_ms, use_live},
+    telemetry_history,
+};
+
+/// Points per chart: enough for a smooth line, few enough that a week stays light.
+const POINTS: u32 = 300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    Quarter,
+    Hour,
+    Day,
+    Week,
+}
+
+impl Range {
+    pub const ALL: [Self; 4] = [Self::Quarter, Self::Hour, Self::Day, Self::Week];
+
+    pub fn span_ms(self) -> u64 {
+        match self {
+            Self::Quarter => 15 * 60_000,
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+            Self::Week => 7 * 86_400_000,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Quarter => "15 min",
+            Self::Hour => "1 h",
+            Self::Day => "24 h",
+            Self::Week => "7 d",
+        }
+    }
+}
+
+#[component]
+pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoView {
+    let live = use_live();
+    let range = RwSignal::new(Range::Hour);
+    let history = Resource::new(move || range.get(), {
+        let id = device_id.to_string();
+        move |range: Range| {
+            let id = id.clone();
+            async move {
+                let query = HistoryQuery {
+                    from: Some(now_ms().saturating_sub(range.span_ms())),
+                    max_points: Some(POINTS),
+                    ..HistoryQuery::default()
+                };
+                telemetry_history(id, query).await
+            }
+        }
+    });
+
+    // Faster readings while this page is open.
+    {
+        let id = device_id.clone();
+        Effect::new(move |_| live.watch(&id));
+        let id = device_id.clone();
+        on_cleanup(move || live.unwatch(&id));
+    }
+
+    // Readings that came live after the history was read, merged into its buckets.
+    let fresh: RwSignal<BTreeMap<String, Vec<Point>>> = RwSignal::new(BTreeMap::new());
+    Effect::new(move |_| {
+        history.track();
+        fresh.set(BTreeMap::new());
+    });
+    {
+        let (id, metrics) = (device_id.clone(), capabilities.metrics.clone());
+        Effect::new(move |_| {
+            let Some(Ok(history)) = history.get_untracked() else {
+                live.readings.track();
+                return;
+            };
+            live.readings.with(|readings| {
+                for spec in &metrics {
+                    let Some(reading) = readings.get(&(id.clone(), spec.name.clone())) else {
+                        continue;
+                    };
+                    let stored_until = history
+                        .series
+                        .iter()
+                        .find(|s| s.metric == spec.name)
+                        .and_then(|s| s.points.last())
+                        .map_or(0, |p| p.t_ms);
+                    if reading.ts_ms <= stored_until {
+                        continue;
+                    }
+                    fresh.update(|fresh| {
+                        merge_reading(
+                            fresh.entry(spec.name.clone()).or_default(),
+                            reading.ts_ms,
+                            reading.value,
+                            history.from_ms,
+                            history.bucket_ms,
+                        )
+                    });
+                }
+            });
+        });
+    }
+
+    // Local time once in the browser; the server renders UTC.
+    let offset_min = RwSignal::new(0i64);
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| offset_min.set(-(js_sys::Date::new_0().get_timezone_offset() as i64)));
+
+    let interval_ms = capabilities
+        .reporting
+        .map_or(5_000, |r| r.interval_ms)
+        .max(1_000);
+    let chart = move |history: &History, index: usize| {
+        let history = history.clone();
+        Signal::derive(move || {
+            let series = &history.series[index];
+            let mut points = series.points.clone();
+            fresh.with(|fresh| {
+                if let Some(more) = fresh.get(&series.metric) {
+                    points.extend_from_slice(more);
+                }
+            });
+            let to_ms = live.now_ms.get().max(history.to_ms);
+            let span = range.get_untracked().span_ms();
+            ChartData {
+                metric: series.metric.clone(),
+                unit: series.unit.clone(),
+                points,
+                from_ms: to_ms.saturating_sub(span),
+                to_ms,
+                gap_ms: (history.bucket_ms.max(interval_ms) as f64 * 2.5) as u64,
+                offset_min: offset_min.get(),
+            }
+        })
+    };
+
+    view! {
+        <section class="card telemetry" aria-labelledby="telemetry-heading">
+            <div class="telemetry-head">
+                <h2 id="telemetry-heading">"Readings"</h2>
+                <div class="range-picker" role="group" aria-label="Time range">
+                    {Range::ALL.into_iter().map(|choice| view! {
+                        <button
+                            type="button"
+                            class="secondary"
+                            aria-pressed=move || (range.get() == choice).to_string()
+                            on:click=move |_| range.set(choice)
+                        >
+                            {choice.label()}
+                        </button>
+                    }).collect_view()}
+                </div>
+            </div>
+            <Transition fallback=|| view! { <p class="muted">"Loading readings…"</p> }>
+                {move || history.get().map(|result| match result {
+                    Err(error) => view! { <p class="error" role="alert">{error_message(&error)}</p> }.into_any(),
+                    Ok(history) => view! {
+                        <div class="charts">
+                            {(0..history.series.len()).map(|i| view! { <Chart data=chart(&history, i) /> }).collect_view()}
+                        </div>
+                    }.into_any(),
+                })}
+            </Transition>
+        </section>
+    }
+}
