@@ -414,7 +414,11 @@ impl Hub {
             .filter(|d| d.view.online && d.view.capabilities.reporting.is_some())
             .map(|d| d.inbox.clone());
         let Some(inbox) = inbox else { return };
-        tokio::spawn(async move {
+        // A guard dropped while the runtime shuts down has nowhere to send from.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             let published = link
                 .channel
                 .basic_publish(

@@ -119,10 +119,16 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
         });
     }
 
-    // Local time once in the browser; the server renders UTC.
+    // Local time once in the browser; the server renders UTC. Until the page has
+    // hydrated the charts draw exactly what the server drew (its clock, UTC), so that
+    // hydration finds the same elements; then they follow the tab's clock.
     let offset_min = RwSignal::new(0i64);
-    #[cfg(feature = "hydrate")]
-    Effect::new(move |_| offset_min.set(-(js_sys::Date::new_0().get_timezone_offset() as i64)));
+    let hydrated = RwSignal::new(false);
+    Effect::new(move |_| {
+        #[cfg(feature = "hydrate")]
+        offset_min.set(-(js_sys::Date::new_0().get_timezone_offset() as i64));
+        hydrated.set(true);
+    });
 
     let interval_ms = capabilities
         .reporting
@@ -138,7 +144,11 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
                     points.extend_from_slice(more);
                 }
             });
-            let to_ms = live.now_ms.get().max(history.to_ms);
+            let to_ms = if hydrated.get() {
+                live.now_ms.get().max(history.to_ms)
+            } else {
+                history.to_ms
+            };
             let span = range.get_untracked().span_ms();
             ChartData {
                 metric: series.metric.clone(),
