@@ -9,11 +9,12 @@
 use leptos::prelude::*;
 use protocol::api::Point;
 
-const WIDTH: f64 = 640.0;
-const HEIGHT: f64 = 200.0;
-const LEFT: f64 = 56.0;
-const RIGHT: f64 = 14.0;
-const TOP: f64 = 12.0;
+// About the size a chart is drawn at, so that text in it reads at its font size.
+const WIDTH: f64 = 480.0;
+const HEIGHT: f64 = 210.0;
+const LEFT: f64 = 48.0;
+const RIGHT: f64 = 12.0;
+const TOP: f64 = 24.0;
 const BOTTOM: f64 = 26.0;
 const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
 const PLOT_H: f64 = HEIGHT - TOP - BOTTOM;
@@ -28,6 +29,9 @@ const DAY: u64 = 24 * HOUR;
 pub struct ChartData {
     pub metric: String,
     pub unit: String,
+    /// The range the device announced: the value axis never extends past it.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
     /// Oldest first.
     pub points: Vec<Point>,
     /// The time window, ms since the Unix epoch.
@@ -213,8 +217,9 @@ pub fn merge_reading(
 }
 
 /// The value axis: round ticks around the data, padded so the line never touches the
-/// frame; a flat line sits in the middle.
-fn value_axis(points: &[Point]) -> (f64, f64, Vec<f64>, f64) {
+/// frame (but not past the announced range: no "-20 %" under a CPU load); a flat line
+/// sits in the middle.
+fn value_axis(points: &[Point], min: Option<f64>, max: Option<f64>) -> (f64, f64, Vec<f64>, f64) {
     let lo = points.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
     let hi = points
         .iter()
@@ -229,7 +234,23 @@ fn value_axis(points: &[Point]) -> (f64, f64, Vec<f64>, f64) {
         let pad = (hi - lo) * 0.08;
         (lo - pad, hi + pad)
     };
+    let lo = min
+        .filter(|m| *m <= lo + (hi - lo) * 0.5)
+        .map_or(lo, |m| lo.max(m));
+    let hi = max
+        .filter(|m| *m >= hi - (hi - lo) * 0.5)
+        .map_or(hi, |m| hi.min(m));
     let (ticks, step) = nice_ticks(lo, hi, 4);
+    let ticks: Vec<f64> = ticks
+        .into_iter()
+        .filter(|t| min.is_none_or(|m| *t >= m - step * 1e-9))
+        .filter(|t| max.is_none_or(|m| *t <= m + step * 1e-9))
+        .collect();
+    let ticks = if ticks.len() < 2 {
+        nice_ticks(lo, hi, 4).0
+    } else {
+        ticks
+    };
     let (first, last) = (ticks[0], *ticks.last().unwrap_or(&ticks[0]));
     (first, last, ticks, step)
 }
@@ -267,7 +288,7 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
             .filter(|p| p.t_ms >= data.from_ms && p.t_ms <= data.to_ms)
             .copied()
             .collect();
-        let (lo, hi, ticks, step) = value_axis(&visible);
+        let (lo, hi, ticks, step) = value_axis(&visible, data.min, data.max);
         let decimals = decimals_for(step);
         let x = move |t: u64| LEFT + (t.saturating_sub(data.from_ms)) as f64 / span as f64 * PLOT_W;
         let y = move |v: f64| TOP + (hi - v) / (hi - lo) * PLOT_H;
@@ -358,7 +379,7 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
                 <g class="readout" data-testid="chart-readout">
                     <line x1=px x2=px y1=TOP y2=TOP + PLOT_H />
                     <circle cx=px cy=py r="4" />
-                    <text x=tx y=TOP + 12.0 text-anchor=anchor>{text}</text>
+                    <text x=tx y=TOP - 8.0 text-anchor=anchor>{text}</text>
                 </g>
             })
         });
@@ -369,9 +390,16 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
                 </text>
             }
         });
+        let readings: u64 = visible.iter().map(|p| u64::from(p.count)).sum();
         let headline = latest.map_or_else(|| "—".to_owned(), |p| with_unit(p.avg, decimals + 1));
         view! {
-            <figure class="chart" data-testid="chart" data-metric=data.metric.clone() data-points=visible.len()>
+            <figure
+                class="chart"
+                data-testid="chart"
+                data-metric=data.metric.clone()
+                data-points=visible.len()
+                data-readings=readings
+            >
                 <figcaption>
                     <span class="metric">{data.metric.clone()}</span>
                     <span class="latest" data-testid="chart-latest">{headline}</span>
@@ -392,7 +420,7 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
                         {ticks.iter().map(|v| view! {
                             <text x=LEFT - 6.0 y=y(*v) + 4.0 text-anchor="end">{format_value(*v, decimals)}</text>
                         }).collect_view()}
-                        <text class="unit" x=4.0 y=TOP + 4.0>{data.unit.clone()}</text>
+                        <text class="unit" x=LEFT - 6.0 y=TOP - 10.0 text-anchor="end">{data.unit.clone()}</text>
                     </g>
                     <g class="axis x">
                         <line x1=LEFT x2=LEFT + PLOT_W y1=TOP + PLOT_H y2=TOP + PLOT_H />
@@ -442,6 +470,20 @@ mod tests {
         assert_eq!(decimals_for(2.0), 0);
         assert_eq!(decimals_for(0.5), 1);
         assert_eq!(decimals_for(25.0), 0);
+    }
+
+    #[test]
+    fn the_value_axis_stays_within_the_announced_range() {
+        let low_cpu = [point(0, 1.0), point(1, 12.0)];
+        let (lo, hi, ticks, _) = value_axis(&low_cpu, Some(0.0), Some(100.0));
+        assert_eq!(lo, 0.0, "no negative load");
+        assert!(hi >= 12.0 && hi <= 20.0, "{hi}");
+        assert!(ticks.iter().all(|t| *t >= 0.0));
+        let (lo, hi, _, _) = value_axis(&low_cpu, None, None);
+        assert!(lo < 1.0 && hi > 12.0);
+        let flat = [point(0, 21.0), point(1, 21.0)];
+        let (lo, hi, _, _) = value_axis(&flat, Some(-10.0), Some(50.0));
+        assert!(lo < 21.0 && hi > 21.0);
     }
 
     #[test]

@@ -153,6 +153,8 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
             ChartData {
                 metric: series.metric.clone(),
                 unit: series.unit.clone(),
+                min: series.min,
+                max: series.max,
                 points,
                 from_ms: to_ms.saturating_sub(span),
                 to_ms,
