@@ -241,6 +241,28 @@ struct Link {
     reply_queue: String,
 }
 
+impl Link {
+    /// Publishes to a device's inbox through the default exchange, without waiting for
+    /// the broker's confirm.
+    async fn to_inbox(
+        &self,
+        inbox: &str,
+        message: &ServerMessage,
+        properties: BasicProperties,
+    ) -> lapin::Result<()> {
+        self.channel
+            .basic_publish(
+                "".into(),
+                inbox.into(),
+                BasicPublishOptions::default(),
+                &protocol::encode(message),
+                properties,
+            )
+            .await
+            .map(drop)
+    }
+}
+
 /// The consumers of one connection.
 struct Consumers {
     presence: Consumer,
@@ -419,16 +441,9 @@ impl Hub {
             return;
         };
         runtime.spawn(async move {
-            let published = link
-                .channel
-                .basic_publish(
-                    "".into(),
-                    inbox.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &protocol::encode(&message),
-                    BasicProperties::default().with_content_type(names::CONTENT_TYPE.into()),
-                )
-                .await;
+            let properties =
+                BasicProperties::default().with_content_type(names::CONTENT_TYPE.into());
+            let published = link.to_inbox(&inbox, &message, properties).await;
             if let Err(error) = published {
                 tracing::debug!("cannot send a pace request: {error}");
             }
@@ -632,16 +647,7 @@ impl Hub {
                 .with_correlation_id(id.0.as_str().into());
             // Best effort: the command has ended for everyone already; a device that is
             // gone has nothing to stop.
-            let _ = link
-                .channel
-                .basic_publish(
-                    "".into(),
-                    inbox.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &protocol::encode(&message),
-                    properties,
-                )
-                .await;
+            let _ = link.to_inbox(&inbox, &message, properties).await;
         }
         Ok(view)
     }

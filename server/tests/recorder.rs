@@ -3,10 +3,7 @@
 //! with nothing stored twice or lost, a recorder that dies mid-batch loses nothing, and
 //! bad readings are counted and dropped. Each test uses its own queue and device ids.
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
@@ -28,28 +25,11 @@ fn rabbitmq() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// The embedded broker, started once for this binary in a runtime of its own.
+#[path = "support/embedded.rs"]
+mod support;
+
 fn embedded() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("a runtime for the broker");
-            runtime.block_on(async move {
-                let config = broker::Config {
-                    addr: "127.0.0.1:0".parse().expect("an address"),
-                    ..broker::Config::default()
-                };
-                let broker = broker::Broker::bind(config)
-                    .await
-                    .expect("the broker binds");
-                sender.send(broker.url().expect("its URL")).expect("sent");
-                broker.serve(std::future::pending()).await;
-            });
-        });
-        receiver.recv().expect("the embedded broker started")
-    })
-    .clone()
+    support::broker_url()
 }
 
 /// One test's queue, device, store and publishing channel.

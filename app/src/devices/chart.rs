@@ -477,7 +477,7 @@ mod tests {
         let low_cpu = [point(0, 1.0), point(1, 12.0)];
         let (lo, hi, ticks, _) = value_axis(&low_cpu, Some(0.0), Some(100.0));
         assert_eq!(lo, 0.0, "no negative load");
-        assert!(hi >= 12.0 && hi <= 20.0, "{hi}");
+        assert!((12.0..=20.0).contains(&hi), "{hi}");
         assert!(ticks.iter().all(|t| *t >= 0.0));
         let (lo, hi, _, _) = value_axis(&low_cpu, None, None);
         assert!(lo < 1.0 && hi > 12.0);

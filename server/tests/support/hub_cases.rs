@@ -802,18 +802,38 @@ async fn readings_of_announced_metrics_reach_listeners() {
 
 #[tokio::test]
 async fn bad_readings_are_counted_and_dropped_and_a_flood_is_capped() {
-    let hub = start_hub().await;
+    // With storage, through a storage queue of this test's own: the recorder checks
+    // readings against what the device announced too.
+    let dir = std::env::temp_dir().join(unique("tether-hub-readings"));
+    let store = server::store::Store::open(dir.join("telemetry.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let config = HubConfig {
+        store: Some(store.clone()),
+        store_queue: unique("tether.telemetry.store.test"),
+        store_queue_expires: Some(Duration::from_secs(60)),
+        ..HubConfig::new(amqp_url())
+    };
+    let hub = Hub::start(config, std::future::pending()).await;
     let device = RawDevice::connect("raw-readings", 60_000).await;
     online(&hub, &device.id).await;
-    let reading = |metric: &str, value: f64| {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Within one second of the device's clock, a millisecond apart (two readings of a
+    // metric at the same millisecond are one reading).
+    let second = (now_ms / 1000 - 1) * 1000;
+    let at = |metric: &str, value: f64, ms: u64| {
         protocol::encode(&DeviceMessage::Telemetry(protocol::TelemetrySample {
             device_id: device.id.clone(),
             session_id: device.session_id.clone(),
             metric: metric.into(),
             value,
-            ts_ms: 1,
+            ts_ms: second + ms,
         }))
     };
+    let reading = |metric: &str, value: f64| at(metric, value, 999);
     let key = |metric: &str| names::telemetry_key(&device.id, metric);
     let send = async |metric: &str, body: Vec<u8>| {
         device
@@ -828,12 +848,12 @@ async fn bad_readings_are_counted_and_dropped_and_a_flood_is_capped() {
     send("humidity", reading("humidity", 40.0)).await;
     send("temp", reading("temp", 99.0)).await;
     let text = format!(
-        r#"{{"v":1,"type":"telemetry","device_id":"{}","session_id":"{}","metric":"temp","value":"warm","ts_ms":1}}"#,
+        r#"{{"v":1,"type":"telemetry","device_id":"{}","session_id":"{}","metric":"temp","value":"warm","ts_ms":{now_ms}}}"#,
         device.id, device.session_id
     );
     send("temp", text.into_bytes()).await;
-    for _ in 0..121 {
-        send("temp", reading("temp", 21.0)).await;
+    for ms in 0..121 {
+        send("temp", at("temp", 21.0, ms)).await;
     }
     let stats = eventually("all readings counted", Duration::from_secs(5), || {
         Some(hub.stats())
@@ -860,6 +880,31 @@ async fn bad_readings_are_counted_and_dropped_and_a_flood_is_capped() {
     );
     // The hub still works for commands.
     assert!(hub.device(&device.id).unwrap().online);
+    // Storage refused the same readings, and kept the 50 good ones of that second
+    // (the flood gate counts by the second they were measured in).
+    let stored = async || store.count(Some(device.id.as_str())).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stored().await < 50 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stored {}",
+            stored().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored().await, 50);
+    let recorded = hub.stats().recorders;
+    use server::hub::Rejected;
+    for (why, at_least) in [
+        (Rejected::UnknownMetric, 1),
+        (Rejected::OutOfRange, 1),
+        (Rejected::WrongType, 1),
+        (Rejected::Flood, 71),
+    ] {
+        assert!(recorded.rejected(why) >= at_least, "{why:?}: {recorded:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// How many readings of `device` reach `hub`'s listeners within `window`.
