@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of Tether, in this order:
 #   cargo fmt --check; clippy -D warnings on the server (ssr) and wasm32 (hydrate) builds;
-#   every Rust test in the workspace (against RabbitMQ on 127.0.0.1:5672, started if it is
-#   not running); the release build; the Playwright suite in headless Chromium.
+#   every Rust test in the workspace (against RabbitMQ on 127.0.0.1:5672 and PostgreSQL on
+#   127.0.0.1:5432, each started if it is not running); the release build; the Playwright
+#   suite in headless Chromium.
 # Every stage runs even when an earlier one failed; the script ends with each runner's
 # summary, then one line `N passed, N failed` over all of them, and exits non-zero on
 # any failure. A failed check (fmt, clippy, build) counts as one failure.
