@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use leptos::prelude::*;
 use protocol::{
     Capabilities, DeviceId,
-    api::{History, HistoryQuery, Point},
+    api::{History, HistoryQuery, Point, Series},
 };
 
 use super::chart::{Chart, ChartData, merge_reading};
@@ -78,16 +78,53 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
         on_cleanup(move || live.unwatch(&id));
     }
 
+    // What the charts start from: the stored history or, when it cannot be read (no
+    // storage on this server, the database down), empty series that fill in live, with
+    // the reason shown above them.
+    let shown: Memo<Option<(History, Option<String>)>> = {
+        let (id, metrics) = (device_id.clone(), capabilities.metrics.clone());
+        Memo::new(move |_| {
+            history.get().map(|result| match result {
+                Ok(history) => (history, None),
+                Err(error) => {
+                    let span = range.get_untracked().span_ms();
+                    let to_ms = now_ms();
+                    let empty = History {
+                        device_id: id.clone(),
+                        from_ms: to_ms.saturating_sub(span),
+                        to_ms,
+                        bucket_ms: (span / u64::from(POINTS)).max(1),
+                        series: metrics
+                            .iter()
+                            .map(|spec| Series {
+                                metric: spec.name.clone(),
+                                unit: spec.unit.clone(),
+                                min: spec.min,
+                                max: spec.max,
+                                points: Vec::new(),
+                            })
+                            .collect(),
+                    };
+                    let why = format!(
+                        "No stored readings ({}); showing readings as they arrive.",
+                        error_message(&error)
+                    );
+                    (empty, Some(why))
+                }
+            })
+        })
+    };
+
     // Readings that came live after the history was read, merged into its buckets.
     let fresh: RwSignal<BTreeMap<String, Vec<Point>>> = RwSignal::new(BTreeMap::new());
     Effect::new(move |_| {
-        history.track();
+        shown.track();
         fresh.set(BTreeMap::new());
     });
     {
         let (id, metrics) = (device_id.clone(), capabilities.metrics.clone());
         Effect::new(move |_| {
-            let Some(Ok(history)) = history.get_untracked() else {
+            let Some((history, _)) = shown.get_untracked() else {
                 live.readings.track();
                 return;
             };
@@ -182,13 +219,11 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
                 </div>
             </div>
             <Transition fallback=|| view! { <p class="muted">"Loading readings…"</p> }>
-                {move || history.get().map(|result| match result {
-                    Err(error) => view! { <p class="error" role="alert">{error_message(&error)}</p> }.into_any(),
-                    Ok(history) => view! {
-                        <div class="charts">
-                            {(0..history.series.len()).map(|i| view! { <Chart data=chart(&history, i) /> }).collect_view()}
-                        </div>
-                    }.into_any(),
+                {move || shown.get().map(|(history, why)| view! {
+                    {why.map(|why| view! { <p class="notice" role="status" data-testid="history-unavailable">{why}</p> })}
+                    <div class="charts">
+                        {(0..history.series.len()).map(|i| view! { <Chart data=chart(&history, i) /> }).collect_view()}
+                    </div>
                 })}
             </Transition>
         </section>
