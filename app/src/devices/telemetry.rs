@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use leptos::prelude::*;
 use protocol::{
-    Capabilities, DeviceId,
+    Capabilities, DeviceId, MetricSpec,
     api::{History, HistoryQuery, Point, Series},
 };
 
@@ -78,53 +78,30 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
         on_cleanup(move || live.unwatch(&id));
     }
 
-    // What the charts start from: the stored history or, when it cannot be read (no
-    // storage on this server, the database down), empty series that fill in live, with
-    // the reason shown above them.
-    let shown: Memo<Option<(History, Option<String>)>> = {
+    // What the charts start from (see `starting_point`). Computed where it is shown, not
+    // in a memo: the resource must be read inside the `Transition` for server rendering
+    // to wait for it.
+    let shown = {
         let (id, metrics) = (device_id.clone(), capabilities.metrics.clone());
-        Memo::new(move |_| {
-            history.get().map(|result| match result {
-                Ok(history) => (history, None),
-                Err(error) => {
-                    let span = range.get_untracked().span_ms();
-                    let to_ms = now_ms();
-                    let empty = History {
-                        device_id: id.clone(),
-                        from_ms: to_ms.saturating_sub(span),
-                        to_ms,
-                        bucket_ms: (span / u64::from(POINTS)).max(1),
-                        series: metrics
-                            .iter()
-                            .map(|spec| Series {
-                                metric: spec.name.clone(),
-                                unit: spec.unit.clone(),
-                                min: spec.min,
-                                max: spec.max,
-                                points: Vec::new(),
-                            })
-                            .collect(),
-                    };
-                    let why = format!(
-                        "No stored readings ({}); showing readings as they arrive.",
-                        error_message(&error)
-                    );
-                    (empty, Some(why))
-                }
-            })
-        })
+        move |result: Result<History, ServerFnError>| {
+            starting_point(result, &id, &metrics, range.get_untracked())
+        }
     };
 
     // Readings that came live after the history was read, merged into its buckets.
     let fresh: RwSignal<BTreeMap<String, Vec<Point>>> = RwSignal::new(BTreeMap::new());
     Effect::new(move |_| {
-        shown.track();
+        history.track();
         fresh.set(BTreeMap::new());
     });
     {
-        let (id, metrics) = (device_id.clone(), capabilities.metrics.clone());
+        let (id, metrics, shown) = (
+            device_id.clone(),
+            capabilities.metrics.clone(),
+            shown.clone(),
+        );
         Effect::new(move |_| {
-            let Some((history, _)) = shown.get_untracked() else {
+            let Some((history, _)) = history.get_untracked().map(shown.clone()) else {
                 live.readings.track();
                 return;
             };
@@ -219,7 +196,7 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
                 </div>
             </div>
             <Transition fallback=|| view! { <p class="muted">"Loading readings…"</p> }>
-                {move || shown.get().map(|(history, why)| view! {
+                {move || history.get().map(shown.clone()).map(|(history, why)| view! {
                     {why.map(|why| view! { <p class="notice" role="status" data-testid="history-unavailable">{why}</p> })}
                     <div class="charts">
                         {(0..history.series.len()).map(|i| view! { <Chart data=chart(&history, i) /> }).collect_view()}
@@ -227,5 +204,44 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
                 })}
             </Transition>
         </section>
+    }
+}
+
+/// The history to draw from: the stored one or, when it cannot be read (no storage on
+/// this server, the database down), empty series over the range that fill in live, and
+/// the reason, to show above them.
+fn starting_point(
+    result: Result<History, ServerFnError>,
+    device_id: &DeviceId,
+    metrics: &[MetricSpec],
+    range: Range,
+) -> (History, Option<String>) {
+    match result {
+        Ok(history) => (history, None),
+        Err(error) => {
+            let span = range.span_ms();
+            let to_ms = now_ms();
+            let empty = History {
+                device_id: device_id.clone(),
+                from_ms: to_ms.saturating_sub(span),
+                to_ms,
+                bucket_ms: (span / u64::from(POINTS)).max(1),
+                series: metrics
+                    .iter()
+                    .map(|spec| Series {
+                        metric: spec.name.clone(),
+                        unit: spec.unit.clone(),
+                        min: spec.min,
+                        max: spec.max,
+                        points: Vec::new(),
+                    })
+                    .collect(),
+            };
+            let why = format!(
+                "No stored readings ({}); showing readings as they arrive.",
+                error_message(&error)
+            );
+            (empty, Some(why))
+        }
     }
 }
