@@ -91,17 +91,12 @@ pub struct Point {
     pub count: u32,
 }
 
-/// One metric's history over a range, with what the device announced about it.
+/// One metric's history over a range, with what the device announced about it (its
+/// name, unit and range, flattened into this object).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Series {
-    pub metric: String,
-    #[serde(default)]
-    pub unit: String,
-    /// The announced range, when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<f64>,
+    #[serde(flatten)]
+    pub spec: crate::MetricSpec,
     /// Oldest first; buckets without samples are absent.
     pub points: Vec<Point>,
 }

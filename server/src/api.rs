@@ -14,7 +14,7 @@ use axum::{
     routing::get,
 };
 use protocol::{
-    CommandId,
+    CommandId, MetricSpec,
     api::{ApiError, CommandView, DeviceView, History, HistoryQuery, SendCommand, Series, history},
 };
 use serde::Deserialize;
@@ -298,76 +298,62 @@ pub async fn history(hub: &Hub, id: &str, query: HistoryQuery) -> Result<History
             "the telemetry store cannot be read right now; try again shortly",
         )
     };
-    // What the device announced, else (a device not heard from since this server
-    // started) what is stored of it.
-    let announced = hub
-        .device(&device_id)
-        .map(|device| device.capabilities.metrics);
-    let stored = match &announced {
-        Some(specs)
-            if query
-                .metric
-                .as_ref()
-                .is_none_or(|m| specs.iter().any(|s| &s.name == m)) =>
-        {
-            Vec::new()
+    // The metrics to read, as the device announced them; for a device not heard from
+    // since this server started (or a metric it no longer announces), what is stored.
+    let known = hub.device(&device_id);
+    let announced = known
+        .as_ref()
+        .map(|device| device.capabilities.metrics.clone())
+        .unwrap_or_default();
+    let asked_for = |name: &String| query.metric.as_ref().is_none_or(|m| m == name);
+    let mut specs: Vec<MetricSpec> = announced
+        .into_iter()
+        .filter(|s| asked_for(&s.name))
+        .collect();
+    if specs.is_empty() {
+        let stored = store.metrics(id).await.map_err(store_failed)?;
+        if stored.is_empty() && known.is_none() {
+            return Err(unknown_device());
         }
-        _ => store.metrics(id).await.map_err(store_failed)?,
-    };
-    if announced.is_none() && stored.is_empty() {
-        return Err(unknown_device());
+        specs = stored
+            .into_iter()
+            .filter(asked_for)
+            .map(|name| MetricSpec {
+                name,
+                unit: String::new(),
+                min: None,
+                max: None,
+            })
+            .collect();
+        if let (Some(metric), true) = (&query.metric, specs.is_empty()) {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                "unknown_metric",
+                format!("device \"{id}\" has no metric \"{metric}\""),
+            ));
+        }
     }
-    let specs = announced.unwrap_or_default();
-    let metrics: Vec<String> = match &query.metric {
-        Some(metric) => {
-            if !specs.iter().any(|s| &s.name == metric) && !stored.contains(metric) {
-                return Err(Failure::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_metric",
-                    format!("device \"{id}\" has no metric \"{metric}\""),
-                ));
-            }
-            vec![metric.clone()]
-        }
-        None => specs
-            .iter()
-            .map(|s| s.name.clone())
-            .chain(
-                stored
-                    .iter()
-                    .filter(|m| !specs.iter().any(|s| &s.name == *m))
-                    .cloned(),
-            )
-            .collect(),
-    };
     let as_i64 = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
     let bucket_ms = crate::store::bucket_ms(as_i64(from), as_i64(to), max_points);
     let mut found = store
         .series(crate::store::SeriesQuery {
             device: id.to_owned(),
-            metrics: metrics.clone(),
+            metrics: specs.iter().map(|s| s.name.clone()).collect(),
             from_ms: as_i64(from),
             to_ms: as_i64(to),
             bucket_ms,
         })
         .await
         .map_err(store_failed)?;
-    let series = metrics
+    let series = specs
         .into_iter()
-        .map(|metric| {
-            let spec = specs.iter().find(|s| s.name == metric);
+        .map(|spec| {
             let points = found
                 .iter_mut()
-                .find(|(m, _)| *m == metric)
+                .find(|(m, _)| *m == spec.name)
                 .map(|(_, points)| std::mem::take(points))
                 .unwrap_or_default();
-            Series {
-                unit: spec.map(|s| s.unit.clone()).unwrap_or_default(),
-                min: spec.and_then(|s| s.min),
-                max: spec.and_then(|s| s.max),
-                metric,
-                points,
-            }
+            Series { spec, points }
         })
         .collect();
     Ok(History {

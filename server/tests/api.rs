@@ -392,11 +392,15 @@ async fn stored_telemetry_is_served_downsampled() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // Every announced metric, with its unit and range, over the last hour.
-    let names: Vec<_> = history.series.iter().map(|s| s.metric.as_str()).collect();
+    let names: Vec<_> = history
+        .series
+        .iter()
+        .map(|s| s.spec.name.as_str())
+        .collect();
     assert_eq!(names, ["cpu", "memory", "signal"]);
     let cpu = &history.series[0];
     assert_eq!(
-        (cpu.unit.as_str(), cpu.min, cpu.max),
+        (cpu.spec.unit.as_str(), cpu.spec.min, cpu.spec.max),
         ("%", Some(0.0), Some(100.0))
     );
     assert_eq!(history.to_ms - history.from_ms, 3_600_000);
@@ -412,7 +416,7 @@ async fn stored_telemetry_is_served_downsampled() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one.series.len(), 1);
-    assert_eq!(one.series[0].unit, "dBm");
+    assert_eq!(one.series[0].spec.unit, "dBm");
     assert!((1..=2).contains(&one.series[0].points.len()));
 
     for (query, status, code) in [

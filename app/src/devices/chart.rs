@@ -7,7 +7,7 @@
 //! server (the chart is there before WASM loads) and in the browser.
 
 use leptos::prelude::*;
-use protocol::api::Point;
+use protocol::{MetricSpec, api::Point};
 
 // About the size a chart is drawn at, so that text in it reads at its font size.
 const WIDTH: f64 = 480.0;
@@ -27,11 +27,9 @@ const DAY: u64 = 24 * HOUR;
 /// What one chart shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChartData {
-    pub metric: String,
-    pub unit: String,
-    /// The range the device announced: the value axis never extends past it.
-    pub min: Option<f64>,
-    pub max: Option<f64>,
+    /// The metric as announced: name, unit, and the range the value axis never extends
+    /// past.
+    pub spec: MetricSpec,
     /// Oldest first.
     pub points: Vec<Point>,
     /// The time window, ms since the Unix epoch.
@@ -288,11 +286,11 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
             .filter(|p| p.t_ms >= data.from_ms && p.t_ms <= data.to_ms)
             .copied()
             .collect();
-        let (lo, hi, ticks, step) = value_axis(&visible, data.min, data.max);
+        let (lo, hi, ticks, step) = value_axis(&visible, data.spec.min, data.spec.max);
         let decimals = decimals_for(step);
         let x = move |t: u64| LEFT + (t.saturating_sub(data.from_ms)) as f64 / span as f64 * PLOT_W;
         let y = move |v: f64| TOP + (hi - v) / (hi - lo) * PLOT_H;
-        let unit = data.unit.clone();
+        let unit = data.spec.unit.clone();
         let with_unit = move |v: f64, d: usize| {
             if unit.is_empty() {
                 format_value(v, d)
@@ -333,7 +331,7 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
         let summary = match latest {
             Some(p) => format!(
                 "{}: latest {}, from {} to {} in this range",
-                data.metric,
+                data.spec.name,
                 with_unit(p.avg, decimals + 1),
                 with_unit(
                     visible.iter().map(|p| p.min).fold(f64::INFINITY, f64::min),
@@ -347,7 +345,7 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
                     decimals + 1
                 ),
             ),
-            None => format!("{}: no readings in this range", data.metric),
+            None => format!("{}: no readings in this range", data.spec.name),
         };
         let readout = hover.get().and_then(|fraction| {
             let t = data.from_ms as f64 + fraction * span as f64;
@@ -396,12 +394,12 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
             <figure
                 class="chart"
                 data-testid="chart"
-                data-metric=data.metric.clone()
+                data-metric=data.spec.name.clone()
                 data-points=visible.len()
                 data-readings=readings
             >
                 <figcaption>
-                    <span class="metric">{data.metric.clone()}</span>
+                    <span class="metric">{data.spec.name.clone()}</span>
                     <span class="latest" data-testid="chart-latest">{headline}</span>
                 </figcaption>
                 <svg
@@ -420,7 +418,7 @@ pub fn Chart(data: Signal<ChartData>) -> impl IntoView {
                         {ticks.iter().map(|v| view! {
                             <text x=LEFT - 6.0 y=y(*v) + 4.0 text-anchor="end">{format_value(*v, decimals)}</text>
                         }).collect_view()}
-                        <text class="unit" x=LEFT - 6.0 y=TOP - 10.0 text-anchor="end">{data.unit.clone()}</text>
+                        <text class="unit" x=LEFT - 6.0 y=TOP - 10.0 text-anchor="end">{data.spec.unit.clone()}</text>
                     </g>
                     <g class="axis x">
                         <line x1=LEFT x2=LEFT + PLOT_W y1=TOP + PLOT_H y2=TOP + PLOT_H />

@@ -113,7 +113,7 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
                     let stored_until = history
                         .series
                         .iter()
-                        .find(|s| s.metric == spec.name)
+                        .find(|s| s.spec.name == spec.name)
                         .and_then(|s| s.points.last())
                         .map_or(0, |p| p.t_ms);
                     if reading.ts_ms <= stored_until {
@@ -154,7 +154,7 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
             let series = &history.series[index];
             let mut points = series.points.clone();
             fresh.with(|fresh| {
-                if let Some(more) = fresh.get(&series.metric) {
+                if let Some(more) = fresh.get(&series.spec.name) {
                     points.extend_from_slice(more);
                 }
             });
@@ -165,10 +165,7 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
             };
             let span = range.get_untracked().span_ms();
             ChartData {
-                metric: series.metric.clone(),
-                unit: series.unit.clone(),
-                min: series.min,
-                max: series.max,
+                spec: series.spec.clone(),
                 points,
                 from_ms: to_ms.saturating_sub(span),
                 to_ms,
@@ -229,10 +226,7 @@ fn starting_point(
                 series: metrics
                     .iter()
                     .map(|spec| Series {
-                        metric: spec.name.clone(),
-                        unit: spec.unit.clone(),
-                        min: spec.min,
-                        max: spec.max,
+                        spec: spec.clone(),
                         points: Vec::new(),
                     })
                     .collect(),
