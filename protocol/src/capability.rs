@@ -101,6 +101,15 @@ pub struct MetricSpec {
     pub max: Option<f64>,
 }
 
+impl MetricSpec {
+    /// Whether a reading fits what was announced: a finite number within the range.
+    pub fn admits(&self, value: f64) -> bool {
+        value.is_finite()
+            && self.min.is_none_or(|min| value >= min)
+            && self.max.is_none_or(|max| value <= max)
+    }
+}
+
 /// Why a command's arguments are refused. The message names the argument and the rule.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ArgumentError {
@@ -224,6 +233,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_metric_admits_finite_readings_within_its_range() {
+        let spec = MetricSpec {
+            name: "temp".into(),
+            unit: "°C".into(),
+            min: Some(-10.0),
+            max: Some(50.0),
+        };
+        assert!(spec.admits(-10.0) && spec.admits(50.0) && spec.admits(21.5));
+        assert!(!spec.admits(50.1) && !spec.admits(-11.0));
+        assert!(!spec.admits(f64::NAN));
+        let open = MetricSpec {
+            min: None,
+            max: None,
+            ..spec
+        };
+        assert!(open.admits(1e9));
+        assert!(!open.admits(f64::INFINITY));
+    }
 
     fn set_target() -> CommandSpec {
         serde_json::from_value(json!({

@@ -14,6 +14,7 @@
 //! [`Stats`] and dropped; consumers never ack-loop (they consume with auto-ack).
 
 mod commands;
+mod flood;
 mod recorder;
 mod registry;
 
@@ -52,7 +53,11 @@ use protocol::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, oneshot};
 
-use self::{commands::Commands, registry::Registry};
+use self::{
+    commands::Commands,
+    flood::{Admission, FloodGate, MAX_READINGS_PER_SECOND},
+    registry::Registry,
+};
 use crate::{redact, store::Store};
 
 /// How the hub reaches the broker, and where it stores readings.
@@ -198,8 +203,8 @@ struct Inner {
 struct State {
     registry: Registry,
     commands: Commands,
-    /// Readings per device in the current one-second window, for the rate limit.
-    reading_windows: HashMap<DeviceId, (Instant, u32)>,
+    /// The live path's rate limit, by the second readings arrive in.
+    flood: FloodGate,
     /// How many of this replica's viewers watch each device.
     watched: HashMap<DeviceId, usize>,
 }
@@ -281,9 +286,6 @@ struct ReplicaEvent {
 /// How long after a device's session ends its pending commands wait for answers that
 /// were already on their way (they travel on another queue than the goodbye).
 const OFFLINE_GRACE: Duration = Duration::from_millis(300);
-/// Readings a device may send per second; more are dropped and counted, so one noisy
-/// device cannot drown the others.
-const MAX_READINGS_PER_SECOND: u32 = 50;
 /// How often device heartbeats are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Live events a slow browser may fall behind by before it must resync.
@@ -1045,9 +1047,11 @@ impl Hub {
         }
         let stats = &self.inner.stats;
         let mut state = self.state();
-        let Some(device) = state
-            .registry
-            .get(&sample.device_id)
+        let State {
+            registry, flood, ..
+        } = &mut *state;
+        let Some(device) = registry
+            .get_mut(&sample.device_id)
             .filter(|d| d.session_id == sample.session_id)
         else {
             // Counted, not logged: every reading of a device in this state would log,
@@ -1068,10 +1072,7 @@ impl Hub {
                 &format!("a reading of unannounced metric {:?}", sample.metric),
             );
         };
-        let in_range = sample.value.is_finite()
-            && spec.min.is_none_or(|min| sample.value >= min)
-            && spec.max.is_none_or(|max| sample.value <= max);
-        if !in_range {
+        if !spec.admits(sample.value) {
             drop(state);
             return self.dropped(
                 &stats.readings_out_of_range,
@@ -1081,40 +1082,29 @@ impl Hub {
                 ),
             );
         }
-        let now = Instant::now();
-        let window = state
-            .reading_windows
-            .entry(sample.device_id.clone())
-            .or_insert((now, 0));
-        if now.duration_since(window.0) >= Duration::from_secs(1) {
-            *window = (now, 0);
-        }
-        window.1 += 1;
-        if window.1 > MAX_READINGS_PER_SECOND {
-            // Counted, but logged only once a window: a flood must not flood the log.
+        let arrived_ms = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        if let Admission::Refused { first } = flood.admit(&sample.device_id, arrived_ms) {
             stats.readings_flood.fetch_add(1, Ordering::Relaxed);
-            if window.1 == MAX_READINGS_PER_SECOND + 1 {
+            if first {
                 tracing::warn!(device = %sample.device_id, "dropping readings beyond {MAX_READINGS_PER_SECOND}/s");
             }
             return;
         }
         stats.readings_accepted.fetch_add(1, Ordering::Relaxed);
-        if let Some(device) = state.registry.get_mut(&sample.device_id) {
-            let latest = device
-                .view
-                .latest
-                .entry(sample.metric.clone())
-                .or_insert(Latest {
-                    value: sample.value,
-                    ts_ms: sample.ts_ms,
-                });
-            if sample.ts_ms >= latest.ts_ms {
-                *latest = Latest {
-                    value: sample.value,
-                    ts_ms: sample.ts_ms,
-                };
-            }
-        }
+        let latest = Latest {
+            value: sample.value,
+            ts_ms: sample.ts_ms,
+        };
+        device
+            .view
+            .latest
+            .entry(sample.metric.clone())
+            .and_modify(|known| {
+                if latest.ts_ms >= known.ts_ms {
+                    *known = latest;
+                }
+            })
+            .or_insert(latest);
         let reading = Reading {
             device_id: sample.device_id,
             metric: sample.metric,

@@ -11,7 +11,6 @@
 //! queue absorbs what keeps coming (up to [`QUEUE_MAX_LENGTH`], oldest dropped first).
 
 use std::{
-    collections::HashMap,
     future::Future,
     sync::{
         Arc,
@@ -31,16 +30,18 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use protocol::{DeviceId, DeviceMessage, TelemetrySample, names};
+use protocol::{DeviceMessage, TelemetrySample, names};
 use serde::Serialize;
 
-use super::{Hub, Known, now_ms};
+use super::{
+    Hub, Known,
+    flood::{Admission, FloodGate},
+    now_ms,
+};
 use crate::{redact, store::Store};
 
 /// The durable queue's cap: about a day of 10,000 devices at one reading a minute.
 pub const QUEUE_MAX_LENGTH: i64 = 10_000_000;
-/// Readings a device may have stored per second of its own clock.
-pub const MAX_STORED_PER_SECOND: u32 = 50;
 /// How far ahead of this server's clock a reading's time may be.
 const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60_000;
 /// 2001-09-09: a reading from before this was measured by a device without a clock.
@@ -89,7 +90,8 @@ pub enum Rejected {
     UnknownMetric,
     /// Outside the announced range, or not finite.
     OutOfRange,
-    /// More than [`MAX_STORED_PER_SECOND`] in one second.
+    /// More than `MAX_READINGS_PER_SECOND` (50) measured in one second of the device's clock
+    /// (not one second of arrival: a backlog arrives all at once and is not a flood).
     Flood,
     /// Measured in the future, or before clocks were set.
     BadTimestamp,
@@ -434,21 +436,16 @@ fn check(
     if !(MIN_PLAUSIBLE_MS..=now_ms + MAX_CLOCK_AHEAD_MS).contains(&ts_ms) {
         return Err(Rejected::BadTimestamp);
     }
-    if !value.is_finite() {
-        return Err(Rejected::OutOfRange);
-    }
     // A device this replica has not heard from yet (a backlog read after a restart) is
-    // stored after the checks above: dropping it would lose real measurements.
+    // stored after the checks that need no announcement: dropping it would lose real
+    // measurements.
     match hub.map_or(Known::UnknownDevice, |hub| hub.metric(&device_id, &metric)) {
-        Known::UnknownDevice => {}
+        Known::UnknownDevice if value.is_finite() => {}
+        Known::Metric(spec) if spec.admits(value) => {}
         Known::UnknownMetric => return Err(Rejected::UnknownMetric),
-        Known::Metric(spec) => {
-            if spec.min.is_some_and(|min| value < min) || spec.max.is_some_and(|max| value > max) {
-                return Err(Rejected::OutOfRange);
-            }
-        }
+        Known::UnknownDevice | Known::Metric(_) => return Err(Rejected::OutOfRange),
     }
-    if !flood.admit(&device_id, ts_ms) {
+    if flood.admit(&device_id, ts_ms) != Admission::Admitted {
         return Err(Rejected::Flood);
     }
     Ok(crate::store::Sample {
@@ -459,31 +456,9 @@ fn check(
     })
 }
 
-/// The per-device rate limit, by the second each reading was measured in (not when it
-/// arrived: a backlog arrives all at once and is not a flood).
-#[derive(Debug, Default)]
-struct FloodGate {
-    seconds: HashMap<DeviceId, (i64, u32)>,
-}
-
-impl FloodGate {
-    fn admit(&mut self, device: &DeviceId, ts_ms: i64) -> bool {
-        if self.seconds.len() > 100_000 {
-            self.seconds.clear();
-        }
-        let second = ts_ms.div_euclid(1000);
-        let window = self.seconds.entry(device.clone()).or_insert((second, 0));
-        if window.0 != second {
-            *window = (second, 0);
-        }
-        window.1 += 1;
-        window.1 <= MAX_STORED_PER_SECOND
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use protocol::encode;
+    use protocol::{DeviceId, encode};
 
     use super::*;
 
@@ -539,23 +514,6 @@ mod tests {
         assert_eq!(
             check(&reading("d", "x", 1.0, 5), "telemetry.d.x"),
             Err(Rejected::BadTimestamp)
-        );
-    }
-
-    #[test]
-    fn the_flood_gate_counts_by_measured_second() {
-        let mut gate = FloodGate::default();
-        let device = DeviceId::new("d").unwrap();
-        let admitted = (0..80).filter(|i| gate.admit(&device, NOW + i)).count();
-        assert_eq!(admitted, MAX_STORED_PER_SECOND as usize);
-        assert!(
-            gate.admit(&device, NOW + 1_000),
-            "a new second starts afresh"
-        );
-        let other = DeviceId::new("e").unwrap();
-        assert!(
-            gate.admit(&other, NOW + 1),
-            "each device has its own budget"
         );
     }
 }
