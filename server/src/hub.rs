@@ -1188,15 +1188,8 @@ enum Queue {
     Telemetry,
 }
 
-/// Connects and declares this replica's topology.
-async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-        .await
-        .with_context(|| format!("cannot connect to the broker at {}", redact(amqp_url)))?;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
+/// Declares Tether's exchanges (durable; declaring again is harmless).
+async fn declare_exchanges(channel: &Channel) -> anyhow::Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -1212,6 +1205,19 @@ async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)
             .await
             .with_context(|| format!("cannot declare exchange {exchange}"))?;
     }
+    Ok(())
+}
+
+/// Connects and declares this replica's topology.
+async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("cannot connect to the broker at {}", redact(amqp_url)))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    declare_exchanges(&channel).await?;
     let private = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,

@@ -22,11 +22,11 @@ use std::{
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use lapin::{
-    Connection, ConnectionProperties, Consumer, ExchangeKind,
+    Connection, ConnectionProperties, Consumer,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
+        QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -34,7 +34,7 @@ use protocol::{DeviceMessage, TelemetrySample, names};
 use serde::Serialize;
 
 use super::{
-    Hub, Known,
+    Hub, Known, declare_exchanges,
     flood::{Admission, FloodGate},
     now_ms,
 };
@@ -251,18 +251,8 @@ impl Recorder {
             .await
             .with_context(|| format!("cannot connect to the broker at {}", redact(url)))?;
         let channel = connection.create_channel().await?;
-        channel
-            .exchange_declare(
-                names::TELEMETRY_EXCHANGE.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot declare the telemetry exchange")?;
+        // The exchange, in case this recorder connects before any hub.
+        declare_exchanges(&channel).await?;
         let mut arguments = FieldTable::default();
         arguments.insert(
             "x-max-length".into(),
