@@ -33,15 +33,6 @@ pub struct Latest {
     pub ts_ms: u64,
 }
 
-impl DeviceView {
-    /// The reading the fleet list shows: the first metric the device announced, and its
-    /// latest value, if any has come.
-    pub fn key_reading(&self) -> Option<(&crate::MetricSpec, Latest)> {
-        let spec = self.capabilities.metrics.first()?;
-        Some((spec, *self.latest.get(&spec.name)?))
-    }
-}
-
 /// A command as users see it, at its latest status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandView {

@@ -83,12 +83,17 @@ fn DeviceTable(devices: Vec<DeviceView>) -> impl IntoView {
             <tbody>
                 {devices.into_iter().map(|device| {
                     let heard = device.clone();
-                    let reading = device.clone();
+                    // Recomputed on every reading of any device, but the row changes only
+                    // when its own text does.
+                    let reading = {
+                        let device = device.clone();
+                        Memo::new(move |_| key_reading(&device, live))
+                    };
                     view! {
                         <tr data-testid="device-row" data-device=device.id.to_string()>
                             <th scope="row"><a href=format!("/devices/{}", device.id)>{device.id.to_string()}</a></th>
                             <td data-label="Status"><PresenceBadge device=device.clone() now_ms /></td>
-                            <td data-label="Reading" class="reading" data-testid="key-reading">{move || key_reading(&reading, live)}</td>
+                            <td data-label="Reading" class="reading" data-testid="key-reading">{reading}</td>
                             <td data-label="Kind">{device.kind.clone()}</td>
                             <td data-label="Firmware">{device.firmware.clone()}</td>
                             <td data-label="Last seen" class="muted">{move || super::last_heard(now_ms.get(), &heard)}</td>
