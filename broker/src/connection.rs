@@ -188,6 +188,13 @@ impl Connection {
         self.send(AMQPFrame::Method(channel, method));
     }
 
+    /// Sends a method's `-ok` answer, unless the client asked for none (`nowait`).
+    fn answer(&self, channel: u16, nowait: bool, ok: AMQPClass) {
+        if !nowait {
+            self.method(channel, ok);
+        }
+    }
+
     fn send_start(&self) {
         let mut capabilities = FieldTable::default();
         for capability in [
@@ -421,14 +428,13 @@ impl Connection {
                     declare.passive,
                 );
                 result.map(|()| {
-                    if !declare.nowait {
-                        self.method(
-                            id,
-                            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
-                                exchange::DeclareOk {},
-                            )),
-                        );
-                    }
+                    self.answer(
+                        id,
+                        declare.nowait,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
                 })
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(declare)) => {
@@ -441,16 +447,15 @@ impl Connection {
                     &declare.arguments,
                 );
                 result.map(|(name, messages, consumers)| {
-                    if !declare.nowait {
-                        self.method(
-                            id,
-                            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                                queue: name.into(),
-                                message_count: messages,
-                                consumer_count: consumers,
-                            })),
-                        );
-                    }
+                    self.answer(
+                        id,
+                        declare.nowait,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: name.into(),
+                            message_count: messages,
+                            consumer_count: consumers,
+                        })),
+                    );
                 })
             }
             AMQPClass::Queue(queue::AMQPMethod::Bind(bind)) => {
@@ -461,12 +466,11 @@ impl Connection {
                     bind.routing_key.as_str(),
                 );
                 result.map(|()| {
-                    if !bind.nowait {
-                        self.method(
-                            id,
-                            AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
-                        );
-                    }
+                    self.answer(
+                        id,
+                        bind.nowait,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                    );
                 })
             }
             AMQPClass::Queue(queue::AMQPMethod::Unbind(unbind)) => {
@@ -486,14 +490,13 @@ impl Connection {
             AMQPClass::Queue(queue::AMQPMethod::Purge(purge)) => {
                 let result = self.vhost().purge(self.id, purge.queue.as_str());
                 result.map(|count| {
-                    if !purge.nowait {
-                        self.method(
-                            id,
-                            AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                                message_count: count,
-                            })),
-                        );
-                    }
+                    self.answer(
+                        id,
+                        purge.nowait,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count: count,
+                        })),
+                    );
                 })
             }
             AMQPClass::Queue(queue::AMQPMethod::Delete(delete)) => {
@@ -504,14 +507,13 @@ impl Connection {
                     delete.if_empty,
                 );
                 result.map(|count| {
-                    if !delete.nowait {
-                        self.method(
-                            id,
-                            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                                message_count: count,
-                            })),
-                        );
-                    }
+                    self.answer(
+                        id,
+                        delete.nowait,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                            message_count: count,
+                        })),
+                    );
                 })
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Delete(delete)) => {
@@ -519,14 +521,11 @@ impl Connection {
                     .vhost()
                     .delete_exchange(delete.exchange.as_str(), delete.if_unused);
                 result.map(|()| {
-                    if !delete.nowait {
-                        self.method(
-                            id,
-                            AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
-                                exchange::DeleteOk {},
-                            )),
-                        );
-                    }
+                    self.answer(
+                        id,
+                        delete.nowait,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
                 })
             }
             AMQPClass::Basic(basic::AMQPMethod::Get(get)) => self.get(id, get),
@@ -560,27 +559,25 @@ impl Connection {
                 // Deliveries reach this task through its channel, after this method is
                 // handled, so consume-ok still goes out before the first of them.
                 added.map(|()| {
-                    if !consume.nowait {
-                        self.method(
-                            id,
-                            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                                consumer_tag: tag.as_str().into(),
-                            })),
-                        );
-                    }
+                    self.answer(
+                        id,
+                        consume.nowait,
+                        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                            consumer_tag: tag.as_str().into(),
+                        })),
+                    );
                 })
             }
             AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)) => {
                 self.vhost()
                     .cancel(self.id, id, cancel.consumer_tag.as_str());
-                if !cancel.nowait {
-                    self.method(
-                        id,
-                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
-                            consumer_tag: cancel.consumer_tag,
-                        })),
-                    );
-                }
+                self.answer(
+                    id,
+                    cancel.nowait,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: cancel.consumer_tag,
+                    })),
+                );
                 Ok(())
             }
             AMQPClass::Basic(basic::AMQPMethod::Publish(publish)) => {
@@ -611,12 +608,11 @@ impl Connection {
                 if let Some(channel) = self.channels.get_mut(&id) {
                     channel.confirm = true;
                 }
-                if !select.nowait {
-                    self.method(
-                        id,
-                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                    );
-                }
+                self.answer(
+                    id,
+                    select.nowait,
+                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                );
                 Ok(())
             }
             _ => {
