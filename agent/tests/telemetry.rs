@@ -15,14 +15,9 @@ use protocol::{DeviceId, DeviceMessage, names};
 
 #[tokio::test]
 async fn a_gateway_reports_each_announced_metric_at_its_interval() {
-    let broker = broker::Broker::bind(broker::Config {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        ..broker::Config::default()
-    })
-    .await
-    .unwrap();
-    let url = broker.url().unwrap();
-    tokio::spawn(broker.serve(std::future::pending()));
+    let url = broker::Broker::start(broker::Config::on_free_port())
+        .await
+        .unwrap();
 
     // A listener bound before the device starts, as a server replica would be.
     let connection = Connection::connect(&url, ConnectionProperties::default())

@@ -60,6 +60,16 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The defaults, on a free port of 127.0.0.1: for tests and benchmarks.
+    pub fn on_free_port() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::default()
+        }
+    }
+}
+
 /// A bound broker, ready to serve.
 #[derive(Debug)]
 pub struct Broker {
@@ -90,6 +100,15 @@ impl Broker {
             "amqp://{}:{}@{addr}/%2f",
             self.config.user, self.config.password
         ))
+    }
+
+    /// Binds and serves in the background, for as long as the current tokio runtime
+    /// runs; returns the URL a client on this machine connects with.
+    pub async fn start(config: Config) -> std::io::Result<String> {
+        let broker = Self::bind(config).await?;
+        let url = broker.url()?;
+        tokio::spawn(broker.serve(std::future::pending()));
+        Ok(url)
     }
 
     /// Accepts connections until `shutdown` resolves.

@@ -10,15 +10,9 @@ use lapin::{Connection, ConnectionProperties};
 mod cases;
 
 async fn broker_url() -> String {
-    let broker = Broker::bind(Config {
-        addr: "127.0.0.1:0".parse().expect("an address"),
-        ..Config::default()
-    })
-    .await
-    .expect("the embedded broker binds");
-    let url = broker.url().expect("its URL");
-    tokio::spawn(broker.serve(std::future::pending()));
-    url
+    Broker::start(Config::on_free_port())
+        .await
+        .expect("the embedded broker starts")
 }
 
 async fn connect(url: &str) -> Connection {
@@ -42,13 +36,10 @@ async fn what_is_not_implemented_is_refused_cleanly() {
 #[tokio::test]
 async fn connections_beyond_the_limit_are_turned_away() {
     let config = Config {
-        addr: "127.0.0.1:0".parse().expect("an address"),
         max_connections: 2,
-        ..Config::default()
+        ..Config::on_free_port()
     };
-    let broker = Broker::bind(config).await.expect("binds");
-    let url = broker.url().expect("its URL");
-    tokio::spawn(broker.serve(std::future::pending()));
+    let url = Broker::start(config).await.expect("the broker starts");
     let first = connect(&url).await;
     let second = connect(&url).await;
     let third = tokio::time::timeout(
@@ -64,13 +55,10 @@ async fn connections_beyond_the_limit_are_turned_away() {
 #[tokio::test]
 async fn publishes_beyond_the_memory_limit_are_refused() {
     let config = Config {
-        addr: "127.0.0.1:0".parse().expect("an address"),
         max_bytes: 1_000,
-        ..Config::default()
+        ..Config::on_free_port()
     };
-    let broker = Broker::bind(config).await.expect("binds");
-    let url = broker.url().expect("its URL");
-    tokio::spawn(broker.serve(std::future::pending()));
+    let url = Broker::start(config).await.expect("the broker starts");
     let connection = connect(&url).await;
     let channel = connection.create_channel().await.expect("a channel");
     channel

@@ -8,14 +8,9 @@ use broker::{Broker, Config};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pika_publishes_consumes_confirms_gets_returns_and_does_rpc() {
-    let broker = Broker::bind(Config {
-        addr: "127.0.0.1:0".parse().expect("an address"),
-        ..Config::default()
-    })
-    .await
-    .expect("the embedded broker binds");
-    let url = broker.url().expect("its URL");
-    tokio::spawn(broker.serve(std::future::pending()));
+    let url = Broker::start(Config::on_free_port())
+        .await
+        .expect("the embedded broker starts");
 
     let python = std::env::var("TETHER_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/pika_client.py");

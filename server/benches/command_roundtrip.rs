@@ -42,13 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = args.get(2).copied().unwrap_or(32);
     let rabbitmq = std::env::var("TETHER_BENCH_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let embedded = broker::Broker::bind(broker::Config {
-        addr: "127.0.0.1:0".parse()?,
-        ..broker::Config::default()
-    })
-    .await?;
-    let embedded_url = embedded.url()?;
-    tokio::spawn(embedded.serve(std::future::pending()));
+    let embedded_url = broker::Broker::start(broker::Config::on_free_port()).await?;
 
     println!(
         "# command round trip: {devices} devices, {commands} commands, {concurrency} in flight"

@@ -11,17 +11,12 @@ pub fn broker_url() -> String {
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("a runtime for the broker");
             runtime.block_on(async move {
-                let config = broker::Config {
-                    addr: "127.0.0.1:0".parse().expect("an address"),
-                    ..broker::Config::default()
-                };
-                let broker = broker::Broker::bind(config)
+                let url = broker::Broker::start(broker::Config::on_free_port())
                     .await
-                    .expect("the embedded broker binds");
-                sender
-                    .send(broker.url().expect("its URL"))
-                    .expect("the test waits for the URL");
-                broker.serve(std::future::pending()).await;
+                    .expect("the embedded broker starts");
+                sender.send(url).expect("the test waits for the URL");
+                // Keeps this runtime, and with it the broker, alive.
+                std::future::pending::<()>().await;
             });
         });
         receiver.recv().expect("the embedded broker started")
