@@ -95,6 +95,17 @@ impl HubConfig {
     }
 }
 
+impl HubConfig {
+    /// How this replica's recorders work.
+    fn recorder_config(&self) -> RecorderConfig {
+        RecorderConfig {
+            queue: self.store_queue.clone(),
+            expires: self.store_queue_expires,
+            ..RecorderConfig::new(self.amqp_url.clone())
+        }
+    }
+}
+
 /// What the hub knows of a device's metric.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Known {
@@ -301,7 +312,7 @@ impl Hub {
         config: HubConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
-        let first = match connect(&config.amqp_url).await {
+        let first = match connect(&config).await {
             Ok(connected) => Some(connected),
             Err(error) => {
                 tracing::error!(
@@ -325,13 +336,8 @@ impl Hub {
         };
         if let Some(store) = &hub.inner.config.store {
             for _ in 0..hub.inner.config.recorders {
-                let config = &hub.inner.config;
                 let recorder = Recorder::new(
-                    RecorderConfig {
-                        queue: config.store_queue.clone(),
-                        expires: config.store_queue_expires,
-                        ..RecorderConfig::new(config.amqp_url.clone())
-                    },
+                    hub.inner.config.recorder_config(),
                     store.clone(),
                     Some(hub.clone()),
                     hub.inner.recorder_stats.clone(),
@@ -846,7 +852,7 @@ impl Hub {
             let pause =
                 Duration::from_millis(250u64.saturating_mul(1 << failures.min(6)).min(15_000));
             tokio::time::sleep(pause).await;
-            match connect(&self.inner.config.amqp_url).await {
+            match connect(&self.inner.config).await {
                 Ok((connection, link, consumers)) => {
                     tracing::info!("connected to the broker");
                     self.set_link(Some(link));
@@ -1209,7 +1215,8 @@ async fn declare_exchanges(channel: &Channel) -> anyhow::Result<()> {
 }
 
 /// Connects and declares this replica's topology.
-async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)> {
+async fn connect(config: &HubConfig) -> anyhow::Result<(Connection, Link, Consumers)> {
+    let amqp_url = config.amqp_url.as_str();
     let connection = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
         .with_context(|| format!("cannot connect to the broker at {}", redact(amqp_url)))?;
@@ -1218,6 +1225,9 @@ async fn connect(amqp_url: &str) -> anyhow::Result<(Connection, Link, Consumers)
         .await
         .context("cannot open a channel")?;
     declare_exchanges(&channel).await?;
+    if config.store.is_some() {
+        recorder::declare_queue(&channel, &config.recorder_config()).await?;
+    }
     let private = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,

@@ -22,7 +22,7 @@ use std::{
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use lapin::{
-    Connection, ConnectionProperties, Consumer,
+    Channel, Connection, ConnectionProperties, Consumer,
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
@@ -75,6 +75,47 @@ impl RecorderConfig {
             expires: None,
         }
     }
+}
+
+/// Declares the storage queue and binds it (and the exchanges, should this run before
+/// any hub's). The hub declares it too when it connects, so that readings are kept from
+/// the moment a replica with storage is up, before its recorders have connected.
+pub(super) async fn declare_queue(
+    channel: &Channel,
+    config: &RecorderConfig,
+) -> anyhow::Result<()> {
+    declare_exchanges(channel).await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(QUEUE_MAX_LENGTH),
+    );
+    if let Some(expires) = config.expires {
+        let ms = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+    }
+    let queue = config.queue.as_str();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .with_context(|| format!("cannot declare the storage queue {queue}"))?;
+    channel
+        .queue_bind(
+            queue.into(),
+            names::TELEMETRY_EXCHANGE.into(),
+            config.binding.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot bind the storage queue")
 }
 
 /// Why a message was not stored.
@@ -251,39 +292,8 @@ impl Recorder {
             .await
             .with_context(|| format!("cannot connect to the broker at {}", redact(url)))?;
         let channel = connection.create_channel().await?;
-        // The exchange, in case this recorder connects before any hub.
-        declare_exchanges(&channel).await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-max-length".into(),
-            AMQPValue::LongLongInt(QUEUE_MAX_LENGTH),
-        );
-        if let Some(expires) = self.config.expires {
-            let ms = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
-            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
-        }
+        declare_queue(&channel, &self.config).await?;
         let queue = self.config.queue.as_str();
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                arguments,
-            )
-            .await
-            .with_context(|| format!("cannot declare the storage queue {queue}"))?;
-        channel
-            .queue_bind(
-                queue.into(),
-                names::TELEMETRY_EXCHANGE.into(),
-                self.config.binding.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot bind the storage queue")?;
         let prefetch = u16::try_from(self.config.batch.saturating_mul(2)).unwrap_or(u16::MAX);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
