@@ -187,7 +187,7 @@ impl Server {
         let store = match config.database_url.as_str() {
             "none" => None,
             url => {
-                let store = Store::open(url).await?;
+                let store = Store::open_or_defer(url).await?;
                 tracing::info!(
                     "storing readings in {} ({}), keeping them {:?}",
                     redact(url),

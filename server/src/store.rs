@@ -57,7 +57,7 @@ impl Store {
     /// Opens (creating if needed) the store a URL names: `postgres://…` or
     /// `postgresql://…` for PostgreSQL, `sqlite://<path>` or a bare path for SQLite.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if is_postgres(url) {
             Ok(Self::Postgres(
                 postgres::Postgres::connect(url)
                     .await
@@ -70,6 +70,24 @@ impl Store {
                     .await
                     .with_context(|| format!("cannot open the SQLite database {path}"))?,
             ))
+        }
+    }
+
+    /// Like [`Store::open`], but a PostgreSQL that cannot be reached now is connected to
+    /// later, on first use, instead of being an error: a server starts while its database
+    /// is down, as it does while its broker is. SQLite, and URLs that do not parse, fail
+    /// as in `open`.
+    pub async fn open_or_defer(url: &str) -> anyhow::Result<Self> {
+        match Self::open(url).await {
+            Err(error) if is_postgres(url) => {
+                let store = postgres::Postgres::deferred(url)
+                    .with_context(|| format!("cannot use {}", redact(url)))?;
+                tracing::error!(
+                    "{error:#}; starting anyway: readings wait in the broker's queue and history answers 503 until it is back"
+                );
+                Ok(Self::Postgres(store))
+            }
+            opened => opened,
         }
     }
 
@@ -142,6 +160,10 @@ impl Store {
             tokio::time::sleep(every).await;
         }
     }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 fn now_ms() -> i64 {

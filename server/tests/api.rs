@@ -505,3 +505,26 @@ async fn a_tab_watching_a_device_over_the_live_channel_speeds_it_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_server_whose_database_is_down_starts_and_answers_history_with_503() {
+    let mut config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), amqp_url());
+    config.database_url = "postgres://postgres@127.0.0.1:1/tether".into();
+    config.store_queue = format!("tether.telemetry.store.test-{:08x}", fastrand::u32(..));
+    config.store_queue_expires_ms = Some(60_000);
+    let server = server::Server::bind(config)
+        .await
+        .expect("the server starts without its database");
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let response = reqwest::get(format!("{base}/api/v1/devices/anyone/telemetry"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: ApiError = response.json().await.unwrap();
+    assert_eq!(body.code, "store_unavailable");
+    assert!(body.message.contains("try again"), "{}", body.message);
+}

@@ -264,6 +264,39 @@ mod postgres {
     }
 
     #[tokio::test]
+    async fn a_database_that_is_down_at_start_is_used_once_it_is_up() {
+        let down = Store::open_or_defer("postgres://postgres@127.0.0.1:1/tether")
+            .await
+            .expect("a server starts while its database is down");
+        let error = down.count(None).await.unwrap_err();
+        assert!(
+            format!("{error:#}").contains("cannot connect to PostgreSQL"),
+            "{error:#}"
+        );
+        assert!(
+            Store::open_or_defer("postgres://postgres@127.0.0.1:notaport/x")
+                .await
+                .is_err(),
+            "a URL that does not parse is still an error"
+        );
+        // Deferred, then reachable: the first use connects and creates the table.
+        let scratch = Scratch::new().await;
+        let url = format!(
+            "{}/{}",
+            admin_url().rsplit_once('/').unwrap().0,
+            scratch.name
+        );
+        let lazy = Store::open_or_defer(&url).await.unwrap();
+        assert_eq!(
+            lazy.insert(vec![sample("d1", "cpu", T0, 1.0)])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(scratch.store.count(None).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
     async fn a_wrong_address_is_a_clear_error() {
         let error = Store::open("postgres://nobody:secret@127.0.0.1:1/tether")
             .await

@@ -34,24 +34,27 @@ const SCHEMA: &str = "
 ";
 
 impl Postgres {
+    /// Connects now (creating the table): an unreachable database is an error.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let store = Self {
-            url: url.into(),
-            client: Arc::default(),
-        };
-        let client = store.client().await?;
-        // Two replicas creating the table at once can race in PostgreSQL's catalog;
-        // the loser's error is harmless, so try once more.
-        if client.batch_execute(SCHEMA).await.is_err() {
-            client
-                .batch_execute(SCHEMA)
-                .await
-                .context("cannot create the samples table")?;
-        }
+        let store = Self::deferred(url)?;
+        store.client().await?;
         Ok(store)
     }
 
-    /// The live client, connecting if there is none or the last one broke.
+    /// Connects on first use, and again after every break: for a server that should
+    /// start while the database is down (its recorders retry, its history answers 503).
+    /// Only a URL that does not parse is an error.
+    pub fn deferred(url: &str) -> anyhow::Result<Self> {
+        url.parse::<tokio_postgres::Config>()
+            .context("not a PostgreSQL URL")?;
+        Ok(Self {
+            url: url.into(),
+            client: Arc::default(),
+        })
+    }
+
+    /// The live client, connecting (and creating the table if needed) if there is none
+    /// or the last one broke.
     async fn client(&self) -> anyhow::Result<Arc<Client>> {
         if let Some(client) = self
             .client
@@ -70,6 +73,14 @@ impl Postgres {
                 tracing::warn!("PostgreSQL connection lost: {error}");
             }
         });
+        // Two replicas creating the table at once can race in PostgreSQL's catalog;
+        // the loser's error is harmless, so try once more.
+        if client.batch_execute(SCHEMA).await.is_err() {
+            client
+                .batch_execute(SCHEMA)
+                .await
+                .context("cannot create the samples table")?;
+        }
         let client = Arc::new(client);
         *self.client.lock().expect("client lock") = Some(client.clone());
         Ok(client)
