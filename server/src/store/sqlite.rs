@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use protocol::api::Point;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, params};
 
 use super::{Sample, SeriesQuery};
 
@@ -144,19 +144,15 @@ impl Sqlite {
         let (reader, device) = (self.reader.clone(), device.map(str::to_owned));
         run(move || {
             let db = lock(&reader);
-            let count: Option<i64> = match device {
-                Some(device) => db
-                    .query_row(
-                        "SELECT COUNT(*) FROM samples WHERE device = ?1",
-                        [device],
-                        |row| row.get(0),
-                    )
-                    .optional()?,
-                None => db
-                    .query_row("SELECT COUNT(*) FROM samples", [], |row| row.get(0))
-                    .optional()?,
+            let count: i64 = match device {
+                Some(device) => db.query_row(
+                    "SELECT COUNT(*) FROM samples WHERE device = ?1",
+                    [device],
+                    |row| row.get(0),
+                )?,
+                None => db.query_row("SELECT COUNT(*) FROM samples", [], |row| row.get(0))?,
             };
-            Ok(count.unwrap_or(0) as u64)
+            Ok(count as u64)
         })
         .await
     }
