@@ -41,6 +41,17 @@ impl Range {
         }
     }
 
+    /// The range ending now, and its bucket width: `(from_ms, to_ms, bucket_ms)`.
+    fn up_to_now(self) -> (u64, u64, u64) {
+        let to_ms = now_ms();
+        let span = self.span_ms();
+        (
+            to_ms.saturating_sub(span),
+            to_ms,
+            (span / u64::from(POINTS)).max(1),
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Quarter => "15 min",
@@ -94,42 +105,46 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
         history.track();
         fresh.set(BTreeMap::new());
     });
+    // Where live readings join what was read: its buckets, and how far each metric
+    // was stored. Small, so that a reading (of any device) costs no copy of the history;
+    // read only by the effect below, so only in the browser.
+    let origin = Memo::new(move |_| {
+        history.with(|result| {
+            result
+                .as_ref()
+                .map(|result| Origin::of(result, range.get_untracked()))
+        })
+    });
     {
-        let (id, metrics, shown) = (
-            device_id.clone(),
-            capabilities.metrics.clone(),
-            shown.clone(),
-        );
+        let (id, metrics) = (device_id.clone(), capabilities.metrics.clone());
         Effect::new(move |_| {
-            let Some((history, _)) = history.get_untracked().map(shown.clone()) else {
-                live.readings.track();
-                return;
-            };
-            live.readings.with(|readings| {
-                for spec in &metrics {
-                    let Some(reading) = readings.get(&(id.clone(), spec.name.clone())) else {
-                        continue;
-                    };
-                    let stored_until = history
-                        .series
-                        .iter()
-                        .find(|s| s.spec.name == spec.name)
-                        .and_then(|s| s.points.last())
-                        .map_or(0, |p| p.t_ms);
-                    if reading.ts_ms <= stored_until {
-                        continue;
+            origin.with(|origin| {
+                let Some(origin) = origin else {
+                    live.readings.track();
+                    return;
+                };
+                live.readings.with(|readings| {
+                    for spec in &metrics {
+                        let Some(reading) = readings.get(&(id.clone(), spec.name.clone())) else {
+                            continue;
+                        };
+                        if reading.ts_ms
+                            <= origin.stored_until.get(&spec.name).copied().unwrap_or(0)
+                        {
+                            continue;
+                        }
+                        fresh.update(|fresh| {
+                            merge_reading(
+                                fresh.entry(spec.name.clone()).or_default(),
+                                reading.ts_ms,
+                                reading.value,
+                                origin.from_ms,
+                                origin.bucket_ms,
+                            )
+                        });
                     }
-                    fresh.update(|fresh| {
-                        merge_reading(
-                            fresh.entry(spec.name.clone()).or_default(),
-                            reading.ts_ms,
-                            reading.value,
-                            history.from_ms,
-                            history.bucket_ms,
-                        )
-                    });
-                }
-            });
+                });
+            })
         });
     }
 
@@ -204,6 +219,40 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
     }
 }
 
+/// Where live readings join a history: its first bucket, bucket width, and the time of
+/// the last stored point of each metric (readings up to it are already drawn).
+#[derive(Debug, Clone, PartialEq)]
+struct Origin {
+    from_ms: u64,
+    bucket_ms: u64,
+    stored_until: BTreeMap<String, u64>,
+}
+
+impl Origin {
+    fn of(result: &Result<History, ServerFnError>, range: Range) -> Self {
+        match result {
+            Ok(history) => Self {
+                from_ms: history.from_ms,
+                bucket_ms: history.bucket_ms,
+                stored_until: history
+                    .series
+                    .iter()
+                    .map(|s| (s.spec.name.clone(), s.points.last().map_or(0, |p| p.t_ms)))
+                    .collect(),
+            },
+            // As `starting_point` draws it: the range up to now, nothing stored.
+            Err(_) => {
+                let (from_ms, _, bucket_ms) = range.up_to_now();
+                Self {
+                    from_ms,
+                    bucket_ms,
+                    stored_until: BTreeMap::new(),
+                }
+            }
+        }
+    }
+}
+
 /// The history to draw from: the stored one or, when it cannot be read (no storage on
 /// this server, the database down), empty series over the range that fill in live, and
 /// the reason, to show above them.
@@ -216,13 +265,12 @@ fn starting_point(
     match result {
         Ok(history) => (history, None),
         Err(error) => {
-            let span = range.span_ms();
-            let to_ms = now_ms();
+            let (from_ms, to_ms, bucket_ms) = range.up_to_now();
             let empty = History {
                 device_id: device_id.clone(),
-                from_ms: to_ms.saturating_sub(span),
+                from_ms,
                 to_ms,
-                bucket_ms: (span / u64::from(POINTS)).max(1),
+                bucket_ms,
                 series: metrics
                     .iter()
                     .map(|spec| Series {

@@ -45,7 +45,7 @@ pub struct Live {
     pub now_ms: RwSignal<u64>,
     /// Devices this tab shows, by how many views show each: they report faster while
     /// watched. Told to the server again on every reconnect.
-    pub watching: RwSignal<BTreeMap<DeviceId, usize>>,
+    watching: RwSignal<BTreeMap<DeviceId, usize>>,
     #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
     outbox: StoredValue<Option<Outbox>>,
 }
