@@ -115,6 +115,8 @@ struct Consumer {
 #[derive(Debug, Default)]
 struct Ready {
     messages: VecDeque<Message>,
+    /// Bytes of this queue's messages.
+    bytes: usize,
     /// Bytes held by all queues of the vhost, this one's included.
     held: Arc<AtomicUsize>,
 }
@@ -123,24 +125,35 @@ impl Ready {
     fn counted(held: Arc<AtomicUsize>) -> Self {
         Self {
             messages: VecDeque::new(),
+            bytes: 0,
             held,
         }
     }
 
     fn push_back(&mut self, message: Message) {
-        self.held.fetch_add(message.body.len(), Ordering::Relaxed);
+        self.count_in(message.body.len());
         self.messages.push_back(message);
     }
 
     fn push_front(&mut self, message: Message) {
-        self.held.fetch_add(message.body.len(), Ordering::Relaxed);
+        self.count_in(message.body.len());
         self.messages.push_front(message);
     }
 
     fn pop_front(&mut self) -> Option<Message> {
         let message = self.messages.pop_front()?;
-        self.held.fetch_sub(message.body.len(), Ordering::Relaxed);
+        self.count_out(message.body.len());
         Some(message)
+    }
+
+    fn count_in(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn count_out(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn front(&self) -> Option<&Message> {
@@ -148,8 +161,9 @@ impl Ready {
     }
 
     fn clear(&mut self) {
-        let bytes: usize = self.messages.drain(..).map(|m| m.body.len()).sum();
-        self.held.fetch_sub(bytes, Ordering::Relaxed);
+        self.messages.clear();
+        let bytes = self.bytes;
+        self.count_out(bytes);
     }
 
     fn len(&self) -> usize {
@@ -173,9 +187,11 @@ struct Queue {
     auto_delete: bool,
     /// `x-message-ttl`.
     ttl: Option<Duration>,
-    /// `x-max-length`; beyond it the oldest message is dropped, or with `x-overflow:
-    /// reject-publish` the new one is refused.
+    /// `x-max-length` and `x-max-length-bytes` (bodies only, as RabbitMQ counts); beyond
+    /// either the oldest messages are dropped, or with `x-overflow: reject-publish` the
+    /// new one is refused.
     max_length: Option<usize>,
+    max_bytes: Option<usize>,
     reject_publish: bool,
     messages: Ready,
     consumers: Vec<Consumer>,
@@ -183,6 +199,17 @@ struct Queue {
     next: usize,
     /// Auto-delete queues go when their last consumer leaves, once they had one.
     had_consumers: bool,
+}
+
+impl Queue {
+    /// Whether a message of `bytes` would take the queue past a limit.
+    fn full_for(&self, bytes: usize) -> bool {
+        self.max_length
+            .is_some_and(|max| self.messages.len() >= max)
+            || self
+                .max_bytes
+                .is_some_and(|max| self.messages.bytes + bytes > max)
+    }
 }
 
 /// Why a request failed: an AMQP reply code and text, as RabbitMQ words them.
@@ -353,6 +380,7 @@ impl Vhost {
         let ttl = integer_argument(arguments, "x-message-ttl")?
             .map(|ms| Duration::from_millis(ms as u64));
         let max_length = integer_argument(arguments, "x-max-length")?.map(|n| n as usize);
+        let max_bytes = integer_argument(arguments, "x-max-length-bytes")?.map(|n| n as usize);
         let reject_publish = match arguments.inner().get("x-overflow") {
             None => false,
             Some(AMQPValue::LongString(s)) if s.as_bytes() == b"drop-head" => false,
@@ -373,6 +401,7 @@ impl Vhost {
                 auto_delete,
                 ttl,
                 max_length,
+                max_bytes,
                 reject_publish,
                 messages: Ready::counted(self.held.clone()),
                 ..Queue::default()
@@ -461,17 +490,16 @@ impl Vhost {
                 routed.rejected = true;
                 continue;
             }
-            if let Some(max) = queue.max_length
-                && queue.messages.len() >= max
-            {
+            if queue.full_for(copy.body.len()) {
                 if queue.reject_publish {
                     routed.rejected = true;
                     continue;
                 }
-                while queue.messages.len() >= max.max(1) {
+                while !queue.messages.is_empty() && queue.full_for(copy.body.len()) {
                     queue.messages.pop_front();
                 }
-                if max == 0 {
+                // A limit of zero, or a message larger than the byte limit on its own.
+                if queue.full_for(copy.body.len()) {
                     continue;
                 }
             }

@@ -537,6 +537,42 @@ async fn full_queues_drop_the_oldest_or_refuse_the_newest() {
 }
 
 #[tokio::test]
+async fn a_byte_limit_drops_the_oldest_until_the_newest_fits() {
+    let url = start().await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    let limited = channel
+        .queue_declare(
+            "".into(),
+            private(),
+            args(&[("x-max-length-bytes", lapin::types::AMQPValue::LongInt(10))]),
+        )
+        .await
+        .unwrap()
+        .name()
+        .to_string();
+    for body in ["aaaa", "bbbb", "cccccc"] {
+        channel
+            .basic_publish(
+                "".into(),
+                limited.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // 4 + 4 + 6 bytes do not fit in 10: the oldest goes.
+    assert_eq!(get(&channel, &limited).await.as_deref(), Some(&b"bbbb"[..]));
+    assert_eq!(
+        get(&channel, &limited).await.as_deref(),
+        Some(&b"cccccc"[..])
+    );
+    assert_eq!(get(&channel, &limited).await, None);
+}
+
+#[tokio::test]
 async fn deleting_a_queue_tells_its_consumers_and_purge_counts() {
     let url = start().await;
     let connection = connect(&url).await;
