@@ -123,34 +123,7 @@ async fn round(
     {
         let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        let mut arguments = lapin::types::FieldTable::default();
-        arguments.insert(
-            "x-max-length".into(),
-            lapin::types::AMQPValue::LongLongInt(server::hub::QUEUE_MAX_LENGTH),
-        );
-        arguments.insert(
-            "x-expires".into(),
-            lapin::types::AMQPValue::LongLongInt(60_000),
-        );
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                arguments,
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                names::TELEMETRY_EXCHANGE.into(),
-                "telemetry.#".into(),
-                Default::default(),
-                Default::default(),
-            )
-            .await?;
+        server::hub::declare_store_queue(&channel, &config).await?;
         let _ = connection.close(200, "declared".into()).await;
     }
     let ids: Vec<DeviceId> = (0..devices)

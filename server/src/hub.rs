@@ -19,7 +19,8 @@ mod recorder;
 mod registry;
 
 pub use self::recorder::{
-    QUEUE_MAX_LENGTH, Recorder, RecorderConfig, RecorderSnapshot, RecorderStats, Rejected, Stop,
+    QUEUE_MAX_BYTES, QUEUE_MAX_LENGTH, Recorder, RecorderConfig, RecorderSnapshot, RecorderStats,
+    Rejected, Stop, declare_queue as declare_store_queue,
 };
 
 use std::{
@@ -1226,7 +1227,18 @@ async fn connect(config: &HubConfig) -> anyhow::Result<(Connection, Link, Consum
         .context("cannot open a channel")?;
     declare_exchanges(&channel).await?;
     if config.store.is_some() {
-        recorder::declare_queue(&channel, &config.recorder_config()).await?;
+        // On a channel of its own: a refusal (a queue of that name declared with other
+        // arguments) closes the channel it came on, and must not cost the hub its link.
+        // The recorders keep trying, and saying why.
+        let declared = async {
+            let own = connection.create_channel().await?;
+            declare_store_queue(&own, &config.recorder_config()).await?;
+            own.close(200, "declared".into()).await?;
+            anyhow::Ok(())
+        };
+        if let Err(error) = declared.await {
+            tracing::error!("{error:#}; readings are not being stored");
+        }
     }
     let private = QueueDeclareOptions {
         exclusive: true,

@@ -8,11 +8,11 @@ use std::{sync::Arc, time::Duration};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use protocol::{DeviceId, DeviceMessage, TelemetrySample, names};
 use server::{
-    hub::{QUEUE_MAX_LENGTH, Recorder, RecorderConfig, RecorderStats, Rejected, Stop},
+    hub::{Recorder, RecorderConfig, RecorderStats, Rejected, Stop, declare_store_queue},
     store::Store,
 };
 use tokio::sync::oneshot;
@@ -68,68 +68,32 @@ impl Bench {
             channel,
             _connection: connection,
         };
-        bench
-            .channel
-            .exchange_declare(
-                names::TELEMETRY_EXCHANGE.into(),
-                lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
         // Declared as the recorders declare it, so that readings published before any
         // recorder runs wait in it.
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-max-length".into(),
-            AMQPValue::LongLongInt(QUEUE_MAX_LENGTH),
-        );
-        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
-        bench
-            .channel
-            .queue_declare(
-                bench.queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                arguments,
-            )
-            .await
-            .unwrap();
-        bench
-            .channel
-            .queue_bind(
-                bench.queue.as_str().into(),
-                names::TELEMETRY_EXCHANGE.into(),
-                format!("telemetry.{}.#", bench.device).as_str().into(),
-                Default::default(),
-                FieldTable::default(),
-            )
+        declare_store_queue(&bench.channel, &bench.config(100, Duration::ZERO))
             .await
             .unwrap();
         bench
     }
 
     fn recorder(&self, batch: usize, linger: Duration) -> Recorder {
-        let config = RecorderConfig {
+        Recorder::new(
+            self.config(batch, linger),
+            self.store.clone(),
+            None,
+            Arc::new(RecorderStats::default()),
+        )
+    }
+
+    fn config(&self, batch: usize, linger: Duration) -> RecorderConfig {
+        RecorderConfig {
             queue: self.queue.clone(),
             binding: format!("telemetry.{}.#", self.device),
             batch,
             linger,
             expires: Some(Duration::from_millis(EXPIRES_MS as u64)),
             ..RecorderConfig::new(self.url.clone())
-        };
-        Recorder::new(
-            config,
-            self.store.clone(),
-            None,
-            Arc::new(RecorderStats::default()),
-        )
+        }
     }
 
     async fn publish_raw(&self, key: &str, body: &[u8]) {

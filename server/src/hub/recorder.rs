@@ -8,7 +8,7 @@
 //! unacknowledged, so the broker hands them to another; one that dies between commit and
 //! ack makes the batch arrive twice, which the store's key turns into one copy. When the
 //! database is down the recorder keeps the batch and retries with backoff, and the
-//! queue absorbs what keeps coming (up to [`QUEUE_MAX_LENGTH`], oldest dropped first).
+//! queue absorbs what keeps coming (up to [`QUEUE_MAX_BYTES`], oldest dropped first).
 
 use std::{
     future::Future,
@@ -40,8 +40,13 @@ use super::{
 };
 use crate::{redact, store::Store};
 
-/// The durable queue's cap: about a day of 10,000 devices at one reading a minute.
+/// The storage queue's caps, oldest readings dropped first: what a store outage may
+/// pile up before the broker sheds it. The bytes cap matters most: a reading's body is
+/// about 150 bytes, so 128 MiB is some 900,000 readings (2.5 minutes of 10,000 devices
+/// at 3 readings a second, hours of a small fleet), and it leaves the embedded broker's
+/// 256 MiB for everything else (commands above all) however long the store is down.
 pub const QUEUE_MAX_LENGTH: i64 = 10_000_000;
+pub const QUEUE_MAX_BYTES: i64 = 128 * 1024 * 1024;
 /// How far ahead of this server's clock a reading's time may be.
 const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60_000;
 /// 2001-09-09: a reading from before this was measured by a device without a clock.
@@ -77,18 +82,21 @@ impl RecorderConfig {
     }
 }
 
-/// Declares the storage queue and binds it (and the exchanges, should this run before
-/// any hub's). The hub declares it too when it connects, so that readings are kept from
-/// the moment a replica with storage is up, before its recorders have connected.
-pub(super) async fn declare_queue(
-    channel: &Channel,
-    config: &RecorderConfig,
-) -> anyhow::Result<()> {
+/// Declares the storage queue as `config` describes it and binds it (and the exchanges,
+/// should this run before any hub's). Everyone who declares it must use this, so that
+/// its arguments always agree. The hub declares it too when it connects, so that
+/// readings are kept from the moment a replica with storage is up, before its recorders
+/// have connected.
+pub async fn declare_queue(channel: &Channel, config: &RecorderConfig) -> anyhow::Result<()> {
     declare_exchanges(channel).await?;
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-max-length".into(),
         AMQPValue::LongLongInt(QUEUE_MAX_LENGTH),
+    );
+    arguments.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(QUEUE_MAX_BYTES),
     );
     if let Some(expires) = config.expires {
         let ms = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
