@@ -1,0 +1,192 @@
+//! Messages going out: basic.qos, consume and cancel, basic.get, deliveries from the
+//! vhost to consumers, and their settling with ack, nack or reject.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use amq_protocol::protocol::{AMQPClass, basic};
+
+use super::{Connection, Unacked};
+use crate::vhost::{Consume, Delivery, Refusal};
+
+impl Connection {
+    /// basic.qos: the prefetch count for this channel's later consumers.
+    pub(super) fn basic_qos(&mut self, id: u16, qos: basic::Qos) -> Result<(), Refusal> {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.prefetch = qos.prefetch_count;
+        }
+        self.method(
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
+        Ok(())
+    }
+
+    pub(super) fn basic_consume(
+        &mut self,
+        id: u16,
+        consume: basic::Consume,
+    ) -> Result<(), Refusal> {
+        let tag = if consume.consumer_tag.as_str().is_empty() {
+            format!("amq.ctag-{:016x}", fastrand::u64(..))
+        } else {
+            consume.consumer_tag.to_string()
+        };
+        let prefetch = self.channels.get(&id).map_or(0, |c| c.prefetch);
+        let deliver = self.deliver.clone();
+        let added = self.vhost().consume(
+            self.id,
+            Consume {
+                channel: id,
+                queue: consume.queue.as_str(),
+                tag: tag.clone(),
+                no_ack: consume.no_ack,
+                prefetch,
+                deliver,
+            },
+        );
+        // Deliveries reach this task through its channel, after this method is
+        // handled, so consume-ok still goes out before the first of them.
+        added.map(|()| {
+            self.answer(
+                id,
+                consume.nowait,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.as_str().into(),
+                })),
+            );
+        })
+    }
+
+    pub(super) fn basic_cancel(&mut self, id: u16, cancel: basic::Cancel) -> Result<(), Refusal> {
+        self.vhost()
+            .cancel(self.id, id, cancel.consumer_tag.as_str());
+        self.answer(
+            id,
+            cancel.nowait,
+            AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                consumer_tag: cancel.consumer_tag,
+            })),
+        );
+        Ok(())
+    }
+
+    /// basic.get: one message, or get-empty.
+    pub(super) fn basic_get(&mut self, id: u16, get: basic::Get) -> Result<(), Refusal> {
+        let taken = self.vhost().get(self.id, get.queue.as_str())?;
+        let Some((message, remaining)) = taken else {
+            self.method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            );
+            return Ok(());
+        };
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        channel.delivered += 1;
+        let tag = channel.delivered;
+        if !get.no_ack {
+            channel.unacked.insert(
+                tag,
+                Unacked {
+                    queue: get.queue.to_string(),
+                    message: message.clone(),
+                    counter: Arc::new(AtomicUsize::new(1)),
+                },
+            );
+        }
+        self.method(
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: tag,
+                redelivered: message.redelivered,
+                exchange: message.exchange.as_str().into(),
+                routing_key: message.routing_key.as_str().into(),
+                message_count: remaining,
+            })),
+        );
+        self.content(id, &message);
+        Ok(())
+    }
+
+    pub(super) fn basic_ack(&mut self, id: u16, ack: basic::Ack) -> Result<(), Refusal> {
+        self.settle(id, ack.delivery_tag, ack.multiple, false);
+        Ok(())
+    }
+
+    pub(super) fn basic_nack(&mut self, id: u16, nack: basic::Nack) -> Result<(), Refusal> {
+        self.settle(id, nack.delivery_tag, nack.multiple, nack.requeue);
+        Ok(())
+    }
+
+    pub(super) fn basic_reject(&mut self, id: u16, reject: basic::Reject) -> Result<(), Refusal> {
+        self.settle(id, reject.delivery_tag, false, reject.requeue);
+        Ok(())
+    }
+
+    /// A message the vhost handed to one of this connection's consumers: basic.deliver.
+    pub(super) fn deliver(&mut self, delivery: Delivery) {
+        let Some(channel) = self.channels.get_mut(&delivery.channel) else {
+            // The channel closed meanwhile: give the message back.
+            if !delivery.no_ack {
+                delivery.unacked.fetch_sub(1, Ordering::Relaxed);
+                self.vhost().requeue(&delivery.queue, delivery.message);
+            }
+            return;
+        };
+        channel.delivered += 1;
+        let tag = channel.delivered;
+        if !delivery.no_ack {
+            channel.unacked.insert(
+                tag,
+                Unacked {
+                    queue: delivery.queue.clone(),
+                    message: delivery.message.clone(),
+                    counter: delivery.unacked.clone(),
+                },
+            );
+        }
+        self.method(
+            delivery.channel,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: delivery.consumer_tag.as_str().into(),
+                delivery_tag: tag,
+                redelivered: delivery.message.redelivered,
+                exchange: delivery.message.exchange.as_str().into(),
+                routing_key: delivery.message.routing_key.as_str().into(),
+            })),
+        );
+        self.content(delivery.channel, &delivery.message);
+    }
+
+    /// Acknowledges (or rejects) one delivery, or all up to it with `multiple`.
+    fn settle(&mut self, id: u16, tag: u64, multiple: bool, requeue: bool) {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let tags: Vec<u64> = if multiple {
+            channel.unacked.range(..=tag).map(|(t, _)| *t).collect()
+        } else {
+            vec![tag]
+        };
+        let settled: Vec<Unacked> = tags
+            .iter()
+            .filter_map(|t| channel.unacked.remove(t))
+            .collect();
+        let mut vhost = self
+            .vhost
+            .lock()
+            .expect("no code panics while holding the vhost lock");
+        for entry in settled {
+            entry.counter.fetch_sub(1, Ordering::Relaxed);
+            if requeue {
+                vhost.requeue(&entry.queue, entry.message);
+            } else {
+                vhost.settled(&entry.queue);
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Publishing: basic.publish and the content header and body frames that follow it,
+//! reassembled into a message and routed; mandatory returns; publisher confirms
+//! (confirm.select, then an ack or nack for each publish).
+
+use std::sync::Arc;
+
+use amq_protocol::{
+    frame::AMQPContentHeader,
+    protocol::{AMQPClass, BasicProperties, basic, confirm},
+};
+
+use super::{COMMAND_INVALID, Connection, FRAME_ERROR, Fatal, NO_ROUTE, Publishing};
+use crate::vhost::{Message, Refusal};
+
+impl Connection {
+    /// basic.publish: the content frames that follow make the message.
+    pub(super) fn basic_publish(
+        &mut self,
+        id: u16,
+        publish: basic::Publish,
+    ) -> Result<(), Refusal> {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.publishing = Some(Publishing {
+                method: publish,
+                properties: BasicProperties::default(),
+                size: 0,
+                body: Vec::new(),
+                header_seen: false,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn confirm_select(
+        &mut self,
+        id: u16,
+        select: confirm::Select,
+    ) -> Result<(), Refusal> {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.confirm = true;
+        }
+        self.answer(
+            id,
+            select.nowait,
+            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+        );
+        Ok(())
+    }
+
+    pub(super) fn content_header(
+        &mut self,
+        id: u16,
+        header: AMQPContentHeader,
+    ) -> Result<(), Fatal> {
+        let Some(publishing) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|c| c.publishing.as_mut())
+        else {
+            self.close(
+                COMMAND_INVALID,
+                "COMMAND_INVALID - content header without basic.publish",
+                60,
+                40,
+            );
+            return Err(Fatal);
+        };
+        publishing.properties = header.properties;
+        publishing.size = header.body_size;
+        publishing.header_seen = true;
+        if header.body_size == 0 {
+            self.finish_publish(id);
+        }
+        Ok(())
+    }
+
+    pub(super) fn content_body(&mut self, id: u16, body: Vec<u8>) -> Result<(), Fatal> {
+        let Some(publishing) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|c| c.publishing.as_mut())
+            .filter(|p| p.header_seen)
+        else {
+            self.close(
+                COMMAND_INVALID,
+                "COMMAND_INVALID - content body without a header",
+                60,
+                40,
+            );
+            return Err(Fatal);
+        };
+        publishing.body.extend_from_slice(&body);
+        if publishing.body.len() as u64 > publishing.size {
+            self.close(
+                FRAME_ERROR,
+                "FRAME_ERROR - body larger than announced",
+                60,
+                40,
+            );
+            return Err(Fatal);
+        }
+        if publishing.body.len() as u64 == publishing.size {
+            self.finish_publish(id);
+        }
+        Ok(())
+    }
+
+    /// A whole message arrived: route it, return it if unroutable and mandatory, and
+    /// confirm it (the return goes first, as in RabbitMQ).
+    fn finish_publish(&mut self, id: u16) {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let Some(publishing) = channel.publishing.take() else {
+            return;
+        };
+        let message = Message {
+            exchange: publishing.method.exchange.to_string(),
+            routing_key: publishing.method.routing_key.to_string(),
+            properties: publishing.properties,
+            body: Arc::new(publishing.body),
+            redelivered: false,
+            expires_at: None,
+        };
+        let confirm = channel.confirm.then(|| {
+            channel.published += 1;
+            channel.published
+        });
+        let exchange = publishing.method.exchange.to_string();
+        let routed = self.vhost().publish(&exchange, message.clone());
+        let mut rejected = false;
+        match routed {
+            Ok(routed) if routed.queues == 0 && publishing.method.mandatory => {
+                self.method(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: NO_ROUTE,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: message.exchange.as_str().into(),
+                        routing_key: message.routing_key.as_str().into(),
+                    })),
+                );
+                self.content(id, &message);
+            }
+            Ok(routed) => rejected = routed.rejected,
+            Err(refusal) => {
+                self.close_channel_with(id, &refusal, 60, 40);
+                return;
+            }
+        }
+        if let Some(tag) = confirm {
+            let answer = if rejected {
+                // A full queue with reject-publish refused it: the publisher must know.
+                basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: tag,
+                    multiple: false,
+                    requeue: false,
+                })
+            } else {
+                basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: tag,
+                    multiple: false,
+                })
+            };
+            self.method(id, AMQPClass::Basic(answer));
+        }
+    }
+}
