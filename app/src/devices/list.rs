@@ -124,7 +124,7 @@ fn key_reading(device: &DeviceView, live: crate::fleet::live::Live) -> String {
     latest.map_or_else(
         || "—".to_owned(),
         |(value, _)| {
-            let value = super::chart::format_value(value, 1);
+            let value = super::chart::math::format_value(value, 1);
             if spec.unit.is_empty() {
                 format!("{} {value}", spec.name)
             } else {

@@ -11,7 +11,7 @@ use protocol::{
     api::{History, HistoryQuery, Point, Series},
 };
 
-use super::chart::{Chart, ChartData, merge_reading};
+use super::chart::{Chart, ChartData, math::merge_reading};
 use crate::fleet::{
     error_message,
     live::{now_ms, use_live},
