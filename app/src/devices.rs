@@ -1,6 +1,8 @@
 //! Devices: the fleet list and one device's page, with what they share.
 
 pub mod chart;
+pub mod command_form;
+pub mod command_log;
 pub mod detail;
 pub mod list;
 pub mod telemetry;
