@@ -1,87 +1,39 @@
 //! Broker behaviour as Tether and ordinary clients rely on it, driven by lapin. Included
 //! by `conformance_embedded.rs` and `conformance_rabbitmq.rs`, which each provide a
 //! `crate::broker_url()`: the same cases must pass on both brokers. Queue names are
-//! unique per run, so leftovers on a long-lived RabbitMQ change nothing.
+//! unique per run, so leftovers on a long-lived RabbitMQ change nothing. The set-up
+//! (connect, declare, bind, consume, publish) is in the helpers at the end, so each case
+//! reads as the behaviour it checks.
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lapin::{
-    BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+    message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
-
-async fn start() -> String {
-    crate::broker_url().await
-}
-
-fn unique(name: &str) -> String {
-    format!("conformance-{name}-{:08x}", fastrand::u32(..))
-}
-
-async fn connect(url: &str) -> Connection {
-    Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to the broker at {url}: {e}"))
-}
-
-fn private() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn request_and_reply_round_trip_with_properties() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare("".into(), private(), FieldTable::default())
-        .await
-        .unwrap();
-    assert!(
-        queue.name().as_str().starts_with("amq.gen-"),
-        "{}",
-        queue.name()
-    );
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (connection, channel) = open().await;
+    let queue = private_queue(&channel, FieldTable::default()).await;
+    assert!(queue.starts_with("amq.gen-"), "{queue}");
+    let mut consumer = consume(&channel, &queue).await;
 
     let body = vec![7u8; 300_000]; // several frames
     let properties = BasicProperties::default()
         .with_correlation_id("c-1".into())
         .with_reply_to("replies".into())
         .with_content_type("application/json".into());
-    channel
-        .basic_publish(
-            "".into(),
-            queue.name().clone(),
-            BasicPublishOptions::default(),
-            &body,
-            properties,
-        )
-        .await
-        .unwrap();
+    publish(&channel, "", &queue, &body, properties).await;
 
-    let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let delivery = next(&mut consumer).await;
     assert_eq!(delivery.data, body);
     assert_eq!(
         delivery
@@ -102,108 +54,42 @@ async fn request_and_reply_round_trip_with_properties() {
 
 #[tokio::test]
 async fn topic_and_fanout_exchanges_route_like_rabbitmq() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
+    let (connection, channel) = open().await;
     let presence = unique("presence");
-    let durable = ExchangeDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            presence.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
+    declare_exchange(&channel, &presence, ExchangeKind::Topic)
         .await
         .unwrap();
-    let all = channel
-        .queue_declare("".into(), private(), FieldTable::default())
-        .await
-        .unwrap();
-    let hellos = channel
-        .queue_declare("".into(), private(), FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            all.name().clone(),
-            presence.as_str().into(),
-            "presence.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            hellos.name().clone(),
-            presence.as_str().into(),
-            "presence.*.hello".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let all = private_queue(&channel, FieldTable::default()).await;
+    let hellos = private_queue(&channel, FieldTable::default()).await;
+    bind(&channel, &all, &presence, "presence.#").await;
+    bind(&channel, &hellos, &presence, "presence.*.hello").await;
     for key in [
         "presence.a.hello",
         "presence.a.heartbeat",
         "telemetry.a.cpu",
     ] {
-        channel
-            .basic_publish(
-                presence.as_str().into(),
-                key.into(),
-                BasicPublishOptions::default(),
-                key.as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
-    }
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut all_consumer = channel
-        .basic_consume(all.name().clone(), "".into(), no_ack, FieldTable::default())
-        .await
-        .unwrap();
-    let mut hello_consumer = channel
-        .basic_consume(
-            hellos.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
+        publish(
+            &channel,
+            &presence,
+            key,
+            key.as_bytes(),
+            BasicProperties::default(),
         )
-        .await
-        .unwrap();
-    let next = async |consumer: &mut lapin::Consumer| {
-        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        String::from_utf8(delivery.data).unwrap()
-    };
-    assert_eq!(next(&mut all_consumer).await, "presence.a.hello");
-    assert_eq!(next(&mut all_consumer).await, "presence.a.heartbeat");
-    assert_eq!(next(&mut hello_consumer).await, "presence.a.hello");
-    let nothing_more =
-        tokio::time::timeout(Duration::from_millis(200), hello_consumer.next()).await;
-    assert!(nothing_more.is_err(), "only hellos reach the hello queue");
+        .await;
+    }
+    let mut all_consumer = consume_no_ack(&channel, &all).await;
+    let mut hello_consumer = consume_no_ack(&channel, &hellos).await;
+    assert_eq!(text(next(&mut all_consumer).await), "presence.a.hello");
+    assert_eq!(text(next(&mut all_consumer).await), "presence.a.heartbeat");
+    assert_eq!(text(next(&mut hello_consumer).await), "presence.a.hello");
+    assert!(
+        nothing_arrives(&mut hello_consumer).await,
+        "only hellos reach the hello queue"
+    );
 
     // Redeclaring with another type is refused (406) and closes the channel.
-    let other = connection.create_channel().await.unwrap();
-    let error = other
-        .exchange_declare(
-            presence.as_str().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
+    let other = channel_on(&connection).await;
+    let error = declare_exchange(&other, &presence, ExchangeKind::Fanout)
         .await
         .unwrap_err();
     assert!(error.to_string().contains("PRECONDITION_FAILED"), "{error}");
@@ -211,71 +97,44 @@ async fn topic_and_fanout_exchanges_route_like_rabbitmq() {
 
 #[tokio::test]
 async fn mandatory_publishes_to_nowhere_come_back_before_their_confirm() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let mandatory = BasicPublishOptions {
-        mandatory: true,
-        ..Default::default()
-    };
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            unique("gone").as_str().into(),
-            mandatory,
-            b"hello?",
-            BasicProperties::default().with_correlation_id("x".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let (_connection, channel) = open().await;
+    select_confirms(&channel).await;
+    let confirm = publish_confirmed(
+        &channel,
+        &unique("gone"),
+        mandatory(),
+        b"hello?",
+        BasicProperties::default().with_correlation_id("x".into()),
+    )
+    .await;
     let Confirmation::Ack(Some(returned)) = confirm else {
         panic!("expected an ack with the returned message, got {confirm:?}")
     };
     assert_eq!(returned.reply_code, 312);
     assert_eq!(returned.delivery.data, b"hello?");
 
-    let queue = channel
-        .queue_declare("".into(), private(), FieldTable::default())
-        .await
-        .unwrap();
-    let routed = channel
-        .basic_publish(
-            "".into(),
-            queue.name().clone(),
-            mandatory,
-            b"here",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let queue = private_queue(&channel, FieldTable::default()).await;
+    let routed = publish_confirmed(
+        &channel,
+        &queue,
+        mandatory(),
+        b"here",
+        BasicProperties::default(),
+    )
+    .await;
     assert!(matches!(routed, Confirmation::Ack(None)), "{routed:?}");
 }
 
 #[tokio::test]
 async fn exclusive_queues_belong_to_their_connection_and_vanish_with_it() {
     let url = start().await;
-    let owner = connect(&url).await;
-    let owner_channel = owner.create_channel().await.unwrap();
-    let inbox = owner_channel
-        .queue_declare("".into(), private(), FieldTable::default())
-        .await
-        .unwrap()
-        .name()
-        .clone();
+    let (owner, owner_channel) = open_at(&url).await;
+    let inbox = private_queue(&owner_channel, FieldTable::default()).await;
 
-    let other = connect(&url).await;
-    let other_channel = other.create_channel().await.unwrap();
+    let (other, other_channel) = open_at(&url).await;
     let locked = other_channel
         .basic_consume(
-            inbox.clone(),
+            inbox.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -285,27 +144,16 @@ async fn exclusive_queues_belong_to_their_connection_and_vanish_with_it() {
     assert!(locked.to_string().contains("RESOURCE_LOCKED"), "{locked}");
 
     owner.close(200, "bye".into()).await.unwrap();
-    let sender = other.create_channel().await.unwrap();
-    sender
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let mandatory = BasicPublishOptions {
-        mandatory: true,
-        ..Default::default()
-    };
-    let confirm = sender
-        .basic_publish(
-            "".into(),
-            inbox,
-            mandatory,
-            b"?",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let sender = channel_on(&other).await;
+    select_confirms(&sender).await;
+    let confirm = publish_confirmed(
+        &sender,
+        &inbox,
+        mandatory(),
+        b"?",
+        BasicProperties::default(),
+    )
+    .await;
     assert!(
         matches!(confirm, Confirmation::Ack(Some(_))),
         "the inbox is gone with its connection: {confirm:?}"
@@ -314,75 +162,34 @@ async fn exclusive_queues_belong_to_their_connection_and_vanish_with_it() {
 
 #[tokio::test]
 async fn unacked_messages_return_to_the_queue_marked_redelivered() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let setup = connection.create_channel().await.unwrap();
+    let (connection, setup) = open().await;
     // Shared, so it outlives its consumers; on RabbitMQ it expires a minute after the test.
-    let work = unique("work");
-    let expires = args(&[("x-expires", lapin::types::AMQPValue::LongInt(60_000))]);
-    setup
-        .queue_declare(
-            work.as_str().into(),
-            QueueDeclareOptions::default(),
-            expires,
-        )
-        .await
-        .unwrap();
+    let work = declare_queue(
+        &setup,
+        &unique("work"),
+        QueueDeclareOptions::default(),
+        expires_in_a_minute(),
+    )
+    .await
+    .unwrap();
     for n in 0..3 {
-        setup
-            .basic_publish(
-                "".into(),
-                work.as_str().into(),
-                BasicPublishOptions::default(),
-                format!("job {n}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        send(&setup, &work, format!("job {n}").as_bytes()).await;
     }
-    let worker = connection.create_channel().await.unwrap();
+    let worker = channel_on(&connection).await;
     worker
         .basic_qos(1, BasicQosOptions::default())
         .await
         .unwrap();
-    let mut jobs = worker
-        .basic_consume(
-            work.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), jobs.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut jobs = consume(&worker, &work).await;
+    let first = next(&mut jobs).await;
     assert_eq!(first.data, b"job 0");
     // Prefetch 1: nothing more until this one is settled.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), jobs.next())
-            .await
-            .is_err()
-    );
+    assert!(nothing_arrives(&mut jobs).await);
     worker.close(200, "crash".into()).await.unwrap();
 
-    let again = connection.create_channel().await.unwrap();
-    let mut jobs = again
-        .basic_consume(
-            work.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let redelivered = tokio::time::timeout(Duration::from_secs(5), jobs.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let again = channel_on(&connection).await;
+    let mut jobs = consume(&again, &work).await;
+    let redelivered = next(&mut jobs).await;
     assert_eq!(redelivered.data, b"job 0");
     assert!(redelivered.redelivered);
 }
@@ -394,77 +201,18 @@ async fn wrong_credentials_are_refused() {
     assert!(refused.is_err(), "a wrong password must not get in");
 }
 
-fn args(pairs: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (key, value) in pairs {
-        table.insert((*key).into(), value.clone());
-    }
-    table
-}
-
-async fn get(channel: &lapin::Channel, queue: &str) -> Option<Vec<u8>> {
-    channel
-        .basic_get(
-            queue.into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .map(|message| message.delivery.data)
-}
-
 #[tokio::test]
 async fn expired_messages_are_never_delivered() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
-    let plain = channel
-        .queue_declare("".into(), private(), FieldTable::default())
-        .await
-        .unwrap()
-        .name()
-        .to_string();
-    let with_ttl = channel
-        .queue_declare(
-            "".into(),
-            private(),
-            args(&[("x-message-ttl", lapin::types::AMQPValue::LongInt(100))]),
-        )
-        .await
-        .unwrap()
-        .name()
-        .to_string();
-    let soon = BasicProperties::default().with_expiration("100".into());
-    channel
-        .basic_publish(
-            "".into(),
-            plain.as_str().into(),
-            BasicPublishOptions::default(),
-            b"stale",
-            soon,
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            plain.as_str().into(),
-            BasicPublishOptions::default(),
-            b"fresh",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            with_ttl.as_str().into(),
-            BasicPublishOptions::default(),
-            b"stale",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+    let (_connection, channel) = open().await;
+    let plain = private_queue(&channel, FieldTable::default()).await;
+    let with_ttl = private_queue(
+        &channel,
+        args(&[("x-message-ttl", AMQPValue::LongInt(100))]),
+    )
+    .await;
+    publish(&channel, "", &plain, b"stale", expiring_in_100_ms()).await;
+    send(&channel, &plain, b"fresh").await;
+    send(&channel, &with_ttl, b"stale").await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(
         get(&channel, &plain).await.as_deref(),
@@ -476,49 +224,27 @@ async fn expired_messages_are_never_delivered() {
 
 #[tokio::test]
 async fn full_queues_drop_the_oldest_or_refuse_the_newest() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_connection, channel) = open().await;
+    select_confirms(&channel).await;
     let max = |overflow: &str| {
         args(&[
-            ("x-max-length", lapin::types::AMQPValue::LongInt(2)),
-            (
-                "x-overflow",
-                lapin::types::AMQPValue::LongString(overflow.into()),
-            ),
+            ("x-max-length", AMQPValue::LongInt(2)),
+            ("x-overflow", AMQPValue::LongString(overflow.into())),
         ])
     };
-    let drop_head = channel
-        .queue_declare("".into(), private(), max("drop-head"))
-        .await
-        .unwrap()
-        .name()
-        .to_string();
-    let reject = channel
-        .queue_declare("".into(), private(), max("reject-publish"))
-        .await
-        .unwrap()
-        .name()
-        .to_string();
+    let drop_head = private_queue(&channel, max("drop-head")).await;
+    let reject = private_queue(&channel, max("reject-publish")).await;
     let mut confirmations = Vec::new();
     for n in 1..=3 {
         for queue in [&drop_head, &reject] {
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    format!("m{n}").as_bytes(),
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            let confirm = publish_confirmed(
+                &channel,
+                queue,
+                BasicPublishOptions::default(),
+                format!("m{n}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
             confirmations.push((queue == &reject, n, confirm.is_ack()));
         }
     }
@@ -538,30 +264,14 @@ async fn full_queues_drop_the_oldest_or_refuse_the_newest() {
 
 #[tokio::test]
 async fn a_byte_limit_drops_the_oldest_until_the_newest_fits() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
-    let limited = channel
-        .queue_declare(
-            "".into(),
-            private(),
-            args(&[("x-max-length-bytes", lapin::types::AMQPValue::LongInt(10))]),
-        )
-        .await
-        .unwrap()
-        .name()
-        .to_string();
+    let (_connection, channel) = open().await;
+    let limited = private_queue(
+        &channel,
+        args(&[("x-max-length-bytes", AMQPValue::LongInt(10))]),
+    )
+    .await;
     for body in ["aaaa", "bbbb", "cccccc"] {
-        channel
-            .basic_publish(
-                "".into(),
-                limited.as_str().into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        send(&channel, &limited, body.as_bytes()).await;
     }
     // 4 + 4 + 6 bytes do not fit in 10: the oldest goes.
     assert_eq!(get(&channel, &limited).await.as_deref(), Some(&b"bbbb"[..]));
@@ -575,28 +285,17 @@ async fn a_byte_limit_drops_the_oldest_until_the_newest_fits() {
 #[tokio::test]
 async fn deleting_a_queue_tells_its_consumers_and_purge_counts() {
     let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
-    let shared = unique("shared");
-    channel
-        .queue_declare(
-            shared.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (_connection, channel) = open_at(&url).await;
+    let shared = declare_queue(
+        &channel,
+        &unique("shared"),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     for _ in 0..3 {
-        channel
-            .basic_publish(
-                "".into(),
-                shared.as_str().into(),
-                BasicPublishOptions::default(),
-                b"x",
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        send(&channel, &shared, b"x").await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
@@ -610,16 +309,8 @@ async fn deleting_a_queue_tells_its_consumers_and_purge_counts() {
         3
     );
 
-    let listener = connect(&url).await.create_channel().await.unwrap();
-    let mut consumer = listener
-        .basic_consume(
-            shared.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (_, listener) = open_at(&url).await;
+    let mut consumer = consume(&listener, &shared).await;
     channel
         .queue_delete(
             shared.as_str().into(),
@@ -638,53 +329,44 @@ async fn deleting_a_queue_tells_its_consumers_and_purge_counts() {
 
 #[tokio::test]
 async fn redeclaring_a_queue_differently_is_refused() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
+    let (connection, channel) = open().await;
     let name = unique("redeclare");
-    let expires = args(&[("x-expires", lapin::types::AMQPValue::LongInt(60_000))]);
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::default(),
-            expires.clone(),
-        )
-        .await
-        .unwrap();
+    let expires = expires_in_a_minute();
+    declare_queue(
+        &channel,
+        &name,
+        QueueDeclareOptions::default(),
+        expires.clone(),
+    )
+    .await
+    .unwrap();
     // The same declaration again is fine.
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::default(),
-            expires.clone(),
-        )
-        .await
-        .unwrap();
+    declare_queue(
+        &channel,
+        &name,
+        QueueDeclareOptions::default(),
+        expires.clone(),
+    )
+    .await
+    .unwrap();
     let auto_delete = QueueDeclareOptions {
         auto_delete: true,
         ..Default::default()
     };
-    let error = channel
-        .queue_declare(name.as_str().into(), auto_delete, expires)
+    let error = declare_queue(&channel, &name, auto_delete, expires)
         .await
         .unwrap_err();
     assert!(error.to_string().contains("PRECONDITION_FAILED"), "{error}");
     // A passive declare only checks that it exists.
-    let other = connection.create_channel().await.unwrap();
+    let other = channel_on(&connection).await;
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
     };
-    other
-        .queue_declare(name.as_str().into(), passive, FieldTable::default())
+    declare_queue(&other, &name, passive, FieldTable::default())
         .await
         .unwrap();
-    let missing = other
-        .queue_declare(
-            unique("missing").as_str().into(),
-            passive,
-            FieldTable::default(),
-        )
+    let missing = declare_queue(&other, &unique("missing"), passive, FieldTable::default())
         .await
         .unwrap_err();
     assert!(missing.to_string().contains("NOT_FOUND"), "{missing}");
@@ -692,75 +374,236 @@ async fn redeclaring_a_queue_differently_is_refused() {
 
 #[tokio::test]
 async fn a_message_that_expires_while_its_consumer_is_busy_is_never_delivered() {
-    let url = start().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
-    let inbox = channel
-        .queue_declare("".into(), private(), FieldTable::default())
-        .await
-        .unwrap()
-        .name()
-        .clone();
+    let (_connection, channel) = open().await;
+    let inbox = private_queue(&channel, FieldTable::default()).await;
     channel
         .basic_qos(1, BasicQosOptions::default())
         .await
         .unwrap();
-    let mut consumer = channel
+    let mut consumer = consume(&channel, &inbox).await;
+    send(&channel, &inbox, b"first").await;
+    publish(&channel, "", &inbox, b"stale", expiring_in_100_ms()).await;
+    send(&channel, &inbox, b"last").await;
+
+    let first = next(&mut consumer).await;
+    assert_eq!(first.data, b"first");
+    tokio::time::sleep(Duration::from_millis(300)).await; // "stale" expires while we are busy
+    first.ack(BasicAckOptions::default()).await.unwrap();
+    let after = next(&mut consumer).await;
+    assert_eq!(
+        after.data, b"last",
+        "the expired message was dropped, not delivered late"
+    );
+}
+
+// Helpers: the set-up every case shares.
+
+async fn start() -> String {
+    crate::broker_url().await
+}
+
+fn unique(name: &str) -> String {
+    format!("conformance-{name}-{:08x}", fastrand::u32(..))
+}
+
+async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the broker at {url}: {e}"))
+}
+
+async fn channel_on(connection: &Connection) -> Channel {
+    connection.create_channel().await.unwrap()
+}
+
+/// A connection to the broker at `url` and a channel on it.
+async fn open_at(url: &str) -> (Connection, Channel) {
+    let connection = connect(url).await;
+    let channel = channel_on(&connection).await;
+    (connection, channel)
+}
+
+/// A connection to a broker of the case's own (a new one, for the embedded broker) and
+/// a channel on it.
+async fn open() -> (Connection, Channel) {
+    open_at(&start().await).await
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert((*key).into(), value.clone());
+    }
+    table
+}
+
+/// `x-expires`: on RabbitMQ, a shared queue goes a minute after its test.
+fn expires_in_a_minute() -> FieldTable {
+    args(&[("x-expires", AMQPValue::LongInt(60_000))])
+}
+
+/// Declares a queue; returns its name (the broker's choice if `name` is empty).
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+) -> lapin::Result<String> {
+    let queue = channel
+        .queue_declare(name.into(), options, arguments)
+        .await?;
+    Ok(queue.name().to_string())
+}
+
+/// Declares a broker-named queue that is exclusive to this connection and auto-deleted;
+/// returns its name.
+async fn private_queue(channel: &Channel, arguments: FieldTable) -> String {
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    declare_queue(channel, "", private, arguments)
+        .await
+        .unwrap()
+}
+
+/// Declares an auto-delete exchange.
+async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
+    let auto_delete = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(name.into(), kind, auto_delete, FieldTable::default())
+        .await
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// A consumer that acknowledges by hand.
+async fn consume(channel: &Channel, queue: &str) -> Consumer {
+    channel
         .basic_consume(
-            inbox.clone(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
-        .unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            inbox.clone(),
-            BasicPublishOptions::default(),
-            b"first",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
-    let soon = BasicProperties::default().with_expiration("100".into());
-    channel
-        .basic_publish(
-            "".into(),
-            inbox.clone(),
-            BasicPublishOptions::default(),
-            b"stale",
-            soon,
-        )
-        .await
-        .unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            inbox.clone(),
-            BasicPublishOptions::default(),
-            b"last",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+        .unwrap()
+}
 
-    let first = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+async fn consume_no_ack(channel: &Channel, queue: &str) -> Consumer {
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    channel
+        .basic_consume(queue.into(), "".into(), no_ack, FieldTable::default())
+        .await
+        .unwrap()
+}
+
+/// The consumer's next delivery, within 5 s.
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), consumer.next())
         .await
         .unwrap()
         .unwrap()
+        .unwrap()
+}
+
+fn text(delivery: Delivery) -> String {
+    String::from_utf8(delivery.data).unwrap()
+}
+
+/// Whether nothing reaches the consumer for 200 ms.
+async fn nothing_arrives(consumer: &mut Consumer) -> bool {
+    tokio::time::timeout(Duration::from_millis(200), consumer.next())
+        .await
+        .is_err()
+}
+
+/// Publishes without waiting for a confirm.
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
+    channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
         .unwrap();
-    assert_eq!(first.data, b"first");
-    tokio::time::sleep(Duration::from_millis(300)).await; // "stale" expires while we are busy
-    first.ack(BasicAckOptions::default()).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+}
+
+/// Publishes a plain message to a queue through the default exchange.
+async fn send(channel: &Channel, queue: &str, body: &[u8]) {
+    publish(channel, "", queue, body, BasicProperties::default()).await;
+}
+
+fn expiring_in_100_ms() -> BasicProperties {
+    BasicProperties::default().with_expiration("100".into())
+}
+
+async fn select_confirms(channel: &Channel) {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+}
+
+fn mandatory() -> BasicPublishOptions {
+    BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    }
+}
+
+/// Publishes to a queue through the default exchange on a channel with confirms, and
+/// waits for the broker's answer.
+async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    options: BasicPublishOptions,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Confirmation {
+    channel
+        .basic_publish("".into(), queue.into(), options, body, properties)
         .await
         .unwrap()
+        .await
         .unwrap()
-        .unwrap();
-    assert_eq!(
-        next.data, b"last",
-        "the expired message was dropped, not delivered late"
-    );
+}
+
+/// basic.get without ack: the next message's body, if any.
+async fn get(channel: &Channel, queue: &str) -> Option<Vec<u8>> {
+    channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .map(|message| message.delivery.data)
 }
