@@ -11,7 +11,7 @@ use protocol::{
 };
 use serde_json::Value;
 
-use crate::fleet::{error_message, live::use_live, send_command};
+use crate::fleet::{live::use_live, send_command};
 
 /// A form for one command, generated from its argument specs. Arguments are checked in
 /// the browser with the same rules the server applies, so mistakes show at once.
@@ -31,6 +31,8 @@ pub fn CommandForm(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
     );
     let timeout_s = RwSignal::new((timeouts::DEFAULT_MS / 1000).to_string());
     let error = RwSignal::new(None::<String>);
+    // The server's code for the error shown (none for the browser's own checks).
+    let error_code = RwSignal::new(None::<String>);
     let sending = RwSignal::new(false);
     let form_id = format!("command-{}", spec.name);
     let title = spec.name.replace('_', " ");
@@ -43,15 +45,22 @@ pub fn CommandForm(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
             let request =
                 match build_request(&spec, &values.get_untracked(), &timeout_s.get_untracked()) {
                     Ok(request) => request,
-                    Err(message) => return error.set(Some(message)),
+                    Err(message) => {
+                        error_code.set(None);
+                        return error.set(Some(message));
+                    }
                 };
             error.set(None);
+            error_code.set(None);
             sending.set(true);
             let device = device_id.to_string();
             leptos::task::spawn_local(async move {
                 match send_command(device, request).await {
                     Ok(command) => live.upsert_command(command),
-                    Err(e) => error.set(Some(error_message(&e))),
+                    Err(e) => {
+                        error_code.set(Some(e.code));
+                        error.set(Some(e.message));
+                    }
                 }
                 sending.set(false);
             });
@@ -68,7 +77,7 @@ pub fn CommandForm(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
                 <input type="number" min="0.1" max="300" step="any" name="timeout_s" prop:value=move || timeout_s.get()
                     on:input=move |ev| timeout_s.set(event_target_value(&ev)) />
             </label>
-            <p class="error" role="alert" data-testid="form-error">{move || error.get()}</p>
+            <p class="error" role="alert" data-testid="form-error" data-code=move || error_code.get()>{move || error.get()}</p>
             <button type="submit" disabled=move || sending.get()>
                 {move || if sending.get() { "Sending…".to_owned() } else { send_label.clone() }}
             </button>

@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use protocol::{DeviceId, api::CommandView};
 
 use super::{StatusBadge, ago, command_form::input_text};
-use crate::fleet::{cancel_command, error_message, live::use_live};
+use crate::fleet::{AppError, cancel_command, live::use_live};
 
 /// The commands sent to this device, newest first, each walking through its statuses.
 #[component]
@@ -53,13 +53,13 @@ fn CommandEntry(command: CommandView, now_ms: Signal<u64>) -> impl IntoView {
             .join(", ")
     };
     let pending = !command.status.is_terminal();
-    let cancel_error = RwSignal::new(None::<String>);
+    let cancel_error = RwSignal::new(None::<AppError>);
     let id = command.id.0.clone();
     let cancel = move |_| {
         let id = id.clone();
         leptos::task::spawn_local(async move {
             if let Err(e) = cancel_command(id).await {
-                cancel_error.set(Some(error_message(&e)));
+                cancel_error.set(Some(e));
             }
         });
     };
@@ -84,7 +84,7 @@ fn CommandEntry(command: CommandView, now_ms: Signal<u64>) -> impl IntoView {
             {command.message.clone().map(|m| view! { <p class="progress-message">{m}</p> })}
             {result.map(|r| view! { <pre class="result" data-testid="result">{r}</pre> })}
             {command.error.clone().map(|e| view! { <p class="error" data-testid="command-error">{e}</p> })}
-            {move || cancel_error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            {move || cancel_error.get().map(|e| view! { <p class="error" role="alert" data-code=e.code>{e.message}</p> })}
         </li>
     }
     .into_any()

@@ -7,12 +7,12 @@ use leptos_router::hooks::use_params_map;
 use protocol::{Capabilities, DeviceId, api::DeviceView};
 
 use super::{PresenceBadge, command_form::CommandForm, command_log::CommandLog};
-use crate::fleet::{error_message, get_device, live::use_live, recent_commands};
+use crate::fleet::{AppError, get_device, live::use_live, recent_commands};
 
 /// What the page shows, apart from the details that change with every heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 enum Loaded {
-    Failed(String),
+    Failed(AppError),
     Unknown(String),
     Found(DeviceId, Capabilities),
 }
@@ -27,7 +27,7 @@ pub fn DevicePage() -> impl IntoView {
         |id| async move { (get_device(id.clone()).await, recent_commands(id, 50).await) },
     );
 
-    let device = Memo::new(move |_| -> Option<Result<Option<DeviceView>, String>> {
+    let device = Memo::new(move |_| -> Option<Result<Option<DeviceView>, AppError>> {
         let id = id.get();
         if live.synced.get() {
             let known = live.devices.with(|all| {
@@ -37,13 +37,11 @@ pub fn DevicePage() -> impl IntoView {
             });
             return Some(Ok(known));
         }
-        rendered
-            .get()
-            .map(|(device, _)| device.map_err(|e| error_message(&e)))
+        rendered.get().map(|(device, _)| device)
     });
     let loaded = Memo::new(move |_| {
         device.get().map(|result| match result {
-            Err(message) => Loaded::Failed(message),
+            Err(error) => Loaded::Failed(error),
             Ok(None) => Loaded::Unknown(id.get()),
             Ok(Some(d)) => Loaded::Found(d.id, d.capabilities),
         })
@@ -59,8 +57,8 @@ pub fn DevicePage() -> impl IntoView {
     view! {
         <Suspense fallback=|| view! { <section class="card"><p class="muted">"Loading device…"</p></section> }>
             {move || loaded.get().map(|loaded| match loaded {
-                Loaded::Failed(message) => view! {
-                    <section class="card"><p class="error" role="alert">{message}</p></section>
+                Loaded::Failed(error) => view! {
+                    <section class="card"><p class="error" role="alert" data-code=error.code>{error.message}</p></section>
                 }.into_any(),
                 Loaded::Unknown(id) => {
                     #[cfg(feature = "ssr")]

@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use protocol::api::DeviceView;
 
 use super::PresenceBadge;
-use crate::fleet::{list_devices, live::use_live};
+use crate::fleet::{AppError, list_devices, live::use_live};
 
 /// The landing page. Rendered on the server with the devices known then, so it is
 /// useful before WASM loads; once hydrated, the live channel keeps it current.
@@ -18,7 +18,7 @@ pub fn DeviceListPage() -> impl IntoView {
     Effect::new(move |_| hydrated.set(true));
     let help_open = RwSignal::new(false);
 
-    let devices = move || -> Option<Result<Vec<DeviceView>, String>> {
+    let devices = move || -> Option<Result<Vec<DeviceView>, AppError>> {
         if live.synced.get() {
             let mut devices: Vec<_> = live.devices.get().into_values().collect();
             devices.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.id.cmp(&b.id)));
@@ -29,7 +29,6 @@ pub fn DeviceListPage() -> impl IntoView {
                 devices.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.id.cmp(&b.id)));
                 devices
             })
-            .map_err(|e| crate::fleet::error_message(&e))
         })
     };
 
@@ -38,7 +37,7 @@ pub fn DeviceListPage() -> impl IntoView {
             <h1>"Fleet"</h1>
             <Suspense fallback=|| view! { <p class="muted">"Loading devices…"</p> }>
                 {move || devices().map(|result| match result {
-                    Err(message) => view! { <p class="error" role="alert">{message}</p> }.into_any(),
+                    Err(error) => view! { <p class="error" role="alert" data-code=error.code>{error.message}</p> }.into_any(),
                     Ok(devices) if devices.is_empty() => view! {
                         <p class="empty">"No devices have connected yet."</p>
                     }.into_any(),

@@ -13,7 +13,7 @@ use protocol::{
 
 use super::chart::{Chart, ChartData, math::merge_reading};
 use crate::fleet::{
-    error_message,
+    AppError,
     live::{now_ms, use_live},
     telemetry_history,
 };
@@ -94,7 +94,7 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
     // to wait for it.
     let shown = {
         let (id, metrics) = (device_id.clone(), capabilities.metrics.clone());
-        move |result: Result<History, ServerFnError>| {
+        move |result: Result<History, AppError>| {
             starting_point(result, &id, &metrics, range.get_untracked())
         }
     };
@@ -209,7 +209,11 @@ pub fn Telemetry(device_id: DeviceId, capabilities: Capabilities) -> impl IntoVi
             </div>
             <Transition fallback=|| view! { <p class="muted">"Loading readings…"</p> }>
                 {move || history.get().map(shown.clone()).map(|(history, why)| view! {
-                    {why.map(|why| view! { <p class="notice" role="status" data-testid="history-unavailable">{why}</p> })}
+                    {why.map(|why| view! {
+                        <p class="notice" role="status" data-testid="history-unavailable" data-code=why.code>
+                            {format!("No stored readings ({}); showing readings as they arrive.", why.message)}
+                        </p>
+                    })}
                     <div class="charts">
                         {(0..history.series.len()).map(|i| view! { <Chart data=chart(&history, i) /> }).collect_view()}
                     </div>
@@ -229,7 +233,7 @@ struct Origin {
 }
 
 impl Origin {
-    fn of(result: &Result<History, ServerFnError>, range: Range) -> Self {
+    fn of(result: &Result<History, AppError>, range: Range) -> Self {
         match result {
             Ok(history) => Self {
                 from_ms: history.from_ms,
@@ -255,13 +259,13 @@ impl Origin {
 
 /// The history to draw from: the stored one or, when it cannot be read (no storage on
 /// this server, the database down), empty series over the range that fill in live, and
-/// the reason, to show above them.
+/// why (the server's error, `storage_off` or `store_unavailable`), to show above them.
 fn starting_point(
-    result: Result<History, ServerFnError>,
+    result: Result<History, AppError>,
     device_id: &DeviceId,
     metrics: &[MetricSpec],
     range: Range,
-) -> (History, Option<String>) {
+) -> (History, Option<AppError>) {
     match result {
         Ok(history) => (history, None),
         Err(error) => {
@@ -279,11 +283,7 @@ fn starting_point(
                     })
                     .collect(),
             };
-            let why = format!(
-                "No stored readings ({}); showing readings as they arrive.",
-                error_message(&error)
-            );
-            (empty, Some(why))
+            (empty, Some(error))
         }
     }
 }
