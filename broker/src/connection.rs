@@ -4,8 +4,9 @@
 //!
 //! - here: the reader loop (frames in; deliveries and heartbeats out), the connection's
 //!   state, frame dispatch with one short match from each AMQP method to its handler, and
-//!   closing the connection.
-//! - `handshake`: the connection class: protocol header, start, PLAIN, tune, open, close.
+//!   closing the connection, also when the broker shuts down.
+//! - `handshake`: the connection class: protocol header, start, PLAIN, tune, open, close,
+//!   and waiting for the close-ok to the broker's own close.
 //! - `channel`: the channel class (open, close, flow) and closing a channel on an error.
 //! - `exchange` and `queue`: exchange.* and queue.* methods, answered from the vhost.
 //! - `publish`: basic.publish, content reassembly, mandatory returns, confirms.
@@ -36,7 +37,8 @@ use amq_protocol::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    sync::mpsc,
+    sync::{mpsc, watch},
+    task::JoinHandle,
 };
 
 use crate::{
@@ -50,13 +52,24 @@ const COMMAND_INVALID: u16 = 503;
 const CHANNEL_ERROR: u16 = 504;
 const ACCESS_REFUSED: u16 = 403;
 const NO_ROUTE: u16 = 312;
+const CONNECTION_FORCED: u16 = 320;
 
+/// How long a connection waits for the client's close-ok to the broker's shutdown
+/// close before dropping it.
+const CLOSE_OK_WITHIN: Duration = Duration::from_millis(500);
+/// How long, once the broker is stopping, the writer may take to send what is left.
+const FLUSH_WITHIN: Duration = Duration::from_millis(200);
+
+/// Serves one connection until it closes, or until `stopping` turns true: then an open
+/// connection is closed with 320 (CONNECTION_FORCED) and one still in the handshake is
+/// dropped, all within `CLOSE_OK_WITHIN` + `FLUSH_WITHIN`.
 pub async fn serve(
     id: ConnectionId,
     socket: TcpStream,
     peer: SocketAddr,
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
+    mut stopping: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
     let (mut reader, mut writer) = socket.into_split();
@@ -70,12 +83,24 @@ pub async fn serve(
         let _ = writer.shutdown().await;
     });
 
-    if !handshake::protocol_header(&mut reader).await {
-        // As the spec says: answer with the header we speak, then close.
-        let _ = out.send(handshake::PROTOCOL_HEADER.to_vec());
-        drop(out);
-        let _ = writer_task.await;
-        return;
+    let header = tokio::select! {
+        header = handshake::protocol_header(&mut reader) => Some(header),
+        () = stopped(&mut stopping) => None,
+    };
+    match header {
+        Some(true) => {}
+        Some(false) => {
+            // As the spec says: answer with the header we speak, then close.
+            let _ = out.send(handshake::PROTOCOL_HEADER.to_vec());
+            drop(out);
+            finish_writing(writer_task, &mut stopping).await;
+            return;
+        }
+        None => {
+            drop(out);
+            finish_writing(writer_task, &mut stopping).await;
+            return;
+        }
     }
     let (deliver, mut deliveries) = mpsc::unbounded_channel();
     let mut conn = Connection {
@@ -96,6 +121,7 @@ pub async fn serve(
     let mut buffer: Vec<u8> = Vec::with_capacity(8192);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
     let mut silent_ticks = 0u32;
+    let mut stopped_by_broker = false;
     loop {
         tokio::select! {
             read = reader.read_buf(&mut buffer) => match read {
@@ -128,11 +154,49 @@ pub async fn serve(
                     conn.send(AMQPFrame::Heartbeat);
                 }
             }
+            () = stopped(&mut stopping) => {
+                stopped_by_broker = true;
+                break;
+            }
+        }
+    }
+    // The broker is stopping: an open connection is told so, as RabbitMQ does; one still
+    // in the handshake is simply dropped.
+    if stopped_by_broker && conn.open {
+        conn.close(
+            CONNECTION_FORCED,
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+            0,
+            0,
+        );
+        if !conn
+            .await_close_ok(&mut reader, &mut buffer, CLOSE_OK_WITHIN)
+            .await
+        {
+            tracing::debug!(%peer, "no close-ok to the shutdown close; dropping the connection");
         }
     }
     conn.close_all();
     drop(conn);
-    let _ = writer_task.await;
+    finish_writing(writer_task, &mut stopping).await;
+}
+
+/// Resolves once the broker is stopping (or gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+/// Lets the writer send what is left and close the socket; once the broker is stopping,
+/// for `FLUSH_WITHIN` at most, so a client that does not read cannot hold shutdown up.
+async fn finish_writing(mut writer_task: JoinHandle<()>, stopping: &mut watch::Receiver<bool>) {
+    let deadline = async {
+        stopped(stopping).await;
+        tokio::time::sleep(FLUSH_WITHIN).await;
+    };
+    tokio::select! {
+        _ = &mut writer_task => {}
+        () = deadline => writer_task.abort(),
+    }
 }
 
 struct Connection {

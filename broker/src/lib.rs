@@ -3,6 +3,10 @@
 //! Nothing is persisted.
 //!
 //! - [`Config`] and [`Broker`]: bind, then [`Broker::serve`] until shutdown.
+//!   Shutdown is graceful, as in RabbitMQ: the port is freed at once, every open
+//!   connection is sent `connection.close` 320 (CONNECTION_FORCED) and given 500 ms for
+//!   its close-ok, connections still in the handshake are dropped, and `serve` returns
+//!   once all of them have ended (within a second).
 //! - `vhost`: exchanges, queues, bindings, consumers and routing; shared state behind
 //!   one lock that is never held across an `.await`.
 //! - `connection`: one client connection — handshake, channels, methods — with one
@@ -14,15 +18,17 @@ mod vhost;
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::vhost::Vhost;
+
+/// How long [`Broker::serve`] waits for its connections at shutdown before ending the
+/// ones left. Each bounds its own goodbye well within it (see `connection`).
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(1);
 
 /// How the broker listens and whom it lets in.
 #[derive(Debug, Clone)]
@@ -111,32 +117,73 @@ impl Broker {
         Ok(url)
     }
 
-    /// Accepts connections until `shutdown` resolves.
+    /// Accepts connections until `shutdown` resolves, then shuts down as RabbitMQ does:
+    /// stops listening (the port is free again), sends every open connection
+    /// `connection.close` 320 (CONNECTION_FORCED), waits for each client's close-ok
+    /// (500 ms at most; handshakes under way are dropped), and returns once every
+    /// connection has ended, within a second in any case. Dropping the returned future
+    /// instead drops the connections without a goodbye.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            listener,
+            config,
+            vhost,
+        } = self;
         tokio::pin!(shutdown);
+        // `true` once shutting down; every connection watches it.
+        let (stop, stopping) = watch::channel(false);
+        let mut connections = JoinSet::new();
         let mut next_id: u64 = 0;
-        let open = Arc::new(AtomicUsize::new(0));
         loop {
             tokio::select! {
-                () = &mut shutdown => return,
-                accepted = self.listener.accept() => match accepted {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        if open.load(Ordering::Relaxed) >= self.config.max_connections {
-                            tracing::warn!(%peer, "turning a connection away: {} are open, the limit", self.config.max_connections);
+                        // Connections that ended since the last accept leave the count.
+                        while let Some(ended) = connections.try_join_next() {
+                            report(ended);
+                        }
+                        if connections.len() >= config.max_connections {
+                            tracing::warn!(%peer, "turning a connection away: {} are open, the limit", config.max_connections);
                             drop(socket);
                             continue;
                         }
                         next_id += 1;
-                        open.fetch_add(1, Ordering::Relaxed);
-                        let (config, vhost, open) = (self.config.clone(), self.vhost.clone(), open.clone());
-                        tokio::spawn(async move {
-                            connection::serve(next_id, socket, peer, config, vhost).await;
-                            open.fetch_sub(1, Ordering::Relaxed);
-                        });
+                        let (config, vhost, stopping) = (config.clone(), vhost.clone(), stopping.clone());
+                        connections.spawn(connection::serve(next_id, socket, peer, config, vhost, stopping));
                     }
                     Err(error) => tracing::warn!("accept failed: {error}"),
                 }
             }
         }
+        drop(listener);
+        let _ = stop.send(true);
+        while let Some(ended) = connections.try_join_next() {
+            report(ended);
+        }
+        let open = connections.len();
+        let all_ended = async {
+            while let Some(ended) = connections.join_next().await {
+                report(ended);
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_WITHIN, all_ended)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} connections did not close within {SHUTDOWN_WITHIN:?}; dropping them",
+                connections.len()
+            );
+            connections.shutdown().await;
+        }
+        tracing::info!("broker stopped; {open} connections closed");
+    }
+}
+
+/// Logs a connection task that panicked.
+fn report(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = ended {
+        tracing::error!("a connection task failed: {error}");
     }
 }

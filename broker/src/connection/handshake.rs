@@ -1,9 +1,11 @@
 //! The connection class: the protocol header, connection.start with the broker's
-//! capabilities, PLAIN authentication (start-ok), tune, open, and close.
+//! capabilities, PLAIN authentication (start-ok), tune, open, and close, including
+//! waiting for the client's close-ok when the broker closed first.
 
 use std::time::Duration;
 
 use amq_protocol::{
+    frame::{AMQPFrame, parse_frame},
     protocol::{AMQPClass, connection},
     types::{AMQPValue, FieldTable},
 };
@@ -134,6 +136,59 @@ impl Connection {
     fn connection_close_ok(&mut self) -> Result<(), Fatal> {
         self.closing = true;
         Ok(())
+    }
+
+    /// After the broker's own connection.close: reads until the client's close-ok, or
+    /// its connection.close crossing ours (answered with close-ok), for `within` at most.
+    /// Everything else is discarded, as the spec asks. Whether the client answered.
+    pub(super) async fn await_close_ok(
+        &self,
+        reader: &mut OwnedReadHalf,
+        buffer: &mut Vec<u8>,
+        within: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            loop {
+                if buffer.len() >= 7 {
+                    let size = u32::from_be_bytes([buffer[3], buffer[4], buffer[5], buffer[6]]);
+                    if size > self.frame_max {
+                        return false;
+                    }
+                }
+                let (consumed, frame) = match parse_frame(buffer.as_slice()) {
+                    Ok((rest, frame)) => (buffer.len() - rest.len(), frame),
+                    Err(nom::Err::Incomplete(_)) => break,
+                    Err(_) => return false,
+                };
+                buffer.drain(..consumed);
+                match frame {
+                    AMQPFrame::Method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
+                    ) => {
+                        return true;
+                    }
+                    AMQPFrame::Method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::Close(_)),
+                    ) => {
+                        self.method(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
+                        return true;
+                    }
+                    _ => {}
+                }
+            }
+            match tokio::time::timeout_at(deadline, reader.read_buf(buffer)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                _ => return false,
+            }
+        }
     }
 
     fn authenticates(&self, start_ok: &connection::StartOk) -> bool {
