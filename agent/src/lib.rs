@@ -179,17 +179,11 @@ pub async fn run<H: Handler>(
     }
 }
 
-/// Exponential backoff with jitter: a random delay between half and all of
-/// `min · 2^(failures-1)`, capped at `max`, so that a fleet that lost its broker does
-/// not come back all at once.
+/// Exponential backoff with jitter ([`protocol::backoff`]), so that a fleet that lost
+/// its broker does not come back all at once.
 fn backoff(config: &Config, failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    let ceiling = config
-        .reconnect_min
-        .saturating_mul(1 << exponent)
-        .min(config.reconnect_max);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(millis / 2..=millis.max(1)))
+    protocol::backoff::Backoff::new(config.reconnect_min, config.reconnect_max)
+        .delay(failures, fastrand::f64())
 }
 
 #[cfg(test)]

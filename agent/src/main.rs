@@ -11,7 +11,6 @@ use agent::simulate::{Kind, Simulated};
 use clap::Parser as _;
 use protocol::DeviceId;
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 /// Settings, as flags or environment variables.
 #[derive(Debug, clap::Parser)]
@@ -75,11 +74,7 @@ impl KindArg {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    common::init_logging();
     let args = Args::parse();
     let devices: Vec<(DeviceId, Kind)> = match args.simulate {
         None => vec![(DeviceId::new(&args.device_id)?, args.kind.pick(0))],

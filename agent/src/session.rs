@@ -10,13 +10,14 @@ use std::{
 };
 
 use anyhow::Context as _;
+use common::{amqp::declare_exchange, redact};
 use futures_util::StreamExt as _;
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
     },
     types::FieldTable,
 };
@@ -294,18 +295,7 @@ async fn declare(connection: &Connection) -> anyhow::Result<(Channel, String)> {
         .await
         .context("cannot open a channel")?;
     for exchange in [names::PRESENCE_EXCHANGE, names::TELEMETRY_EXCHANGE] {
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("cannot declare exchange {exchange}"))?;
+        declare_exchange(&channel, exchange).await?;
     }
     let inbox = channel
         .queue_declare(
@@ -320,18 +310,7 @@ async fn declare(connection: &Connection) -> anyhow::Result<(Channel, String)> {
         .await
         .context("cannot declare the inbox")?;
     // Servers that start later ask every device to say hello again through this exchange.
-    channel
-        .exchange_declare(
-            names::DISCOVER_EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .context("cannot declare the discovery exchange")?;
+    declare_exchange(&channel, names::DISCOVER_EXCHANGE).await?;
     channel
         .queue_bind(
             inbox.name().clone(),
@@ -532,30 +511,4 @@ fn reply(publisher: &Publisher, command_id: &CommandId, outcome: Outcome) -> Dev
 
 fn new_session_id() -> String {
     format!("{:016x}", fastrand::u64(..))
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_stay_out_of_logs() {
-        assert_eq!(
-            redact("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
-    }
 }

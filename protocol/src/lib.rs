@@ -12,8 +12,10 @@
 //!   against it.
 //! - [`api`]: device and command views, live events and API bodies for browsers.
 //! - [`command`]: a command's statuses and the state machine between them.
+//! - [`backoff`]: the reconnect pacing every party shares (exponential, with jitter).
 
 pub mod api;
+pub mod backoff;
 pub mod capability;
 pub mod codec;
 pub mod command;

@@ -23,6 +23,22 @@ pub const TELEMETRY_ALL: &str = "telemetry.#";
 /// MIME type of every Tether message body.
 pub const CONTENT_TYPE: &str = "application/json";
 
+/// How an exchange routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeType {
+    Topic,
+    Fanout,
+}
+
+/// Every exchange Tether declares, with its type. All are durable; declaring one again
+/// with the same type is harmless, so every party declares what it uses.
+pub const EXCHANGES: [(&str, ExchangeType); 4] = [
+    (PRESENCE_EXCHANGE, ExchangeType::Topic),
+    (TELEMETRY_EXCHANGE, ExchangeType::Topic),
+    (EVENTS_EXCHANGE, ExchangeType::Fanout),
+    (DISCOVER_EXCHANGE, ExchangeType::Fanout),
+];
+
 /// The presence routing keys a device publishes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresenceKind {

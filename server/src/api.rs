@@ -1,28 +1,26 @@
 //! The JSON HTTP API over the hub, for scripts and other systems (documented in
-//! API.md), and the same operations for the UI's server functions ([`app::fleet::Fleet`]).
-//!
-//! Every error is JSON `{"code": "...", "message": "..."}` with a fitting status:
-//! unknown device or command 404, bad input 400 or 422, conflicts 409, broker down 503.
+//! API.md). Ids and bodies are parsed here, at the edge; every error is a
+//! [`Failure`]: JSON `{"code": "...", "message": "..."}` with a fitting status.
 
-use std::{pin::Pin, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Json, Router,
     extract::{FromRequest, FromRequestParts, Path, Query, State, rejection::JsonRejection},
     http::StatusCode,
-    response::{IntoResponse, Response},
     routing::get,
 };
+use hub::Hub;
 use protocol::{
-    CommandId, MetricSpec,
-    api::{ApiError, CommandView, DeviceView, History, HistoryQuery, SendCommand, Series, history},
+    CommandId, DeviceId,
+    api::{CommandView, DeviceView, History, HistoryQuery, SendCommand},
 };
 use serde::Deserialize;
 
 use crate::{
-    AppState,
-    hub::{CancelError, Hub, SendError},
-    live,
+    error::{Failure, parse_device_id},
+    history, live,
+    state::AppState,
 };
 
 /// The longest a `GET /api/v1/commands/{id}?wait_ms=` may wait.
@@ -45,54 +43,50 @@ pub fn routes() -> Router<AppState> {
         })
 }
 
-/// An API error response.
-#[derive(Debug)]
-pub struct Failure(StatusCode, ApiError);
+/// A device id from the path (`{id}`), parsed once: a malformed one is an unknown
+/// device (404), as no device could have it.
+struct Device(DeviceId);
 
-impl Failure {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self(
-            status,
-            ApiError {
-                code: code.to_owned(),
-                message: message.into(),
-            },
-        )
+impl<S: Send + Sync> FromRequestParts<S> for Device {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    rejection.body_text(),
+                )
+            })?;
+        parse_device_id(&id).map(Self)
     }
 }
 
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        (self.0, Json(self.1)).into_response()
-    }
-}
+/// A command id from the path (`{id}`).
+struct Command(CommandId);
 
-impl From<SendError> for Failure {
-    fn from(error: SendError) -> Self {
-        let (status, code) = match &error {
-            SendError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
-            SendError::DeviceOffline(_) => (StatusCode::CONFLICT, "device_offline"),
-            SendError::UnknownCommand { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_command")
-            }
-            SendError::InvalidArguments(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments")
-            }
-            SendError::InvalidTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout"),
-            SendError::BrokerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
-        };
-        Self::new(status, code, error.to_string())
-    }
-}
+impl<S: Send + Sync> FromRequestParts<S> for Command {
+    type Rejection = Failure;
 
-impl From<CancelError> for Failure {
-    fn from(error: CancelError) -> Self {
-        let (status, code) = match &error {
-            CancelError::UnknownCommand(_) => (StatusCode::NOT_FOUND, "unknown_command"),
-            CancelError::AlreadyEnded(_) => (StatusCode::CONFLICT, "already_ended"),
-            CancelError::NotOurs(_) => (StatusCode::CONFLICT, "other_replica"),
-        };
-        Self::new(status, code, error.to_string())
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    rejection.body_text(),
+                )
+            })?;
+        Ok(Self(CommandId(id)))
     }
 }
 
@@ -152,22 +146,13 @@ async fn list_devices(State(hub): State<Hub>) -> Json<Vec<DeviceView>> {
 
 async fn get_device(
     State(hub): State<Hub>,
-    Path(id): Path<String>,
+    Device(id): Device,
 ) -> Result<Json<DeviceView>, Failure> {
     device(&hub, &id).map(Json)
 }
 
-fn device(hub: &Hub, id: &str) -> Result<DeviceView, Failure> {
-    protocol::DeviceId::new(id)
-        .ok()
-        .and_then(|id| hub.device(&id))
-        .ok_or_else(|| {
-            Failure::new(
-                StatusCode::NOT_FOUND,
-                "unknown_device",
-                format!("no device \"{id}\" has ever connected"),
-            )
-        })
+fn device(hub: &Hub, id: &DeviceId) -> Result<DeviceView, Failure> {
+    hub.device(id).ok_or_else(|| Failure::unknown_device(id))
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,7 +169,7 @@ impl Limit {
 
 async fn device_commands(
     State(hub): State<Hub>,
-    Path(id): Path<String>,
+    Device(id): Device,
     Params(limit): Params<Limit>,
 ) -> Result<Json<Vec<CommandView>>, Failure> {
     let device = device(&hub, &id)?;
@@ -200,7 +185,7 @@ async fn recent_commands(
 
 async fn send_command(
     State(hub): State<Hub>,
-    Path(id): Path<String>,
+    Device(id): Device,
     Body(request): Body<SendCommand>,
 ) -> Result<(StatusCode, Json<CommandView>), Failure> {
     let command = hub.send(&id, request).await?;
@@ -215,10 +200,9 @@ struct Wait {
 
 async fn get_command(
     State(hub): State<Hub>,
-    Path(id): Path<String>,
+    Command(id): Command,
     Params(wait): Params<Wait>,
 ) -> Result<Json<CommandView>, Failure> {
-    let id = CommandId(id);
     let unknown = || {
         Failure::new(
             StatusCode::NOT_FOUND,
@@ -238,179 +222,17 @@ async fn get_command(
 
 async fn cancel_command(
     State(hub): State<Hub>,
-    Path(id): Path<String>,
+    Command(id): Command,
 ) -> Result<Json<CommandView>, Failure> {
-    Ok(Json(hub.cancel(&CommandId(id)).await?))
+    Ok(Json(hub.cancel(&id).await?))
 }
 
 async fn device_telemetry(
-    State(hub): State<Hub>,
-    Path(id): Path<String>,
+    State(state): State<AppState>,
+    Device(id): Device,
     Params(query): Params<HistoryQuery>,
 ) -> Result<Json<History>, Failure> {
-    Ok(Json(history(&hub, &id, query).await?))
-}
-
-/// A device's history, downsampled: for the API and the UI's charts.
-pub async fn history(hub: &Hub, id: &str, query: HistoryQuery) -> Result<History, Failure> {
-    let unknown_device = || {
-        Failure::new(
-            StatusCode::NOT_FOUND,
-            "unknown_device",
-            format!("no device \"{id}\" has ever connected"),
-        )
-    };
-    let device_id = protocol::DeviceId::new(id).map_err(|_| unknown_device())?;
-    let to = query.to.unwrap_or_else(crate::hub::now_ms);
-    let from = query
-        .from
-        .unwrap_or_else(|| to.saturating_sub(history::DEFAULT_SPAN_MS));
-    if from >= to {
-        return Err(Failure::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_range",
-            format!("from ({from}) must be before to ({to}), both in ms since the Unix epoch"),
-        ));
-    }
-    let max_points = query.max_points.unwrap_or(history::DEFAULT_POINTS);
-    if !(1..=history::MAX_POINTS).contains(&max_points) {
-        return Err(Failure::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_max_points",
-            format!(
-                "max_points must be between 1 and {} (got {max_points})",
-                history::MAX_POINTS
-            ),
-        ));
-    }
-    let store = hub.store().ok_or_else(|| {
-        Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_off",
-            "this server keeps no history (TETHER_DATABASE_URL=none)",
-        )
-    })?;
-    let store_failed = |error: anyhow::Error| {
-        tracing::warn!("telemetry history for {id}: {error:#}");
-        Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the telemetry store cannot be read right now; try again shortly",
-        )
-    };
-    // The metrics to read, as the device announced them; for a device not heard from
-    // since this server started (or a metric it no longer announces), what is stored.
-    let known = hub.device(&device_id);
-    let announced = known
-        .as_ref()
-        .map(|device| device.capabilities.metrics.clone())
-        .unwrap_or_default();
-    let asked_for = |name: &String| query.metric.as_ref().is_none_or(|m| m == name);
-    let mut specs: Vec<MetricSpec> = announced
-        .into_iter()
-        .filter(|s| asked_for(&s.name))
-        .collect();
-    if specs.is_empty() {
-        let stored = store.metrics(id).await.map_err(store_failed)?;
-        if stored.is_empty() && known.is_none() {
-            return Err(unknown_device());
-        }
-        specs = stored
-            .into_iter()
-            .filter(asked_for)
-            .map(|name| MetricSpec {
-                name,
-                unit: String::new(),
-                min: None,
-                max: None,
-            })
-            .collect();
-        if let (Some(metric), true) = (&query.metric, specs.is_empty()) {
-            return Err(Failure::new(
-                StatusCode::NOT_FOUND,
-                "unknown_metric",
-                format!("device \"{id}\" has no metric \"{metric}\""),
-            ));
-        }
-    }
-    let as_i64 = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
-    let bucket_ms = crate::store::bucket_ms(as_i64(from), as_i64(to), max_points);
-    let mut found = store
-        .series(crate::store::SeriesQuery {
-            device: id.to_owned(),
-            metrics: specs.iter().map(|s| s.name.clone()).collect(),
-            from_ms: as_i64(from),
-            to_ms: as_i64(to),
-            bucket_ms,
-        })
-        .await
-        .map_err(store_failed)?;
-    let series = specs
-        .into_iter()
-        .map(|spec| {
-            let points = found
-                .iter_mut()
-                .find(|(m, _)| *m == spec.name)
-                .map(|(_, points)| std::mem::take(points))
-                .unwrap_or_default();
-            Series { spec, points }
-        })
-        .collect();
-    Ok(History {
-        device_id,
-        from_ms: from,
-        to_ms: to,
-        bucket_ms: bucket_ms as u64,
-        series,
-    })
-}
-
-type Answer<'a> = Pin<Box<dyn Future<Output = Result<CommandView, ApiError>> + Send + 'a>>;
-
-impl app::fleet::Fleet for Hub {
-    fn devices(&self) -> Vec<DeviceView> {
-        Hub::devices(self)
-    }
-
-    fn device(&self, id: &str) -> Option<DeviceView> {
-        protocol::DeviceId::new(id)
-            .ok()
-            .and_then(|id| Hub::device(self, &id))
-    }
-
-    fn recent_commands(&self, device: Option<&str>, limit: usize) -> Vec<CommandView> {
-        match device.map(protocol::DeviceId::new) {
-            None => Hub::recent_commands(self, None, limit),
-            Some(Ok(id)) => Hub::recent_commands(self, Some(&id), limit),
-            Some(Err(_)) => Vec::new(),
-        }
-    }
-
-    fn send_command(&self, device: String, request: SendCommand) -> Answer<'_> {
-        Box::pin(async move {
-            self.send(&device, request)
-                .await
-                .map_err(|e| Failure::from(e).1)
-        })
-    }
-
-    fn history(
-        &self,
-        device: String,
-        query: HistoryQuery,
-    ) -> Pin<Box<dyn Future<Output = Result<History, ApiError>> + Send + '_>> {
-        Box::pin(async move {
-            history(self, &device, query)
-                .await
-                .map_err(|failure| failure.1)
-        })
-    }
-
-    fn cancel_command(&self, id: String) -> Answer<'_> {
-        Box::pin(async move {
-            self.cancel(&CommandId(id))
-                .await
-                .map_err(|e| Failure::from(e).1)
-        })
-    }
+    Ok(Json(
+        history::read(&state.hub, state.store.as_ref(), &id, query).await?,
+    ))
 }

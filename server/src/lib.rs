@@ -1,168 +1,53 @@
-//! Tether's web server.
+//! Tether's web server: the HTTP side and the wiring. The device link is the `hub`
+//! crate, storage the `store` crate; this crate serves them over HTTP.
 //!
-//! - [`Config`]: every setting, from flags or `TETHER_*` environment variables.
-//! - [`hub`]: the bridge to the broker — device registry, commands, live events. The
-//!   only module that speaks AMQP.
-//! - [`api`]: the JSON HTTP API, and the hub as the UI's server functions see it.
+//! - [`config`]: every setting, from flags or `TETHER_*` environment variables.
+//! - [`api`]: the JSON HTTP API; [`error`]: the errors it and the server functions
+//!   return; [`history`]: a device's downsampled telemetry history.
+//! - [`fleet`]: the same operations for the UI's server functions.
 //! - [`live`]: the WebSocket that streams a snapshot and then every event to a tab.
-//! - [`router`]: every route (health, metrics, API, pages, static files), separate
-//!   from serving so tests can call it directly.
-//! - [`Server`] / [`run`]: bind, serve until `shutdown`, drain.
+//! - [`metrics`]: `/metrics` in the Prometheus format.
+//! - [`state`]: what every handler can reach.
+//! - This file wires them: [`Server::bind`] starts the embedded broker (if no broker
+//!   is configured), the store, the hub and the recorders under one [`Shutdown`];
+//!   [`Server::serve`] serves until told to stop, then stops everything in order.
 //!
 //! `main.rs` only parses the configuration, sets up logging and calls [`run`]; the
 //! integration tests call the same code on port 0.
 
 pub mod api;
-pub mod hub;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod history;
 pub mod live;
-pub mod store;
+pub mod metrics;
+pub mod state;
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use app::{App, fleet::SharedFleet, shell};
-use axum::{
-    Router,
-    extract::{FromRef, State},
-    http::StatusCode,
-    response::IntoResponse,
-    routing::get,
-};
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use common::{Shutdown, redact};
+use hub::{Hub, HubConfig, Recorder, RecorderConfig, RecorderStats, Stop};
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
+use store::Store;
 use tokio::net::TcpListener;
 
-use crate::{
-    hub::{Hub, HubConfig},
-    store::Store,
-};
+pub use crate::{config::Config, state::AppState};
 
 /// How often readings older than the retention are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// Once told to stop, the server exits within 5 s: in-flight requests get this long
+/// to finish, then its tasks (hub, recorders, pruning) this long, then the embedded
+/// broker this long to close its connections.
+const REQUESTS_WITHIN: Duration = Duration::from_millis(2_500);
+const TASKS_WITHIN: Duration = Duration::from_millis(1_500);
+const BROKER_WITHIN: Duration = Duration::from_millis(750);
 
-/// Server settings. Each one is a flag and an environment variable of the same name.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(name = "tether-server", version, about = "Tether's web server")]
-pub struct Config {
-    /// Address to serve HTTP on. Port 0 picks a free port.
-    /// Unset: `LEPTOS_SITE_ADDR` (set by cargo-leptos), else 127.0.0.1:3000.
-    #[arg(long = "addr", env = "TETHER_ADDR")]
-    pub addr: Option<SocketAddr>,
-
-    /// Folder holding the built site (`pkg/` with the WASM, JS and CSS, and the
-    /// public assets). Unset: `LEPTOS_SITE_ROOT`, else `target/site`.
-    #[arg(long = "site-root", env = "TETHER_SITE_ROOT")]
-    pub site_root: Option<PathBuf>,
-
-    /// The AMQP 0-9-1 broker devices connect to (RabbitMQ, say). Unset: start the
-    /// embedded broker and use it.
-    #[arg(long = "amqp-url", env = "TETHER_AMQP_URL")]
-    pub amqp_url: Option<String>,
-
-    /// Where the embedded broker listens when TETHER_AMQP_URL is unset. Not 5672, so it
-    /// never collides with a RabbitMQ on the same machine.
-    #[arg(
-        long = "broker-addr",
-        env = "TETHER_BROKER_ADDR",
-        default_value = "127.0.0.1:5673"
-    )]
-    pub broker_addr: SocketAddr,
-
-    /// The embedded broker's user and password (the guest account works only from
-    /// this machine, as in RabbitMQ).
-    #[arg(
-        long = "broker-user",
-        env = "TETHER_BROKER_USER",
-        default_value = "guest"
-    )]
-    pub broker_user: String,
-    #[arg(
-        long = "broker-password",
-        env = "TETHER_BROKER_PASSWORD",
-        default_value = "guest",
-        hide_env_values = true
-    )]
-    pub broker_password: String,
-
-    /// A command's deadline when the caller gives none, in milliseconds.
-    #[arg(long = "command-timeout-ms", env = "TETHER_COMMAND_TIMEOUT_MS", default_value_t = protocol::api::timeouts::DEFAULT_MS,
-          value_parser = clap::value_parser!(u64).range(protocol::api::timeouts::MIN_MS..=protocol::api::timeouts::MAX_MS))]
-    pub command_timeout_ms: u64,
-
-    /// Where readings are stored: `postgres://user@host/db` for PostgreSQL,
-    /// `sqlite://<path>` (or a bare path) for SQLite, `none` to keep only the live view.
-    #[arg(
-        long = "database-url",
-        env = "TETHER_DATABASE_URL",
-        default_value = "sqlite://tether-data/telemetry.db",
-        hide_env_values = true
-    )]
-    pub database_url: String,
-
-    /// How long readings are kept, e.g. `30d`, `12h`; older ones are pruned.
-    #[arg(long = "retention", env = "TETHER_RETENTION", default_value = "30d",
-          value_parser = store::parse_duration)]
-    pub retention: Duration,
-
-    /// Recorders this replica runs on the shared storage queue (each is one
-    /// competing consumer writing batches).
-    #[arg(long = "recorders", env = "TETHER_RECORDERS", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub recorders: u16,
-
-    /// The durable queue readings wait in to be stored. Every replica of one Tether
-    /// shares it; only a test or staging server should name its own.
-    #[arg(long = "store-queue", env = "TETHER_STORE_QUEUE", default_value = protocol::names::STORE_QUEUE)]
-    pub store_queue: String,
-
-    /// Delete the storage queue after it has had no consumer for this many ms. For a
-    /// queue of a test server's own, so it cannot pile up readings once that is gone.
-    #[arg(long = "store-queue-expires-ms", env = "TETHER_STORE_QUEUE_EXPIRES_MS")]
-    pub store_queue_expires_ms: Option<u64>,
-
-    /// How often a device someone watches is asked to report, in ms (each device keeps
-    /// to the fastest pace it announced).
-    #[arg(long = "watch-interval-ms", env = "TETHER_WATCH_INTERVAL_MS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    pub watch_interval_ms: u64,
-
-    /// How long a watch lease lasts, in ms: a device slows down this long after a server
-    /// that watched it vanished. Renewed every third of it while someone watches.
-    #[arg(long = "watch-lease-ms", env = "TETHER_WATCH_LEASE_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
-    pub watch_lease_ms: u64,
-}
-
-impl Config {
-    /// Defaults for everything, serving on `addr`, using the broker at `amqp_url`.
-    pub fn new(addr: SocketAddr, amqp_url: impl Into<String>) -> Self {
-        Self {
-            addr: Some(addr),
-            site_root: None,
-            amqp_url: Some(amqp_url.into()),
-            broker_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            broker_user: "guest".into(),
-            broker_password: "guest".into(),
-            command_timeout_ms: protocol::api::timeouts::DEFAULT_MS,
-            database_url: "none".into(),
-            retention: Duration::from_secs(30 * 86_400),
-            recorders: 1,
-            store_queue: protocol::names::STORE_QUEUE.into(),
-            store_queue_expires_ms: None,
-            watch_interval_ms: 1_000,
-            watch_lease_ms: 30_000,
-        }
-    }
-}
-
-/// What every handler can reach.
-#[derive(Debug, Clone, FromRef)]
-pub struct AppState {
-    pub leptos_options: LeptosOptions,
-    pub hub: Hub,
-}
-
-/// A server that has bound its port.
+/// A server that has bound its port and started its parts.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
@@ -170,17 +55,23 @@ pub struct Server {
     hub: Hub,
     /// The embedded broker's URL, when this server runs one.
     embedded_broker: Option<String>,
+    shutdown: Shutdown,
+    /// The embedded broker's own, stopped last so that the hub can say goodbye.
+    broker_shutdown: Shutdown,
 }
 
 impl Server {
-    /// Starts the hub (connected to the broker, or retrying in the background), binds
-    /// the configured address and builds the routes.
+    /// Starts the embedded broker (when no broker is configured), the store, the hub
+    /// (connected to the broker, or retrying in the background) and the recorders,
+    /// binds the configured address and builds the routes. Everything runs under one
+    /// [`Shutdown`], which [`Server::serve`] stops.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let (shutdown, broker_shutdown) = (Shutdown::new(), Shutdown::new());
         let options = leptos_options(&config)?;
         let (amqp_url, embedded_broker) = match &config.amqp_url {
             Some(url) => (url.clone(), None),
             None => {
-                let url = start_embedded_broker(&config).await?;
+                let url = start_embedded_broker(&config, &broker_shutdown).await?;
                 (url.clone(), Some(url))
             }
         };
@@ -194,25 +85,42 @@ impl Server {
                     store.kind(),
                     config.retention
                 );
-                tokio::spawn(
-                    store
-                        .clone()
-                        .prune_forever(config.retention, PRUNE_INTERVAL),
-                );
+                shutdown.spawn(store.clone().prune_until(
+                    config.retention,
+                    PRUNE_INTERVAL,
+                    shutdown.token().clone(),
+                ));
                 Some(store)
             }
         };
         let hub_config = HubConfig {
             default_timeout: Duration::from_millis(config.command_timeout_ms),
-            store,
-            recorders: usize::from(config.recorders),
-            store_queue: config.store_queue.clone(),
-            store_queue_expires: config.store_queue_expires_ms.map(Duration::from_millis),
+            store_queue: store.is_some().then(|| config.store_queue()),
             watch_interval: Duration::from_millis(config.watch_interval_ms),
             watch_lease: Duration::from_millis(config.watch_lease_ms),
-            ..HubConfig::new(amqp_url)
+            ..HubConfig::new(amqp_url.clone())
         };
-        let hub = Hub::start(hub_config, std::future::pending()).await;
+        let hub = Hub::start(hub_config, &shutdown).await;
+        let recorders = Arc::new(RecorderStats::default());
+        if let Some(store) = &store {
+            let recorder_config = RecorderConfig {
+                queue: config.store_queue(),
+                ..RecorderConfig::new(amqp_url)
+            };
+            for _ in 0..config.recorders {
+                let recorder = Recorder::new(
+                    recorder_config.clone(),
+                    store.clone(),
+                    Some(Arc::new(hub.clone())),
+                    recorders.clone(),
+                );
+                let stopping = shutdown.clone();
+                shutdown.spawn(recorder.run(async move {
+                    stopping.stopping().await;
+                    Stop::Drain
+                }));
+            }
+        }
         let addr = options.site_addr;
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (is another server using it? set TETHER_ADDR)")
@@ -222,9 +130,14 @@ impl Server {
             router: router(AppState {
                 leptos_options: options,
                 hub: hub.clone(),
+                store,
+                recorders,
+                shutdown: shutdown.clone(),
             }),
             hub,
             embedded_broker,
+            shutdown,
+            broker_shutdown,
         })
     }
 
@@ -242,20 +155,53 @@ impl Server {
         self.embedded_broker.as_deref()
     }
 
-    /// Serves until `shutdown` resolves, then lets open requests finish.
+    /// Serves until `signal` resolves, then stops: no new connections are accepted,
+    /// in-flight requests finish, live sockets close, pending commands end as the
+    /// server having stopped, recorders write and acknowledge their batch, and the
+    /// embedded broker closes its connections. Returns once all of that is done, and
+    /// within 5 s in any case.
     pub async fn serve(
         self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")
+        let shutdown = self.shutdown.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = signal => stop.stop(),
+                () = stop.stopping() => {}
+            }
+        });
+        let stopping = shutdown.clone();
+        let http = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { stopping.stopping().await })
+            .into_future();
+        let deadline = async {
+            shutdown.stopping().await;
+            tokio::time::sleep(REQUESTS_WITHIN).await;
+        };
+        let served = tokio::select! {
+            served = http => served.context("HTTP server failed"),
+            () = deadline => {
+                tracing::warn!("some requests did not finish within {REQUESTS_WITHIN:?}; leaving them");
+                Ok(())
+            }
+        };
+        // The HTTP side is done (or failed): stop the rest, if not yet stopped.
+        if !shutdown.stop_and_wait(TASKS_WITHIN).await {
+            tracing::warn!("some tasks did not stop within {TASKS_WITHIN:?}");
+        }
+        if !self.broker_shutdown.stop_and_wait(BROKER_WITHIN).await {
+            tracing::warn!("the embedded broker did not stop within {BROKER_WITHIN:?}");
+        }
+        tracing::info!("stopped");
+        served
     }
 }
 
-/// Starts the embedded broker in this process; returns the URL to reach it.
-async fn start_embedded_broker(config: &Config) -> anyhow::Result<String> {
+/// Starts the embedded broker in this process under `shutdown`; returns the URL to
+/// reach it.
+async fn start_embedded_broker(config: &Config, shutdown: &Shutdown) -> anyhow::Result<String> {
     let broker_config = broker::Config {
         addr: config.broker_addr,
         user: config.broker_user.clone(),
@@ -271,29 +217,31 @@ async fn start_embedded_broker(config: &Config) -> anyhow::Result<String> {
         "embedded AMQP broker on {addr} (nothing is persisted); devices connect with TETHER_AMQP_URL=amqp://{}:<password>@{addr}/%2f",
         config.broker_user
     );
-    tokio::spawn(broker.serve(std::future::pending()));
+    // Its own shutdown, stopped after every other task's, so the hub can say goodbye.
+    let stopping = shutdown.clone();
+    shutdown.spawn(broker.serve(async move { stopping.stopping().await }));
     Ok(url)
 }
 
-/// Binds, logs the address and serves until `shutdown` resolves.
+/// Binds, logs the address and serves until `signal` resolves.
 pub async fn run(
     config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
     tracing::info!("Tether is listening on http://{}", server.local_addr()?);
-    server.serve(shutdown).await
+    server.serve(signal).await
 }
 
 /// All routes: health, readiness, metrics, the JSON API, the Leptos pages and server
 /// functions, and the built site's files.
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
-    let fleet: SharedFleet = Arc::new(state.hub.clone());
+    let fleet: SharedFleet = Arc::new(state.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::serve))
         .nest("/api", api::routes())
         .leptos_routes_with_context(&state, routes, move || provide_context(fleet.clone()), {
             let options = state.leptos_options.clone();
@@ -313,87 +261,6 @@ async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
             "not connected to the broker",
         )
     }
-}
-
-/// Prometheus text format.
-async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
-    let stats = hub.stats();
-    let devices = hub.devices();
-    let online = devices.iter().filter(|d| d.online).count();
-    let text = format!(
-        "# HELP tether_devices Devices known to this replica, by presence.\n\
-         # TYPE tether_devices gauge\n\
-         tether_devices{{state=\"online\"}} {online}\n\
-         tether_devices{{state=\"offline\"}} {offline}\n\
-         # HELP tether_commands_pending Commands sent by this replica that have not ended.\n\
-         # TYPE tether_commands_pending gauge\n\
-         tether_commands_pending {pending}\n\
-         # HELP tether_watched_devices Devices this replica's viewers are watching (reporting faster).\n\
-         # TYPE tether_watched_devices gauge\n\
-         tether_watched_devices {watched}\n\
-         # HELP tether_broker_connected Whether the broker link is up.\n\
-         # TYPE tether_broker_connected gauge\n\
-         tether_broker_connected {connected}\n\
-         # HELP tether_messages_dropped_total Messages from the broker that were dropped, by reason.\n\
-         # TYPE tether_messages_dropped_total counter\n\
-         tether_messages_dropped_total{{reason=\"malformed\"}} {malformed}\n\
-         tether_messages_dropped_total{{reason=\"foreign\"}} {foreign}\n\
-         tether_messages_dropped_total{{reason=\"stale_session\"}} {stale}\n\
-         tether_messages_dropped_total{{reason=\"late\"}} {late}\n\
-         # HELP tether_commands_returned_total Commands that came back unroutable (device gone).\n\
-         # TYPE tether_commands_returned_total counter\n\
-         tether_commands_returned_total {returned}\n\
-         # HELP tether_readings_total Device readings, by what became of them.\n\
-         # TYPE tether_readings_total counter\n\
-         tether_readings_total{{outcome=\"accepted\"}} {accepted}\n\
-         tether_readings_total{{outcome=\"unknown_metric\"}} {unknown_metric}\n\
-         tether_readings_total{{outcome=\"out_of_range\"}} {out_of_range}\n\
-         tether_readings_total{{outcome=\"flood\"}} {flood}\n\
-         tether_readings_total{{outcome=\"wrong_type\"}} {wrong_type}\n\
-         # HELP tether_samples_stored_total Readings written to the store by this replica's recorders.\n\
-         # TYPE tether_samples_stored_total counter\n\
-         tether_samples_stored_total {stored}\n\
-         # HELP tether_samples_duplicate_total Readings redelivered after being stored (kept once).\n\
-         # TYPE tether_samples_duplicate_total counter\n\
-         tether_samples_duplicate_total {duplicates}\n\
-         # HELP tether_store_errors_total Failed batch writes (each retried; nothing is acknowledged before it is stored).\n\
-         # TYPE tether_store_errors_total counter\n\
-         tether_store_errors_total {store_errors}\n\
-         # HELP tether_samples_rejected_total Readings the recorders refused to store, by reason.\n\
-         # TYPE tether_samples_rejected_total counter\n{rejected}",
-        offline = devices.len() - online,
-        pending = stats.pending_commands,
-        connected = u8::from(hub.is_connected()),
-        watched = hub.watched_devices(),
-        malformed = stats.malformed,
-        foreign = stats.foreign,
-        stale = stats.stale,
-        late = stats.late,
-        returned = stats.returned,
-        accepted = stats.readings_accepted,
-        unknown_metric = stats.readings_unknown_metric,
-        out_of_range = stats.readings_out_of_range,
-        flood = stats.readings_flood,
-        wrong_type = stats.readings_wrong_type,
-        stored = stats.recorders.stored,
-        duplicates = stats.recorders.duplicates,
-        store_errors = stats.recorders.store_errors,
-        rejected = stats
-            .recorders
-            .rejected
-            .iter()
-            .map(|(reason, n)| format!(
-                "tether_samples_rejected_total{{reason=\"{reason}\"}} {n}\n"
-            ))
-            .collect::<String>(),
-    );
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
-    )
 }
 
 /// Leptos's own settings (from cargo-leptos's `LEPTOS_*` variables or their
@@ -419,36 +286,4 @@ fn leptos_options(config: &Config) -> anyhow::Result<LeptosOptions> {
         options.site_root = root.to_string_lossy().into_owned().into();
     }
     Ok(options)
-}
-
-/// A URL without its password, for logs and errors.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
-            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_hidden_in_urls() {
-        assert_eq!(
-            redact("postgres://app:secret@db:5432/tether"),
-            "postgres://app:***@db:5432/tether"
-        );
-        assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact("tether-data/telemetry.db"),
-            "tether-data/telemetry.db"
-        );
-    }
 }

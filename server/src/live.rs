@@ -4,12 +4,13 @@
 //!
 //! The client may send `{"type":"watch","device_id":…}` and `{"type":"unwatch",…}`
 //! while it shows a device: watched devices report faster (see [`Hub::watch`]) until
-//! the tab unwatches them or goes away. Anything else it sends is ignored.
+//! the tab unwatches them or goes away. Anything else it sends is ignored. When the
+//! server stops, every socket is closed with 1001 (going away), and tabs reconnect.
 
 use axum::{
     extract::{
         State, WebSocketUpgrade,
-        ws::{Message, WebSocket},
+        ws::{CloseFrame, Message, WebSocket, close_code},
     },
     response::Response,
 };
@@ -21,7 +22,10 @@ use protocol::{
 };
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::hub::{Hub, Watching};
+use common::Shutdown;
+use hub::{Hub, Watching};
+
+use crate::state::AppState;
 
 /// Devices one tab may watch at once.
 const MAX_WATCHED_PER_CLIENT: usize = 32;
@@ -29,11 +33,11 @@ const MAX_WATCHED_PER_CLIENT: usize = 32;
 /// Recent commands in each snapshot.
 const SNAPSHOT_COMMANDS: usize = 200;
 
-pub async fn upgrade(socket: WebSocketUpgrade, State(hub): State<Hub>) -> Response {
-    socket.on_upgrade(move |socket| serve(socket, hub))
+pub async fn upgrade(socket: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    socket.on_upgrade(move |socket| serve(socket, state.hub, state.shutdown))
 }
 
-async fn serve(mut socket: WebSocket, hub: Hub) {
+async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
     // Dropped with the connection, which releases every watch it held.
     let mut watching: HashMap<DeviceId, Watching> = HashMap::new();
     let (snapshot, mut events) = hub.subscribe(SNAPSHOT_COMMANDS);
@@ -42,6 +46,14 @@ async fn serve(mut socket: WebSocket, hub: Hub) {
     }
     loop {
         tokio::select! {
+            () = shutdown.stopping() => {
+                let close = CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "the server is stopping".into(),
+                };
+                let _ = socket.send(Message::Close(Some(close))).await;
+                return;
+            }
             event = events.recv() => match event {
                 Ok(event) => {
                     if send(&mut socket, &event).await.is_err() {

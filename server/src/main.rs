@@ -2,15 +2,10 @@
 //! until Ctrl-C or SIGTERM.
 
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    common::init_logging();
     let config = server::Config::parse();
     server::run(config, shutdown_signal()).await
 }

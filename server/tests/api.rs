@@ -11,11 +11,10 @@ use protocol::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 fn amqp_url() -> String {
-    std::env::var("TETHER_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    testkit::rabbitmq_url()
 }
 
 /// A server and one simulated device; both stop when this is dropped.
@@ -23,9 +22,10 @@ struct Setup {
     base: String,
     device: DeviceId,
     client: reqwest::Client,
-    hub: server::hub::Hub,
+    hub: hub::Hub,
     _stop_server: oneshot::Sender<()>,
-    _stop_agent: watch::Sender<bool>,
+    /// Stops (and says bye) when dropped.
+    _agent: testkit::Agent,
 }
 
 async fn setup(kind: Kind) -> Setup {
@@ -58,33 +58,23 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
         let _ = stopped.await;
     }));
 
-    let device = DeviceId::new(format!("api-{}-{:08x}", kind.name(), fastrand::u32(..))).unwrap();
-    let mut config = agent::Config::new(amqp_url(), device.clone(), kind.name());
-    config.heartbeat = Duration::from_secs(1);
-    config.telemetry = telemetry;
-    let (stop_agent, mut agent_stopped) = watch::channel(false);
-    tokio::spawn(agent::run(
-        config,
-        Arc::new(Simulated::new(kind)),
-        async move {
-            let _ = agent_stopped.wait_for(|s| *s).await;
+    let agent = testkit::Agent::start(
+        &amqp_url(),
+        &format!("api-{}", kind.name()),
+        kind,
+        |config| {
+            config.heartbeat = Duration::from_secs(1);
+            config.telemetry = telemetry;
         },
-    ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !hub.device(&device).is_some_and(|d| d.online) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent did not come online"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    );
+    testkit::online(&hub, &agent.id).await;
     Setup {
         base,
-        device,
+        device: agent.id.clone(),
         client: reqwest::Client::new(),
         hub,
         _stop_server: stop_server,
-        _stop_agent: stop_agent,
+        _agent: agent,
     }
 }
 
@@ -178,63 +168,148 @@ async fn a_command_is_accepted_then_long_polled_to_its_result() {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors_with_fitting_statuses() {
+    use reqwest::Method;
     let setup = setup(Kind::Thermostat).await;
-    let path = setup.commands_path();
-    let cases = [
+    let commands = setup.commands_path();
+    let telemetry = format!("/api/v1/devices/{}/telemetry", setup.device);
+    let (get, post, delete) = (Method::GET, Method::POST, Method::DELETE);
+    // Method, path, JSON body, the status and code expected.
+    let cases: &[(Method, &str, &str, StatusCode, &str)] = &[
         (
-            path.as_str(),
+            post.clone(),
+            &commands,
             r#"{"name":"set_target","args":{"celsius":99}}"#,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_arguments",
         ),
         (
-            path.as_str(),
+            post.clone(),
+            &commands,
             r#"{"name":"launch"}"#,
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_command",
         ),
         (
-            path.as_str(),
+            post.clone(),
+            &commands,
             r#"{"name":"get_state","timeout_ms":5}"#,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_timeout",
         ),
         (
-            path.as_str(),
+            post.clone(),
+            &commands,
             r#"{"name":"#,
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
-            path.as_str(),
+            post.clone(),
+            &commands,
             r#"{"args":{}}"#,
             StatusCode::UNPROCESSABLE_ENTITY,
             "bad_request",
         ),
         (
+            post.clone(),
             "/api/v1/devices/ghost/commands",
             r#"{"name":"get_state"}"#,
             StatusCode::NOT_FOUND,
             "unknown_device",
         ),
+        // A malformed id is refused at the edge, as no device could have it.
+        (
+            post.clone(),
+            "/api/v1/devices/not%20a%20device/commands",
+            r#"{"name":"get_state"}"#,
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+        ),
+        (
+            get.clone(),
+            "/api/v1/devices/not.a.device",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+        ),
+        (
+            get.clone(),
+            "/api/v1/devices/ghost",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+        ),
+        (
+            get.clone(),
+            "/api/v1/devices/ghost/commands",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+        ),
+        (
+            get.clone(),
+            &format!("{commands}?limit=lots"),
+            "",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            get.clone(),
+            "/api/v1/commands/does-not-exist",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_command",
+        ),
+        (
+            delete.clone(),
+            "/api/v1/commands/does-not-exist",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown_command",
+        ),
+        (
+            get.clone(),
+            &format!("{telemetry}?from=2000&to=1000"),
+            "",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_range",
+        ),
+        (
+            get.clone(),
+            &format!("{telemetry}?max_points=0"),
+            "",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_max_points",
+        ),
+        (
+            get.clone(),
+            "/api/v1/nothing-here",
+            "",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
     ];
-    for (path, body, status, code) in cases {
-        let (got, answer) = setup.post(path, body).await;
-        assert_eq!(got, status, "{body}: {answer}");
+    for (method, path, body, status, code) in cases {
+        let mut request = setup
+            .client
+            .request(method.clone(), format!("{}{path}", setup.base));
+        if !body.is_empty() {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let got = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(got, *status, "{method} {path} {body}: {answer}");
         let answer = error(answer);
-        assert_eq!(answer.code, code, "{body}: {}", answer.message);
+        assert_eq!(
+            answer.code, *code,
+            "{method} {path} {body}: {}",
+            answer.message
+        );
         assert!(!answer.message.is_empty());
     }
-    let (status, body): (_, Value) = setup.get("/api/v1/commands/does-not-exist").await;
-    assert_eq!(
-        (status, error(body).code.as_str()),
-        (StatusCode::NOT_FOUND, "unknown_command")
-    );
-    let (status, body): (_, Value) = setup.get("/api/v1/nothing-here").await;
-    assert_eq!(
-        (status, error(body).code.as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
 }
 
 #[tokio::test]

@@ -11,9 +11,7 @@ struct Running {
 }
 
 async fn start() -> Running {
-    let amqp_url = std::env::var("TETHER_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    start_with(amqp_url).await
+    start_with(testkit::rabbitmq_url()).await
 }
 
 async fn start_with(amqp_url: String) -> Running {

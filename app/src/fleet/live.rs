@@ -237,9 +237,15 @@ mod browser {
     use gloo_net::websocket::{Message, futures::WebSocket};
     use gloo_timers::future::TimeoutFuture;
     use leptos::prelude::*;
-    use protocol::api::LiveRequest;
+    use protocol::{api::LiveRequest, backoff::Backoff};
 
     use super::{LinkStatus, Live};
+
+    /// A lost socket is retried after 0.5–1 s, then twice as long each time, up to 10 s.
+    const RECONNECT: Backoff = Backoff::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(10),
+    );
 
     /// Keeps the tab connected: connect, read events until the socket breaks, wait with
     /// backoff and jitter, and again. Every new connection starts with a snapshot.
@@ -282,9 +288,8 @@ mod browser {
             live.outbox.set_value(None);
             live.status.set(LinkStatus::Reconnecting);
             failures = failures.saturating_add(1);
-            let ceiling = 500u32.saturating_mul(1 << failures.min(5)).min(10_000);
-            let pause = ceiling / 2 + (js_sys::Math::random() * f64::from(ceiling / 2)) as u32;
-            TimeoutFuture::new(pause).await;
+            let pause = RECONNECT.delay(failures, js_sys::Math::random());
+            TimeoutFuture::new(u32::try_from(pause.as_millis()).unwrap_or(u32::MAX)).await;
         }
     }
 

@@ -4,6 +4,5 @@
 mod cases;
 
 fn amqp_url() -> String {
-    std::env::var("TETHER_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    testkit::rabbitmq_url()
 }

@@ -20,15 +20,13 @@ use std::{
 };
 
 use agent::simulate::{Kind, Simulated};
+use hub::{Recorder, RecorderConfig, RecorderStats, Stop, StoreQueue};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
 };
 use protocol::{DeviceId, DeviceMessage, TelemetrySample, names};
-use server::{
-    hub::{Recorder, RecorderConfig, RecorderStats, Stop},
-    store::Store,
-};
+use store::Store;
 use tokio::sync::{oneshot, watch};
 
 const PUBLISHERS: usize = 4;
@@ -114,16 +112,17 @@ async fn round(
     let queue = format!("tether.telemetry.store.bench-{tag}");
     let prefix = format!("ingest-{tag}");
     let config = RecorderConfig {
-        queue: queue.clone(),
-        binding: "telemetry.#".into(),
-        expires: Some(Duration::from_secs(60)),
+        queue: StoreQueue {
+            expires: Some(Duration::from_secs(60)),
+            ..StoreQueue::named(queue.clone())
+        },
         ..RecorderConfig::new(amqp)
     };
     // The queue first, as the recorders declare it, so the readings wait in it.
     {
         let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        server::hub::declare_store_queue(&channel, &config).await?;
+        config.queue.declare(&channel).await?;
         let _ = connection.close(200, "declared".into()).await;
     }
     let ids: Vec<DeviceId> = (0..devices)
@@ -226,9 +225,10 @@ async fn live_round(amqp: &str, store: Store, agents: usize) -> anyhow::Result<(
     let tag = format!("{:08x}", fastrand::u32(..));
     let queue = format!("tether.telemetry.store.bench-{tag}");
     let config = RecorderConfig {
-        queue: queue.clone(),
-        binding: "telemetry.#".into(),
-        expires: Some(Duration::from_secs(60)),
+        queue: StoreQueue {
+            expires: Some(Duration::from_secs(60)),
+            ..StoreQueue::named(queue.clone())
+        },
         ..RecorderConfig::new(amqp)
     };
     let stats = Arc::new(RecorderStats::default());
@@ -303,12 +303,7 @@ async fn delete_queue(amqp: &str, queue: &str) {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use common::now_ms;
 
 /// A PostgreSQL database of the benchmark's own.
 struct Scratch {

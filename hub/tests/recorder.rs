@@ -5,31 +5,25 @@
 
 use std::{sync::Arc, time::Duration};
 
+use hub::{Recorder, RecorderConfig, RecorderStats, Rejected, Stop, StoreQueue};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::FieldTable,
 };
 use protocol::{DeviceId, DeviceMessage, TelemetrySample, names};
-use server::{
-    hub::{Recorder, RecorderConfig, RecorderStats, Rejected, Stop, declare_store_queue},
-    store::Store,
-};
+use store::Store;
 use tokio::sync::oneshot;
 
 /// A test's queue goes away a minute after its last use, even if the test crashed.
 const EXPIRES_MS: i64 = 60_000;
 
 fn rabbitmq() -> String {
-    std::env::var("TETHER_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    testkit::rabbitmq_url()
 }
 
-#[path = "support/embedded.rs"]
-mod support;
-
 fn embedded() -> String {
-    support::broker_url()
+    testkit::embedded_broker_url()
 }
 
 /// One test's queue, device, store and publishing channel.
@@ -70,7 +64,10 @@ impl Bench {
         };
         // Declared as the recorders declare it, so that readings published before any
         // recorder runs wait in it.
-        declare_store_queue(&bench.channel, &bench.config(100, Duration::ZERO))
+        bench
+            .config(100, Duration::ZERO)
+            .queue
+            .declare(&bench.channel)
             .await
             .unwrap();
         bench
@@ -87,11 +84,13 @@ impl Bench {
 
     fn config(&self, batch: usize, linger: Duration) -> RecorderConfig {
         RecorderConfig {
-            queue: self.queue.clone(),
-            binding: format!("telemetry.{}.#", self.device),
+            queue: StoreQueue {
+                name: self.queue.clone(),
+                binding: format!("telemetry.{}.#", self.device),
+                expires: Some(Duration::from_millis(EXPIRES_MS as u64)),
+            },
             batch,
             linger,
-            expires: Some(Duration::from_millis(EXPIRES_MS as u64)),
             ..RecorderConfig::new(self.url.clone())
         }
     }
@@ -175,12 +174,7 @@ fn spawn(recorder: Recorder) -> (oneshot::Sender<Stop>, tokio::task::JoinHandle<
     (stop, task)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use common::now_ms;
 
 async fn two_recorders_share_the_queue_storing_each_sample_once(url: String) {
     let bench = Bench::new(url).await;
@@ -207,7 +201,7 @@ async fn two_recorders_share_the_queue_storing_each_sample_once(url: String) {
     // Every sample is there, with its value.
     let series = bench
         .store
-        .series(server::store::SeriesQuery {
+        .series(store::SeriesQuery {
             device: bench.device.to_string(),
             metrics: vec!["cpu".into()],
             from_ms: start as i64,
@@ -256,7 +250,7 @@ async fn a_recorder_that_dies_mid_batch_loses_nothing(url: String) {
     assert_eq!(bench.stored().await, 0);
     // As if another one had died after committing a third of them, before its ack.
     let committed: Vec<_> = (0..100)
-        .map(|i| server::store::Sample {
+        .map(|i| store::Sample {
             device: bench.device.to_string(),
             metric: "cpu".into(),
             ts_ms: (start + i * 100) as i64,

@@ -22,13 +22,13 @@ use std::{
 
 use agent::simulate::{Kind, Simulated};
 use futures_util::{StreamExt as _, stream};
+use hub::{Hub, HubConfig};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use protocol::{CommandStatus, DeviceId, api::SendCommand};
-use server::hub::{Hub, HubConfig};
 use tokio::sync::{oneshot, watch};
 
 #[tokio::main]
@@ -82,7 +82,7 @@ async fn rounds(
             default_timeout: Duration::from_secs(30),
             ..HubConfig::new(url.clone())
         },
-        std::future::pending(),
+        &common::Shutdown::new(),
     )
     .await;
     anyhow::ensure!(hub.is_connected(), "cannot reach the broker at {url}");
@@ -108,7 +108,7 @@ async fn rounds(
         timeout_ms: Some(150_000),
     };
     for n in 0..1_000 {
-        hub.send(gateways[n % gateways.len()].as_str(), slow.clone())
+        hub.send(&gateways[n % gateways.len()], slow.clone())
             .await?;
     }
     let pending = hub.stats().pending_commands;
@@ -162,7 +162,7 @@ async fn through_hub(
                     args: Default::default(),
                     timeout_ms: None,
                 };
-                let sent = hub.send(device.as_str(), request).await.expect("accepted");
+                let sent = hub.send(&device, request).await.expect("accepted");
                 let done = hub
                     .wait(&sent.id, Duration::from_secs(30))
                     .await

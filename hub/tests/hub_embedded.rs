@@ -4,9 +4,6 @@
 #[path = "support/hub_cases.rs"]
 mod cases;
 
-#[path = "support/embedded.rs"]
-mod embedded;
-
 fn amqp_url() -> String {
-    embedded::broker_url()
+    testkit::embedded_broker_url()
 }

@@ -133,6 +133,12 @@ impl Registry {
         self.devices.get_mut(id)
     }
 
+    /// How many devices are known, and how many of them are online.
+    pub fn counts(&self) -> (usize, usize) {
+        let online = self.devices.values().filter(|d| d.view.online).count();
+        (self.devices.len(), online)
+    }
+
     /// Every device, sorted by id.
     pub fn views(&self) -> Vec<DeviceView> {
         let mut views: Vec<_> = self.devices.values().map(|d| d.view.clone()).collect();

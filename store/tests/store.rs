@@ -2,7 +2,7 @@
 //! (`TETHER_TEST_DATABASE_URL`, default the local server's `test` database; each test
 //! creates a database of its own and drops it). A missing PostgreSQL fails the tests.
 
-use server::store::{Sample, SeriesQuery, Store, bucket_ms};
+use store::{Sample, SeriesQuery, Store, bucket_ms};
 
 const T0: i64 = 1_800_000_000_000;
 

@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use protocol::api::Point;
 
-use crate::redact;
+use common::redact;
+use tokio_util::sync::CancellationToken;
 
 /// One reading to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,17 +148,24 @@ impl Store {
         }
     }
 
-    /// Prunes samples older than `retention` now and then every `every`, forever.
-    pub async fn prune_forever(self, retention: Duration, every: Duration) {
+    /// Prunes samples older than `retention` now and then every `every`, until `stop`.
+    pub async fn prune_until(self, retention: Duration, every: Duration, stop: CancellationToken) {
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         loop {
             let cutoff = now_ms().saturating_sub(retention_ms);
-            match self.prune(cutoff).await {
+            let pruned = tokio::select! {
+                pruned = self.prune(cutoff) => pruned,
+                () = stop.cancelled() => return,
+            };
+            match pruned {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!("pruned {pruned} samples older than {retention:?}"),
                 Err(error) => tracing::warn!("cannot prune old samples: {error:#}"),
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => return,
+            }
         }
     }
 }
@@ -167,9 +175,7 @@ fn is_postgres(url: &str) -> bool {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(common::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// Parses a retention such as `30d`, `12h`, `90m` or `45s`.

@@ -1,0 +1,128 @@
+//! What Tether's server side (hub, store, web server) and its agent both need at run
+//! time, in one place:
+//!
+//! - [`Retry`]: reconnect backoff with jitter (the pacing itself is
+//!   [`protocol::backoff`], which the browser shares).
+//! - [`now_ms`] and [`duration_ms`]: the wall clock in the milliseconds the protocol
+//!   speaks.
+//! - [`redact`]: a URL without its password, for logs and errors.
+//! - [`amqp`]: Tether's exchanges declared on a lapin channel.
+//! - [`Shutdown`]: one cancellation token and task tracker for a whole process.
+//! - [`init_logging`]: `tracing` output filtered by `RUST_LOG` (default `info`).
+
+pub mod amqp;
+mod shutdown;
+
+pub use shutdown::Shutdown;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use protocol::backoff::Backoff;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, duration_ms)
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A URL without its password, for logs and errors. Text that is not a URL with a
+/// password (a bare file path, say) is returned as it is.
+pub fn redact(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            // Only fails for URLs that cannot have a password, which this one has.
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// Failures in a row and the pause before the next attempt: exponential backoff with
+/// jitter between `min` and `max`.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    backoff: Backoff,
+    failures: u32,
+}
+
+impl Retry {
+    pub const fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            backoff: Backoff::new(min, max),
+            failures: 0,
+        }
+    }
+
+    /// One more failure: the pause to wait before trying again.
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.backoff.delay(self.failures, fastrand::f64())
+    }
+
+    /// It worked: the next failure starts from `min` again.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: `info`). Call once, from `main`.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_in_urls() {
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/tether"),
+            "postgres://app:***@db:5432/tether"
+        );
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(
+            redact("tether-data/telemetry.db"),
+            "tether-data/telemetry.db"
+        );
+        // A password with an '@' in it stays hidden whole.
+        assert_eq!(
+            redact("amqp://dev:p%40ss@host/%2f"),
+            "amqp://dev:***@host/%2f"
+        );
+    }
+
+    #[test]
+    fn retries_back_off_and_start_over_after_a_success() {
+        let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = retry.failed();
+        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
+        for _ in 0..10 {
+            assert!(retry.failed() <= Duration::from_secs(1));
+        }
+        assert_eq!(retry.failures(), 11);
+        retry.succeeded();
+        assert!(retry.failed() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,271 @@
+//! The [`Hub`] itself: its configuration, its shared state, how it starts and stops,
+//! and what anyone may read of it. What it does is in the sibling modules: [`link`]
+//! (the broker connection), [`intake`] (what devices and replicas publish), [`send`]
+//! (commands), [`watch`] (watch leases), [`timer`] (deadlines and heartbeats) and
+//! [`stats`].
+//!
+//! [`link`]: crate::link
+//! [`intake`]: crate::intake
+//! [`send`]: crate::send
+//! [`watch`]: crate::watch
+//! [`timer`]: crate::timer
+//! [`stats`]: crate::stats
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, atomic::AtomicU64},
+    time::Duration,
+};
+
+use common::Shutdown;
+use protocol::{
+    CommandId, CommandStatus, DeviceId,
+    api::{CommandView, DeviceView, LiveEvent, timeouts},
+};
+use tokio::sync::{Notify, broadcast, oneshot};
+
+use crate::{
+    announced::{Announced, Known},
+    commands::Commands,
+    flood::FloodGate,
+    link::Link,
+    registry::Registry,
+    stats::Stats,
+    store_queue::StoreQueue,
+};
+
+/// How the hub reaches the broker.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub amqp_url: String,
+    /// A command's deadline when the caller gives none.
+    pub default_timeout: Duration,
+    /// The storage queue, declared whenever the hub connects so that readings are kept
+    /// from the moment a replica with storage is up (its recorders consume it); `None`
+    /// when this replica stores nothing.
+    pub store_queue: Option<StoreQueue>,
+    /// How often a watched device is asked to report (it keeps to what it announced).
+    pub watch_interval: Duration,
+    /// How long one watch lease lasts; renewed every third of it while viewers stay.
+    pub watch_lease: Duration,
+}
+
+impl HubConfig {
+    /// Defaults: 10 s command timeout, no storage queue.
+    pub fn new(amqp_url: impl Into<String>) -> Self {
+        Self {
+            amqp_url: amqp_url.into(),
+            default_timeout: Duration::from_millis(timeouts::DEFAULT_MS),
+            store_queue: None,
+            watch_interval: Duration::from_secs(1),
+            watch_lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The hub; cheap to clone, shared by every request handler.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) config: HubConfig,
+    /// Identifies this replica's events on `tether.events`, so it skips its own.
+    pub(crate) replica_id: String,
+    state: Mutex<State>,
+    /// Live events for this replica's browsers. Sent while `state` is locked, so a
+    /// snapshot taken under the same lock is followed by exactly the later events.
+    pub(crate) events: broadcast::Sender<LiveEvent>,
+    /// The broker link, while connected.
+    link: Mutex<Option<Link>>,
+    /// Callers of [`Hub::wait`], by command, told when it ends. Locked after `state`.
+    waiters: Mutex<HashMap<CommandId, Vec<oneshot::Sender<CommandView>>>>,
+    /// Wakes the timer when an earlier deadline arrives.
+    pub(crate) timer: Notify,
+    pub(crate) stats: Stats,
+    /// Stops the hub's tasks; also stops new commands.
+    pub(crate) shutdown: Shutdown,
+}
+
+/// Everything that changes together, behind one lock that is never held across an
+/// `.await`.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) registry: Registry,
+    pub(crate) commands: Commands,
+    /// The live path's rate limit, by the second readings arrive in.
+    pub(crate) flood: FloodGate,
+    /// How many of this replica's viewers watch each device.
+    pub(crate) watched: HashMap<DeviceId, usize>,
+}
+
+/// Live events a slow browser may fall behind by before it must resync.
+const EVENT_BUFFER: usize = 4096;
+
+impl Hub {
+    /// Connects to the broker, declares the topology and starts consuming. If the
+    /// broker cannot be reached now, the hub starts disconnected (sends are refused as
+    /// `BrokerUnavailable`, `is_connected` is false) and keeps trying in the
+    /// background, as it does whenever the link drops.
+    ///
+    /// Its tasks run under `shutdown`. When that stops, the hub ends every pending
+    /// command as failed ("the server stopped"), tells listeners and other replicas,
+    /// and closes its broker connection.
+    pub async fn start(config: HubConfig, shutdown: &Shutdown) -> Self {
+        let first = match crate::link::connect(&config).await {
+            Ok(connected) => Some(connected),
+            Err(error) => {
+                tracing::error!(
+                    "{error:#}; retrying in the background (start the broker, or set TETHER_AMQP_URL)"
+                );
+                None
+            }
+        };
+        let hub = Self {
+            inner: Arc::new(Inner {
+                config,
+                replica_id: format!("{:016x}", fastrand::u64(..)),
+                state: Mutex::default(),
+                events: broadcast::channel(EVENT_BUFFER).0,
+                link: Mutex::new(first.as_ref().map(|connected| connected.link.clone())),
+                waiters: Mutex::default(),
+                timer: Notify::new(),
+                stats: Stats::default(),
+                shutdown: shutdown.clone(),
+            }),
+        };
+        let (link_hub, timer_hub) = (hub.clone(), hub.clone());
+        shutdown.spawn(async move { link_hub.maintain_link(first).await });
+        let stopping = shutdown.clone();
+        shutdown.spawn(async move {
+            tokio::select! {
+                () = timer_hub.run_timer() => {}
+                () = stopping.stopping() => {}
+            }
+        });
+        hub
+    }
+
+    /// Every device ever seen, sorted by id.
+    pub fn devices(&self) -> Vec<DeviceView> {
+        self.state().registry.views()
+    }
+
+    pub fn device(&self, id: &DeviceId) -> Option<DeviceView> {
+        self.state().registry.get(id).map(|d| d.view.clone())
+    }
+
+    pub fn command(&self, id: &CommandId) -> Option<CommandView> {
+        self.state().commands.get(id)
+    }
+
+    /// The most recent commands, newest first, of one device or of all.
+    pub fn recent_commands(&self, device: Option<&DeviceId>, limit: usize) -> Vec<CommandView> {
+        self.state().commands.recent(device, limit)
+    }
+
+    /// Whether the broker link is up.
+    pub fn is_connected(&self) -> bool {
+        self.link().is_some()
+    }
+
+    /// A snapshot of devices and recent commands, and the events that follow it.
+    pub fn subscribe(&self, recent: usize) -> (LiveEvent, broadcast::Receiver<LiveEvent>) {
+        let state = self.state();
+        let receiver = self.inner.events.subscribe();
+        let snapshot = LiveEvent::Snapshot {
+            devices: state.registry.views(),
+            commands: state.commands.recent(None, recent),
+        };
+        (snapshot, receiver)
+    }
+
+    pub(crate) fn waiters(
+        &self,
+    ) -> MutexGuard<'_, HashMap<CommandId, Vec<oneshot::Sender<CommandView>>>> {
+        self.inner
+            .waiters
+            .lock()
+            .expect("no code panics while holding the waiters lock")
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .expect("no code panics while holding the hub's state lock")
+    }
+
+    pub(crate) fn link(&self) -> Option<Link> {
+        self.inner
+            .link
+            .lock()
+            .expect("no code panics while holding the link lock")
+            .clone()
+    }
+
+    pub(crate) fn set_link(&self, link: Option<Link>) {
+        *self
+            .inner
+            .link
+            .lock()
+            .expect("no code panics while holding the link lock") = link;
+    }
+
+    /// Sends events to this replica's listeners. Call with the state locked.
+    pub(crate) fn broadcast(&self, events: &[LiveEvent]) {
+        for event in events {
+            // No listener is fine: nobody is watching.
+            let _ = self.inner.events.send(event.clone());
+        }
+    }
+
+    /// Sends command changes to listeners, and ended commands to their waiters. Call
+    /// with the state locked.
+    pub(crate) fn broadcast_commands(&self, commands: &[CommandView]) {
+        for command in commands {
+            if command.status.is_terminal()
+                && let Some(waiting) = self.waiters().remove(&command.id)
+            {
+                for notify in waiting {
+                    let _ = notify.send(command.clone());
+                }
+            }
+            let _ = self.inner.events.send(LiveEvent::CommandUpdated {
+                command: command.clone(),
+            });
+        }
+    }
+
+    /// Ends every pending command of this replica with `status` and `why`, telling
+    /// listeners and waiters; returns what ended (for the other replicas).
+    pub(crate) fn end_all(&self, status: CommandStatus, why: &str) -> Vec<CommandView> {
+        let mut state = self.state();
+        let ended = state.commands.end_all(status, why, common::now_ms());
+        self.broadcast_commands(&ended);
+        ended
+    }
+
+    /// Counts a dropped message and says why in the log.
+    pub(crate) fn dropped(&self, counter: &AtomicU64, what: &str) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!("dropped {what}");
+    }
+}
+
+impl Announced for Hub {
+    fn metric(&self, device: &DeviceId, metric: &str) -> Known {
+        match self.state().registry.get(device) {
+            None => Known::UnknownDevice,
+            Some(known) => known
+                .view
+                .capabilities
+                .metrics
+                .iter()
+                .find(|m| m.name == metric)
+                .map_or(Known::UnknownMetric, |spec| Known::Metric(spec.clone())),
+        }
+    }
+}

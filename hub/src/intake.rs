@@ -1,0 +1,287 @@
+//! Intake: what devices and other replicas publish, as the hub's consumers deliver it.
+//! Presence (hello, heartbeat, bye) updates the [`registry`](crate::registry); replies
+//! move commands on; readings are checked against what their device announced and
+//! rate-limited before they reach listeners; other replicas' command changes are
+//! mirrored. Anything malformed, foreign or from an old session is counted in
+//! [`Stats`](crate::Stats) and dropped: no message can stop a consumer.
+
+use std::{sync::atomic::Ordering, time::Instant};
+
+use common::now_ms;
+use lapin::message::Delivery;
+use protocol::{
+    DeviceMessage,
+    api::{CommandView, Latest, LiveEvent, Reading},
+    names::{self, PresenceKind},
+};
+
+use crate::{
+    Hub, commands,
+    flood::{Admission, MAX_READINGS_PER_SECOND},
+    hub::State,
+    send::{OFFLINE_GRACE, ReplicaEvent},
+};
+
+impl Hub {
+    pub(crate) fn on_presence(&self, delivery: &Delivery) {
+        let message = match protocol::decode::<DeviceMessage>(&delivery.data) {
+            Ok(message) => message,
+            Err(error) => {
+                return self.dropped(
+                    &self.inner.stats.malformed,
+                    &format!("presence message: {error}"),
+                );
+            }
+        };
+        let routed = names::parse_presence_key(delivery.routing_key.as_str());
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let mut state = self.state();
+        let mut events = Vec::new();
+        // A watched device that (re)connected gets its lease on the new inbox at once.
+        let mut rewatch = None;
+        match (message, routed) {
+            (DeviceMessage::Hello(hello), Some((device, PresenceKind::Hello)))
+                if device == hello.device_id =>
+            {
+                if hello.heartbeat_ms < 100 || hello.inbox.is_empty() {
+                    drop(state);
+                    return self.dropped(
+                        &self.inner.stats.malformed,
+                        "hello without an inbox or with a heartbeat under 100 ms",
+                    );
+                }
+                let (view, replaced) = state.registry.hello(hello, now, now_ms);
+                if state.watched.contains_key(&device) {
+                    rewatch = Some(device.clone());
+                }
+                if let Some(old) = replaced {
+                    let why =
+                        "the device reconnected with a new session; the old one cannot answer";
+                    if state
+                        .commands
+                        .device_gone(&device, &old, why, now + OFFLINE_GRACE)
+                        > 0
+                    {
+                        self.inner.timer.notify_one();
+                    }
+                }
+                events.push(LiveEvent::DeviceUpdated { device: view });
+            }
+            (DeviceMessage::Heartbeat(beat), Some((device, PresenceKind::Heartbeat)))
+                if device == beat.device_id =>
+            {
+                match state.registry.heartbeat(&beat, now, now_ms) {
+                    Ok(back) => {
+                        events.extend(back.map(|device| LiveEvent::DeviceUpdated { device }))
+                    }
+                    Err(_) => {
+                        self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            (DeviceMessage::Bye(bye), Some((device, PresenceKind::Bye)))
+                if device == bye.device_id =>
+            {
+                match state.registry.bye(&bye, now_ms) {
+                    Ok(gone) => {
+                        events.extend(gone.map(|device| LiveEvent::DeviceUpdated { device }));
+                        let why = if bye.reason.is_empty() {
+                            "the device went offline".to_owned()
+                        } else {
+                            format!("the device went offline ({})", bye.reason)
+                        };
+                        if state.commands.device_gone(
+                            &device,
+                            &bye.session_id,
+                            &why,
+                            now + OFFLINE_GRACE,
+                        ) > 0
+                        {
+                            self.inner.timer.notify_one();
+                        }
+                    }
+                    Err(_) => {
+                        self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            (message, _) => {
+                drop(state);
+                return self.dropped(
+                    &self.inner.stats.foreign,
+                    &format!("{message:?} under routing key {}", delivery.routing_key),
+                );
+            }
+        }
+        self.broadcast(&events);
+        drop(state);
+        if let Some(device) = rewatch {
+            self.tell_watch(&device);
+        }
+    }
+
+    pub(crate) fn on_reply(&self, delivery: &Delivery) -> Vec<CommandView> {
+        let message = match protocol::decode::<DeviceMessage>(&delivery.data) {
+            Ok(message) => message,
+            Err(error) => {
+                self.dropped(&self.inner.stats.malformed, &format!("reply: {error}"));
+                return Vec::new();
+            }
+        };
+        let mut state = self.state();
+        match state.commands.apply_device_message(&message, now_ms()) {
+            Ok(view) => {
+                self.broadcast_commands(std::slice::from_ref(&view));
+                vec![view]
+            }
+            Err(commands::Ignored::NotAboutACommand) => {
+                drop(state);
+                self.dropped(
+                    &self.inner.stats.foreign,
+                    "a non-command message on the reply queue",
+                );
+                Vec::new()
+            }
+            Err(commands::Ignored::StaleSession) => {
+                drop(state);
+                self.dropped(&self.inner.stats.stale, "a reply from an old session");
+                Vec::new()
+            }
+            Err(why) => {
+                drop(state);
+                self.dropped(
+                    &self.inner.stats.late,
+                    &format!("a reply about an ended or unknown command ({why:?})"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// A reading: checked against what its device announced, rate-limited per device,
+    /// then passed to listeners. Anything else is counted and dropped.
+    pub(crate) fn on_telemetry(&self, delivery: &Delivery) {
+        let sample = match protocol::decode::<DeviceMessage>(&delivery.data) {
+            Ok(DeviceMessage::Telemetry(sample)) => sample,
+            Ok(other) => {
+                return self.dropped(
+                    &self.inner.stats.foreign,
+                    &format!("{other:?} on the telemetry exchange"),
+                );
+            }
+            Err(error) if is_wrong_type(&delivery.data) => {
+                return self.dropped(
+                    &self.inner.stats.readings_wrong_type,
+                    &format!("reading: {error}"),
+                );
+            }
+            Err(error) => {
+                return self.dropped(&self.inner.stats.malformed, &format!("reading: {error}"));
+            }
+        };
+        let routed = names::telemetry_key(&sample.device_id, &sample.metric);
+        if delivery.routing_key.as_str() != routed {
+            return self.dropped(
+                &self.inner.stats.foreign,
+                &format!("a reading under routing key {}", delivery.routing_key),
+            );
+        }
+        let stats = &self.inner.stats;
+        let mut state = self.state();
+        let State {
+            registry, flood, ..
+        } = &mut *state;
+        let Some(device) = registry
+            .get_mut(&sample.device_id)
+            .filter(|d| d.session_id == sample.session_id)
+        else {
+            // Counted, not logged: every reading of a device in this state would log,
+            // as heartbeats from old sessions are not logged either.
+            stats.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(spec) = device
+            .view
+            .capabilities
+            .metrics
+            .iter()
+            .find(|m| m.name == sample.metric)
+        else {
+            drop(state);
+            return self.dropped(
+                &stats.readings_unknown_metric,
+                &format!("a reading of unannounced metric {:?}", sample.metric),
+            );
+        };
+        if !spec.admits(sample.value) {
+            drop(state);
+            return self.dropped(
+                &stats.readings_out_of_range,
+                &format!(
+                    "{} = {} is outside its announced range",
+                    sample.metric, sample.value
+                ),
+            );
+        }
+        let arrived_ms = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        if let Admission::Refused { first } = flood.admit(&sample.device_id, arrived_ms) {
+            stats.readings_flood.fetch_add(1, Ordering::Relaxed);
+            if first {
+                tracing::warn!(device = %sample.device_id, "dropping readings beyond {MAX_READINGS_PER_SECOND}/s");
+            }
+            return;
+        }
+        stats.readings_accepted.fetch_add(1, Ordering::Relaxed);
+        let latest = Latest {
+            value: sample.value,
+            ts_ms: sample.ts_ms,
+        };
+        device
+            .view
+            .latest
+            .entry(sample.metric.clone())
+            .and_modify(|known| {
+                if latest.ts_ms >= known.ts_ms {
+                    *known = latest;
+                }
+            })
+            .or_insert(latest);
+        let reading = Reading {
+            device_id: sample.device_id,
+            metric: sample.metric,
+            value: sample.value,
+            ts_ms: sample.ts_ms,
+        };
+        self.broadcast(&[LiveEvent::Telemetry { reading }]);
+    }
+
+    pub(crate) fn on_replica_event(&self, delivery: &Delivery) {
+        let own = delivery.properties.app_id().as_ref().map(|id| id.as_str());
+        if own == Some(self.inner.replica_id.as_str()) {
+            return;
+        }
+        let event = match protocol::decode::<ReplicaEvent>(&delivery.data) {
+            Ok(event) => event,
+            Err(error) => {
+                return self.dropped(
+                    &self.inner.stats.malformed,
+                    &format!("replica event: {error}"),
+                );
+            }
+        };
+        if event.origin == self.inner.replica_id {
+            return;
+        }
+        let mut state = self.state();
+        state.commands.mirror(event.command.clone());
+        self.broadcast_commands(&[event.command]);
+    }
+}
+
+/// Whether a body that did not decode is a reading whose value is not a number.
+pub(crate) fn is_wrong_type(data: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(data).is_ok_and(|body| {
+        body.get("type").and_then(|t| t.as_str()) == Some("telemetry")
+            && body.get("value").is_some_and(|v| !v.is_number())
+    })
+}

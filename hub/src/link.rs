@@ -1,0 +1,281 @@
+//! The broker link: connecting, declaring this replica's topology, consuming, and
+//! reconnecting with backoff when the connection breaks, until the hub stops.
+//!
+//! Topology: devices publish presence to `tether.presence`; this replica reads it
+//! through its own exclusive queue bound to `presence.#`, reads replies from its own
+//! exclusive reply queue, reads readings through its own queue bound to `telemetry.#`,
+//! and shares command updates with other replicas over the `tether.events` fanout
+//! exchange. Consumers use auto-ack on these private queues, so nothing a handler
+//! refuses can redeliver in a loop.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use common::{Retry, redact};
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use protocol::{CommandStatus, ServerMessage, names};
+
+use crate::{Hub, HubConfig};
+
+/// Why pending commands end when the server stops.
+const STOPPED: &str =
+    "the server stopped before the device answered; whether it was carried out is unknown";
+/// Longest the hub spends telling others and closing its connection when it stops.
+const GOODBYE: Duration = Duration::from_secs(2);
+
+/// A connected broker link: the publishing channel (in confirm mode) and the queue that
+/// devices send this replica's replies to.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    pub(crate) channel: Channel,
+    pub(crate) reply_queue: String,
+}
+
+impl Link {
+    /// Publishes to a device's inbox through the default exchange, without waiting for
+    /// the broker's confirm.
+    pub(crate) async fn to_inbox(
+        &self,
+        inbox: &str,
+        message: &ServerMessage,
+        properties: BasicProperties,
+    ) -> lapin::Result<()> {
+        self.channel
+            .basic_publish(
+                "".into(),
+                inbox.into(),
+                BasicPublishOptions::default(),
+                &protocol::encode(message),
+                properties,
+            )
+            .await
+            .map(drop)
+    }
+}
+
+/// The consumers of one connection.
+pub(crate) struct Consumers {
+    presence: Consumer,
+    replies: Consumer,
+    events: Consumer,
+    telemetry: Consumer,
+}
+
+/// A fresh connection with its link and consumers.
+pub(crate) struct Connected {
+    connection: Connection,
+    pub(crate) link: Link,
+    consumers: Consumers,
+}
+
+/// Which of the consumers a delivery came from.
+#[derive(Debug, Clone, Copy)]
+enum Queue {
+    Presence,
+    Replies,
+    Events,
+    Telemetry,
+}
+
+impl Hub {
+    /// Serves the broker connection; when it fails, fails what was pending and
+    /// reconnects with backoff. When the hub stops, ends what is pending as the server
+    /// having stopped, tells the other replicas, and closes the connection.
+    pub(crate) async fn maintain_link(&self, first: Option<Connected>) {
+        let shutdown = self.inner.shutdown.clone();
+        let mut current = first;
+        loop {
+            let connected = match current.take() {
+                Some(connected) => connected,
+                None => match self.reconnect().await {
+                    Some(connected) => connected,
+                    None => break,
+                },
+            };
+            let Connected {
+                connection,
+                mut consumers,
+                ..
+            } = connected;
+            let failed = tokio::select! {
+                error = self.consume(&mut consumers) => error,
+                () = shutdown.stopping() => {
+                    let ended = self.end_all(CommandStatus::Failed, STOPPED);
+                    let goodbye = async {
+                        self.share(&ended).await;
+                        self.set_link(None);
+                        let _ = connection.close(200, "the server is stopping".into()).await;
+                    };
+                    if tokio::time::timeout(GOODBYE, goodbye).await.is_err() {
+                        tracing::warn!("the broker did not answer the goodbye in {GOODBYE:?}");
+                    }
+                    return;
+                }
+            };
+            tracing::warn!("lost the broker connection: {failed:#}");
+            self.set_link(None);
+            let _ =
+                tokio::time::timeout(GOODBYE, connection.close(200, "reconnecting".into())).await;
+            self.end_all(
+                CommandStatus::Failed,
+                "the server lost its broker connection; the answer cannot arrive",
+            );
+        }
+        // Stopped while disconnected.
+        self.end_all(CommandStatus::Failed, STOPPED);
+    }
+
+    /// Connects again, with backoff and jitter up to 15 s between attempts; `None` if
+    /// the hub stops first.
+    async fn reconnect(&self) -> Option<Connected> {
+        let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(15));
+        loop {
+            let pause = retry.failed();
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.inner.shutdown.stopping() => return None,
+            }
+            match connect(&self.inner.config).await {
+                Ok(connected) => {
+                    tracing::info!("connected to the broker");
+                    self.set_link(Some(connected.link.clone()));
+                    return Some(connected);
+                }
+                Err(error) => {
+                    tracing::warn!("cannot reach the broker: {error:#}; retrying")
+                }
+            }
+        }
+    }
+
+    /// Handles deliveries until a consumer fails; returns why.
+    async fn consume(&self, consumers: &mut Consumers) -> anyhow::Error {
+        loop {
+            let delivery = tokio::select! {
+                d = consumers.presence.next() => d.map(|d| d.map(|d| (Queue::Presence, d))),
+                d = consumers.replies.next() => d.map(|d| d.map(|d| (Queue::Replies, d))),
+                d = consumers.events.next() => d.map(|d| d.map(|d| (Queue::Events, d))),
+                d = consumers.telemetry.next() => d.map(|d| d.map(|d| (Queue::Telemetry, d))),
+            };
+            match delivery {
+                Some(Ok((Queue::Presence, delivery))) => self.on_presence(&delivery),
+                Some(Ok((Queue::Replies, delivery))) => {
+                    let changed = self.on_reply(&delivery);
+                    self.share(&changed).await;
+                }
+                Some(Ok((Queue::Events, delivery))) => self.on_replica_event(&delivery),
+                Some(Ok((Queue::Telemetry, delivery))) => self.on_telemetry(&delivery),
+                Some(Err(error)) => return anyhow::Error::new(error).context("a consumer failed"),
+                None => return anyhow::anyhow!("the broker cancelled a consumer"),
+            }
+        }
+    }
+}
+
+/// Connects and declares this replica's topology.
+pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
+    let amqp_url = config.amqp_url.as_str();
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("cannot connect to the broker at {}", redact(amqp_url)))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    common::amqp::declare_exchanges(&channel).await?;
+    if let Some(store_queue) = &config.store_queue {
+        // On a channel of its own: a refusal (a queue of that name declared with other
+        // arguments) closes the channel it came on, and must not cost the hub its link.
+        // The recorders keep trying, and saying why.
+        let declared = async {
+            let own = connection.create_channel().await?;
+            store_queue.declare(&own).await?;
+            own.close(200, "declared".into()).await?;
+            anyhow::Ok(())
+        };
+        if let Err(error) = declared.await {
+            tracing::error!("{error:#}; readings are not being stored");
+        }
+    }
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = async |exchange: Option<(&str, &str)>| -> anyhow::Result<String> {
+        let name = channel
+            .queue_declare("".into(), private, FieldTable::default())
+            .await
+            .context("cannot declare a queue")?
+            .name()
+            .to_string();
+        if let Some((exchange, key)) = exchange {
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    exchange.into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("cannot bind to {exchange}"))?;
+        }
+        Ok(name)
+    };
+    let presence_queue = queue(Some((names::PRESENCE_EXCHANGE, names::PRESENCE_ALL))).await?;
+    let reply_queue = queue(None).await?;
+    let events_queue = queue(Some((names::EVENTS_EXCHANGE, ""))).await?;
+    let telemetry_queue = queue(Some((names::TELEMETRY_EXCHANGE, names::TELEMETRY_ALL))).await?;
+    // Auto-ack: these queues are private and transient, and a message that cannot be
+    // handled is dropped and counted, so nothing could usefully be redelivered.
+    let auto_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consume = async |queue: &str| -> anyhow::Result<Consumer> {
+        channel
+            .basic_consume(queue.into(), "".into(), auto_ack, FieldTable::default())
+            .await
+            .with_context(|| format!("cannot consume {queue}"))
+    };
+    let consumers = Consumers {
+        presence: consume(&presence_queue).await?,
+        replies: consume(&reply_queue).await?,
+        events: consume(&events_queue).await?,
+        telemetry: consume(&telemetry_queue).await?,
+    };
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("cannot enable publisher confirms")?;
+    // Devices that were online before this connection say hello again, so a replica
+    // that (re)starts knows the whole fleet at once instead of after each reconnect.
+    let announce = protocol::encode(&ServerMessage::Announce(protocol::AnnounceRequest {}));
+    channel
+        .basic_publish(
+            names::DISCOVER_EXCHANGE.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &announce,
+            BasicProperties::default().with_content_type(names::CONTENT_TYPE.into()),
+        )
+        .await
+        .context("cannot ask devices to announce themselves")?;
+    Ok(Connected {
+        connection,
+        link: Link {
+            channel,
+            reply_queue,
+        },
+        consumers,
+    })
+}

@@ -1,0 +1,348 @@
+//! Sending: a command validated against what the device announced and published to its
+//! inbox as AMQP RPC (mandatory, with an expiration, this replica's reply queue and the
+//! command id as correlation id, under publisher confirms); cancelling; waiting for a
+//! command to end; sharing command changes with other replicas over `tether.events`;
+//! and what happens to pending commands when a device goes away. Also the errors of
+//! each, every one meaning that nothing was sent.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use common::{duration_ms, now_ms};
+use lapin::{BasicProperties, Confirmation, options::BasicPublishOptions};
+use protocol::{
+    ArgumentError, CancelRequest, CommandId, CommandRequest, CommandStatus, DeviceId,
+    ServerMessage,
+    api::{CommandView, LiveEvent, SendCommand, timeouts},
+    names,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::Hub;
+
+/// How long after a device's session ends its pending commands wait for answers that
+/// were already on their way (they travel on another queue than the goodbye).
+pub(crate) const OFFLINE_GRACE: Duration = Duration::from_millis(300);
+
+/// A command update as shared between replicas on `tether.events`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ReplicaEvent {
+    pub(crate) origin: String,
+    pub(crate) command: CommandView,
+}
+
+/// Why a command was not sent. Nothing was sent to the device in any of these cases.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SendError {
+    #[error("no device \"{0}\" has ever connected")]
+    UnknownDevice(DeviceId),
+    #[error("device \"{0}\" is offline")]
+    DeviceOffline(DeviceId),
+    #[error("device \"{device}\" has no command \"{name}\"")]
+    UnknownCommand { device: DeviceId, name: String },
+    #[error("{0}")]
+    InvalidArguments(#[from] ArgumentError),
+    #[error("timeout_ms must be between {min} and {max} (got {got})", min = timeouts::MIN_MS, max = timeouts::MAX_MS, got = .0)]
+    InvalidTimeout(u64),
+    #[error("the server is not connected to the broker; try again shortly")]
+    BrokerUnavailable,
+    #[error("the server is stopping; try again once it is back")]
+    ShuttingDown,
+}
+
+/// Why a command was not cancelled.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CancelError {
+    #[error("no command \"{0}\"")]
+    UnknownCommand(CommandId),
+    #[error("command \"{}\" has already ended as {}", .0.id, .0.status)]
+    AlreadyEnded(Box<CommandView>),
+    #[error("command \"{0}\" was sent by another server replica; cancel it there")]
+    NotOurs(CommandId),
+}
+
+impl Hub {
+    /// Validates a command against what the device announced, sends it, and returns it
+    /// once the broker has confirmed it: `sent`, or `offline` if the device's inbox is
+    /// gone, or `failed` if the broker refused it.
+    pub async fn send(
+        &self,
+        device_id: &DeviceId,
+        request: SendCommand,
+    ) -> Result<CommandView, SendError> {
+        let timeout_ms = request
+            .timeout_ms
+            .unwrap_or(duration_ms(self.inner.config.default_timeout));
+        if !(timeouts::MIN_MS..=timeouts::MAX_MS).contains(&timeout_ms) {
+            return Err(SendError::InvalidTimeout(timeout_ms));
+        }
+        if self.inner.shutdown.is_stopping() {
+            return Err(SendError::ShuttingDown);
+        }
+        let device_id = device_id.clone();
+        let link = self.link().ok_or(SendError::BrokerUnavailable)?;
+        let now_ms = now_ms();
+        let (view, inbox, session_id) = {
+            let mut state = self.state();
+            let device = state
+                .registry
+                .get(&device_id)
+                .ok_or_else(|| SendError::UnknownDevice(device_id.clone()))?;
+            if !device.view.online {
+                return Err(SendError::DeviceOffline(device_id));
+            }
+            let spec = device
+                .view
+                .capabilities
+                .command(&request.name)
+                .ok_or_else(|| SendError::UnknownCommand {
+                    device: device_id.clone(),
+                    name: request.name.clone(),
+                })?;
+            let args = spec.validate(&request.args)?;
+            let view = CommandView {
+                id: CommandId(format!("{:032x}", fastrand::u128(..))),
+                device_id: device_id.clone(),
+                name: request.name,
+                args,
+                status: CommandStatus::Accepted,
+                created_ms: now_ms,
+                updated_ms: now_ms,
+                deadline_ms: now_ms + timeout_ms,
+                percent: None,
+                message: None,
+                result: None,
+                error: None,
+            };
+            let (inbox, session_id) = (device.inbox.clone(), device.session_id.clone());
+            let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+            state
+                .commands
+                .accept(view.clone(), session_id.clone(), inbox.clone(), deadline);
+            self.broadcast(&[LiveEvent::CommandUpdated {
+                command: view.clone(),
+            }]);
+            (view, inbox, session_id)
+        };
+        self.inner.timer.notify_one();
+        self.share(std::slice::from_ref(&view)).await;
+
+        let request = ServerMessage::Command(CommandRequest {
+            command_id: view.id.clone(),
+            name: view.name.clone(),
+            args: view.args.clone(),
+            timeout_ms,
+        });
+        let properties = BasicProperties::default()
+            .with_content_type(names::CONTENT_TYPE.into())
+            .with_reply_to(link.reply_queue.as_str().into())
+            .with_correlation_id(view.id.0.as_str().into())
+            .with_message_id(view.id.0.as_str().into())
+            // A command that waited out its deadline in the inbox is dropped, never run.
+            .with_expiration(timeout_ms.to_string().into());
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirmed = match link
+            .channel
+            .basic_publish(
+                "".into(),
+                inbox.as_str().into(),
+                options,
+                &protocol::encode(&request),
+                properties,
+            )
+            .await
+        {
+            Ok(confirm) => confirm.await,
+            Err(error) => Err(error),
+        };
+        let now_ms = common::now_ms();
+        let changed = match confirmed {
+            Ok(Confirmation::Nack(_)) => self.end_command(
+                &view.id,
+                CommandStatus::Failed,
+                "the broker refused the command",
+                now_ms,
+            ),
+            Ok(Confirmation::Ack(Some(_))) => {
+                self.inner.stats.returned.fetch_add(1, Ordering::Relaxed);
+                self.device_gone(&view.id, &device_id, &session_id, now_ms)
+            }
+            Ok(_) => {
+                let mut state = self.state();
+                let sent = state
+                    .commands
+                    .advance(&view.id, CommandStatus::Sent, now_ms, |_| {})
+                    .ok();
+                let sent: Vec<_> = sent.into_iter().collect();
+                self.broadcast_commands(&sent);
+                sent
+            }
+            Err(error) => {
+                tracing::warn!(command = %view.id, "publishing failed: {error}");
+                let changed = self.end_command(
+                    &view.id,
+                    CommandStatus::Failed,
+                    "the connection to the broker was lost while sending",
+                    now_ms,
+                );
+                self.share(&changed).await;
+                return Err(SendError::BrokerUnavailable);
+            }
+        };
+        self.share(&changed).await;
+        Ok(self.command(&view.id).unwrap_or(view))
+    }
+
+    /// Cancels a pending command: it ends as `cancelled` now, and the device is told to
+    /// stop if it is still working on it.
+    pub async fn cancel(&self, id: &CommandId) -> Result<CommandView, CancelError> {
+        let (view, inbox) = {
+            let mut state = self.state();
+            let current = state
+                .commands
+                .get(id)
+                .ok_or_else(|| CancelError::UnknownCommand(id.clone()))?;
+            if current.status.is_terminal() {
+                return Err(CancelError::AlreadyEnded(Box::new(current)));
+            }
+            let inbox = state
+                .commands
+                .inbox(id)
+                .ok_or_else(|| CancelError::NotOurs(id.clone()))?;
+            let view = state
+                .commands
+                .advance(id, CommandStatus::Cancelled, now_ms(), |v| {
+                    v.error = Some("cancelled by a user".into())
+                })
+                .map_err(|_| CancelError::AlreadyEnded(Box::new(current)))?;
+            self.broadcast_commands(std::slice::from_ref(&view));
+            (view, inbox)
+        };
+        self.share(std::slice::from_ref(&view)).await;
+        if let Some(link) = self.link() {
+            let message = ServerMessage::Cancel(CancelRequest {
+                command_id: id.clone(),
+            });
+            let properties = BasicProperties::default()
+                .with_content_type(names::CONTENT_TYPE.into())
+                .with_reply_to(link.reply_queue.as_str().into())
+                .with_correlation_id(id.0.as_str().into());
+            // Best effort: the command has ended for everyone already; a device that is
+            // gone has nothing to stop.
+            let _ = link.to_inbox(&inbox, &message, properties).await;
+        }
+        Ok(view)
+    }
+
+    /// Waits up to `max` for a command to end; returns it as it is then.
+    pub async fn wait(&self, id: &CommandId, max: Duration) -> Option<CommandView> {
+        let ended = {
+            // Checked and registered under the state lock, so the end cannot slip
+            // between the two.
+            let state = self.state();
+            let current = state.commands.get(id)?;
+            if current.status.is_terminal() {
+                return Some(current);
+            }
+            let (notify, ended) = oneshot::channel();
+            self.waiters().entry(id.clone()).or_default().push(notify);
+            ended
+        };
+        match tokio::time::timeout(max, ended).await {
+            Ok(Ok(command)) => Some(command),
+            _ => {
+                if let Some(waiting) = self.waiters().get_mut(id) {
+                    waiting.retain(|notify| !notify.is_closed());
+                }
+                self.command(id)
+            }
+        }
+    }
+
+    /// Tells the other replicas about command changes. Best effort: if the broker is
+    /// down, they learn nothing, and our own listeners already know.
+    pub(crate) async fn share(&self, commands: &[CommandView]) {
+        let Some(link) = self.link() else { return };
+        for command in commands {
+            let event = ReplicaEvent {
+                origin: self.inner.replica_id.clone(),
+                command: command.clone(),
+            };
+            // The origin in a property too, so replicas skip their own without decoding.
+            let properties = BasicProperties::default()
+                .with_content_type(names::CONTENT_TYPE.into())
+                .with_app_id(self.inner.replica_id.as_str().into());
+            if let Err(error) = link
+                .channel
+                .basic_publish(
+                    names::EVENTS_EXCHANGE.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &protocol::encode(&event),
+                    properties,
+                )
+                .await
+            {
+                tracing::debug!("cannot share an event with other replicas: {error}");
+            }
+        }
+    }
+
+    fn end_command(
+        &self,
+        id: &CommandId,
+        status: CommandStatus,
+        why: &str,
+        now_ms: u64,
+    ) -> Vec<CommandView> {
+        let mut state = self.state();
+        let ended: Vec<_> = state
+            .commands
+            .advance(id, status, now_ms, |v| v.error = Some(why.to_owned()))
+            .ok()
+            .into_iter()
+            .collect();
+        self.broadcast_commands(&ended);
+        ended
+    }
+
+    /// `command` came back unroutable: the device's session is gone. The command ends as
+    /// offline now; the device is offline, and so, after a grace for answers already
+    /// on their way, is every other command pending on that session.
+    fn device_gone(
+        &self,
+        command: &CommandId,
+        device: &DeviceId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Vec<CommandView> {
+        let why = "the device is offline: its inbox is gone";
+        let mut state = self.state();
+        if let Some(view) = state.registry.unroutable(device, session_id, now_ms) {
+            self.broadcast(&[LiveEvent::DeviceUpdated { device: view }]);
+        }
+        let ended: Vec<_> = state
+            .commands
+            .advance(command, CommandStatus::Offline, now_ms, |v| {
+                v.error = Some(why.to_owned())
+            })
+            .ok()
+            .into_iter()
+            .collect();
+        if state
+            .commands
+            .device_gone(device, session_id, why, Instant::now() + OFFLINE_GRACE)
+            > 0
+        {
+            self.inner.timer.notify_one();
+        }
+        self.broadcast_commands(&ended);
+        ended
+    }
+}

@@ -1,0 +1,48 @@
+//! The one timer task: ends commands at their deadlines, marks devices whose heartbeats
+//! stopped as offline, and renews watch leases. Nothing else waits on time.
+
+use std::time::{Duration, Instant};
+
+use protocol::api::LiveEvent;
+
+use crate::Hub;
+
+/// How often device heartbeats are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Hub {
+    /// Times out commands at their deadlines and devices whose heartbeats stopped.
+    pub(crate) async fn run_timer(&self) {
+        let renew_every = self.inner.config.watch_lease / 3;
+        let mut renewed = Instant::now();
+        loop {
+            let next_deadline = self.state().commands.next_deadline();
+            let sweep = Instant::now() + SWEEP_INTERVAL;
+            let wake_at = next_deadline.map_or(sweep, |deadline| deadline.min(sweep));
+            tokio::select! {
+                () = tokio::time::sleep_until(wake_at.into()) => {}
+                () = self.inner.timer.notified() => continue,
+            }
+            let (now, now_ms) = (Instant::now(), common::now_ms());
+            if now.duration_since(renewed) >= renew_every {
+                renewed = now;
+                self.renew_watches();
+            }
+            let changed = {
+                let mut state = self.state();
+                for (device, session_id) in state.registry.expire(now, now_ms) {
+                    // Silent for several heartbeats: no grace is needed.
+                    let why = "the device stopped sending heartbeats";
+                    state
+                        .commands
+                        .device_gone(&device.id, &session_id, why, now);
+                    self.broadcast(&[LiveEvent::DeviceUpdated { device }]);
+                }
+                let changed = state.commands.expire(now, now_ms);
+                self.broadcast_commands(&changed);
+                changed
+            };
+            self.share(&changed).await;
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Every setting of `tether-server`, each a flag and a `TETHER_*` environment variable
+//! of the same name, with defaults that run on a laptop.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Server settings. Each one is a flag and an environment variable of the same name.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tether-server", version, about = "Tether's web server")]
+pub struct Config {
+    /// Address to serve HTTP on. Port 0 picks a free port.
+    /// Unset: `LEPTOS_SITE_ADDR` (set by cargo-leptos), else 127.0.0.1:3000.
+    #[arg(long = "addr", env = "TETHER_ADDR")]
+    pub addr: Option<SocketAddr>,
+
+    /// Folder holding the built site (`pkg/` with the WASM, JS and CSS, and the
+    /// public assets). Unset: `LEPTOS_SITE_ROOT`, else `target/site`.
+    #[arg(long = "site-root", env = "TETHER_SITE_ROOT")]
+    pub site_root: Option<PathBuf>,
+
+    /// The AMQP 0-9-1 broker devices connect to (RabbitMQ, say). Unset: start the
+    /// embedded broker and use it.
+    #[arg(long = "amqp-url", env = "TETHER_AMQP_URL")]
+    pub amqp_url: Option<String>,
+
+    /// Where the embedded broker listens when TETHER_AMQP_URL is unset. Not 5672, so it
+    /// never collides with a RabbitMQ on the same machine.
+    #[arg(
+        long = "broker-addr",
+        env = "TETHER_BROKER_ADDR",
+        default_value = "127.0.0.1:5673"
+    )]
+    pub broker_addr: SocketAddr,
+
+    /// The embedded broker's user and password (the guest account works only from
+    /// this machine, as in RabbitMQ).
+    #[arg(
+        long = "broker-user",
+        env = "TETHER_BROKER_USER",
+        default_value = "guest"
+    )]
+    pub broker_user: String,
+    #[arg(
+        long = "broker-password",
+        env = "TETHER_BROKER_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true
+    )]
+    pub broker_password: String,
+
+    /// A command's deadline when the caller gives none, in milliseconds.
+    #[arg(long = "command-timeout-ms", env = "TETHER_COMMAND_TIMEOUT_MS", default_value_t = protocol::api::timeouts::DEFAULT_MS,
+          value_parser = clap::value_parser!(u64).range(protocol::api::timeouts::MIN_MS..=protocol::api::timeouts::MAX_MS))]
+    pub command_timeout_ms: u64,
+
+    /// Where readings are stored: `postgres://user@host/db` for PostgreSQL,
+    /// `sqlite://<path>` (or a bare path) for SQLite, `none` to keep only the live view.
+    #[arg(
+        long = "database-url",
+        env = "TETHER_DATABASE_URL",
+        default_value = "sqlite://tether-data/telemetry.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// How long readings are kept, e.g. `30d`, `12h`; older ones are pruned.
+    #[arg(long = "retention", env = "TETHER_RETENTION", default_value = "30d",
+          value_parser = store::parse_duration)]
+    pub retention: Duration,
+
+    /// Recorders this replica runs on the shared storage queue (each is one
+    /// competing consumer writing batches).
+    #[arg(long = "recorders", env = "TETHER_RECORDERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub recorders: u16,
+
+    /// The durable queue readings wait in to be stored. Every replica of one Tether
+    /// shares it; only a test or staging server should name its own.
+    #[arg(long = "store-queue", env = "TETHER_STORE_QUEUE", default_value = protocol::names::STORE_QUEUE)]
+    pub store_queue: String,
+
+    /// Delete the storage queue after it has had no consumer for this many ms. For a
+    /// queue of a test server's own, so it cannot pile up readings once that is gone.
+    #[arg(long = "store-queue-expires-ms", env = "TETHER_STORE_QUEUE_EXPIRES_MS")]
+    pub store_queue_expires_ms: Option<u64>,
+
+    /// How often a device someone watches is asked to report, in ms (each device keeps
+    /// to the fastest pace it announced).
+    #[arg(long = "watch-interval-ms", env = "TETHER_WATCH_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub watch_interval_ms: u64,
+
+    /// How long a watch lease lasts, in ms: a device slows down this long after a server
+    /// that watched it vanished. Renewed every third of it while someone watches.
+    #[arg(long = "watch-lease-ms", env = "TETHER_WATCH_LEASE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
+    pub watch_lease_ms: u64,
+}
+
+impl Config {
+    /// Defaults for everything, serving on `addr`, using the broker at `amqp_url`.
+    pub fn new(addr: SocketAddr, amqp_url: impl Into<String>) -> Self {
+        Self {
+            addr: Some(addr),
+            site_root: None,
+            amqp_url: Some(amqp_url.into()),
+            broker_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            broker_user: "guest".into(),
+            broker_password: "guest".into(),
+            command_timeout_ms: protocol::api::timeouts::DEFAULT_MS,
+            database_url: "none".into(),
+            retention: Duration::from_secs(30 * 86_400),
+            recorders: 1,
+            store_queue: protocol::names::STORE_QUEUE.into(),
+            store_queue_expires_ms: None,
+            watch_interval_ms: 1_000,
+            watch_lease_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// The storage queue as configured.
+    pub fn store_queue(&self) -> hub::StoreQueue {
+        hub::StoreQueue {
+            expires: self.store_queue_expires_ms.map(Duration::from_millis),
+            ..hub::StoreQueue::named(self.store_queue.clone())
+        }
+    }
+}

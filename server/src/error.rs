@@ -1,0 +1,106 @@
+//! Every error a caller can see, as one [`Failure`]: an HTTP status and the JSON body
+//! `{"code": "...", "message": "..."}` that the API and the UI's server functions both
+//! return. Unknown device or command 404, bad input 400 or 422, conflicts 409, broker,
+//! store or server unavailable 503.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use hub::{CancelError, SendError};
+use protocol::{DeviceId, api::ApiError};
+
+use crate::history::HistoryError;
+
+/// An API error response.
+#[derive(Debug)]
+pub struct Failure(pub StatusCode, pub ApiError);
+
+impl Failure {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self(
+            status,
+            ApiError {
+                code: code.to_owned(),
+                message: message.into(),
+            },
+        )
+    }
+
+    /// No device of this id (or of this malformed text) has ever connected.
+    pub fn unknown_device(id: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("no device \"{id}\" has ever connected"),
+        )
+    }
+
+    /// What the UI's server functions carry.
+    pub fn into_api_error(self) -> ApiError {
+        self.1
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<SendError> for Failure {
+    fn from(error: SendError) -> Self {
+        let (status, code) = match &error {
+            SendError::UnknownDevice(id) => return Self::unknown_device(id),
+            SendError::DeviceOffline(_) => (StatusCode::CONFLICT, "device_offline"),
+            SendError::UnknownCommand { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_command")
+            }
+            SendError::InvalidArguments(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments")
+            }
+            SendError::InvalidTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout"),
+            SendError::BrokerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+            SendError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "server_stopping"),
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
+impl From<CancelError> for Failure {
+    fn from(error: CancelError) -> Self {
+        let (status, code) = match &error {
+            CancelError::UnknownCommand(_) => (StatusCode::NOT_FOUND, "unknown_command"),
+            CancelError::AlreadyEnded(_) => (StatusCode::CONFLICT, "already_ended"),
+            CancelError::NotOurs(_) => (StatusCode::CONFLICT, "other_replica"),
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
+impl From<HistoryError> for Failure {
+    fn from(error: HistoryError) -> Self {
+        let (status, code) = match &error {
+            HistoryError::UnknownDevice(id) => return Self::unknown_device(id),
+            HistoryError::UnknownMetric { .. } => (StatusCode::NOT_FOUND, "unknown_metric"),
+            HistoryError::InvalidRange { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_range")
+            }
+            HistoryError::InvalidMaxPoints(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_max_points")
+            }
+            HistoryError::StorageOff => (StatusCode::SERVICE_UNAVAILABLE, "storage_off"),
+            HistoryError::StoreUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
+/// A device id from a URL or a server function's argument, parsed once at the edge. A
+/// malformed id is an unknown device: no device could have it.
+pub fn parse_device_id(text: &str) -> Result<DeviceId, Failure> {
+    DeviceId::new(text).map_err(|_| Failure::unknown_device(text))
+}
