@@ -16,9 +16,9 @@ use protocol::{
 };
 
 use crate::{
-    Hub, commands,
+    commands,
     flood::{Admission, MAX_READINGS_PER_SECOND},
-    hub::State,
+    hub::{Hub, State},
     send::{OFFLINE_GRACE, ReplicaEvent},
 };
 

@@ -23,7 +23,7 @@ use lapin::{
 };
 use protocol::{CommandStatus, ServerMessage, names};
 
-use crate::{Hub, HubConfig};
+use crate::hub::{Hub, HubConfig};
 
 /// Why pending commands end when the server stops.
 const STOPPED: &str =

@@ -21,7 +21,7 @@ use protocol::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::Hub;
+use crate::hub::Hub;
 
 /// How long after a device's session ends its pending commands wait for answers that
 /// were already on their way (they travel on another queue than the goodbye).

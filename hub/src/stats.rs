@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::Hub;
+use crate::hub::Hub;
 
 /// Counts of messages the hub dropped, by why, and of readings, by outcome.
 #[derive(Debug, Default)]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use protocol::api::LiveEvent;
 
-use crate::Hub;
+use crate::hub::Hub;
 
 /// How often device heartbeats are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);

@@ -7,7 +7,7 @@
 use lapin::BasicProperties;
 use protocol::{DeviceId, ServerMessage, UnwatchRequest, WatchRequest, names};
 
-use crate::Hub;
+use crate::hub::Hub;
 
 /// Held while someone watches a device through this replica: the device reports faster
 /// until the last of these is dropped (see [`Hub::watch`]).

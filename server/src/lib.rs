@@ -6,7 +6,8 @@
 //!   return; [`history`]: a device's downsampled telemetry history.
 //! - [`fleet`]: the same operations for the UI's server functions.
 //! - [`live`]: the WebSocket that streams a snapshot and then every event to a tab.
-//! - [`metrics`]: `/metrics` in the Prometheus format.
+//! - [`health`]: `/healthz` and `/readyz`; [`metrics`]: `/metrics` in the Prometheus
+//!   format.
 //! - [`state`]: what every handler can reach.
 //! - This file wires them: [`Server::bind`] starts the embedded broker (if no broker
 //!   is configured), the store, the hub and the recorders under one [`Shutdown`];
@@ -19,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod health;
 pub mod history;
 pub mod live;
 pub mod metrics;
@@ -28,7 +30,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use app::{App, fleet::SharedFleet, shell};
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{Router, routing::get};
 use common::{Shutdown, redact};
 use hub::{Hub, HubConfig, Recorder, RecorderConfig, RecorderStats, Stop};
 use leptos::prelude::*;
@@ -239,8 +241,8 @@ pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let fleet: SharedFleet = Arc::new(state.clone());
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::serve))
         .nest("/api", api::routes())
         .leptos_routes_with_context(&state, routes, move || provide_context(fleet.clone()), {
@@ -249,18 +251,6 @@ pub fn router(state: AppState) -> Router {
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .with_state(state)
-}
-
-/// Ready while the broker link is up.
-async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
-    if hub.is_connected() {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the broker",
-        )
-    }
 }
 
 /// Leptos's own settings (from cargo-leptos's `LEPTOS_*` variables or their
