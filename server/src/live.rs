@@ -14,7 +14,7 @@ use axum::{
     },
     response::Response,
 };
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use protocol::{
     DeviceId,
@@ -33,8 +33,19 @@ const MAX_WATCHED_PER_CLIENT: usize = 32;
 /// Recent commands in each snapshot.
 const SNAPSHOT_COMMANDS: usize = 200;
 
+/// How long a stopping server keeps passing on events (the hub ending pending commands)
+/// once none has come for this long, before it closes a socket.
+const LAST_EVENTS_QUIET: Duration = Duration::from_millis(250);
+
 pub async fn upgrade(socket: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    socket.on_upgrade(move |socket| serve(socket, state.hub, state.shutdown))
+    socket.on_upgrade(move |socket| {
+        // Tracked, so that a stopping server waits for its goodbye.
+        let shutdown = state.shutdown.clone();
+        let served = shutdown.spawn(serve(socket, state.hub, state.shutdown));
+        async move {
+            let _ = served.await;
+        }
+    })
 }
 
 async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
@@ -47,6 +58,12 @@ async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
     loop {
         tokio::select! {
             () = shutdown.stopping() => {
+                // The tab learns how its pending commands ended, then that we are gone.
+                while let Ok(Ok(event)) = tokio::time::timeout(LAST_EVENTS_QUIET, events.recv()).await {
+                    if send(&mut socket, &event).await.is_err() {
+                        return;
+                    }
+                }
                 let close = CloseFrame {
                     code: close_code::AWAY,
                     reason: "the server is stopping".into(),
