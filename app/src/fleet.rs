@@ -115,19 +115,19 @@ fn fleet() -> Result<SharedFleet, AppError> {
 }
 
 /// Every device, sorted by id.
-#[server(endpoint = "devices")]
+#[server(endpoint = "devices", input = Json)]
 pub async fn list_devices() -> Result<Vec<DeviceView>, AppError> {
     Ok(fleet()?.devices())
 }
 
 /// One device, or `None` if no device of that id has ever connected.
-#[server(endpoint = "device")]
+#[server(endpoint = "device", input = Json)]
 pub async fn get_device(id: String) -> Result<Option<DeviceView>, AppError> {
     Ok(fleet()?.device(&id))
 }
 
 /// The most recent commands of one device, newest first.
-#[server(endpoint = "recent_commands")]
+#[server(endpoint = "recent_commands", input = Json)]
 pub async fn recent_commands(device: String, limit: usize) -> Result<Vec<CommandView>, AppError> {
     Ok(fleet()?.recent_commands(Some(&device), limit.min(200)))
 }
@@ -147,7 +147,7 @@ pub async fn send_command(
 }
 
 /// Cancels a pending command.
-#[server(endpoint = "cancel_command")]
+#[server(endpoint = "cancel_command", input = Json)]
 pub async fn cancel_command(id: String) -> Result<CommandView, AppError> {
     fleet()?.cancel_command(id).await.map_err(AppError::from)
 }

@@ -22,7 +22,10 @@ mod queue;
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, atomic::AtomicUsize},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -177,6 +180,17 @@ pub async fn serve(
         }
     }
     conn.close_all();
+    // Deliveries the vhost handed over but this loop had not yet written: its consumers
+    // are gone now, so nothing more comes; what came goes back to its queue, not lost.
+    deliveries.close();
+    while let Ok(outbound) = deliveries.try_recv() {
+        if let Outbound::Deliver(delivery) = outbound
+            && !delivery.no_ack
+        {
+            delivery.unacked.fetch_sub(1, Ordering::Relaxed);
+            conn.vhost().requeue(&delivery.queue, delivery.message);
+        }
+    }
     drop(conn);
     finish_writing(writer_task, &mut stopping).await;
 }

@@ -94,6 +94,17 @@ pub struct Config {
     #[arg(long = "watch-lease-ms", env = "TETHER_WATCH_LEASE_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
     pub watch_lease_ms: u64,
+
+    /// Origins besides this server's own address whose pages may change things, e.g.
+    /// `https://tether.example.com` when a proxy serves Tether there; comma-separated.
+    /// Every other site's request to change anything, or to open the live channel, is
+    /// refused.
+    #[arg(
+        long = "allowed-origins",
+        env = "TETHER_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -114,6 +125,7 @@ impl Config {
             store_queue_expires_ms: None,
             watch_interval_ms: 1_000,
             watch_lease_ms: 30_000,
+            allowed_origins: Vec::new(),
         }
     }
 }

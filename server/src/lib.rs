@@ -8,6 +8,7 @@
 //! - [`live`]: the WebSocket that streams a snapshot and then every event to a tab.
 //! - [`health`]: `/healthz` and `/readyz`; [`metrics`]: `/metrics` in the Prometheus
 //!   format.
+//! - [`guard`]: cross-site requests refused.
 //! - [`state`]: what every handler can reach.
 //! - This file wires them: [`Server::bind`] starts the embedded broker (if no broker
 //!   is configured), the store, the hub and the recorders under one [`Shutdown`];
@@ -20,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod guard;
 pub mod health;
 pub mod history;
 pub mod live;
@@ -135,6 +137,7 @@ impl Server {
                 store,
                 recorders,
                 shutdown: shutdown.clone(),
+                allowed_origins: guard::AllowedOrigins::new(config.allowed_origins.clone()),
             }),
             hub,
             embedded_broker,
@@ -250,6 +253,10 @@ pub fn router(state: AppState) -> Router {
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(axum::middleware::from_fn_with_state(
+            state.allowed_origins.clone(),
+            guard::refuse_cross_site,
+        ))
         .with_state(state)
 }
 

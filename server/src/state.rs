@@ -8,6 +8,8 @@ use hub::{Hub, RecorderStats};
 use leptos::prelude::LeptosOptions;
 use store::Store;
 
+use crate::guard::AllowedOrigins;
+
 #[derive(Debug, Clone, FromRef)]
 pub struct AppState {
     pub leptos_options: LeptosOptions,
@@ -18,4 +20,6 @@ pub struct AppState {
     pub recorders: Arc<RecorderStats>,
     /// Stopping: live sockets close when it does.
     pub shutdown: Shutdown,
+    /// Other sites whose pages may change things (a proxy's address).
+    pub allowed_origins: AllowedOrigins,
 }

@@ -603,3 +603,116 @@ async fn a_server_whose_database_is_down_starts_and_answers_history_with_503() {
     assert_eq!(body.code, "store_unavailable");
     assert!(body.message.contains("try again"), "{}", body.message);
 }
+
+#[tokio::test]
+async fn a_hostile_page_can_neither_command_nor_listen() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let setup = setup(Kind::Gateway).await;
+    let (status, body) = setup
+        .post(
+            &setup.commands_path(),
+            r#"{"name":"echo","args":{"delay_ms":20000},"timeout_ms":30000}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let pending: CommandView = serde_json::from_value(body).unwrap();
+    testkit::eventually("the device has it", Duration::from_secs(5), || {
+        setup
+            .hub
+            .command(&pending.id)
+            .filter(|c| c.status == CommandStatus::Delivered)
+    })
+    .await;
+    let evil = "http://evil.example";
+    let own = setup.base.clone();
+    let send = |origin: Option<&str>, method: reqwest::Method, path: &str| {
+        let mut request = setup
+            .client
+            .request(method, format!("{}{path}", setup.base));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request
+    };
+    // The page posts a plain form to the cancel server function, as a hostile page can.
+    let form = send(Some(evil), reqwest::Method::POST, "/api/cancel_command")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("id={}", pending.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error(form.json().await.unwrap()).code, "cross_site");
+    // The same form from no page at all is still not what the server function takes.
+    let plain = send(None, reqwest::Method::POST, "/api/cancel_command")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("id={}", pending.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Nor through the JSON API, nor by a browser that only says it is cross-site.
+    let path = format!("/api/v1/commands/{}", pending.id);
+    let delete = send(Some(evil), reqwest::Method::DELETE, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), StatusCode::FORBIDDEN);
+    let marked = send(None, reqwest::Method::DELETE, &path)
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marked.status(), StatusCode::FORBIDDEN);
+    let posted = send(Some(evil), reqwest::Method::POST, &setup.commands_path())
+        .header("content-type", "application/json")
+        .body(r#"{"name":"reboot"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        setup.hub.command(&pending.id).map(|c| c.status),
+        Some(CommandStatus::Delivered),
+        "the command is untouched"
+    );
+    // The live channel does not open for it.
+    let ws = |origin: &str| {
+        let mut request = format!("{}/api/v1/live", setup.base.replace("http", "ws"))
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    match ws(evil).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::FORBIDDEN)
+        }
+        other => panic!(
+            "the live channel opened for another site: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // The server's own pages can do all of it.
+    ws(&own)
+        .await
+        .expect("the live channel opens for our own pages");
+    let cancel = send(Some(&own), reqwest::Method::POST, "/api/cancel_command")
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"id":"{}"}}"#, pending.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cancel.status(),
+        StatusCode::OK,
+        "{}",
+        cancel.text().await.unwrap()
+    );
+    assert_eq!(
+        setup.hub.command(&pending.id).map(|c| c.status),
+        Some(CommandStatus::Cancelled)
+    );
+}

@@ -1,0 +1,213 @@
+//! Cross-site requests refused. A page on another site that the operator happens to
+//! open can make their browser send requests here (a form posted, a WebSocket opened);
+//! none of them may change anything or listen in. Every state-changing request (any
+//! method but GET, HEAD and OPTIONS) and every WebSocket upgrade must come from this
+//! server's own pages: the browser's `Sec-Fetch-Site` says so, or its `Origin` is this
+//! server (as the `Host` header names it) or one of `TETHER_ALLOWED_ORIGINS` (a proxy's
+//! public address). A request with neither header did not come from a browser page
+//! (curl, scripts) and has nothing to forge. Server functions, moreover, take only
+//! `application/json`, which no cross-site form can send.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::error::Failure;
+
+/// Origins besides the server's own that may change things, e.g. `https://tether.example.com`.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedOrigins(Arc<Vec<String>>);
+
+impl AllowedOrigins {
+    pub fn new(origins: impl IntoIterator<Item = String>) -> Self {
+        Self(Arc::new(
+            origins
+                .into_iter()
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        ))
+    }
+}
+
+/// The middleware: refuses cross-site state changes and upgrades with 403 `cross_site`,
+/// and server-function calls that are not JSON with 415 `unsupported_media_type`.
+pub async fn refuse_cross_site(
+    State(allowed): State<AllowedOrigins>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let changes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let upgrade = request.headers().contains_key(header::UPGRADE);
+    if !(changes || upgrade) {
+        return next.run(request).await;
+    }
+    if let Err(why) = same_site(request.headers(), &allowed) {
+        tracing::warn!(
+            "refused a cross-site {method} {}: {why}",
+            request.uri().path()
+        );
+        return Failure::new(StatusCode::FORBIDDEN, "cross_site", why).into_response();
+    }
+    if method == Method::POST
+        && is_server_function(request.uri().path())
+        && !is_json(request.headers())
+    {
+        return Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "server functions take application/json",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether a request came from this server's own pages (or from no page at all).
+pub fn same_site(headers: &HeaderMap, allowed: &AllowedOrigins) -> Result<(), String> {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if matches!(fetch_site, Some("same-origin" | "none")) {
+        return Ok(());
+    }
+    let Some(origin) = text(header::ORIGIN) else {
+        return match fetch_site {
+            // A browser that says the request is cross-site, without an origin.
+            Some(site) => Err(format!("the browser marked it {site}")),
+            None => Ok(()),
+        };
+    };
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    if allowed.0.contains(&origin) {
+        return Ok(());
+    }
+    let host = text(header::HOST).unwrap_or_default();
+    if !host.is_empty() && authority(&origin).is_some_and(|a| same_authority(&a, host)) {
+        return Ok(());
+    }
+    Err(format!(
+        "it came from a page of {origin}, not of this server; cross-site requests cannot \
+         change anything (a proxy's address can be allowed with TETHER_ALLOWED_ORIGINS)"
+    ))
+}
+
+/// `scheme://host[:port]` as (scheme, `host[:port]` without the scheme's default port).
+fn authority(origin: &str) -> Option<(String, String)> {
+    let url = url::Url::parse(origin).ok()?;
+    let host = url.host_str()?;
+    Some((
+        url.scheme().to_owned(),
+        match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        },
+    ))
+}
+
+fn same_authority((scheme, origin): &(String, String), host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "https" => ":443",
+        _ => ":80",
+    };
+    *origin == host || host.strip_suffix(default) == Some(origin.as_str())
+}
+
+/// Leptos server functions live under `/api/`; the JSON API under `/api/v1/`.
+fn is_server_function(path: &str) -> bool {
+    path.starts_with("/api/") && !path.starts_with("/api/v1/")
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn own_pages_and_scripts_pass_other_sites_do_not() {
+        let none = AllowedOrigins::default();
+        let ok = |pairs| same_site(&headers(pairs), &none).is_ok();
+        assert!(ok(&[("host", "127.0.0.1:3000")]), "curl sends no origin");
+        assert!(ok(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "http://127.0.0.1:3000")
+        ]));
+        assert!(ok(&[
+            ("host", "tether.example"),
+            ("origin", "http://tether.example")
+        ]));
+        assert!(ok(&[
+            ("host", "tether.example:443"),
+            ("origin", "https://tether.example")
+        ]));
+        assert!(ok(&[
+            ("host", "x"),
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "http://y")
+        ]));
+        assert!(!ok(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "http://127.0.0.1:3001")
+        ]));
+        assert!(!ok(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "http://evil.example")
+        ]));
+        assert!(!ok(&[("host", "127.0.0.1:3000"), ("origin", "null")]));
+        // Whatever the scheme, only this server answers at its own host and port (a TLS
+        // proxy in front of it has the same authority).
+        assert!(ok(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "https://127.0.0.1:3000")
+        ]));
+        assert!(!ok(&[("host", "a"), ("sec-fetch-site", "cross-site")]));
+        let proxy = AllowedOrigins::new(["https://Tether.Example.com/".to_owned()]);
+        assert!(
+            same_site(
+                &headers(&[
+                    ("host", "10.0.0.5:3000"),
+                    ("origin", "https://tether.example.com")
+                ]),
+                &proxy
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn server_functions_are_told_apart_from_the_api() {
+        assert!(is_server_function("/api/cancel_command"));
+        assert!(!is_server_function("/api/v1/commands/x"));
+        assert!(!is_server_function("/devices"));
+        assert!(is_json(&headers(&[(
+            "content-type",
+            "application/json; charset=utf-8"
+        )])));
+        assert!(!is_json(&headers(&[(
+            "content-type",
+            "application/x-www-form-urlencoded"
+        )])));
+        assert!(!is_json(&headers(&[("content-type", "text/plain")])));
+    }
+}
