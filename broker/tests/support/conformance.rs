@@ -195,6 +195,58 @@ async fn unacked_messages_return_to_the_queue_marked_redelivered() {
 }
 
 #[tokio::test]
+async fn a_consumer_connection_that_closes_mid_flow_loses_nothing() {
+    let url = start().await;
+    let (_connection, setup) = open_at(&url).await;
+    let work = declare_queue(
+        &setup,
+        &unique("flow"),
+        QueueDeclareOptions::default(),
+        expires_in_a_minute(),
+    )
+    .await
+    .unwrap();
+    const JOBS: u32 = 2_000;
+    for n in 0..JOBS {
+        send(&setup, &work, format!("job {n}").as_bytes()).await;
+    }
+    let ready = async || {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        setup
+            .queue_declare(work.as_str().into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ready().await < JOBS {
+        assert!(tokio::time::Instant::now() < deadline, "published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A worker without a prefetch limit is handed everything at once, and its
+    // connection ends as soon as the first message arrives: most were on their way.
+    let (worker, channel) = open_at(&url).await;
+    let mut jobs = consume(&channel, &work).await;
+    next(&mut jobs).await;
+    worker.close(200, "crash".into()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let back = ready().await;
+        if back == JOBS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {back} of {JOBS} messages went back to the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn wrong_credentials_are_refused() {
     let url = start().await.replace("guest:guest", "guest:wrong");
     let refused = Connection::connect(&url, ConnectionProperties::default()).await;
