@@ -22,10 +22,7 @@ mod queue;
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, atomic::AtomicUsize},
     time::Duration,
 };
 
@@ -184,11 +181,8 @@ pub async fn serve(
     // are gone now, so nothing more comes; what came goes back to its queue, not lost.
     deliveries.close();
     while let Ok(outbound) = deliveries.try_recv() {
-        if let Outbound::Deliver(delivery) = outbound
-            && !delivery.no_ack
-        {
-            delivery.unacked.fetch_sub(1, Ordering::Relaxed);
-            conn.vhost().requeue(&delivery.queue, delivery.message);
+        if let Outbound::Deliver(delivery) = outbound {
+            conn.give_back(*delivery);
         }
     }
     drop(conn);
@@ -239,6 +233,18 @@ struct Channel {
     prefetch: u16,
     unacked: BTreeMap<u64, Unacked>,
     publishing: Option<Publishing>,
+}
+
+impl Channel {
+    /// The next delivery tag, remembering the message until it is settled if it needs
+    /// an acknowledgement.
+    fn hand_out(&mut self, unacked: Option<Unacked>) -> u64 {
+        self.delivered += 1;
+        if let Some(unacked) = unacked {
+            self.unacked.insert(self.delivered, unacked);
+        }
+        self.delivered
+    }
 }
 
 struct Unacked {

@@ -86,18 +86,11 @@ impl Connection {
         let Some(channel) = self.channels.get_mut(&id) else {
             return Ok(());
         };
-        channel.delivered += 1;
-        let tag = channel.delivered;
-        if !get.no_ack {
-            channel.unacked.insert(
-                tag,
-                Unacked {
-                    queue: get.queue.to_string(),
-                    message: message.clone(),
-                    counter: Arc::new(AtomicUsize::new(1)),
-                },
-            );
-        }
+        let tag = channel.hand_out((!get.no_ack).then(|| Unacked {
+            queue: get.queue.to_string(),
+            message: message.clone(),
+            counter: Arc::new(AtomicUsize::new(1)),
+        }));
         self.method(
             id,
             AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
@@ -127,28 +120,26 @@ impl Connection {
         Ok(())
     }
 
+    /// A delivery that will not reach its consumer (its channel or connection is gone)
+    /// goes back to its queue, unless it needed no acknowledgement.
+    pub(super) fn give_back(&mut self, delivery: Delivery) {
+        if !delivery.no_ack {
+            delivery.unacked.fetch_sub(1, Ordering::Relaxed);
+            self.vhost().requeue(&delivery.queue, delivery.message);
+        }
+    }
+
     /// A message the vhost handed to one of this connection's consumers: basic.deliver.
     pub(super) fn deliver(&mut self, delivery: Delivery) {
         let Some(channel) = self.channels.get_mut(&delivery.channel) else {
-            // The channel closed meanwhile: give the message back.
-            if !delivery.no_ack {
-                delivery.unacked.fetch_sub(1, Ordering::Relaxed);
-                self.vhost().requeue(&delivery.queue, delivery.message);
-            }
-            return;
+            // The channel closed meanwhile.
+            return self.give_back(delivery);
         };
-        channel.delivered += 1;
-        let tag = channel.delivered;
-        if !delivery.no_ack {
-            channel.unacked.insert(
-                tag,
-                Unacked {
-                    queue: delivery.queue.clone(),
-                    message: delivery.message.clone(),
-                    counter: delivery.unacked.clone(),
-                },
-            );
-        }
+        let tag = channel.hand_out((!delivery.no_ack).then(|| Unacked {
+            queue: delivery.queue.clone(),
+            message: delivery.message.clone(),
+            counter: delivery.unacked.clone(),
+        }));
         self.method(
             delivery.channel,
             AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {

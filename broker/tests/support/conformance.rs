@@ -210,40 +210,18 @@ async fn a_consumer_connection_that_closes_mid_flow_loses_nothing() {
     for n in 0..JOBS {
         send(&setup, &work, format!("job {n}").as_bytes()).await;
     }
-    let ready = async || {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        setup
-            .queue_declare(work.as_str().into(), passive, FieldTable::default())
-            .await
-            .unwrap()
-            .message_count()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while ready().await < JOBS {
-        assert!(tokio::time::Instant::now() < deadline, "published");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(ready_within(&setup, &work, JOBS).await, JOBS, "published");
     // A worker without a prefetch limit is handed everything at once, and its
     // connection ends as soon as the first message arrives: most were on their way.
     let (worker, channel) = open_at(&url).await;
     let mut jobs = consume(&channel, &work).await;
     next(&mut jobs).await;
     worker.close(200, "crash".into()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let back = ready().await;
-        if back == JOBS {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {back} of {JOBS} messages went back to the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let back = ready_within(&setup, &work, JOBS).await;
+    assert_eq!(
+        back, JOBS,
+        "only {back} of {JOBS} messages went back to the queue"
+    );
 }
 
 #[tokio::test]
@@ -606,6 +584,26 @@ async fn publish(
         )
         .await
         .unwrap();
+}
+
+/// How many messages `queue` holds ready, once that is `expected` or 10 s have passed.
+async fn ready_within(channel: &Channel, queue: &str, expected: u32) -> u32 {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count();
+        if ready == expected || tokio::time::Instant::now() >= deadline {
+            return ready;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Publishes a plain message to a queue through the default exchange.
