@@ -19,6 +19,7 @@ use crate::{
     commands,
     flood::{Admission, MAX_READINGS_PER_SECOND},
     hub::{Hub, State},
+    reading::{self, Unreadable},
     send::{OFFLINE_GRACE, ReplicaEvent},
 };
 
@@ -161,32 +162,15 @@ impl Hub {
     /// A reading: checked against what its device announced, rate-limited per device,
     /// then passed to listeners. Anything else is counted and dropped.
     pub(crate) fn on_telemetry(&self, delivery: &Delivery) {
-        let sample = match protocol::decode::<DeviceMessage>(&delivery.data) {
-            Ok(DeviceMessage::Telemetry(sample)) => sample,
-            Ok(other) => {
-                return self.dropped(
-                    &self.inner.stats.foreign,
-                    &format!("{other:?} on the telemetry exchange"),
-                );
-            }
-            Err(error) if is_wrong_type(&delivery.data) => {
-                return self.dropped(
-                    &self.inner.stats.readings_wrong_type,
-                    &format!("reading: {error}"),
-                );
-            }
-            Err(error) => {
-                return self.dropped(&self.inner.stats.malformed, &format!("reading: {error}"));
-            }
-        };
-        let routed = names::telemetry_key(&sample.device_id, &sample.metric);
-        if delivery.routing_key.as_str() != routed {
-            return self.dropped(
-                &self.inner.stats.foreign,
-                &format!("a reading under routing key {}", delivery.routing_key),
-            );
-        }
         let stats = &self.inner.stats;
+        let sample = match reading::decode(&delivery.data, delivery.routing_key.as_str()) {
+            Ok(sample) => sample,
+            Err(Unreadable::Malformed(why)) => return self.dropped(&stats.malformed, &why),
+            Err(Unreadable::WrongType(why)) => {
+                return self.dropped(&stats.readings_wrong_type, &why);
+            }
+            Err(Unreadable::Foreign(why)) => return self.dropped(&stats.foreign, &why),
+        };
         let mut state = self.state();
         let State {
             registry, flood, ..
@@ -276,12 +260,4 @@ impl Hub {
         state.commands.mirror(event.command.clone());
         self.broadcast_commands(&[event.command]);
     }
-}
-
-/// Whether a body that did not decode is a reading whose value is not a number.
-pub(crate) fn is_wrong_type(data: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(data).is_ok_and(|body| {
-        body.get("type").and_then(|t| t.as_str()) == Some("telemetry")
-            && body.get("value").is_some_and(|v| !v.is_number())
-    })
 }

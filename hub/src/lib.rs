@@ -20,6 +20,7 @@
 //! | `timer` | deadlines, heartbeat expiry, lease renewal |
 //! | `stats` | what the hub counted |
 //! | `registry`, `commands`, `flood` | pure state: devices, command lifecycles, rate limit |
+//! | `reading` | a reading decoded once for both paths (live view and recorders) |
 //! | `announced` | the narrow "what did this device announce" view |
 //! | `store_queue` | the durable storage queue and its caps |
 //! | `recorder` | the recorders: batch, check, write, ack after commit |
@@ -30,6 +31,7 @@ mod flood;
 mod hub;
 mod intake;
 mod link;
+mod reading;
 mod recorder;
 mod registry;
 mod send;

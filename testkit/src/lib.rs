@@ -127,16 +127,6 @@ impl Agent {
         configure: impl FnOnce(&mut agent::Config),
     ) -> Self {
         let id = DeviceId::new(unique(name)).expect("a valid device id");
-        Self::start_as(url, id, kind, configure)
-    }
-
-    /// As [`Agent::start`], with exactly this id.
-    pub fn start_as(
-        url: &str,
-        id: DeviceId,
-        kind: Kind,
-        configure: impl FnOnce(&mut agent::Config),
-    ) -> Self {
         let mut config = agent::Config::new(url, id.clone(), kind.name());
         config.reconnect_min = Duration::from_millis(50);
         configure(&mut config);

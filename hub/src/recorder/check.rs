@@ -2,12 +2,12 @@
 //! own routing key, a plausible time, what its device announced (when the device is
 //! known), and within the per-device rate. Pure, with unit tests.
 
-use protocol::{DeviceMessage, TelemetrySample, names};
+use protocol::TelemetrySample;
 
 use crate::{
     announced::{Announced, Known},
     flood::{Admission, FloodGate},
-    intake::is_wrong_type,
+    reading::{self, Unreadable},
 };
 
 /// How far ahead of this server's clock a reading's time may be.
@@ -68,22 +68,17 @@ pub(crate) fn check(
     flood: &mut FloodGate,
     now_ms: i64,
 ) -> Result<store::Sample, Rejected> {
-    let sample = match protocol::decode::<DeviceMessage>(data) {
-        Ok(DeviceMessage::Telemetry(sample)) => sample,
-        Ok(_) => return Err(Rejected::Foreign),
-        Err(_) if is_wrong_type(data) => return Err(Rejected::WrongType),
-        Err(_) => return Err(Rejected::Malformed),
-    };
     let TelemetrySample {
         device_id,
         metric,
         value,
         ts_ms,
         ..
-    } = sample;
-    if routing_key != names::telemetry_key(&device_id, &metric) {
-        return Err(Rejected::Foreign);
-    }
+    } = reading::decode(data, routing_key).map_err(|why| match why {
+        Unreadable::Malformed(_) => Rejected::Malformed,
+        Unreadable::WrongType(_) => Rejected::WrongType,
+        Unreadable::Foreign(_) => Rejected::Foreign,
+    })?;
     let ts_ms = i64::try_from(ts_ms).map_err(|_| Rejected::BadTimestamp)?;
     if !(MIN_PLAUSIBLE_MS..=now_ms + MAX_CLOCK_AHEAD_MS).contains(&ts_ms) {
         return Err(Rejected::BadTimestamp);
@@ -110,7 +105,7 @@ pub(crate) fn check(
 
 #[cfg(test)]
 mod tests {
-    use protocol::{DeviceId, encode};
+    use protocol::{DeviceId, DeviceMessage, encode};
 
     use super::*;
 

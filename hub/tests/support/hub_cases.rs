@@ -30,12 +30,9 @@ fn start_agent(name: &str, kind: Kind, heartbeat: Duration) -> testkit::Agent {
     })
 }
 
-struct RawDevice;
-
-impl RawDevice {
-    async fn connect(name: &str, heartbeat_ms: u64) -> testkit::RawDevice {
-        testkit::RawDevice::connect(&amqp_url(), name, heartbeat_ms).await
-    }
+/// A device written with bare lapin, on this suite's broker.
+async fn raw_device(name: &str, heartbeat_ms: u64) -> testkit::RawDevice {
+    testkit::RawDevice::connect(&amqp_url(), name, heartbeat_ms).await
 }
 
 async fn run(hub: &Hub, device: &DeviceId, request: SendCommand) -> CommandView {
@@ -230,7 +227,7 @@ async fn a_device_that_says_bye_ends_its_pending_commands_as_offline_at_once() {
 #[tokio::test]
 async fn a_command_to_a_vanished_inbox_is_offline_at_once() {
     let hub = start_hub().await;
-    let device = RawDevice::connect("raw-gone", 60_000).await;
+    let device = raw_device("raw-gone", 60_000).await;
     online(&hub, &device.id).await;
     // Gone without a bye, as if the process were killed: the broker deletes the inbox.
     device.connection.close(320, "killed".into()).await.unwrap();
@@ -254,7 +251,7 @@ async fn a_command_to_a_vanished_inbox_is_offline_at_once() {
 #[tokio::test]
 async fn a_device_that_stops_heartbeating_goes_offline_with_its_commands() {
     let hub = start_hub().await;
-    let device = RawDevice::connect("raw-silent", 200).await;
+    let device = raw_device("raw-silent", 200).await;
     online(&hub, &device.id).await;
     let pending = hub
         .send(&device.id, command("echo", json!({}), Some(60_000)))
@@ -447,7 +444,7 @@ async fn a_thousand_pending_slow_commands_do_not_delay_a_fast_one() {
 #[tokio::test]
 async fn malformed_and_foreign_messages_are_counted_and_ignored() {
     let hub = start_hub().await;
-    let device = RawDevice::connect("raw-noisy", 60_000).await;
+    let device = raw_device("raw-noisy", 60_000).await;
     online(&hub, &device.id).await;
 
     // On the presence exchange: garbage, a future version, a reply, a hello under
@@ -682,7 +679,7 @@ async fn bad_readings_are_counted_and_dropped_and_a_flood_is_capped() {
         stopping.stopping().await;
         hub::Stop::Drain
     }));
-    let device = RawDevice::connect("raw-readings", 60_000).await;
+    let device = raw_device("raw-readings", 60_000).await;
     online(&hub, &device.id).await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
