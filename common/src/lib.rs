@@ -6,10 +6,12 @@
 //! - [`now_ms`] and [`duration_ms`]: the wall clock in the milliseconds the protocol
 //!   speaks.
 //! - [`redact`]: a URL without its password, for logs and errors.
-//! - [`amqp`]: Tether's exchanges declared on a lapin channel.
+//! - `amqp` (feature `amqp`): Tether's exchanges declared on a lapin channel, for
+//!   the hub and the agent; the store leaves it out and so has no AMQP in it.
 //! - [`Shutdown`]: one cancellation token and task tracker for a whole process.
 //! - [`init_logging`]: `tracing` output filtered by `RUST_LOG` (default `info`).
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
 mod shutdown;
 
