@@ -54,16 +54,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Device {
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| {
-                Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    rejection.body_text(),
-                )
-            })?;
-        parse_device_id(&id).map(Self)
+        parse_device_id(&path_id(parts, state).await?).map(Self)
     }
 }
 
@@ -77,17 +68,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Command {
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| {
-                Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    rejection.body_text(),
-                )
-            })?;
-        Ok(Self(CommandId(id)))
+        Ok(Self(CommandId(path_id(parts, state).await?)))
     }
+}
+
+/// The route's one path parameter, as text.
+async fn path_id<S: Send + Sync>(
+    parts: &mut axum::http::request::Parts,
+    state: &S,
+) -> Result<String, Failure> {
+    let Path(id) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|rejection| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                rejection.body_text(),
+            )
+        })?;
+    Ok(id)
 }
 
 /// A JSON body whose rejection is an API error too.

@@ -35,6 +35,25 @@ impl AllowedOrigins {
     }
 }
 
+/// Parses one allowed origin as given in the configuration: `http(s)://host[:port]`,
+/// nothing after it. Returned in the form browsers send (lower case, no `/`).
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim().trim_end_matches('/');
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not an origin ({e})"))?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.username().is_empty()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !plain {
+        return Err(format!(
+            "{text:?} is not an origin: write scheme, host and port only, e.g. https://tether.example.com"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
 /// The middleware: refuses cross-site state changes and upgrades with 403 `cross_site`,
 /// and server-function calls that are not JSON with 415 `unsupported_media_type`.
 pub async fn refuse_cross_site(
@@ -71,12 +90,19 @@ pub async fn refuse_cross_site(
 
 /// Whether a request came from this server's own pages (or from no page at all).
 pub fn same_site(headers: &HeaderMap, allowed: &AllowedOrigins) -> Result<(), String> {
-    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    // A header that is there but is not text is not trusted as absent.
+    let text = |name: &str| match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| format!("its {name} header is not text")),
+    };
+    let fetch_site = text("sec-fetch-site")?;
     if matches!(fetch_site, Some("same-origin" | "none")) {
         return Ok(());
     }
-    let Some(origin) = text(header::ORIGIN) else {
+    let Some(origin) = text("origin")? else {
         return match fetch_site {
             // A browser that says the request is cross-site, without an origin.
             Some(site) => Err(format!("the browser marked it {site}")),
@@ -87,7 +113,7 @@ pub fn same_site(headers: &HeaderMap, allowed: &AllowedOrigins) -> Result<(), St
     if allowed.0.contains(&origin) {
         return Ok(());
     }
-    let host = text(header::HOST).unwrap_or_default();
+    let host = text("host")?.unwrap_or_default();
     if !host.is_empty() && authority(&origin).is_some_and(|a| same_authority(&a, host)) {
         return Ok(());
     }
@@ -182,6 +208,13 @@ mod tests {
             ("origin", "https://127.0.0.1:3000")
         ]));
         assert!(!ok(&[("host", "a"), ("sec-fetch-site", "cross-site")]));
+        // Garbage where a browser would say where it came from is not "no page at all".
+        let mut garbage = headers(&[("host", "127.0.0.1:3000")]);
+        garbage.insert(
+            "origin",
+            header::HeaderValue::from_bytes(b"http://\xff").unwrap(),
+        );
+        assert!(same_site(&garbage, &none).is_err());
         let proxy = AllowedOrigins::new(["https://Tether.Example.com/".to_owned()]);
         assert!(
             same_site(
@@ -193,6 +226,28 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_when_configured() {
+        assert_eq!(
+            parse_origin("https://Tether.Example.com/"),
+            Ok("https://tether.example.com".to_owned())
+        );
+        assert_eq!(
+            parse_origin("http://10.0.0.5:8080"),
+            Ok("http://10.0.0.5:8080".to_owned())
+        );
+        for wrong in [
+            "*",
+            "tether.example.com",
+            "https://x/app",
+            "ftp://x",
+            "https://u@x",
+            "",
+        ] {
+            assert!(parse_origin(wrong).is_err(), "{wrong}");
+        }
     }
 
     #[test]

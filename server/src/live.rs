@@ -33,9 +33,11 @@ const MAX_WATCHED_PER_CLIENT: usize = 32;
 /// Recent commands in each snapshot.
 const SNAPSHOT_COMMANDS: usize = 200;
 
-/// How long a stopping server keeps passing on events (the hub ending pending commands)
-/// once none has come for this long, before it closes a socket.
+/// A stopping server passes on the last events (the hub ending pending commands) until
+/// none has come for `LAST_EVENTS_QUIET`, and for `LAST_EVENTS_WITHIN` at most, then
+/// closes the socket: a slow or flooded tab cannot hold the stop up.
 const LAST_EVENTS_QUIET: Duration = Duration::from_millis(250);
+const LAST_EVENTS_WITHIN: Duration = Duration::from_secs(1);
 
 pub async fn upgrade(socket: WebSocketUpgrade, State(state): State<AppState>) -> Response {
     socket.on_upgrade(move |socket| {
@@ -59,10 +61,16 @@ async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
         tokio::select! {
             () = shutdown.stopping() => {
                 // The tab learns how its pending commands ended, then that we are gone.
-                while let Ok(Ok(event)) = tokio::time::timeout(LAST_EVENTS_QUIET, events.recv()).await {
-                    if send(&mut socket, &event).await.is_err() {
-                        return;
+                let last_events = async {
+                    while let Ok(Ok(event)) = tokio::time::timeout(LAST_EVENTS_QUIET, events.recv()).await {
+                        if send(&mut socket, &event).await.is_err() {
+                            return false;
+                        }
                     }
+                    true
+                };
+                if !tokio::time::timeout(LAST_EVENTS_WITHIN, last_events).await.unwrap_or(true) {
+                    return;
                 }
                 let close = CloseFrame {
                     code: close_code::AWAY,
