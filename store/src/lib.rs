@@ -1,14 +1,44 @@
-//! Where readings are kept: SQLite by default (a file, no setup), PostgreSQL when the
-//! database URL says `postgres://`.
+//! Where readings, accounts and the audit trail are kept: SQLite by default (a file, no
+//! setup), PostgreSQL when the database URL says `postgres://`, or SQLite in memory
+//! when it says `memory` (nothing survives the process: for servers run without a
+//! database, and for tests).
 //!
-//! One table, `samples (device, metric, ts_ms, value)`, keyed by device, metric and
-//! time, so storing a sample twice (a batch redelivered after its worker died between
-//! commit and ack) keeps one copy. History is read downsampled: the range is cut into
-//! at most `max_points` buckets and each bucket gives its mean, minimum, maximum and
-//! count, computed by the database.
+//! Readings: one table, `samples (device, metric, ts_ms, value)`, keyed by device,
+//! metric and time, so storing a sample twice (a batch redelivered after its worker
+//! died between commit and ack) keeps one copy. History is read downsampled: the range
+//! is cut into at most `max_points` buckets and each bucket gives its mean, minimum,
+//! maximum and count, computed by the database.
+//!
+//! Accounts ([`Store::add_user`] and the methods beside it) are created with the samples
+//! when the store opens, in the same SQL on both databases (`BIGINT` and `TEXT` columns
+//! only, see `sql.rs`):
+//!
+//! - `users (id, name, role, group_names, password_hash, created_ms)`: the password as
+//!   an argon2id PHC string; the groups as one sorted, comma-separated column so that
+//!   every change to a user is one statement. `id` is random, so a user deleted and
+//!   made again under the same name does not inherit the old one's sessions or tokens.
+//! - `sessions (secret_hash, user_id, created_ms, expires_ms, revoked)` and
+//!   `api_tokens (id, secret_hash, user_id, owner, name, role, created_ms,
+//!   last_used_ms, revoked)`: secrets are kept only as their SHA-256, so a copy of the
+//!   database logs no one in.
+//! - `device_groups (device, group_names)`: which groups may see a device.
+//!
+//! The audit trail, `audit (seq, ts_ms, actor, source, action, target, detail,
+//! prev_hash, hash)`: append-only, numbered 1, 2, 3… and chained, each entry's hash
+//! covering the one before's, so a row altered or deleted later is found by
+//! [`Store::audit_verify`]. Retention never prunes it.
+//!
+//! A test or a server without a database can keep all of it in memory:
+//! `Store::open("memory")`.
 
+mod accounts;
+mod audit;
 mod postgres;
+mod sql;
 mod sqlite;
+
+pub use accounts::AccountError;
+pub use audit::{AuditQuery, NewAudit};
 
 use std::time::Duration;
 
@@ -56,9 +86,12 @@ pub enum Store {
 
 impl Store {
     /// Opens (creating if needed) the store a URL names: `postgres://…` or
-    /// `postgresql://…` for PostgreSQL, `sqlite://<path>` or a bare path for SQLite.
+    /// `postgresql://…` for PostgreSQL, `sqlite://<path>` or a bare path for SQLite,
+    /// `memory` (or SQLite's own `:memory:`) for a new database in memory.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        if is_postgres(url) {
+        if is_memory(url) {
+            Self::memory().await
+        } else if is_postgres(url) {
             Ok(Self::Postgres(
                 postgres::Postgres::connect(url)
                     .await
@@ -90,6 +123,15 @@ impl Store {
             }
             opened => opened,
         }
+    }
+
+    /// A new, empty store in memory (SQLite), gone with the last clone of it.
+    pub async fn memory() -> anyhow::Result<Self> {
+        Ok(Self::Sqlite(
+            sqlite::Sqlite::memory()
+                .await
+                .context("cannot open an SQLite database in memory")?,
+        ))
     }
 
     /// What kind of store this is, for logs and metrics.
@@ -168,6 +210,27 @@ impl Store {
             }
         }
     }
+}
+
+impl Store {
+    /// This store's turn to append to the audit trail (see `audit`): one lock per
+    /// store, shared by its clones.
+    fn appending(&self) -> &tokio::sync::Mutex<()> {
+        match self {
+            Self::Sqlite(store) => &store.appending,
+            Self::Postgres(store) => &store.appending,
+        }
+    }
+}
+
+/// The tables both backends create the same way, after their own `samples`.
+const SHARED_SCHEMAS: [&str; 2] = [accounts::SCHEMA, audit::SCHEMA];
+
+fn is_memory(url: &str) -> bool {
+    matches!(
+        url,
+        "memory" | ":memory:" | "sqlite::memory:" | "sqlite://:memory:"
+    )
 }
 
 fn is_postgres(url: &str) -> bool {

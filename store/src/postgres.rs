@@ -6,14 +6,20 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use protocol::api::Point;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{
+    Client, NoTls,
+    types::{FromSql, ToSql, Type},
+};
 
-use super::{Sample, SeriesQuery};
+use super::{Sample, SeriesQuery, sql};
 
 #[derive(Clone)]
 pub struct Postgres {
     url: Arc<str>,
     client: Arc<Mutex<Option<Arc<Client>>>>,
+    /// Held while appending to the audit trail (see `audit`); other processes on the
+    /// same database are told apart by the chain's primary key instead.
+    pub(crate) appending: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -50,10 +56,11 @@ impl Postgres {
         Ok(Self {
             url: url.into(),
             client: Arc::default(),
+            appending: Arc::default(),
         })
     }
 
-    /// The live client, connecting (and creating the table if needed) if there is none
+    /// The live client, connecting (and creating the tables if needed) if there is none
     /// or the last one broke.
     async fn client(&self) -> anyhow::Result<Arc<Client>> {
         if let Some(client) = self
@@ -73,13 +80,12 @@ impl Postgres {
                 tracing::warn!("PostgreSQL connection lost: {error}");
             }
         });
-        // Two replicas creating the table at once can race in PostgreSQL's catalog;
+        // Two replicas creating the tables at once can race in PostgreSQL's catalog;
         // the loser's error is harmless, so try once more.
-        if client.batch_execute(SCHEMA).await.is_err() {
-            client
-                .batch_execute(SCHEMA)
+        if create_tables(&client).await.is_err() {
+            create_tables(&client)
                 .await
-                .context("cannot create the samples table")?;
+                .context("cannot create the tables")?;
         }
         let client = Arc::new(client);
         *self.client.lock().expect("client lock") = Some(client.clone());
@@ -183,4 +189,99 @@ impl Postgres {
             .await
             .context("cannot prune samples")
     }
+}
+
+impl Postgres {
+    /// Runs one statement of the shared SQL (see `sql`).
+    pub(crate) async fn execute(&self, sql: &str, params: Vec<sql::Value>) -> anyhow::Result<u64> {
+        let client = self.client().await?;
+        let statement = client.prepare(sql).await?;
+        let params = bind(&params, statement.params())?;
+        Ok(client.execute(&statement, &refs(&params)).await?)
+    }
+
+    /// Runs one `SELECT` of the shared SQL.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: Vec<sql::Value>,
+    ) -> anyhow::Result<Vec<sql::Row>> {
+        let client = self.client().await?;
+        let statement = client.prepare(sql).await?;
+        let params = bind(&params, statement.params())?;
+        let rows = client.query(&statement, &refs(&params)).await?;
+        rows.iter().map(from_postgres).collect()
+    }
+}
+
+async fn create_tables(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(SCHEMA).await?;
+    for schema in super::SHARED_SCHEMAS {
+        client.batch_execute(schema).await?;
+    }
+    Ok(())
+}
+
+type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+
+/// Each value as the type PostgreSQL inferred for its placeholder: an integer compared
+/// with an `INTEGER` must be sent as an `i32`, one compared with a `BIGINT` as an `i64`.
+fn bind<'a>(values: &'a [sql::Value], types: &[Type]) -> anyhow::Result<Vec<Param<'a>>> {
+    anyhow::ensure!(
+        values.len() == types.len(),
+        "{} parameters for {} placeholders",
+        values.len(),
+        types.len()
+    );
+    values
+        .iter()
+        .zip(types)
+        .map(|(value, ty)| {
+            let param: Param<'a> = match value {
+                sql::Value::Int(n) if *ty == Type::INT8 => Box::new(*n),
+                sql::Value::Int(n) if *ty == Type::INT4 => Box::new(i32::try_from(*n)?),
+                sql::Value::Int(n) if *ty == Type::INT2 => Box::new(i16::try_from(*n)?),
+                sql::Value::Text(text) if <&str as ToSql>::accepts(ty) => Box::new(text.as_str()),
+                sql::Value::Null if *ty == Type::INT8 => Box::new(None::<i64>),
+                sql::Value::Null if *ty == Type::INT4 => Box::new(None::<i32>),
+                sql::Value::Null if *ty == Type::INT2 => Box::new(None::<i16>),
+                sql::Value::Null if <&str as ToSql>::accepts(ty) => Box::new(None::<&str>),
+                other => anyhow::bail!("cannot send {other:?} as a PostgreSQL {ty}"),
+            };
+            Ok(param)
+        })
+        .collect()
+}
+
+fn refs<'a>(params: &'a [Param<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|param| &**param as _).collect()
+}
+
+fn from_postgres(row: &tokio_postgres::Row) -> anyhow::Result<sql::Row> {
+    let values = row
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            let ty = column.type_();
+            let value = if *ty == Type::INT8 {
+                row.try_get::<_, Option<i64>>(i)?.map(sql::Value::Int)
+            } else if *ty == Type::INT4 {
+                row.try_get::<_, Option<i32>>(i)?
+                    .map(|n| sql::Value::Int(n.into()))
+            } else if *ty == Type::INT2 {
+                row.try_get::<_, Option<i16>>(i)?
+                    .map(|n| sql::Value::Int(n.into()))
+            } else if <String as FromSql>::accepts(ty) {
+                row.try_get::<_, Option<String>>(i)?.map(sql::Value::Text)
+            } else {
+                anyhow::bail!(
+                    "column {} is a PostgreSQL {ty}, not an integer or text",
+                    column.name()
+                )
+            };
+            Ok(value.unwrap_or(sql::Value::Null))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(sql::Row(values))
 }

@@ -1,6 +1,11 @@
 //! The SQLite store: one file, written through one connection and read through another
 //! (WAL mode, so reads never wait for a write). rusqlite is blocking, so every call runs
 //! on tokio's blocking pool.
+//!
+//! In memory (no file), the writer and the reader are one connection: two connections
+//! can only share a memory database in SQLite's shared-cache mode, where a read that
+//! meets a write fails at once with `SQLITE_LOCKED` instead of waiting as `busy_timeout`
+//! makes it do on a file.
 
 use std::{
     path::Path,
@@ -11,12 +16,14 @@ use anyhow::Context as _;
 use protocol::api::Point;
 use rusqlite::{Connection, params};
 
-use super::{Sample, SeriesQuery};
+use super::{Sample, SeriesQuery, sql};
 
 #[derive(Clone)]
 pub struct Sqlite {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// Held while appending to the audit trail (see `audit`).
+    pub(crate) appending: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Sqlite {
@@ -48,12 +55,69 @@ impl Sqlite {
                     .with_context(|| format!("cannot create {}", parent.display()))?;
             }
             let writer = connection(&path)?;
-            writer.execute_batch(SCHEMA)?;
+            create_tables(&writer)?;
             let reader = connection(&path)?;
             Ok(Self {
                 writer: Arc::new(Mutex::new(writer)),
                 reader: Arc::new(Mutex::new(reader)),
+                appending: Arc::default(),
             })
+        })
+        .await
+    }
+
+    /// A database of its own in memory, gone when the last clone is dropped.
+    pub async fn memory() -> anyhow::Result<Self> {
+        run(|| {
+            let connection = Connection::open_in_memory()?;
+            connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            create_tables(&connection)?;
+            let connection = Arc::new(Mutex::new(connection));
+            Ok(Self {
+                writer: connection.clone(),
+                reader: connection,
+                appending: Arc::default(),
+            })
+        })
+        .await
+    }
+
+    /// Runs one statement of the shared SQL (see `sql`) on the writer.
+    pub(crate) async fn execute(
+        &self,
+        sql: String,
+        params: Vec<sql::Value>,
+    ) -> anyhow::Result<u64> {
+        let writer = self.writer.clone();
+        run(move || {
+            let db = lock(&writer);
+            let mut statement = db.prepare_cached(&sql)?;
+            Ok(statement.execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))? as u64)
+        })
+        .await
+    }
+
+    /// Runs one `SELECT` of the shared SQL on the reader.
+    pub(crate) async fn query(
+        &self,
+        sql: String,
+        params: Vec<sql::Value>,
+    ) -> anyhow::Result<Vec<sql::Row>> {
+        let reader = self.reader.clone();
+        run(move || {
+            let db = lock(&reader);
+            let mut statement = db.prepare_cached(&sql)?;
+            let columns = statement.column_count();
+            let mut rows =
+                statement.query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?;
+            let mut all = Vec::new();
+            while let Some(row) = rows.next()? {
+                let values = (0..columns)
+                    .map(|column| from_sqlite(row.get_ref(column)?))
+                    .collect::<anyhow::Result<_>>()?;
+                all.push(sql::Row(values));
+            }
+            Ok(all)
         })
         .await
     }
@@ -167,8 +231,47 @@ impl Sqlite {
     }
 }
 
+/// Enough cached statements for every one the shared SQL uses, so none is parsed twice.
+const STATEMENT_CACHE: usize = 64;
+
+/// The samples table, and the accounts and audit tables the backends share.
+fn create_tables(connection: &Connection) -> anyhow::Result<()> {
+    connection.execute_batch(SCHEMA)?;
+    for schema in super::SHARED_SCHEMAS {
+        connection.execute_batch(schema)?;
+    }
+    Ok(())
+}
+
+fn to_sqlite(value: &sql::Value) -> rusqlite::types::ToSqlOutput<'_> {
+    use rusqlite::types::ValueRef;
+    rusqlite::types::ToSqlOutput::Borrowed(match value {
+        sql::Value::Int(value) => ValueRef::Integer(*value),
+        sql::Value::Text(value) => ValueRef::Text(value.as_bytes()),
+        sql::Value::Null => ValueRef::Null,
+    })
+}
+
+fn from_sqlite(value: rusqlite::types::ValueRef<'_>) -> anyhow::Result<sql::Value> {
+    use rusqlite::types::ValueRef;
+    Ok(match value {
+        ValueRef::Integer(value) => sql::Value::Int(value),
+        ValueRef::Text(text) => sql::Value::Text(
+            std::str::from_utf8(text)
+                .context("a text column is not UTF-8")?
+                .to_owned(),
+        ),
+        ValueRef::Null => sql::Value::Null,
+        other => anyhow::bail!(
+            "a column holds {:?}, not an integer or text",
+            other.data_type()
+        ),
+    })
+}
+
 fn connection(path: &str) -> anyhow::Result<Connection> {
     let connection = Connection::open(path)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // WAL: readers never block the writer; NORMAL sync is durable across a process
     // crash (only an OS crash can lose the last commits).
     connection.pragma_update(None, "journal_mode", "WAL")?;
