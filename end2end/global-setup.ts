@@ -1,14 +1,25 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
 // Starts `tether-server` (the release build) on port 0 against the test broker, waits
 // until it says where it listens, and hands that address to the tests through
 // TETHER_BASE_URL, and the agent binary's path through TETHER_AGENT_BIN. Set
-// TETHER_BASE_URL yourself to test a server that is already running instead.
+// TETHER_BASE_URL yourself to test a server that is already running instead (and
+// TETHER_E2E_ADMIN / TETHER_E2E_ADMIN_PASSWORD to an admin account of it).
+//
+// Before the server starts, an admin account is made with `tether-server user add`;
+// once it listens, that admin logs in through the login form, and the session cookie is
+// saved as the storage state every test starts from (playwright.config.ts). Tests of
+// other roles start from no state and log in themselves.
 export default async function globalSetup(): Promise<(() => Promise<void>) | void> {
-  if (process.env.TETHER_BASE_URL) return;
+  process.env.TETHER_E2E_ADMIN ??= "e2e-admin";
+  process.env.TETHER_E2E_ADMIN_PASSWORD ??= "e2e admin password";
+  if (process.env.TETHER_BASE_URL) {
+    await saveAdminSession(process.env.TETHER_BASE_URL);
+    return;
+  }
 
   const repo = path.resolve(__dirname, "..");
   const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(repo, "target");
@@ -25,22 +36,25 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
   // that the broker deletes a minute after this server is gone.
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "tether-e2e-"));
   const tag = path.basename(dataDir);
-  const server = spawn(bin, [], {
-    env: {
-      ...process.env,
-      TETHER_ADDR: "127.0.0.1:0",
-      TETHER_AMQP_URL: amqpUrl(),
-      TETHER_SITE_ROOT: siteRoot,
-      TETHER_DATABASE_URL: `sqlite://${path.join(dataDir, "telemetry.db")}`,
-      TETHER_STORE_QUEUE: `tether.telemetry.store.${tag}`,
-      TETHER_STORE_QUEUE_EXPIRES_MS: "60000",
-      LEPTOS_ENV: "PROD",
-      RUST_LOG: process.env.RUST_LOG ?? "info",
-      NO_COLOR: "1",
-    },
-    stdio: ["ignore", "pipe", "pipe"],
+  const env = {
+    ...process.env,
+    TETHER_ADDR: "127.0.0.1:0",
+    TETHER_AMQP_URL: amqpUrl(),
+    TETHER_SITE_ROOT: siteRoot,
+    TETHER_DATABASE_URL: `sqlite://${path.join(dataDir, "telemetry.db")}`,
+    TETHER_STORE_QUEUE: `tether.telemetry.store.${tag}`,
+    TETHER_STORE_QUEUE_EXPIRES_MS: "60000",
+    LEPTOS_ENV: "PROD",
+    RUST_LOG: process.env.RUST_LOG ?? "info",
+    NO_COLOR: "1",
+  };
+  execFileSync(bin, ["user", "add", process.env.TETHER_E2E_ADMIN, "--role", "admin", "--password-stdin"], {
+    env,
+    input: `${process.env.TETHER_E2E_ADMIN_PASSWORD}\n`,
   });
+  const server = spawn(bin, [], { env, stdio: ["ignore", "pipe", "pipe"] });
   const baseURL = await listeningAddress(server);
+  await saveAdminSession(baseURL);
   process.env.TETHER_BASE_URL = baseURL;
   process.env.TETHER_AGENT_BIN ??= path.join(targetDir, "release", "tether-agent");
   if (!existsSync(process.env.TETHER_AGENT_BIN)) {
@@ -54,6 +68,34 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
     await new Promise((resolve) => server.once("exit", resolve));
     rmSync(dataDir, { recursive: true, force: true });
   };
+}
+
+// Logs the admin in through the login form and saves the session cookie where
+// playwright.config.ts reads the storage state from.
+async function saveAdminSession(baseURL: string): Promise<void> {
+  const response = await fetch(`${baseURL}/auth/login`, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded", origin: baseURL },
+    body: new URLSearchParams({
+      name: process.env.TETHER_E2E_ADMIN!,
+      password: process.env.TETHER_E2E_ADMIN_PASSWORD!,
+      next: "/",
+    }),
+    redirect: "manual",
+  });
+  const cookie = response.headers.getSetCookie().find((c) => c.startsWith("tether_session=") && !c.startsWith("tether_session=;"));
+  if (!cookie) {
+    throw new Error(`the e2e admin could not log in: ${response.status} ${response.headers.get("location")}`);
+  }
+  const value = cookie.split(";")[0].slice("tether_session=".length);
+  const host = new URL(baseURL).hostname;
+  writeFileSync(
+    process.env.TETHER_E2E_STATE!,
+    JSON.stringify({
+      cookies: [{ name: "tether_session", value, domain: host, path: "/", expires: -1, httpOnly: true, secure: false, sameSite: "Lax" }],
+      origins: [],
+    }),
+  );
 }
 
 // The broker the server and the agents under test use.

@@ -1,4 +1,10 @@
 import { defineConfig } from "@playwright/test";
+import os from "node:os";
+import path from "node:path";
+
+// Where global-setup.ts saves the logged-in admin's session: every test starts logged in
+// as that admin unless it says otherwise.
+process.env.TETHER_E2E_STATE ??= path.join(os.tmpdir(), `tether-e2e-admin-${process.pid}.json`);
 
 // Debian's Chromium: Playwright's own browser download cannot work here (no network
 // but the package registries), so tests drive the system browser.
@@ -20,6 +26,7 @@ export default defineConfig({
   ],
   use: {
     baseURL: process.env.TETHER_BASE_URL,
+    storageState: process.env.TETHER_E2E_STATE,
     trace: "on-first-retry",
     launchOptions: {
       executablePath: chromium,

@@ -10,6 +10,10 @@
 #   TETHER_SIMULATE=0 scripts/run.sh            no simulated devices
 #
 # Every other argument is passed to tether-server (see `--help`).
+#
+# Nobody may use Tether without logging in: when its database has no user yet, this
+# script creates the admin `admin` and prints the password (change it on the account
+# page).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 bootstrap run
@@ -35,4 +39,11 @@ fi
 export TETHER_SITE_ROOT="${TETHER_SITE_ROOT:-$TETHER_ROOT/target/site}"
 export LEPTOS_ENV=PROD
 export RUST_LOG="${RUST_LOG:-info}"
+if [ "${TETHER_DATABASE_URL:-}" != none ] && [ -z "$("$target/tether-server" "$@" user list 2>/dev/null)" ]; then
+  echo "run: no user yet; creating the admin \"admin\" (log in with the password below)"
+  echo "run: ------------------------------------------------------------"
+  "$target/tether-server" "$@" user add admin --role admin ||
+    echo "run: could not create it; open the first-run link the server prints below instead"
+  echo "run: ------------------------------------------------------------"
+fi
 "$target/tether-server" "$@"

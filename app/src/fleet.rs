@@ -17,7 +17,10 @@ use leptos::{
         error::{FromServerFnError, ServerFnErrorErr},
     },
 };
-use protocol::api::{CommandView, DeviceView};
+use protocol::{
+    api::{CommandView, DeviceView},
+    auth::{AuditCheck, AuditEntry, Me, NewToken, Role, TokenView, UserView},
+};
 use serde::{Deserialize, Serialize};
 
 /// Why a server function failed: a stable `code` for programs (the JSON API's, as in
@@ -72,84 +75,151 @@ impl std::fmt::Display for AppError {
 
 impl std::error::Error for AppError {}
 
-/// What the server functions need from the hub.
+/// An answer the server computes asynchronously.
+#[cfg(feature = "ssr")]
+pub type Answer<'a, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<T, protocol::api::ApiError>> + Send + 'a>>;
+
+/// The request a server function serves: the server finds who is asking in it.
+#[cfg(feature = "ssr")]
+pub type Caller = http::request::Parts;
+
+/// What the server functions need from the server: the fleet, as far as the caller may
+/// see it, and what they may do. Every method checks who is asking.
 #[cfg(feature = "ssr")]
 pub trait Fleet: Send + Sync + 'static {
-    fn devices(&self) -> Vec<DeviceView>;
-    fn device(&self, id: &str) -> Option<DeviceView>;
-    fn recent_commands(&self, device: Option<&str>, limit: usize) -> Vec<CommandView>;
+    fn me(&self, caller: &Caller) -> Result<Me, protocol::api::ApiError>;
+    fn devices(&self, caller: &Caller) -> Result<Vec<DeviceView>, protocol::api::ApiError>;
+    fn device(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Option<DeviceView>, protocol::api::ApiError>;
+    fn recent_commands(
+        &self,
+        caller: &Caller,
+        device: &str,
+        limit: usize,
+    ) -> Result<Vec<CommandView>, protocol::api::ApiError>;
     fn send_command(
         &self,
+        caller: Caller,
         device: String,
         request: protocol::api::SendCommand,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<CommandView, protocol::api::ApiError>> + Send + '_>,
-    >;
-    fn cancel_command(
-        &self,
-        id: String,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<CommandView, protocol::api::ApiError>> + Send + '_>,
-    >;
+    ) -> Answer<'_, CommandView>;
+    fn cancel_command(&self, caller: Caller, id: String) -> Answer<'_, CommandView>;
     fn history(
         &self,
+        caller: Caller,
         device: String,
         query: protocol::api::HistoryQuery,
-    ) -> std::pin::Pin<
-        Box<
-            dyn Future<Output = Result<protocol::api::History, protocol::api::ApiError>>
-                + Send
-                + '_,
-        >,
-    >;
+    ) -> Answer<'_, protocol::api::History>;
+    /// The caller's own tokens (an admin's: everyone's).
+    fn tokens(&self, caller: Caller) -> Answer<'_, Vec<TokenView>>;
+    fn create_token(&self, caller: Caller, name: String, role: Role) -> Answer<'_, NewToken>;
+    fn revoke_token(&self, caller: Caller, id: String) -> Answer<'_, TokenView>;
+    fn users(&self, caller: Caller) -> Answer<'_, Vec<UserView>>;
+    fn create_user(&self, caller: Caller, user: NewUser) -> Answer<'_, UserView>;
+    fn change_user(&self, caller: Caller, name: String, change: UserChange)
+    -> Answer<'_, UserView>;
+    fn audit(&self, caller: Caller, filter: AuditFilter) -> Answer<'_, Vec<AuditEntry>>;
+    fn audit_verify(&self, caller: Caller) -> Answer<'_, AuditCheck>;
 }
 
-/// The hub, as the server provides it to server functions.
+/// A user as an admin creates them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUser {
+    pub name: String,
+    pub password: String,
+    pub role: Role,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// What an admin changes about a user; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserChange {
+    pub role: Option<Role>,
+    pub groups: Option<Vec<String>>,
+    pub password: Option<String>,
+}
+
+/// Which audit entries to show: exact matches, and paging by `before` (a `seq`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub before: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// The server, as it provides itself to server functions.
 #[cfg(feature = "ssr")]
 pub type SharedFleet = std::sync::Arc<dyn Fleet>;
 
+/// The fleet and the request being served.
 #[cfg(feature = "ssr")]
-fn fleet() -> Result<SharedFleet, AppError> {
-    use_context::<SharedFleet>()
-        .ok_or_else(|| AppError::new(AppError::INTERNAL, "the server is misconfigured: no fleet"))
+fn fleet() -> Result<(SharedFleet, Caller), AppError> {
+    let misconfigured = |what| {
+        AppError::new(
+            AppError::INTERNAL,
+            format!("the server is misconfigured: no {what}"),
+        )
+    };
+    let fleet = use_context::<SharedFleet>().ok_or_else(|| misconfigured("fleet"))?;
+    let caller = use_context::<Caller>().ok_or_else(|| misconfigured("request"))?;
+    Ok((fleet, caller))
 }
 
-/// Every device, sorted by id.
+/// Who is asking: name, role and groups.
+#[server(endpoint = "me", input = Json)]
+pub async fn who_am_i() -> Result<Me, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.me(&caller)?)
+}
+
+/// Every device the caller may see, sorted by id.
 #[server(endpoint = "devices", input = Json)]
 pub async fn list_devices() -> Result<Vec<DeviceView>, AppError> {
-    Ok(fleet()?.devices())
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.devices(&caller)?)
 }
 
-/// One device, or `None` if no device of that id has ever connected.
+/// One device, or `None` if no device of that id has ever connected (or the caller
+/// may not see it).
 #[server(endpoint = "device", input = Json)]
 pub async fn get_device(id: String) -> Result<Option<DeviceView>, AppError> {
-    Ok(fleet()?.device(&id))
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.device(&caller, &id)?)
 }
 
 /// The most recent commands of one device, newest first.
 #[server(endpoint = "recent_commands", input = Json)]
 pub async fn recent_commands(device: String, limit: usize) -> Result<Vec<CommandView>, AppError> {
-    Ok(fleet()?.recent_commands(Some(&device), limit.min(200)))
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.recent_commands(&caller, &device, limit.min(200))?)
 }
 
 /// Sends a command; returns it once the broker has confirmed it. The error is the JSON
-/// API's (`unknown_device`, `device_offline`, `invalid_arguments`…); its message is
-/// meant for the user.
+/// API's (`unknown_device`, `device_offline`, `invalid_arguments`, `forbidden`…); its
+/// message is meant for the user.
 #[server(endpoint = "send_command", input = Json)]
 pub async fn send_command(
     device: String,
     request: protocol::api::SendCommand,
 ) -> Result<CommandView, AppError> {
-    fleet()?
-        .send_command(device, request)
-        .await
-        .map_err(AppError::from)
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.send_command(caller, device, request).await?)
 }
 
 /// Cancels a pending command.
 #[server(endpoint = "cancel_command", input = Json)]
 pub async fn cancel_command(id: String) -> Result<CommandView, AppError> {
-    fleet()?.cancel_command(id).await.map_err(AppError::from)
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.cancel_command(caller, id).await?)
 }
 
 /// A device's downsampled history, for its charts.
@@ -158,10 +228,58 @@ pub async fn telemetry_history(
     device: String,
     query: protocol::api::HistoryQuery,
 ) -> Result<protocol::api::History, AppError> {
-    fleet()?
-        .history(device, query)
-        .await
-        .map_err(AppError::from)
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.history(caller, device, query).await?)
+}
+
+/// The caller's API tokens (an admin's: everyone's), newest first.
+#[server(endpoint = "tokens", input = Json)]
+pub async fn list_tokens() -> Result<Vec<TokenView>, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.tokens(caller).await?)
+}
+
+/// Creates an API token for the caller; its secret is in the answer, and nowhere else.
+#[server(endpoint = "create_token", input = Json)]
+pub async fn create_token(name: String, role: Role) -> Result<NewToken, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.create_token(caller, name, role).await?)
+}
+
+#[server(endpoint = "revoke_token", input = Json)]
+pub async fn revoke_token(id: String) -> Result<TokenView, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.revoke_token(caller, id).await?)
+}
+
+#[server(endpoint = "users", input = Json)]
+pub async fn list_users() -> Result<Vec<UserView>, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.users(caller).await?)
+}
+
+#[server(endpoint = "create_user", input = Json)]
+pub async fn create_user(user: NewUser) -> Result<UserView, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.create_user(caller, user).await?)
+}
+
+#[server(endpoint = "change_user", input = Json)]
+pub async fn change_user(name: String, change: UserChange) -> Result<UserView, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.change_user(caller, name, change).await?)
+}
+
+#[server(endpoint = "audit", input = Json)]
+pub async fn audit_trail(filter: AuditFilter) -> Result<Vec<AuditEntry>, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.audit(caller, filter).await?)
+}
+
+#[server(endpoint = "audit_verify", input = Json)]
+pub async fn audit_verify() -> Result<AuditCheck, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.audit_verify(caller).await?)
 }
 
 #[cfg(test)]

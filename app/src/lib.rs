@@ -9,7 +9,9 @@
 //! - [`fleet`]: server functions, the [`fleet::Fleet`] trait the server implements, and
 //!   the live channel that keeps every page current.
 //! - [`devices`]: the fleet list and the device page with command forms and log.
+//! - [`auth`]: who is using the app; login, first run, account, users and audit pages.
 
+pub mod auth;
 pub mod devices;
 pub mod fleet;
 
@@ -47,6 +49,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 pub fn App() -> impl IntoView {
     provide_meta_context();
     let live = provide_live();
+    auth::provide_me();
 
     view! {
         <Stylesheet id="leptos" href="/pkg/tether.css" />
@@ -56,7 +59,9 @@ pub fn App() -> impl IntoView {
                 <a class="brand" href="/">
                     "Tether"
                 </a>
-                <ConnectionIndicator status=live.status />
+                <auth::UserMenu>
+                    <ConnectionIndicator status=live.status />
+                </auth::UserMenu>
             </header>
             <main>
                 <Routes fallback=NotFound>
@@ -68,6 +73,11 @@ pub fn App() -> impl IntoView {
                         view=devices::detail::DevicePage
                         ssr=SsrMode::Async
                     />
+                    <Route path=StaticSegment("login") view=auth::login::LoginPage />
+                    <Route path=StaticSegment("setup") view=auth::login::SetupPage />
+                    <Route path=StaticSegment("account") view=auth::account::AccountPage ssr=SsrMode::Async />
+                    <Route path=(StaticSegment("admin"), StaticSegment("users")) view=auth::users::UsersPage ssr=SsrMode::Async />
+                    <Route path=(StaticSegment("admin"), StaticSegment("audit")) view=auth::audit::AuditPage ssr=SsrMode::Async />
                 </Routes>
             </main>
         </Router>
@@ -76,7 +86,7 @@ pub fn App() -> impl IntoView {
 
 /// Whether this tab is receiving live updates.
 #[component]
-fn ConnectionIndicator(status: RwSignal<LinkStatus>) -> impl IntoView {
+pub fn ConnectionIndicator(status: RwSignal<LinkStatus>) -> impl IntoView {
     let text = move || match status.get() {
         LinkStatus::Connecting => "connecting…",
         LinkStatus::Live => "live",

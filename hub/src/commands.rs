@@ -344,6 +344,7 @@ mod tests {
             message: None,
             result: None,
             error: None,
+            issued_by: None,
         }
     }
 

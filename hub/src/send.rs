@@ -73,6 +73,16 @@ impl Hub {
         device_id: &DeviceId,
         request: SendCommand,
     ) -> Result<CommandView, SendError> {
+        self.send_as(device_id, request, None).await
+    }
+
+    /// [`Hub::send`], recording who sent it (shown with the command everywhere).
+    pub async fn send_as(
+        &self,
+        device_id: &DeviceId,
+        request: SendCommand,
+        issued_by: Option<String>,
+    ) -> Result<CommandView, SendError> {
         let timeout_ms = request
             .timeout_ms
             .unwrap_or(duration_ms(self.inner.config.default_timeout));
@@ -116,6 +126,7 @@ impl Hub {
                 message: None,
                 result: None,
                 error: None,
+                issued_by,
             };
             let (inbox, session_id) = (device.inbox.clone(), device.session_id.clone());
             let deadline = Instant::now() + Duration::from_millis(timeout_ms);

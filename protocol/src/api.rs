@@ -57,6 +57,9 @@ pub struct CommandView {
     /// Why it did not succeed, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who sent it: the user's name, with `(token <id>)` for an API token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
 }
 
 /// One accepted reading, as the live channel carries it.

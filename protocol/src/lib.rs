@@ -11,10 +11,12 @@
 //! - [`capability`]: what a device announces it can do, and argument validation
 //!   against it.
 //! - [`api`]: device and command views, live events and API bodies for browsers.
+//! - [`auth`]: roles, and the views of users, API tokens and audit entries.
 //! - [`command`]: a command's statuses and the state machine between them.
 //! - [`backoff`]: the reconnect pacing every party shares (exponential, with jitter).
 
 pub mod api;
+pub mod auth;
 pub mod backoff;
 pub mod capability;
 pub mod codec;

@@ -10,14 +10,17 @@ use axum::{
     http::StatusCode,
     routing::get,
 };
-use hub::Hub;
+use hub::CancelError;
 use protocol::{
     CommandId, DeviceId,
     api::{CommandView, DeviceView, History, HistoryQuery, SendCommand},
+    auth::Role,
 };
 use serde::Deserialize;
 
 use crate::{
+    audit,
+    auth::{Identity, Source},
     error::{Failure, parse_device_id},
     history, live,
     state::AppState,
@@ -38,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/commands", get(recent_commands))
         .route("/v1/commands/{id}", get(get_command).delete(cancel_command))
         .route("/v1/live", get(live::upgrade))
+        .merge(crate::admin::routes())
         .fallback(|| async {
             Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })
@@ -45,7 +49,8 @@ pub fn routes() -> Router<AppState> {
 
 /// A device id from the path (`{id}`), parsed once: a malformed one is an unknown
 /// device (404), as no device could have it.
-struct Device(DeviceId);
+#[derive(Debug)]
+pub struct Device(pub DeviceId);
 
 impl<S: Send + Sync> FromRequestParts<S> for Device {
     type Rejection = Failure;
@@ -59,7 +64,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Device {
 }
 
 /// A command id from the path (`{id}`).
-struct Command(CommandId);
+#[derive(Debug)]
+pub struct Command(pub CommandId);
 
 impl<S: Send + Sync> FromRequestParts<S> for Command {
     type Rejection = Failure;
@@ -90,7 +96,8 @@ async fn path_id<S: Send + Sync>(
 }
 
 /// A JSON body whose rejection is an API error too.
-struct Body<T>(T);
+#[derive(Debug)]
+pub struct Body<T>(pub T);
 
 impl<T, S> FromRequest<S> for Body<T>
 where
@@ -115,7 +122,8 @@ where
 }
 
 /// A query string whose rejection is an API error too.
-struct Params<T>(T);
+#[derive(Debug)]
+pub struct Params<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for Params<T>
 where
@@ -139,19 +147,33 @@ where
     }
 }
 
-async fn list_devices(State(hub): State<Hub>) -> Json<Vec<DeviceView>> {
-    Json(hub.devices())
+async fn list_devices(State(state): State<AppState>, who: Identity) -> Json<Vec<DeviceView>> {
+    Json(visible_devices(&state, &who))
+}
+
+/// The devices `who` may see.
+pub fn visible_devices(state: &AppState, who: &Identity) -> Vec<DeviceView> {
+    let mut devices = state.hub.devices();
+    devices.retain(|device| state.groups.may_see(who, device.id.as_str()));
+    devices
 }
 
 async fn get_device(
-    State(hub): State<Hub>,
+    State(state): State<AppState>,
+    who: Identity,
     Device(id): Device,
 ) -> Result<Json<DeviceView>, Failure> {
-    device(&hub, &id).map(Json)
+    device(&state, &who, &id).map(Json)
 }
 
-fn device(hub: &Hub, id: &DeviceId) -> Result<DeviceView, Failure> {
-    hub.device(id).ok_or_else(|| Failure::unknown_device(id))
+/// The device, if it exists and `who` may see it: one they may not see does not exist,
+/// as far as they can tell.
+pub fn device(state: &AppState, who: &Identity, id: &DeviceId) -> Result<DeviceView, Failure> {
+    state
+        .hub
+        .device(id)
+        .filter(|_| state.groups.may_see(who, id.as_str()))
+        .ok_or_else(|| Failure::unknown_device(id))
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,28 +189,104 @@ impl Limit {
 }
 
 async fn device_commands(
-    State(hub): State<Hub>,
+    State(state): State<AppState>,
+    who: Identity,
     Device(id): Device,
     Params(limit): Params<Limit>,
 ) -> Result<Json<Vec<CommandView>>, Failure> {
-    let device = device(&hub, &id)?;
-    Ok(Json(hub.recent_commands(Some(&device.id), limit.get())))
+    let device = device(&state, &who, &id)?;
+    Ok(Json(
+        state.hub.recent_commands(Some(&device.id), limit.get()),
+    ))
 }
 
 async fn recent_commands(
-    State(hub): State<Hub>,
+    State(state): State<AppState>,
+    who: Identity,
     Params(limit): Params<Limit>,
 ) -> Json<Vec<CommandView>> {
-    Json(hub.recent_commands(None, limit.get()))
+    Json(visible_commands(&state, &who, limit.get()))
+}
+
+/// The most recent commands to devices `who` may see, newest first.
+pub fn visible_commands(state: &AppState, who: &Identity, limit: usize) -> Vec<CommandView> {
+    if who.role == Role::Admin {
+        return state.hub.recent_commands(None, limit);
+    }
+    // Others see a subset: look further back so that the page is still full.
+    let mut commands = state
+        .hub
+        .recent_commands(None, limit.saturating_mul(20).max(1_000));
+    commands.retain(|c| state.groups.may_see(who, c.device_id.as_str()));
+    commands.truncate(limit);
+    commands
 }
 
 async fn send_command(
-    State(hub): State<Hub>,
+    State(state): State<AppState>,
+    who: Identity,
+    Source(address): Source,
     Device(id): Device,
     Body(request): Body<SendCommand>,
 ) -> Result<(StatusCode, Json<CommandView>), Failure> {
-    let command = hub.send(&id, request).await?;
+    let command = send(&state, &who, &address, &id, request).await?;
     Ok((StatusCode::ACCEPTED, Json(command)))
+}
+
+/// Sends a command as `who` (an operator who may see the device), recorded in the audit
+/// trail whether it went or not.
+pub async fn send(
+    state: &AppState,
+    who: &Identity,
+    address: &str,
+    id: &DeviceId,
+    request: SendCommand,
+) -> Result<CommandView, Failure> {
+    // With the broker down, that is the answer (the hub says so) whatever the device.
+    if state.hub.is_connected() {
+        device(state, who, id)?;
+    }
+    let detail = serde_json::json!({ "name": request.name, "args": request.args }).to_string();
+    if let Err(refused) = who.require(Role::Operator, "sending commands") {
+        audit::record(
+            state,
+            &who.actor(),
+            address,
+            "command_refused",
+            id.as_str(),
+            &detail,
+        )
+        .await;
+        return Err(refused);
+    }
+    match state.hub.send_as(id, request, Some(who.actor())).await {
+        Ok(command) => {
+            let detail = format!("{} {detail}", command.id);
+            audit::record(
+                state,
+                &who.actor(),
+                address,
+                "command_sent",
+                id.as_str(),
+                &detail,
+            )
+            .await;
+            Ok(command)
+        }
+        Err(error) => {
+            let detail = format!("{detail}: {error}");
+            audit::record(
+                state,
+                &who.actor(),
+                address,
+                "command_failed",
+                id.as_str(),
+                &detail,
+            )
+            .await;
+            Err(error.into())
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,7 +296,8 @@ struct Wait {
 }
 
 async fn get_command(
-    State(hub): State<Hub>,
+    State(state): State<AppState>,
+    who: Identity,
     Command(id): Command,
     Params(wait): Params<Wait>,
 ) -> Result<Json<CommandView>, Failure> {
@@ -209,28 +308,80 @@ async fn get_command(
             format!("no command \"{id}\""),
         )
     };
+    // Whether it may be seen is decided before waiting, so no one waits on others' commands.
+    let visible = state
+        .hub
+        .command(&id)
+        .is_some_and(|c| state.groups.may_see(&who, c.device_id.as_str()));
+    if !visible {
+        return Err(unknown());
+    }
     let command = match wait.wait_ms {
         Some(ms) if ms > 0 => {
-            hub.wait(&id, Duration::from_millis(ms.min(MAX_WAIT_MS)))
+            state
+                .hub
+                .wait(&id, Duration::from_millis(ms.min(MAX_WAIT_MS)))
                 .await
         }
-        _ => hub.command(&id),
+        _ => state.hub.command(&id),
     };
     command.map(Json).ok_or_else(unknown)
 }
 
 async fn cancel_command(
-    State(hub): State<Hub>,
+    State(state): State<AppState>,
+    who: Identity,
+    Source(address): Source,
     Command(id): Command,
 ) -> Result<Json<CommandView>, Failure> {
-    Ok(Json(hub.cancel(&id).await?))
+    Ok(Json(cancel(&state, &who, &address, &id).await?))
+}
+
+/// Cancels a command as `who` (an operator who may see its device), recorded in the
+/// audit trail.
+pub async fn cancel(
+    state: &AppState,
+    who: &Identity,
+    address: &str,
+    id: &CommandId,
+) -> Result<CommandView, Failure> {
+    let Some(command) = state
+        .hub
+        .command(id)
+        .filter(|c| state.groups.may_see(who, c.device_id.as_str()))
+    else {
+        return Err(CancelError::UnknownCommand(id.clone()).into());
+    };
+    let target = command.device_id.as_str();
+    if let Err(refused) = who.require(Role::Operator, "cancelling commands") {
+        audit::record(
+            state,
+            &who.actor(),
+            address,
+            "cancel_refused",
+            target,
+            &id.0,
+        )
+        .await;
+        return Err(refused);
+    }
+    let cancelled = state.hub.cancel(id).await;
+    let action = if cancelled.is_ok() {
+        "command_cancelled"
+    } else {
+        "cancel_failed"
+    };
+    audit::record(state, &who.actor(), address, action, target, &id.0).await;
+    Ok(cancelled?)
 }
 
 async fn device_telemetry(
     State(state): State<AppState>,
+    who: Identity,
     Device(id): Device,
     Params(query): Params<HistoryQuery>,
 ) -> Result<Json<History>, Failure> {
+    device(&state, &who, &id)?;
     Ok(Json(
         history::read(&state.hub, state.store.as_ref(), &id, query).await?,
     ))

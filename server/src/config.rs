@@ -105,6 +105,56 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+
+    /// How long a login lasts before the user must log in again, e.g. `12h`, `7d`.
+    #[arg(long = "session-ttl", env = "TETHER_SESSION_TTL", default_value = "12h",
+          value_parser = store::parse_duration)]
+    pub session_ttl: Duration,
+
+    /// Mark the session cookie `Secure`: set it when users reach Tether over HTTPS.
+    /// (Behind a proxy that sends `X-Forwarded-Proto: https` it is set anyway.)
+    #[arg(long = "secure-cookies", env = "TETHER_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+
+    /// A task instead of serving: manage users, check the audit trail.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `tether-server` can do besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Users: `tether-server user add NAME --role admin`.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// The audit trail: `tether-server audit verify`.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum UserCommand {
+    /// Creates a user. The password is read from standard input with
+    /// `--password-stdin`; otherwise one is made up and printed.
+    Add {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: protocol::auth::Role,
+        /// Device groups the user may see, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Lists the users.
+    List,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Checks that no entry of the audit trail was deleted or altered; exits 1 if one was.
+    Verify,
 }
 
 impl Config {
@@ -126,6 +176,9 @@ impl Config {
             watch_interval_ms: 1_000,
             watch_lease_ms: 30_000,
             allowed_origins: Vec::new(),
+            session_ttl: Duration::from_secs(12 * 3_600),
+            secure_cookies: false,
+            command: None,
         }
     }
 }

@@ -1,64 +1,168 @@
 //! The fleet as the UI's server functions see it ([`app::fleet::Fleet`]): the same
-//! operations and the same errors as the JSON API, with ids parsed here, at the edge.
+//! operations, checks and errors as the JSON API (the same functions do the work), with
+//! the caller found in the request the server function serves.
 
-use std::pin::Pin;
-
-use app::fleet::Fleet;
+use app::fleet::{Answer, AuditFilter, Caller, Fleet, NewUser, UserChange};
+use axum::extract::{Path, State};
 use protocol::{
     CommandId,
     api::{ApiError, CommandView, DeviceView, History, HistoryQuery, SendCommand},
+    auth::{AuditCheck, AuditEntry, Me, NewToken, Role, TokenView, UserView},
 };
 
 use crate::{
+    admin,
+    api::{self, Body, Params},
+    auth::{self, Identity, Source},
     error::{Failure, parse_device_id},
     history,
     state::AppState,
 };
 
-type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
+/// Who the request is from, or the API's 401.
+fn caller(parts: &Caller) -> Result<(Identity, Source), ApiError> {
+    let who = auth::identity(parts).map_err(Failure::into_api_error)?;
+    Ok((who.clone(), auth::source(parts)))
+}
+
+fn api_error(failure: Failure) -> ApiError {
+    failure.into_api_error()
+}
 
 impl Fleet for AppState {
-    fn devices(&self) -> Vec<DeviceView> {
-        self.hub.devices()
+    fn me(&self, parts: &Caller) -> Result<Me, ApiError> {
+        Ok(caller(parts)?.0.me())
     }
 
-    fn device(&self, id: &str) -> Option<DeviceView> {
-        parse_device_id(id).ok().and_then(|id| self.hub.device(&id))
+    fn devices(&self, parts: &Caller) -> Result<Vec<DeviceView>, ApiError> {
+        Ok(api::visible_devices(self, &caller(parts)?.0))
     }
 
-    fn recent_commands(&self, device: Option<&str>, limit: usize) -> Vec<CommandView> {
-        match device.map(parse_device_id) {
-            None => self.hub.recent_commands(None, limit),
-            Some(Ok(id)) => self.hub.recent_commands(Some(&id), limit),
-            Some(Err(_)) => Vec::new(),
-        }
+    fn device(&self, parts: &Caller, id: &str) -> Result<Option<DeviceView>, ApiError> {
+        let (who, _) = caller(parts)?;
+        Ok(parse_device_id(id)
+            .ok()
+            .and_then(|id| api::device(self, &who, &id).ok()))
     }
 
-    fn send_command(&self, device: String, request: SendCommand) -> Answer<'_, CommandView> {
-        Box::pin(async move {
-            let device = parse_device_id(&device).map_err(Failure::into_api_error)?;
-            self.hub
-                .send(&device, request)
-                .await
-                .map_err(|e| Failure::from(e).into_api_error())
+    fn recent_commands(
+        &self,
+        parts: &Caller,
+        device: &str,
+        limit: usize,
+    ) -> Result<Vec<CommandView>, ApiError> {
+        let (who, _) = caller(parts)?;
+        Ok(match parse_device_id(device) {
+            Ok(id) if api::device(self, &who, &id).is_ok() => {
+                self.hub.recent_commands(Some(&id), limit)
+            }
+            _ => Vec::new(),
         })
     }
 
-    fn history(&self, device: String, query: HistoryQuery) -> Answer<'_, History> {
+    fn send_command(
+        &self,
+        parts: Caller,
+        device: String,
+        request: SendCommand,
+    ) -> Answer<'_, CommandView> {
         Box::pin(async move {
-            let device = parse_device_id(&device).map_err(Failure::into_api_error)?;
+            let (who, Source(address)) = caller(&parts)?;
+            let device = parse_device_id(&device).map_err(api_error)?;
+            api::send(self, &who, &address, &device, request)
+                .await
+                .map_err(api_error)
+        })
+    }
+
+    fn cancel_command(&self, parts: Caller, id: String) -> Answer<'_, CommandView> {
+        Box::pin(async move {
+            let (who, Source(address)) = caller(&parts)?;
+            api::cancel(self, &who, &address, &CommandId(id))
+                .await
+                .map_err(api_error)
+        })
+    }
+
+    fn history(&self, parts: Caller, device: String, query: HistoryQuery) -> Answer<'_, History> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            let device = parse_device_id(&device).map_err(api_error)?;
+            api::device(self, &who, &device).map_err(api_error)?;
             history::read(&self.hub, self.store.as_ref(), &device, query)
                 .await
-                .map_err(|e| Failure::from(e).into_api_error())
+                .map_err(|e| api_error(e.into()))
         })
     }
 
-    fn cancel_command(&self, id: String) -> Answer<'_, CommandView> {
+    fn tokens(&self, parts: Caller) -> Answer<'_, Vec<TokenView>> {
         Box::pin(async move {
-            self.hub
-                .cancel(&CommandId(id))
-                .await
-                .map_err(|e| Failure::from(e).into_api_error())
+            let (who, _) = caller(&parts)?;
+            let owner = admin::Owner { owner: None };
+            let tokens = admin::list_tokens(State(self.clone()), who, Params(owner));
+            Ok(tokens.await.map_err(api_error)?.0)
+        })
+    }
+
+    fn create_token(&self, parts: Caller, name: String, role: Role) -> Answer<'_, NewToken> {
+        Box::pin(async move {
+            let (who, source) = caller(&parts)?;
+            let request = admin::TokenRequest {
+                name,
+                role: Some(role),
+                owner: None,
+            };
+            let created = admin::create_token(State(self.clone()), who, source, Body(request));
+            Ok(created.await.map_err(api_error)?.1.0)
+        })
+    }
+
+    fn revoke_token(&self, parts: Caller, id: String) -> Answer<'_, TokenView> {
+        Box::pin(async move {
+            let (who, source) = caller(&parts)?;
+            let revoked = admin::revoke_token(State(self.clone()), who, source, Path(id));
+            Ok(revoked.await.map_err(api_error)?.0)
+        })
+    }
+
+    fn users(&self, parts: Caller) -> Answer<'_, Vec<UserView>> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            let users = admin::list_users(State(self.clone()), who);
+            Ok(users.await.map_err(api_error)?.0)
+        })
+    }
+
+    fn create_user(&self, parts: Caller, user: NewUser) -> Answer<'_, UserView> {
+        Box::pin(async move {
+            let (who, source) = caller(&parts)?;
+            let created = admin::create_user(State(self.clone()), who, source, Body(user));
+            Ok(created.await.map_err(api_error)?.1.0)
+        })
+    }
+
+    fn change_user(&self, parts: Caller, name: String, change: UserChange) -> Answer<'_, UserView> {
+        Box::pin(async move {
+            let (who, source) = caller(&parts)?;
+            let changed =
+                admin::change_user(State(self.clone()), who, source, Path(name), Body(change));
+            Ok(changed.await.map_err(api_error)?.0)
+        })
+    }
+
+    fn audit(&self, parts: Caller, filter: AuditFilter) -> Answer<'_, Vec<AuditEntry>> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            let entries = admin::audit_trail(State(self.clone()), who, Params(filter));
+            Ok(entries.await.map_err(api_error)?.0)
+        })
+    }
+
+    fn audit_verify(&self, parts: Caller) -> Answer<'_, AuditCheck> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            let check = admin::verify_audit(State(self.clone()), who);
+            Ok(check.await.map_err(api_error)?.0)
         })
     }
 }

@@ -9,6 +9,10 @@
 //! - [`health`]: `/healthz` and `/readyz`; [`metrics`]: `/metrics` in the Prometheus
 //!   format.
 //! - [`guard`]: cross-site requests refused.
+//! - [`auth`]: who is asking (sessions, API tokens), the login forms, who sees which
+//!   devices; [`admin`]: the API for users, tokens, groups and the audit trail;
+//!   [`audit`]: writing to the audit trail.
+//! - [`cli`]: the tasks besides serving (`user add`, `audit verify`).
 //! - [`state`]: what every handler can reach.
 //! - This file wires them: [`Server::bind`] starts the embedded broker (if no broker
 //!   is configured), the store, the hub and the recorders under one [`Shutdown`];
@@ -17,7 +21,11 @@
 //! `main.rs` only parses the configuration, sets up logging and calls [`run`]; the
 //! integration tests call the same code on port 0.
 
+pub mod admin;
 pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fleet;
@@ -57,6 +65,8 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     hub: Hub,
+    accounts: Store,
+    setup: auth::login::SetupLink,
     /// The embedded broker's URL, when this server runs one.
     embedded_broker: Option<String>,
     shutdown: Shutdown,
@@ -97,6 +107,24 @@ impl Server {
                 Some(store)
             }
         };
+        let accounts = match &store {
+            Some(store) => store.clone(),
+            None => {
+                tracing::warn!(
+                    "TETHER_DATABASE_URL=none: users, tokens and the audit trail live in memory and are lost when the server stops"
+                );
+                Store::open("memory").await?
+            }
+        };
+        let groups = auth::DeviceGroups::default();
+        if let Err(error) = groups.reload(&accounts).await {
+            tracing::error!("cannot load the device groups (retrying): {error:#}");
+        }
+        shutdown.spawn(
+            groups
+                .clone()
+                .reload_until(accounts.clone(), shutdown.token().clone()),
+        );
         let hub_config = HubConfig {
             default_timeout: Duration::from_millis(config.command_timeout_ms),
             store_queue: store.is_some().then(|| config.store_queue()),
@@ -129,6 +157,7 @@ impl Server {
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (is another server using it? set TETHER_ADDR)")
         })?;
+        let setup = first_run_link(&accounts, listener.local_addr()?).await?;
         Ok(Self {
             listener,
             router: router(AppState {
@@ -138,8 +167,17 @@ impl Server {
                 recorders,
                 shutdown: shutdown.clone(),
                 allowed_origins: guard::AllowedOrigins::new(config.allowed_origins.clone()),
+                accounts: accounts.clone(),
+                groups,
+                throttle: Arc::default(),
+                setup: setup.clone(),
+                session_ttl: config.session_ttl,
+                secure_cookies: config.secure_cookies,
+                audit_failures: Arc::default(),
             }),
             hub,
+            accounts,
+            setup,
             embedded_broker,
             shutdown,
             broker_shutdown,
@@ -153,6 +191,16 @@ impl Server {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Users, tokens, device groups and the audit trail.
+    pub fn accounts(&self) -> &Store {
+        &self.accounts
+    }
+
+    /// The first-run link's secret (`/setup?token=…`), while no user exists.
+    pub fn first_run_secret(&self) -> Option<String> {
+        self.setup.secret()
     }
 
     /// The URL devices use to reach the embedded broker, if this server runs one.
@@ -178,9 +226,13 @@ impl Server {
             }
         });
         let stopping = shutdown.clone();
-        let http = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { stopping.stopping().await })
-            .into_future();
+        let http = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stopping.stopping().await })
+        .into_future();
         let deadline = async {
             shutdown.stopping().await;
             tokio::time::sleep(REQUESTS_WITHIN).await;
@@ -201,6 +253,31 @@ impl Server {
         }
         tracing::info!("stopped");
         served
+    }
+}
+
+/// With no user yet, a one-time link that lets whoever opens it create the first admin
+/// (printed for the person who started the server, as Jupyter and Grafana do).
+async fn first_run_link(
+    accounts: &Store,
+    addr: SocketAddr,
+) -> anyhow::Result<auth::login::SetupLink> {
+    match accounts.user_count().await {
+        Ok(0) => {
+            let link = auth::login::SetupLink::issue()?;
+            let secret = link.secret().unwrap_or_default();
+            tracing::warn!(
+                "no user exists yet: open http://{addr}/setup?token={secret} to create the first admin (or run `tether-server user add NAME --role admin`)"
+            );
+            Ok(link)
+        }
+        Ok(_) => Ok(auth::login::SetupLink::default()),
+        Err(error) => {
+            tracing::error!(
+                "cannot count users ({error:#}); if none exists, create one with `tether-server user add NAME --role admin`"
+            );
+            Ok(auth::login::SetupLink::default())
+        }
     }
 }
 
@@ -228,11 +305,15 @@ async fn start_embedded_broker(config: &Config, shutdown: &Shutdown) -> anyhow::
     Ok(url)
 }
 
-/// Binds, logs the address and serves until `signal` resolves.
+/// Binds, logs the address and serves until `signal` resolves; or does the task the
+/// command line asked for instead.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if let Some(command) = config.command.take() {
+        return cli::run(&config, command).await;
+    }
     let server = Server::bind(config).await?;
     tracing::info!("Tether is listening on http://{}", server.local_addr()?);
     server.serve(signal).await
@@ -248,11 +329,17 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::serve))
         .nest("/api", api::routes())
+        .nest("/auth", auth::login::routes())
         .leptos_routes_with_context(&state, routes, move || provide_context(fleet.clone()), {
             let options = state.leptos_options.clone();
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        // Layers run outside in: the cross-site guard first, then who is asking.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.allowed_origins.clone(),
             guard::refuse_cross_site,

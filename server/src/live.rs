@@ -6,12 +6,18 @@
 //! while it shows a device: watched devices report faster (see [`Hub::watch`]) until
 //! the tab unwatches them or goes away. Anything else it sends is ignored. When the
 //! server stops, every socket is closed with 1001 (going away), and tabs reconnect.
+//!
+//! Each socket carries only what its user may see: the snapshot and every event are
+//! filtered by the user's device groups. The user's session (or token) is checked again
+//! every minute: one that was revoked or expired closes the socket with 1008, and a
+//! changed role or group applies from then on.
 
 use axum::{
     extract::{
         State, WebSocketUpgrade,
         ws::{CloseFrame, Message, WebSocket, close_code},
     },
+    http::{HeaderMap, header},
     response::Response,
 };
 use std::{collections::HashMap, time::Duration};
@@ -22,10 +28,12 @@ use protocol::{
 };
 use tokio::sync::broadcast::error::RecvError;
 
-use common::Shutdown;
-use hub::{Hub, Watching};
+use hub::Watching;
 
-use crate::state::AppState;
+use crate::{
+    auth::{Identity, find_identity},
+    state::AppState,
+};
 
 /// Devices one tab may watch at once.
 const MAX_WATCHED_PER_CLIENT: usize = 32;
@@ -39,31 +47,62 @@ const SNAPSHOT_COMMANDS: usize = 200;
 const LAST_EVENTS_QUIET: Duration = Duration::from_millis(250);
 const LAST_EVENTS_WITHIN: Duration = Duration::from_secs(1);
 
-pub async fn upgrade(socket: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+/// How often an open socket's credentials are checked again.
+const RECHECK: Duration = Duration::from_secs(60);
+
+pub async fn upgrade(
+    socket: WebSocketUpgrade,
+    State(state): State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+) -> Response {
+    // Only what proves who this is, to check it again later.
+    let mut credentials = HeaderMap::new();
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        for value in headers.get_all(&name) {
+            credentials.append(name.clone(), value.clone());
+        }
+    }
     socket.on_upgrade(move |socket| {
         // Tracked, so that a stopping server waits for its goodbye.
         let shutdown = state.shutdown.clone();
-        let served = shutdown.spawn(serve(socket, state.hub, state.shutdown));
+        let served = shutdown.spawn(serve(socket, state, who, credentials));
         async move {
             let _ = served.await;
         }
     })
 }
 
-async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
+async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, credentials: HeaderMap) {
+    let (hub, shutdown) = (&state.hub, &state.shutdown);
     // Dropped with the connection, which releases every watch it held.
     let mut watching: HashMap<DeviceId, Watching> = HashMap::new();
     let (snapshot, mut events) = hub.subscribe(SNAPSHOT_COMMANDS);
-    if send(&mut socket, &snapshot).await.is_err() {
+    if send(&mut socket, &state, &who, snapshot).await.is_err() {
         return;
     }
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     loop {
         tokio::select! {
+            _ = recheck.tick() => match find_identity(&state.accounts, &credentials).await {
+                Ok(Some(fresh)) if fresh.name == who.name => {
+                    watching.retain(|device, _| state.groups.may_see(&fresh, device.as_str()));
+                    who = fresh;
+                }
+                Ok(_) | Err(_) => {
+                    let close = CloseFrame {
+                        code: close_code::POLICY,
+                        reason: "your session ended; log in again".into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(close))).await;
+                    return;
+                }
+            },
             () = shutdown.stopping() => {
                 // The tab learns how its pending commands ended, then that we are gone.
                 let last_events = async {
                     while let Ok(Ok(event)) = tokio::time::timeout(LAST_EVENTS_QUIET, events.recv()).await {
-                        if send(&mut socket, &event).await.is_err() {
+                        if send(&mut socket, &state, &who, event).await.is_err() {
                             return false;
                         }
                     }
@@ -81,7 +120,7 @@ async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
             }
             event = events.recv() => match event {
                 Ok(event) => {
-                    if send(&mut socket, &event).await.is_err() {
+                    if send(&mut socket, &state, &who, event).await.is_err() {
                         return;
                     }
                 }
@@ -89,7 +128,7 @@ async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
                     tracing::debug!("a live client missed {missed} events; resyncing it");
                     let (snapshot, fresh) = hub.subscribe(SNAPSHOT_COMMANDS);
                     events = fresh;
-                    if send(&mut socket, &snapshot).await.is_err() {
+                    if send(&mut socket, &state, &who, snapshot).await.is_err() {
                         return;
                     }
                 }
@@ -98,7 +137,10 @@ async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<LiveRequest>(&text) {
                     Ok(LiveRequest::Watch { device_id }) => {
-                        if watching.len() < MAX_WATCHED_PER_CLIENT && !watching.contains_key(&device_id) {
+                        if watching.len() < MAX_WATCHED_PER_CLIENT
+                            && !watching.contains_key(&device_id)
+                            && state.groups.may_see(&who, device_id.as_str())
+                        {
                             let guard = hub.watch(&device_id);
                             watching.insert(device_id, guard);
                         }
@@ -116,8 +158,35 @@ async fn serve(mut socket: WebSocket, hub: Hub, shutdown: Shutdown) {
     }
 }
 
-async fn send(socket: &mut WebSocket, event: &LiveEvent) -> Result<(), axum::Error> {
+/// Sends `event` as far as `who` may see it: nothing of devices outside their groups.
+async fn send(
+    socket: &mut WebSocket,
+    state: &AppState,
+    who: &Identity,
+    event: LiveEvent,
+) -> Result<(), axum::Error> {
+    let Some(event) = visible(state, who, event) else {
+        return Ok(());
+    };
     // Serializing these types cannot fail: strings, numbers and JSON values only.
-    let text = serde_json::to_string(event).expect("live events always serialize");
+    let text = serde_json::to_string(&event).expect("live events always serialize");
     socket.send(Message::Text(text.into())).await
+}
+
+fn visible(state: &AppState, who: &Identity, event: LiveEvent) -> Option<LiveEvent> {
+    let may_see = |device: &DeviceId| state.groups.may_see(who, device.as_str());
+    match event {
+        LiveEvent::Snapshot {
+            mut devices,
+            mut commands,
+        } => {
+            devices.retain(|d| may_see(&d.id));
+            commands.retain(|c| may_see(&c.device_id));
+            Some(LiveEvent::Snapshot { devices, commands })
+        }
+        LiveEvent::DeviceUpdated { ref device } if !may_see(&device.id) => None,
+        LiveEvent::CommandUpdated { ref command } if !may_see(&command.device_id) => None,
+        LiveEvent::Telemetry { ref reading } if !may_see(&reading.device_id) => None,
+        event => Some(event),
+    }
 }

@@ -1,6 +1,9 @@
 //! What every request handler can reach.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use axum::extract::FromRef;
 use common::Shutdown;
@@ -8,7 +11,10 @@ use hub::{Hub, RecorderStats};
 use leptos::prelude::LeptosOptions;
 use store::Store;
 
-use crate::guard::AllowedOrigins;
+use crate::{
+    auth::{DeviceGroups, login::SetupLink, throttle::Throttle},
+    guard::AllowedOrigins,
+};
 
 #[derive(Debug, Clone, FromRef)]
 pub struct AppState {
@@ -22,4 +28,19 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// Other sites whose pages may change things (a proxy's address).
     pub allowed_origins: AllowedOrigins,
+    /// Users, sessions, tokens, device groups and the audit trail: the same database as
+    /// the readings, or one in memory when readings are not kept.
+    pub accounts: Store,
+    /// Which devices are in which groups, for deciding who sees what.
+    pub groups: DeviceGroups,
+    /// Failed logins, per account and address.
+    pub throttle: Arc<Throttle>,
+    /// The first-run link's secret, while no user exists.
+    pub setup: SetupLink,
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` (the server is reached over HTTPS).
+    pub secure_cookies: bool,
+    /// Audit entries that could not be written, for `/metrics`.
+    pub audit_failures: Arc<AtomicU64>,
 }

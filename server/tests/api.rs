@@ -8,6 +8,7 @@ use futures_util::StreamExt as _;
 use protocol::{
     CommandStatus, DeviceId,
     api::{ApiError, CommandView, DeviceView, History, LiveEvent},
+    auth::Role,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -22,6 +23,8 @@ struct Setup {
     base: String,
     device: DeviceId,
     client: reqwest::Client,
+    /// An admin's API token, which `client` sends.
+    token: String,
     hub: hub::Hub,
     _stop_server: oneshot::Sender<()>,
     /// Stops (and says bye) when dropped.
@@ -48,6 +51,7 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
         .expect("RabbitMQ must be running (scripts/test.sh starts it)");
     let base = format!("http://{}", server.local_addr().unwrap());
     let hub = server.hub().clone();
+    let (token, _) = testkit::user_token(server.accounts(), Role::Admin, &[]).await;
     assert!(
         hub.is_connected(),
         "RabbitMQ must be running at {} (scripts/test.sh starts it)",
@@ -71,7 +75,8 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
     Setup {
         base,
         device: agent.id.clone(),
-        client: reqwest::Client::new(),
+        client: testkit::api_client(&token),
+        token,
         hub,
         _stop_server: stop_server,
         _agent: agent,
@@ -111,9 +116,45 @@ impl Setup {
         (response.status(), response.json().await.unwrap())
     }
 
+    /// Opens the live channel with this setup's token (and `origin`, if given).
+    async fn live(
+        &self,
+        origin: Option<&str>,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        live(&self.base, &self.token, origin).await
+    }
+
     fn commands_path(&self) -> String {
         format!("/api/v1/devices/{}/commands", self.device)
     }
+}
+
+/// Opens `base`'s live channel with `token` (and `origin`, if given).
+async fn live(
+    base: &str,
+    token: &str,
+    origin: Option<&str>,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("{}/api/v1/live", base.replace("http", "ws"))
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    if let Some(origin) = origin {
+        headers.insert("origin", origin.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(socket, _)| socket)
 }
 
 fn error(value: Value) -> ApiError {
@@ -342,10 +383,7 @@ async fn a_pending_command_can_be_cancelled_once() {
 #[tokio::test]
 async fn the_live_channel_sends_a_snapshot_then_each_status() {
     let setup = setup(Kind::Gateway).await;
-    let url = format!("{}/api/v1/live", setup.base.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("WebSocket upgrade");
+    let mut socket = setup.live(None).await.expect("WebSocket upgrade");
     let mut next = async || -> LiveEvent {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -403,6 +441,7 @@ async fn without_an_amqp_url_the_server_runs_its_own_broker() {
     );
     let base = format!("http://{}", server.local_addr().unwrap());
     let hub = server.hub().clone();
+    let (token, _) = testkit::user_token(server.accounts(), Role::Admin, &[]).await;
     tokio::spawn(server.serve(std::future::pending()));
 
     let device = DeviceId::new(format!("embedded-{:08x}", fastrand::u32(..))).unwrap();
@@ -420,7 +459,7 @@ async fn without_an_amqp_url_the_server_runs_its_own_broker() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let client = reqwest::Client::new();
+    let client = testkit::api_client(&token);
     let accepted: CommandView = client
         .post(format!("{base}/api/v1/devices/{device}/commands"))
         .json(&json!({"name": "toggle"}))
@@ -537,10 +576,7 @@ async fn without_storage_history_is_a_clear_503() {
 async fn a_tab_watching_a_device_over_the_live_channel_speeds_it_up() {
     // The device reports every 5 s, or every second while watched.
     let setup = setup_with(Kind::Gateway, Some(Duration::from_secs(5))).await;
-    let url = format!("{}/api/v1/live", setup.base.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("WebSocket upgrade");
+    let mut socket = setup.live(None).await.expect("WebSocket upgrade");
     use futures_util::SinkExt as _;
     use tokio_tungstenite::tungstenite::Message;
     let first = socket.next().await.unwrap().unwrap();
@@ -595,7 +631,10 @@ async fn a_server_whose_database_is_down_starts_and_answers_history_with_503() {
     tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    let response = reqwest::get(format!("{base}/api/v1/devices/anyone/telemetry"))
+    // Not even credentials can be checked: a clear 503 too, not a 401.
+    let response = testkit::api_client("tth_any_token")
+        .get(format!("{base}/api/v1/devices/anyone/telemetry"))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -606,7 +645,6 @@ async fn a_server_whose_database_is_down_starts_and_answers_history_with_503() {
 
 #[tokio::test]
 async fn a_hostile_page_can_neither_command_nor_listen() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let setup = setup(Kind::Gateway).await;
     let (status, body) = setup
         .post(
@@ -677,16 +715,7 @@ async fn a_hostile_page_can_neither_command_nor_listen() {
         "the command is untouched"
     );
     // The live channel does not open for it.
-    let ws = |origin: &str| {
-        let mut request = format!("{}/api/v1/live", setup.base.replace("http", "ws"))
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().unwrap());
-        tokio_tungstenite::connect_async(request)
-    };
-    match ws(evil).await {
+    match setup.live(Some(evil)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), StatusCode::FORBIDDEN)
         }
@@ -696,7 +725,8 @@ async fn a_hostile_page_can_neither_command_nor_listen() {
         ),
     }
     // The server's own pages can do all of it.
-    ws(&own)
+    setup
+        .live(Some(&own))
         .await
         .expect("the live channel opens for our own pages");
     let cancel = send(Some(&own), reqwest::Method::POST, "/api/cancel_command")

@@ -7,6 +7,8 @@ use tokio::sync::oneshot;
 /// A server running in the background; dropping it shuts the server down.
 struct Running {
     addr: SocketAddr,
+    /// Sends an admin's API token.
+    client: reqwest::Client,
     _stop: oneshot::Sender<()>,
 }
 
@@ -18,15 +20,24 @@ async fn start_with(amqp_url: String) -> Running {
     let config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), amqp_url);
     let server = server::Server::bind(config).await.expect("bind port 0");
     let addr = server.local_addr().expect("bound address");
+    let (token, _) = testkit::user_token(server.accounts(), protocol::auth::Role::Admin, &[]).await;
+    let client = testkit::api_client(&token);
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    Running { addr, _stop: stop }
+    Running {
+        addr,
+        client,
+        _stop: stop,
+    }
 }
 
 async fn get(running: &Running, path: &str) -> (u16, String) {
-    let response = reqwest::get(format!("http://{}{path}", running.addr))
+    let response = running
+        .client
+        .get(format!("http://{}{path}", running.addr))
+        .send()
         .await
         .expect("HTTP request");
     let status = response.status().as_u16();
@@ -93,7 +104,8 @@ async fn without_a_broker_pages_still_render_and_commands_fail_clearly() {
     let (_, metrics) = get(&running, "/metrics").await;
     assert!(metrics.contains("tether_broker_connected 0"), "{metrics}");
 
-    let response = reqwest::Client::new()
+    let response = running
+        .client
         .post(format!(
             "http://{}/api/v1/devices/any/commands",
             running.addr

@@ -19,7 +19,9 @@ use protocol::{
 };
 use serde_json::json;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::{
+    Message, client::IntoClientRequest as _, protocol::frame::coding::CloseCode,
+};
 
 #[tokio::test]
 async fn a_stopped_server_on_rabbitmq_finishes_its_work_and_frees_its_port() {
@@ -44,6 +46,7 @@ async fn stops_gracefully(amqp_url: Option<String>) {
         .expect("the server starts (RabbitMQ must be running: scripts/test.sh starts it)");
     let addr = server.local_addr().unwrap();
     let hub = server.hub().clone();
+    let (token, _) = testkit::user_token(server.accounts(), protocol::auth::Role::Admin, &[]).await;
     assert!(hub.is_connected(), "the hub reached its broker");
     let broker_url = server
         .embedded_broker_url()
@@ -79,7 +82,7 @@ async fn stops_gracefully(amqp_url: Option<String>) {
     });
 
     let base = format!("http://{addr}");
-    let client = reqwest::Client::new();
+    let client = testkit::api_client(&token);
     let accepted: CommandView = client
         .post(format!("{base}/api/v1/devices/{}/commands", agent.id))
         .json(&json!({"name": "echo", "args": {"delay_ms": 20_000}, "timeout_ms": 30_000}))
@@ -110,7 +113,12 @@ async fn stops_gracefully(amqp_url: Option<String>) {
             response.json::<CommandView>().await.unwrap()
         }
     });
-    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/live"))
+    let mut live = format!("ws://{addr}/api/v1/live")
+        .into_client_request()
+        .unwrap();
+    live.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(live)
         .await
         .expect("the live channel opens");
     let Some(Ok(Message::Text(_snapshot))) = socket.next().await else {

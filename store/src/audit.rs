@@ -51,7 +51,8 @@ pub struct NewAudit {
     pub detail: String,
 }
 
-/// Which entries to read, newest first. Every filter given must match exactly.
+/// Which entries to read, newest first. Every filter given must match exactly, except
+/// that `actor` also matches that user's tokens (`alice (token 1f2e…)`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AuditQuery {
     pub actor: Option<String>,
@@ -150,13 +151,27 @@ impl Store {
     pub async fn audit(&self, query: AuditQuery) -> anyhow::Result<Vec<AuditEntry>> {
         let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1 = 1");
         let mut params = Vec::new();
+        if let Some(actor) = query.actor {
+            // A user's own actions and their tokens' ("alice (token 1f2e…)").
+            let escaped: String = actor
+                .chars()
+                .flat_map(|c| match c {
+                    '\\' | '%' | '_' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            params.push(actor.into());
+            params.push(format!("{escaped} (token %").into());
+            sql.push_str(&format!(
+                " AND (actor = ${} OR actor LIKE ${} ESCAPE '\\')",
+                params.len() - 1,
+                params.len()
+            ));
+        }
         let mut filter = |condition: &str, value: Value| {
             params.push(value);
             sql.push_str(&format!(" AND {condition} ${}", params.len()));
         };
-        if let Some(actor) = query.actor {
-            filter("actor =", actor.into());
-        }
         if let Some(action) = query.action {
             filter("action =", action.into());
         }

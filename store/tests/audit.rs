@@ -127,6 +127,27 @@ async fn the_audit_trail_is_read_newest_first_with_filters_and_pages(db: &Db) {
         (check.entries, check.broken_at, check.why),
         (25, None, None)
     );
+
+    // A user's filter takes in their tokens' actions, and nobody else's: not a user whose
+    // name only starts the same, nor one whose name has LIKE's wildcards in it.
+    for actor in [
+        "d_n (token 1f2e)",
+        "dan (token 77aa)",
+        "d_n",
+        "d_nny",
+        "dxn (token 0000)",
+    ] {
+        store
+            .audit_append(audit(actor, "token_created", "t"))
+            .await
+            .unwrap();
+    }
+    let actors = |name: &'static str| async move {
+        let found = store.audit(by(Some(name), None, None)).await.unwrap();
+        found.into_iter().map(|e| e.actor).collect::<Vec<_>>()
+    };
+    assert_eq!(actors("d_n").await, ["d_n", "d_n (token 1f2e)"]);
+    assert_eq!(actors("dan").await, ["dan (token 77aa)"]);
 }
 
 async fn concurrent_appends_make_one_unbroken_chain(db: &Db) {

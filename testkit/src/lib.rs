@@ -243,3 +243,36 @@ impl RawDevice {
             .unwrap();
     }
 }
+
+/// A user of `role` (a unique name, groups as given) with an API token: the secret for
+/// `Authorization: Bearer`, and the user's name.
+pub async fn user_token(
+    accounts: &store::Store,
+    role: protocol::auth::Role,
+    groups: &[&str],
+) -> (String, String) {
+    let name = unique(role.as_str());
+    let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    accounts
+        .add_user(&name, "correct horse battery", role, &groups)
+        .await
+        .expect("create a test user");
+    let token = accounts
+        .create_token(&name, "tests", role)
+        .await
+        .expect("create a test token");
+    (token.secret, name)
+}
+
+/// An HTTP client that sends `token` with every request.
+pub fn api_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {token}")
+        .parse()
+        .expect("a token is header text");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}

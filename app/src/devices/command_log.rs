@@ -52,6 +52,7 @@ fn CommandEntry(command: CommandView, now_ms: Signal<u64>) -> impl IntoView {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let may_cancel = crate::auth::use_me().has(protocol::auth::Role::Operator);
     let pending = !command.status.is_terminal();
     let cancel_error = RwSignal::new(None::<AppError>);
     let id = command.id.0.clone();
@@ -74,7 +75,8 @@ fn CommandEntry(command: CommandView, now_ms: Signal<u64>) -> impl IntoView {
                 <span class="muted args">{args}</span>
                 <StatusBadge status=command.status />
                 <span class="muted when">{move || ago(now_ms.get(), created)}</span>
-                {pending.then(|| view! { <button type="button" class="link" on:click=cancel>"Cancel"</button> })}
+                {command.issued_by.clone().map(|by| view! { <span class="muted by" data-testid="issued-by">"by " {by}</span> })}
+                {(pending && may_cancel).then(|| view! { <button type="button" class="link" on:click=cancel>"Cancel"</button> })}
             </div>
             {pending.then(|| view! {
                 <progress max="100" value=command.percent.map(|p| p.to_string()) aria-label="progress">

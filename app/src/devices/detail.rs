@@ -4,10 +4,13 @@
 
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
-use protocol::{Capabilities, DeviceId, api::DeviceView};
+use protocol::{Capabilities, DeviceId, api::DeviceView, auth::Role};
 
 use super::{PresenceBadge, command_form::CommandForm, command_log::CommandLog};
-use crate::fleet::{AppError, get_device, live::use_live, recent_commands};
+use crate::{
+    auth::use_me,
+    fleet::{AppError, get_device, live::use_live, recent_commands},
+};
 
 /// What the page shows, apart from the details that change with every heartbeat.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,14 +82,34 @@ pub fn DevicePage() -> impl IntoView {
                     })}
                     <section class="card" aria-labelledby="commands-heading">
                         <h2 id="commands-heading">"Commands"</h2>
-                        <div class="forms">
-                            {capabilities.commands.into_iter().map(|spec| view! { <CommandForm device_id=id.clone() spec /> }).collect_view()}
-                        </div>
+                        <CommandForms device_id=id.clone() commands=capabilities.commands.clone() />
                     </section>
                     <CommandLog device_id=id initial=initial_commands() />
                 }.into_any(),
             })}
         </Suspense>
+    }
+}
+
+/// A form per command, for those whose role may send them.
+#[component]
+fn CommandForms(device_id: DeviceId, commands: Vec<protocol::CommandSpec>) -> impl IntoView {
+    let me = use_me();
+    move || {
+        if me.has(Role::Operator) {
+            let forms = commands
+                .iter()
+                .map(|spec| view! { <CommandForm device_id=device_id.clone() spec=spec.clone() /> })
+                .collect_view();
+            view! { <div class="forms">{forms}</div> }.into_any()
+        } else {
+            view! {
+                <p class="muted" data-testid="no-commands">
+                    "You can watch this device. Sending commands needs the operator role."
+                </p>
+            }
+            .into_any()
+        }
     }
 }
 

@@ -166,8 +166,14 @@ pub fn provide_live() -> Live {
     provide_context(live);
     #[cfg(feature = "hydrate")]
     {
-        leptos::task::spawn_local(browser::stay_connected(live));
-        leptos::task::spawn_local(browser::tick(live));
+        // The login and first-run pages have no one to stream to yet.
+        let path = web_sys::window()
+            .and_then(|w| w.location().pathname().ok())
+            .unwrap_or_default();
+        if !matches!(path.as_str(), "/login" | "/setup") {
+            leptos::task::spawn_local(browser::stay_connected(live));
+            leptos::task::spawn_local(browser::tick(live));
+        }
     }
     live
 }
@@ -210,6 +216,7 @@ mod tests {
             message: None,
             result: None,
             error: None,
+            issued_by: None,
         }
     }
 
