@@ -1,7 +1,7 @@
-//! Where readings, accounts and the audit trail are kept: SQLite by default (a file, no
-//! setup), PostgreSQL when the database URL says `postgres://`, or SQLite in memory
-//! when it says `memory` (nothing survives the process: for servers run without a
-//! database, and for tests).
+//! Where readings, accounts, the audit trail and the command log are kept: SQLite by
+//! default (a file, no setup), PostgreSQL when the database URL says `postgres://`, or
+//! SQLite in memory when it says `memory` (nothing survives the process: for servers run
+//! without a database, and for tests).
 //!
 //! Readings: one table, `samples (device, metric, ts_ms, value)`, keyed by device,
 //! metric and time, so storing a sample twice (a batch redelivered after its worker
@@ -28,17 +28,32 @@
 //! covering the one before's, so a row altered or deleted later is found by
 //! [`Store::audit_verify`]. Retention never prunes it.
 //!
+//! The command log, `commands (id, device_id, name, args, status, terminal, created_ms,
+//! updated_ms, deadline_ms, percent, message, result, error, issued_by, replica,
+//! session_id, inbox, version)`: one row per command, its latest state
+//! ([`Store::log_commands`] and the methods beside it, see `commands.rs`), with the
+//! server replica that sent it and awaits its reply, and the device session and inbox it
+//! went to. `args` and `result` are JSON text, the status its snake_case name, and
+//! `terminal` 1 once the status is final. A replica numbers its changes to a command
+//! (`version`) and writes them in batches; a write with a version no higher than the
+//! stored one is ignored, so a late or retried batch never moves a command back. A
+//! restarting replica reads its unfinished commands back, the others end those of a
+//! replica that is gone, and retention deletes finished commands as it does samples
+//! (never unfinished ones).
+//!
 //! A test or a server without a database can keep all of it in memory:
 //! `Store::open("memory")`.
 
 mod accounts;
 mod audit;
+mod commands;
 mod postgres;
 mod sql;
 mod sqlite;
 
 pub use accounts::AccountError;
 pub use audit::{AuditQuery, NewAudit};
+pub use commands::{CommandQuery, LoggedCommand};
 
 use std::time::Duration;
 
@@ -190,19 +205,29 @@ impl Store {
         }
     }
 
-    /// Prunes samples older than `retention` now and then every `every`, until `stop`.
+    /// Prunes samples measured, and finished commands created, more than `retention` ago,
+    /// now and then every `every`, until `stop`.
     pub async fn prune_until(self, retention: Duration, every: Duration, stop: CancellationToken) {
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         loop {
             let cutoff = now_ms().saturating_sub(retention_ms);
-            let pruned = tokio::select! {
-                pruned = self.prune(cutoff) => pruned,
+            let (samples, commands) = tokio::select! {
+                pruned = async {
+                    (self.prune(cutoff).await, self.prune_commands(cutoff).await)
+                } => pruned,
                 () = stop.cancelled() => return,
             };
-            match pruned {
+            match samples {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!("pruned {pruned} samples older than {retention:?}"),
                 Err(error) => tracing::warn!("cannot prune old samples: {error:#}"),
+            }
+            match commands {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!("pruned {pruned} finished commands older than {retention:?}")
+                }
+                Err(error) => tracing::warn!("cannot prune old commands: {error:#}"),
             }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
@@ -224,7 +249,7 @@ impl Store {
 }
 
 /// The tables both backends create the same way, after their own `samples`.
-const SHARED_SCHEMAS: [&str; 2] = [accounts::SCHEMA, audit::SCHEMA];
+const SHARED_SCHEMAS: [&str; 3] = [accounts::SCHEMA, audit::SCHEMA, commands::SCHEMA];
 
 fn is_memory(url: &str) -> bool {
     matches!(

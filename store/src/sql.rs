@@ -1,5 +1,5 @@
-//! The little SQL both backends speak, so accounts and the audit trail are written once
-//! instead of once per database.
+//! The little SQL both backends speak, so accounts, the audit trail and the command log
+//! are written once instead of once per database.
 //!
 //! Statements use PostgreSQL's `$1, $2…` placeholders; SQLite is handed `?1, ?2…`, which
 //! it numbers the same way. Values are only integers, text and NULL: columns are
@@ -76,6 +76,15 @@ impl Row {
         }
     }
 
+    /// A text column that may be NULL.
+    pub(crate) fn opt_text(&self, column: usize) -> anyhow::Result<Option<&str>> {
+        match self.get(column)? {
+            Value::Text(value) => Ok(Some(value)),
+            Value::Null => Ok(None),
+            Value::Int(_) => anyhow::bail!("column {column} is an integer, not text"),
+        }
+    }
+
     /// An integer column that is a count, a time or a sequence number: never negative.
     pub(crate) fn unsigned(&self, column: usize) -> anyhow::Result<u64> {
         let value = self.int(column)?;
@@ -89,6 +98,32 @@ impl Store {
         match self {
             Self::Sqlite(store) => store.execute(sqlite_placeholders(sql), params).await,
             Self::Postgres(store) => store.execute(sql, params).await,
+        }
+    }
+
+    /// Runs statements that return no rows, in order: on SQLite in one transaction (all
+    /// or none), on PostgreSQL each on its own (its one client is shared, see above), so
+    /// each must leave the tables whole if the ones after it fail. Gives how many rows
+    /// they changed.
+    pub(crate) async fn execute_all(
+        &self,
+        statements: Vec<(String, Vec<Value>)>,
+    ) -> anyhow::Result<u64> {
+        match self {
+            Self::Sqlite(store) => {
+                let statements = statements
+                    .into_iter()
+                    .map(|(sql, params)| (sqlite_placeholders(&sql), params))
+                    .collect();
+                store.execute_all(statements).await
+            }
+            Self::Postgres(store) => {
+                let mut changed = 0;
+                for (sql, params) in statements {
+                    changed += store.execute(&sql, params).await?;
+                }
+                Ok(changed)
+            }
         }
     }
 

@@ -97,6 +97,30 @@ impl Sqlite {
         .await
     }
 
+    /// Runs statements of the shared SQL on the writer, in one transaction. They are not
+    /// cached: those that come here (the command log's batches) differ with the size of
+    /// the batch, and would push the others out of the cache.
+    pub(crate) async fn execute_all(
+        &self,
+        statements: Vec<(String, Vec<sql::Value>)>,
+    ) -> anyhow::Result<u64> {
+        let writer = self.writer.clone();
+        run(move || {
+            let mut db = lock(&writer);
+            let transaction = db.transaction()?;
+            let mut changed = 0;
+            for (sql, params) in &statements {
+                let mut statement = transaction.prepare(sql)?;
+                changed += statement
+                    .execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?
+                    as u64;
+            }
+            transaction.commit()?;
+            Ok(changed)
+        })
+        .await
+    }
+
     /// Runs one `SELECT` of the shared SQL on the reader.
     pub(crate) async fn query(
         &self,
