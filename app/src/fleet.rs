@@ -97,10 +97,10 @@ pub trait Fleet: Send + Sync + 'static {
     ) -> Result<Option<DeviceView>, protocol::api::ApiError>;
     fn recent_commands(
         &self,
-        caller: &Caller,
-        device: &str,
+        caller: Caller,
+        device: String,
         limit: usize,
-    ) -> Result<Vec<CommandView>, protocol::api::ApiError>;
+    ) -> Answer<'_, Vec<CommandView>>;
     fn send_command(
         &self,
         caller: Caller,
@@ -200,7 +200,9 @@ pub async fn get_device(id: String) -> Result<Option<DeviceView>, AppError> {
 #[server(endpoint = "recent_commands", input = Json)]
 pub async fn recent_commands(device: String, limit: usize) -> Result<Vec<CommandView>, AppError> {
     let (fleet, caller) = fleet()?;
-    Ok(fleet.recent_commands(&caller, &device, limit.min(200))?)
+    Ok(fleet
+        .recent_commands(caller, device, limit.min(200))
+        .await?)
 }
 
 /// Sends a command; returns it once the broker has confirmed it. The error is the JSON

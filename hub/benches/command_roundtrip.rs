@@ -96,6 +96,35 @@ async fn rounds(
     let hub_round = through_hub(&hub, &switches, commands, concurrency).await;
     report(&format!("hub, {devices} switches"), &hub_round);
 
+    // The same, with every command and status change written to the command log
+    // (SQLite, the default), as a server with a database runs.
+    let dir = std::env::temp_dir().join(format!("tether-bench-{:08x}", fastrand::u32(..)));
+    let store = store::Store::open(&format!("sqlite://{}", dir.join("log.db").display())).await?;
+    let logged_shutdown = common::Shutdown::new();
+    let logged = Hub::start(
+        HubConfig {
+            default_timeout: Duration::from_secs(30),
+            command_log: Some(hub::CommandLog {
+                store: store.clone(),
+                replica: format!("bench-{:08x}", fastrand::u32(..)),
+                resumable: false,
+            }),
+            ..HubConfig::new(url.clone())
+        },
+        &logged_shutdown,
+    )
+    .await;
+    for id in &switches {
+        wait_online(&logged, id).await;
+    }
+    let logged_round = through_hub(&logged, &switches, commands, concurrency).await;
+    report(
+        &format!("hub + command log (SQLite), {devices} switches"),
+        &logged_round,
+    );
+    logged_shutdown.stop_and_wait(Duration::from_secs(3)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
     let gateways: Vec<DeviceId> = (0..4)
         .map(|n| spawn_agent(&url, &format!("bench-gw{n}"), Kind::Gateway, &stopped))
         .collect();

@@ -257,6 +257,13 @@ impl Commands {
         }
     }
 
+    /// The session and inbox one of this replica's commands went to; `None` for other
+    /// replicas' commands.
+    pub fn route(&self, id: &CommandId) -> Option<(&str, &str)> {
+        let own = self.records.get(id)?.own.as_ref()?;
+        Some((own.session_id.as_str(), own.inbox.as_str()))
+    }
+
     /// The inbox one of this replica's commands went to.
     pub fn inbox(&self, id: &CommandId) -> Option<String> {
         self.records

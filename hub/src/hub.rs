@@ -26,6 +26,7 @@ use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::{
     announced::{Announced, Known},
+    command_log::{CommandLog, LogWriter},
     commands::Commands,
     flood::FloodGate,
     link::Link,
@@ -48,6 +49,9 @@ pub struct HubConfig {
     pub watch_interval: Duration,
     /// How long one watch lease lasts; renewed every third of it while viewers stay.
     pub watch_lease: Duration,
+    /// Where every command and its changes are logged, so that they outlive this
+    /// process; `None` keeps them in memory only (and a stop ends the pending ones).
+    pub command_log: Option<CommandLog>,
 }
 
 impl HubConfig {
@@ -59,6 +63,7 @@ impl HubConfig {
             store_queue: None,
             watch_interval: Duration::from_secs(1),
             watch_lease: Duration::from_secs(30),
+            command_log: None,
         }
     }
 }
@@ -87,6 +92,8 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     /// Stops the hub's tasks; also stops new commands.
     pub(crate) shutdown: Shutdown,
+    /// Writes command changes to the log, when there is one.
+    pub(crate) log: Option<LogWriter>,
 }
 
 /// Everything that changes together, behind one lock that is never held across an
@@ -112,7 +119,8 @@ impl Hub {
     ///
     /// Its tasks run under `shutdown`. When that stops, the hub ends every pending
     /// command as failed ("the server stopped"), tells listeners and other replicas,
-    /// and closes its broker connection.
+    /// and closes its broker connection; with a command log, it leaves them pending
+    /// instead, logged, and takes them back when it starts again (`command_log`).
     pub async fn start(config: HubConfig, shutdown: &Shutdown) -> Self {
         let first = match crate::link::connect(&config).await {
             Ok(connected) => Some(connected),
@@ -123,10 +131,19 @@ impl Hub {
                 None
             }
         };
+        let log = config
+            .command_log
+            .as_ref()
+            .map(|log| LogWriter::start(log, shutdown));
+        let replica_id = match &config.command_log {
+            Some(log) => log.replica.clone(),
+            None => format!("{:016x}", fastrand::u64(..)),
+        };
+        let command_log = config.command_log.clone();
         let hub = Self {
             inner: Arc::new(Inner {
                 config,
-                replica_id: format!("{:016x}", fastrand::u64(..)),
+                replica_id,
                 state: Mutex::default(),
                 events: broadcast::channel(EVENT_BUFFER).0,
                 link: Mutex::new(first.as_ref().map(|connected| connected.link.clone())),
@@ -134,8 +151,14 @@ impl Hub {
                 timer: Notify::new(),
                 stats: Stats::default(),
                 shutdown: shutdown.clone(),
+                log,
             }),
         };
+        if let Some(log) = command_log {
+            // Before replies are handled, so that those waiting in the queue find them.
+            hub.resume(&log).await;
+            shutdown.spawn(hub.clone().end_orphans(log));
+        }
         let (link_hub, timer_hub) = (hub.clone(), hub.clone());
         shutdown.spawn(async move { link_hub.maintain_link(first).await });
         let stopping = shutdown.clone();
@@ -222,10 +245,15 @@ impl Hub {
         }
     }
 
-    /// Sends command changes to listeners, and ended commands to their waiters. Call
-    /// with the state locked.
-    pub(crate) fn broadcast_commands(&self, commands: &[CommandView]) {
+    /// Sends command changes to listeners, ended commands to their waiters, and this
+    /// replica's own to the command log. Call with the state locked.
+    pub(crate) fn broadcast_commands(&self, state: &State, commands: &[CommandView]) {
         for command in commands {
+            if let Some(log) = &self.inner.log
+                && let Some((session_id, inbox)) = state.commands.route(&command.id)
+            {
+                log.log(command, session_id, inbox);
+            }
             if command.status.is_terminal()
                 && let Some(waiting) = self.waiters().remove(&command.id)
             {
@@ -244,7 +272,7 @@ impl Hub {
     pub(crate) fn end_all(&self, status: CommandStatus, why: &str) -> Vec<CommandView> {
         let mut state = self.state();
         let ended = state.commands.end_all(status, why, common::now_ms());
-        self.broadcast_commands(&ended);
+        self.broadcast_commands(&state, &ended);
         ended
     }
 

@@ -132,7 +132,7 @@ impl Hub {
         let mut state = self.state();
         match state.commands.apply_device_message(&message, now_ms()) {
             Ok(view) => {
-                self.broadcast_commands(std::slice::from_ref(&view));
+                self.broadcast_commands(&state, std::slice::from_ref(&view));
                 vec![view]
             }
             Err(commands::Ignored::NotAboutACommand) => {
@@ -258,6 +258,6 @@ impl Hub {
         }
         let mut state = self.state();
         state.commands.mirror(event.command.clone());
-        self.broadcast_commands(&[event.command]);
+        self.broadcast_commands(&state, &[event.command]);
     }
 }

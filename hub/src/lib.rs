@@ -24,8 +24,10 @@
 //! | `announced` | the narrow "what did this device announce" view |
 //! | `store_queue` | the durable storage queue and its caps |
 //! | `recorder` | the recorders: batch, check, write, ack after commit |
+//! | `command_log` | commands written to the database in batches; resumed on start; vanished replicas' ended |
 
 mod announced;
+mod command_log;
 mod commands;
 mod flood;
 mod hub;
@@ -42,6 +44,7 @@ mod watch;
 
 pub use self::{
     announced::{Announced, Known},
+    command_log::{CommandLog, ORPHAN_GRACE, ORPHANED},
     flood::MAX_READINGS_PER_SECOND,
     hub::{Hub, HubConfig},
     recorder::{Recorder, RecorderConfig, RecorderSnapshot, RecorderStats, Rejected, Stop},

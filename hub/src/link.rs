@@ -19,7 +19,7 @@ use lapin::{
         BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
         QueueDeclareOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use protocol::{CommandStatus, ServerMessage, names};
 
@@ -28,6 +28,8 @@ use crate::hub::{Hub, HubConfig};
 /// Why pending commands end when the server stops.
 const STOPPED: &str =
     "the server stopped before the device answered; whether it was carried out is unknown";
+/// A replica's durable reply queue is deleted once unused this long (a day).
+const REPLY_QUEUE_EXPIRES_MS: i64 = 24 * 3_600 * 1_000;
 /// Longest the hub spends telling others and closing its connection when it stops.
 const GOODBYE: Duration = Duration::from_secs(2);
 
@@ -108,7 +110,7 @@ impl Hub {
             let failed = tokio::select! {
                 error = self.consume(&mut consumers) => error,
                 () = shutdown.stopping() => {
-                    let ended = self.end_all(CommandStatus::Failed, STOPPED);
+                    let ended = self.end_pending_on_stop();
                     let goodbye = async {
                         self.share(&ended).await;
                         self.set_link(None);
@@ -130,7 +132,26 @@ impl Hub {
             );
         }
         // Stopped while disconnected.
-        self.end_all(CommandStatus::Failed, STOPPED);
+        self.end_pending_on_stop();
+    }
+
+    /// A stopping hub ends its pending commands as failed, unless a command log keeps
+    /// them for its next start.
+    fn end_pending_on_stop(&self) -> Vec<protocol::api::CommandView> {
+        if self
+            .inner
+            .config
+            .command_log
+            .as_ref()
+            .is_some_and(|log| log.resumable)
+        {
+            let pending = self.state().commands.pending();
+            if pending > 0 {
+                tracing::info!("leaving {pending} pending commands in the log for the next start");
+            }
+            return Vec::new();
+        }
+        self.end_all(CommandStatus::Failed, STOPPED)
     }
 
     /// Connects again, with backoff and jitter up to 15 s between attempts; `None` if
@@ -232,7 +253,28 @@ pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
         Ok(name)
     };
     let presence_queue = queue(Some((names::PRESENCE_EXCHANGE, names::PRESENCE_ALL))).await?;
-    let reply_queue = queue(None).await?;
+    let reply_queue = match &config.command_log {
+        // Durable and named after the replica, so that replies wait for it across a
+        // restart; deleted a day after its replica was last seen.
+        Some(log) if log.resumable => {
+            let name = log.reply_queue();
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt(REPLY_QUEUE_EXPIRES_MS),
+            );
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            channel
+                .queue_declare(name.as_str().into(), durable, arguments)
+                .await
+                .with_context(|| format!("cannot declare the reply queue {name}"))?;
+            name
+        }
+        _ => queue(None).await?,
+    };
     let events_queue = queue(Some((names::EVENTS_EXCHANGE, ""))).await?;
     let telemetry_queue = queue(Some((names::TELEMETRY_EXCHANGE, names::TELEMETRY_ALL))).await?;
     // Auto-ack: these queues are private and transient, and a message that cannot be

@@ -21,6 +21,7 @@ use protocol::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::command_log::SEND_FLUSH_WITHIN;
 use crate::hub::Hub;
 
 /// How long after a device's session ends its pending commands wait for answers that
@@ -133,9 +134,7 @@ impl Hub {
             state
                 .commands
                 .accept(view.clone(), session_id.clone(), inbox.clone(), deadline);
-            self.broadcast(&[LiveEvent::CommandUpdated {
-                command: view.clone(),
-            }]);
+            self.broadcast_commands(&state, std::slice::from_ref(&view));
             (view, inbox, session_id)
         };
         self.inner.timer.notify_one();
@@ -191,7 +190,7 @@ impl Hub {
                     .advance(&view.id, CommandStatus::Sent, now_ms, |_| {})
                     .ok();
                 let sent: Vec<_> = sent.into_iter().collect();
-                self.broadcast_commands(&sent);
+                self.broadcast_commands(&state, &sent);
                 sent
             }
             Err(error) => {
@@ -207,6 +206,11 @@ impl Hub {
             }
         };
         self.share(&changed).await;
+        if let Some(log) = &self.inner.log
+            && !log.flushed(SEND_FLUSH_WITHIN).await
+        {
+            tracing::warn!(command = %view.id, "sent, but not yet in the command log");
+        }
         Ok(self.command(&view.id).unwrap_or(view))
     }
 
@@ -232,7 +236,7 @@ impl Hub {
                     v.error = Some("cancelled by a user".into())
                 })
                 .map_err(|_| CancelError::AlreadyEnded(Box::new(current)))?;
-            self.broadcast_commands(std::slice::from_ref(&view));
+            self.broadcast_commands(&state, std::slice::from_ref(&view));
             (view, inbox)
         };
         self.share(std::slice::from_ref(&view)).await;
@@ -265,8 +269,16 @@ impl Hub {
             self.waiters().entry(id.clone()).or_default().push(notify);
             ended
         };
+        // A stopping server answers at once, with the command as it is.
+        let stopping = self.inner.shutdown.clone();
+        let ended = async move {
+            tokio::select! {
+                ended = ended => ended.ok(),
+                () = stopping.stopping() => None,
+            }
+        };
         match tokio::time::timeout(max, ended).await {
-            Ok(Ok(command)) => Some(command),
+            Ok(Some(command)) => Some(command),
             _ => {
                 if let Some(waiting) = self.waiters().get_mut(id) {
                     waiting.retain(|notify| !notify.is_closed());
@@ -319,7 +331,7 @@ impl Hub {
             .ok()
             .into_iter()
             .collect();
-        self.broadcast_commands(&ended);
+        self.broadcast_commands(&state, &ended);
         ended
     }
 
@@ -353,7 +365,7 @@ impl Hub {
         {
             self.inner.timer.notify_one();
         }
-        self.broadcast_commands(&ended);
+        self.broadcast_commands(&state, &ended);
         ended
     }
 }

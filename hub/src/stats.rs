@@ -55,6 +55,10 @@ pub struct StatsSnapshot {
     pub watched_devices: u64,
     /// Whether the broker link is up.
     pub connected: bool,
+    /// Batches of command changes written to the command log, and failed writes
+    /// (retried).
+    pub command_log_batches: u64,
+    pub command_log_failures: u64,
 }
 
 impl Hub {
@@ -87,6 +91,8 @@ impl Hub {
             devices_online,
             watched_devices,
             connected: self.is_connected(),
+            command_log_batches: self.inner.log.as_ref().map_or(0, |l| load(&l.written)),
+            command_log_failures: self.inner.log.as_ref().map_or(0, |l| load(&l.failures)),
         }
     }
 }

@@ -39,7 +39,7 @@ impl Hub {
                     self.broadcast(&[LiveEvent::DeviceUpdated { device }]);
                 }
                 let changed = state.commands.expire(now, now_ms);
-                self.broadcast_commands(&changed);
+                self.broadcast_commands(&state, &changed);
                 changed
             };
             self.share(&changed).await;

@@ -17,6 +17,7 @@ use protocol::{
     auth::Role,
 };
 use serde::Deserialize;
+use store::CommandQuery;
 
 use crate::{
     audit,
@@ -177,13 +178,15 @@ pub fn device(state: &AppState, who: &Identity, id: &DeviceId) -> Result<DeviceV
 }
 
 #[derive(Debug, Deserialize)]
-struct Limit {
+struct Page {
     limit: Option<usize>,
+    /// The id of the last command of the previous page: older ones come next.
+    before: Option<String>,
 }
 
-impl Limit {
+impl Page {
     /// How many commands to list: 50 unless asked, at most 1,000.
-    fn get(&self) -> usize {
+    fn limit(&self) -> usize {
         self.limit.unwrap_or(50).min(1_000)
     }
 }
@@ -192,23 +195,107 @@ async fn device_commands(
     State(state): State<AppState>,
     who: Identity,
     Device(id): Device,
-    Params(limit): Params<Limit>,
+    Params(page): Params<Page>,
 ) -> Result<Json<Vec<CommandView>>, Failure> {
-    let device = device(&state, &who, &id)?;
-    Ok(Json(
-        state.hub.recent_commands(Some(&device.id), limit.get()),
-    ))
+    // A device the server does not know (yet, or any more) may still have a history.
+    if !state.groups.may_see(&who, id.as_str()) {
+        return Err(Failure::unknown_device(&id));
+    }
+    let limit = page.limit();
+    let history = command_history(&state, &who, Some(&id), page.before, limit).await?;
+    if history.is_empty() && state.hub.device(&id).is_none() {
+        return Err(Failure::unknown_device(&id));
+    }
+    Ok(Json(history))
 }
 
 async fn recent_commands(
     State(state): State<AppState>,
     who: Identity,
-    Params(limit): Params<Limit>,
-) -> Json<Vec<CommandView>> {
-    Json(visible_commands(&state, &who, limit.get()))
+    Params(page): Params<Page>,
+) -> Result<Json<Vec<CommandView>>, Failure> {
+    let limit = page.limit();
+    Ok(Json(
+        command_history(&state, &who, None, page.before, limit).await?,
+    ))
 }
 
-/// The most recent commands to devices `who` may see, newest first.
+/// Commands newest first, of one device or of every device `who` may see, from the
+/// command log (with the latest in-memory state of pending ones), or from memory when
+/// the server keeps no log. Paged by `before`, a command id.
+pub async fn command_history(
+    state: &AppState,
+    who: &Identity,
+    device: Option<&DeviceId>,
+    before: Option<String>,
+    limit: usize,
+) -> Result<Vec<CommandView>, Failure> {
+    let Some(store) = &state.store else {
+        if before.is_some() {
+            return Ok(Vec::new());
+        }
+        return Ok(match device {
+            Some(device) => state.hub.recent_commands(Some(device), limit),
+            None => visible_commands(state, who, limit),
+        });
+    };
+    let unavailable = |error: anyhow::Error| {
+        tracing::error!("cannot read the command log: {error:#}");
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the command history is unavailable (its database is down); try again shortly",
+        )
+    };
+    let before = match before {
+        None => None,
+        Some(id) => {
+            let logged = store.logged_command(&id).await.map_err(unavailable)?;
+            let last = logged.ok_or_else(|| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("`before` names no command: \"{id}\""),
+                )
+            })?;
+            Some((last.view.created_ms, last.view.id.0))
+        }
+    };
+    let query = CommandQuery {
+        device: device.map(|d| d.as_str().to_owned()),
+        devices: state.groups.visible_to(who),
+        before,
+        limit,
+    };
+    let mut page = store.command_page(query).await.map_err(unavailable)?;
+    for command in &mut page {
+        if !command.status.is_terminal()
+            && let Some(fresher) = state.hub.command(&command.id)
+        {
+            *command = fresher;
+        }
+    }
+    Ok(page)
+}
+
+/// One command `who` may see: from memory, else from the command log.
+pub async fn find_command(state: &AppState, who: &Identity, id: &CommandId) -> Option<CommandView> {
+    let command = match state.hub.command(id) {
+        Some(command) => Some(command),
+        None => match &state.store {
+            Some(store) => store
+                .logged_command(&id.0)
+                .await
+                .ok()
+                .flatten()
+                .map(|c| c.view),
+            None => None,
+        },
+    };
+    command.filter(|c| state.groups.may_see(who, c.device_id.as_str()))
+}
+
+/// The most recent commands to devices `who` may see, newest first, from memory.
 pub fn visible_commands(state: &AppState, who: &Identity, limit: usize) -> Vec<CommandView> {
     if who.role == Role::Admin {
         return state.hub.recent_commands(None, limit);
@@ -345,13 +432,18 @@ pub async fn cancel(
     address: &str,
     id: &CommandId,
 ) -> Result<CommandView, Failure> {
-    let Some(command) = state
-        .hub
-        .command(id)
-        .filter(|c| state.groups.may_see(who, c.device_id.as_str()))
-    else {
+    let Some(command) = find_command(state, who, id).await else {
         return Err(CancelError::UnknownCommand(id.clone()).into());
     };
+    if state.hub.command(id).is_none() {
+        // Only in the log: ended long ago, or another replica's.
+        return Err(if command.status.is_terminal() {
+            CancelError::AlreadyEnded(Box::new(command))
+        } else {
+            CancelError::NotOurs(id.clone())
+        }
+        .into());
+    }
     let target = command.device_id.as_str();
     if let Err(refused) = who.require(Role::Operator, "cancelling commands") {
         audit::record(

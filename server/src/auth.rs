@@ -273,6 +273,25 @@ impl DeviceGroups {
             .is_some_and(|of_device| of_device.iter().any(|g| who.groups.contains(g)))
     }
 
+    /// The devices `who` may see, for filtering a query: `None` for an admin (every
+    /// device).
+    pub fn visible_to(&self, who: &Identity) -> Option<Vec<String>> {
+        if who.role == Role::Admin {
+            return None;
+        }
+        let groups = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(
+            groups
+                .iter()
+                .filter(|(_, of_device)| of_device.iter().any(|g| who.groups.contains(g)))
+                .map(|(device, _)| device.clone())
+                .collect(),
+        )
+    }
+
     /// The groups `device` is in.
     pub fn of(&self, device: &str) -> Vec<String> {
         let groups = self

@@ -62,7 +62,17 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// How long readings are kept, e.g. `30d`, `12h`; older ones are pruned.
+    /// This server's own folder: it keeps its replica id there (`replica-id`), which
+    /// names its durable reply queue, so that a restarted server gets the replies that
+    /// arrived while it was down. Every replica needs its own.
+    #[arg(
+        long = "data-dir",
+        env = "TETHER_DATA_DIR",
+        default_value = "tether-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// How long readings and ended commands are kept, e.g. `30d`, `12h`; older ones are pruned.
     #[arg(long = "retention", env = "TETHER_RETENTION", default_value = "30d",
           value_parser = store::parse_duration)]
     pub retention: Duration,
@@ -169,6 +179,8 @@ impl Config {
             broker_password: "guest".into(),
             command_timeout_ms: protocol::api::timeouts::DEFAULT_MS,
             database_url: "none".into(),
+            data_dir: std::env::temp_dir()
+                .join(format!("tether-server-{:016x}", fastrand::u64(..))),
             retention: Duration::from_secs(30 * 86_400),
             recorders: 1,
             store_queue: protocol::names::STORE_QUEUE.into(),

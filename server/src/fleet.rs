@@ -47,16 +47,20 @@ impl Fleet for AppState {
 
     fn recent_commands(
         &self,
-        parts: &Caller,
-        device: &str,
+        parts: Caller,
+        device: String,
         limit: usize,
-    ) -> Result<Vec<CommandView>, ApiError> {
-        let (who, _) = caller(parts)?;
-        Ok(match parse_device_id(device) {
-            Ok(id) if api::device(self, &who, &id).is_ok() => {
-                self.hub.recent_commands(Some(&id), limit)
+    ) -> Answer<'_, Vec<CommandView>> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            match parse_device_id(&device) {
+                Ok(id) if api::device(self, &who, &id).is_ok() => {
+                    api::command_history(self, &who, Some(&id), None, limit)
+                        .await
+                        .map_err(api_error)
+                }
+                _ => Ok(Vec::new()),
             }
-            _ => Vec::new(),
         })
     }
 

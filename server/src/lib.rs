@@ -125,7 +125,17 @@ impl Server {
                 .clone()
                 .reload_until(accounts.clone(), shutdown.token().clone()),
         );
+        let command_log = match &store {
+            Some(store) => Some(hub::CommandLog {
+                store: store.clone(),
+                replica: replica_id(&config.data_dir)?,
+                // The embedded broker's queues die with this process.
+                resumable: embedded_broker.is_none(),
+            }),
+            None => None,
+        };
         let hub_config = HubConfig {
+            command_log,
             default_timeout: Duration::from_millis(config.command_timeout_ms),
             store_queue: store.is_some().then(|| config.store_queue()),
             watch_interval: Duration::from_millis(config.watch_interval_ms),
@@ -278,6 +288,35 @@ async fn first_run_link(
             );
             Ok(auth::login::SetupLink::default())
         }
+    }
+}
+
+/// This replica's id, kept in `data_dir/replica-id` (created on first start).
+fn replica_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            let valid = !id.is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            anyhow::ensure!(
+                valid,
+                "{} must hold a replica id (1–64 letters, digits or -); delete it to get a new one",
+                path.display()
+            );
+            Ok(id.to_owned())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            let id = format!("{:016x}", fastrand::u64(..));
+            std::fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            tracing::info!("this server is replica {id} (kept in {})", path.display());
+            Ok(id)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 

@@ -77,6 +77,26 @@ pub fn render(state: &AppState) -> String {
         "Devices this replica's viewers are watching (reporting faster).",
         hub.watched_devices,
     );
+    counter(
+        &mut registry,
+        "command_log_batches",
+        "Batches of command changes written to the command log.",
+        hub.command_log_batches,
+    );
+    counter(
+        &mut registry,
+        "command_log_failures",
+        "Writes to the command log that failed (and are retried).",
+        hub.command_log_failures,
+    );
+    counter(
+        &mut registry,
+        "audit_failures",
+        "Audit entries that could not be written.",
+        state
+            .audit_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     gauge(
         &mut registry,
         "broker_connected",

@@ -1,8 +1,10 @@
 //! Stopping the server (what SIGTERM or Ctrl-C does): it stops accepting, lets
-//! in-flight requests finish, ends a pending command with a status saying the server
-//! stopped, closes live sockets, lets the recorders store what they hold, has the
-//! embedded broker close its devices' connections with a goodbye, and is done within
-//! 5 s, leaving its ports free. On RabbitMQ and on the embedded broker.
+//! in-flight requests finish, closes live sockets, lets the recorders store what they
+//! hold, and is done within 5 s, leaving its ports free. On RabbitMQ a pending command
+//! stays pending in the command log, for the next start to resume (its answer waits in
+//! the replica's durable reply queue); with the embedded broker, whose queues die with
+//! the server, it ends with a status saying the server stopped, and the broker closes
+//! its devices' connections with a goodbye.
 
 use std::{
     net::SocketAddr,
@@ -135,12 +137,18 @@ async fn stops_gracefully(amqp_url: Option<String>) {
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(5), "stopped in {took:?}");
 
-    // The in-flight request finished, with the command ended: the server stopped.
+    // The in-flight request finished: with the command ended (the server stopped), or,
+    // where it can be resumed, as it was.
     let ended = long_poll.await.unwrap();
-    assert_eq!(ended.status, CommandStatus::Failed, "{ended:?}");
-    let why = ended.error.unwrap_or_default();
-    assert!(why.contains("server stopped"), "{why}");
-    // The live tab was told so, then the socket closed as "going away".
+    if embedded {
+        assert_eq!(ended.status, CommandStatus::Failed, "{ended:?}");
+        let why = ended.error.unwrap_or_default();
+        assert!(why.contains("server stopped"), "{why}");
+    } else {
+        assert_eq!(ended.status, CommandStatus::Delivered, "{ended:?}");
+    }
+    // The live tab was told how it ended, if it did, then the socket closed as "going
+    // away".
     let mut saw_end = false;
     let close = loop {
         match testkit::within(Duration::from_secs(2), "the socket closing", socket.next()).await {
@@ -157,7 +165,10 @@ async fn stops_gracefully(amqp_url: Option<String>) {
         }
     };
     assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
-    assert!(saw_end, "the tab was told how the pending command ended");
+    assert_eq!(
+        saw_end, embedded,
+        "the tab was told how the pending command ended"
+    );
 
     // Nothing listens on the HTTP port any more.
     std::net::TcpListener::bind(addr).expect("the HTTP port is free again");
@@ -166,6 +177,18 @@ async fn stops_gracefully(amqp_url: Option<String>) {
         .await
         .unwrap();
     assert!(store.count(Some(agent.id.as_str())).await.unwrap() > 0);
+    // And the command log holds the command as it was last seen.
+    let logged = store
+        .logged_command(&accepted.id.0)
+        .await
+        .unwrap()
+        .expect("the command is in the log");
+    let expected = if embedded {
+        CommandStatus::Failed
+    } else {
+        CommandStatus::Delivered
+    };
+    assert_eq!(logged.view.status, expected, "{logged:?}");
 
     if embedded {
         // The broker said goodbye (connection.close, 320 CONNECTION_FORCED) rather than

@@ -1,0 +1,243 @@
+//! No restart loses a command: the real `tether-server` process, killed with SIGKILL
+//! while a device works on a command, then started again on the same data folder.
+//! The device's answer waited in the replica's durable reply queue, and the command
+//! ends with it; a command whose deadline passed during the downtime ends timed out.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use agent::simulate::Kind;
+use protocol::{CommandStatus, api::CommandView, auth::Role};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// A `tether-server` process; killed with SIGKILL when dropped.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server on `dir` (its database and data folder), storing readings
+/// through a queue of its own, and waits until it listens.
+fn start(dir: &Path, tag: &str) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
+        .env("TETHER_ADDR", "127.0.0.1:0")
+        .env("TETHER_AMQP_URL", testkit::rabbitmq_url())
+        .env(
+            "TETHER_DATABASE_URL",
+            format!("sqlite://{}", database(dir).display()),
+        )
+        .env("TETHER_DATA_DIR", dir)
+        .env(
+            "TETHER_STORE_QUEUE",
+            format!("tether.telemetry.store.test-{tag}"),
+        )
+        .env("TETHER_STORE_QUEUE_EXPIRES_MS", "60000")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tether-server starts");
+    let (found, listening) = mpsc::channel();
+    for output in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let found = found.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines().map_while(Result::ok) {
+                if std::env::var_os("TETHER_TEST_SERVER_LOG").is_some() {
+                    eprintln!("server: {line}");
+                }
+                if let Some(at) = line.find("listening on http://") {
+                    let _ = found.send(line[at + "listening on ".len()..].trim().to_owned());
+                }
+            }
+        });
+    }
+    let base = listening
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server says where it listens within 30 s");
+    Process { child, base }
+}
+
+fn database(dir: &Path) -> PathBuf {
+    dir.join("tether.db")
+}
+
+async fn get_command(client: &reqwest::Client, base: &str, id: &str, wait_ms: u64) -> CommandView {
+    let response = client
+        .get(format!("{base}/api/v1/commands/{id}?wait_ms={wait_ms}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    device: &str,
+    body: serde_json::Value,
+) -> CommandView {
+    let response = client
+        .post(format!("{base}/api/v1/devices/{device}/commands"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response.json().await.unwrap()
+}
+
+/// Polls `check` every 50 ms until it is true; panics after `within`.
+async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the server lists `device` online.
+async fn online(client: &reqwest::Client, base: &str, device: &str) {
+    until(
+        "the device is online",
+        Duration::from_secs(15),
+        async || {
+            let Ok(response) = client
+                .get(format!("{base}/api/v1/devices/{device}"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let view: serde_json::Value = response.json().await.unwrap_or_default();
+            view["online"] == json!(true)
+        },
+    )
+    .await;
+}
+
+/// The server's data folder and a token of an admin made in its database beforehand.
+async fn prepare() -> (tempdir::Dir, String, String) {
+    let tag = format!("{:08x}", fastrand::u32(..));
+    let dir = tempdir::Dir::new(&format!("tether-restart-{tag}"));
+    let accounts = store::Store::open(&format!("sqlite://{}", database(&dir.0).display()))
+        .await
+        .unwrap();
+    let (token, _) = testkit::user_token(&accounts, Role::Admin, &[]).await;
+    (dir, tag, token)
+}
+
+#[tokio::test]
+async fn a_command_survives_its_server_being_killed_while_the_device_works() {
+    let (dir, tag, token) = prepare().await;
+    let client = testkit::api_client(&token);
+    let server = start(&dir.0, &tag);
+    let agent = testkit::Agent::start(
+        &testkit::rabbitmq_url(),
+        "restart-gw",
+        Kind::Gateway,
+        |config| {
+            config.heartbeat = Duration::from_secs(1);
+        },
+    );
+    let device = agent.id.to_string();
+    online(&client, &server.base, &device).await;
+    let body = json!({"name": "echo", "args": {"message": "still here", "delay_ms": 3_000}, "timeout_ms": 30_000});
+    let sent = send(&client, &server.base, &device, body).await;
+    until("the device has it", Duration::from_secs(5), async || {
+        get_command(&client, &server.base, &sent.id.0, 0)
+            .await
+            .status
+            == CommandStatus::Delivered
+    })
+    .await;
+
+    drop(server); // SIGKILL: no goodbye, nothing flushed but what was written.
+    // The device answers while no server runs.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let again = start(&dir.0, &tag);
+    let done = get_command(&client, &again.base, &sent.id.0, 10_000).await;
+    assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result, Some(json!({"message": "still here"})));
+    assert!(done.issued_by.is_some_and(|by| by.contains("(token ")));
+    // And it is in the history, which comes from the log.
+    let history: Vec<CommandView> = client
+        .get(format!("{}/api/v1/devices/{device}/commands", again.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        history.first().map(|c| (&c.id, c.status)),
+        Some((&sent.id, CommandStatus::Succeeded))
+    );
+}
+
+#[tokio::test]
+async fn a_command_whose_deadline_passes_while_its_server_is_down_ends_timed_out() {
+    let (dir, tag, token) = prepare().await;
+    let client = testkit::api_client(&token);
+    let server = start(&dir.0, &tag);
+    // A device that takes commands and never answers.
+    let device = testkit::RawDevice::connect(&testkit::rabbitmq_url(), "restart-raw", 60_000).await;
+    online(&client, &server.base, device.id.as_str()).await;
+    let sent = send(
+        &client,
+        &server.base,
+        device.id.as_str(),
+        json!({"name": "echo", "timeout_ms": 2_000}),
+    )
+    .await;
+    assert_eq!(sent.status, CommandStatus::Sent);
+
+    drop(server);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = start(&dir.0, &tag);
+    let ended = get_command(&client, &again.base, &sent.id.0, 5_000).await;
+    assert_eq!(ended.status, CommandStatus::TimedOut, "{ended:?}");
+    assert_eq!(
+        ended.error.as_deref(),
+        Some("the device did not answer before the deadline")
+    );
+}
+
+/// A temporary folder, removed when dropped.
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
