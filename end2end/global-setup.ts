@@ -42,6 +42,7 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
     TETHER_AMQP_URL: amqpUrl(),
     TETHER_SITE_ROOT: siteRoot,
     TETHER_DATABASE_URL: `sqlite://${path.join(dataDir, "telemetry.db")}`,
+    TETHER_DATA_DIR: dataDir,
     TETHER_STORE_QUEUE: `tether.telemetry.store.${tag}`,
     TETHER_STORE_QUEUE_EXPIRES_MS: "60000",
     LEPTOS_ENV: "PROD",

@@ -116,6 +116,7 @@ test("an admin creates a user and a token in the UI, and the audit page lists it
   await expect(async () => {
     await page.getByLabel("Who").fill(admin);
     await page.getByLabel("Action").fill("user_created");
+    await page.getByLabel("Since").selectOption("1");
     await page.getByRole("button", { name: "Filter" }).click();
     await expect(page.locator(`[data-testid="audit"] tr[data-action="user_created"]`, { hasText: name })).toBeVisible({ timeout: 2_000 });
   }).toPass({ timeout: 15_000 });

@@ -142,6 +142,7 @@ pub(crate) async fn change_user(
         ));
     }
     let mut user = None;
+    state.recent.forget_all();
     if let Some(role) = change.role {
         user = Some(state.accounts.set_role(&name, role).await?);
         audit::record(
@@ -199,6 +200,7 @@ pub(crate) async fn delete_user(
         ));
     }
     state.accounts.delete_user(&name).await?;
+    state.recent.forget_all();
     audit::record(
         &state,
         &who.actor(),
@@ -311,6 +313,7 @@ pub(crate) async fn revoke_token(
         return Err(unknown());
     }
     let token = state.accounts.revoke_token(&id).await?;
+    state.recent.forget_all();
     audit::record(
         &state,
         &who.actor(),

@@ -141,7 +141,7 @@ pub async fn authenticate(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| "unknown".to_owned(), |info| info.0.ip().to_string());
     request.extensions_mut().insert(Source(source));
-    let identity = match find_identity(&state.accounts, request.headers()).await {
+    let identity = match find_identity(&state, request.headers()).await {
         Ok(identity) => identity,
         Err(failure) => return failure.into_response(),
     };
@@ -164,12 +164,81 @@ pub async fn authenticate(
     }
 }
 
-/// The identity the request's token or session cookie names. A token that is not
-/// valid is an error (the script should know); a stale cookie is only no identity.
+/// The identity the request's token or session cookie names: from [`Recent`] if it was
+/// looked up in the last few seconds, else from the store. A token that is not valid is
+/// an error (the script should know); a stale cookie is only no identity.
 pub async fn find_identity(
-    accounts: &Store,
+    state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Identity>, Failure> {
+    let key = credential_key(headers);
+    if let Some(known) = key.and_then(|key| state.recent.get(&key)) {
+        return Ok(Some(known));
+    }
+    let found = look_up(&state.accounts, headers).await?;
+    if let (Some(key), Some(identity)) = (key, &found) {
+        state.recent.put(key, identity.clone());
+    }
+    Ok(found)
+}
+
+/// The hash of the credential a request carries, if any.
+fn credential_key(headers: &HeaderMap) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let credential = match headers.get(header::AUTHORIZATION) {
+        Some(value) => format!("bearer {}", value.to_str().ok()?),
+        None => format!("cookie {}", cookie(headers, SESSION_COOKIE)?),
+    };
+    Some(Sha256::digest(credential).into())
+}
+
+/// Identities found in the last [`RECENT_FOR`], by the hash of their credential: a
+/// database lookup per request would cost more than the request itself. Forgotten at
+/// once on this replica whenever a session, token or user changes here; another
+/// replica's change reaches this one within [`RECENT_FOR`].
+#[derive(Debug, Clone, Default)]
+pub struct Recent(Arc<std::sync::Mutex<RecentMap>>);
+
+type RecentMap = HashMap<[u8; 32], (Identity, std::time::Instant)>;
+
+/// How long a looked-up identity is trusted without asking the store again.
+pub const RECENT_FOR: Duration = Duration::from_secs(5);
+/// Identities remembered at most (only valid ones are remembered, so a flood of
+/// made-up tokens fills nothing).
+const RECENT_MAX: usize = 10_000;
+
+impl Recent {
+    fn get(&self, key: &[u8; 32]) -> Option<Identity> {
+        let recent = self.lock();
+        let (identity, since) = recent.get(key)?;
+        (since.elapsed() < RECENT_FOR).then(|| identity.clone())
+    }
+
+    fn put(&self, key: [u8; 32], identity: Identity) {
+        let mut recent = self.lock();
+        if recent.len() >= RECENT_MAX {
+            recent.retain(|_, (_, since)| since.elapsed() < RECENT_FOR);
+            if recent.len() >= RECENT_MAX {
+                recent.clear();
+            }
+        }
+        recent.insert(key, (identity, std::time::Instant::now()));
+    }
+
+    /// Forgets every identity: a session, token, role or group changed.
+    pub fn forget_all(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentMap> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// [`find_identity`] without the memory.
+async fn look_up(accounts: &Store, headers: &HeaderMap) -> Result<Option<Identity>, Failure> {
     let unavailable = |error: anyhow::Error| {
         tracing::error!("cannot check credentials: {error:#}");
         Failure::new(
@@ -362,6 +431,26 @@ mod tests {
         assert!(!groups.may_see(&viewer, "no-groups"));
         groups.set("pump-2", vec![]);
         assert!(!groups.may_see(&viewer, "pump-2"));
+    }
+
+    #[test]
+    fn recent_identities_are_keyed_by_credential_and_forgotten_on_change() {
+        let recent = Recent::default();
+        let mut alice = HeaderMap::new();
+        alice.insert(header::AUTHORIZATION, "Bearer tth_a".parse().unwrap());
+        let mut cookie_of_alice = HeaderMap::new();
+        cookie_of_alice.insert(header::COOKIE, "tether_session=tth_a".parse().unwrap());
+        let key = credential_key(&alice).unwrap();
+        assert_ne!(
+            Some(key),
+            credential_key(&cookie_of_alice),
+            "a token is not a cookie"
+        );
+        assert_eq!(credential_key(&HeaderMap::new()), None);
+        recent.put(key, who(Role::Operator, &["a"]));
+        assert_eq!(recent.get(&key).map(|w| w.role), Some(Role::Operator));
+        recent.forget_all();
+        assert_eq!(recent.get(&key), None);
     }
 
     #[test]

@@ -183,6 +183,7 @@ impl Server {
                 setup: setup.clone(),
                 session_ttl: config.session_ttl,
                 secure_cookies: config.secure_cookies,
+                recent: auth::Recent::default(),
                 audit_failures: Arc::default(),
             }),
             hub,

@@ -84,7 +84,7 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     loop {
         tokio::select! {
-            _ = recheck.tick() => match find_identity(&state.accounts, &credentials).await {
+            _ = recheck.tick() => match find_identity(&state, &credentials).await {
                 Ok(Some(fresh)) if fresh.name == who.name => {
                     watching.retain(|device, _| state.groups.may_see(&fresh, device.as_str()));
                     who = fresh;

@@ -12,7 +12,7 @@ use leptos::prelude::LeptosOptions;
 use store::Store;
 
 use crate::{
-    auth::{DeviceGroups, login::SetupLink, throttle::Throttle},
+    auth::{DeviceGroups, Recent, login::SetupLink, throttle::Throttle},
     guard::AllowedOrigins,
 };
 
@@ -41,6 +41,8 @@ pub struct AppState {
     pub session_ttl: Duration,
     /// Mark the session cookie `Secure` (the server is reached over HTTPS).
     pub secure_cookies: bool,
+    /// Identities looked up in the last few seconds.
+    pub recent: Recent,
     /// Audit entries that could not be written, for `/metrics`.
     pub audit_failures: Arc<AtomicU64>,
 }

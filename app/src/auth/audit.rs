@@ -29,6 +29,8 @@ fn Audit() -> impl IntoView {
         RwSignal::new(String::new()),
         RwSignal::new(String::new()),
     );
+    // How far back, in hours; 0 for all time.
+    let since_hours = RwSignal::new(0u64);
     let filter = RwSignal::new(AuditFilter {
         limit: Some(PAGE),
         ..AuditFilter::default()
@@ -40,10 +42,16 @@ fn Audit() -> impl IntoView {
         let text = |s: RwSignal<String>| {
             Some(s.get_untracked().trim().to_owned()).filter(|s| !s.is_empty())
         };
+        let hours = since_hours.get_untracked();
+        let from_ms = (hours > 0).then(|| {
+            let now = crate::fleet::live::now_ms();
+            i64::try_from(now.saturating_sub(hours * 3_600_000)).unwrap_or(0)
+        });
         filter.set(AuditFilter {
             actor: text(actor),
             action: text(action),
             target: text(target),
+            from_ms,
             limit: Some(PAGE),
             ..AuditFilter::default()
         });
@@ -68,6 +76,14 @@ fn Audit() -> impl IntoView {
                 <label>"Who" <input name="actor" prop:value=actor on:input=move |ev| actor.set(event_target_value(&ev)) /></label>
                 <label>"Action" <input name="action" prop:value=action on:input=move |ev| action.set(event_target_value(&ev)) /></label>
                 <label>"On" <input name="target" prop:value=target on:input=move |ev| target.set(event_target_value(&ev)) /></label>
+                <label>"Since"
+                    <select name="since" on:change=move |ev| since_hours.set(event_target_value(&ev).parse().unwrap_or(0))>
+                        <option value="0">"all time"</option>
+                        <option value="1">"the last hour"</option>
+                        <option value="24">"the last day"</option>
+                        <option value="168">"the last week"</option>
+                    </select>
+                </label>
                 <button type="submit">"Filter"</button>
             </form>
             <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>

@@ -178,6 +178,7 @@ async fn log_out(
     {
         tracing::error!("cannot end a session: {error:#}");
     }
+    state.recent.forget_all();
     if let Some(axum::Extension(who)) = identity {
         audit::record(&state, &who.actor(), &address, "logout", &who.name, "").await;
     }
@@ -314,6 +315,7 @@ async fn change_password(
     }
     match state.accounts.set_password(&who.name, &form.password).await {
         Ok(_) => {
+            state.recent.forget_all();
             audit::record(
                 &state,
                 &who.actor(),
