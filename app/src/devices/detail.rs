@@ -59,7 +59,13 @@ pub fn DevicePage() -> impl IntoView {
 
     view! {
         <Suspense fallback=|| view! { <section class="card"><p class="muted">"Loading device…"</p></section> }>
-            {move || loaded.get().map(|loaded| match loaded {
+            {move || {
+                // Read here, inside the Suspense, so that it waits for the resource: read
+                // only through the memos (owned outside), it would render before the
+                // server functions answered.
+                let _ = rendered.get();
+                loaded.get()
+            }.map(|loaded| match loaded {
                 Loaded::Failed(error) => view! {
                     <section class="card"><p class="error" role="alert" data-code=error.code>{error.message}</p></section>
                 }.into_any(),
