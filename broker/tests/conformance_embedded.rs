@@ -8,6 +8,8 @@ use lapin::{Connection, ConnectionProperties};
 
 #[path = "support/conformance.rs"]
 mod cases;
+#[path = "support/topics.rs"]
+mod topics;
 
 async fn broker_url() -> String {
     Broker::start(Config::on_free_port())
@@ -19,6 +21,33 @@ async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect to the embedded broker")
+}
+
+/// 64 `#` words against a 127-word key, on a queue it reaches and on one it does not
+/// (`#` × 63 then `end`, the worst case for a matcher that backtracks). RabbitMQ 3.10 fails
+/// this: its trie matcher tries every way the `#` words could split the key (8 `#` against
+/// 16 words takes it 3 s a publish). Here a matcher that backtracked would hold the vhost
+/// lock and stall every connection, the test's own included, so the case runs on a
+/// thread and runtime of its own, under a hang guard.
+#[test]
+fn a_wall_of_hashes_against_a_long_key_is_routed_at_once() {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let (done, finished) = channel();
+    let case = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(topics::hash_walls_route(64, 127));
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(10)) {
+        Ok(()) => {}
+        Err(RecvTimeoutError::Timeout) => panic!("the broker stalled on a wall of `#`"),
+        Err(RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(case.join().expect_err("the case ended early"))
+        }
+    }
 }
 
 #[tokio::test]

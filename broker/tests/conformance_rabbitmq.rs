@@ -4,6 +4,8 @@
 
 #[path = "support/conformance.rs"]
 mod cases;
+#[path = "support/topics.rs"]
+mod topics;
 
 async fn broker_url() -> String {
     std::env::var("TETHER_TEST_AMQP_URL")

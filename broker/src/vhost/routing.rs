@@ -1,12 +1,21 @@
 //! Routing: the exchanges (direct, fanout, topic, and the `amq.*` ones every vhost has),
 //! their bindings to queues, and which queues a published message reaches.
+//!
+//! - here: declaring and deleting exchanges, binding and unbinding queues, routing.
+//! - `bindings`: an exchange's bindings, indexed for its kind so a publish does not
+//!   test every binding.
+//! - `topic`: the trie of a topic exchange's keys, matched without backtracking.
+
+mod bindings;
+mod topic;
 
 use std::collections::HashMap;
 
+use self::bindings::Bindings;
 use super::{ConnectionId, NOT_FOUND, PRECONDITION_FAILED, Refusal, Vhost};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ExchangeKind {
+pub(super) enum ExchangeKind {
     Direct,
     Fanout,
     Topic,
@@ -27,8 +36,17 @@ impl ExchangeKind {
 pub(super) struct Exchange {
     kind: ExchangeKind,
     durable: bool,
-    /// (queue, binding key)
-    bindings: Vec<(String, String)>,
+    bindings: Bindings,
+}
+
+impl Exchange {
+    fn new(kind: ExchangeKind, durable: bool) -> Self {
+        Self {
+            kind,
+            durable,
+            bindings: Bindings::new(kind),
+        }
+    }
 }
 
 /// The exchanges a new vhost starts with.
@@ -39,14 +57,7 @@ pub(super) fn standard_exchanges() -> HashMap<String, Exchange> {
         ("amq.fanout", ExchangeKind::Fanout),
         ("amq.topic", ExchangeKind::Topic),
     ] {
-        exchanges.insert(
-            name.to_owned(),
-            Exchange {
-                kind,
-                durable: true,
-                bindings: Vec::new(),
-            },
-        );
+        exchanges.insert(name.to_owned(), Exchange::new(kind, true));
     }
     exchanges
 }
@@ -92,14 +103,8 @@ impl Vhost {
                 format!("COMMAND_INVALID - unknown exchange type '{kind}'"),
             )
         })?;
-        self.exchanges.insert(
-            name.to_owned(),
-            Exchange {
-                kind,
-                durable,
-                bindings: Vec::new(),
-            },
-        );
+        self.exchanges
+            .insert(name.to_owned(), Exchange::new(kind, durable));
         Ok(())
     }
 
@@ -141,10 +146,7 @@ impl Vhost {
                 format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'"),
             )
         })?;
-        let binding = (queue.to_owned(), key.to_owned());
-        if !exchange_entry.bindings.contains(&binding) {
-            exchange_entry.bindings.push(binding);
-        }
+        exchange_entry.bindings.add(queue, key);
         Ok(())
     }
 
@@ -157,14 +159,14 @@ impl Vhost {
     ) -> Result<(), Refusal> {
         self.usable_queue(connection, queue)?;
         if let Some(entry) = self.exchanges.get_mut(exchange) {
-            entry.bindings.retain(|(q, k)| !(q == queue && k == key));
+            entry.bindings.remove(queue, key);
         }
         Ok(())
     }
 
     /// The queues a message published to `exchange` with `routing_key` goes to, each
     /// once, in name order; the default exchange (`""`) routes to the queue so named.
-    pub(super) fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, Refusal> {
+    pub fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, Refusal> {
         if exchange.is_empty() {
             return Ok(self
                 .queues
@@ -179,72 +181,13 @@ impl Vhost {
                 format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'"),
             )
         })?;
-        let mut targets: Vec<String> = entry
-            .bindings
-            .iter()
-            .filter(|(_, key)| match entry.kind {
-                ExchangeKind::Fanout => true,
-                ExchangeKind::Direct => key == routing_key,
-                ExchangeKind::Topic => topic_matches(key, routing_key),
-            })
-            .map(|(queue, _)| queue.clone())
-            .collect();
-        targets.sort();
-        targets.dedup();
-        Ok(targets)
+        Ok(entry.bindings.route(routing_key))
     }
 
     /// A queue was deleted: its bindings go.
     pub(super) fn unbind_all(&mut self, queue: &str) {
         for exchange in self.exchanges.values_mut() {
-            exchange.bindings.retain(|(bound, _)| bound != queue);
-        }
-    }
-}
-
-/// AMQP topic matching: words split by `.`, `*` matches one word, `#` zero or more.
-fn topic_matches(pattern: &str, key: &str) -> bool {
-    fn matches(pattern: &[&str], key: &[&str]) -> bool {
-        match (pattern.first(), key.first()) {
-            (None, None) => true,
-            (Some(&"#"), _) => {
-                matches(&pattern[1..], key) || (!key.is_empty() && matches(pattern, &key[1..]))
-            }
-            (Some(&"*"), Some(_)) => matches(&pattern[1..], &key[1..]),
-            (Some(p), Some(k)) if p == k => matches(&pattern[1..], &key[1..]),
-            _ => false,
-        }
-    }
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    let key: Vec<&str> = if key.is_empty() {
-        Vec::new()
-    } else {
-        key.split('.').collect()
-    };
-    matches(&pattern, &key)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_patterns_match_as_in_rabbitmq() {
-        let cases = [
-            ("presence.#", "presence.gw-1.hello", true),
-            ("presence.#", "presence", true),
-            ("presence.*.hello", "presence.gw-1.hello", true),
-            ("presence.*.hello", "presence.gw-1.bye", false),
-            ("presence.*", "presence.a.b", false),
-            ("#", "anything.at.all", true),
-            ("#.hello", "presence.gw.hello", true),
-            ("a.#.z", "a.z", true),
-            ("a.#.z", "a.b.c.z", true),
-            ("a.*.z", "a.z", false),
-            ("telemetry.#", "presence.x", false),
-        ];
-        for (pattern, key, expected) in cases {
-            assert_eq!(topic_matches(pattern, key), expected, "{pattern} vs {key}");
+            exchange.bindings.remove_queue(queue);
         }
     }
 }
