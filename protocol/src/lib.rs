@@ -13,6 +13,7 @@
 //! - [`api`]: device and command views, live events and API bodies for browsers.
 //! - [`auth`]: roles, and the views of users, API tokens and audit entries.
 //! - [`command`]: a command's statuses and the state machine between them.
+//! - [`policy`]: what each broker account (server or device) may do, for both brokers.
 //! - [`backoff`]: the reconnect pacing every party shares (exponential, with jitter).
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod command;
 pub mod device;
 pub mod names;
+pub mod policy;
 
 pub use capability::{
     ArgKind, ArgSpec, ArgumentError, Capabilities, CommandSpec, MetricSpec, Reporting,
