@@ -2,11 +2,13 @@
 //! ordinary clients use. One reader (this task) and one writer task; the vhost lock is
 //! taken for each operation and released before anything awaits.
 //!
-//! - here: the reader loop (frames in; deliveries and heartbeats out), the connection's
-//!   state, frame dispatch with one short match from each AMQP method to its handler, and
-//!   closing the connection, also when the broker shuts down.
+//! - here: the reader loop (frames in; deliveries and heartbeats out; the handshake's
+//!   deadline), the connection's state, and closing the connection, also when the
+//!   broker shuts down.
+//! - `dispatch`: frames screened, parsed, and sent on, one short match from each AMQP
+//!   method to its handler.
 //! - `handshake`: the connection class: protocol header, start, PLAIN, tune, open, close,
-//!   and waiting for the close-ok to the broker's own close.
+//!   each only in its turn, and waiting for the close-ok to the broker's own close.
 //! - `channel`: the channel class (open, close, flow) and closing a channel on an error.
 //! - `exchange` and `queue`: exchange.* and queue.* methods, answered from the vhost.
 //! - `publish`: basic.publish, content reassembly, mandatory returns, confirms.
@@ -14,6 +16,7 @@
 
 mod channel;
 mod delivery;
+mod dispatch;
 mod exchange;
 mod handshake;
 mod publish;
@@ -27,33 +30,40 @@ use std::{
 };
 
 use amq_protocol::{
-    frame::{AMQPContentHeader, AMQPFrame, gen_frame, parse_frame},
-    protocol::{
-        AMQPClass, BasicProperties, basic, basic::AMQPMethod as BasicMethod,
-        channel::AMQPMethod as ChannelMethod, confirm::AMQPMethod as ConfirmMethod, connection,
-        exchange::AMQPMethod as ExchangeMethod, queue::AMQPMethod as QueueMethod,
-    },
+    frame::{AMQPContentHeader, AMQPFrame, gen_frame},
+    protocol::{AMQPClass, BasicProperties, basic, basic::AMQPMethod as BasicMethod, connection},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
     sync::{mpsc, watch},
     task::JoinHandle,
+    time::{Instant, Interval},
 };
 
 use crate::{
     Config,
+    admission::Place,
     vhost::{ConnectionId, Message, Outbound, Vhost},
 };
+use handshake::{SILENT_CLOSE_DELAY, Stage};
 
 const NOT_IMPLEMENTED: u16 = 540;
 const FRAME_ERROR: u16 = 501;
 const COMMAND_INVALID: u16 = 503;
 const CHANNEL_ERROR: u16 = 504;
+const UNEXPECTED_FRAME: u16 = 505;
+const NOT_ALLOWED: u16 = 530;
 const ACCESS_REFUSED: u16 = 403;
 const NO_ROUTE: u16 = 312;
 const CONNECTION_FORCED: u16 = 320;
 
+/// The largest frame before tune-ok, as the spec and RabbitMQ have it: a peer that has
+/// not logged in cannot make the broker buffer more than this.
+const FRAME_MIN_SIZE: u32 = 4_096;
 /// How long a connection waits for the client's close-ok to the broker's shutdown
 /// close before dropping it.
 const CLOSE_OK_WITHIN: Duration = Duration::from_millis(500);
@@ -62,107 +72,68 @@ const FLUSH_WITHIN: Duration = Duration::from_millis(200);
 
 /// Serves one connection until it closes, or until `stopping` turns true: then an open
 /// connection is closed with 320 (CONNECTION_FORCED) and one still in the handshake is
-/// dropped, all within `CLOSE_OK_WITHIN` + `FLUSH_WITHIN`.
+/// dropped, all within `CLOSE_OK_WITHIN` + `FLUSH_WITHIN`. A handshake not over within
+/// `handshake_timeout` of connecting is dropped without a word, as RabbitMQ drops it;
+/// one that failed, after `SILENT_CLOSE_DELAY`. `place` is given back as it ends.
 pub async fn serve(
     id: ConnectionId,
     socket: TcpStream,
     peer: SocketAddr,
+    place: Place,
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
-    let (mut reader, mut writer) = socket.into_split();
-    let (out, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer_task = tokio::spawn(async move {
-        while let Some(bytes) = outgoing.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
+    let deadline = Instant::now() + config.handshake_timeout;
+    let (mut reader, writer) = socket.into_split();
+    let (out, outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer_task = tokio::spawn(write(writer, outgoing));
 
     let header = tokio::select! {
-        header = handshake::protocol_header(&mut reader) => Some(header),
+        header = handshake::protocol_header(&mut reader, deadline) => header,
         () = stopped(&mut stopping) => None,
     };
-    match header {
-        Some(true) => {}
-        Some(false) => {
+    if header != Some(true) {
+        if header == Some(false) {
             // As the spec says: answer with the header we speak, then close.
             let _ = out.send(handshake::PROTOCOL_HEADER.to_vec());
-            drop(out);
-            finish_writing(writer_task, &mut stopping).await;
-            return;
         }
-        None => {
-            drop(out);
-            finish_writing(writer_task, &mut stopping).await;
-            return;
-        }
+        drop(out);
+        finish_writing(writer_task, &mut stopping).await;
+        return;
     }
     let (deliver, mut deliveries) = mpsc::unbounded_channel();
     let mut conn = Connection {
         id,
         peer,
-        config: config.clone(),
-        vhost: vhost.clone(),
+        config,
+        vhost,
         out,
         deliver,
-        frame_max: config.frame_max,
+        place,
+        frame_max: FRAME_MIN_SIZE,
         heartbeat: 0,
-        open: false,
+        stage: Stage::Starting,
+        handshake_failed: false,
         channels: HashMap::new(),
         closing: false,
     };
     conn.send_start();
 
     let mut buffer: Vec<u8> = Vec::with_capacity(8192);
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
-    let mut silent_ticks = 0u32;
-    let mut stopped_by_broker = false;
-    loop {
-        tokio::select! {
-            read = reader.read_buf(&mut buffer) => match read {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    silent_ticks = 0;
-                    if conn.drain(&mut buffer).is_err() || conn.closing {
-                        break;
-                    }
-                    if conn.heartbeat > 0 && heartbeat.period() != Duration::from_secs(u64::from(conn.heartbeat)) / 2 {
-                        heartbeat = tokio::time::interval(Duration::from_secs(u64::from(conn.heartbeat)) / 2);
-                    }
-                }
-            },
-            Some(outbound) = deliveries.recv() => match outbound {
-                Outbound::Deliver(delivery) => conn.deliver(*delivery),
-                Outbound::Cancelled { channel, tag } => conn.method(channel, AMQPClass::Basic(BasicMethod::Cancel(basic::Cancel {
-                    consumer_tag: tag.as_str().into(),
-                    nowait: true,
-                }))),
-            },
-            _ = heartbeat.tick() => {
-                if conn.heartbeat > 0 {
-                    silent_ticks += 1;
-                    // Two heartbeat intervals without a byte: the peer is dead.
-                    if silent_ticks > 4 {
-                        tracing::info!(%peer, "closing a connection that missed its heartbeats");
-                        break;
-                    }
-                    conn.send(AMQPFrame::Heartbeat);
-                }
-            }
-            () = stopped(&mut stopping) => {
-                stopped_by_broker = true;
-                break;
-            }
-        }
-    }
+    let stopped_by_broker = conn
+        .run(
+            &mut reader,
+            &mut buffer,
+            &mut deliveries,
+            &mut stopping,
+            deadline,
+        )
+        .await;
     // The broker is stopping: an open connection is told so, as RabbitMQ does; one still
     // in the handshake is simply dropped.
-    if stopped_by_broker && conn.open {
+    if stopped_by_broker && conn.is_open() {
         conn.close(
             CONNECTION_FORCED,
             "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
@@ -176,6 +147,13 @@ pub async fn serve(
             tracing::debug!(%peer, "no close-ok to the shutdown close; dropping the connection");
         }
     }
+    if conn.handshake_failed && !stopped_by_broker {
+        // Nothing more is read; the client waits before it can try again.
+        tokio::select! {
+            () = tokio::time::sleep(SILENT_CLOSE_DELAY) => {}
+            () = stopped(&mut stopping) => {}
+        }
+    }
     conn.close_all();
     // Deliveries the vhost handed over but this loop had not yet written: its consumers
     // are gone now, so nothing more comes; what came goes back to its queue, not lost.
@@ -187,6 +165,89 @@ pub async fn serve(
     }
     drop(conn);
     finish_writing(writer_task, &mut stopping).await;
+}
+
+/// The writer task: sends what the connection queues, then closes the socket.
+async fn write(mut writer: OwnedWriteHalf, mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(bytes) = outgoing.recv().await {
+        if writer.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+impl Connection {
+    /// Reads and answers frames, writes deliveries and keeps the heartbeat until the
+    /// connection ends: it closed, its peer went silent, its handshake was not over by
+    /// `deadline`, or the broker is stopping (then `true`).
+    async fn run(
+        &mut self,
+        reader: &mut OwnedReadHalf,
+        buffer: &mut Vec<u8>,
+        deliveries: &mut mpsc::UnboundedReceiver<Outbound>,
+        stopping: &mut watch::Receiver<bool>,
+        deadline: Instant,
+    ) -> bool {
+        let handshake_over = tokio::time::sleep_until(deadline);
+        tokio::pin!(handshake_over);
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
+        let mut silent_ticks = 0u32;
+        loop {
+            tokio::select! {
+                read = reader.read_buf(buffer) => match read {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {
+                        silent_ticks = 0;
+                        if self.drain(buffer).is_err() || self.closing {
+                            return false;
+                        }
+                        self.pace(&mut heartbeat);
+                    }
+                },
+                Some(outbound) = deliveries.recv() => self.outbound(outbound),
+                () = &mut handshake_over, if !self.is_open() => {
+                    tracing::info!(peer = %self.peer, "dropping a connection whose handshake took longer than {:?}", self.config.handshake_timeout);
+                    return false;
+                }
+                _ = heartbeat.tick() => {
+                    if self.heartbeat > 0 {
+                        silent_ticks += 1;
+                        // Two heartbeat intervals without a byte: the peer is dead.
+                        if silent_ticks > 4 {
+                            tracing::info!(peer = %self.peer, "closing a connection that missed its heartbeats");
+                            return false;
+                        }
+                        self.send(AMQPFrame::Heartbeat);
+                    }
+                }
+                () = stopped(stopping) => return true,
+            }
+        }
+    }
+
+    /// Once a heartbeat is settled, ticks at half its interval: a heartbeat goes out at
+    /// each tick, and four silent ticks in a row are two missed heartbeats.
+    fn pace(&self, heartbeat: &mut Interval) {
+        let half = Duration::from_secs(u64::from(self.heartbeat)) / 2;
+        if self.heartbeat > 0 && heartbeat.period() != half {
+            *heartbeat = tokio::time::interval(half);
+        }
+    }
+
+    /// A delivery to write, or a consumer the broker cancelled to tell the client of.
+    fn outbound(&mut self, outbound: Outbound) {
+        match outbound {
+            Outbound::Deliver(delivery) => self.deliver(*delivery),
+            Outbound::Cancelled { channel, tag } => self.method(
+                channel,
+                AMQPClass::Basic(BasicMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.as_str().into(),
+                    nowait: true,
+                })),
+            ),
+        }
+    }
 }
 
 /// Resolves once the broker is stopping (or gone).
@@ -214,10 +275,14 @@ struct Connection {
     vhost: Arc<Mutex<Vhost>>,
     out: mpsc::UnboundedSender<Vec<u8>>,
     deliver: mpsc::UnboundedSender<Outbound>,
+    /// Its place among the handshakes, then among the open connections.
+    place: Place,
     frame_max: u32,
     heartbeat: u16,
-    /// Past connection.open.
-    open: bool,
+    stage: Stage,
+    /// Out of turn before login and tune, or a failed login: the connection is dropped
+    /// after `SILENT_CLOSE_DELAY`.
+    handshake_failed: bool,
     channels: HashMap<u16, Channel>,
     /// A connection.close was sent or received: stop reading.
     closing: bool,
@@ -233,6 +298,8 @@ struct Channel {
     prefetch: u16,
     unacked: BTreeMap<u64, Unacked>,
     publishing: Option<Publishing>,
+    /// The broker closed it and waits for close-ok: all else on it is dropped.
+    closing: bool,
 }
 
 impl Channel {
@@ -307,122 +374,20 @@ impl Connection {
         }
     }
 
-    /// Parses and handles every whole frame in `buffer`, leaving a partial one.
-    fn drain(&mut self, buffer: &mut Vec<u8>) -> Result<(), Fatal> {
-        loop {
-            if buffer.len() >= 7 {
-                let size = u32::from_be_bytes([buffer[3], buffer[4], buffer[5], buffer[6]]);
-                if size > self.frame_max {
-                    self.close(
-                        FRAME_ERROR,
-                        &format!(
-                            "FRAME_ERROR - frame size {size} exceeds frame_max {}",
-                            self.frame_max
-                        ),
-                        0,
-                        0,
-                    );
-                    return Err(Fatal);
-                }
-            }
-            let (consumed, frame) = match parse_frame(buffer.as_slice()) {
-                Ok((rest, frame)) => (buffer.len() - rest.len(), frame),
-                Err(nom::Err::Incomplete(_)) => return Ok(()),
-                Err(_) => {
-                    self.close(FRAME_ERROR, "FRAME_ERROR - malformed frame", 0, 0);
-                    return Err(Fatal);
-                }
-            };
-            buffer.drain(..consumed);
-            self.handle(frame)?;
-            if self.closing {
-                return Ok(());
-            }
-        }
+    fn is_open(&self) -> bool {
+        self.stage == Stage::Running
     }
 
-    fn handle(&mut self, frame: AMQPFrame) -> Result<(), Fatal> {
-        match frame {
-            AMQPFrame::Heartbeat | AMQPFrame::InvalidHeartbeat(_) => Ok(()),
-            AMQPFrame::ProtocolHeader(_) => {
-                self.close(
-                    COMMAND_INVALID,
-                    "COMMAND_INVALID - unexpected protocol header",
-                    0,
-                    0,
-                );
-                Err(Fatal)
-            }
-            AMQPFrame::Method(0, AMQPClass::Connection(method)) => self.connection_method(method),
-            AMQPFrame::Method(channel, method) if self.open && channel > 0 => {
-                self.channel_method(channel, method)
-            }
-            AMQPFrame::Header(channel, header) => self.content_header(channel, header),
-            AMQPFrame::Body(channel, body) => self.content_body(channel, body),
-            AMQPFrame::Method(_, method) => {
-                self.close(
-                    COMMAND_INVALID,
-                    "COMMAND_INVALID - unexpected method",
-                    method.get_amqp_class_id(),
-                    method.get_amqp_method_id(),
-                );
-                Err(Fatal)
-            }
-        }
-    }
-
-    /// A method on channel `id`: each goes to its handler. A refusal (404, 405, 406…)
-    /// closes the channel; what the broker does not implement closes the connection.
-    fn channel_method(&mut self, id: u16, method: AMQPClass) -> Result<(), Fatal> {
-        let class_id = method.get_amqp_class_id();
-        let method_id = method.get_amqp_method_id();
-        if let AMQPClass::Channel(ChannelMethod::Open(_)) = method {
-            return self.channel_open(id, class_id, method_id);
-        }
-        if !self.channels.contains_key(&id) {
-            // Frames for a channel being closed are dropped, as the spec asks.
-            return Ok(());
-        }
-        let result = match method {
-            AMQPClass::Channel(ChannelMethod::Close(_)) => self.channel_close(id),
-            AMQPClass::Channel(ChannelMethod::CloseOk(_)) => self.channel_close_ok(id),
-            AMQPClass::Channel(ChannelMethod::Flow(flow)) => self.channel_flow(id, flow),
-            AMQPClass::Exchange(ExchangeMethod::Declare(declare)) => {
-                self.exchange_declare(id, declare)
-            }
-            AMQPClass::Exchange(ExchangeMethod::Delete(delete)) => self.exchange_delete(id, delete),
-            AMQPClass::Queue(QueueMethod::Declare(declare)) => self.queue_declare(id, declare),
-            AMQPClass::Queue(QueueMethod::Bind(bind)) => self.queue_bind(id, bind),
-            AMQPClass::Queue(QueueMethod::Unbind(unbind)) => self.queue_unbind(id, unbind),
-            AMQPClass::Queue(QueueMethod::Purge(purge)) => self.queue_purge(id, purge),
-            AMQPClass::Queue(QueueMethod::Delete(delete)) => self.queue_delete(id, delete),
-            AMQPClass::Basic(BasicMethod::Qos(qos)) => self.basic_qos(id, qos),
-            AMQPClass::Basic(BasicMethod::Consume(consume)) => self.basic_consume(id, consume),
-            AMQPClass::Basic(BasicMethod::Cancel(cancel)) => self.basic_cancel(id, cancel),
-            AMQPClass::Basic(BasicMethod::Publish(publish)) => self.basic_publish(id, publish),
-            AMQPClass::Basic(BasicMethod::Get(get)) => self.basic_get(id, get),
-            AMQPClass::Basic(BasicMethod::Ack(ack)) => self.basic_ack(id, ack),
-            AMQPClass::Basic(BasicMethod::Nack(nack)) => self.basic_nack(id, nack),
-            AMQPClass::Basic(BasicMethod::Reject(reject)) => self.basic_reject(id, reject),
-            AMQPClass::Confirm(ConfirmMethod::Select(select)) => self.confirm_select(id, select),
-            _ => {
-                self.close(
-                    NOT_IMPLEMENTED,
-                    "NOT_IMPLEMENTED - this method is not supported by the embedded broker",
-                    class_id,
-                    method_id,
-                );
-                return Err(Fatal);
-            }
-        };
-        if let Err(refusal) = result {
-            self.close_channel_with(id, &refusal, class_id, method_id);
-        }
-        Ok(())
-    }
-
-    /// Closes the connection for a hard error.
+    /// Closes the connection for a hard error. Before the client has logged in and
+    /// tuned, RabbitMQ answers no error: it says nothing, and drops the connection after
+    /// `SILENT_CLOSE_DELAY`; so does this.
     fn close(&mut self, code: u16, text: &str, class_id: u16, method_id: u16) {
+        self.closing = true;
+        if !self.stage.answers_errors() {
+            tracing::debug!(peer = %self.peer, "a handshake failed: {text}");
+            self.handshake_failed = true;
+            return;
+        }
         self.method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
@@ -432,7 +397,6 @@ impl Connection {
                 method_id,
             })),
         );
-        self.closing = true;
     }
 
     /// The connection ends: consumers go, unacked messages return to their queues,

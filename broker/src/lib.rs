@@ -2,16 +2,21 @@
 //! need, behaving as RabbitMQ does, for a single machine with nothing installed.
 //! Nothing is persisted.
 //!
-//! - [`Config`] and [`Broker`]: bind, then [`Broker::serve`] until shutdown.
+//! - [`Config`] and [`Broker`]: bind, then [`Broker::serve`] until shutdown. Nobody
+//!   gets further than the handshake without logging in, a handshake is dropped after
+//!   `handshake_timeout`, and handshakes and open connections have places of their own
+//!   (`admission`), so peers that never log in cannot lock devices out.
 //!   Shutdown is graceful, as in RabbitMQ: the port is freed at once, every open
 //!   connection is sent `connection.close` 320 (CONNECTION_FORCED) and given 500 ms for
 //!   its close-ok, connections still in the handshake are dropped, and `serve` returns
 //!   once all of them have ended (within a second).
 //! - `vhost`: exchanges, queues, bindings, consumers and routing; shared state behind
 //!   one lock that is never held across an `.await`.
+//! - `admission`: the places of handshakes and of open connections, counted apart.
 //! - `connection`: one client connection — handshake, channels, methods — with one
 //!   reader and one writer task.
 
+mod admission;
 mod connection;
 mod vhost;
 
@@ -31,7 +36,7 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use crate::vhost::Vhost;
+use crate::{admission::Doorkeeper, vhost::Vhost};
 
 /// How long [`Broker::serve`] waits for its connections at shutdown before ending the
 /// ones left. Each bounds its own goodbye well within it (see `connection`).
@@ -49,10 +54,25 @@ pub struct Config {
     pub frame_max: u32,
     /// Channels per connection.
     pub channel_max: u16,
-    /// Heartbeat interval proposed to clients, in seconds (0: none).
+    /// Heartbeat interval proposed to clients, in seconds (0: none). A peer silent for
+    /// two intervals of the heartbeat it settled on is dropped.
     pub heartbeat: u16,
-    /// Connections open at once; more are turned away.
+    /// How long a client has from connecting to connection.open; a handshake not over
+    /// by then is dropped without a word, as with RabbitMQ's `handshake_timeout` (10 s),
+    /// so a peer that never logs in holds its place that long at most.
+    pub handshake_timeout: Duration,
+    /// Connections in the handshake at once; more are turned away. Counted apart from
+    /// `max_connections`, so they cannot take the places of devices that logged in.
+    pub max_handshakes: usize,
+    /// Connections past connection.open at once. More are turned away as they connect,
+    /// or, if the last place went while they logged in, refused at connection.open with
+    /// 530 (NOT_ALLOWED) as RabbitMQ refuses beyond its `connection_max`.
     pub max_connections: usize,
+    /// The largest message body accepted, in bytes. A content header announcing more is
+    /// refused with channel.close 406 (PRECONDITION_FAILED), RabbitMQ's answer beyond its
+    /// `max_message_size` (128 MiB by default), but at once: RabbitMQ 3.10 takes in the
+    /// whole body first, this broker none of it.
+    pub max_message_size: u64,
     /// Bytes of message bodies all queues may hold together; beyond it publishes are
     /// refused (nacked under confirms).
     pub max_bytes: usize,
@@ -67,7 +87,11 @@ impl Default for Config {
             frame_max: 131_072,
             channel_max: 2_047,
             heartbeat: 60,
+            handshake_timeout: Duration::from_secs(10),
+            // A handshake takes milliseconds: this is room for a whole fleet reconnecting.
+            max_handshakes: 1_024,
             max_connections: 4_096,
+            max_message_size: 128 * 1024 * 1024,
             max_bytes: 256 * 1024 * 1024,
         }
     }
@@ -137,6 +161,7 @@ impl Broker {
             vhost,
         } = self;
         tokio::pin!(shutdown);
+        let doorkeeper = Doorkeeper::new(&config);
         // `true` once shutting down; every connection watches it.
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
@@ -146,18 +171,20 @@ impl Broker {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        // Connections that ended since the last accept leave the count.
+                        // Connections that ended since the last accept are forgotten.
                         while let Some(ended) = connections.try_join_next() {
                             report(ended);
                         }
-                        if connections.len() >= config.max_connections {
-                            tracing::warn!(%peer, "turning a connection away: {} are open, the limit", config.max_connections);
-                            drop(socket);
-                            continue;
-                        }
+                        let place = match doorkeeper.admit() {
+                            Ok(place) => place,
+                            Err(why) => {
+                                tracing::warn!(%peer, "turning a connection away: {why}");
+                                continue;
+                            }
+                        };
                         next_id += 1;
                         let (config, vhost, stopping) = (config.clone(), vhost.clone(), stopping.clone());
-                        connections.spawn(connection::serve(next_id, socket, peer, config, vhost, stopping));
+                        connections.spawn(connection::serve(next_id, socket, peer, place, config, vhost, stopping));
                     }
                     Err(error) => tracing::warn!("accept failed: {error}"),
                 }

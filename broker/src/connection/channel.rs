@@ -84,7 +84,11 @@ impl Connection {
     ) {
         self.close_channel(id);
         // Keep the id reserved until close-ok, so late frames are dropped quietly.
-        self.channels.insert(id, Channel::default());
+        let closing = Channel {
+            closing: true,
+            ..Channel::default()
+        };
+        self.channels.insert(id, closing);
         self.method(
             id,
             AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {

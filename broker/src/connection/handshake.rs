@@ -1,6 +1,12 @@
 //! The connection class: the protocol header, connection.start with the broker's
 //! capabilities, PLAIN authentication (start-ok), tune, open, and close, including
 //! waiting for the client's close-ok when the broker closed first.
+//!
+//! Each step is taken only in its turn ([`Stage`]), as in RabbitMQ. Before the client
+//! has logged in and tuned, anything out of turn gets no answer at all: the connection
+//! is dropped after [`SILENT_CLOSE_DELAY`], as RabbitMQ does, so a client cannot try
+//! passwords quickly; a failed login is told why first. From tune-ok on, a method out of
+//! turn is refused with connection.close 504, a frame on a channel with 505.
 
 use std::time::Duration;
 
@@ -9,18 +15,55 @@ use amq_protocol::{
     protocol::{AMQPClass, connection},
     types::{AMQPValue, FieldTable},
 };
-use tokio::{io::AsyncReadExt, net::tcp::OwnedReadHalf};
+use tokio::{io::AsyncReadExt, net::tcp::OwnedReadHalf, time::Instant};
 
-use super::{ACCESS_REFUSED, Connection, Fatal, NOT_IMPLEMENTED};
+use super::{
+    ACCESS_REFUSED, CHANNEL_ERROR, COMMAND_INVALID, Connection, FRAME_MIN_SIZE, Fatal, NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+};
 
 /// The protocol header of AMQP 0-9-1, the one this broker speaks.
 pub(super) const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 
-/// Reads the client's protocol header, waiting 10 s at most: whether it is AMQP 0-9-1.
-pub(super) async fn protocol_header(reader: &mut OwnedReadHalf) -> bool {
+/// How long a connection whose handshake failed is kept, silent, before it is dropped:
+/// RabbitMQ's `SILENT_CLOSE_DELAY`.
+pub(super) const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
+
+/// Where a connection is in the handshake, named as RabbitMQ names its states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// connection.start sent; waiting for start-ok with the credentials.
+    Starting,
+    /// Logged in, connection.tune sent; waiting for tune-ok.
+    Tuning,
+    /// Tuned; waiting for connection.open.
+    Opening,
+    /// Open: channels may be used.
+    Running,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Tuning => "tuning",
+            Self::Opening => "opening",
+            Self::Running => "running",
+        }
+    }
+
+    /// Whether the client has logged in and tuned: only then is an error answered.
+    pub(super) fn answers_errors(self) -> bool {
+        matches!(self, Self::Opening | Self::Running)
+    }
+}
+
+/// Reads the client's protocol header until `deadline`: `Some(true)` if it is AMQP
+/// 0-9-1, `Some(false)` if it is another, `None` if none came whole in time.
+pub(super) async fn protocol_header(reader: &mut OwnedReadHalf, deadline: Instant) -> Option<bool> {
     let mut header = [0u8; 8];
-    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_exact(&mut header)).await;
-    matches!(read, Ok(Ok(_))) && &header == PROTOCOL_HEADER
+    let read = tokio::time::timeout_at(deadline, reader.read_exact(&mut header)).await;
+    matches!(read, Ok(Ok(_))).then(|| &header == PROTOCOL_HEADER)
 }
 
 impl Connection {
@@ -59,23 +102,35 @@ impl Connection {
         );
     }
 
-    /// A method on channel 0, to its handler.
+    /// A method on channel 0: each in its turn, to its handler.
     pub(super) fn connection_method(
         &mut self,
         method: connection::AMQPMethod,
     ) -> Result<(), Fatal> {
-        match method {
-            connection::AMQPMethod::StartOk(start_ok) => self.connection_start_ok(&start_ok),
-            connection::AMQPMethod::TuneOk(tune_ok) => self.connection_tune_ok(&tune_ok),
-            connection::AMQPMethod::Open(_) => self.connection_open(),
-            connection::AMQPMethod::Close(_) => self.connection_close(),
-            connection::AMQPMethod::CloseOk(_) => self.connection_close_ok(),
-            connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_) => Ok(()),
-            other => {
-                let class = AMQPClass::Connection(other);
+        use connection::AMQPMethod as Method;
+        match (self.stage, method) {
+            (Stage::Starting, Method::StartOk(start_ok)) => self.connection_start_ok(&start_ok),
+            (Stage::Tuning, Method::TuneOk(tune_ok)) => self.connection_tune_ok(&tune_ok),
+            (Stage::Opening, Method::Open(open)) => self.connection_open(&open),
+            (Stage::Running, Method::Close(_)) => self.connection_close(),
+            (Stage::Running, Method::CloseOk(_)) => self.connection_close_ok(),
+            (Stage::Running, Method::UpdateSecret(update)) => {
                 self.close(
                     NOT_IMPLEMENTED,
                     "NOT_IMPLEMENTED",
+                    update.get_amqp_class_id(),
+                    update.get_amqp_method_id(),
+                );
+                Err(Fatal)
+            }
+            (stage, other) => {
+                let class = AMQPClass::Connection(other);
+                self.close(
+                    CHANNEL_ERROR,
+                    &format!(
+                        "CHANNEL_ERROR - unexpected method in connection state {}",
+                        stage.name()
+                    ),
                     class.get_amqp_class_id(),
                     class.get_amqp_method_id(),
                 );
@@ -86,15 +141,20 @@ impl Connection {
 
     /// connection.start-ok: the credentials; tune if they are good.
     fn connection_start_ok(&mut self, start_ok: &connection::StartOk) -> Result<(), Fatal> {
-        if !self.authenticates(start_ok) {
+        if start_ok.mechanism.as_str() != "PLAIN" {
             self.close(
-                ACCESS_REFUSED,
-                "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN",
+                COMMAND_INVALID,
+                "COMMAND_INVALID - unknown authentication mechanism",
                 10,
                 11,
             );
             return Err(Fatal);
         }
+        if !self.authenticates(start_ok) {
+            self.refuse_login(start_ok);
+            return Err(Fatal);
+        }
+        self.stage = Stage::Tuning;
         self.method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
@@ -106,17 +166,63 @@ impl Connection {
         Ok(())
     }
 
+    /// A failed login: as RabbitMQ, the client is told why only if it said it
+    /// understands (the `authentication_failure_close` capability), and the connection is
+    /// dropped after `SILENT_CLOSE_DELAY` either way.
+    fn refuse_login(&mut self, start_ok: &connection::StartOk) {
+        if declares(start_ok, "authentication_failure_close") {
+            self.method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                    reply_code: ACCESS_REFUSED,
+                    reply_text: "ACCESS_REFUSED - Login was refused using authentication \
+                        mechanism PLAIN. For details see the broker logfile."
+                        .into(),
+                    class_id: 0,
+                    method_id: 0,
+                })),
+            );
+        }
+        self.handshake_failed = true;
+        self.closing = true;
+    }
+
     /// connection.tune-ok: the frame size and heartbeat the client settled on.
     fn connection_tune_ok(&mut self, tune: &connection::TuneOk) -> Result<(), Fatal> {
-        if tune.frame_max >= 4096 {
-            self.frame_max = tune.frame_max.min(self.config.frame_max);
-        }
+        self.frame_max = match tune.frame_max {
+            0 => self.config.frame_max,
+            asked => asked.max(FRAME_MIN_SIZE).min(self.config.frame_max),
+        };
         self.heartbeat = tune.heartbeat;
+        self.stage = Stage::Opening;
         Ok(())
     }
 
-    fn connection_open(&mut self) -> Result<(), Fatal> {
-        self.open = true;
+    /// connection.open: the only vhost is `/`, and the connection needs one of the open
+    /// connections' places (checked in RabbitMQ's order, with its texts).
+    fn connection_open(&mut self, open: &connection::Open) -> Result<(), Fatal> {
+        if !self.place.open() {
+            self.close(
+                NOT_ALLOWED,
+                &format!(
+                    "NOT_ALLOWED - connection refused: node connection limit ({}) is reached",
+                    self.config.max_connections
+                ),
+                10,
+                40,
+            );
+            return Err(Fatal);
+        }
+        if open.virtual_host.as_str() != "/" {
+            self.close(
+                NOT_ALLOWED,
+                &format!("NOT_ALLOWED - vhost {} not found", open.virtual_host),
+                10,
+                40,
+            );
+            return Err(Fatal);
+        }
+        self.stage = Stage::Running;
         self.method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
@@ -147,7 +253,7 @@ impl Connection {
         buffer: &mut Vec<u8>,
         within: Duration,
     ) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = Instant::now() + within;
         loop {
             loop {
                 if buffer.len() >= 7 {
@@ -192,9 +298,6 @@ impl Connection {
     }
 
     fn authenticates(&self, start_ok: &connection::StartOk) -> bool {
-        if start_ok.mechanism.as_str() != "PLAIN" {
-            return false;
-        }
         // PLAIN: authzid NUL user NUL password.
         let response = start_ok.response.as_bytes();
         let mut parts = response.split(|b| *b == 0);
@@ -206,4 +309,17 @@ impl Connection {
         user == Some(self.config.user.as_bytes())
             && password == Some(self.config.password.as_bytes())
     }
+}
+
+/// Whether the client's properties declare `capability`.
+fn declares(start_ok: &connection::StartOk, capability: &str) -> bool {
+    let Some(AMQPValue::FieldTable(capabilities)) =
+        start_ok.client_properties.inner().get("capabilities")
+    else {
+        return false;
+    };
+    matches!(
+        capabilities.inner().get(capability),
+        Some(AMQPValue::Boolean(true))
+    )
 }

@@ -1,6 +1,7 @@
 //! Publishing: basic.publish and the content header and body frames that follow it,
-//! reassembled into a message and routed; mandatory returns; publisher confirms
-//! (confirm.select, then an ack or nack for each publish).
+//! reassembled into a message and routed; a message larger than `max_message_size`
+//! refused by its header; mandatory returns; publisher confirms (confirm.select, then
+//! an ack or nack for each publish).
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use amq_protocol::{
 };
 
 use super::{COMMAND_INVALID, Connection, FRAME_ERROR, Fatal, NO_ROUTE, Publishing};
-use crate::vhost::{Message, Refusal};
+use crate::vhost::{Message, PRECONDITION_FAILED, Refusal};
 
 impl Connection {
     /// basic.publish: the content frames that follow make the message.
@@ -65,6 +66,20 @@ impl Connection {
             );
             return Err(Fatal);
         };
+        let max = self.config.max_message_size;
+        if header.body_size > max {
+            // Refused before a byte of it is kept; the body that follows is dropped
+            // unread while the channel closes.
+            let refusal = Refusal {
+                code: PRECONDITION_FAILED,
+                text: format!(
+                    "PRECONDITION_FAILED - message size {} is larger than configured max size {max}",
+                    header.body_size
+                ),
+            };
+            self.close_channel_with(id, &refusal, 60, 40);
+            return Ok(());
+        }
         publishing.properties = header.properties;
         publishing.size = header.body_size;
         publishing.header_seen = true;
