@@ -1,5 +1,5 @@
-//! Who may do what: roles, and the views of users, API tokens and audit entries that
-//! the API and the UI share.
+//! Who may do what: roles, and the views of users, API tokens, provisioned devices and
+//! audit entries that the API and the UI share.
 
 use std::{fmt, str::FromStr};
 
@@ -113,6 +113,30 @@ pub struct AuditEntry {
     pub target: String,
     /// Anything else worth keeping (the command and its arguments, the new role…).
     pub detail: String,
+}
+
+/// A device allowed to connect to the broker with a credential of its own, without
+/// that credential: its secret is shown once, when made or rotated, and stored only as
+/// an argon2 hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionedDevice {
+    pub id: String,
+    pub created_ms: u64,
+    /// When the secret was last replaced; `None` if it is still the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_ms: Option<u64>,
+}
+
+/// A device credential just made or rotated: the device connects as user `id` with
+/// password `secret`. `amqp_url` is the broker URL with both filled in, ready for the
+/// device's `TETHER_AMQP_URL`; absent when the server's own broker URL cannot carry a
+/// credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCredential {
+    pub id: String,
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amqp_url: Option<String>,
 }
 
 /// Whether the audit chain is intact.

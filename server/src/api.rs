@@ -23,7 +23,7 @@ use crate::{
     audit,
     auth::{Identity, Source},
     error::{Failure, parse_device_id},
-    history, live,
+    history, live, provision,
     state::AppState,
 };
 
@@ -32,8 +32,15 @@ const MAX_WAIT_MS: u64 = 60_000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/devices", get(list_devices))
-        .route("/v1/devices/{id}", get(get_device))
+        // Provisioning shares these two paths (see `provision`).
+        .route(
+            "/v1/devices",
+            get(list_devices).post(provision::provision_device),
+        )
+        .route(
+            "/v1/devices/{id}",
+            get(get_device).delete(provision::revoke_device),
+        )
         .route(
             "/v1/devices/{id}/commands",
             get(device_commands).post(send_command),
@@ -43,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/commands/{id}", get(get_command).delete(cancel_command))
         .route("/v1/live", get(live::upgrade))
         .merge(crate::admin::routes())
+        .merge(provision::routes())
         .fallback(|| async {
             Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })

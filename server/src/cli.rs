@@ -1,6 +1,8 @@
-//! The tasks `tether-server` does instead of serving: creating and listing users, and
-//! checking the audit trail (an error, so exit status 1, when it is broken). They use the database the server would
-//! (`TETHER_DATABASE_URL`), so they can run beside a running server.
+//! The tasks `tether-server` does instead of serving: creating and listing users,
+//! provisioning devices, and checking the audit trail (an error, so exit status 1, when
+//! it is broken). They use the database the server would (`TETHER_DATABASE_URL`), so
+//! they can run beside a running server. Every change is written to the audit trail,
+//! as the API's are, with the command as the actor.
 
 use std::io::BufRead as _;
 
@@ -9,13 +11,14 @@ use store::{NewAudit, Store};
 
 use crate::{
     auth::login::random_hex,
-    config::{AuditCommand, Command, Config, UserCommand},
+    config::{AuditCommand, Command, Config, DeviceCommand, UserCommand},
+    provision,
 };
 
 pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
     if config.database_url == "none" {
         anyhow::bail!(
-            "TETHER_DATABASE_URL=none keeps nothing: users and the audit trail need a database"
+            "TETHER_DATABASE_URL=none keeps nothing: users, devices and the audit trail need a database"
         );
     }
     let store = Store::open(&config.database_url).await?;
@@ -56,6 +59,7 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
                 println!("{}\t{}\t{}", user.name, user.role, user.groups.join(","));
             }
         }
+        Command::Device(command) => device(config, &store, command).await?,
         Command::Audit(AuditCommand::Verify) => {
             let check = store.audit_verify().await?;
             match check.broken_at {
@@ -68,4 +72,151 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+const UNAUDITED: &str = "done, but the audit trail could not be written";
+
+/// `tether-server device …`.
+async fn device(config: &Config, store: &Store, command: DeviceCommand) -> anyhow::Result<()> {
+    let audited = |command: &str, action: &str, id: &str, detail: &str| NewAudit {
+        actor: format!("tether-server device {command}"),
+        source: "command line".into(),
+        action: action.into(),
+        target: id.to_owned(),
+        detail: detail.into(),
+    };
+    match command {
+        DeviceCommand::Add { id } => {
+            let secret = store.provision_device(&id).await?;
+            // Shown before the audit write: should that fail, the secret is not lost.
+            println!("provisioned device {id}");
+            print_secret(config, &id, &secret);
+            store
+                .audit_append(audited(
+                    "add",
+                    "device_provisioned",
+                    &id,
+                    provision::PROVISIONED,
+                ))
+                .await
+                .context(UNAUDITED)?;
+        }
+        DeviceCommand::List => {
+            for device in store.provisioned_devices().await? {
+                let rotated = device
+                    .rotated_ms
+                    .map_or_else(|| "-".to_owned(), |ms| ms.to_string());
+                println!("{}\t{}\t{rotated}", device.id, device.created_ms);
+            }
+        }
+        DeviceCommand::Rotate { id } => {
+            let secret = store.rotate_device_secret(&id).await?;
+            println!("new secret for device {id}; the old one no longer connects");
+            print_secret(config, &id, &secret);
+            store
+                .audit_append(audited(
+                    "rotate",
+                    "device_secret_rotated",
+                    &id,
+                    provision::ROTATED,
+                ))
+                .await
+                .context(UNAUDITED)?;
+        }
+        DeviceCommand::Remove { id } => {
+            store.revoke_device(&id).await?;
+            store
+                .audit_append(audited("remove", "device_revoked", &id, provision::REVOKED))
+                .await
+                .context(UNAUDITED)?;
+            println!("revoked device {id}: it can no longer connect");
+        }
+    }
+    Ok(())
+}
+
+/// The secret, once, and the line that starts `tether-agent` with it (see
+/// [`agent_line`]).
+fn print_secret(config: &Config, id: &str, secret: &str) {
+    println!("secret (shown this once, stored only as a hash): {secret}");
+    match agent_line(config, id, secret) {
+        Some(line) => println!("{line}"),
+        None => eprintln!(
+            "the broker URL cannot carry a credential: the device connects as user {id} with the secret as its password"
+        ),
+    }
+    if config.amqp_url.is_none() && config.broker_addr.ip().is_unspecified() {
+        eprintln!(
+            "(the embedded broker listens on every address: put this machine's address in place of {})",
+            config.broker_addr.ip()
+        );
+    }
+}
+
+/// `TETHER_AMQP_URL=… tether-agent --device-id ID`: the configured broker's URL
+/// (`TETHER_AMQP_URL`) with the device's credential in place of the server's, or else
+/// the embedded broker's (`TETHER_BROKER_ADDR`). `None` if that URL cannot carry one.
+fn agent_line(config: &Config, id: &str, secret: &str) -> Option<String> {
+    let broker = match &config.amqp_url {
+        Some(url) => url.clone(),
+        None => format!("amqp://{}/%2f", config.broker_addr),
+    };
+    let url = provision::with_credential(&provision::device_broker_url(&broker)?, id, secret)?;
+    Some(format!(
+        "TETHER_AMQP_URL={} tether-agent --device-id {}",
+        shell_word(&url),
+        shell_word(id)
+    ))
+}
+
+/// `text` as one word for a POSIX shell: as it is when nothing in it is special, else
+/// single-quoted.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.:/@%=+,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_line_names_the_broker_devices_use() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 3000));
+        let mut config = Config::new(addr, "amqp://guest:guest@rabbit.lan:5672/%2f");
+        assert_eq!(
+            agent_line(&config, "boiler-1", "ab12").as_deref(),
+            Some(
+                "TETHER_AMQP_URL=amqp://boiler-1:ab12@rabbit.lan:5672/%2f tether-agent --device-id boiler-1"
+            )
+        );
+        config.amqp_url = None;
+        config.broker_addr = std::net::SocketAddr::from(([10, 0, 0, 5], 5673));
+        assert_eq!(
+            agent_line(&config, "boiler-1", "ab12").as_deref(),
+            Some(
+                "TETHER_AMQP_URL=amqp://boiler-1:ab12@10.0.0.5:5673/%2f tether-agent --device-id boiler-1"
+            )
+        );
+        config.amqp_url = Some(String::new());
+        assert_eq!(agent_line(&config, "boiler-1", "ab12"), None);
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(
+            shell_word("amqp://d-1:ab12@127.0.0.1:5673/%2f"),
+            "amqp://d-1:ab12@127.0.0.1:5673/%2f"
+        );
+        assert_eq!(
+            shell_word("amqps://d:s@host/v?heartbeat=10&x=1"),
+            "'amqps://d:s@host/v?heartbeat=10&x=1'"
+        );
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

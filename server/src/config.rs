@@ -126,7 +126,8 @@ pub struct Config {
     #[arg(long = "secure-cookies", env = "TETHER_SECURE_COOKIES")]
     pub secure_cookies: bool,
 
-    /// A task instead of serving: manage users, check the audit trail.
+    /// A task instead of serving: manage users and device credentials, check the audit
+    /// trail.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -137,6 +138,9 @@ pub enum Command {
     /// Users: `tether-server user add NAME --role admin`.
     #[command(subcommand)]
     User(UserCommand),
+    /// Device credentials: `tether-server device add boiler-1`.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// The audit trail: `tether-server audit verify`.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -159,6 +163,21 @@ pub enum UserCommand {
     },
     /// Lists the users.
     List,
+}
+
+/// A device must be provisioned before it may connect to the broker; its secret is
+/// printed once, with the line that starts `tether-agent` with it.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DeviceCommand {
+    /// Provisions a device and prints its secret, which is not kept and cannot be shown
+    /// again.
+    Add { id: String },
+    /// Lists the provisioned devices (never their secrets).
+    List,
+    /// Gives a device a new secret (printed once); the old one stops working.
+    Rotate { id: String },
+    /// Takes a device's credential away: it can no longer connect.
+    Remove { id: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -11,8 +11,9 @@
 //! - [`guard`]: cross-site requests refused.
 //! - [`auth`]: who is asking (sessions, API tokens), the login forms, who sees which
 //!   devices; [`admin`]: the API for users, tokens, groups and the audit trail;
-//!   [`audit`]: writing to the audit trail.
-//! - [`cli`]: the tasks besides serving (`user add`, `audit verify`).
+//!   [`provision`]: the API for device credentials; [`audit`]: writing to the audit
+//!   trail.
+//! - [`cli`]: the tasks besides serving (`user add`, `device add`, `audit verify`).
 //! - [`state`]: what every handler can reach.
 //! - This file wires them: [`Server::bind`] starts the embedded broker (if no broker
 //!   is configured), the store, the hub and the recorders under one [`Shutdown`];
@@ -34,6 +35,7 @@ pub mod health;
 pub mod history;
 pub mod live;
 pub mod metrics;
+pub mod provision;
 pub mod state;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -89,6 +91,13 @@ impl Server {
                 (url.clone(), Some(url))
             }
         };
+        let device_broker_url = provision::device_broker_url(&amqp_url);
+        if device_broker_url.is_none() {
+            tracing::warn!(
+                "the broker URL {} does not parse: provisioned devices are given no URL to connect with",
+                redact(&amqp_url)
+            );
+        }
         let store = match config.database_url.as_str() {
             "none" => None,
             url => {
@@ -185,6 +194,7 @@ impl Server {
                 secure_cookies: config.secure_cookies,
                 recent: auth::Recent::default(),
                 audit_failures: Arc::default(),
+                device_broker_url,
             }),
             hub,
             accounts,

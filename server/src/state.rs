@@ -45,4 +45,8 @@ pub struct AppState {
     pub recent: Recent,
     /// Audit entries that could not be written, for `/metrics`.
     pub audit_failures: Arc<AtomicU64>,
+    /// The broker URL devices are told to use, without the server's own user and
+    /// password: a provisioned device's credential is filled in (`provision`). `None`
+    /// when the broker URL does not parse.
+    pub device_broker_url: Option<String>,
 }

@@ -12,7 +12,7 @@
 //! Sessions and API tokens are in `access`.
 
 mod access;
-mod password;
+pub(crate) mod password;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -68,10 +68,10 @@ pub enum AccountError {
     /// The input is not acceptable (a bad name, a short password, too high a role).
     #[error("{0}")]
     Invalid(String),
-    /// The name is taken.
+    /// The name is taken (or the device already provisioned).
     #[error("{0}")]
     Exists(String),
-    /// No such user or token.
+    /// No such user, token or provisioned device.
     #[error("{0}")]
     NotFound(String),
     /// The database failed.

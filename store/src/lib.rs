@@ -1,7 +1,7 @@
-//! Where readings, accounts, the audit trail and the command log are kept: SQLite by
-//! default (a file, no setup), PostgreSQL when the database URL says `postgres://`, or
-//! SQLite in memory when it says `memory` (nothing survives the process: for servers run
-//! without a database, and for tests).
+//! Where readings, accounts, device credentials, the audit trail and the command log
+//! are kept: SQLite by default (a file, no setup), PostgreSQL when the database URL says
+//! `postgres://`, or SQLite in memory when it says `memory` (nothing survives the
+//! process: for servers run without a database, and for tests).
 //!
 //! Readings: one table, `samples (device, metric, ts_ms, value)`, keyed by device,
 //! metric and time, so storing a sample twice (a batch redelivered after its worker
@@ -22,6 +22,9 @@
 //!   last_used_ms, revoked)`: secrets are kept only as their SHA-256, so a copy of the
 //!   database logs no one in.
 //! - `device_groups (device, group_names)`: which groups may see a device.
+//! - `device_credentials (device_id, secret_hash, created_ms, rotated_ms)`: the devices
+//!   provisioned to connect to the broker ([`Store::provision_device`], see
+//!   `devices.rs`), each secret kept only as its argon2id hash, as passwords are.
 //!
 //! The audit trail, `audit (seq, ts_ms, actor, source, action, target, detail,
 //! prev_hash, hash)`: append-only, numbered 1, 2, 3… and chained, each entry's hash
@@ -47,6 +50,7 @@
 mod accounts;
 mod audit;
 mod commands;
+mod devices;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -249,7 +253,12 @@ impl Store {
 }
 
 /// The tables both backends create the same way, after their own `samples`.
-const SHARED_SCHEMAS: [&str; 3] = [accounts::SCHEMA, audit::SCHEMA, commands::SCHEMA];
+const SHARED_SCHEMAS: [&str; 4] = [
+    accounts::SCHEMA,
+    audit::SCHEMA,
+    commands::SCHEMA,
+    devices::SCHEMA,
+];
 
 fn is_memory(url: &str) -> bool {
     matches!(

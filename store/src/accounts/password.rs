@@ -1,5 +1,6 @@
-//! Password hashing. argon2 takes tens of milliseconds of CPU by design, so it runs on
-//! tokio's blocking pool, never on a worker thread serving requests.
+//! Password hashing, for users' passwords and devices' secrets (`devices`). argon2
+//! takes tens of milliseconds of CPU by design, so it runs on tokio's blocking pool,
+//! never on a worker thread serving requests.
 
 use anyhow::Context as _;
 use argon2::{
@@ -9,7 +10,7 @@ use argon2::{
 use super::random_bytes;
 
 /// An argon2id PHC string with a fresh salt.
-pub(super) async fn hash_password(password: &str) -> anyhow::Result<String> {
+pub(crate) async fn hash_password(password: &str) -> anyhow::Result<String> {
     let password = password.to_owned();
     let salt = SaltString::encode_b64(&random_bytes::<16>()?)
         .map_err(|error| anyhow::anyhow!("cannot encode a salt: {error}"))?;
@@ -24,7 +25,7 @@ pub(super) async fn hash_password(password: &str) -> anyhow::Result<String> {
 
 /// Whether the password matches the PHC string; with no string, checks it against a
 /// hash of nothing anyone knows and says no, in about the same time.
-pub(super) async fn verify_password(password: &str, hash: Option<String>) -> anyhow::Result<bool> {
+pub(crate) async fn verify_password(password: &str, hash: Option<String>) -> anyhow::Result<bool> {
     let password = password.to_owned();
     blocking(move || {
         let hash = hash.as_deref();
