@@ -116,6 +116,15 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Addresses that may ask `/auth/rabbitmq/*` (RabbitMQ's HTTP auth backend), e.g.
+    /// the RabbitMQ host's, comma-separated. Unset: this machine only.
+    #[arg(
+        long = "broker-auth-from",
+        env = "TETHER_BROKER_AUTH_FROM",
+        value_delimiter = ','
+    )]
+    pub broker_auth_from: Vec<std::net::IpAddr>,
+
     /// How long a login lasts before the user must log in again, e.g. `12h`, `7d`.
     #[arg(long = "session-ttl", env = "TETHER_SESSION_TTL", default_value = "12h",
           value_parser = store::parse_duration)]
@@ -207,6 +216,7 @@ impl Config {
             watch_interval_ms: 1_000,
             watch_lease_ms: 30_000,
             allowed_origins: Vec::new(),
+            broker_auth_from: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3_600),
             secure_cookies: false,
             command: None,

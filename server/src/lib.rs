@@ -13,6 +13,8 @@
 //!   devices; [`admin`]: the API for users, tokens, groups and the audit trail;
 //!   [`provision`]: the API for device credentials; [`audit`]: writing to the audit
 //!   trail.
+//! - [`broker_auth`]: RabbitMQ's HTTP auth backend, answering with the same policy the
+//!   embedded broker applies.
 //! - [`cli`]: the tasks besides serving (`user add`, `device add`, `audit verify`).
 //! - [`state`]: what every handler can reach.
 //! - This file wires them: [`Server::bind`] starts the embedded broker (if no broker
@@ -26,6 +28,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod broker_auth;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -195,6 +198,7 @@ impl Server {
                 recent: auth::Recent::default(),
                 audit_failures: Arc::default(),
                 device_broker_url,
+                broker_auth_from: Arc::new(config.broker_auth_from.clone()),
             }),
             hub,
             accounts,
@@ -379,7 +383,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::serve))
         .nest("/api", api::routes())
-        .nest("/auth", auth::login::routes())
+        .nest(
+            "/auth",
+            auth::login::routes().nest("/rabbitmq", broker_auth::routes()),
+        )
         .leptos_routes_with_context(&state, routes, move || provide_context(fleet.clone()), {
             let options = state.leptos_options.clone();
             move || shell(options.clone())

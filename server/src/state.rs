@@ -49,4 +49,6 @@ pub struct AppState {
     /// password: a provisioned device's credential is filled in (`provision`). `None`
     /// when the broker URL does not parse.
     pub device_broker_url: Option<String>,
+    /// Who may ask the RabbitMQ auth backend; empty: loopback only.
+    pub broker_auth_from: Arc<Vec<std::net::IpAddr>>,
 }
