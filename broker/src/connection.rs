@@ -9,16 +9,20 @@
 //!   method to its handler.
 //! - `handshake`: the connection class: protocol header, start, PLAIN, tune, open, close,
 //!   each only in its turn, and waiting for the close-ok to the broker's own close.
+//! - `login`: the credentials: the server account, or the authenticator's answer.
+//! - `access`: the permission checks of `protocol::policy`, with RabbitMQ's refusals.
 //! - `channel`: the channel class (open, close, flow) and closing a channel on an error.
 //! - `exchange` and `queue`: exchange.* and queue.* methods, answered from the vhost.
 //! - `publish`: basic.publish, content reassembly, mandatory returns, confirms.
 //! - `delivery`: basic.qos, consume, cancel, get, deliveries, ack, nack, reject.
 
+mod access;
 mod channel;
 mod delivery;
 mod dispatch;
 mod exchange;
 mod handshake;
+mod login;
 mod publish;
 mod queue;
 
@@ -33,6 +37,7 @@ use amq_protocol::{
     frame::{AMQPContentHeader, AMQPFrame, gen_frame},
     protocol::{AMQPClass, BasicProperties, basic, basic::AMQPMethod as BasicMethod, connection},
 };
+use protocol::policy::Account;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
@@ -45,11 +50,13 @@ use tokio::{
 };
 
 use crate::{
-    Config,
+    Config, Shared,
+    accounts::{Session, Sessions},
     admission::Place,
     vhost::{ConnectionId, Message, Outbound, Vhost},
 };
 use handshake::{SILENT_CLOSE_DELAY, Stage};
+use login::PendingLogin;
 
 const NOT_IMPLEMENTED: u16 = 540;
 const FRAME_ERROR: u16 = 501;
@@ -70,20 +77,36 @@ const CLOSE_OK_WITHIN: Duration = Duration::from_millis(500);
 /// How long, once the broker is stopping, the writer may take to send what is left.
 const FLUSH_WITHIN: Duration = Duration::from_millis(200);
 
-/// Serves one connection until it closes, or until `stopping` turns true: then an open
-/// connection is closed with 320 (CONNECTION_FORCED) and one still in the handshake is
-/// dropped, all within `CLOSE_OK_WITHIN` + `FLUSH_WITHIN`. A handshake not over within
-/// `handshake_timeout` of connecting is dropped without a word, as RabbitMQ drops it;
-/// one that failed, after `SILENT_CLOSE_DELAY`. `place` is given back as it ends.
-pub async fn serve(
+/// Why a connection's reader loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The connection closed, failed, or was dropped.
+    Closed,
+    /// The broker is stopping.
+    Shutdown,
+    /// Its user was disconnected (`BrokerHandle::disconnect_user`).
+    Kicked,
+}
+
+/// Serves one connection until it closes, or until `stopping` turns true or its user is
+/// disconnected: then an open connection is closed with 320 (CONNECTION_FORCED) and one
+/// still in the handshake is dropped, all within `CLOSE_OK_WITHIN` + `FLUSH_WITHIN`. A
+/// handshake not over within `handshake_timeout` of connecting is dropped without a
+/// word, as RabbitMQ drops it; one that failed, after `SILENT_CLOSE_DELAY`. `place` is
+/// given back as it ends.
+pub(crate) async fn serve(
     id: ConnectionId,
     socket: TcpStream,
     peer: SocketAddr,
     place: Place,
-    config: Arc<Config>,
-    vhost: Arc<Mutex<Vhost>>,
+    shared: Shared,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let Shared {
+        config,
+        vhost,
+        sessions,
+    } = shared;
     let _ = socket.set_nodelay(true);
     let deadline = Instant::now() + config.handshake_timeout;
     let (mut reader, writer) = socket.into_split();
@@ -109,6 +132,7 @@ pub async fn serve(
         peer,
         config,
         vhost,
+        sessions,
         out,
         deliver,
         place,
@@ -116,13 +140,17 @@ pub async fn serve(
         heartbeat: 0,
         stage: Stage::Starting,
         handshake_failed: false,
+        pending_login: None,
+        user: String::new(),
+        account: None,
+        session: None,
         channels: HashMap::new(),
         closing: false,
     };
     conn.send_start();
 
     let mut buffer: Vec<u8> = Vec::with_capacity(8192);
-    let stopped_by_broker = conn
+    let end = conn
         .run(
             &mut reader,
             &mut buffer,
@@ -131,23 +159,29 @@ pub async fn serve(
             deadline,
         )
         .await;
-    // The broker is stopping: an open connection is told so, as RabbitMQ does; one still
-    // in the handshake is simply dropped.
-    if stopped_by_broker && conn.is_open() {
-        conn.close(
-            CONNECTION_FORCED,
-            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
-            0,
-            0,
-        );
+    // The broker is stopping, or the user was disconnected: an open connection is told
+    // so, with RabbitMQ's texts; one still in the handshake is simply dropped.
+    let forced = match end {
+        End::Closed => None,
+        End::Shutdown => Some(
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+                .to_owned(),
+        ),
+        End::Kicked => Some(format!(
+            "CONNECTION_FORCED - user '{}' is deleted",
+            conn.user
+        )),
+    };
+    if let Some(text) = forced.filter(|_| conn.is_open()) {
+        conn.close(CONNECTION_FORCED, &text, 0, 0);
         if !conn
             .await_close_ok(&mut reader, &mut buffer, CLOSE_OK_WITHIN)
             .await
         {
-            tracing::debug!(%peer, "no close-ok to the shutdown close; dropping the connection");
+            tracing::debug!(%peer, "no close-ok to the forced close; dropping the connection");
         }
     }
-    if conn.handshake_failed && !stopped_by_broker {
+    if conn.handshake_failed && end == End::Closed {
         // Nothing more is read; the client waits before it can try again.
         tokio::select! {
             () = tokio::time::sleep(SILENT_CLOSE_DELAY) => {}
@@ -180,7 +214,7 @@ async fn write(mut writer: OwnedWriteHalf, mut outgoing: mpsc::UnboundedReceiver
 impl Connection {
     /// Reads and answers frames, writes deliveries and keeps the heartbeat until the
     /// connection ends: it closed, its peer went silent, its handshake was not over by
-    /// `deadline`, or the broker is stopping (then `true`).
+    /// `deadline`, the broker is stopping, or its user was disconnected.
     async fn run(
         &mut self,
         reader: &mut OwnedReadHalf,
@@ -188,19 +222,23 @@ impl Connection {
         deliveries: &mut mpsc::UnboundedReceiver<Outbound>,
         stopping: &mut watch::Receiver<bool>,
         deadline: Instant,
-    ) -> bool {
+    ) -> End {
         let handshake_over = tokio::time::sleep_until(deadline);
         tokio::pin!(handshake_over);
         let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
         let mut silent_ticks = 0u32;
         loop {
+            let kick = self.session.as_ref().map(|session| session.kick.clone());
             tokio::select! {
                 read = reader.read_buf(buffer) => match read {
-                    Ok(0) | Err(_) => return false,
+                    Ok(0) | Err(_) => return End::Closed,
                     Ok(_) => {
                         silent_ticks = 0;
                         if self.drain(buffer).is_err() || self.closing {
-                            return false;
+                            return End::Closed;
+                        }
+                        if let Some(end) = self.await_login(buffer, deadline, stopping).await {
+                            return end;
                         }
                         self.pace(&mut heartbeat);
                     }
@@ -208,7 +246,11 @@ impl Connection {
                 Some(outbound) = deliveries.recv() => self.outbound(outbound),
                 () = &mut handshake_over, if !self.is_open() => {
                     tracing::info!(peer = %self.peer, "dropping a connection whose handshake took longer than {:?}", self.config.handshake_timeout);
-                    return false;
+                    return End::Closed;
+                }
+                () = kicked(kick.as_deref()) => {
+                    tracing::info!(peer = %self.peer, user = %self.user, "disconnecting the user's connection");
+                    return End::Kicked;
                 }
                 _ = heartbeat.tick() => {
                     if self.heartbeat > 0 {
@@ -216,12 +258,12 @@ impl Connection {
                         // Two heartbeat intervals without a byte: the peer is dead.
                         if silent_ticks > 4 {
                             tracing::info!(peer = %self.peer, "closing a connection that missed its heartbeats");
-                            return false;
+                            return End::Closed;
                         }
                         self.send(AMQPFrame::Heartbeat);
                     }
                 }
-                () = stopped(stopping) => return true,
+                () = stopped(stopping) => return End::Shutdown,
             }
         }
     }
@@ -255,6 +297,14 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
+/// Resolves once `kick` fires; never without one (not logged in yet).
+async fn kicked(kick: Option<&tokio::sync::Notify>) {
+    match kick {
+        Some(kick) => kick.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Lets the writer send what is left and close the socket; once the broker is stopping,
 /// for `FLUSH_WITHIN` at most, so a client that does not read cannot hold shutdown up.
 async fn finish_writing(mut writer_task: JoinHandle<()>, stopping: &mut watch::Receiver<bool>) {
@@ -273,6 +323,7 @@ struct Connection {
     peer: SocketAddr,
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
+    sessions: Arc<Sessions>,
     out: mpsc::UnboundedSender<Vec<u8>>,
     deliver: mpsc::UnboundedSender<Outbound>,
     /// Its place among the handshakes, then among the open connections.
@@ -283,6 +334,14 @@ struct Connection {
     /// Out of turn before login and tune, or a failed login: the connection is dropped
     /// after `SILENT_CLOSE_DELAY`.
     handshake_failed: bool,
+    /// Credentials the authenticator is asked about; nothing more is read meanwhile.
+    pending_login: Option<PendingLogin>,
+    /// Who logged in (empty before): the name in refusals and in `disconnect_user`.
+    user: String,
+    /// What they may do; `None` before login, when nothing is allowed.
+    account: Option<Account>,
+    /// Its entry among the logged-in connections, gone with the connection.
+    session: Option<Session>,
     channels: HashMap<u16, Channel>,
     /// A connection.close was sent or received: stop reading.
     closing: bool,

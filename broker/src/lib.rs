@@ -3,9 +3,13 @@
 //! Nothing is persisted.
 //!
 //! - [`Config`] and [`Broker`]: bind, then [`Broker::serve`] until shutdown. Nobody
-//!   gets further than the handshake without logging in, a handshake is dropped after
-//!   `handshake_timeout`, and handshakes and open connections have places of their own
-//!   (`admission`), so peers that never log in cannot lock devices out.
+//!   gets further than the handshake without logging in: as the configured user (the
+//!   server account) or, if [`Config::authenticator`] is set, as whoever it accepts
+//!   (devices); each account may then do what `protocol::policy` allows it, checked
+//!   where RabbitMQ checks. A handshake is dropped after `handshake_timeout`, and
+//!   handshakes and open connections have places of their own (`admission`), so peers
+//!   that never log in cannot lock devices out. [`Broker::handle`] gives a
+//!   [`BrokerHandle`] to disconnect a user's connections while the broker serves.
 //!   Shutdown is graceful, as in RabbitMQ: the port is freed at once, every open
 //!   connection is sent `connection.close` 320 (CONNECTION_FORCED) and given 500 ms for
 //!   its close-ok, connections still in the handshake are dropped, and `serve` returns
@@ -13,9 +17,12 @@
 //! - `vhost`: exchanges, queues, bindings, consumers and routing; shared state behind
 //!   one lock that is never held across an `.await`.
 //! - `admission`: the places of handshakes and of open connections, counted apart.
+//! - `accounts`: the [`Authenticator`] and the register of logged-in connections that
+//!   [`BrokerHandle::disconnect_user`] closes.
 //! - `connection`: one client connection — handshake, channels, methods — with one
 //!   reader and one writer task.
 
+mod accounts;
 mod admission;
 mod connection;
 mod vhost;
@@ -36,20 +43,24 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use crate::{admission::Doorkeeper, vhost::Vhost};
+pub use crate::accounts::{Authenticator, BrokerHandle};
+use crate::{accounts::Sessions, admission::Doorkeeper, vhost::Vhost};
 
 /// How long [`Broker::serve`] waits for its connections at shutdown before ending the
 /// ones left. Each bounds its own goodbye well within it (see `connection`).
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(1);
 
 /// How the broker listens and whom it lets in.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Where to listen; 127.0.0.1 unless told otherwise. Port 0 picks a free port.
     pub addr: SocketAddr,
-    /// The one user allowed in, with PLAIN authentication.
+    /// The server account's user name and password (PLAIN), checked before anything
+    /// else. As in RabbitMQ, `guest` may log in from this machine only.
     pub user: String,
     pub password: String,
+    /// Who else may log in (devices), and as which account. `None`: nobody but `user`.
+    pub authenticator: Option<Arc<dyn Authenticator>>,
     /// The largest frame accepted, in bytes (checked before buffering).
     pub frame_max: u32,
     /// Channels per connection.
@@ -84,6 +95,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 5673)),
             user: "guest".into(),
             password: "guest".into(),
+            authenticator: None,
             frame_max: 131_072,
             channel_max: 2_047,
             heartbeat: 60,
@@ -94,6 +106,26 @@ impl Default for Config {
             max_message_size: 128 * 1024 * 1024,
             max_bytes: 256 * 1024 * 1024,
         }
+    }
+}
+
+/// Everything but the password, which does not belong in logs.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .field("authenticator", &self.authenticator.as_ref().map(|_| ".."))
+            .field("frame_max", &self.frame_max)
+            .field("channel_max", &self.channel_max)
+            .field("heartbeat", &self.heartbeat)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("max_connections", &self.max_connections)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
     }
 }
 
@@ -111,19 +143,34 @@ impl Config {
 #[derive(Debug)]
 pub struct Broker {
     listener: TcpListener,
+    shared: Shared,
+}
+
+/// What every connection of a broker shares.
+#[derive(Debug, Clone)]
+struct Shared {
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
+    sessions: Arc<Sessions>,
 }
 
 impl Broker {
     pub async fn bind(config: Config) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.addr).await?;
         let vhost = Arc::new(Mutex::new(Vhost::new(config.max_bytes)));
-        Ok(Self {
-            listener,
+        let shared = Shared {
             config: Arc::new(config),
             vhost,
-        })
+            sessions: Arc::default(),
+        };
+        Ok(Self { listener, shared })
+    }
+
+    /// A handle to act on the broker while it serves (see [`BrokerHandle`]).
+    pub fn handle(&self) -> BrokerHandle {
+        BrokerHandle {
+            sessions: self.shared.sessions.clone(),
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -135,7 +182,7 @@ impl Broker {
         let addr = self.local_addr()?;
         Ok(format!(
             "amqp://{}:{}@{addr}/%2f",
-            self.config.user, self.config.password
+            self.shared.config.user, self.shared.config.password
         ))
     }
 
@@ -155,13 +202,9 @@ impl Broker {
     /// connection has ended, within a second in any case. Dropping the returned future
     /// instead drops the connections without a goodbye.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let Self {
-            listener,
-            config,
-            vhost,
-        } = self;
+        let Self { listener, shared } = self;
         tokio::pin!(shutdown);
-        let doorkeeper = Doorkeeper::new(&config);
+        let doorkeeper = Doorkeeper::new(&shared.config);
         // `true` once shutting down; every connection watches it.
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
@@ -183,8 +226,8 @@ impl Broker {
                             }
                         };
                         next_id += 1;
-                        let (config, vhost, stopping) = (config.clone(), vhost.clone(), stopping.clone());
-                        connections.spawn(connection::serve(next_id, socket, peer, place, config, vhost, stopping));
+                        let (shared, stopping) = (shared.clone(), stopping.clone());
+                        connections.spawn(connection::serve(next_id, socket, peer, place, shared, stopping));
                     }
                     Err(error) => tracing::warn!("accept failed: {error}"),
                 }

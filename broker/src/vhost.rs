@@ -25,7 +25,10 @@ use std::{
 
 use amq_protocol::protocol::BasicProperties;
 
-pub use self::{consumer::Consume, queue::QueueDeclare};
+pub use self::{
+    consumer::Consume,
+    queue::{QueueDeclare, server_named},
+};
 use self::{
     queue::{Offer, Queue},
     routing::Exchange,
@@ -101,6 +104,9 @@ impl Refusal {
     }
 }
 
+pub const ACCESS_REFUSED: u16 = 403;
+/// A hard error: it closes the connection, not only the channel.
+pub const COMMAND_INVALID: u16 = 503;
 pub const NOT_FOUND: u16 = 404;
 pub const RESOURCE_LOCKED: u16 = 405;
 pub const PRECONDITION_FAILED: u16 = 406;

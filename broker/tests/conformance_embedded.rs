@@ -1,6 +1,7 @@
 //! The broker conformance cases against the embedded broker, one broker per test, plus
 //! what only the embedded broker does or can be made to do: refusing what it does not
-//! implement, and its limits set low (connections, memory, handshakes) to test them.
+//! implement, its limits set low (connections, memory, handshakes) to test them, and
+//! its authenticator (`support/devices.rs`).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -9,10 +10,16 @@ use lapin::{Connection, ConnectionProperties};
 
 #[path = "support/conformance.rs"]
 mod cases;
+#[path = "support/devices.rs"]
+mod devices;
 #[path = "support/doors.rs"]
 mod doors;
+#[path = "support/permissions.rs"]
+mod permissions;
 #[path = "support/topics.rs"]
 mod topics;
+
+use devices::device;
 
 use doors::raw::{self, RawClient};
 

@@ -7,6 +7,7 @@ use std::sync::{
 };
 
 use amq_protocol::protocol::{AMQPClass, basic};
+use protocol::policy::{Permission, Resource};
 
 use super::{Connection, Unacked};
 use crate::vhost::{Consume, Delivery, Refusal};
@@ -29,6 +30,7 @@ impl Connection {
         id: u16,
         consume: basic::Consume,
     ) -> Result<(), Refusal> {
+        self.permit(Resource::Queue, consume.queue.as_str(), Permission::Read)?;
         let tag = if consume.consumer_tag.as_str().is_empty() {
             format!("amq.ctag-{:016x}", fastrand::u64(..))
         } else {
@@ -75,6 +77,7 @@ impl Connection {
 
     /// basic.get: one message, or get-empty.
     pub(super) fn basic_get(&mut self, id: u16, get: basic::Get) -> Result<(), Refusal> {
+        self.permit(Resource::Queue, get.queue.as_str(), Permission::Read)?;
         let taken = self.vhost().get(self.id, get.queue.as_str())?;
         let Some((message, remaining)) = taken else {
             self.method(

@@ -48,7 +48,8 @@ impl Connection {
             };
             buffer.drain(..consumed);
             self.handle(frame)?;
-            if self.closing {
+            // A login the authenticator is asked about: the rest waits for its answer.
+            if self.closing || self.pending_login.is_some() {
                 return Ok(());
             }
         }
@@ -127,8 +128,9 @@ impl Connection {
         }
     }
 
-    /// A method on channel `id`: each goes to its handler. A refusal (404, 405, 406…)
-    /// closes the channel; what the broker does not implement closes the connection.
+    /// A method on channel `id`: each goes to its handler. A refusal (403, 404, 405,
+    /// 406…) closes the channel; a hard error, or what the broker does not implement,
+    /// closes the connection.
     fn channel_method(&mut self, id: u16, method: AMQPClass) -> Result<(), Fatal> {
         let class_id = method.get_amqp_class_id();
         let method_id = method.get_amqp_method_id();
@@ -178,10 +180,18 @@ impl Connection {
                 return Err(Fatal);
             }
         };
-        if let Err(refusal) = result {
-            self.close_channel_with(id, &refusal, class_id, method_id);
+        match result {
+            Ok(()) => Ok(()),
+            // A hard error (an unknown exchange type: 503) closes the connection.
+            Err(refusal) if refusal.code >= 500 => {
+                self.close(refusal.code, &refusal.text, class_id, method_id);
+                Err(Fatal)
+            }
+            Err(refusal) => {
+                self.close_channel_with(id, &refusal, class_id, method_id);
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 

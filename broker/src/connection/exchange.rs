@@ -1,9 +1,12 @@
-//! The exchange class: exchange.declare and exchange.delete, answered from the vhost.
+//! The exchange class: exchange.declare and exchange.delete, answered from the vhost
+//! once the account may (configure on the exchange; a passive declare is not checked).
+//! Refusals for the name or type alone come first, as in RabbitMQ.
 
 use amq_protocol::protocol::{AMQPClass, exchange};
+use protocol::policy::{Permission, Resource};
 
 use super::Connection;
-use crate::vhost::Refusal;
+use crate::vhost::{Refusal, Vhost};
 
 impl Connection {
     pub(super) fn exchange_declare(
@@ -11,6 +14,11 @@ impl Connection {
         id: u16,
         declare: exchange::Declare,
     ) -> Result<(), Refusal> {
+        let name = declare.exchange.as_str();
+        if !declare.passive {
+            Vhost::declarable_exchange(name, declare.kind.as_str())?;
+            self.permit(Resource::Exchange, name, Permission::Configure)?;
+        }
         let durable = declare.durable;
         let result = self.vhost().declare_exchange(
             declare.exchange.as_str(),
@@ -32,9 +40,10 @@ impl Connection {
         id: u16,
         delete: exchange::Delete,
     ) -> Result<(), Refusal> {
-        let result = self
-            .vhost()
-            .delete_exchange(delete.exchange.as_str(), delete.if_unused);
+        let name = delete.exchange.as_str();
+        Vhost::undeletable_exchange(name)?;
+        self.permit(Resource::Exchange, name, Permission::Configure)?;
+        let result = self.vhost().delete_exchange(name, delete.if_unused);
         result.map(|()| {
             self.answer(
                 id,

@@ -18,8 +18,7 @@ use amq_protocol::{
 use tokio::{io::AsyncReadExt, net::tcp::OwnedReadHalf, time::Instant};
 
 use super::{
-    ACCESS_REFUSED, CHANNEL_ERROR, COMMAND_INVALID, Connection, FRAME_MIN_SIZE, Fatal, NOT_ALLOWED,
-    NOT_IMPLEMENTED,
+    CHANNEL_ERROR, COMMAND_INVALID, Connection, FRAME_MIN_SIZE, Fatal, NOT_ALLOWED, NOT_IMPLEMENTED,
 };
 
 /// The protocol header of AMQP 0-9-1, the one this broker speaks.
@@ -139,7 +138,7 @@ impl Connection {
         }
     }
 
-    /// connection.start-ok: the credentials; tune if they are good.
+    /// connection.start-ok: the credentials (see `login`); tune if they are good.
     fn connection_start_ok(&mut self, start_ok: &connection::StartOk) -> Result<(), Fatal> {
         if start_ok.mechanism.as_str() != "PLAIN" {
             self.close(
@@ -150,41 +149,8 @@ impl Connection {
             );
             return Err(Fatal);
         }
-        if !self.authenticates(start_ok) {
-            self.refuse_login(start_ok);
-            return Err(Fatal);
-        }
-        self.stage = Stage::Tuning;
-        self.method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                channel_max: self.config.channel_max,
-                frame_max: self.config.frame_max,
-                heartbeat: self.config.heartbeat,
-            })),
-        );
-        Ok(())
-    }
-
-    /// A failed login: as RabbitMQ, the client is told why only if it said it
-    /// understands (the `authentication_failure_close` capability), and the connection is
-    /// dropped after `SILENT_CLOSE_DELAY` either way.
-    fn refuse_login(&mut self, start_ok: &connection::StartOk) {
-        if declares(start_ok, "authentication_failure_close") {
-            self.method(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-                    reply_code: ACCESS_REFUSED,
-                    reply_text: "ACCESS_REFUSED - Login was refused using authentication \
-                        mechanism PLAIN. For details see the broker logfile."
-                        .into(),
-                    class_id: 0,
-                    method_id: 0,
-                })),
-            );
-        }
-        self.handshake_failed = true;
-        self.closing = true;
+        let failure_close = declares(start_ok, "authentication_failure_close");
+        self.log_in(start_ok.response.as_bytes(), failure_close)
     }
 
     /// connection.tune-ok: the frame size and heartbeat the client settled on.
@@ -295,19 +261,6 @@ impl Connection {
                 _ => return false,
             }
         }
-    }
-
-    fn authenticates(&self, start_ok: &connection::StartOk) -> bool {
-        // PLAIN: authzid NUL user NUL password.
-        let response = start_ok.response.as_bytes();
-        let mut parts = response.split(|b| *b == 0);
-        let (_, user, password) = (parts.next(), parts.next(), parts.next());
-        // As in RabbitMQ, the well-known guest account works from this machine only.
-        if self.config.user == "guest" && !self.peer.ip().is_loopback() {
-            return false;
-        }
-        user == Some(self.config.user.as_bytes())
-            && password == Some(self.config.password.as_bytes())
     }
 }
 

@@ -1,7 +1,8 @@
 //! Publishing: basic.publish and the content header and body frames that follow it,
-//! reassembled into a message and routed; a message larger than `max_message_size`
-//! refused by its header; mandatory returns; publisher confirms (confirm.select, then
-//! an ack or nack for each publish).
+//! reassembled into a message and routed; a message larger than `max_message_size`, or
+//! one the account may not publish (see `access`), refused by its header, so the body
+//! of a refused message is never kept; mandatory returns; publisher confirms
+//! (confirm.select, then an ack or nack for each publish).
 
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use amq_protocol::{
     protocol::{AMQPClass, BasicProperties, basic, confirm},
 };
 
+use protocol::policy::{Permission, Resource};
+
 use super::{COMMAND_INVALID, Connection, FRAME_ERROR, Fatal, NO_ROUTE, Publishing};
-use crate::vhost::{Message, PRECONDITION_FAILED, Refusal};
+use crate::vhost::{Message, NOT_FOUND, PRECONDITION_FAILED, Refusal};
 
 impl Connection {
     /// basic.publish: the content frames that follow make the message.
@@ -66,6 +69,8 @@ impl Connection {
             );
             return Err(Fatal);
         };
+        let exchange = publishing.method.exchange.to_string();
+        let key = publishing.method.routing_key.to_string();
         let max = self.config.max_message_size;
         if header.body_size > max {
             // Refused before a byte of it is kept; the body that follows is dropped
@@ -80,6 +85,17 @@ impl Connection {
             self.close_channel_with(id, &refusal, 60, 40);
             return Ok(());
         }
+        if let Err(refusal) = self.may_publish(&exchange, &key, &header.properties) {
+            self.close_channel_with(id, &refusal, 60, 40);
+            return Ok(());
+        }
+        let Some(publishing) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|c| c.publishing.as_mut())
+        else {
+            return Ok(());
+        };
         publishing.properties = header.properties;
         publishing.size = header.body_size;
         publishing.header_seen = true;
@@ -87,6 +103,26 @@ impl Connection {
             self.finish_publish(id);
         }
         Ok(())
+    }
+
+    /// RabbitMQ's checks of a publish, in its order, once its properties are known:
+    /// write on the exchange, that the exchange exists, the topic permission on the
+    /// routing key, the `user_id`.
+    fn may_publish(
+        &self,
+        exchange: &str,
+        key: &str,
+        properties: &BasicProperties,
+    ) -> Result<(), Refusal> {
+        self.permit(Resource::Exchange, exchange, Permission::Write)?;
+        if !exchange.is_empty() && self.vhost().exchange_is_topic(exchange).is_none() {
+            return Err(Refusal {
+                code: NOT_FOUND,
+                text: format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'"),
+            });
+        }
+        self.permit_topic(exchange, key, Permission::Write)?;
+        self.check_user_id(properties)
     }
 
     pub(super) fn content_body(&mut self, id: u16, body: Vec<u8>) -> Result<(), Fatal> {

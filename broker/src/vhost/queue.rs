@@ -275,7 +275,7 @@ impl Vhost {
                     "NOT_FOUND - no queue '' in vhost '/'",
                 ));
             }
-            format!("amq.gen-{}", random_name())
+            server_named()
         } else {
             name.to_owned()
         };
@@ -469,6 +469,12 @@ fn integer_argument(arguments: &FieldTable, key: &str) -> Result<Option<i64>, Re
         ));
     }
     Ok(Some(value))
+}
+
+/// A name for a queue declared without one: `amq.gen-` and 22 random characters, as
+/// RabbitMQ names them. Clients may not declare `amq.*` names themselves.
+pub fn server_named() -> String {
+    format!("amq.gen-{}", random_name())
 }
 
 fn random_name() -> String {

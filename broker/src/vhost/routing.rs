@@ -12,10 +12,12 @@ mod topic;
 use std::collections::HashMap;
 
 use self::bindings::Bindings;
-use super::{ConnectionId, NOT_FOUND, PRECONDITION_FAILED, Refusal, Vhost};
+use super::{
+    ACCESS_REFUSED, COMMAND_INVALID, ConnectionId, NOT_FOUND, PRECONDITION_FAILED, Refusal, Vhost,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ExchangeKind {
+pub enum ExchangeKind {
     Direct,
     Fanout,
     Topic,
@@ -62,7 +64,31 @@ pub(super) fn standard_exchanges() -> HashMap<String, Exchange> {
     exchanges
 }
 
+/// RabbitMQ's refusal of declaring, deleting or binding to the default exchange.
+fn default_exchange_refused() -> Refusal {
+    Refusal::new(
+        ACCESS_REFUSED,
+        "ACCESS_REFUSED - operation not permitted on the default exchange",
+    )
+}
+
 impl Vhost {
+    /// What a non-passive exchange.declare is refused for before permissions are
+    /// checked, as in RabbitMQ: an unknown type (503 COMMAND_INVALID, which closes the
+    /// connection), the default exchange. The type it names otherwise.
+    pub fn declarable_exchange(name: &str, kind: &str) -> Result<ExchangeKind, Refusal> {
+        let kind = ExchangeKind::parse(kind).ok_or_else(|| {
+            Refusal::new(
+                COMMAND_INVALID,
+                format!("COMMAND_INVALID - unknown exchange type '{kind}'"),
+            )
+        })?;
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        Ok(kind)
+    }
+
     pub fn declare_exchange(
         &mut self,
         name: &str,
@@ -70,12 +96,21 @@ impl Vhost {
         durable: bool,
         passive: bool,
     ) -> Result<(), Refusal> {
-        if let Some(existing) = self.exchanges.get(name) {
-            if passive {
-                return Ok(());
+        if passive {
+            if name.is_empty() {
+                return Err(default_exchange_refused());
             }
-            let same_kind = ExchangeKind::parse(kind) == Some(existing.kind);
-            if !same_kind || existing.durable != durable {
+            if !self.exchanges.contains_key(name) {
+                return Err(Refusal::new(
+                    NOT_FOUND,
+                    format!("NOT_FOUND - no exchange '{name}' in vhost '/'"),
+                ));
+            }
+            return Ok(());
+        }
+        let kind = Self::declarable_exchange(name, kind)?;
+        if let Some(existing) = self.exchanges.get(name) {
+            if existing.kind != kind || existing.durable != durable {
                 return Err(Refusal::new(
                     PRECONDITION_FAILED,
                     format!(
@@ -85,38 +120,36 @@ impl Vhost {
             }
             return Ok(());
         }
-        if passive {
-            return Err(Refusal::new(
-                NOT_FOUND,
-                format!("NOT_FOUND - no exchange '{name}' in vhost '/'"),
-            ));
-        }
         if name.starts_with("amq.") {
             return Err(Refusal::new(
-                403,
+                ACCESS_REFUSED,
                 format!("ACCESS_REFUSED - exchange name '{name}' contains reserved prefix 'amq.*'"),
             ));
         }
-        let kind = ExchangeKind::parse(kind).ok_or_else(|| {
-            Refusal::new(
-                503,
-                format!("COMMAND_INVALID - unknown exchange type '{kind}'"),
-            )
-        })?;
         self.exchanges
             .insert(name.to_owned(), Exchange::new(kind, durable));
         Ok(())
     }
 
-    pub fn delete_exchange(&mut self, name: &str, if_unused: bool) -> Result<(), Refusal> {
-        if name.starts_with("amq.") || name.is_empty() {
+    /// Whether deleting the exchange is refused for its name alone (the default one,
+    /// `amq.*`): RabbitMQ says so before it checks permissions.
+    pub fn undeletable_exchange(name: &str) -> Result<(), Refusal> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
             return Err(Refusal::new(
-                403,
+                ACCESS_REFUSED,
                 format!(
-                    "ACCESS_REFUSED - operation not permitted on the default exchange or 'amq.*' ('{name}')"
+                    "ACCESS_REFUSED - deletion of system exchange '{name}' in vhost '/' not allowed"
                 ),
             ));
         }
+        Ok(())
+    }
+
+    pub fn delete_exchange(&mut self, name: &str, if_unused: bool) -> Result<(), Refusal> {
+        Self::undeletable_exchange(name)?;
         if if_unused
             && self
                 .exchanges
@@ -132,6 +165,22 @@ impl Vhost {
         Ok(())
     }
 
+    /// Refuses binding to the default exchange, as RabbitMQ does before checking
+    /// permissions on the exchange (it binds every queue by itself).
+    pub fn bindable_exchange(exchange: &str) -> Result<(), Refusal> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        Ok(())
+    }
+
+    /// Whether the exchange routes by topic; `None` if there is no such exchange.
+    pub fn exchange_is_topic(&self, name: &str) -> Option<bool> {
+        self.exchanges
+            .get(name)
+            .map(|exchange| exchange.kind == ExchangeKind::Topic)
+    }
+
     pub fn bind(
         &mut self,
         connection: ConnectionId,
@@ -139,6 +188,7 @@ impl Vhost {
         exchange: &str,
         key: &str,
     ) -> Result<(), Refusal> {
+        Self::bindable_exchange(exchange)?;
         self.usable_queue(connection, queue)?;
         let exchange_entry = self.exchanges.get_mut(exchange).ok_or_else(|| {
             Refusal::new(
@@ -157,6 +207,7 @@ impl Vhost {
         exchange: &str,
         key: &str,
     ) -> Result<(), Refusal> {
+        Self::bindable_exchange(exchange)?;
         self.usable_queue(connection, queue)?;
         if let Some(entry) = self.exchanges.get_mut(exchange) {
             entry.bindings.remove(queue, key);

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use amq_protocol::{
     frame::{AMQPContentHeader, AMQPFrame, gen_frame, parse_frame},
-    protocol::{AMQPClass, BasicProperties, basic, channel, connection},
+    protocol::{AMQPClass, BasicProperties, basic, channel, confirm, connection, exchange, queue},
     types::{AMQPValue, FieldTable},
 };
 use tokio::{
@@ -40,9 +40,20 @@ impl RawClient {
     /// Logs in as guest (header, start-ok, tune-ok with `heartbeat`, open) and reads the
     /// broker's start, tune and open-ok.
     pub async fn logged_in(addr: SocketAddr, heartbeat: u16) -> Self {
+        Self::logged_in_as(addr, "guest", "guest", heartbeat).await
+    }
+
+    /// Logs in as `user` with `password`, as [`Self::logged_in`] does as guest.
+    pub async fn logged_in_as(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        heartbeat: u16,
+    ) -> Self {
         let mut client = Self::connect(addr).await;
         client.send_bytes(PROTOCOL_HEADER).await;
-        for frame in [start_ok("guest"), tune_ok(heartbeat), connection_open("/")] {
+        let login = start_ok_as(user, password);
+        for frame in [login, tune_ok(heartbeat), connection_open("/")] {
             client.send(&frame).await;
         }
         for expected in ["connection.start", "connection.tune", "connection.open-ok"] {
@@ -133,6 +144,11 @@ fn on_channel_0(method: connection::AMQPMethod) -> AMQPFrame {
 /// PLAIN as guest with `password`, declaring `authentication_failure_close` as lapin and
 /// pika do (without it RabbitMQ does not say why it hangs up).
 pub fn start_ok(password: &str) -> AMQPFrame {
+    start_ok_as("guest", password)
+}
+
+/// PLAIN as `user` with `password`, as [`start_ok`].
+pub fn start_ok_as(user: &str, password: &str) -> AMQPFrame {
     let mut capabilities = FieldTable::default();
     capabilities.insert(
         "authentication_failure_close".into(),
@@ -143,7 +159,7 @@ pub fn start_ok(password: &str) -> AMQPFrame {
     on_channel_0(connection::AMQPMethod::StartOk(connection::StartOk {
         client_properties: properties,
         mechanism: "PLAIN".into(),
-        response: format!("\0guest\0{password}").into(),
+        response: format!("\0{user}\0{password}").into(),
         locale: "en_US".into(),
     }))
 }
@@ -195,13 +211,160 @@ pub fn publish(id: u16, queue: &str) -> AMQPFrame {
 
 /// A content header announcing a body of `body_size` bytes.
 pub fn content_header(id: u16, body_size: u64) -> AMQPFrame {
+    content_header_with(id, body_size, BasicProperties::default())
+}
+
+/// A content header announcing a body of `body_size` bytes, with `properties`.
+pub fn content_header_with(id: u16, body_size: u64, properties: BasicProperties) -> AMQPFrame {
     AMQPFrame::Header(
         id,
         AMQPContentHeader {
             class_id: 60,
             body_size,
-            properties: BasicProperties::default(),
+            properties,
         },
+    )
+}
+
+/// A whole message to `exchange` with `key`: publish, header with `properties`, body.
+pub fn message(
+    id: u16,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Vec<AMQPFrame> {
+    vec![
+        method(
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: exchange.into(),
+                routing_key: key.into(),
+                mandatory: false,
+                immediate: false,
+            })),
+        ),
+        content_header_with(id, body.len() as u64, properties),
+        AMQPFrame::Body(id, body.to_vec()),
+    ]
+}
+
+fn method(id: u16, method: AMQPClass) -> AMQPFrame {
+    AMQPFrame::Method(id, method)
+}
+
+/// exchange.declare of a durable exchange of `kind`, or a passive one.
+pub fn exchange_declare(id: u16, name: &str, kind: &str, passive: bool) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: name.into(),
+            kind: kind.into(),
+            passive,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+}
+
+pub fn exchange_delete(id: u16, name: &str) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+            exchange: name.into(),
+            if_unused: false,
+            nowait: false,
+        })),
+    )
+}
+
+/// queue.declare: `""` for a server-named one; exclusive ones are auto-deleted too.
+pub fn queue_declare(id: u16, name: &str, exclusive: bool) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: name.into(),
+            passive: false,
+            durable: !exclusive,
+            exclusive,
+            auto_delete: exclusive,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+}
+
+pub fn queue_bind(id: u16, queue: &str, exchange: &str, key: &str) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: queue.into(),
+            exchange: exchange.into(),
+            routing_key: key.into(),
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+}
+
+pub fn queue_purge(id: u16, queue: &str) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+            queue: queue.into(),
+            nowait: false,
+        })),
+    )
+}
+
+pub fn queue_delete(id: u16, queue: &str) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+            queue: queue.into(),
+            if_unused: false,
+            if_empty: false,
+            nowait: false,
+        })),
+    )
+}
+
+/// basic.consume without acknowledgements.
+pub fn basic_consume(id: u16, queue: &str) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: queue.into(),
+            consumer_tag: "".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+}
+
+/// basic.get without acknowledgement.
+pub fn basic_get(id: u16, queue: &str) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: queue.into(),
+            no_ack: true,
+        })),
+    )
+}
+
+pub fn confirm_select(id: u16) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: false,
+        })),
     )
 }
 
@@ -229,6 +392,23 @@ pub fn describe(frame: &AMQPFrame) -> String {
         AMQPClass::Connection(connection::AMQPMethod::Tune(_)) => "connection.tune".into(),
         AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => "connection.open-ok".into(),
         AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => format!("channel.open-ok{on}"),
+        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_)) => {
+            format!("exchange.declare-ok{on}")
+        }
+        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)) => format!("queue.declare-ok{on}"),
+        AMQPClass::Queue(queue::AMQPMethod::BindOk(_)) => format!("queue.bind-ok{on}"),
+        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => format!("basic.consume-ok{on}"),
+        AMQPClass::Basic(basic::AMQPMethod::Ack(_)) => format!("basic.ack{on}"),
+        AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)) => {
+            format!(
+                "basic.deliver{on} {} {}",
+                deliver.exchange, deliver.routing_key
+            )
+        }
+        AMQPClass::Basic(basic::AMQPMethod::GetOk(get)) => {
+            format!("basic.get-ok{on} {} {}", get.exchange, get.routing_key)
+        }
+        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => format!("confirm.select-ok{on}"),
         other => format!(
             "method {}.{}{on}",
             other.get_amqp_class_id(),
