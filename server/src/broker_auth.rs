@@ -19,9 +19,8 @@ use std::net::IpAddr;
 
 use axum::{
     Router,
-    body::Bytes,
-    extract::State,
-    http::{Method, StatusCode, Uri},
+    extract::{FromRequest, Request, State},
+    http::{Method, StatusCode},
     response::{IntoResponse, Response},
     routing::any,
 };
@@ -30,7 +29,10 @@ use protocol::{
     policy::{self, Account, Permission, Resource},
 };
 
-use crate::{auth::Source, state::AppState};
+use crate::{
+    auth::{self, Source},
+    state::AppState,
+};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -52,12 +54,24 @@ struct Ask {
     routing_key: String,
 }
 
-/// The question, from the form (POST) or the query string (GET).
-fn ask(method: &Method, uri: &Uri, body: &[u8]) -> Ask {
-    if *method == Method::POST {
-        parse(body)
-    } else {
-        parse(uri.query().unwrap_or_default().as_bytes())
+/// The longest question taken: RabbitMQ's are a few hundred bytes.
+const MAX_QUESTION: usize = 16 * 1024;
+
+/// The question, from the form (POST) or the query string (GET), asked from a trusted
+/// address; anything else is answered for the handler.
+impl FromRequest<AppState> for Ask {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        refused(state, &auth::source(&parts)).map_or(Ok(()), Err)?;
+        if parts.method != Method::POST {
+            return Ok(parse(parts.uri.query().unwrap_or_default().as_bytes()));
+        }
+        let body = axum::body::to_bytes(body, MAX_QUESTION)
+            .await
+            .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "deny").into_response())?;
+        Ok(parse(&body))
     }
 }
 
@@ -105,17 +119,7 @@ fn device(username: &str) -> Option<Account> {
     DeviceId::new(username).ok().map(Account::Device)
 }
 
-async fn user(
-    State(state): State<AppState>,
-    source: Source,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = refused(&state, &source) {
-        return refused;
-    }
-    let ask = ask(&method, &uri, &body);
+async fn user(State(state): State<AppState>, ask: Ask) -> Response {
     if device(&ask.username).is_none() {
         return answer(false);
     }
@@ -132,17 +136,7 @@ async fn user(
     }
 }
 
-async fn vhost(
-    State(state): State<AppState>,
-    source: Source,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = refused(&state, &source) {
-        return refused;
-    }
-    let ask = ask(&method, &uri, &body);
+async fn vhost(ask: Ask) -> Response {
     answer(device(&ask.username).is_some() && ask.vhost == "/")
 }
 
@@ -155,17 +149,7 @@ fn permission(text: &str) -> Option<Permission> {
     }
 }
 
-async fn resource(
-    State(state): State<AppState>,
-    source: Source,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = refused(&state, &source) {
-        return refused;
-    }
-    let ask = ask(&method, &uri, &body);
+async fn resource(ask: Ask) -> Response {
     let kind = match ask.resource.as_str() {
         "exchange" => Some(Resource::Exchange),
         "queue" => Some(Resource::Queue),
@@ -180,17 +164,7 @@ async fn resource(
     answer(allowed)
 }
 
-async fn topic(
-    State(state): State<AppState>,
-    source: Source,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = refused(&state, &source) {
-        return refused;
-    }
-    let ask = ask(&method, &uri, &body);
+async fn topic(ask: Ask) -> Response {
     let allowed = match (device(&ask.username), permission(&ask.permission)) {
         (Some(account), Some(permission)) => {
             ask.vhost == "/"

@@ -2,7 +2,7 @@
 //! the forms, the first-run link, throttling, roles, device groups (in the API and on
 //! the live channel), API tokens, and the audit trail with its tamper check.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use agent::simulate::Kind;
 use futures_util::StreamExt as _;
@@ -12,64 +12,35 @@ use protocol::{
 };
 use reqwest::{StatusCode, header};
 use serde_json::json;
-use store::Store;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-/// A server keeping its accounts in a SQLite file of its own; stops when dropped.
-struct Running {
-    base: String,
-    accounts: Store,
-    hub: hub::Hub,
-    database: PathBuf,
-    first_run: Option<String>,
-    /// Follows no redirects, sends no credentials of its own.
-    anonymous: reqwest::Client,
-    _stop: oneshot::Sender<()>,
+mod support;
+
+use support::Running;
+
+/// Follows no redirects, sends no credentials of its own.
+fn anonymous() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 async fn start() -> Running {
-    let tag = format!("{:08x}", fastrand::u32(..));
-    let database = std::env::temp_dir().join(format!("tether-auth-{tag}/tether.db"));
-    let mut config = server::Config::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        testkit::rabbitmq_url(),
-    );
-    config.database_url = format!("sqlite://{}", database.display());
-    config.store_queue = format!("tether.telemetry.store.test-{tag}");
-    config.store_queue_expires_ms = Some(60_000);
-    let server = server::Server::bind(config)
-        .await
-        .expect("the server starts (RabbitMQ must be running: scripts/test.sh starts it)");
-    let running_base = format!("http://{}", server.local_addr().unwrap());
-    let (accounts, hub) = (server.accounts().clone(), server.hub().clone());
-    let first_run = server.first_run_secret();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
-    Running {
-        base: running_base,
-        accounts,
-        hub,
-        database,
-        first_run,
-        anonymous: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        _stop: stop,
-    }
+    support::start().await
 }
 
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
+/// What the auth tests do with a running server.
+trait AuthTests {
+    async fn log_in(&self, name: &str, password: &str, next: &str) -> reqwest::Response;
+    async fn audit(&self, admin: &reqwest::Client, query: &str) -> Vec<AuditEntry>;
+    async fn live(&self, token: &str) -> Result<LiveSocket, tokio_tungstenite::tungstenite::Error>;
+}
 
+impl AuthTests for Running {
     /// Posts a login form; the answer, not followed.
     async fn log_in(&self, name: &str, password: &str, next: &str) -> reqwest::Response {
-        self.anonymous
+        anonymous()
             .post(self.url("/auth/login"))
             .form(&[("name", name), ("password", password), ("next", next)])
             .send()
@@ -85,12 +56,6 @@ impl Running {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.unwrap()
-    }
-
-    /// A user of `role` in `groups` with a token, and a client sending it.
-    async fn user(&self, role: Role, groups: &[&str]) -> (reqwest::Client, String, String) {
-        let (token, name) = testkit::user_token(&self.accounts, role, groups).await;
-        (testkit::api_client(&token), token, name)
     }
 
     async fn live(&self, token: &str) -> Result<LiveSocket, tokio_tungstenite::tungstenite::Error> {
@@ -153,14 +118,13 @@ async fn api_error(response: reqwest::Response) -> (StatusCode, ApiError) {
 #[tokio::test]
 async fn without_credentials_only_the_login_page_and_the_probes_answer() {
     let running = start().await;
-    let get = |path: &str| running.anonymous.get(running.url(path)).send();
+    let get = |path: &str| anonymous().get(running.url(path)).send();
     let (status, error) = api_error(get("/api/v1/devices").await.unwrap()).await;
     assert_eq!(
         (status, error.code.as_str()),
         (StatusCode::UNAUTHORIZED, "unauthenticated")
     );
-    let server_fn = running
-        .anonymous
+    let server_fn = anonymous()
         .post(running.url("/api/devices"))
         .header("content-type", "application/json")
         .body("{}")
@@ -191,8 +155,7 @@ async fn without_credentials_only_the_login_page_and_the_probes_answer() {
         ),
     }
     for authorization in ["Bearer tth_made_up", "Basic YWRtaW46YWRtaW4=", "Bearer "] {
-        let response = running
-            .anonymous
+        let response = anonymous()
             .get(running.url("/api/v1/devices"))
             .header("authorization", authorization)
             .send()
@@ -234,8 +197,7 @@ async fn a_person_logs_in_with_the_form_and_out_again() {
     );
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
 
-    let me = running
-        .anonymous
+    let me = anonymous()
         .get(running.url("/api/v1/me"))
         .header("cookie", &cookie)
         .send()
@@ -244,8 +206,7 @@ async fn a_person_logs_in_with_the_form_and_out_again() {
     assert_eq!(me.status(), StatusCode::OK);
     let me: Me = me.json().await.unwrap();
     assert_eq!((me.name.as_str(), me.role), (name.as_str(), Role::Operator));
-    let page = running
-        .anonymous
+    let page = anonymous()
         .get(running.url("/"))
         .header("cookie", &cookie)
         .send()
@@ -257,8 +218,7 @@ async fn a_person_logs_in_with_the_form_and_out_again() {
         "the page names the user"
     );
 
-    let out = running
-        .anonymous
+    let out = anonymous()
         .post(running.url("/auth/logout"))
         .header("cookie", &cookie)
         .send()
@@ -273,8 +233,7 @@ async fn a_person_logs_in_with_the_form_and_out_again() {
         .unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     // The old cookie is dead on the server, not only forgotten by the browser.
-    let after = running
-        .anonymous
+    let after = anonymous()
         .get(running.url("/api/v1/me"))
         .header("cookie", &cookie)
         .send()
@@ -325,8 +284,7 @@ async fn the_first_run_link_creates_the_first_admin_once() {
         .clone()
         .expect("no user yet: a first-run link");
     let set_up = |token: &str, password: &str, confirm: &str| {
-        running
-            .anonymous
+        anonymous()
             .post(running.url("/auth/setup"))
             .form(&[
                 ("token", token),
@@ -355,8 +313,7 @@ async fn the_first_run_link_creates_the_first_admin_once() {
         .unwrap();
     assert_eq!(location(&done), "/");
     let cookie = session_cookie(&done).expect("logged in at once");
-    let me: Me = running
-        .anonymous
+    let me: Me = anonymous()
         .get(running.url("/api/v1/me"))
         .header("cookie", cookie.split(';').next().unwrap())
         .send()

@@ -3,39 +3,20 @@
 //! what RabbitMQ is told (their own inbox, their own presence and readings, nothing
 //! else). Only trusted addresses may ask.
 
-use std::net::SocketAddr;
+mod support;
 
-use tokio::sync::oneshot;
-
-struct Running {
-    base: String,
-    accounts: store::Store,
-    _stop: oneshot::Sender<()>,
-}
+use support::Running;
 
 async fn start(trusted: Vec<std::net::IpAddr>) -> Running {
-    let mut config = server::Config::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        testkit::rabbitmq_url(),
-    );
-    config.broker_auth_from = trusted;
-    let server = server::Server::bind(config)
-        .await
-        .expect("the server starts (RabbitMQ must be running: scripts/test.sh starts it)");
-    let base = format!("http://{}", server.local_addr().unwrap());
-    let accounts = server.accounts().clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
-    Running {
-        base,
-        accounts,
-        _stop: stop,
-    }
+    support::start_with(|config| config.broker_auth_from = trusted).await
 }
 
-impl Running {
+/// What RabbitMQ asks a running server.
+trait BrokerAuthTests {
+    async fn ask(&self, endpoint: &str, query: &[(&str, &str)]) -> (u16, String);
+}
+
+impl BrokerAuthTests for Running {
     /// What RabbitMQ would be told, asked as RabbitMQ asks by default (GET).
     async fn ask(&self, endpoint: &str, query: &[(&str, &str)]) -> (u16, String) {
         let response = reqwest::Client::new()
@@ -205,4 +186,49 @@ async fn only_trusted_addresses_may_ask() {
             .await,
         (403, "deny".to_owned())
     );
+}
+
+#[tokio::test]
+async fn garbage_and_floods_are_denied() {
+    let running = start(Vec::new()).await;
+    let device = testkit::unique("boiler");
+    running.accounts.provision_device(&device).await.unwrap();
+    let deny = (200, "deny".to_owned());
+    // Missing, unknown or nonsense fields.
+    assert_eq!(running.ask("user", &[]).await, deny);
+    assert_eq!(running.ask("user", &[("username", &device)]).await, deny);
+    assert_eq!(
+        running
+            .ask("user", &[("username", "a.b#*"), ("password", "x")])
+            .await,
+        deny
+    );
+    let odd = [
+        ("username", device.as_str()),
+        ("vhost", "/"),
+        ("resource", "bananas"),
+        ("name", "amq.gen-x"),
+        ("permission", "configure"),
+    ];
+    assert_eq!(running.ask("resource", &odd).await, deny);
+    let odd = [
+        ("username", device.as_str()),
+        ("vhost", "/"),
+        ("resource", "queue"),
+        ("name", "amq.gen-x"),
+        ("permission", "everything"),
+    ];
+    assert_eq!(running.ask("resource", &odd).await, deny);
+    // A body far larger than any question is not read.
+    let flood = reqwest::Client::new()
+        .post(format!("{}/auth/rabbitmq/user", running.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "username={device}&password={}",
+            "x".repeat(1 << 20)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flood.status().as_u16(), 413);
 }

@@ -3,60 +3,28 @@
 //! never listed; every change is in the audit trail. And the same from the command
 //! line, on the server's database.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use protocol::auth::{AuditEntry, DeviceCredential, ProvisionedDevice, Role};
 use reqwest::StatusCode;
 use serde_json::json;
 use server::config::DeviceCommand::{Add, List, Remove, Rotate};
-use store::{AuditQuery, Store};
-use tokio::sync::oneshot;
+use store::AuditQuery;
 
-/// A server keeping its accounts in a SQLite file of its own; stops when dropped.
-struct Running {
-    base: String,
-    accounts: Store,
-    database: PathBuf,
-    _stop: oneshot::Sender<()>,
+mod support;
+
+use support::{Running, start};
+
+/// What the provisioning tests do with a running server.
+trait ProvisionTests {
+    async fn provision(&self, client: &reqwest::Client, id: &str) -> reqwest::Response;
+    async fn rotate(&self, client: &reqwest::Client, id: &str) -> reqwest::Response;
+    async fn revoke(&self, client: &reqwest::Client, id: &str) -> reqwest::Response;
+    async fn provisioned(&self, client: &reqwest::Client) -> reqwest::Response;
+    async fn audit_of(&self, target: &str) -> Vec<AuditEntry>;
 }
 
-async fn start() -> Running {
-    let tag = format!("{:08x}", fastrand::u32(..));
-    let database = std::env::temp_dir().join(format!("tether-provision-{tag}/tether.db"));
-    let mut config = server::Config::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        testkit::rabbitmq_url(),
-    );
-    config.database_url = format!("sqlite://{}", database.display());
-    config.store_queue = format!("tether.telemetry.store.test-{tag}");
-    config.store_queue_expires_ms = Some(60_000);
-    let server = server::Server::bind(config)
-        .await
-        .expect("the server starts (RabbitMQ must be running: scripts/test.sh starts it)");
-    let base = format!("http://{}", server.local_addr().unwrap());
-    let accounts = server.accounts().clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
-    Running {
-        base,
-        accounts,
-        database,
-        _stop: stop,
-    }
-}
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn user(&self, role: Role) -> (reqwest::Client, String) {
-        let (token, name) = testkit::user_token(&self.accounts, role, &[]).await;
-        (testkit::api_client(&token), name)
-    }
-
+impl ProvisionTests for Running {
     async fn provision(&self, client: &reqwest::Client, id: &str) -> reqwest::Response {
         client
             .post(self.url("/api/v1/devices"))
@@ -120,7 +88,7 @@ fn expected_url(id: &str, secret: &str) -> String {
 #[tokio::test]
 async fn admins_provision_rotate_and_revoke_device_credentials() {
     let running = start().await;
-    let (admin, admin_name) = running.user(Role::Admin).await;
+    let (admin, _, admin_name) = running.user(Role::Admin, &[]).await;
     let id = testkit::unique("boiler");
 
     let created = running.provision(&admin, &id).await;
@@ -171,7 +139,7 @@ async fn admins_provision_rotate_and_revoke_device_credentials() {
 
     // Nobody else may provision, list, rotate or revoke.
     for role in [Role::Viewer, Role::Operator] {
-        let (client, _) = running.user(role).await;
+        let (client, _, _) = running.user(role, &[]).await;
         for response in [
             running.provisioned(&client).await,
             running.provision(&client, &testkit::unique("sneaky")).await,
@@ -269,7 +237,7 @@ async fn admins_provision_rotate_and_revoke_device_credentials() {
 #[tokio::test]
 async fn the_command_line_provisions_rotates_and_removes_devices() {
     let running = start().await;
-    let (admin, _) = running.user(Role::Admin).await;
+    let (admin, _, _) = running.user(Role::Admin, &[]).await;
     let mut config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), "");
     config.database_url = format!("sqlite://{}", running.database.display());
     config.amqp_url = None;
