@@ -271,9 +271,38 @@ async fn failed_logins_lock_the_account_out_for_a_while() {
         location(&locked)
     );
     assert_eq!(session_cookie(&locked), None);
+    // A flood during the lock-out is refused too, and recorded once, not once a try.
+    for _ in 0..5 {
+        let again = running.log_in(&name, "guess", "/").await;
+        assert!(location(&again).starts_with("/login?error=throttled"));
+    }
+    let (admin, _, _) = running.user(Role::Admin, &[]).await;
+    let throttled = running
+        .audit(&admin, &format!("action=login_throttled&target={name}"))
+        .await;
+    assert_eq!(throttled.len(), 1, "{throttled:#?}");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let later = running.log_in(&name, "bob's long password", "/").await;
     assert!(session_cookie(&later).is_some(), "{}", location(&later));
+}
+
+#[tokio::test]
+async fn a_login_with_a_huge_name_is_refused_and_recorded_cut_short() {
+    let running = start().await;
+    let huge = "x".repeat(100_000);
+    let refused = running
+        .log_in(&huge, "whatever password", &"/".repeat(5_000))
+        .await;
+    assert_eq!(refused.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&refused), "/login?error=invalid&next=%2F");
+    let (admin, _, _) = running.user(Role::Admin, &[]).await;
+    let failed = running.audit(&admin, "action=login_failed").await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].actor.chars().count(),
+        65,
+        "64 characters and an ellipsis"
+    );
 }
 
 #[tokio::test]

@@ -98,17 +98,31 @@ async fn log_in(
         .into_response()
     };
     let name = form.name.trim();
-    if let Err(wait) = state.throttle.check(name, &address, Instant::now()) {
+    if let Err(locked) = state.throttle.check(name, &address, Instant::now()) {
+        if locked.first {
+            let shown = shown_name(name);
+            let detail = format!(
+                "locked out for {}s more; further attempts in this lock-out are not recorded",
+                locked.wait.as_secs().max(1)
+            );
+            audit::record(&state, &shown, &address, "login_throttled", &shown, &detail).await;
+        }
+        return back("throttled");
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        // No account has such a name: a failure, without asking the database.
+        state.throttle.failed(name, &address, Instant::now());
+        let shown = shown_name(name);
         audit::record(
             &state,
-            name,
+            &shown,
             &address,
-            "login_throttled",
-            name,
-            &format!("locked out for {}s more", wait.as_secs().max(1)),
+            "login_failed",
+            &shown,
+            "no such name",
         )
         .await;
-        return back("throttled");
+        return back("invalid");
     }
     match state.accounts.check_password(name, &form.password).await {
         Ok(Some(user)) => {
@@ -337,10 +351,24 @@ async fn change_password(
     }
 }
 
-/// `next` if it is a path on this server, else `/`: the login form must not become a
-/// way to send people to another site.
+/// User names are at most this long; what a login form claims is cut to it before it
+/// is written anywhere.
+const MAX_NAME_CHARS: usize = 64;
+
+/// A claimed name as the audit trail keeps it: at most [`MAX_NAME_CHARS`], so that a
+/// flood of huge names cannot fill the database.
+fn shown_name(name: &str) -> String {
+    match name.char_indices().nth(MAX_NAME_CHARS) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_owned(),
+    }
+}
+
+/// `next` if it is a path on this server (of a sane length), else `/`: the login form
+/// must not become a way to send people to another site.
 fn local_path(next: &str) -> &str {
-    let local = next.starts_with('/')
+    let local = next.len() <= 2_048
+        && next.starts_with('/')
         && !next.starts_with("//")
         && !next.starts_with("/\\")
         && !next.chars().any(char::is_control);

@@ -30,20 +30,44 @@ struct Failures {
     count: u32,
     last: Instant,
     locked_until: Option<Instant>,
+    /// Whether an attempt during the current lock-out was already reported.
+    reported: bool,
+}
+
+/// A login refused because its account or address is locked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locked {
+    /// How long until it may try again.
+    pub wait: Duration,
+    /// The first attempt refused in this lock-out: worth an audit entry; the rest of a
+    /// flood is not (each would be a row written for an attacker).
+    pub first: bool,
 }
 
 impl Throttle {
-    /// `Err(wait)` if this account or this address is locked out now.
-    pub fn check(&self, account: &str, address: &str, now: Instant) -> Result<(), Duration> {
-        let entries = self.lock();
-        let wait = [account_key(account), address_key(address)]
-            .iter()
-            .filter_map(|key| entries.get(key))
-            .filter_map(|failures| failures.locked_until)
-            .filter(|until| *until > now)
-            .map(|until| until - now)
-            .max();
-        wait.map_or(Ok(()), Err)
+    /// `Err` if this account or this address is locked out now.
+    pub fn check(&self, account: &str, address: &str, now: Instant) -> Result<(), Locked> {
+        let mut entries = self.lock();
+        let mut locked: Option<Locked> = None;
+        for key in [account_key(account), address_key(address)] {
+            let Some(failures) = entries.get_mut(&key) else {
+                continue;
+            };
+            let Some(until) = failures.locked_until.filter(|until| *until > now) else {
+                continue;
+            };
+            let first = !failures.reported;
+            failures.reported = true;
+            let wait = until - now;
+            locked = Some(match locked {
+                Some(other) => Locked {
+                    wait: wait.max(other.wait),
+                    first: first || other.first,
+                },
+                None => Locked { wait, first },
+            });
+        }
+        locked.map_or(Ok(()), Err)
     }
 
     /// Counts a failed login against the account and the address.
@@ -63,6 +87,7 @@ impl Throttle {
                 count: 0,
                 last: now,
                 locked_until: None,
+                reported: false,
             });
             if now.duration_since(failures.last) >= MAX_LOCK {
                 failures.count = 0;
@@ -73,6 +98,7 @@ impl Throttle {
                 let doubling = (failures.count - free - 1).min(10);
                 let lock = (Duration::from_secs(1) * 2u32.pow(doubling)).min(MAX_LOCK);
                 failures.locked_until = Some(now + lock);
+                failures.reported = false;
             }
         }
     }
@@ -89,7 +115,10 @@ impl Throttle {
     }
 }
 
+/// Names are at most 64 characters: a longer one (no account has it) is cut, so that
+/// a flood of huge names costs little memory.
 fn account_key(account: &str) -> String {
+    let account: String = account.chars().take(64).collect();
     format!("user:{}", account.to_lowercase())
 }
 
@@ -112,7 +141,7 @@ mod tests {
         assert_eq!(throttle.check("alice", "10.0.0.1", t0), Ok(()));
         throttle.failed("alice", "10.0.0.1", t0);
         assert_eq!(
-            throttle.check("alice", "10.0.0.2", t0),
+            throttle.check("alice", "10.0.0.2", t0).map_err(|l| l.wait),
             Err(Duration::from_secs(1))
         );
         // From any address, and whatever the case of the name.
@@ -122,13 +151,37 @@ mod tests {
         assert_eq!(throttle.check("alice", "10.0.0.1", t1), Ok(()));
         throttle.failed("alice", "10.0.0.1", t1);
         assert_eq!(
-            throttle.check("alice", "10.0.0.1", t1),
+            throttle.check("alice", "10.0.0.1", t1).map_err(|l| l.wait),
             Err(Duration::from_secs(2))
         );
         // A quiet quarter of an hour forgets.
         let later = t1 + MAX_LOCK;
         throttle.failed("alice", "10.0.0.1", later);
         assert_eq!(throttle.check("alice", "10.0.0.1", later), Ok(()));
+    }
+
+    #[test]
+    fn only_the_first_refusal_of_a_lock_out_is_worth_reporting() {
+        let throttle = Throttle::default();
+        let now = Instant::now();
+        for _ in 0..=FREE_PER_ACCOUNT {
+            throttle.failed("dave", "a", now);
+        }
+        assert_eq!(
+            throttle.check("dave", "a", now).map_err(|l| l.first),
+            Err(true)
+        );
+        assert_eq!(
+            throttle.check("dave", "a", now).map_err(|l| l.first),
+            Err(false)
+        );
+        // A new lock-out is reported again.
+        let later = now + Duration::from_secs(2);
+        throttle.failed("dave", "a", later);
+        assert_eq!(
+            throttle.check("dave", "a", later).map_err(|l| l.first),
+            Err(true)
+        );
     }
 
     #[test]
@@ -149,7 +202,10 @@ mod tests {
         for _ in 0..100 {
             throttle.failed("carol", "a", now);
         }
-        assert_eq!(throttle.check("carol", "b", now), Err(MAX_LOCK));
+        assert_eq!(
+            throttle.check("carol", "b", now).map_err(|l| l.wait),
+            Err(MAX_LOCK)
+        );
         throttle.succeeded("carol");
         assert_eq!(throttle.check("carol", "b", now), Ok(()));
     }
