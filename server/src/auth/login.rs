@@ -355,13 +355,9 @@ async fn change_password(
 /// is written anywhere.
 const MAX_NAME_CHARS: usize = 64;
 
-/// A claimed name as the audit trail keeps it: at most [`MAX_NAME_CHARS`], so that a
-/// flood of huge names cannot fill the database.
+/// A claimed name as the audit trail keeps it: at most [`MAX_NAME_CHARS`].
 fn shown_name(name: &str) -> String {
-    match name.char_indices().nth(MAX_NAME_CHARS) {
-        Some((cut, _)) => format!("{}…", &name[..cut]),
-        None => name.to_owned(),
-    }
+    audit::cut(name, MAX_NAME_CHARS)
 }
 
 /// `next` if it is a path on this server (of a sane length), else `/`: the login form
