@@ -18,17 +18,31 @@ pub mod simulate;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use lapin::uri::AMQPUri;
+
 use protocol::{Capabilities, CommandId, DeviceId, ErrorCode};
 use serde_json::Value;
 
 pub use session::CommandContext;
 
 /// How an agent connects and presents itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
-    /// `amqp://user:password@host:port/vhost` (or `amqps://…`).
+    /// `amqp://user:password@host:port/vhost` (or `amqps://…`). Its credentials are used
+    /// only when `secret` is `None`.
     pub amqp_url: String,
+    /// Who the device is; with `secret`, also its user name on the broker.
     pub device_id: DeviceId,
+    /// The device's own broker password (provisioned with the device). When set, the
+    /// agent logs in as user = `device_id` with it, whatever credentials `amqp_url`
+    /// carries. Every message the agent publishes says it is from `device_id`, and the
+    /// broker refuses that from any other login, so without a secret the URL's user must
+    /// be the device id.
+    pub secret: Option<String>,
+    /// The broker accounts whose inbox messages (commands, cancels, watches, announce
+    /// requests) the agent obeys. Anything else in the inbox — from another device, or
+    /// without a `user_id` — is logged, acknowledged and otherwise ignored.
+    pub server_accounts: Vec<String>,
     /// What sort of device this is, shown to users (e.g. `thermostat`).
     pub kind: String,
     pub firmware: String,
@@ -44,12 +58,18 @@ pub struct Config {
     pub reconnect_max: Duration,
 }
 
+/// The server account Tether's servers log in with unless told otherwise.
+pub const DEFAULT_SERVER_ACCOUNT: &str = "tether-server";
+
 impl Config {
-    /// A configuration with sensible timings for `device_id` of `kind`.
+    /// A configuration with sensible timings for `device_id` of `kind`, logging in with
+    /// the URL's credentials and obeying [`DEFAULT_SERVER_ACCOUNT`].
     pub fn new(amqp_url: impl Into<String>, device_id: DeviceId, kind: impl Into<String>) -> Self {
         Self {
             amqp_url: amqp_url.into(),
             device_id,
+            secret: None,
+            server_accounts: vec![DEFAULT_SERVER_ACCOUNT.into()],
             kind: kind.into(),
             firmware: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat: Duration::from_secs(5),
@@ -58,6 +78,64 @@ impl Config {
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(30),
         }
+    }
+
+    /// Whether this configuration can work at all: the URL parses, and the agent would
+    /// log in as its device (the broker refuses messages whose `user_id` is not the
+    /// login's own). [`run`] checks it before it first connects; call it to find out
+    /// sooner (`tether-agent` checks every device before it starts any).
+    ///
+    /// # Errors
+    /// Saying what is wrong and what to do, without the URL's password or the secret.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.login().map(drop)
+    }
+
+    /// Where and as whom the agent logs in: `amqp_url`, parsed as lapin parses it, with
+    /// user = device id and password = `secret` when a secret is set. Parsed rather than
+    /// edited as text, so that no character of a secret can break the URL.
+    pub(crate) fn login(&self) -> anyhow::Result<AMQPUri> {
+        let mut uri: AMQPUri = self.amqp_url.parse().map_err(|error| {
+            anyhow::anyhow!(
+                "the broker URL {} is not usable: {error}",
+                common::redact(&self.amqp_url)
+            )
+        })?;
+        if let Some(secret) = &self.secret {
+            uri.authority.userinfo.username = self.device_id.to_string();
+            uri.authority.userinfo.password.clone_from(secret);
+        }
+        // Without a secret: the URL's user, or guest if it names none.
+        let user = &uri.authority.userinfo.username;
+        if user != self.device_id.as_str() {
+            anyhow::bail!(
+                "device {} would log in to the broker as user \"{user}\", but the broker \
+                 accepts messages from {0} only when it logs in as {0}: set the device's \
+                 secret (Config::secret; tether-agent's --device-secret) or put the \
+                 device id and secret in the URL",
+                self.device_id
+            );
+        }
+        Ok(uri)
+    }
+}
+
+/// Everything but the secret and the URL's password, which do not belong in logs.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("amqp_url", &common::redact(&self.amqp_url))
+            .field("device_id", &self.device_id)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("server_accounts", &self.server_accounts)
+            .field("kind", &self.kind)
+            .field("firmware", &self.firmware)
+            .field("heartbeat", &self.heartbeat)
+            .field("telemetry", &self.telemetry)
+            .field("telemetry_fastest", &self.telemetry_fastest)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
     }
 }
 
@@ -144,16 +222,18 @@ pub trait Handler: Send + Sync + 'static {
 /// Runs the agent until `shutdown` resolves: connects, serves sessions, and reconnects
 /// with exponential backoff and full jitter whenever the connection is lost. On
 /// shutdown it says bye and closes the connection. It returns an error only if the
-/// configuration cannot work at all.
+/// configuration cannot work at all (see [`Config::check`]); a refused login or a
+/// topology the server has not declared yet is retried like a lost connection.
 pub async fn run<H: Handler>(
     config: Config,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let login = config.login()?;
     tokio::pin!(shutdown);
     let mut failures: u32 = 0;
     loop {
-        let outcome = session::serve(&config, &handler, shutdown.as_mut()).await;
+        let outcome = session::serve(&config, &login, &handler, shutdown.as_mut()).await;
         let pause = match outcome {
             Ok(session::End::Shutdown) => return Ok(()),
             Ok(session::End::Restart { downtime }) => {
@@ -189,6 +269,49 @@ fn backoff(config: &Config, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_replaces_the_urls_credentials() {
+        let mut config = Config::new(
+            "amqp://guest:guest@broker.lan:5672/%2f?heartbeat=10",
+            DeviceId::new("boiler-1").unwrap(),
+            "thermostat",
+        );
+        config.secret = Some("p@ss:w/rd%41 é".into());
+        let login = config.login().unwrap();
+        assert_eq!(login.authority.userinfo.username, "boiler-1");
+        assert_eq!(login.authority.userinfo.password, "p@ss:w/rd%41 é");
+        assert_eq!(login.authority.host, "broker.lan");
+        assert_eq!(login.vhost, "/");
+        assert_eq!(login.query.heartbeat, Some(10));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("p@ss") && !shown.contains("guest:guest"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn without_a_secret_the_url_must_log_in_as_the_device() {
+        let device = DeviceId::new("boiler-1").unwrap();
+        let config = Config::new("amqp://boiler-1:s%40cret@h/%2f", device.clone(), "k");
+        assert_eq!(
+            config.login().unwrap().authority.userinfo.password,
+            "s@cret"
+        );
+        for url in ["amqp://guest:hush@h/%2f", "amqp://h/%2f"] {
+            let error = Config::new(url, device.clone(), "k").check().unwrap_err();
+            let error = format!("{error:#}");
+            assert!(error.contains("as user \"guest\""), "{error}");
+            assert!(!error.contains("hush"), "{error}");
+        }
+        let error = Config::new("http://boiler-1:hush@h", device, "k")
+            .check()
+            .unwrap_err();
+        let error = format!("{error:#}");
+        assert!(error.contains("is not usable"), "{error}");
+        assert!(!error.contains("hush"), "{error}");
+    }
 
     #[test]
     fn backoff_grows_and_stays_under_the_cap() {

@@ -1,5 +1,10 @@
-//! One connection's life: connect, declare the inbox, say hello, serve commands and send
-//! heartbeats until the connection fails, a restart is asked for, or shutdown.
+//! One connection's life: connect, check the topology, declare the inbox, say hello,
+//! serve commands and send heartbeats until the connection fails, a restart is asked
+//! for, or shutdown.
+//!
+//! Every message published carries `user_id` = the device id, which the broker checks
+//! against the login; every inbox message is obeyed only if its `user_id` is one of the
+//! configured server accounts.
 
 use std::{
     collections::HashMap,
@@ -10,21 +15,23 @@ use std::{
 };
 
 use anyhow::Context as _;
-use common::{amqp::declare_exchange, redact};
+use common::redact;
 use futures_util::StreamExt as _;
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::FieldTable,
+    uri::AMQPUri,
 };
 use protocol::{
     Bye, CommandId, CommandRequest, Delivered, DeviceMessage, ErrorCode, Heartbeat, Hello, Outcome,
     Progress, Reply, ServerMessage, TelemetrySample,
-    names::{self, PresenceKind},
+    names::{self, ExchangeType, PresenceKind},
 };
 use tokio::{sync::mpsc, task::AbortHandle};
 
@@ -80,7 +87,9 @@ impl CommandContext {
     }
 }
 
-/// Publishes on the session's channel, stamping every message with its session id.
+/// Publishes on the session's channel, stamping every message with its session id and
+/// with `user_id` = the device id (the broker refuses a `user_id` that is not the
+/// login's, so servers can trust it).
 #[derive(Debug, Clone)]
 struct Publisher {
     channel: Channel,
@@ -96,8 +105,9 @@ impl Publisher {
         correlation_id: Option<&CommandId>,
         message: &DeviceMessage,
     ) -> lapin::Result<()> {
-        let mut properties =
-            BasicProperties::default().with_content_type(names::CONTENT_TYPE.into());
+        let mut properties = BasicProperties::default()
+            .with_content_type(names::CONTENT_TYPE.into())
+            .with_user_id(self.device_id.as_str().into());
         if let Some(id) = correlation_id {
             properties = properties.with_correlation_id(id.0.as_str().into());
         }
@@ -152,17 +162,33 @@ impl Publisher {
 /// the session ends.
 type Running = Arc<Mutex<HashMap<CommandId, AbortHandle>>>;
 
+/// Serves one session over a new connection, logging in as `login` says (see
+/// [`Config::login`]).
 pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
     config: &Config,
+    login: &AMQPUri,
     handler: &Arc<H>,
     mut shutdown: Pin<&mut S>,
 ) -> Result<End, Failure> {
     let failed = |served| move |error| Failure { error, served };
     let connection = tokio::select! {
-        connection = Connection::connect(&config.amqp_url, ConnectionProperties::default()) => connection,
+        connection = Connection::connect_uri(login.clone(), ConnectionProperties::default()) => connection,
         () = &mut shutdown => return Ok(End::Shutdown),
     }
-    .with_context(|| format!("cannot connect to {}", redact(&config.amqp_url)))
+    .map_err(|error| {
+        let user = &login.authority.userinfo.username;
+        let refused = matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)));
+        let hint = if refused {
+            " (is the device provisioned on this broker, and its secret right?)"
+        } else {
+            ""
+        };
+        anyhow::Error::new(error).context(format!(
+            "cannot connect to {} as {user}{hint}",
+            redact(&config.amqp_url)
+        ))
+    })
     .map_err(failed(false))?;
     let running: Running = Arc::default();
     let result = serve_connection(config, handler, &connection, &running, shutdown).await;
@@ -234,6 +260,8 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
     let never = || tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let mut last_reading = tokio::time::Instant::now();
     let mut next_reading = last_reading;
+    // Inbox messages ignored because they are not from a server account.
+    let mut ignored: u64 = 0;
     let bye = |reason: &str| {
         DeviceMessage::Bye(Bye {
             device_id: config.device_id.clone(),
@@ -270,6 +298,9 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
                 }
             }
             delivery = commands.next() => match delivery {
+                Some(Ok(delivery)) if !from_server(config, &delivery) => {
+                    ignore(&config.device_id, &mut ignored, delivery).await.map_err(failed(true))?;
+                }
                 Some(Ok(delivery)) => {
                     on_delivery(handler, &publisher, running, &restart_tx, &hello, pace.as_mut(), delivery).await.map_err(failed(true))?;
                     if let Some(pace) = &pace {
@@ -285,17 +316,21 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
     }
 }
 
-/// Opens the session's channel, declares the exchanges it publishes to and its inbox:
-/// broker-named, exclusive (only this connection may consume it) and auto-deleted, so
-/// that it disappears with the connection and commands to a gone device come back
-/// unroutable at once.
+/// Opens the session's channel, checks that the exchanges it uses exist, and declares
+/// its inbox: broker-named, exclusive (only this connection may consume it) and
+/// auto-deleted, so that it disappears with the connection and commands to a gone
+/// device come back unroutable at once.
 async fn declare(connection: &Connection) -> anyhow::Result<(Channel, String)> {
     let channel = connection
         .create_channel()
         .await
         .context("cannot open a channel")?;
-    for exchange in [names::PRESENCE_EXCHANGE, names::TELEMETRY_EXCHANGE] {
-        declare_exchange(&channel, exchange).await?;
+    for exchange in [
+        names::PRESENCE_EXCHANGE,
+        names::TELEMETRY_EXCHANGE,
+        names::DISCOVER_EXCHANGE,
+    ] {
+        check_exchange(&channel, exchange).await?;
     }
     let inbox = channel
         .queue_declare(
@@ -310,7 +345,6 @@ async fn declare(connection: &Connection) -> anyhow::Result<(Channel, String)> {
         .await
         .context("cannot declare the inbox")?;
     // Servers that start later ask every device to say hello again through this exchange.
-    declare_exchange(&channel, names::DISCOVER_EXCHANGE).await?;
     channel
         .queue_bind(
             inbox.name().clone(),
@@ -326,6 +360,86 @@ async fn declare(connection: &Connection) -> anyhow::Result<(Channel, String)> {
         .await
         .context("cannot set prefetch")?;
     Ok((channel, inbox.name().to_string()))
+}
+
+/// Checks that one of Tether's exchanges exists, without declaring it (a passive
+/// declare). Servers declare the topology; a device account may not, and a device that
+/// declared it could get it wrong. A missing exchange means no server has set up this
+/// broker yet: the session fails and is retried with backoff until one has.
+///
+/// # Panics
+/// If `name` is not one of [`names::EXCHANGES`]: a mistake in this module.
+async fn check_exchange(channel: &Channel, name: &str) -> anyhow::Result<()> {
+    let (_, kind) = names::EXCHANGES
+        .iter()
+        .find(|(known, _)| *known == name)
+        .unwrap_or_else(|| panic!("{name} is not one of Tether's exchanges"));
+    let kind = match kind {
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+    };
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(name.into(), kind, passive, FieldTable::default())
+        .await
+        .map_err(|error| match error.kind() {
+            lapin::ErrorKind::ProtocolError(amqp)
+                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+            {
+                anyhow::anyhow!(
+                    "exchange {name} does not exist: the server has not declared Tether's \
+                     topology on this broker yet (start a Tether server first)"
+                )
+            }
+            _ => anyhow::Error::new(error).context(format!("cannot check exchange {name}")),
+        })
+}
+
+/// Whether an inbox message comes from one of the server accounts the device obeys,
+/// as the broker vouches with its `user_id`.
+fn from_server(config: &Config, delivery: &Delivery) -> bool {
+    delivery
+        .properties
+        .user_id()
+        .as_ref()
+        .is_some_and(|user| config.server_accounts.iter().any(|s| s == user.as_str()))
+}
+
+/// Acknowledges and drops an inbox message that is not from a server account: another
+/// device (which can put messages into any queue it knows the name of) or a sender
+/// without a `user_id`. It is never run nor answered, and its body is never logged.
+/// The warning is written for the first ten, then at every power of two, so that a
+/// flood cannot fill the log; `ignored` counts them all.
+async fn ignore(
+    device: &protocol::DeviceId,
+    ignored: &mut u64,
+    delivery: Delivery,
+) -> anyhow::Result<()> {
+    *ignored += 1;
+    let sender = delivery
+        .properties
+        .user_id()
+        .as_ref()
+        .map(|user| user.as_str().to_owned());
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .context("cannot acknowledge an ignored inbox message")?;
+    if *ignored <= 10 || ignored.is_power_of_two() {
+        match sender {
+            Some(user) => {
+                tracing::warn!(%device, ignored = *ignored, "ignoring an inbox message from {user:?}: not a server account")
+            }
+            None => {
+                tracing::warn!(%device, ignored = *ignored, "ignoring an inbox message without a user_id: not from a server account")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Handles one message from the inbox. Anything that is not a usable command is logged

@@ -1,78 +1,28 @@
 //! A simulated gateway publishes readings of each announced metric to
 //! `tether.telemetry`, under `telemetry.<device>.<metric>`, at its interval. Runs against
-//! the embedded broker.
+//! the embedded broker, logged in as the device.
+
+mod support;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use agent::simulate::{Kind, Simulated};
-use futures_util::StreamExt as _;
-use lapin::{
-    Connection, ConnectionProperties, ExchangeKind,
-    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
-use protocol::{DeviceId, DeviceMessage, names};
+use protocol::{DeviceMessage, names};
+use support::{Devices, TestBroker, next_within, user_id};
 
 #[tokio::test]
 async fn a_gateway_reports_each_announced_metric_at_its_interval() {
-    let url = broker::Broker::start(broker::Config::on_free_port())
-        .await
-        .unwrap();
+    let broker = TestBroker::start(Devices::new(&[("gw-telemetry", "secret")])).await;
 
     // A listener bound before the device starts, as a server replica would be.
-    let connection = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            names::TELEMETRY_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let private = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare("".into(), private, FieldTable::default())
-        .await
-        .unwrap();
-    let device = DeviceId::new("gw-telemetry").unwrap();
-    let binding = format!("telemetry.{device}.#");
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            names::TELEMETRY_EXCHANGE.into(),
-            binding.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut samples = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let server = broker.server().await;
+    server.declare_topology().await;
+    let mut config = broker.agent_config("gw-telemetry", "secret", "gateway");
+    let device = config.device_id.clone();
+    let mut samples = server
+        .listen(names::TELEMETRY_EXCHANGE, &format!("telemetry.{device}.#"))
+        .await;
 
-    let mut config = agent::Config::new(url, device.clone(), "gateway");
     config.telemetry = Some(Duration::from_millis(100));
     tokio::spawn(agent::run(
         config,
@@ -83,11 +33,14 @@ async fn a_gateway_reports_each_announced_metric_at_its_interval() {
     let mut seen = BTreeSet::new();
     let mut count = 0;
     while count < 9 {
-        let delivery = tokio::time::timeout(Duration::from_secs(5), samples.next())
+        let delivery = next_within(&mut samples, Duration::from_secs(5))
             .await
-            .expect("samples keep coming")
-            .unwrap()
-            .unwrap();
+            .expect("samples keep coming");
+        assert_eq!(
+            user_id(&delivery),
+            Some(device.as_str()),
+            "signed by the device"
+        );
         let DeviceMessage::Telemetry(sample) =
             protocol::decode::<DeviceMessage>(&delivery.data).unwrap()
         else {
