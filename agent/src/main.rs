@@ -1,13 +1,26 @@
 //! `tether-agent`: runs one device, or a simulated fleet, against a broker.
 //!
+//! Each device logs in to the broker with its own account: user = its id, password =
+//! the secret it was provisioned with (`tether-server device add ID`). Give the secret in
+//! the environment rather than as a flag: a command line is visible to every local user.
+//!
 //! ```text
-//! tether-agent --device-id boiler-1 --kind thermostat
-//! tether-agent --simulate 50 --kind mixed --id-prefix lab
+//! TETHER_DEVICE_SECRET=… tether-agent --amqp-url amqp://broker.lan:5672/%2f \
+//!     --device-id boiler-1 --kind thermostat
+//! tether-agent --simulate 50 --kind mixed --device-id lab --secrets-file lab.secrets
 //! ```
+//!
+//! A secrets file has one line per device, `<device-id> <secret>`; blank lines and lines
+//! starting with `#` are ignored. With `--simulate`, every simulated device
+//! (`lab-thermostat-1`, `lab-switch-2`, …) needs a line.
+//!
+//! The device obeys inbox messages only from the server accounts (`--server-account`,
+//! default `tether-server`); anything else is logged and dropped.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use agent::simulate::{Kind, Simulated};
+use anyhow::Context as _;
 use clap::Parser as _;
 use protocol::DeviceId;
 use tokio::sync::watch;
@@ -20,7 +33,8 @@ use tokio::sync::watch;
     about = "A Tether device agent with simulated device kinds"
 )]
 struct Args {
-    /// The broker to connect out to.
+    /// The broker to connect out to. With a device secret, any credentials in it are
+    /// replaced by the device's own.
     #[arg(
         long,
         env = "TETHER_AMQP_URL",
@@ -39,6 +53,32 @@ struct Args {
     /// Run this many devices, each with its own connection, named `<device-id>-<kind>-<n>`.
     #[arg(long, env = "TETHER_SIMULATE")]
     simulate: Option<usize>,
+
+    /// The device's secret: it logs in as user = its id with this password. Prefer the
+    /// environment variable; a command line is visible to every local user.
+    #[arg(
+        long,
+        env = "TETHER_DEVICE_SECRET",
+        hide_env_values = true,
+        conflicts_with_all = ["secrets_file", "simulate"]
+    )]
+    device_secret: Option<String>,
+
+    /// A file of `<device-id> <secret>` lines (blank lines and `#` comments ignored):
+    /// each device logs in with its own line. Required for --simulate; without it, it
+    /// may hold the one device's secret.
+    #[arg(long, env = "TETHER_SECRETS_FILE")]
+    secrets_file: Option<PathBuf>,
+
+    /// A broker account whose inbox messages (commands and the like) the device obeys;
+    /// repeat it, or comma-separate in the environment variable, for several.
+    #[arg(
+        long = "server-account",
+        env = "TETHER_SERVER_ACCOUNTS",
+        value_delimiter = ',',
+        default_value = agent::DEFAULT_SERVER_ACCOUNT
+    )]
+    server_accounts: Vec<String>,
 
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "TETHER_HEARTBEAT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
@@ -89,10 +129,61 @@ async fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut agents = tokio::task::JoinSet::new();
+    anyhow::ensure!(
+        args.simulate.is_none() || args.secrets_file.is_some(),
+        "--simulate needs --secrets-file (TETHER_SECRETS_FILE): each simulated device logs \
+         in to the broker with its own id and secret"
+    );
+    let mut secrets = match &args.secrets_file {
+        Some(path) => Some(read_secrets(path)?),
+        None => None,
+    };
+    let server_accounts: Vec<String> = args
+        .server_accounts
+        .iter()
+        .map(|account| account.trim().to_owned())
+        .filter(|account| !account.is_empty())
+        .collect();
+    anyhow::ensure!(
+        !server_accounts.is_empty(),
+        "--server-account (TETHER_SERVER_ACCOUNTS) names no account: the device would obey nobody"
+    );
+
+    let mut configs = Vec::with_capacity(devices.len());
+    let mut missing = Vec::new();
     for (device_id, kind) in devices {
         let mut config = agent::Config::new(args.amqp_url.clone(), device_id, kind.name());
+        config.secret = match &mut secrets {
+            Some(secrets) => {
+                let secret = secrets.remove(&config.device_id);
+                if secret.is_none() {
+                    missing.push(config.device_id.to_string());
+                }
+                secret
+            }
+            None => args.device_secret.clone(),
+        };
+        config.server_accounts.clone_from(&server_accounts);
+        configs.push((config, kind));
+    }
+    if let Some(path) = &args.secrets_file {
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{} has no secret for {} device(s): {}",
+            path.display(),
+            missing.len(),
+            abbreviate(&missing)
+        );
+    }
+    // Checked before any device starts: a configuration that cannot work for one device
+    // is the operator's to fix, not something to retry.
+    for (config, _) in &configs {
+        config.check()?;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut agents = tokio::task::JoinSet::new();
+    for (mut config, kind) in configs {
         config.heartbeat = Duration::from_millis(args.heartbeat_ms);
         config.telemetry =
             (args.telemetry_ms > 0).then(|| Duration::from_millis(args.telemetry_ms));
@@ -114,6 +205,65 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads a secrets file: one `<device-id> <secret>` line per device; blank lines and
+/// lines starting with `#` are ignored. Errors name the file and line, never a secret.
+fn read_secrets(path: &std::path::Path) -> anyhow::Result<HashMap<DeviceId, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secrets file {}", path.display()))?;
+    warn_if_readable_by_others(path);
+    parse_secrets(&text).with_context(|| format!("in the secrets file {}", path.display()))
+}
+
+fn parse_secrets(text: &str) -> anyhow::Result<HashMap<DeviceId, String>> {
+    let mut secrets = HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(secret), None) = (words.next(), words.next(), words.next()) else {
+            anyhow::bail!("line {number}: expected `<device-id> <secret>`");
+        };
+        let id = DeviceId::new(id).with_context(|| format!("line {number}: not a device id"))?;
+        anyhow::ensure!(
+            !secrets.contains_key(&id),
+            "line {number}: a second secret for {id}"
+        );
+        secrets.insert(id, secret.to_owned());
+    }
+    Ok(secrets)
+}
+
+/// Secrets should be for this user's eyes only; says so if the file is not.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "the secrets file {} can be read by other users; chmod 600 it",
+            path.display()
+        );
+    }
+}
+
+/// The first few of a list, and how many more there are.
+fn abbreviate(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let mut terminate =
@@ -121,5 +271,61 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         Some(()) = async { match terminate.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secrets_file_skips_blanks_and_comments() {
+        let secrets = parse_secrets(
+            "# lab devices\n\nlab-switch-1 s3cret\n   \n  lab-gateway-2\tother  \n#x y\n",
+        )
+        .unwrap();
+        assert_eq!(secrets.len(), 2);
+        assert_eq!(secrets[&DeviceId::new("lab-switch-1").unwrap()], "s3cret");
+        assert_eq!(secrets[&DeviceId::new("lab-gateway-2").unwrap()], "other");
+    }
+
+    #[test]
+    fn a_bad_secrets_line_is_named_without_its_secret() {
+        for (text, expected) in [
+            (
+                "ok-1 a\nlonely\n",
+                "line 2: expected `<device-id> <secret>`",
+            ),
+            ("a b c\n", "line 1: expected `<device-id> <secret>`"),
+            ("bad/id hush\n", "line 1: not a device id"),
+            ("d-1 a\nd-1 hush\n", "line 2: a second secret for d-1"),
+        ] {
+            let error = format!("{:#}", parse_secrets(text).unwrap_err());
+            assert!(error.starts_with(expected), "{error}");
+            assert!(!error.contains("hush"), "{error}");
+        }
+    }
+
+    #[test]
+    fn server_accounts_repeat_and_default() {
+        let args = Args::try_parse_from(["tether-agent"]).unwrap();
+        assert_eq!(args.server_accounts, ["tether-server"]);
+        let args = Args::try_parse_from([
+            "tether-agent",
+            "--server-account",
+            "a",
+            "--server-account",
+            "b,c",
+        ])
+        .unwrap();
+        assert_eq!(args.server_accounts, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn one_secret_does_not_go_with_a_fleet() {
+        let error =
+            Args::try_parse_from(["tether-agent", "--simulate", "3", "--device-secret", "x"])
+                .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }
