@@ -8,6 +8,12 @@
 //! - [`simulate`]: simulated devices (`thermostat`, `switch`, `gateway`) with real
 //!   behaviour, for demos and tests.
 //!
+//! Each device logs in to the broker with its own account (user = device id, password
+//! = [`Config::secret`]) and every message it publishes carries `user_id` = its id, which
+//! the broker checks against the login. It obeys inbox messages only when their
+//! `user_id` is one of [`Config::server_accounts`], and it only checks that Tether's
+//! exchanges exist: servers declare them.
+//!
 //! Arguments are validated against the announced capabilities before a handler sees
 //! them; a handler never runs past the command's timeout; every command gets exactly one
 //! reply unless the connection is lost first.
