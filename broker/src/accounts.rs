@@ -17,7 +17,7 @@ use std::{
 use protocol::policy::Account;
 use tokio::sync::Notify;
 
-use crate::vhost::ConnectionId;
+use crate::{admission::Tally, vhost::ConnectionId};
 
 /// Decides who a login other than the server's is. Plugged into [`crate::Config`] by
 /// the deployment (Tether's server answers from its device store).
@@ -38,6 +38,8 @@ pub trait Authenticator: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     open: Mutex<HashMap<ConnectionId, (String, Arc<Notify>)>>,
+    /// The open connections of each limited account (`AccountLimits::connections`).
+    pub(crate) connections: Arc<Tally>,
 }
 
 impl Sessions {

@@ -50,9 +50,9 @@ use tokio::{
 };
 
 use crate::{
-    Config, Shared,
+    AccountLimits, Config, Shared,
     accounts::{Session, Sessions},
-    admission::Place,
+    admission::{Counted, Place, Quota},
     vhost::{ConnectionId, Message, Outbound, Vhost},
 };
 use handshake::{SILENT_CLOSE_DELAY, Stage};
@@ -137,6 +137,7 @@ pub(crate) async fn serve(
         deliver,
         place,
         frame_max: FRAME_MIN_SIZE,
+        channel_max: 0,
         heartbeat: 0,
         stage: Stage::Starting,
         handshake_failed: false,
@@ -144,6 +145,7 @@ pub(crate) async fn serve(
         user: String::new(),
         account: None,
         session: None,
+        counted: None,
         channels: HashMap::new(),
         closing: false,
     };
@@ -329,6 +331,8 @@ struct Connection {
     /// Its place among the handshakes, then among the open connections.
     place: Place,
     frame_max: u32,
+    /// The channels it may have open at once, as settled at tune.
+    channel_max: u16,
     heartbeat: u16,
     stage: Stage,
     /// Out of turn before login and tune, or a failed login: the connection is dropped
@@ -342,6 +346,8 @@ struct Connection {
     account: Option<Account>,
     /// Its entry among the logged-in connections, gone with the connection.
     session: Option<Session>,
+    /// Its place among its account's open connections, if the account is limited.
+    counted: Option<Counted>,
     channels: HashMap<u16, Channel>,
     /// A connection.close was sent or received: stop reading.
     closing: bool,
@@ -435,6 +441,19 @@ impl Connection {
 
     fn is_open(&self) -> bool {
         self.stage == Stage::Running
+    }
+
+    /// What the account may hold, if it is limited: devices are, the server is not.
+    fn limits(&self) -> Option<AccountLimits> {
+        matches!(self.account, Some(Account::Device(_))).then_some(self.config.limits)
+    }
+
+    /// The account asking for one more of something it may hold `max` of, if limited.
+    fn quota(&self, max: impl Fn(&AccountLimits) -> usize) -> Option<Quota<'_>> {
+        self.limits().map(|limits| Quota {
+            user: &self.user,
+            max: max(&limits),
+        })
     }
 
     /// Closes the connection for a hard error. Before the client has logged in and

@@ -8,7 +8,13 @@
 //!   (devices); each account may then do what `protocol::policy` allows it, checked
 //!   where RabbitMQ checks. A handshake is dropped after `handshake_timeout`, and
 //!   handshakes and open connections have places of their own (`admission`), so peers
-//!   that never log in cannot lock devices out. [`Broker::handle`] gives a
+//!   that never log in cannot lock devices out. Each device account may hold only so
+//!   much at once ([`Config::limits`], [`AccountLimits`]): connections (refused at
+//!   connection.open with RabbitMQ's 530 for a user's `max-connections`), channels per
+//!   connection (the `channel_max` offered at tune; one more is RabbitMQ's 530 beyond a
+//!   negotiated `channel_max`), queues (refused with 406, as RabbitMQ refuses beyond a
+//!   vhost's `max-queues`) and consumers (406 as well); the server account is
+//!   unlimited. [`Broker::handle`] gives a
 //!   [`BrokerHandle`] to disconnect a user's connections while the broker serves.
 //!   Shutdown is graceful, as in RabbitMQ: the port is freed at once, every open
 //!   connection is sent `connection.close` 320 (CONNECTION_FORCED) and given 500 ms for
@@ -31,7 +37,10 @@ mod vhost;
 /// publish does it under the vhost's lock. Not part of the broker's API.
 #[doc(hidden)]
 pub mod bench {
-    pub use crate::vhost::{QueueDeclare, Vhost};
+    pub use crate::{
+        admission::Quota,
+        vhost::{QueueDeclare, Vhost},
+    };
 }
 
 use std::{
@@ -84,9 +93,48 @@ pub struct Config {
     /// `max_message_size` (128 MiB by default), but at once: RabbitMQ 3.10 takes in the
     /// whole body first, this broker none of it.
     pub max_message_size: u64,
-    /// Bytes of message bodies all queues may hold together; beyond it publishes are
-    /// refused (nacked under confirms).
+    /// Bytes of message bodies the broker may hold together: ready in queues, delivered
+    /// and not yet acknowledged, or on their way to a consumer's socket. Beyond it
+    /// publishes are refused (nacked under confirms).
     pub max_bytes: usize,
+    /// What each device account may hold at once; the server account is unlimited.
+    pub limits: AccountLimits,
+    /// Bytes each connection may have waiting to be written to its peer. A consumer whose
+    /// connection has this much waiting gets no more deliveries (they stay in the queue,
+    /// as with RabbitMQ's credit flow), and nothing more is read from that peer until
+    /// some of it is written.
+    pub outgoing_buffer: usize,
+    /// A connection whose peer has not taken a single frame from it for this long is
+    /// dropped, as RabbitMQ drops one whose socket send blocks beyond its `send_timeout`;
+    /// what it had been delivered goes back to its queues.
+    pub stalled_writer_timeout: Duration,
+}
+
+/// What a device account may hold at once, across all its connections (each limit a
+/// device's normal use, one connection with a channel or two, its inbox and one consumer,
+/// with room to spare). Refused beyond it as RabbitMQ refuses beyond its own limits (see
+/// `connection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountLimits {
+    /// Open connections (RabbitMQ's user limit `max-connections`).
+    pub connections: usize,
+    /// Channels on each connection: the `channel_max` the broker proposes to a device.
+    pub channels_per_connection: u16,
+    /// Queues it declared that exist now (RabbitMQ's `max-queues`, per account here).
+    pub queues: usize,
+    /// Consumers on all its connections.
+    pub consumers: usize,
+}
+
+impl Default for AccountLimits {
+    fn default() -> Self {
+        Self {
+            connections: 4,
+            channels_per_connection: 8,
+            queues: 4,
+            consumers: 4,
+        }
+    }
 }
 
 impl Default for Config {
@@ -105,6 +153,9 @@ impl Default for Config {
             max_connections: 4_096,
             max_message_size: 128 * 1024 * 1024,
             max_bytes: 256 * 1024 * 1024,
+            limits: AccountLimits::default(),
+            outgoing_buffer: 1024 * 1024,
+            stalled_writer_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -125,6 +176,9 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_message_size", &self.max_message_size)
             .field("max_bytes", &self.max_bytes)
+            .field("limits", &self.limits)
+            .field("outgoing_buffer", &self.outgoing_buffer)
+            .field("stalled_writer_timeout", &self.stalled_writer_timeout)
             .finish()
     }
 }

@@ -25,6 +25,8 @@ use std::{
 
 use amq_protocol::protocol::BasicProperties;
 
+use crate::admission::Tally;
+
 pub use self::{
     consumer::Consume,
     queue::{QueueDeclare, server_named},
@@ -120,6 +122,9 @@ pub struct Vhost {
     max_bytes: usize,
     /// Bytes all queues hold now, kept by each queue as messages come and go.
     held: Arc<AtomicUsize>,
+    /// The queues and the consumers of each limited account.
+    queue_tally: Arc<Tally>,
+    consumer_tally: Arc<Tally>,
 }
 
 impl Vhost {
@@ -129,6 +134,8 @@ impl Vhost {
             queues: HashMap::new(),
             max_bytes,
             held: Arc::default(),
+            queue_tally: Arc::default(),
+            consumer_tally: Arc::default(),
         }
     }
 
@@ -205,6 +212,7 @@ mod tests {
             auto_delete: false,
             passive: false,
             arguments: &no_args,
+            quota: None,
         };
         let (a, ..) = vhost.declare_queue(1, &broker_named).unwrap();
         assert!(!vhost.publish("", message(&a, 600)).unwrap().rejected);

@@ -14,12 +14,14 @@ mod cases;
 mod devices;
 #[path = "support/doors.rs"]
 mod doors;
+#[path = "support/limits.rs"]
+mod limits;
 #[path = "support/permissions.rs"]
 mod permissions;
 #[path = "support/topics.rs"]
 mod topics;
 
-use devices::device;
+use devices::{device, limited_device};
 
 use doors::raw::{self, RawClient};
 

@@ -47,6 +47,7 @@ impl Connection {
                 no_ack: consume.no_ack,
                 prefetch,
                 deliver,
+                quota: self.quota(|limits| limits.consumers),
             },
         );
         // Deliveries reach this task through its channel, after this method is

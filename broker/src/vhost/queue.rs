@@ -14,6 +14,8 @@ use std::{
 use amq_protocol::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
 
+use crate::admission::{Counted, Quota};
+
 use super::{
     ConnectionId, Delivery, Message, NOT_FOUND, Outbound, PRECONDITION_FAILED, RESOURCE_LOCKED,
     Refusal, Vhost, consumer::Consumer,
@@ -28,6 +30,8 @@ pub struct QueueDeclare<'a> {
     pub auto_delete: bool,
     pub passive: bool,
     pub arguments: &'a FieldTable,
+    /// A limited account's queues are counted; a new one beyond its limit is refused.
+    pub quota: Option<Quota<'a>>,
 }
 
 /// A queue's ready messages. Their bytes are added to the vhost's running total as they
@@ -164,6 +168,8 @@ pub(super) struct Queue {
     next: usize,
     /// Auto-delete queues go when their last consumer leaves, once they had one.
     pub(super) had_consumers: bool,
+    /// Its place among the queues of the limited account that declared it.
+    _counted: Option<Counted>,
 }
 
 impl Queue {
@@ -267,6 +273,7 @@ impl Vhost {
             auto_delete,
             passive,
             arguments,
+            quota,
         } = *declare;
         let name = if name.is_empty() {
             if passive {
@@ -314,6 +321,23 @@ impl Vhost {
         }
         let owner = exclusive.then_some(connection);
         let limits = Limits::parse(&name, arguments)?;
+        // RabbitMQ 3.10 limits queues per vhost (`max-queues`), not per user; a device's
+        // queues are refused with its answer and text (406, closing the channel), naming
+        // the user instead of the vhost.
+        let counted = match quota {
+            None => None,
+            Some(Quota { user, max }) => {
+                Some(self.queue_tally.take(user, max).ok_or_else(|| {
+                    Refusal::new(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - cannot declare queue '{name}': queue limit for \
+                         user '{user}' ({max}) is reached"
+                        ),
+                    )
+                })?)
+            }
+        };
         self.queues.insert(
             name.clone(),
             Queue {
@@ -321,6 +345,7 @@ impl Vhost {
                 auto_delete,
                 limits,
                 messages: Ready::counted(self.held.clone()),
+                _counted: counted,
                 ..Queue::default()
             },
         );
