@@ -11,7 +11,10 @@ use std::{
     future::Future,
     net::IpAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use protocol::policy::Account;
@@ -97,6 +100,24 @@ impl Drop for Session {
 #[derive(Debug, Clone)]
 pub struct BrokerHandle {
     pub(crate) sessions: Arc<Sessions>,
+    /// The vhost's count of bytes held (`Config::max_bytes`).
+    pub(crate) held: Arc<AtomicUsize>,
+    /// Bytes in all connections' outboxes.
+    pub(crate) outgoing: Arc<AtomicUsize>,
+}
+
+/// What the broker holds now ([`BrokerHandle::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of message bodies counted against `Config::max_bytes`: ready in queues,
+    /// delivered and not yet settled, or waiting to be written.
+    pub held_bytes: usize,
+    /// Bytes waiting to be written to peers (or reserved for deliveries on their way),
+    /// over all connections; each connection's at most `Config::outgoing_buffer` and
+    /// one message, and a few frames.
+    pub outgoing_bytes: usize,
+    /// Connections logged in.
+    pub connections: usize,
 }
 
 impl BrokerHandle {
@@ -107,5 +128,15 @@ impl BrokerHandle {
     /// connections were told.
     pub fn disconnect_user(&self, user: &str) -> usize {
         self.sessions.kick(user)
+    }
+
+    /// What the broker holds now: for monitoring, and for tests to see that its memory
+    /// stays within its limits.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            held_bytes: self.held.load(Ordering::Relaxed),
+            outgoing_bytes: self.outgoing.load(Ordering::Relaxed),
+            connections: self.sessions.open().len(),
+        }
     }
 }

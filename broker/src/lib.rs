@@ -15,22 +15,37 @@
 //!   negotiated `channel_max`), queues (refused with 406, as RabbitMQ refuses beyond a
 //!   vhost's `max-queues`) and consumers (406 as well); the server account is
 //!   unlimited. [`Broker::handle`] gives a
-//!   [`BrokerHandle`] to disconnect a user's connections while the broker serves.
+//!   [`BrokerHandle`] to disconnect a user's connections while the broker serves, and
+//!   to read what it holds ([`Usage`]).
+//! - Memory is bounded. [`Config::max_bytes`] counts every message body the broker
+//!   holds: ready in a queue, delivered and not yet acknowledged (until acked, rejected,
+//!   or requeued, or until its channel or connection goes and it is requeued or
+//!   dropped), and encoded, waiting to be written; publishes beyond it are nacked. Each
+//!   connection's outbox is bounded by [`Config::outgoing_buffer`] (`outbox`): a
+//!   consumer whose peer does not read is passed over, its messages staying in the
+//!   queue, nothing more is read from that peer, and once its writer has been stuck for
+//!   [`Config::stalled_writer_timeout`] the connection is dropped, as RabbitMQ drops a
+//!   socket past its `send_timeout`. No vhost lock is held while any of that waits.
 //!   Shutdown is graceful, as in RabbitMQ: the port is freed at once, every open
 //!   connection is sent `connection.close` 320 (CONNECTION_FORCED) and given 500 ms for
 //!   its close-ok, connections still in the handshake are dropped, and `serve` returns
 //!   once all of them have ended (within a second).
 //! - `vhost`: exchanges, queues, bindings, consumers and routing; shared state behind
 //!   one lock that is never held across an `.await`.
-//! - `admission`: the places of handshakes and of open connections, counted apart.
+//! - `admission`: the places of handshakes and of open connections, counted apart, and
+//!   the tallies of what each limited account holds.
+//! - `outbox`: each connection's bytes waiting to be written, bounded, and the consumers
+//!   passed over while it is full.
 //! - `accounts`: the [`Authenticator`] and the register of logged-in connections that
 //!   [`BrokerHandle::disconnect_user`] closes.
 //! - `connection`: one client connection — handshake, channels, methods — with one
-//!   reader and one writer task.
+//!   reader and one writer task; the writer gives up on a peer that takes nothing for
+//!   `stalled_writer_timeout`.
 
 mod accounts;
 mod admission;
 mod connection;
+mod outbox;
 mod vhost;
 
 /// The vhost without a network in the way, for `benches/topic.rs` to time routing as a
@@ -46,13 +61,13 @@ pub mod bench {
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicUsize},
     time::Duration,
 };
 
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-pub use crate::accounts::{Authenticator, BrokerHandle};
+pub use crate::accounts::{Authenticator, BrokerHandle, Usage};
 use crate::{accounts::Sessions, admission::Doorkeeper, vhost::Vhost};
 
 /// How long [`Broker::serve`] waits for its connections at shutdown before ending the
@@ -206,6 +221,8 @@ struct Shared {
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
     sessions: Arc<Sessions>,
+    /// Bytes in all connections' outboxes.
+    outgoing: Arc<AtomicUsize>,
 }
 
 impl Broker {
@@ -216,14 +233,23 @@ impl Broker {
             config: Arc::new(config),
             vhost,
             sessions: Arc::default(),
+            outgoing: Arc::default(),
         };
         Ok(Self { listener, shared })
     }
 
     /// A handle to act on the broker while it serves (see [`BrokerHandle`]).
     pub fn handle(&self) -> BrokerHandle {
+        let held = self
+            .shared
+            .vhost
+            .lock()
+            .expect("no code panics while holding the vhost lock")
+            .held();
         BrokerHandle {
             sessions: self.shared.sessions.clone(),
+            held,
+            outgoing: self.shared.outgoing.clone(),
         }
     }
 

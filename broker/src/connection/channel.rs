@@ -82,7 +82,7 @@ impl Connection {
             vhost.close_channel(self.id, id);
             for (_, entry) in channel.unacked {
                 entry.counter.fetch_sub(1, Ordering::Relaxed);
-                vhost.requeue(&entry.queue, entry.message);
+                vhost.requeue(&entry.queue, entry.message, entry.charge);
             }
         }
     }

@@ -9,7 +9,10 @@ use std::sync::{
 use tokio::sync::mpsc;
 
 use super::{ConnectionId, Outbound, PRECONDITION_FAILED, Refusal, Vhost};
-use crate::admission::{Counted, Quota};
+use crate::{
+    admission::{Counted, Quota},
+    outbox::Outbox,
+};
 
 /// What a basic.consume asks for.
 #[derive(Debug)]
@@ -24,6 +27,8 @@ pub struct Consume<'a> {
     pub deliver: mpsc::UnboundedSender<Outbound>,
     /// A limited account's consumers are counted; one beyond its limit is refused.
     pub quota: Option<Quota<'a>>,
+    /// The consumer's connection's outbox: no deliveries while it is full.
+    pub outbox: Arc<Outbox>,
 }
 
 #[derive(Debug)]
@@ -36,6 +41,7 @@ pub(super) struct Consumer {
     prefetch: usize,
     pub(super) unacked: Arc<AtomicUsize>,
     pub(super) deliver: mpsc::UnboundedSender<Outbound>,
+    pub(super) outbox: Arc<Outbox>,
     /// Its place among the consumers of its limited account.
     _counted: Option<Counted>,
 }
@@ -83,6 +89,7 @@ impl Vhost {
             prefetch: usize::from(consume.prefetch),
             unacked: Arc::default(),
             deliver: consume.deliver,
+            outbox: consume.outbox,
             _counted: counted,
         });
         entry.had_consumers = true;

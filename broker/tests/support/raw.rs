@@ -194,6 +194,19 @@ pub fn channel_open(id: u16) -> AMQPFrame {
     )
 }
 
+#[allow(dead_code, reason = "only some of the brokers' cases use it")]
+pub fn channel_close(id: u16) -> AMQPFrame {
+    AMQPFrame::Method(
+        id,
+        AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    )
+}
+
 pub fn channel_close_ok(id: u16) -> AMQPFrame {
     AMQPFrame::Method(
         id,
@@ -436,6 +449,7 @@ pub fn describe(frame: &AMQPFrame) -> String {
         AMQPClass::Connection(connection::AMQPMethod::Tune(_)) => "connection.tune".into(),
         AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => "connection.open-ok".into(),
         AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => format!("channel.open-ok{on}"),
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => format!("channel.close-ok{on}"),
         AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_)) => {
             format!("exchange.declare-ok{on}")
         }
