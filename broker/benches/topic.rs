@@ -77,6 +77,7 @@ impl Exchange {
                 auto_delete: false,
                 passive: false,
                 arguments: &no_arguments,
+                quota: None,
             };
             vhost.declare_queue(1, &declare).unwrap();
             vhost.bind(1, queue, "x", key).unwrap();

@@ -11,13 +11,16 @@ use std::{
     future::Future,
     net::IpAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use protocol::policy::Account;
 use tokio::sync::Notify;
 
-use crate::vhost::ConnectionId;
+use crate::{admission::Tally, vhost::ConnectionId};
 
 /// Decides who a login other than the server's is. Plugged into [`crate::Config`] by
 /// the deployment (Tether's server answers from its device store).
@@ -38,6 +41,8 @@ pub trait Authenticator: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     open: Mutex<HashMap<ConnectionId, (String, Arc<Notify>)>>,
+    /// The open connections of each limited account (`AccountLimits::connections`).
+    pub(crate) connections: Arc<Tally>,
 }
 
 impl Sessions {
@@ -95,6 +100,24 @@ impl Drop for Session {
 #[derive(Debug, Clone)]
 pub struct BrokerHandle {
     pub(crate) sessions: Arc<Sessions>,
+    /// The vhost's count of bytes held (`Config::max_bytes`).
+    pub(crate) held: Arc<AtomicUsize>,
+    /// Bytes in all connections' outboxes.
+    pub(crate) outgoing: Arc<AtomicUsize>,
+}
+
+/// What the broker holds now ([`BrokerHandle::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of message bodies counted against `Config::max_bytes`: ready in queues,
+    /// delivered and not yet settled, or waiting to be written.
+    pub held_bytes: usize,
+    /// Bytes waiting to be written to peers (or reserved for deliveries on their way),
+    /// over all connections; each connection's at most `Config::outgoing_buffer` and
+    /// one message, and a few frames.
+    pub outgoing_bytes: usize,
+    /// Connections logged in.
+    pub connections: usize,
 }
 
 impl BrokerHandle {
@@ -105,5 +128,15 @@ impl BrokerHandle {
     /// connections were told.
     pub fn disconnect_user(&self, user: &str) -> usize {
         self.sessions.kick(user)
+    }
+
+    /// What the broker holds now: for monitoring, and for tests to see that its memory
+    /// stays within its limits.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            held_bytes: self.held.load(Ordering::Relaxed),
+            outgoing_bytes: self.outgoing.load(Ordering::Relaxed),
+            connections: self.sessions.open().len(),
+        }
     }
 }

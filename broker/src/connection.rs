@@ -2,9 +2,11 @@
 //! ordinary clients use. One reader (this task) and one writer task; the vhost lock is
 //! taken for each operation and released before anything awaits.
 //!
-//! - here: the reader loop (frames in; deliveries and heartbeats out; the handshake's
-//!   deadline), the connection's state, and closing the connection, also when the
-//!   broker shuts down.
+//! - here: the reader loop (frames in, paused while the outbox is full; deliveries and
+//!   heartbeats out; the handshake's deadline; consumers passed over dispatched again
+//!   once the outbox has room), the writer task (which gives up on a peer that takes
+//!   nothing for `stalled_writer_timeout`), the connection's state, and closing the
+//!   connection, also when the broker shuts down.
 //! - `dispatch`: frames screened, parsed, and sent on, one short match from each AMQP
 //!   method to its handler.
 //! - `handshake`: the connection class: protocol header, start, PLAIN, tune, open, close,
@@ -50,10 +52,11 @@ use tokio::{
 };
 
 use crate::{
-    Config, Shared,
+    AccountLimits, Config, Shared,
     accounts::{Session, Sessions},
-    admission::Place,
-    vhost::{ConnectionId, Message, Outbound, Vhost},
+    admission::{Counted, Place, Quota},
+    outbox::Outbox,
+    vhost::{Charge, ConnectionId, Message, Outbound, Vhost},
 };
 use handshake::{SILENT_CLOSE_DELAY, Stage};
 use login::PendingLogin;
@@ -106,12 +109,19 @@ pub(crate) async fn serve(
         config,
         vhost,
         sessions,
+        outgoing: all_outgoing,
     } = shared;
     let _ = socket.set_nodelay(true);
     let deadline = Instant::now() + config.handshake_timeout;
     let (mut reader, writer) = socket.into_split();
-    let (out, outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer_task = tokio::spawn(write(writer, outgoing));
+    let outbox = Arc::new(Outbox::new(config.outgoing_buffer, all_outgoing));
+    let (out, outgoing) = mpsc::unbounded_channel::<Outgoing>();
+    let writer_task = tokio::spawn(write(
+        writer,
+        outgoing,
+        outbox.clone(),
+        config.stalled_writer_timeout,
+    ));
 
     let header = tokio::select! {
         header = handshake::protocol_header(&mut reader, deadline) => header,
@@ -120,13 +130,19 @@ pub(crate) async fn serve(
     if header != Some(true) {
         if header == Some(false) {
             // As the spec says: answer with the header we speak, then close.
-            let _ = out.send(handshake::PROTOCOL_HEADER.to_vec());
+            let bytes = handshake::PROTOCOL_HEADER.to_vec();
+            outbox.add(bytes.len());
+            let _ = out.send(Outgoing::new(bytes));
         }
         drop(out);
         finish_writing(writer_task, &mut stopping).await;
         return;
     }
     let (deliver, mut deliveries) = mpsc::unbounded_channel();
+    let held = vhost
+        .lock()
+        .expect("no code panics while holding the vhost lock")
+        .held();
     let mut conn = Connection {
         id,
         peer,
@@ -134,9 +150,12 @@ pub(crate) async fn serve(
         vhost,
         sessions,
         out,
+        outbox,
+        held,
         deliver,
         place,
         frame_max: FRAME_MIN_SIZE,
+        channel_max: 0,
         heartbeat: 0,
         stage: Stage::Starting,
         handshake_failed: false,
@@ -144,6 +163,7 @@ pub(crate) async fn serve(
         user: String::new(),
         account: None,
         session: None,
+        counted: None,
         channels: HashMap::new(),
         closing: false,
     };
@@ -201,11 +221,47 @@ pub(crate) async fn serve(
     finish_writing(writer_task, &mut stopping).await;
 }
 
-/// The writer task: sends what the connection queues, then closes the socket.
-async fn write(mut writer: OwnedWriteHalf, mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>) {
-    while let Some(bytes) = outgoing.recv().await {
-        if writer.write_all(&bytes).await.is_err() {
-            return;
+/// Bytes for the writer: a frame (or the protocol header), how much of the outbox it
+/// takes, and for a message's body the charge that counts it against the memory limit
+/// until it is written.
+#[derive(Debug)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    counted: usize,
+    charge: Option<Charge>,
+}
+
+impl Outgoing {
+    fn new(bytes: Vec<u8>) -> Self {
+        let counted = bytes.len();
+        Self {
+            bytes,
+            counted,
+            charge: None,
+        }
+    }
+}
+
+/// The writer task: sends what the connection queues, then closes the socket. A peer
+/// that takes nothing of a frame for `stalled_within` is given up on: the connection is
+/// told (and ends; RabbitMQ's `send_timeout` does the same), and the socket is dropped.
+async fn write(
+    mut writer: OwnedWriteHalf,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    outbox: Arc<Outbox>,
+    stalled_within: Duration,
+) {
+    while let Some(item) = outgoing.recv().await {
+        match tokio::time::timeout(stalled_within, writer.write_all(&item.bytes)).await {
+            Ok(Ok(())) => {
+                drop(item.charge);
+                outbox.written(item.counted);
+            }
+            Ok(Err(_)) => return,
+            Err(_) => {
+                outbox.stall();
+                return;
+            }
         }
     }
     let _ = writer.shutdown().await;
@@ -227,10 +283,14 @@ impl Connection {
         tokio::pin!(handshake_over);
         let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
         let mut silent_ticks = 0u32;
+        let outbox = self.outbox.clone();
         loop {
             let kick = self.session.as_ref().map(|session| session.kick.clone());
+            // Nothing more is read from a peer whose outbox is full (it is not reading
+            // what it asked for) until the writer has made room.
+            let reading = outbox.has_room() || outbox.wait_for_room();
             tokio::select! {
-                read = reader.read_buf(buffer) => match read {
+                read = reader.read_buf(buffer), if reading => match read {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(_) => {
                         silent_ticks = 0;
@@ -244,6 +304,13 @@ impl Connection {
                     }
                 },
                 Some(outbound) = deliveries.recv() => self.outbound(outbound),
+                () = outbox.wake.notified() => {
+                    if outbox.stalled() {
+                        tracing::info!(peer = %self.peer, "closing a connection whose peer took nothing for {:?}", self.config.stalled_writer_timeout);
+                        return End::Closed;
+                    }
+                    self.dispatch_held_back();
+                }
                 () = &mut handshake_over, if !self.is_open() => {
                     tracing::info!(peer = %self.peer, "dropping a connection whose handshake took longer than {:?}", self.config.handshake_timeout);
                     return End::Closed;
@@ -274,6 +341,19 @@ impl Connection {
         let half = Duration::from_secs(u64::from(self.heartbeat)) / 2;
         if self.heartbeat > 0 && heartbeat.period() != half {
             *heartbeat = tokio::time::interval(half);
+        }
+    }
+
+    /// Its outbox has room again: the queues whose consumers here were passed over for
+    /// want of it are dispatched again.
+    fn dispatch_held_back(&mut self) {
+        let queues = self.outbox.take_held_back();
+        if queues.is_empty() {
+            return;
+        }
+        let mut vhost = self.vhost();
+        for queue in &queues {
+            vhost.dispatch(queue);
         }
     }
 
@@ -324,11 +404,17 @@ struct Connection {
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
     sessions: Arc<Sessions>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    /// What waits to be written, bounded (see `outbox`).
+    outbox: Arc<Outbox>,
+    /// The broker's count of bytes held, which message bodies in the outbox add to.
+    held: Arc<AtomicUsize>,
     deliver: mpsc::UnboundedSender<Outbound>,
     /// Its place among the handshakes, then among the open connections.
     place: Place,
     frame_max: u32,
+    /// The channels it may have open at once, as settled at tune.
+    channel_max: u16,
     heartbeat: u16,
     stage: Stage,
     /// Out of turn before login and tune, or a failed login: the connection is dropped
@@ -342,6 +428,8 @@ struct Connection {
     account: Option<Account>,
     /// Its entry among the logged-in connections, gone with the connection.
     session: Option<Session>,
+    /// Its place among its account's open connections, if the account is limited.
+    counted: Option<Counted>,
     channels: HashMap<u16, Channel>,
     /// A connection.close was sent or received: stop reading.
     closing: bool,
@@ -377,6 +465,8 @@ struct Unacked {
     queue: String,
     message: Message,
     counter: Arc<AtomicUsize>,
+    /// Its bytes, counted against the memory limit until it is settled.
+    charge: Charge,
 }
 
 struct Publishing {
@@ -399,9 +489,7 @@ impl Connection {
 
     fn send(&self, frame: AMQPFrame) {
         match cookie_factory::gen_simple(gen_frame(&frame), Vec::new()) {
-            Ok(bytes) => {
-                let _ = self.out.send(bytes);
-            }
+            Ok(bytes) => self.queue_out(Outgoing::new(bytes)),
             Err(error) => tracing::error!("cannot encode {frame}: {error:?}"),
         }
     }
@@ -417,8 +505,19 @@ impl Connection {
         }
     }
 
-    /// Sends a message's header and body frames.
-    fn content(&self, id: u16, message: &Message) {
+    /// Hands bytes to the writer, counted in the outbox.
+    fn queue_out(&self, outgoing: Outgoing) {
+        self.outbox.add(outgoing.counted);
+        if let Err(mpsc::error::SendError(lost)) = self.out.send(outgoing) {
+            // The writer is gone; so is the connection, soon.
+            self.outbox.written(lost.counted);
+        }
+    }
+
+    /// Sends a message's header and body frames; the body's bytes count against the
+    /// memory limit until written. `reserved`: a delivery's, whose bytes the vhost
+    /// reserved in the outbox as it handed it over.
+    fn content(&self, id: u16, message: &Message, reserved: bool) {
         self.send(AMQPFrame::Header(
             id,
             AMQPContentHeader {
@@ -429,12 +528,52 @@ impl Connection {
         ));
         let chunk = (self.frame_max as usize).saturating_sub(8).max(1);
         for piece in message.body.chunks(chunk) {
-            self.send(AMQPFrame::Body(id, piece.to_vec()));
+            let frame = AMQPFrame::Body(id, piece.to_vec());
+            let bytes = match cookie_factory::gen_simple(gen_frame(&frame), Vec::new()) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::error!("cannot encode a body frame: {error:?}");
+                    continue;
+                }
+            };
+            let charge = Some(Charge::new(&self.held, piece.len()));
+            if reserved {
+                // Counted in the outbox already: the frame takes the reservation's
+                // place; the few octets of framing are not reserved.
+                let outgoing = Outgoing {
+                    bytes,
+                    counted: piece.len(),
+                    charge,
+                };
+                if let Err(mpsc::error::SendError(lost)) = self.out.send(outgoing) {
+                    self.outbox.written(lost.counted);
+                }
+            } else {
+                let counted = bytes.len();
+                self.queue_out(Outgoing {
+                    bytes,
+                    counted,
+                    charge,
+                });
+            }
         }
     }
 
     fn is_open(&self) -> bool {
         self.stage == Stage::Running
+    }
+
+    /// What the account may hold, if it is limited: devices are, the server is not.
+    fn limits(&self) -> Option<AccountLimits> {
+        matches!(self.account, Some(Account::Device(_))).then_some(self.config.limits)
+    }
+
+    /// The account asking for one more of something it may hold `max` of, if limited.
+    fn quota(&self, max: impl Fn(&AccountLimits) -> usize) -> Option<Quota<'_>> {
+        self.limits().map(|limits| Quota {
+            user: &self.user,
+            max: max(&limits),
+        })
     }
 
     /// Closes the connection for a hard error. Before the client has logged in and

@@ -8,42 +8,66 @@
 //!   (devices); each account may then do what `protocol::policy` allows it, checked
 //!   where RabbitMQ checks. A handshake is dropped after `handshake_timeout`, and
 //!   handshakes and open connections have places of their own (`admission`), so peers
-//!   that never log in cannot lock devices out. [`Broker::handle`] gives a
-//!   [`BrokerHandle`] to disconnect a user's connections while the broker serves.
+//!   that never log in cannot lock devices out. Each device account may hold only so
+//!   much at once ([`Config::limits`], [`AccountLimits`]): connections (refused at
+//!   connection.open with RabbitMQ's 530 for a user's `max-connections`), channels per
+//!   connection (the `channel_max` offered at tune; one more is RabbitMQ's 530 beyond a
+//!   negotiated `channel_max`), queues (refused with 406, as RabbitMQ refuses beyond a
+//!   vhost's `max-queues`) and consumers (406 as well); the server account is
+//!   unlimited. [`Broker::handle`] gives a
+//!   [`BrokerHandle`] to disconnect a user's connections while the broker serves, and
+//!   to read what it holds ([`Usage`]).
+//! - Memory is bounded. [`Config::max_bytes`] counts every message body the broker
+//!   holds: ready in a queue, delivered and not yet acknowledged (until acked, rejected,
+//!   or requeued, or until its channel or connection goes and it is requeued or
+//!   dropped), and encoded, waiting to be written; publishes beyond it are nacked. Each
+//!   connection's outbox is bounded by [`Config::outgoing_buffer`] (`outbox`): a
+//!   consumer whose peer does not read is passed over, its messages staying in the
+//!   queue, nothing more is read from that peer, and once its writer has been stuck for
+//!   [`Config::stalled_writer_timeout`] the connection is dropped, as RabbitMQ drops a
+//!   socket past its `send_timeout`. No vhost lock is held while any of that waits.
 //!   Shutdown is graceful, as in RabbitMQ: the port is freed at once, every open
 //!   connection is sent `connection.close` 320 (CONNECTION_FORCED) and given 500 ms for
 //!   its close-ok, connections still in the handshake are dropped, and `serve` returns
 //!   once all of them have ended (within a second).
 //! - `vhost`: exchanges, queues, bindings, consumers and routing; shared state behind
 //!   one lock that is never held across an `.await`.
-//! - `admission`: the places of handshakes and of open connections, counted apart.
+//! - `admission`: the places of handshakes and of open connections, counted apart, and
+//!   the tallies of what each limited account holds.
+//! - `outbox`: each connection's bytes waiting to be written, bounded, and the consumers
+//!   passed over while it is full.
 //! - `accounts`: the [`Authenticator`] and the register of logged-in connections that
 //!   [`BrokerHandle::disconnect_user`] closes.
 //! - `connection`: one client connection — handshake, channels, methods — with one
-//!   reader and one writer task.
+//!   reader and one writer task; the writer gives up on a peer that takes nothing for
+//!   `stalled_writer_timeout`.
 
 mod accounts;
 mod admission;
 mod connection;
+mod outbox;
 mod vhost;
 
 /// The vhost without a network in the way, for `benches/topic.rs` to time routing as a
 /// publish does it under the vhost's lock. Not part of the broker's API.
 #[doc(hidden)]
 pub mod bench {
-    pub use crate::vhost::{QueueDeclare, Vhost};
+    pub use crate::{
+        admission::Quota,
+        vhost::{QueueDeclare, Vhost},
+    };
 }
 
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicUsize},
     time::Duration,
 };
 
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-pub use crate::accounts::{Authenticator, BrokerHandle};
+pub use crate::accounts::{Authenticator, BrokerHandle, Usage};
 use crate::{accounts::Sessions, admission::Doorkeeper, vhost::Vhost};
 
 /// How long [`Broker::serve`] waits for its connections at shutdown before ending the
@@ -84,9 +108,48 @@ pub struct Config {
     /// `max_message_size` (128 MiB by default), but at once: RabbitMQ 3.10 takes in the
     /// whole body first, this broker none of it.
     pub max_message_size: u64,
-    /// Bytes of message bodies all queues may hold together; beyond it publishes are
-    /// refused (nacked under confirms).
+    /// Bytes of message bodies the broker may hold together: ready in queues, delivered
+    /// and not yet acknowledged, or on their way to a consumer's socket. Beyond it
+    /// publishes are refused (nacked under confirms).
     pub max_bytes: usize,
+    /// What each device account may hold at once; the server account is unlimited.
+    pub limits: AccountLimits,
+    /// Bytes each connection may have waiting to be written to its peer. A consumer whose
+    /// connection has this much waiting gets no more deliveries (they stay in the queue,
+    /// as with RabbitMQ's credit flow), and nothing more is read from that peer until
+    /// some of it is written.
+    pub outgoing_buffer: usize,
+    /// A connection whose peer has not taken a single frame from it for this long is
+    /// dropped, as RabbitMQ drops one whose socket send blocks beyond its `send_timeout`;
+    /// what it had been delivered goes back to its queues.
+    pub stalled_writer_timeout: Duration,
+}
+
+/// What a device account may hold at once, across all its connections (each limit a
+/// device's normal use, one connection with a channel or two, its inbox and one consumer,
+/// with room to spare). Refused beyond it as RabbitMQ refuses beyond its own limits (see
+/// `connection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountLimits {
+    /// Open connections (RabbitMQ's user limit `max-connections`).
+    pub connections: usize,
+    /// Channels on each connection: the `channel_max` the broker proposes to a device.
+    pub channels_per_connection: u16,
+    /// Queues it declared that exist now (RabbitMQ's `max-queues`, per account here).
+    pub queues: usize,
+    /// Consumers on all its connections.
+    pub consumers: usize,
+}
+
+impl Default for AccountLimits {
+    fn default() -> Self {
+        Self {
+            connections: 4,
+            channels_per_connection: 8,
+            queues: 4,
+            consumers: 4,
+        }
+    }
 }
 
 impl Default for Config {
@@ -105,6 +168,9 @@ impl Default for Config {
             max_connections: 4_096,
             max_message_size: 128 * 1024 * 1024,
             max_bytes: 256 * 1024 * 1024,
+            limits: AccountLimits::default(),
+            outgoing_buffer: 1024 * 1024,
+            stalled_writer_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -125,6 +191,9 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_message_size", &self.max_message_size)
             .field("max_bytes", &self.max_bytes)
+            .field("limits", &self.limits)
+            .field("outgoing_buffer", &self.outgoing_buffer)
+            .field("stalled_writer_timeout", &self.stalled_writer_timeout)
             .finish()
     }
 }
@@ -152,6 +221,8 @@ struct Shared {
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
     sessions: Arc<Sessions>,
+    /// Bytes in all connections' outboxes.
+    outgoing: Arc<AtomicUsize>,
 }
 
 impl Broker {
@@ -162,14 +233,23 @@ impl Broker {
             config: Arc::new(config),
             vhost,
             sessions: Arc::default(),
+            outgoing: Arc::default(),
         };
         Ok(Self { listener, shared })
     }
 
     /// A handle to act on the broker while it serves (see [`BrokerHandle`]).
     pub fn handle(&self) -> BrokerHandle {
+        let held = self
+            .shared
+            .vhost
+            .lock()
+            .expect("no code panics while holding the vhost lock")
+            .held();
         BrokerHandle {
             sessions: self.shared.sessions.clone(),
+            held,
+            outgoing: self.shared.outgoing.clone(),
         }
     }
 

@@ -25,6 +25,8 @@ use std::{
 
 use amq_protocol::protocol::BasicProperties;
 
+use crate::admission::Tally;
+
 pub use self::{
     consumer::Consume,
     queue::{QueueDeclare, server_named},
@@ -76,6 +78,34 @@ pub struct Routed {
     pub rejected: bool,
 }
 
+/// Bytes of message bodies counted against the vhost's memory limit while they are
+/// outside the queues: handed to a consumer and on their way to it, delivered and not
+/// yet settled, or encoded and waiting to be written. Uncounted when dropped, wherever
+/// that happens (an ack, a reject, a channel or connection gone, a message written);
+/// a message requeued is counted by its queue again instead.
+#[derive(Debug)]
+pub struct Charge {
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Counts `bytes` more, until the charge is dropped.
+    pub fn new(held: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        held.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            held: held.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// A message handed to a consumer, sent to its connection.
 #[derive(Debug)]
 pub struct Delivery {
@@ -86,6 +116,8 @@ pub struct Delivery {
     pub no_ack: bool,
     /// The consumer's count of unacknowledged messages, to decrement on ack.
     pub unacked: Arc<AtomicUsize>,
+    /// The message's bytes, still counted against the memory limit.
+    pub charge: Charge,
 }
 
 /// Why a request failed: an AMQP reply code and text, as RabbitMQ words them.
@@ -115,11 +147,15 @@ pub const PRECONDITION_FAILED: u16 = 406;
 pub struct Vhost {
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<String, Queue>,
-    /// Bytes of message bodies all queues may hold together; publishes beyond it are
+    /// Bytes of message bodies the broker may hold together; publishes beyond it are
     /// refused (nacked), so a flood cannot exhaust memory.
     max_bytes: usize,
-    /// Bytes all queues hold now, kept by each queue as messages come and go.
+    /// Bytes held now: kept by each queue as messages come and go, and by the
+    /// [`Charge`]s of messages that left a queue and are not settled or written yet.
     held: Arc<AtomicUsize>,
+    /// The queues and the consumers of each limited account.
+    queue_tally: Arc<Tally>,
+    consumer_tally: Arc<Tally>,
 }
 
 impl Vhost {
@@ -129,7 +165,14 @@ impl Vhost {
             queues: HashMap::new(),
             max_bytes,
             held: Arc::default(),
+            queue_tally: Arc::default(),
+            consumer_tally: Arc::default(),
         }
+    }
+
+    /// The count of bytes held, for connections to charge what they hold to.
+    pub fn held(&self) -> Arc<AtomicUsize> {
+        self.held.clone()
     }
 
     /// Routes a published message to its queues.
@@ -205,6 +248,7 @@ mod tests {
             auto_delete: false,
             passive: false,
             arguments: &no_args,
+            quota: None,
         };
         let (a, ..) = vhost.declare_queue(1, &broker_named).unwrap();
         assert!(!vhost.publish("", message(&a, 600)).unwrap().rejected);
@@ -212,13 +256,23 @@ mod tests {
             vhost.publish("", message(&a, 600)).unwrap().rejected,
             "1,200 bytes would pass 1,000"
         );
-        assert_eq!(
-            vhost.get(1, &a).unwrap().map(|(m, _)| m.body.len()),
-            Some(600)
+        let (taken, charge, _) = vhost.get(1, &a).unwrap().expect("a message");
+        assert_eq!(taken.body.len(), 600);
+        assert!(
+            vhost.publish("", message(&a, 600)).unwrap().rejected,
+            "a message taken off and not yet settled still counts"
         );
+        drop(charge);
         assert!(
             !vhost.publish("", message(&a, 600)).unwrap().rejected,
-            "taking one off made room"
+            "settling the one taken off made room"
+        );
+        let (taken, charge, _) = vhost.get(1, &a).unwrap().expect("a message");
+        vhost.requeue(&a, taken, charge);
+        assert_eq!(
+            vhost.held.load(Ordering::Relaxed),
+            600,
+            "requeued, counted once"
         );
         vhost.delete(1, &a, false, false).unwrap();
         let (b, ..) = vhost.declare_queue(1, &broker_named).unwrap();

@@ -5,7 +5,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use broker::{Broker, Config};
+use amq_protocol::frame::AMQPFrame;
+use broker::{Broker, BrokerHandle, Config};
 use lapin::{Connection, ConnectionProperties};
 
 #[path = "support/conformance.rs"]
@@ -14,12 +15,14 @@ mod cases;
 mod devices;
 #[path = "support/doors.rs"]
 mod doors;
+#[path = "support/limits.rs"]
+mod limits;
 #[path = "support/permissions.rs"]
 mod permissions;
 #[path = "support/topics.rs"]
 mod topics;
 
-use devices::device;
+use devices::{device, limited_device};
 
 use doors::raw::{self, RawClient};
 
@@ -301,4 +304,205 @@ async fn a_connection_that_logs_in_after_the_last_place_went_is_refused_at_open(
           is reached (10, 40)"
         ]
     );
+}
+
+/// Starts a broker with `config`: its address and handle.
+async fn start_with_handle(config: Config) -> (SocketAddr, BrokerHandle) {
+    let broker = Broker::bind(config).await.expect("the broker binds");
+    let addr = broker.local_addr().expect("an address");
+    let handle = broker.handle();
+    tokio::spawn(broker.serve(std::future::pending()));
+    (addr, handle)
+}
+
+/// The broker's next method frames, described, until `count` of them came; content
+/// frames are skipped.
+async fn methods(client: &mut RawClient, count: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        match client.next_within(Duration::from_secs(5)).await {
+            Some(AMQPFrame::Header(..) | AMQPFrame::Body(..)) => {}
+            Some(frame) => seen.push(raw::describe(&frame)),
+            None => seen.push("closed".to_owned()),
+        }
+    }
+    seen.sort();
+    seen
+}
+
+/// Publishes 600 bytes to `queue` on channel 1.
+async fn publish_600(client: &mut RawClient, queue: &str) {
+    let frames = raw::message(1, "", queue, &[7; 600], lapin::BasicProperties::default());
+    for frame in &frames {
+        client.send(frame).await;
+    }
+}
+
+/// A message delivered and not yet acknowledged still takes its bytes of the memory
+/// limit (RabbitMQ counts it too, as memory its queue holds): a publish that would pass
+/// the limit is refused (nacked) until the delivery is acknowledged.
+#[tokio::test]
+async fn unacknowledged_messages_count_toward_the_memory_limit() {
+    let config = Config {
+        max_bytes: 1_000,
+        ..Config::on_free_port()
+    };
+    let (addr, handle) = start_with_handle(config).await;
+    let mut client = RawClient::logged_in(addr, 0).await;
+    let setup = [raw::channel_open(1), raw::confirm_select(1)];
+    for frame in &setup {
+        client.send(frame).await;
+    }
+    assert_eq!(
+        methods(&mut client, 2).await,
+        ["channel.open-ok on 1", "confirm.select-ok on 1"]
+    );
+    // Not auto-deleted: it is still there when its consumer's channel closes.
+    let queue = format!("unacked-{:08x}", fastrand::u32(..));
+    client.send(&raw::queue_declare(1, &queue, false)).await;
+    assert_eq!(methods(&mut client, 1).await, ["queue.declare-ok on 1"]);
+    client.send(&raw::basic_consume_acked(1, &queue, "c")).await;
+    assert_eq!(methods(&mut client, 1).await, ["basic.consume-ok on 1"]);
+    let delivered = format!("basic.deliver on 1  {queue}");
+
+    publish_600(&mut client, &queue).await;
+    assert_eq!(
+        methods(&mut client, 2).await,
+        ["basic.ack on 1", delivered.as_str()]
+    );
+    assert_eq!(handle.usage().held_bytes, 600, "delivered, unacknowledged");
+    publish_600(&mut client, &queue).await;
+    assert_eq!(
+        methods(&mut client, 1).await,
+        ["basic.nack on 1"],
+        "600 more would pass 1,000 while the first is unacknowledged"
+    );
+    client.send(&raw::basic_ack(1, 1, false)).await;
+    publish_600(&mut client, &queue).await;
+    assert_eq!(
+        methods(&mut client, 2).await,
+        ["basic.ack on 1", delivered.as_str()],
+        "the ack gave its bytes back"
+    );
+    // A channel closed with a delivery unacknowledged gives it back to its queue, where
+    // it is counted once.
+    client.send(&raw::channel_close(1)).await;
+    assert_eq!(methods(&mut client, 1).await, ["channel.close-ok on 1"]);
+    assert_eq!(handle.usage().held_bytes, 600);
+}
+
+/// A consumer without a prefetch limit whose peer never reads its socket: its
+/// connection's outbox fills (`outgoing_buffer`), it is passed over (messages stay in
+/// the queue, within `max_bytes`, and publishes beyond are nacked), and once its writer
+/// has been stuck for `stalled_writer_timeout` the connection is dropped. Meanwhile
+/// 200 MiB are published at it, and this process, the broker's, does not grow with them.
+#[tokio::test]
+async fn a_consumer_that_never_reads_is_passed_over_then_dropped() {
+    const MIB: usize = 1024 * 1024;
+    let config = Config {
+        max_bytes: 32 * MIB,
+        stalled_writer_timeout: Duration::from_secs(2),
+        ..Config::on_free_port()
+    };
+    let (max_bytes, budget) = (config.max_bytes, config.outgoing_buffer);
+    let (addr, handle) = start_with_handle(config).await;
+    let queue = format!("never-read-{:08x}", fastrand::u32(..));
+    let mut sink = RawClient::logged_in(addr, 0).await;
+    sink.send(&raw::channel_open(1)).await;
+    sink.send(&raw::queue_declare(1, &queue, false)).await;
+    sink.send(&raw::basic_consume_acked(1, &queue, "sink"))
+        .await;
+    assert_eq!(
+        methods(&mut sink, 3).await,
+        [
+            "basic.consume-ok on 1",
+            "channel.open-ok on 1",
+            "queue.declare-ok on 1"
+        ]
+    );
+    let started = tokio::time::Instant::now();
+    // From here on the sink reads nothing.
+
+    let before = resident_bytes();
+    let url = format!("amqp://guest:guest@{addr}/%2f");
+    let publisher = connect(&url).await;
+    let channel = publisher.create_channel().await.expect("a channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let body = vec![b'x'; MIB];
+    let (mut acked, mut nacked) = (0, 0);
+    let mut peak = broker::Usage {
+        held_bytes: 0,
+        outgoing_bytes: 0,
+        connections: 0,
+    };
+    for _ in 0..25 {
+        let mut confirms = Vec::new();
+        for _ in 0..8 {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &body,
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .expect("published");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            if confirm.await.expect("confirmed").is_ack() {
+                acked += 1;
+            } else {
+                nacked += 1;
+            }
+        }
+        let usage = handle.usage();
+        peak.held_bytes = peak.held_bytes.max(usage.held_bytes);
+        peak.outgoing_bytes = peak.outgoing_bytes.max(usage.outgoing_bytes);
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        peak.held_bytes <= max_bytes + budget + MIB,
+        "held {} bytes, the limit is {max_bytes} (and one outbox on its way)",
+        peak.held_bytes
+    );
+    assert!(
+        peak.outgoing_bytes <= budget + MIB + 64 * 1024,
+        "{} bytes waited to be written",
+        peak.outgoing_bytes
+    );
+    assert!(acked >= 28 && nacked > 0, "acked {acked}, nacked {nacked}");
+    assert!(
+        grown < 128 * MIB as u64,
+        "the process grew by {grown} bytes while 200 MiB were published at a peer that \
+         does not read"
+    );
+
+    // The sink's connection is dropped once its writer has been stuck 2 s: the publisher
+    // is the only one left…
+    let deadline = started + Duration::from_secs(15);
+    while handle.usage().connections > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the timeout"
+    );
+    // …and the sink, reading at last, finds what had reached its socket, then the end.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while sink.next_frame().await.is_some() {}
+    })
+    .await
+    .expect("the broker hung up on the sink");
+    // What it had been delivered went back to the queue, within the limit.
+    assert!(handle.usage().held_bytes <= max_bytes);
+    drop(publisher);
 }

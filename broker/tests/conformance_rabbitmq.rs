@@ -10,6 +10,8 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 mod cases;
 #[path = "support/doors.rs"]
 mod doors;
+#[path = "support/limits.rs"]
+mod limits;
 #[path = "support/permissions.rs"]
 mod permissions;
 #[path = "support/topics.rs"]
@@ -98,6 +100,23 @@ async fn device() -> permissions::Device {
         password,
         account: Box::new(account),
     }
+}
+
+/// A device user as [`device`] makes one, that may hold `connections` connections
+/// (`rabbitmqctl set_user_limits`).
+async fn limited_device(connections: usize) -> permissions::Device {
+    let device = device().await;
+    let args = [
+        "set_user_limits".to_owned(),
+        device.user.clone(),
+        format!(r#"{{"max-connections": {connections}}}"#),
+    ];
+    tokio::task::spawn_blocking(move || {
+        rabbitmqctl(&args).unwrap_or_else(|why| panic!("rabbitmqctl {args:?}: {why}"));
+    })
+    .await
+    .expect("rabbitmqctl ran");
+    device
 }
 
 /// A RabbitMQ user made for one case, deleted when dropped (if it still is there).

@@ -6,17 +6,30 @@ use std::sync::atomic::Ordering;
 
 use amq_protocol::protocol::{AMQPClass, channel};
 
-use super::{CHANNEL_ERROR, Channel, Connection, Fatal};
+use super::{CHANNEL_ERROR, Channel, Connection, Fatal, NOT_ALLOWED};
 use crate::vhost::Refusal;
 
 impl Connection {
-    /// channel.open: a new channel, within `channel_max`; reopening one is fatal.
+    /// channel.open: a new channel, within `channel_max`; reopening one is fatal. One
+    /// more than the `channel_max` settled at tune (for a device, at most its
+    /// `channels_per_connection`) closes the connection with RabbitMQ's 530 NOT_ALLOWED
+    /// and its text, blaming no method, as RabbitMQ does.
     pub(super) fn channel_open(
         &mut self,
         id: u16,
         class_id: u16,
         method_id: u16,
     ) -> Result<(), Fatal> {
+        let open = self.channels.len();
+        if !self.channels.contains_key(&id) && open >= usize::from(self.channel_max) {
+            let text = format!(
+                "NOT_ALLOWED - number of channels opened ({open}) has reached the negotiated \
+                 channel_max ({})",
+                self.channel_max
+            );
+            self.close(NOT_ALLOWED, &text, 0, 0);
+            return Err(Fatal);
+        }
         if self.channels.contains_key(&id) || id > self.config.channel_max {
             self.close(
                 CHANNEL_ERROR,
@@ -69,7 +82,7 @@ impl Connection {
             vhost.close_channel(self.id, id);
             for (_, entry) in channel.unacked {
                 entry.counter.fetch_sub(1, Ordering::Relaxed);
-                vhost.requeue(&entry.queue, entry.message);
+                vhost.requeue(&entry.queue, entry.message, entry.charge);
             }
         }
     }

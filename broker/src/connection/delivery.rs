@@ -47,6 +47,8 @@ impl Connection {
                 no_ack: consume.no_ack,
                 prefetch,
                 deliver,
+                quota: self.quota(|limits| limits.consumers),
+                outbox: self.outbox.clone(),
             },
         );
         // Deliveries reach this task through its channel, after this method is
@@ -79,7 +81,7 @@ impl Connection {
     pub(super) fn basic_get(&mut self, id: u16, get: basic::Get) -> Result<(), Refusal> {
         self.permit(Resource::Queue, get.queue.as_str(), Permission::Read)?;
         let taken = self.vhost().get(self.id, get.queue.as_str())?;
-        let Some((message, remaining)) = taken else {
+        let Some((message, charge, remaining)) = taken else {
             self.method(
                 id,
                 AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
@@ -89,10 +91,12 @@ impl Connection {
         let Some(channel) = self.channels.get_mut(&id) else {
             return Ok(());
         };
+        // Unacknowledged, it stays counted until settled; else once it is written.
         let tag = channel.hand_out((!get.no_ack).then(|| Unacked {
             queue: get.queue.to_string(),
             message: message.clone(),
             counter: Arc::new(AtomicUsize::new(1)),
+            charge,
         }));
         self.method(
             id,
@@ -104,7 +108,7 @@ impl Connection {
                 message_count: remaining,
             })),
         );
-        self.content(id, &message);
+        self.content(id, &message, false);
         Ok(())
     }
 
@@ -126,34 +130,48 @@ impl Connection {
     /// A delivery that will not reach its consumer (its channel or connection is gone)
     /// goes back to its queue, unless it needed no acknowledgement.
     pub(super) fn give_back(&mut self, delivery: Delivery) {
+        self.outbox.written(delivery.message.body.len());
         if !delivery.no_ack {
             delivery.unacked.fetch_sub(1, Ordering::Relaxed);
-            self.vhost().requeue(&delivery.queue, delivery.message);
+            self.vhost()
+                .requeue(&delivery.queue, delivery.message, delivery.charge);
         }
     }
 
     /// A message the vhost handed to one of this connection's consumers: basic.deliver.
+    /// Unacknowledged, it stays counted until settled; the copy encoded for the writer
+    /// is counted until written.
     pub(super) fn deliver(&mut self, delivery: Delivery) {
         let Some(channel) = self.channels.get_mut(&delivery.channel) else {
             // The channel closed meanwhile.
             return self.give_back(delivery);
         };
-        let tag = channel.hand_out((!delivery.no_ack).then(|| Unacked {
-            queue: delivery.queue.clone(),
-            message: delivery.message.clone(),
-            counter: delivery.unacked.clone(),
+        let Delivery {
+            channel: id,
+            consumer_tag,
+            queue,
+            message,
+            no_ack,
+            unacked,
+            charge,
+        } = delivery;
+        let tag = channel.hand_out((!no_ack).then(|| Unacked {
+            queue,
+            message: message.clone(),
+            counter: unacked,
+            charge,
         }));
         self.method(
-            delivery.channel,
+            id,
             AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                consumer_tag: delivery.consumer_tag.as_str().into(),
+                consumer_tag: consumer_tag.as_str().into(),
                 delivery_tag: tag,
-                redelivered: delivery.message.redelivered,
-                exchange: delivery.message.exchange.as_str().into(),
-                routing_key: delivery.message.routing_key.as_str().into(),
+                redelivered: message.redelivered,
+                exchange: message.exchange.as_str().into(),
+                routing_key: message.routing_key.as_str().into(),
             })),
         );
-        self.content(delivery.channel, &delivery.message);
+        self.content(id, &message, true);
     }
 
     /// Acknowledges (or rejects) one delivery, or all up to it with `multiple`.
@@ -177,8 +195,10 @@ impl Connection {
         for entry in settled {
             entry.counter.fetch_sub(1, Ordering::Relaxed);
             if requeue {
-                vhost.requeue(&entry.queue, entry.message);
+                vhost.requeue(&entry.queue, entry.message, entry.charge);
             } else {
+                // Settled: its bytes are uncounted.
+                drop(entry.charge);
                 vhost.settled(&entry.queue);
             }
         }

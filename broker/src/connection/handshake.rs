@@ -159,13 +159,20 @@ impl Connection {
             0 => self.config.frame_max,
             asked => asked.max(FRAME_MIN_SIZE).min(self.config.frame_max),
         };
+        // As RabbitMQ: the client may settle on fewer channels than offered, not more
+        // (0, which RabbitMQ refuses, is taken as the offer).
+        if tune.channel_max != 0 {
+            self.channel_max = self.channel_max.min(tune.channel_max);
+        }
         self.heartbeat = tune.heartbeat;
         self.stage = Stage::Opening;
         Ok(())
     }
 
-    /// connection.open: the only vhost is `/`, and the connection needs one of the open
-    /// connections' places (checked in RabbitMQ's order, with its texts).
+    /// connection.open: the connection needs one of the open connections' places, the
+    /// only vhost is `/`, and a limited account may have only so many connections open
+    /// (checked in RabbitMQ's order, with its texts: a user over its `max-connections`
+    /// is refused with 530 NOT_ALLOWED, and the connection closed).
     fn connection_open(&mut self, open: &connection::Open) -> Result<(), Fatal> {
         if !self.place.open() {
             self.close(
@@ -187,6 +194,18 @@ impl Connection {
                 40,
             );
             return Err(Fatal);
+        }
+        if let Some(quota) = self.quota(|limits| limits.connections) {
+            let Some(counted) = self.sessions.connections.take(quota.user, quota.max) else {
+                let text = format!(
+                    "NOT_ALLOWED - connection refused for user '{}': user connection limit ({}) \
+                     is reached",
+                    quota.user, quota.max
+                );
+                self.close(NOT_ALLOWED, &text, 10, 40);
+                return Err(Fatal);
+            };
+            self.counted = Some(counted);
         }
         self.stage = Stage::Running;
         self.method(

@@ -103,10 +103,15 @@ impl Connection {
         self.user = user;
         self.account = Some(account);
         self.stage = Stage::Tuning;
+        // A device is offered the channels it may open; the client may settle on fewer.
+        self.channel_max = match self.limits() {
+            Some(limits) => self.config.channel_max.min(limits.channels_per_connection),
+            None => self.config.channel_max,
+        };
         self.method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                channel_max: self.config.channel_max,
+                channel_max: self.channel_max,
                 frame_max: self.config.frame_max,
                 heartbeat: self.config.heartbeat,
             })),

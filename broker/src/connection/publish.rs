@@ -191,7 +191,7 @@ impl Connection {
                         routing_key: message.routing_key.as_str().into(),
                     })),
                 );
-                self.content(id, &message);
+                self.content(id, &message, false);
             }
             Ok(routed) => rejected = routed.rejected,
             Err(refusal) => {

@@ -39,6 +39,7 @@ impl Connection {
                 auto_delete: declare.auto_delete,
                 passive: declare.passive,
                 arguments: &declare.arguments,
+                quota: self.quota(|limits| limits.queues),
             },
         );
         result.map(|(name, messages, consumers)| {

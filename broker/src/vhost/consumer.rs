@@ -8,7 +8,11 @@ use std::sync::{
 
 use tokio::sync::mpsc;
 
-use super::{ConnectionId, Outbound, Refusal, Vhost};
+use super::{ConnectionId, Outbound, PRECONDITION_FAILED, Refusal, Vhost};
+use crate::{
+    admission::{Counted, Quota},
+    outbox::Outbox,
+};
 
 /// What a basic.consume asks for.
 #[derive(Debug)]
@@ -21,6 +25,10 @@ pub struct Consume<'a> {
     pub prefetch: u16,
     /// Where the consumer's connection hears of deliveries and cancellation.
     pub deliver: mpsc::UnboundedSender<Outbound>,
+    /// A limited account's consumers are counted; one beyond its limit is refused.
+    pub quota: Option<Quota<'a>>,
+    /// The consumer's connection's outbox: no deliveries while it is full.
+    pub outbox: Arc<Outbox>,
 }
 
 #[derive(Debug)]
@@ -33,6 +41,9 @@ pub(super) struct Consumer {
     prefetch: usize,
     pub(super) unacked: Arc<AtomicUsize>,
     pub(super) deliver: mpsc::UnboundedSender<Outbound>,
+    pub(super) outbox: Arc<Outbox>,
+    /// Its place among the consumers of its limited account.
+    _counted: Option<Counted>,
 }
 
 impl Consumer {
@@ -49,6 +60,26 @@ impl Vhost {
         connection: ConnectionId,
         consume: Consume<'_>,
     ) -> Result<(), Refusal> {
+        self.usable_queue(connection, consume.queue)?;
+        // RabbitMQ 3.10 has no consumer limit; its later per-channel one
+        // (`consumer_max_per_channel`) closes the connection (530). An account's consumers
+        // are a count of what it holds, like its queues, so they are refused as queues
+        // beyond `max-queues` are (406, closing the channel only), with the same words.
+        let counted = match consume.quota {
+            None => None,
+            Some(Quota { user, max }) => {
+                let queue = consume.queue;
+                Some(self.consumer_tally.take(user, max).ok_or_else(|| {
+                    Refusal::new(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - cannot consume from queue '{queue}': \
+                             consumer limit for user '{user}' ({max}) is reached"
+                        ),
+                    )
+                })?)
+            }
+        };
         let entry = self.usable_queue(connection, consume.queue)?;
         entry.consumers.push(Consumer {
             connection,
@@ -58,6 +89,8 @@ impl Vhost {
             prefetch: usize::from(consume.prefetch),
             unacked: Arc::default(),
             deliver: consume.deliver,
+            outbox: consume.outbox,
+            _counted: counted,
         });
         entry.had_consumers = true;
         self.dispatch(consume.queue);

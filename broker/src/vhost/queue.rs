@@ -14,9 +14,11 @@ use std::{
 use amq_protocol::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
 
+use crate::admission::{Counted, Quota};
+
 use super::{
-    ConnectionId, Delivery, Message, NOT_FOUND, Outbound, PRECONDITION_FAILED, RESOURCE_LOCKED,
-    Refusal, Vhost, consumer::Consumer,
+    Charge, ConnectionId, Delivery, Message, NOT_FOUND, Outbound, PRECONDITION_FAILED,
+    RESOURCE_LOCKED, Refusal, Vhost, consumer::Consumer,
 };
 
 /// What a queue.declare asks for.
@@ -28,11 +30,14 @@ pub struct QueueDeclare<'a> {
     pub auto_delete: bool,
     pub passive: bool,
     pub arguments: &'a FieldTable,
+    /// A limited account's queues are counted; a new one beyond its limit is refused.
+    pub quota: Option<Quota<'a>>,
 }
 
 /// A queue's ready messages. Their bytes are added to the vhost's running total as they
-/// come and taken off as they go (dropping the queue included), so the memory limit is
-/// checked without walking every queue on each publish.
+/// come and taken off as they are dropped (the queue with them included), so the memory
+/// limit is checked without walking every queue on each publish; a message taken out to
+/// be delivered stays counted, by its [`Charge`], until it is settled or written.
 #[derive(Debug, Default)]
 struct Ready {
     messages: VecDeque<Message>,
@@ -61,10 +66,24 @@ impl Ready {
         self.messages.push_front(message);
     }
 
+    /// The oldest message, dropped: its bytes are uncounted.
     fn pop_front(&mut self) -> Option<Message> {
         let message = self.messages.pop_front()?;
         self.count_out(message.body.len());
         Some(message)
+    }
+
+    /// The oldest message, taken out of the queue but not out of memory: its bytes are
+    /// counted by the returned [`Charge`] from now on.
+    fn take_front(&mut self) -> Option<(Message, Charge)> {
+        let message = self.messages.pop_front()?;
+        let bytes = message.body.len();
+        self.bytes -= bytes;
+        let charge = Charge {
+            held: self.held.clone(),
+            bytes,
+        };
+        Some((message, charge))
     }
 
     fn count_in(&mut self, bytes: usize) {
@@ -164,6 +183,8 @@ pub(super) struct Queue {
     next: usize,
     /// Auto-delete queues go when their last consumer leaves, once they had one.
     pub(super) had_consumers: bool,
+    /// Its place among the queues of the limited account that declared it.
+    _counted: Option<Counted>,
 }
 
 impl Queue {
@@ -222,15 +243,23 @@ impl Queue {
                 continue;
             }
             let count = self.consumers.len();
+            // A consumer at its prefetch, or whose connection's outbox is full (its peer
+            // reads slowly, or not at all), is passed over; the others go on.
             let ready = (0..count)
                 .map(|offset| (self.next + offset) % count)
-                .find(|&i| self.consumers[i].has_room());
+                .find(|&i| {
+                    let consumer = &self.consumers[i];
+                    consumer.has_room() && consumer.outbox.room_for(name)
+                });
             let Some(index) = ready else { return };
             self.next = (index + 1) % count;
-            let Some(message) = self.messages.pop_front() else {
+            let Some((message, charge)) = self.messages.take_front() else {
                 return;
             };
             let consumer = &self.consumers[index];
+            // The body's bytes are reserved in the connection's outbox until written.
+            let bytes = message.body.len();
+            consumer.outbox.add(bytes);
             if !consumer.no_ack {
                 consumer.unacked.fetch_add(1, Ordering::Relaxed);
             }
@@ -241,11 +270,13 @@ impl Queue {
                 message,
                 no_ack: consumer.no_ack,
                 unacked: consumer.unacked.clone(),
+                charge,
             };
             if let Err(mpsc::error::SendError(Outbound::Deliver(undelivered))) =
                 consumer.deliver.send(Outbound::Deliver(Box::new(delivery)))
             {
                 // The connection is going away; it will remove its consumers.
+                consumer.outbox.written(bytes);
                 self.consumers.remove(index);
                 self.messages.push_front(undelivered.message);
             }
@@ -267,6 +298,7 @@ impl Vhost {
             auto_delete,
             passive,
             arguments,
+            quota,
         } = *declare;
         let name = if name.is_empty() {
             if passive {
@@ -314,6 +346,23 @@ impl Vhost {
         }
         let owner = exclusive.then_some(connection);
         let limits = Limits::parse(&name, arguments)?;
+        // RabbitMQ 3.10 limits queues per vhost (`max-queues`), not per user; a device's
+        // queues are refused with its answer and text (406, closing the channel), naming
+        // the user instead of the vhost.
+        let counted = match quota {
+            None => None,
+            Some(Quota { user, max }) => {
+                Some(self.queue_tally.take(user, max).ok_or_else(|| {
+                    Refusal::new(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - cannot declare queue '{name}': queue limit for \
+                         user '{user}' ({max}) is reached"
+                        ),
+                    )
+                })?)
+            }
+        };
         self.queues.insert(
             name.clone(),
             Queue {
@@ -321,23 +370,25 @@ impl Vhost {
                 auto_delete,
                 limits,
                 messages: Ready::counted(self.held.clone()),
+                _counted: counted,
                 ..Queue::default()
             },
         );
         Ok((name, 0, 0))
     }
 
-    /// Takes one message off a queue (basic.get); returns it and how many remain.
+    /// Takes one message off a queue (basic.get); returns it, its charge (its bytes
+    /// still count until it is settled), and how many remain.
     pub fn get(
         &mut self,
         connection: ConnectionId,
         name: &str,
-    ) -> Result<Option<(Message, u32)>, Refusal> {
+    ) -> Result<Option<(Message, Charge, u32)>, Refusal> {
         let queue = self.usable_queue(connection, name)?;
         let now = Instant::now();
-        while let Some(message) = queue.messages.pop_front() {
+        while let Some((message, charge)) = queue.messages.take_front() {
             if !message.expired(now) {
-                return Ok(Some((message, queue.messages.len() as u32)));
+                return Ok(Some((message, charge, queue.messages.len() as u32)));
             }
         }
         Ok(None)
@@ -383,12 +434,14 @@ impl Vhost {
         Ok(count)
     }
 
-    /// Puts messages back at the head of their queue, marked redelivered.
-    pub fn requeue(&mut self, queue: &str, mut message: Message) {
+    /// Puts messages back at the head of their queue, marked redelivered: counted by
+    /// the queue again instead of by its charge. If the queue is gone, so is the message.
+    pub fn requeue(&mut self, queue: &str, mut message: Message, charge: Charge) {
         message.redelivered = true;
         if let Some(entry) = self.queues.get_mut(queue) {
             entry.messages.push_front(message);
         }
+        drop(charge);
         self.dispatch(queue);
     }
 
@@ -437,7 +490,7 @@ impl Vhost {
     }
 
     /// Hands a queue's waiting messages to its consumers with room.
-    pub(super) fn dispatch(&mut self, name: &str) {
+    pub fn dispatch(&mut self, name: &str) {
         if let Some(queue) = self.queues.get_mut(name) {
             queue.dispatch(name);
         }

@@ -165,8 +165,13 @@ pub fn start_ok_as(user: &str, password: &str) -> AMQPFrame {
 }
 
 pub fn tune_ok(heartbeat: u16) -> AMQPFrame {
+    tune_ok_with(2_047, heartbeat)
+}
+
+/// tune-ok settling on `channel_max` channels.
+pub fn tune_ok_with(channel_max: u16, heartbeat: u16) -> AMQPFrame {
     on_channel_0(connection::AMQPMethod::TuneOk(connection::TuneOk {
-        channel_max: 2_047,
+        channel_max,
         frame_max: FRAME_MAX,
         heartbeat,
     }))
@@ -186,6 +191,19 @@ pub fn channel_open(id: u16) -> AMQPFrame {
     AMQPFrame::Method(
         id,
         AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    )
+}
+
+#[allow(dead_code, reason = "only some of the brokers' cases use it")]
+pub fn channel_close(id: u16) -> AMQPFrame {
+    AMQPFrame::Method(
+        id,
+        AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
     )
 }
 
@@ -348,6 +366,45 @@ pub fn basic_consume(id: u16, queue: &str) -> AMQPFrame {
     )
 }
 
+/// basic.consume with acknowledgements, under `tag`.
+#[allow(dead_code, reason = "only some of the brokers' cases use it")]
+pub fn basic_consume_acked(id: u16, queue: &str, tag: &str) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: queue.into(),
+            consumer_tag: tag.into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+}
+
+#[allow(dead_code, reason = "only some of the brokers' cases use it")]
+pub fn basic_cancel(id: u16, tag: &str) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+            consumer_tag: tag.into(),
+            nowait: false,
+        })),
+    )
+}
+
+#[allow(dead_code, reason = "only some of the brokers' cases use it")]
+pub fn basic_ack(id: u16, delivery_tag: u64, multiple: bool) -> AMQPFrame {
+    method(
+        id,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag,
+            multiple,
+        })),
+    )
+}
+
 /// basic.get without acknowledgement.
 pub fn basic_get(id: u16, queue: &str) -> AMQPFrame {
     method(
@@ -392,12 +449,16 @@ pub fn describe(frame: &AMQPFrame) -> String {
         AMQPClass::Connection(connection::AMQPMethod::Tune(_)) => "connection.tune".into(),
         AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => "connection.open-ok".into(),
         AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => format!("channel.open-ok{on}"),
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => format!("channel.close-ok{on}"),
         AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_)) => {
             format!("exchange.declare-ok{on}")
         }
         AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)) => format!("queue.declare-ok{on}"),
         AMQPClass::Queue(queue::AMQPMethod::BindOk(_)) => format!("queue.bind-ok{on}"),
         AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => format!("basic.consume-ok{on}"),
+        AMQPClass::Basic(basic::AMQPMethod::CancelOk(_)) => format!("basic.cancel-ok{on}"),
+        AMQPClass::Basic(basic::AMQPMethod::Nack(_)) => format!("basic.nack{on}"),
+        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_)) => format!("queue.delete-ok{on}"),
         AMQPClass::Basic(basic::AMQPMethod::Ack(_)) => format!("basic.ack{on}"),
         AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)) => {
             format!(
