@@ -2,7 +2,9 @@
 # Runs every check and test of Tether, in this order:
 #   cargo fmt --check; clippy -D warnings on the server (ssr) and wasm32 (hydrate) builds;
 #   every Rust test in the workspace (against RabbitMQ on 127.0.0.1:5672 and PostgreSQL on
-#   127.0.0.1:5432, each started if it is not running); the release build; the Playwright
+#   127.0.0.1:5432, each started if it is not running, and a RabbitMQ node of their own
+#   on 127.0.0.1:5674 whose devices Tether admits: scripts/identity-broker.sh, stopped
+#   at the end); the release build; the Playwright
 #   suite in headless Chromium.
 # Every stage runs even when an earlier one failed; the script ends with each runner's
 # summary, then one line `N passed, N failed` over all of them, and exits non-zero on
@@ -40,10 +42,21 @@ playwright_tests() {
   (cd end2end && npx playwright test)
 }
 
+# A RabbitMQ node of the tests' own (127.0.0.1:5674) that admits devices through
+# Tether's HTTP auth backend, answered by a tether-server of its own: the debug binary,
+# with the workspace's features, as `cargo test` builds it (so nothing is built twice).
+identity_broker() {
+  cargo build --locked --workspace --exclude frontend --bin tether-server &&
+    scripts/identity-broker.sh start &&
+    eval "$(scripts/identity-broker.sh env)"
+}
+
 stage fmt cargo fmt --all --check
 stage "clippy (server, ssr)" cargo clippy --workspace --exclude frontend --all-targets --locked -- -D warnings
 stage "clippy (wasm32, hydrate)" cargo clippy -p frontend -p protocol --target wasm32-unknown-unknown --locked -- -D warnings
 stage rabbitmq ensure_rabbitmq
+trap 'scripts/identity-broker.sh stop' EXIT
+stage "identity broker" identity_broker
 stage postgresql ensure_postgres
 stage "cargo test" cargo_tests
 release_build() {
