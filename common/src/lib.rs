@@ -46,6 +46,37 @@ pub fn redact(text: &str) -> String {
     }
 }
 
+/// The user an AMQP URL logs in as: its user name, percent-decoded, or `guest` when it
+/// names none (what lapin and RabbitMQ's clients then send). The broker refuses a
+/// message whose `user_id` property is not this, so a publisher stamps it with it.
+pub fn amqp_user(amqp_url: &str) -> String {
+    let Ok(url) = url::Url::parse(amqp_url) else {
+        return "guest".to_owned();
+    };
+    match url.username() {
+        "" => "guest".to_owned(),
+        user => percent_encoding::percent_decode_str(user)
+            .decode_utf8_lossy()
+            .into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod amqp_user_tests {
+    use super::amqp_user;
+
+    #[test]
+    fn the_user_is_the_urls_decoded_or_guest() {
+        assert_eq!(
+            amqp_user("amqp://tether-server:pw@host:5672/%2f"),
+            "tether-server"
+        );
+        assert_eq!(amqp_user("amqp://a%40b:pw@host/%2f"), "a@b");
+        assert_eq!(amqp_user("amqp://host:5672/%2f"), "guest");
+        assert_eq!(amqp_user("not a url"), "guest");
+    }
+}
+
 /// Failures in a row and the pause before the next attempt: exponential backoff with
 /// jitter between `min` and `max`.
 #[derive(Debug, Clone)]

@@ -12,7 +12,10 @@
 //!    each an in-process agent with its own connection;
 //! 3. hub under load: the same, with 1,000 commands pending on slow gateways.
 //!
-//! The broker is `TETHER_BENCH_AMQP_URL` (default RabbitMQ on 127.0.0.1:5672).
+//! Against both of the tests' brokers, with devices logged in as themselves and every
+//! message's identity checked as in production: RabbitMQ admitting devices through
+//! Tether's HTTP auth backend (`scripts/identity-broker.sh start` prints its settings),
+//! and the embedded broker.
 
 use std::{
     collections::HashMap,
@@ -40,9 +43,8 @@ async fn main() -> anyhow::Result<()> {
     let devices = args.first().copied().unwrap_or(10);
     let commands = args.get(1).copied().unwrap_or(5_000);
     let concurrency = args.get(2).copied().unwrap_or(32);
-    let rabbitmq = std::env::var("TETHER_BENCH_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let embedded_url = broker::Broker::start(broker::Config::on_free_port()).await?;
+    let rabbitmq = testkit::rabbitmq_url();
+    let embedded_url = testkit::embedded_broker_url();
 
     println!(
         "# command round trip: {devices} devices, {commands} commands, {concurrency} in flight"
@@ -87,9 +89,10 @@ async fn rounds(
     .await;
     anyhow::ensure!(hub.is_connected(), "cannot reach the broker at {url}");
     let (stop, stopped) = watch::channel(false);
-    let switches: Vec<DeviceId> = (0..devices)
-        .map(|n| spawn_agent(&url, &format!("bench-sw{n}"), Kind::Switch, &stopped))
-        .collect();
+    let mut switches = Vec::new();
+    for n in 0..devices {
+        switches.push(spawn_agent(&url, &format!("bench-sw{n}"), Kind::Switch, &stopped).await);
+    }
     for id in &switches {
         wait_online(&hub, id).await;
     }
@@ -125,9 +128,10 @@ async fn rounds(
     logged_shutdown.stop_and_wait(Duration::from_secs(3)).await;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let gateways: Vec<DeviceId> = (0..4)
-        .map(|n| spawn_agent(&url, &format!("bench-gw{n}"), Kind::Gateway, &stopped))
-        .collect();
+    let mut gateways = Vec::new();
+    for n in 0..4 {
+        gateways.push(spawn_agent(&url, &format!("bench-gw{n}"), Kind::Gateway, &stopped).await);
+    }
     for id in &gateways {
         wait_online(&hub, id).await;
     }
@@ -319,9 +323,16 @@ async fn bare_lapin(url: &str, commands: usize, concurrency: usize) -> anyhow::R
     })
 }
 
-fn spawn_agent(url: &str, name: &str, kind: Kind, stopped: &watch::Receiver<bool>) -> DeviceId {
-    let id = DeviceId::new(format!("{name}-{:06x}", fastrand::u32(..0xff_ffff))).expect("valid id");
-    let config = agent::Config::new(url, id.clone(), kind.name());
+/// An in-process agent with an account of its own on the broker at `url`.
+async fn spawn_agent(
+    url: &str,
+    name: &str,
+    kind: Kind,
+    stopped: &watch::Receiver<bool>,
+) -> DeviceId {
+    let (id, device_url) = testkit::provision(url, name).await;
+    let mut config = agent::Config::new(device_url, id.clone(), kind.name());
+    config.server_accounts = vec![common::amqp_user(url)];
     let mut stopped = stopped.clone();
     tokio::spawn(agent::run(
         config,

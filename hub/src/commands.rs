@@ -273,6 +273,11 @@ impl Commands {
             .map(|own| own.inbox.clone())
     }
 
+    /// The device a command was sent to, if this replica knows the command.
+    pub fn device_of(&self, id: &CommandId) -> Option<&DeviceId> {
+        self.records.get(id).map(|r| &r.view.device_id)
+    }
+
     pub fn get(&self, id: &CommandId) -> Option<CommandView> {
         self.records.get(id).map(|r| r.view.clone())
     }

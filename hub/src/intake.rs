@@ -4,6 +4,12 @@
 //! rate-limited before they reach listeners; other replicas' command changes are
 //! mirrored. Anything malformed, foreign or from an old session is counted in
 //! [`Stats`](crate::Stats) and dropped: no message can stop a consumer.
+//!
+//! Who sent a message is its `user_id`, which the broker guarantees is the account
+//! that published it; a device's account is its id. Presence, replies and readings
+//! that speak for another device than their sender are impostors, counted and
+//! dropped before they touch any state: the default exchange lets any account put a
+//! message into any queue whose name it knows, so the queue it came on proves nothing.
 
 use std::{sync::atomic::Ordering, time::Instant};
 
@@ -19,6 +25,7 @@ use crate::{
     commands,
     flood::{Admission, MAX_READINGS_PER_SECOND},
     hub::{Hub, State},
+    link::sender,
     reading::{self, Unreadable},
     send::{OFFLINE_GRACE, ReplicaEvent},
 };
@@ -35,6 +42,11 @@ impl Hub {
             }
         };
         let routed = names::parse_presence_key(delivery.routing_key.as_str());
+        if let Some((device, _)) = &routed
+            && sender(delivery) != Some(device.as_str())
+        {
+            return self.impostor(delivery, device);
+        }
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut state = self.state();
         let mut events = Vec::new();
@@ -130,6 +142,14 @@ impl Hub {
             }
         };
         let mut state = self.state();
+        if let Some(device) = about_command(&message).and_then(|id| state.commands.device_of(id))
+            && sender(delivery) != Some(device.as_str())
+        {
+            let device = device.clone();
+            drop(state);
+            self.impostor(delivery, &device);
+            return Vec::new();
+        }
         match state.commands.apply_device_message(&message, now_ms()) {
             Ok(view) => {
                 self.broadcast_commands(&state, std::slice::from_ref(&view));
@@ -171,6 +191,9 @@ impl Hub {
             }
             Err(Unreadable::Foreign(why)) => return self.dropped(&stats.foreign, &why),
         };
+        if sender(delivery) != Some(sample.device_id.as_str()) {
+            return self.impostor(delivery, &sample.device_id);
+        }
         let mut state = self.state();
         let State {
             registry, flood, ..
@@ -239,6 +262,15 @@ impl Hub {
         self.broadcast(&[LiveEvent::Telemetry { reading }]);
     }
 
+    /// Counts and logs a message that speaks for `device` but was not sent by it.
+    fn impostor(&self, delivery: &Delivery, device: &protocol::DeviceId) {
+        let from = sender(delivery).unwrap_or("(no user_id)");
+        self.dropped(
+            &self.inner.stats.impostors,
+            &format!("a message for device {device} sent by account {from:?}"),
+        );
+    }
+
     pub(crate) fn on_replica_event(&self, delivery: &Delivery) {
         let own = delivery.properties.app_id().as_ref().map(|id| id.as_str());
         if own == Some(self.inner.replica_id.as_str()) {
@@ -259,5 +291,15 @@ impl Hub {
         let mut state = self.state();
         state.commands.mirror(event.command.clone());
         self.broadcast_commands(&state, &[event.command]);
+    }
+}
+
+/// The command a device message is about, if it is about one.
+fn about_command(message: &DeviceMessage) -> Option<&protocol::CommandId> {
+    match message {
+        DeviceMessage::Delivered(m) => Some(&m.command_id),
+        DeviceMessage::Progress(m) => Some(&m.command_id),
+        DeviceMessage::Reply(m) => Some(&m.command_id),
+        _ => None,
     }
 }

@@ -15,6 +15,7 @@ use common::{Retry, redact};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    message::Delivery,
     options::{
         BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
         QueueDeclareOptions,
@@ -39,9 +40,18 @@ const GOODBYE: Duration = Duration::from_secs(2);
 pub(crate) struct Link {
     pub(crate) channel: Channel,
     pub(crate) reply_queue: String,
+    /// The broker account this replica logged in as: every message it publishes says
+    /// so in `user_id`, which the broker checks and the agents require of a server.
+    pub(crate) user: String,
 }
 
 impl Link {
+    /// The properties every message of this replica starts from: Tether's content type
+    /// and the account it speaks as.
+    pub(crate) fn properties(&self) -> BasicProperties {
+        signed(&self.user)
+    }
+
     /// Publishes to a device's inbox through the default exchange, without waiting for
     /// the broker's confirm.
     pub(crate) async fn to_inbox(
@@ -61,6 +71,23 @@ impl Link {
             .await
             .map(drop)
     }
+}
+
+/// Tether's content type and `user_id` = `user`.
+fn signed(user: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(names::CONTENT_TYPE.into())
+        .with_user_id(user.into())
+}
+
+/// The sender a message carries: the broker guarantees it is the account that
+/// published it (RabbitMQ's `user_id` rule, which the embedded broker keeps too).
+pub(crate) fn sender(delivery: &Delivery) -> Option<&str> {
+    delivery
+        .properties
+        .user_id()
+        .as_ref()
+        .map(|user| user.as_str())
 }
 
 /// The consumers of one connection.
@@ -204,6 +231,7 @@ impl Hub {
 /// Connects and declares this replica's topology.
 pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
     let amqp_url = config.amqp_url.as_str();
+    let user = common::amqp_user(amqp_url);
     let connection = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
         .with_context(|| format!("cannot connect to the broker at {}", redact(amqp_url)))?;
@@ -308,7 +336,7 @@ pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
             "".into(),
             BasicPublishOptions::default(),
             &announce,
-            BasicProperties::default().with_content_type(names::CONTENT_TYPE.into()),
+            signed(&user),
         )
         .await
         .context("cannot ask devices to announce themselves")?;
@@ -317,6 +345,7 @@ pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
         link: Link {
             channel,
             reply_queue,
+            user,
         },
         consumers,
     })

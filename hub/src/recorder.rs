@@ -359,6 +359,7 @@ impl Recorder {
         let verdict = check::check(
             &delivery.data,
             delivery.routing_key.as_str(),
+            crate::link::sender(delivery),
             self.announced.as_deref(),
             flood,
             common::now_ms() as i64,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{duration_ms, now_ms};
-use lapin::{BasicProperties, Confirmation, options::BasicPublishOptions};
+use lapin::{Confirmation, options::BasicPublishOptions};
 use protocol::{
     ArgumentError, CancelRequest, CommandId, CommandRequest, CommandStatus, DeviceId,
     ServerMessage,
@@ -146,8 +146,8 @@ impl Hub {
             args: view.args.clone(),
             timeout_ms,
         });
-        let properties = BasicProperties::default()
-            .with_content_type(names::CONTENT_TYPE.into())
+        let properties = link
+            .properties()
             .with_reply_to(link.reply_queue.as_str().into())
             .with_correlation_id(view.id.0.as_str().into())
             .with_message_id(view.id.0.as_str().into())
@@ -244,8 +244,8 @@ impl Hub {
             let message = ServerMessage::Cancel(CancelRequest {
                 command_id: id.clone(),
             });
-            let properties = BasicProperties::default()
-                .with_content_type(names::CONTENT_TYPE.into())
+            let properties = link
+                .properties()
                 .with_reply_to(link.reply_queue.as_str().into())
                 .with_correlation_id(id.0.as_str().into());
             // Best effort: the command has ended for everyone already; a device that is
@@ -298,8 +298,8 @@ impl Hub {
                 command: command.clone(),
             };
             // The origin in a property too, so replicas skip their own without decoding.
-            let properties = BasicProperties::default()
-                .with_content_type(names::CONTENT_TYPE.into())
+            let properties = link
+                .properties()
                 .with_app_id(self.inner.replica_id.as_str().into());
             if let Err(error) = link
                 .channel

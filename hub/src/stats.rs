@@ -17,6 +17,9 @@ pub struct Stats {
     pub foreign: AtomicU64,
     /// Messages from a device session that a newer one replaced, or from an unknown device.
     pub stale: AtomicU64,
+    /// Presence, replies and readings that speak for a device other than the account
+    /// that published them (their `user_id`): one device posing as another.
+    pub impostors: AtomicU64,
     /// Messages about commands that had already ended, or that we never sent.
     pub late: AtomicU64,
     /// Commands that came back unroutable: the device's inbox was gone.
@@ -39,6 +42,7 @@ pub struct StatsSnapshot {
     pub malformed: u64,
     pub foreign: u64,
     pub stale: u64,
+    pub impostors: u64,
     pub late: u64,
     pub returned: u64,
     pub readings_accepted: u64,
@@ -77,6 +81,7 @@ impl Hub {
         };
         StatsSnapshot {
             malformed: load(&stats.malformed),
+            impostors: load(&stats.impostors),
             foreign: load(&stats.foreign),
             stale: load(&stats.stale),
             late: load(&stats.late),

@@ -4,8 +4,7 @@
 //! lease) until the last viewer leaves (`unwatch`); a lease lapses by itself if the
 //! replica vanishes.
 
-use lapin::BasicProperties;
-use protocol::{DeviceId, ServerMessage, UnwatchRequest, WatchRequest, names};
+use protocol::{DeviceId, ServerMessage, UnwatchRequest, WatchRequest};
 
 use crate::hub::Hub;
 
@@ -99,8 +98,7 @@ impl Hub {
             return;
         };
         runtime.spawn(async move {
-            let properties =
-                BasicProperties::default().with_content_type(names::CONTENT_TYPE.into());
+            let properties = link.properties();
             let published = link.to_inbox(&inbox, &message, properties).await;
             if let Err(error) = published {
                 tracing::debug!("cannot send a pace request: {error}");

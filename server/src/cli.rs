@@ -86,11 +86,12 @@ async fn device(config: &Config, store: &Store, command: DeviceCommand) -> anyho
         detail: detail.into(),
     };
     match command {
-        DeviceCommand::Add { id } => {
+        DeviceCommand::Add { id, secrets_file } => {
+            refuse_server_account(config, &id)?;
             let secret = store.provision_device(&id).await?;
             // Shown before the audit write: should that fail, the secret is not lost.
             println!("provisioned device {id}");
-            print_secret(config, &id, &secret);
+            hand_over(config, &id, &secret, secrets_file.as_deref())?;
             store
                 .audit_append(audited(
                     "add",
@@ -109,10 +110,10 @@ async fn device(config: &Config, store: &Store, command: DeviceCommand) -> anyho
                 println!("{}\t{}\t{rotated}", device.id, device.created_ms);
             }
         }
-        DeviceCommand::Rotate { id } => {
+        DeviceCommand::Rotate { id, secrets_file } => {
             let secret = store.rotate_device_secret(&id).await?;
             println!("new secret for device {id}; the old one no longer connects");
-            print_secret(config, &id, &secret);
+            hand_over(config, &id, &secret, secrets_file.as_deref())?;
             store
                 .audit_append(audited(
                     "rotate",
@@ -135,8 +136,49 @@ async fn device(config: &Config, store: &Store, command: DeviceCommand) -> anyho
     Ok(())
 }
 
-/// The secret, once, and the line that starts `tether-agent` with it (see
-/// [`agent_line`]).
+/// The broker account this server's configuration logs in as: the embedded broker's
+/// server account, or the user of `TETHER_AMQP_URL`.
+fn server_account(config: &Config) -> String {
+    match &config.amqp_url {
+        Some(url) => common::amqp_user(url),
+        None => config.broker_user.clone(),
+    }
+}
+
+/// Agents obey the server account: no device may log in under its name.
+fn refuse_server_account(config: &Config, id: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        id != server_account(config),
+        "{id:?} is the servers' own broker account; a device cannot have that name"
+    );
+    Ok(())
+}
+
+/// The secret: appended to `secrets_file`, or printed once with the line that starts
+/// `tether-agent` with it (see [`agent_line`]).
+fn hand_over(
+    config: &Config,
+    id: &str,
+    secret: &str,
+    secrets_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let Some(path) = secrets_file else {
+        print_secret(config, id, secret);
+        return Ok(());
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{id} {secret}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("secret written to {}", path.display());
+    Ok(())
+}
+
 fn print_secret(config: &Config, id: &str, secret: &str) {
     println!("secret (shown this once, stored only as a hash): {secret}");
     match agent_line(config, id, secret) {
@@ -153,18 +195,28 @@ fn print_secret(config: &Config, id: &str, secret: &str) {
     }
 }
 
-/// `TETHER_AMQP_URL=… tether-agent --device-id ID`: the configured broker's URL
-/// (`TETHER_AMQP_URL`) with the device's credential in place of the server's, or else
-/// the embedded broker's (`TETHER_BROKER_ADDR`). `None` if that URL cannot carry one.
+/// `TETHER_AMQP_URL=… TETHER_DEVICE_SECRET=… tether-agent --device-id ID`: the
+/// configured broker's URL (`TETHER_AMQP_URL`) without the server's credential, or else
+/// the embedded broker's (`TETHER_BROKER_ADDR`); the secret in the environment, where
+/// other users of the device cannot read it (they can read command lines), and the
+/// server account the agent is to obey when it is not the default. `None` if that URL
+/// does not parse.
 fn agent_line(config: &Config, id: &str, secret: &str) -> Option<String> {
     let broker = match &config.amqp_url {
         Some(url) => url.clone(),
         None => format!("amqp://{}/%2f", config.broker_addr),
     };
-    let url = provision::with_credential(&provision::device_broker_url(&broker)?, id, secret)?;
+    let url = provision::device_broker_url(&broker)?;
+    let server = server_account(config);
+    let obey = if server == "tether-server" {
+        String::new()
+    } else {
+        format!("TETHER_SERVER_ACCOUNTS={} ", shell_word(&server))
+    };
     Some(format!(
-        "TETHER_AMQP_URL={} tether-agent --device-id {}",
+        "TETHER_AMQP_URL={} TETHER_DEVICE_SECRET={} {obey}tether-agent --device-id {}",
         shell_word(&url),
+        shell_word(secret),
         shell_word(id)
     ))
 }
@@ -191,7 +243,7 @@ mod tests {
         assert_eq!(
             agent_line(&config, "boiler-1", "ab12").as_deref(),
             Some(
-                "TETHER_AMQP_URL=amqp://boiler-1:ab12@rabbit.lan:5672/%2f tether-agent --device-id boiler-1"
+                "TETHER_AMQP_URL=amqp://rabbit.lan:5672/%2f TETHER_DEVICE_SECRET=ab12 TETHER_SERVER_ACCOUNTS=guest tether-agent --device-id boiler-1"
             )
         );
         config.amqp_url = None;
@@ -199,7 +251,7 @@ mod tests {
         assert_eq!(
             agent_line(&config, "boiler-1", "ab12").as_deref(),
             Some(
-                "TETHER_AMQP_URL=amqp://boiler-1:ab12@10.0.0.5:5673/%2f tether-agent --device-id boiler-1"
+                "TETHER_AMQP_URL=amqp://10.0.0.5:5673/%2f TETHER_DEVICE_SECRET=ab12 tether-agent --device-id boiler-1"
             )
         );
         config.amqp_url = Some(String::new());

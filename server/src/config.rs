@@ -31,21 +31,23 @@ pub struct Config {
     )]
     pub broker_addr: SocketAddr,
 
-    /// The embedded broker's user and password (the guest account works only from
-    /// this machine, as in RabbitMQ).
+    /// The embedded broker's server account, which this server (and any other replica
+    /// using this broker) logs in with; devices log in as their id with their secret.
+    /// Agents obey commands from this account only (their `TETHER_SERVER_ACCOUNTS`).
     #[arg(
         long = "broker-user",
         env = "TETHER_BROKER_USER",
-        default_value = "guest"
+        default_value = "tether-server"
     )]
     pub broker_user: String,
+    /// The server account's password. Unset: made up on first start and kept in
+    /// `TETHER_DATA_DIR/broker-password`.
     #[arg(
         long = "broker-password",
         env = "TETHER_BROKER_PASSWORD",
-        default_value = "guest",
         hide_env_values = true
     )]
-    pub broker_password: String,
+    pub broker_password: Option<String>,
 
     /// A command's deadline when the caller gives none, in milliseconds.
     #[arg(long = "command-timeout-ms", env = "TETHER_COMMAND_TIMEOUT_MS", default_value_t = protocol::api::timeouts::DEFAULT_MS,
@@ -180,11 +182,22 @@ pub enum UserCommand {
 pub enum DeviceCommand {
     /// Provisions a device and prints its secret, which is not kept and cannot be shown
     /// again.
-    Add { id: String },
+    Add {
+        id: String,
+        /// Append `<id> <secret>` to this file (created readable by its owner only)
+        /// instead of printing the secret: for scripts, and `tether-agent --secrets-file`.
+        #[arg(long)]
+        secrets_file: Option<PathBuf>,
+    },
     /// Lists the provisioned devices (never their secrets).
     List,
     /// Gives a device a new secret (printed once); the old one stops working.
-    Rotate { id: String },
+    Rotate {
+        id: String,
+        /// Append `<id> <secret>` to this file instead of printing the secret.
+        #[arg(long)]
+        secrets_file: Option<PathBuf>,
+    },
     /// Takes a device's credential away: it can no longer connect.
     Remove { id: String },
 }
@@ -203,8 +216,8 @@ impl Config {
             site_root: None,
             amqp_url: Some(amqp_url.into()),
             broker_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            broker_user: "guest".into(),
-            broker_password: "guest".into(),
+            broker_user: "tether-server".into(),
+            broker_password: None,
             command_timeout_ms: protocol::api::timeouts::DEFAULT_MS,
             database_url: "none".into(),
             data_dir: std::env::temp_dir()

@@ -14,7 +14,8 @@
 //!   [`provision`]: the API for device credentials; [`audit`]: writing to the audit
 //!   trail.
 //! - [`broker_auth`]: RabbitMQ's HTTP auth backend, answering with the same policy the
-//!   embedded broker applies.
+//!   embedded broker applies; [`broker_accounts`]: the embedded broker's accounts (the
+//!   server's, devices' checked against the database).
 //! - [`cli`]: the tasks besides serving (`user add`, `device add`, `audit verify`).
 //! - [`state`]: what every handler can reach.
 //! - This file wires them: [`Server::bind`] starts the embedded broker (if no broker
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod broker_accounts;
 pub mod broker_auth;
 pub mod cli;
 pub mod config;
@@ -72,8 +74,8 @@ pub struct Server {
     hub: Hub,
     accounts: Store,
     setup: auth::login::SetupLink,
-    /// The embedded broker's URL, when this server runs one.
-    embedded_broker: Option<String>,
+    /// The embedded broker's URL and handle, when this server runs one.
+    embedded_broker: Option<(String, broker::BrokerHandle)>,
     shutdown: Shutdown,
     /// The embedded broker's own, stopped last so that the hub can say goodbye.
     broker_shutdown: Shutdown,
@@ -87,20 +89,6 @@ impl Server {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let (shutdown, broker_shutdown) = (Shutdown::new(), Shutdown::new());
         let options = leptos_options(&config)?;
-        let (amqp_url, embedded_broker) = match &config.amqp_url {
-            Some(url) => (url.clone(), None),
-            None => {
-                let url = start_embedded_broker(&config, &broker_shutdown).await?;
-                (url.clone(), Some(url))
-            }
-        };
-        let device_broker_url = provision::device_broker_url(&amqp_url);
-        if device_broker_url.is_none() {
-            tracing::warn!(
-                "the broker URL {} does not parse: provisioned devices are given no URL to connect with",
-                redact(&amqp_url)
-            );
-        }
         let store = match config.database_url.as_str() {
             "none" => None,
             url => {
@@ -128,6 +116,22 @@ impl Server {
                 Store::open("memory").await?
             }
         };
+        let (amqp_url, embedded_broker) = match &config.amqp_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let (url, handle) =
+                    start_embedded_broker(&config, &accounts, &broker_shutdown).await?;
+                (url.clone(), Some((url, handle)))
+            }
+        };
+        let server_account = common::amqp_user(&amqp_url);
+        let device_broker_url = provision::device_broker_url(&amqp_url);
+        if device_broker_url.is_none() {
+            tracing::warn!(
+                "the broker URL {} does not parse: provisioned devices are given no URL to connect with",
+                redact(&amqp_url)
+            );
+        }
         let groups = auth::DeviceGroups::default();
         if let Err(error) = groups.reload(&accounts).await {
             tracing::error!("cannot load the device groups (retrying): {error:#}");
@@ -198,6 +202,8 @@ impl Server {
                 recent: auth::Recent::default(),
                 audit_failures: Arc::default(),
                 device_broker_url,
+                server_account,
+                embedded_broker: embedded_broker.as_ref().map(|(_, handle)| handle.clone()),
                 broker_auth_from: Arc::new(config.broker_auth_from.clone()),
             }),
             hub,
@@ -230,7 +236,7 @@ impl Server {
 
     /// The URL devices use to reach the embedded broker, if this server runs one.
     pub fn embedded_broker_url(&self) -> Option<&str> {
-        self.embedded_broker.as_deref()
+        self.embedded_broker.as_ref().map(|(url, _)| url.as_str())
     }
 
     /// Serves until `signal` resolves, then stops: no new connections are accepted,
@@ -335,13 +341,25 @@ fn replica_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     }
 }
 
-/// Starts the embedded broker in this process under `shutdown`; returns the URL to
-/// reach it.
-async fn start_embedded_broker(config: &Config, shutdown: &Shutdown) -> anyhow::Result<String> {
+/// Starts the embedded broker in this process under `shutdown`, its devices checked
+/// against `accounts`; returns the URL the server account reaches it with, and its
+/// handle.
+async fn start_embedded_broker(
+    config: &Config,
+    accounts: &Store,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(String, broker::BrokerHandle)> {
+    let password =
+        broker_accounts::server_password(config.broker_password.as_deref(), &config.data_dir)?;
+    let logins = broker_accounts::DeviceLogins {
+        store: accounts.clone(),
+        server_user: config.broker_user.clone(),
+    };
     let broker_config = broker::Config {
         addr: config.broker_addr,
         user: config.broker_user.clone(),
-        password: config.broker_password.clone(),
+        password,
+        authenticator: Some(Arc::new(logins)),
         ..broker::Config::default()
     };
     let broker = broker::Broker::bind(broker_config).await.with_context(|| {
@@ -350,13 +368,13 @@ async fn start_embedded_broker(config: &Config, shutdown: &Shutdown) -> anyhow::
     let url = broker.url()?;
     let addr = broker.local_addr()?;
     tracing::info!(
-        "embedded AMQP broker on {addr} (nothing is persisted); devices connect with TETHER_AMQP_URL=amqp://{}:<password>@{addr}/%2f",
-        config.broker_user
+        "embedded AMQP broker on {addr} (nothing is persisted); provisioned devices connect as their id with their secret (tether-server device add ID)"
     );
+    let handle = broker.handle();
     // Its own shutdown, stopped after every other task's, so the hub can say goodbye.
     let stopping = shutdown.clone();
     shutdown.spawn(broker.serve(async move { stopping.stopping().await }));
-    Ok(url)
+    Ok((url, handle))
 }
 
 /// Binds, logs the address and serves until `signal` resolves; or does the task the

@@ -112,6 +112,7 @@ pub fn render(state: &AppState) -> String {
             ("malformed", hub.malformed),
             ("foreign", hub.foreign),
             ("stale_session", hub.stale),
+            ("impostor", hub.impostors),
             ("late", hub.late),
         ],
     );

@@ -49,6 +49,12 @@ pub struct AppState {
     /// password: a provisioned device's credential is filled in (`provision`). `None`
     /// when the broker URL does not parse.
     pub device_broker_url: Option<String>,
+    /// The broker account this server logs in as. Devices are never provisioned under
+    /// its name: agents obey what this account sends.
+    pub server_account: String,
+    /// The embedded broker, when this server runs one: a revoked device's connections
+    /// are closed through it.
+    pub embedded_broker: Option<broker::BrokerHandle>,
     /// Who may ask the RabbitMQ auth backend; empty: loopback only.
     pub broker_auth_from: Arc<Vec<std::net::IpAddr>>,
 }

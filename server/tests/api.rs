@@ -70,7 +70,8 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
             config.heartbeat = Duration::from_secs(1);
             config.telemetry = telemetry;
         },
-    );
+    )
+    .await;
     testkit::online(&hub, &agent.id).await;
     Setup {
         base,
@@ -431,10 +432,12 @@ async fn without_an_amqp_url_the_server_runs_its_own_broker() {
         .embedded_broker_url()
         .expect("an embedded broker")
         .to_owned();
+    // The server account, with a password made up for this data folder.
     assert!(
-        broker_url.starts_with("amqp://guest:guest@127.0.0.1:"),
+        broker_url.starts_with("amqp://tether-server:"),
         "{broker_url}"
     );
+    assert!(!broker_url.contains("guest"), "{broker_url}");
     assert!(
         server.hub().is_connected(),
         "the hub reached its own broker"
@@ -442,10 +445,17 @@ async fn without_an_amqp_url_the_server_runs_its_own_broker() {
     let base = format!("http://{}", server.local_addr().unwrap());
     let hub = server.hub().clone();
     let (token, _) = testkit::user_token(server.accounts(), Role::Admin, &[]).await;
+    let accounts = server.accounts().clone();
     tokio::spawn(server.serve(std::future::pending()));
 
+    // Devices log in as themselves, checked against the server's database: a wrong
+    // secret is refused, the provisioned one gets in.
     let device = DeviceId::new(format!("embedded-{:08x}", fastrand::u32(..))).unwrap();
-    let config = agent::Config::new(broker_url, device.clone(), "switch");
+    let device_url = testkit::provision_in(&accounts, &broker_url, &device).await;
+    let wrong = testkit::with_credential(&broker_url, device.as_str(), "not-its-secret");
+    let refused = lapin::Connection::connect(&wrong, lapin::ConnectionProperties::default()).await;
+    assert!(refused.is_err(), "a wrong secret is refused");
+    let config = agent::Config::new(device_url, device.clone(), "switch");
     tokio::spawn(agent::run(
         config,
         Arc::new(Simulated::new(Kind::Switch)),

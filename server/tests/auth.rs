@@ -369,7 +369,8 @@ async fn roles_decide_who_commands_and_groups_who_sees_what() {
         |config| {
             config.heartbeat = Duration::from_secs(1);
         },
-    );
+    )
+    .await;
     testkit::online(&running.hub, &agent.id).await;
     let device = agent.id.to_string();
     let (admin, _, _) = running.user(Role::Admin, &[]).await;

@@ -244,20 +244,38 @@ async fn the_command_line_provisions_rotates_and_removes_devices() {
     let device = |command| server::config::Command::Device(command);
     let id = testkit::unique("cli-device");
 
-    server::cli::run(&config, device(Add { id: id.clone() }))
-        .await
-        .expect("provisioned");
+    server::cli::run(
+        &config,
+        device(Add {
+            id: id.clone(),
+            secrets_file: None,
+        }),
+    )
+    .await
+    .expect("provisioned");
     // The running server, on the same database, sees it.
     let listed: Vec<ProvisionedDevice> = running.provisioned(&admin).await.json().await.unwrap();
     assert!(listed.iter().any(|d| d.id == id));
     server::cli::run(&config, device(List)).await.unwrap();
-    let again = server::cli::run(&config, device(Add { id: id.clone() }))
-        .await
-        .expect_err("already provisioned");
+    let again = server::cli::run(
+        &config,
+        device(Add {
+            id: id.clone(),
+            secrets_file: None,
+        }),
+    )
+    .await
+    .expect_err("already provisioned");
     assert!(again.to_string().contains("already provisioned"), "{again}");
-    server::cli::run(&config, device(Rotate { id: id.clone() }))
-        .await
-        .expect("rotated");
+    server::cli::run(
+        &config,
+        device(Rotate {
+            id: id.clone(),
+            secrets_file: None,
+        }),
+    )
+    .await
+    .expect("rotated");
     server::cli::run(&config, device(Remove { id: id.clone() }))
         .await
         .expect("removed");
@@ -265,7 +283,14 @@ async fn the_command_line_provisions_rotates_and_removes_devices() {
         .await
         .expect_err("no longer provisioned");
     assert!(gone.to_string().contains("not provisioned"), "{gone}");
-    let invalid = server::cli::run(&config, device(Add { id: "a b".into() })).await;
+    let invalid = server::cli::run(
+        &config,
+        device(Add {
+            id: "a b".into(),
+            secrets_file: None,
+        }),
+    )
+    .await;
     assert!(invalid.is_err());
 
     let trail = running.audit_of(&id).await;

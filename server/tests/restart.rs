@@ -159,7 +159,8 @@ async fn a_command_survives_its_server_being_killed_while_the_device_works() {
         |config| {
             config.heartbeat = Duration::from_secs(1);
         },
-    );
+    )
+    .await;
     let device = agent.id.to_string();
     online(&client, &server.base, &device).await;
     let body = json!({"name": "echo", "args": {"message": "still here", "delay_ms": 3_000}, "timeout_ms": 30_000});

@@ -48,7 +48,8 @@ async fn stops_gracefully(amqp_url: Option<String>) {
         .expect("the server starts (RabbitMQ must be running: scripts/test.sh starts it)");
     let addr = server.local_addr().unwrap();
     let hub = server.hub().clone();
-    let (token, _) = testkit::user_token(server.accounts(), protocol::auth::Role::Admin, &[]).await;
+    let accounts = server.accounts().clone();
+    let (token, _) = testkit::user_token(&accounts, protocol::auth::Role::Admin, &[]).await;
     assert!(hub.is_connected(), "the hub reached its broker");
     let broker_url = server
         .embedded_broker_url()
@@ -59,10 +60,18 @@ async fn stops_gracefully(amqp_url: Option<String>) {
         let _ = stopped.await;
     }));
 
-    let agent = testkit::Agent::start(&broker_url, "stop-gw", Kind::Gateway, |config| {
+    let configure = |config: &mut agent::Config| {
         config.heartbeat = Duration::from_secs(1);
         config.telemetry = Some(Duration::from_millis(100));
-    });
+    };
+    let agent = if embedded {
+        // The server's own broker checks devices against the server's database.
+        let id = protocol::DeviceId::new(testkit::unique("stop-gw")).unwrap();
+        let device_url = testkit::provision_in(&accounts, &broker_url, &id).await;
+        testkit::Agent::start_as(&device_url, id, "tether-server", Kind::Gateway, configure)
+    } else {
+        testkit::Agent::start(&broker_url, "stop-gw", Kind::Gateway, configure).await
+    };
     testkit::online(&hub, &agent.id).await;
     // A device connection of our own, to see how the broker ends it.
     let device_link = Connection::connect(&broker_url, ConnectionProperties::default())

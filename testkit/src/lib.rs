@@ -5,8 +5,23 @@
 //!
 //! Every test talks to real parts. A broker that is not there fails the test that
 //! needs it; nothing is skipped.
+//!
+//! Devices log in as themselves, as in production: every simulated or raw device is
+//! first given an account of its own on the broker it uses ([`provision`]): in this
+//! test binary's embedded broker, whose authenticator knows them, or in the database
+//! of the RabbitMQ node the tests run with Tether's HTTP auth backend
+//! (`scripts/identity-broker.sh`). The tests' servers log in with that broker's server
+//! account (the URL [`rabbitmq_url`] and [`embedded_broker_url`] give), and the agents
+//! obey that account.
 
-use std::{future::Future, sync::Arc, sync::OnceLock, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use agent::simulate::{Kind, Simulated};
 use hub::{Hub, HubConfig};
@@ -15,20 +30,65 @@ use lapin::{
     options::{BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use protocol::{DeviceId, DeviceMessage, Hello, api::SendCommand, names};
+use protocol::{DeviceId, DeviceMessage, Hello, api::SendCommand, names, policy::Account};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 pub use common::Shutdown;
 
-/// RabbitMQ: `TETHER_TEST_AMQP_URL`, default the local one (scripts/test.sh starts it).
+/// The RabbitMQ node that admits devices through Tether's HTTP auth backend
+/// (`TETHER_TEST_IDENTITY_AMQP_URL`, its server account's URL), which scripts/test.sh
+/// starts with `scripts/identity-broker.sh`. Panics, saying how to start it, when unset.
 pub fn rabbitmq_url() -> String {
-    std::env::var("TETHER_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    identity_env("TETHER_TEST_IDENTITY_AMQP_URL")
+}
+
+/// The database the identity RabbitMQ's auth backend checks devices against
+/// (`TETHER_TEST_IDENTITY_DATABASE`).
+fn identity_database() -> String {
+    identity_env("TETHER_TEST_IDENTITY_DATABASE")
+}
+
+fn identity_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these tests need the RabbitMQ node that checks devices with Tether's auth backend; \
+             start it with `eval \"$(scripts/identity-broker.sh start)\"` (scripts/test.sh does)"
+        )
+    })
+}
+
+/// Device accounts of this test binary's embedded broker: id → secret.
+fn embedded_devices() -> &'static Mutex<HashMap<String, String>> {
+    static DEVICES: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    DEVICES.get_or_init(Mutex::default)
+}
+
+/// The embedded broker's authenticator: the devices [`provision`] registered.
+struct EmbeddedDevices;
+
+impl broker::Authenticator for EmbeddedDevices {
+    fn authenticate<'a>(
+        &'a self,
+        user: &'a str,
+        password: &'a str,
+        _peer: IpAddr,
+    ) -> Pin<Box<dyn Future<Output = Option<Account>> + Send + 'a>> {
+        let known = embedded_devices()
+            .lock()
+            .expect("no test panics holding the device list")
+            .get(user)
+            .is_some_and(|secret| secret == password);
+        let account = known
+            .then(|| DeviceId::new(user).ok().map(Account::Device))
+            .flatten();
+        Box::pin(std::future::ready(account))
+    }
 }
 
 /// The embedded broker of this test binary: started once, on a free port, in a runtime
-/// of its own so that it outlives each test's runtime.
+/// of its own so that it outlives each test's runtime. Its server account is `guest`
+/// (from this machine); devices [`provision`]ed for it log in as themselves.
 pub fn embedded_broker_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
@@ -36,7 +96,11 @@ pub fn embedded_broker_url() -> String {
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("a runtime for the broker");
             runtime.block_on(async move {
-                let url = broker::Broker::start(broker::Config::on_free_port())
+                let config = broker::Config {
+                    authenticator: Some(Arc::new(EmbeddedDevices)),
+                    ..broker::Config::on_free_port()
+                };
+                let url = broker::Broker::start(config)
                     .await
                     .expect("the embedded broker starts");
                 sender.send(url).expect("the test waits for the URL");
@@ -47,6 +111,51 @@ pub fn embedded_broker_url() -> String {
         receiver.recv().expect("the embedded broker started")
     })
     .clone()
+}
+
+/// A device account, made unique from `name`, on the test broker at `broker_url`
+/// ([`embedded_broker_url`] or [`rabbitmq_url`]): its id and the URL it logs in with.
+pub async fn provision(broker_url: &str, name: &str) -> (DeviceId, String) {
+    let id = DeviceId::new(unique(name)).expect("a valid device id");
+    if broker_url == embedded_broker_url() {
+        let secret = format!("{:032x}", fastrand::u128(..));
+        embedded_devices()
+            .lock()
+            .expect("no test panics holding the device list")
+            .insert(id.to_string(), secret.clone());
+        let url = with_credential(broker_url, id.as_str(), &secret);
+        return (id, url);
+    }
+    assert_eq!(
+        broker_url,
+        rabbitmq_url(),
+        "devices can be provisioned on the tests' own brokers only (embedded_broker_url, rabbitmq_url); for a server's own broker use provision_in"
+    );
+    let devices = store::Store::open(&identity_database())
+        .await
+        .expect("the identity broker's device database opens");
+    let url = provision_in(&devices, broker_url, &id).await;
+    (id, url)
+}
+
+/// Provisions `id` in `devices` (the database a server's broker checks devices
+/// against); the URL it logs in to `broker_url` with.
+pub async fn provision_in(devices: &store::Store, broker_url: &str, id: &DeviceId) -> String {
+    let secret = devices
+        .provision_device(id.as_str())
+        .await
+        .expect("provision a test device");
+    with_credential(broker_url, id.as_str(), &secret)
+}
+
+/// `broker_url` with another user and password.
+pub fn with_credential(broker_url: &str, user: &str, password: &str) -> String {
+    let rest = broker_url
+        .split_once("://")
+        .map(|(_, rest)| rest.rsplit_once('@').map_or(rest, |(_, host)| host))
+        .expect("a broker URL");
+    let scheme = broker_url.split_once("://").map_or("amqp", |(s, _)| s);
+    format!("{scheme}://{user}:{password}@{rest}")
 }
 
 /// `name` with a random suffix: queues, devices and sessions of concurrent tests on one
@@ -118,16 +227,30 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts a simulated `kind` named after `name` (made unique) on the broker at `url`,
-    /// with `configure` applied to its settings.
-    pub fn start(
+    /// Starts a simulated `kind` named after `name` (made unique) on the test broker at
+    /// `url` (the server account's URL), with an account of its own ([`provision`]) and
+    /// `configure` applied to its settings.
+    pub async fn start(
         url: &str,
         name: &str,
         kind: Kind,
         configure: impl FnOnce(&mut agent::Config),
     ) -> Self {
-        let id = DeviceId::new(unique(name)).expect("a valid device id");
-        let mut config = agent::Config::new(url, id.clone(), kind.name());
+        let (id, device_url) = provision(url, name).await;
+        Self::start_as(&device_url, id, &common::amqp_user(url), kind, configure)
+    }
+
+    /// Starts a simulated `kind` as `id`, logging in with `device_url` (its credential),
+    /// obeying the server account `server`.
+    pub fn start_as(
+        device_url: &str,
+        id: DeviceId,
+        server: &str,
+        kind: Kind,
+        configure: impl FnOnce(&mut agent::Config),
+    ) -> Self {
+        let mut config = agent::Config::new(device_url, id.clone(), kind.name());
+        config.server_accounts = vec![server.to_owned()];
         config.reconnect_min = Duration::from_millis(50);
         configure(&mut config);
         let (stop, mut stopped) = watch::channel(false);
@@ -164,10 +287,12 @@ pub struct RawDevice {
 }
 
 impl RawDevice {
-    /// Connects to `url`, declares an inbox and says hello with one `echo` command and
-    /// one `temp` metric (°C, -10 to 50).
+    /// Connects to the test broker at `url` with an account of its own ([`provision`]),
+    /// declares an inbox and says hello with one `echo` command and one `temp` metric
+    /// (°C, -10 to 50).
     pub async fn connect(url: &str, name: &str, heartbeat_ms: u64) -> Self {
-        let connection = Connection::connect(url, ConnectionProperties::default())
+        let (id, device_url) = provision(url, name).await;
+        let connection = Connection::connect(&device_url, ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| panic!("the broker must be running at {url}: {e}"));
         let channel = connection.create_channel().await.unwrap();
@@ -182,7 +307,6 @@ impl RawDevice {
             .unwrap()
             .name()
             .to_string();
-        let id = DeviceId::new(unique(name)).unwrap();
         let device = Self {
             id,
             session_id: unique("session"),
@@ -221,7 +345,8 @@ impl RawDevice {
         .await;
     }
 
-    /// Publishes and waits for the broker to take it.
+    /// Publishes as itself (`user_id` = its id, as the broker requires) and waits for
+    /// the broker to take it.
     pub async fn publish(
         &self,
         exchange: &str,
@@ -229,6 +354,7 @@ impl RawDevice {
         body: &[u8],
         properties: BasicProperties,
     ) {
+        let properties = properties.with_user_id(self.id.as_str().into());
         self.channel
             .basic_publish(
                 exchange.into(),

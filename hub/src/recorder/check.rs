@@ -1,5 +1,5 @@
 //! The recorders' checks on one message, before it is stored: well formed, under its
-//! own routing key, a plausible time, what its device announced (when the device is
+//! own routing key, sent by the device it speaks for, a plausible time, what its device announced (when the device is
 //! known), and within the per-device rate. Pure, with unit tests.
 
 use protocol::TelemetrySample;
@@ -33,10 +33,12 @@ pub enum Rejected {
     Flood,
     /// Measured in the future, or before clocks were set.
     BadTimestamp,
+    /// Published by another account than the device it speaks for (its `user_id`).
+    Impostor,
 }
 
 impl Rejected {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Malformed,
         Self::WrongType,
         Self::Foreign,
@@ -44,6 +46,7 @@ impl Rejected {
         Self::OutOfRange,
         Self::Flood,
         Self::BadTimestamp,
+        Self::Impostor,
     ];
 
     pub fn label(self) -> &'static str {
@@ -55,15 +58,19 @@ impl Rejected {
             Self::OutOfRange => "out_of_range",
             Self::Flood => "flood",
             Self::BadTimestamp => "bad_timestamp",
+            Self::Impostor => "impostor",
         }
     }
 }
 
-/// Checks one message: well formed, under its own routing key, a plausible time, what
-/// its device announced (when the device is known), and within the per-device rate.
+/// Checks one message: well formed, under its own routing key, sent by its device
+/// (`sender`, the message's `user_id`: the storage queue can be written to through the
+/// default exchange by anyone who knows its name), a plausible time, what its device
+/// announced (when the device is known), and within the per-device rate.
 pub(crate) fn check(
     data: &[u8],
     routing_key: &str,
+    sender: Option<&str>,
     announced: Option<&dyn Announced>,
     flood: &mut FloodGate,
     now_ms: i64,
@@ -79,6 +86,10 @@ pub(crate) fn check(
         Unreadable::WrongType(_) => Rejected::WrongType,
         Unreadable::Foreign(_) => Rejected::Foreign,
     })?;
+    // Before the rate: an impostor must not use up its victim's allowance.
+    if sender != Some(device_id.as_str()) {
+        return Err(Rejected::Impostor);
+    }
     let ts_ms = i64::try_from(ts_ms).map_err(|_| Rejected::BadTimestamp)?;
     if !(MIN_PLAUSIBLE_MS..=now_ms + MAX_CLOCK_AHEAD_MS).contains(&ts_ms) {
         return Err(Rejected::BadTimestamp);
@@ -110,6 +121,42 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    /// The check of a message sent by the device its routing key names.
+    fn check(
+        data: &[u8],
+        routing_key: &str,
+        announced: Option<&dyn Announced>,
+        flood: &mut FloodGate,
+        now_ms: i64,
+    ) -> Result<store::Sample, Rejected> {
+        let sender = routing_key.split('.').nth(1);
+        super::check(data, routing_key, sender, announced, flood, now_ms)
+    }
+
+    #[test]
+    fn readings_sent_by_another_account_are_impostors() {
+        let mut flood = FloodGate::default();
+        let message = reading("d1", "cpu", 12.5, NOW - 10);
+        for sender in [Some("d2"), Some("tether-server"), None] {
+            assert_eq!(
+                super::check(&message, "telemetry.d1.cpu", sender, None, &mut flood, NOW),
+                Err(Rejected::Impostor),
+                "sent by {sender:?}"
+            );
+        }
+        assert!(
+            super::check(
+                &message,
+                "telemetry.d1.cpu",
+                Some("d1"),
+                None,
+                &mut flood,
+                NOW
+            )
+            .is_ok()
+        );
+    }
 
     fn reading(device: &str, metric: &str, value: f64, ts_ms: i64) -> Vec<u8> {
         encode(&DeviceMessage::Telemetry(TelemetrySample {

@@ -24,10 +24,29 @@ async fn start_hub() -> Hub {
     testkit::start_hub(HubConfig::new(amqp_url())).await
 }
 
-fn start_agent(name: &str, kind: Kind, heartbeat: Duration) -> testkit::Agent {
+async fn start_agent(name: &str, kind: Kind, heartbeat: Duration) -> testkit::Agent {
     testkit::Agent::start(&amqp_url(), name, kind, |config| {
         config.heartbeat = heartbeat
     })
+    .await
+}
+
+/// The settings of an agent with an account of its own on this suite's broker, obeying
+/// the hubs' account.
+async fn device_config(name: &str, kind: &str) -> (DeviceId, agent::Config) {
+    let (id, url) = testkit::provision(&amqp_url(), name).await;
+    let mut config = agent::Config::new(url, id.clone(), kind);
+    config.server_accounts = vec![common::amqp_user(&amqp_url())];
+    (id, config)
+}
+
+/// A connection as the hubs' own (server) account, which may publish anywhere.
+async fn server_channel() -> lapin::Channel {
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("the server account connects");
+    connection.create_channel().await.unwrap()
 }
 
 /// A device written with bare lapin, on this suite's broker.
@@ -45,7 +64,7 @@ async fn run(hub: &Hub, device: &DeviceId, request: SendCommand) -> CommandView 
 #[tokio::test]
 async fn a_command_succeeds_with_the_devices_result() {
     let hub = start_hub().await;
-    let switch = start_agent("switch", Kind::Switch, Duration::from_secs(1));
+    let switch = start_agent("switch", Kind::Switch, Duration::from_secs(1)).await;
     online(&hub, &switch.id).await;
 
     let sent = hub
@@ -72,7 +91,7 @@ async fn a_command_succeeds_with_the_devices_result() {
 #[tokio::test]
 async fn every_status_of_a_command_reaches_listeners_in_order() {
     let hub = start_hub().await;
-    let gateway = start_agent("gw-events", Kind::Gateway, Duration::from_secs(1));
+    let gateway = start_agent("gw-events", Kind::Gateway, Duration::from_secs(1)).await;
     online(&hub, &gateway.id).await;
     let (_snapshot, mut events) = hub.subscribe(10);
     let done = run(
@@ -114,7 +133,7 @@ async fn every_status_of_a_command_reaches_listeners_in_order() {
 #[tokio::test]
 async fn a_device_error_ends_the_command_as_failed() {
     let hub = start_hub().await;
-    let gateway = start_agent("gw-fail", Kind::Gateway, Duration::from_secs(1));
+    let gateway = start_agent("gw-fail", Kind::Gateway, Duration::from_secs(1)).await;
     online(&hub, &gateway.id).await;
     let done = run(
         &hub,
@@ -132,7 +151,7 @@ async fn a_device_error_ends_the_command_as_failed() {
 #[tokio::test]
 async fn bad_commands_are_rejected_before_anything_is_sent() {
     let hub = start_hub().await;
-    let thermostat = start_agent("thermo", Kind::Thermostat, Duration::from_secs(1));
+    let thermostat = start_agent("thermo", Kind::Thermostat, Duration::from_secs(1)).await;
     online(&hub, &thermostat.id).await;
     let id = &thermostat.id;
 
@@ -191,7 +210,7 @@ async fn bad_commands_are_rejected_before_anything_is_sent() {
 #[tokio::test]
 async fn a_device_that_says_bye_ends_its_pending_commands_as_offline_at_once() {
     let hub = start_hub().await;
-    let gateway = start_agent("gw-bye", Kind::Gateway, Duration::from_secs(5));
+    let gateway = start_agent("gw-bye", Kind::Gateway, Duration::from_secs(5)).await;
     online(&hub, &gateway.id).await;
     let slow = hub
         .send(
@@ -279,7 +298,7 @@ async fn a_device_that_stops_heartbeating_goes_offline_with_its_commands() {
 #[tokio::test]
 async fn a_slow_device_times_out_at_the_deadline_and_its_late_reply_is_ignored() {
     let hub = start_hub().await;
-    let gateway = start_agent("gw-slow", Kind::Gateway, Duration::from_secs(1));
+    let gateway = start_agent("gw-slow", Kind::Gateway, Duration::from_secs(1)).await;
     online(&hub, &gateway.id).await;
     let started = tokio::time::Instant::now();
     let sent = hub
@@ -312,7 +331,7 @@ async fn a_slow_device_times_out_at_the_deadline_and_its_late_reply_is_ignored()
 #[tokio::test]
 async fn a_rebooted_device_comes_back_with_a_new_session_and_is_commandable() {
     let hub = start_hub().await;
-    let gateway = start_agent("gw-reboot", Kind::Gateway, Duration::from_secs(1));
+    let gateway = start_agent("gw-reboot", Kind::Gateway, Duration::from_secs(1)).await;
     online(&hub, &gateway.id).await;
     let (_snapshot, mut events) = hub.subscribe(0);
 
@@ -352,7 +371,7 @@ async fn a_rebooted_device_comes_back_with_a_new_session_and_is_commandable() {
 #[tokio::test]
 async fn cancelling_a_pending_command_ends_it_and_stops_the_device() {
     let hub = start_hub().await;
-    let gateway = start_agent("gw-cancel", Kind::Gateway, Duration::from_secs(1));
+    let gateway = start_agent("gw-cancel", Kind::Gateway, Duration::from_secs(1)).await;
     online(&hub, &gateway.id).await;
     let slow = hub
         .send(
@@ -383,16 +402,18 @@ async fn cancelling_a_pending_command_ends_it_and_stops_the_device() {
 #[tokio::test]
 async fn a_thousand_pending_slow_commands_do_not_delay_a_fast_one() {
     let hub = start_hub().await;
-    let slow: Vec<testkit::Agent> = (0..4)
-        .map(|n| {
+    let mut slow = Vec::new();
+    for n in 0..4 {
+        slow.push(
             start_agent(
                 &format!("gw-busy{n}"),
                 Kind::Gateway,
                 Duration::from_secs(2),
             )
-        })
-        .collect();
-    let fast = start_agent("switch-fast", Kind::Switch, Duration::from_secs(2));
+            .await,
+        );
+    }
+    let fast = start_agent("switch-fast", Kind::Switch, Duration::from_secs(2)).await;
     for agent in slow.iter().chain([&fast]) {
         online(&hub, &agent.id).await;
     }
@@ -447,8 +468,9 @@ async fn malformed_and_foreign_messages_are_counted_and_ignored() {
     let device = raw_device("raw-noisy", 60_000).await;
     online(&hub, &device.id).await;
 
-    // On the presence exchange: garbage, a future version, a reply, a hello under
-    // another device's key, and a heartbeat from a session that does not exist.
+    // On the presence exchange: garbage, a future version, a reply, and a heartbeat
+    // from a session that does not exist. (A device cannot publish under another's key:
+    // the broker refuses it.)
     device.publish_presence("hello", b"\x00garbage").await;
     device
         .publish_presence("heartbeat", br#"{"v":99,"type":"heartbeat"}"#)
@@ -461,33 +483,29 @@ async fn malformed_and_foreign_messages_are_counted_and_ignored() {
     device
         .publish_presence("heartbeat", &protocol::encode(&stray))
         .await;
-    let other = format!("presence.{}-other.heartbeat", device.id);
+    // Under its own key, a heartbeat about another device.
     let beat = protocol::encode(&DeviceMessage::Heartbeat(protocol::Heartbeat {
-        device_id: device.id.clone(),
+        device_id: DeviceId::new(format!("{}-other", device.id)).unwrap(),
         session_id: device.session_id.clone(),
     }));
-    device
-        .publish(
-            names::PRESENCE_EXCHANGE,
-            &other,
-            &beat,
-            BasicProperties::default(),
-        )
-        .await;
+    device.publish_presence("heartbeat", &beat).await;
+    let server = server_channel().await;
     let old = protocol::encode(&DeviceMessage::Heartbeat(protocol::Heartbeat {
         device_id: device.id.clone(),
         session_id: "old".into(),
     }));
     device.publish_presence("heartbeat", &old).await;
-    // On the events exchange: garbage.
-    device
-        .publish(
-            names::EVENTS_EXCHANGE,
-            "",
+    // On the events exchange, where only servers may write: garbage.
+    server
+        .basic_publish(
+            names::EVENTS_EXCHANGE.into(),
+            "".into(),
+            Default::default(),
             b"{not json",
             BasicProperties::default(),
         )
-        .await;
+        .await
+        .unwrap();
 
     // A command: the device answers with garbage, a reply from another session, then
     // the real reply.
@@ -562,7 +580,7 @@ async fn malformed_and_foreign_messages_are_counted_and_ignored() {
 async fn another_replica_sees_every_status_of_a_command_and_can_wait_for_it() {
     let sender = start_hub().await;
     let watcher = start_hub().await;
-    let gateway = start_agent("gw-replicas", Kind::Gateway, Duration::from_secs(1));
+    let gateway = start_agent("gw-replicas", Kind::Gateway, Duration::from_secs(1)).await;
     online(&sender, &gateway.id).await;
     online(&watcher, &gateway.id).await;
     let (_snapshot, mut events) = watcher.subscribe(0);
@@ -613,8 +631,7 @@ async fn another_replica_sees_every_status_of_a_command_and_can_wait_for_it() {
 #[tokio::test]
 async fn readings_of_announced_metrics_reach_listeners() {
     let hub = start_hub().await;
-    let id = DeviceId::new(unique("gw-readings")).unwrap();
-    let mut config = agent::Config::new(amqp_url(), id.clone(), "gateway");
+    let (id, mut config) = device_config("gw-readings", "gateway").await;
     config.telemetry = Some(Duration::from_millis(100));
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(agent::run(
@@ -801,8 +818,7 @@ async fn watched_devices_report_faster_until_the_last_viewer_of_every_replica_le
     };
     let first = testkit::start_hub(config.clone()).await;
     let second = testkit::start_hub(config).await;
-    let id = DeviceId::new(unique("gw-watched")).unwrap();
-    let mut agent_config = agent::Config::new(amqp_url(), id.clone(), "gateway");
+    let (id, mut agent_config) = device_config("gw-watched", "gateway").await;
     agent_config.telemetry = Some(Duration::from_secs(3));
     agent_config.telemetry_fastest = Duration::from_millis(100);
     let (stop, mut stopped) = watch::channel(false);
@@ -861,7 +877,7 @@ async fn watched_devices_report_faster_until_the_last_viewer_of_every_replica_le
 #[tokio::test]
 async fn a_hub_that_starts_later_learns_of_devices_already_online() {
     let first = start_hub().await;
-    let switch = start_agent("switch-early", Kind::Switch, Duration::from_secs(30));
+    let switch = start_agent("switch-early", Kind::Switch, Duration::from_secs(30)).await;
     online(&first, &switch.id).await;
 
     // The device says hello only once per connection and heartbeats every 30 s: the late
@@ -884,4 +900,105 @@ async fn a_hub_that_starts_later_learns_of_devices_already_online() {
     let toggled = run(&late, &switch.id, command("toggle", json!({}), None)).await;
     assert_eq!(toggled.status, CommandStatus::Succeeded);
     switch.stop().await;
+}
+
+#[tokio::test]
+async fn messages_that_speak_for_another_device_than_their_sender_are_dropped() {
+    let hub = start_hub().await;
+    let device = raw_device("raw-victim", 60_000).await;
+    let intruder = raw_device("raw-intruder", 60_000).await;
+    online(&hub, &device.id).await;
+    let mut inbox = device
+        .channel
+        .basic_consume(
+            device.inbox.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let sent = hub
+        .send(&device.id, command("echo", json!({}), None))
+        .await
+        .unwrap();
+    let delivery = within(Duration::from_secs(5), "the command", inbox.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        delivery.properties.user_id().as_ref().map(|u| u.as_str()),
+        Some(common::amqp_user(&amqp_url()).as_str()),
+        "the hub signs its commands with its account"
+    );
+    let reply_to = delivery.properties.reply_to().as_ref().unwrap().to_string();
+    let answer = |result: &str| {
+        protocol::encode(&DeviceMessage::Reply(Reply {
+            command_id: sent.id.clone(),
+            session_id: device.session_id.clone(),
+            outcome: Outcome::Ok {
+                result: json!(result),
+            },
+        }))
+    };
+    // Another device that learnt the reply queue's name answers for the victim: the
+    // default exchange lets it, its user_id gives it away.
+    intruder
+        .publish("", &reply_to, &answer("forged"), BasicProperties::default())
+        .await;
+    // The victim's own connection, without a user_id (RabbitMQ lets that through).
+    device
+        .channel
+        .basic_publish(
+            "".into(),
+            reply_to.as_str().into(),
+            Default::default(),
+            &answer("unsigned"),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A server account speaking for a device, on the presence exchange.
+    let server = server_channel().await;
+    let bye = protocol::encode(&DeviceMessage::Bye(protocol::Bye {
+        device_id: device.id.clone(),
+        session_id: device.session_id.clone(),
+        reason: "forged".into(),
+    }));
+    server
+        .basic_publish(
+            names::PRESENCE_EXCHANGE.into(),
+            format!("presence.{}.bye", device.id).as_str().into(),
+            Default::default(),
+            &bye,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually("three impostors counted", Duration::from_secs(5), || {
+        Some(hub.stats()).filter(|s| s.impostors >= 3)
+    })
+    .await;
+    let pending = hub.command(&sent.id).unwrap();
+    assert!(!pending.status.is_terminal(), "{pending:?}");
+    assert!(
+        hub.device(&device.id).unwrap().online,
+        "the forged bye did nothing"
+    );
+    device
+        .publish("", &reply_to, &answer("real"), BasicProperties::default())
+        .await;
+    let done = hub.wait(&sent.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (done.status, done.result),
+        (CommandStatus::Succeeded, Some(json!("real")))
+    );
+    assert_eq!(hub.stats().impostors, 3);
 }
