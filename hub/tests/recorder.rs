@@ -1,7 +1,9 @@
 //! Storing readings through the shared durable queue, against RabbitMQ
 //! (`TETHER_TEST_AMQP_URL`) and the embedded broker: competing recorders split the work
 //! with nothing stored twice or lost, a recorder that dies mid-batch loses nothing, and
-//! bad readings are counted and dropped. Each test uses its own queue and device ids.
+//! bad readings (readings sent by another account than their device's included) are
+//! counted and dropped. Each test uses its own queue and device ids; readings are
+//! published by the device, logged in as itself.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,6 +17,21 @@ use protocol::{DeviceId, DeviceMessage, TelemetrySample, names};
 use store::Store;
 use tokio::sync::oneshot;
 
+async fn publish(channel: &Channel, key: &str, body: &[u8], properties: BasicProperties) {
+    channel
+        .basic_publish(
+            names::TELEMETRY_EXCHANGE.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// A test's queue goes away a minute after its last use, even if the test crashed.
 const EXPIRES_MS: i64 = 60_000;
 
@@ -26,7 +43,8 @@ fn embedded() -> String {
     testkit::embedded_broker_url()
 }
 
-/// One test's queue, device, store and publishing channel.
+/// One test's queue, device, store, the server account's channel and the device's
+/// publishing channel.
 struct Bench {
     url: String,
     queue: String,
@@ -35,24 +53,33 @@ struct Bench {
     dir: std::path::PathBuf,
     channel: Channel,
     _connection: Connection,
+    device_channel: Channel,
+    _device_connection: Connection,
+}
+
+/// A channel in confirm mode on a new connection to `url`.
+async fn confirming(url: &str) -> (Connection, Channel) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("the broker must be running at {url}: {e}"));
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (connection, channel)
 }
 
 impl Bench {
     async fn new(url: String) -> Self {
         let tag = format!("{:08x}", fastrand::u32(..));
-        let device = DeviceId::new(format!("rec-{tag}")).unwrap();
+        let (device, device_url) = testkit::provision(&url, "rec").await;
         let dir = std::env::temp_dir().join(format!("tether-recorder-{tag}"));
         let store = Store::open(dir.join("telemetry.db").to_str().unwrap())
             .await
             .unwrap();
-        let connection = Connection::connect(&url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| panic!("the broker must be running at {url}: {e}"));
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let (connection, channel) = confirming(&url).await;
+        let (device_connection, device_channel) = confirming(&device_url).await;
         let bench = Self {
             queue: format!("tether.telemetry.store.test-{tag}"),
             url,
@@ -61,6 +88,8 @@ impl Bench {
             dir,
             channel,
             _connection: connection,
+            device_channel,
+            _device_connection: device_connection,
         };
         // Declared as the recorders declare it, so that readings published before any
         // recorder runs wait in it.
@@ -95,19 +124,10 @@ impl Bench {
         }
     }
 
+    /// Publishes as the device (its `user_id`, as agents do).
     async fn publish_raw(&self, key: &str, body: &[u8]) {
-        self.channel
-            .basic_publish(
-                names::TELEMETRY_EXCHANGE.into(),
-                key.into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let signed = BasicProperties::default().with_user_id(self.device.as_str().into());
+        publish(&self.device_channel, key, body, signed).await;
     }
 
     /// `n` readings of `cpu`, 100 ms apart (well under the per-second limit).
@@ -304,6 +324,15 @@ async fn bad_readings_are_counted_and_not_stored(url: String) {
         ts_ms: now + 3_600_000,
     }));
     bench.publish_raw(&key, &future).await;
+    // A good reading, but sent by another account (the server's) than its device's.
+    let good = protocol::encode(&DeviceMessage::Telemetry(TelemetrySample {
+        device_id: device.clone(),
+        session_id: "s".into(),
+        metric: "cpu".into(),
+        value: 1.0,
+        ts_ms: now - 1_000,
+    }));
+    publish(&bench.channel, &key, &good, BasicProperties::default()).await;
     // A flood: 80 readings measured within one second.
     for i in 0..80 {
         let body = protocol::encode(&DeviceMessage::Telemetry(TelemetrySample {
@@ -321,6 +350,7 @@ async fn bad_readings_are_counted_and_not_stored(url: String) {
     assert_eq!(seen.rejected(Rejected::WrongType), 1);
     assert_eq!(seen.rejected(Rejected::Foreign), 1);
     assert_eq!(seen.rejected(Rejected::BadTimestamp), 1);
+    assert_eq!(seen.rejected(Rejected::Impostor), 1);
     assert_eq!(seen.rejected(Rejected::Flood), 30);
     // The recorder kept going, and acknowledged the bad ones too.
     bench.publish(5, now + 10_000).await;

@@ -212,8 +212,9 @@ async fn stops_gracefully(amqp_url: Option<String>) {
             "{why}"
         );
         let broker_addr: SocketAddr = broker_url
-            .trim_start_matches("amqp://guest:guest@")
-            .trim_end_matches("/%2f")
+            .rsplit_once('@')
+            .map(|(_, host)| host.trim_end_matches("/%2f"))
+            .unwrap()
             .parse()
             .unwrap();
         std::net::TcpListener::bind(broker_addr).expect("the broker's port is free again");
