@@ -16,9 +16,10 @@
 //!   replies through the default exchange. Nothing else: it cannot read presence,
 //!   telemetry or events, write `tether.events`, or declare or delete Tether's exchanges
 //!   or the storage queue. (It can still put a message into any queue whose name it
-//!   knows, through the default exchange, as AMQP allows; the broker stamps the sender's
-//!   `user_id` on every message, and servers and agents drop what claims to be from
-//!   someone else.)
+//!   knows, through the default exchange, as AMQP allows. What proves the sender is
+//!   the `user_id` property: the broker refuses one that is not the publisher's own
+//!   user but lets a message without one through, so servers drop device messages
+//!   whose `user_id` is missing or another's, and agents obey only server accounts.)
 
 use crate::names::{DISCOVER_EXCHANGE, DeviceId, PRESENCE_EXCHANGE, TELEMETRY_EXCHANGE};
 
