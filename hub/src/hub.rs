@@ -106,6 +106,9 @@ pub(crate) struct State {
     pub(crate) flood: FloodGate,
     /// How many of this replica's viewers watch each device.
     pub(crate) watched: HashMap<DeviceId, usize>,
+    /// Devices whose credential was revoked through this replica: nothing they send is
+    /// taken any more (until provisioned again).
+    pub(crate) revoked: std::collections::HashSet<DeviceId>,
 }
 
 /// Live events a slow browser may fall behind by before it must resync.
@@ -174,6 +177,34 @@ impl Hub {
     /// Every device ever seen, sorted by id.
     pub fn devices(&self) -> Vec<DeviceView> {
         self.state().registry.views()
+    }
+
+    /// A device's credential was revoked. It can no longer log in; with the embedded
+    /// broker its connections were closed too, but RabbitMQ keeps an open one until it
+    /// drops. So: it is offline now, its pending commands end as offline at once, and
+    /// whatever it still sends is ignored (counted as stale) until [`Hub::admit`].
+    pub fn revoke(&self, id: &DeviceId) {
+        let (now, now_ms) = (std::time::Instant::now(), common::now_ms());
+        let mut state = self.state();
+        state.revoked.insert(id.clone());
+        let Some(session) = state.registry.get(id).map(|d| d.session_id.clone()) else {
+            return;
+        };
+        let offline = state.registry.unroutable(id, &session, now_ms);
+        let why = "the device's credential was revoked";
+        if state.commands.device_gone(id, &session, why, now) > 0 {
+            self.inner.timer.notify_one();
+        }
+        let events: Vec<LiveEvent> = offline
+            .map(|device| LiveEvent::DeviceUpdated { device })
+            .into_iter()
+            .collect();
+        self.broadcast(&events);
+    }
+
+    /// A device was provisioned (again): what it sends is taken again.
+    pub fn admit(&self, id: &DeviceId) {
+        self.state().revoked.remove(id);
     }
 
     pub fn device(&self, id: &DeviceId) -> Option<DeviceView> {

@@ -49,6 +49,12 @@ impl Hub {
         }
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut state = self.state();
+        if let Some((device, _)) = &routed
+            && state.revoked.contains(device)
+        {
+            self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut events = Vec::new();
         // A watched device that (re)connected gets its lease on the new inbox at once.
         let mut rewatch = None;
@@ -142,13 +148,17 @@ impl Hub {
             }
         };
         let mut state = self.state();
-        if let Some(device) = about_command(&message).and_then(|id| state.commands.device_of(id))
-            && sender(delivery) != Some(device.as_str())
-        {
-            let device = device.clone();
-            drop(state);
-            self.impostor(delivery, &device);
-            return Vec::new();
+        if let Some(device) = about_command(&message).and_then(|id| state.commands.device_of(id)) {
+            if sender(delivery) != Some(device.as_str()) {
+                let device = device.clone();
+                drop(state);
+                self.impostor(delivery, &device);
+                return Vec::new();
+            }
+            if state.revoked.contains(device) {
+                self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+                return Vec::new();
+            }
         }
         match state.commands.apply_device_message(&message, now_ms()) {
             Ok(view) => {
@@ -196,11 +206,15 @@ impl Hub {
         }
         let mut state = self.state();
         let State {
-            registry, flood, ..
+            registry,
+            flood,
+            revoked,
+            ..
         } = &mut *state;
         let Some(device) = registry
             .get_mut(&sample.device_id)
             .filter(|d| d.session_id == sample.session_id)
+            .filter(|_| !revoked.contains(&sample.device_id))
         else {
             // Counted, not logged: every reading of a device in this state would log,
             // as heartbeats from old sessions are not logged either.

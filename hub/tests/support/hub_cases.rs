@@ -1002,3 +1002,55 @@ async fn messages_that_speak_for_another_device_than_their_sender_are_dropped() 
     );
     assert_eq!(hub.stats().impostors, 3);
 }
+
+#[tokio::test]
+async fn a_revoked_device_is_offline_at_once_and_ignored_until_admitted_again() {
+    let hub = start_hub().await;
+    let device = raw_device("raw-revoked", 60_000).await;
+    online(&hub, &device.id).await;
+    let sent = hub
+        .send(&device.id, command("echo", json!({}), Some(30_000)))
+        .await
+        .unwrap();
+    hub.revoke(&device.id);
+    assert!(!hub.device(&device.id).unwrap().online, "offline at once");
+    let ended = hub.wait(&sent.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ended.status, CommandStatus::Offline, "{ended:?}");
+    assert!(
+        ended
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("revoked"),
+        "{ended:?}"
+    );
+    // On a broker that keeps its connection (RabbitMQ), it may still talk: a heartbeat
+    // and a fresh hello change nothing.
+    let beat = protocol::encode(&DeviceMessage::Heartbeat(protocol::Heartbeat {
+        device_id: device.id.clone(),
+        session_id: device.session_id.clone(),
+    }));
+    device.publish_presence("heartbeat", &beat).await;
+    let hello = protocol::encode(&DeviceMessage::Hello(protocol::Hello {
+        device_id: device.id.clone(),
+        session_id: unique("session"),
+        inbox: device.inbox.clone(),
+        kind: "raw".into(),
+        firmware: "0".into(),
+        heartbeat_ms: 60_000,
+        capabilities: Default::default(),
+    }));
+    device.publish_presence("hello", &hello).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!hub.device(&device.id).unwrap().online, "still offline");
+    assert!(
+        hub.send(&device.id, command("echo", json!({}), None))
+            .await
+            .is_err(),
+        "nothing can be sent to it"
+    );
+    // Provisioned again: it is heard again.
+    hub.admit(&device.id);
+    device.publish_presence("hello", &hello).await;
+    online(&hub, &device.id).await;
+}
