@@ -8,10 +8,12 @@
 //! - [`login`]: the login and first-run pages (plain HTML forms: they work before and
 //!   without WASM).
 //! - [`account`]: the user's own page: password and API tokens.
-//! - [`users`]: admins manage users; [`audit`]: admins read the audit trail.
+//! - [`users`]: admins manage users; [`credentials`]: admins provision devices;
+//!   [`audit`]: admins read the audit trail.
 
 pub mod account;
 pub mod audit;
+pub mod credentials;
 pub mod login;
 pub mod users;
 
@@ -60,6 +62,7 @@ pub fn UserMenu(children: ChildrenFn) -> impl IntoView {
                     <nav class="user-menu" aria-label="Account">
                         {admin.then(|| view! {
                             <a href="/admin/users">"Users"</a>
+                            <a href="/admin/devices">"Devices"</a>
                             <a href="/admin/audit">"Audit"</a>
                         })}
                         <a href="/account" data-testid="me">{me.name.clone()} " · " {me.role.as_str()}</a>

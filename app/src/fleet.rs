@@ -19,7 +19,10 @@ use leptos::{
 };
 use protocol::{
     api::{CommandView, DeviceView},
-    auth::{AuditCheck, AuditEntry, Me, NewToken, Role, TokenView, UserView},
+    auth::{
+        AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, ProvisionedDevice, Role, TokenView,
+        UserView,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +127,25 @@ pub trait Fleet: Send + Sync + 'static {
     -> Answer<'_, UserView>;
     fn audit(&self, caller: Caller, filter: AuditFilter) -> Answer<'_, Vec<AuditEntry>>;
     fn audit_verify(&self, caller: Caller) -> Answer<'_, AuditCheck>;
+    /// Admin: the provisioned devices, and whether each is connected now.
+    fn provisioned_devices(&self, caller: Caller) -> Answer<'_, Vec<Provisioned>>;
+    /// Admin: provisions a device; its secret is in the answer, and nowhere else.
+    fn provision_device(&self, caller: Caller, id: String) -> Answer<'_, DeviceCredential>;
+    /// Admin: a new secret for a provisioned device; the old one stops working.
+    fn rotate_device_secret(&self, caller: Caller, id: String) -> Answer<'_, DeviceCredential>;
+    /// Admin: takes a device's credential away.
+    fn revoke_device(&self, caller: Caller, id: String) -> Answer<'_, ()>;
+}
+
+/// A provisioned device as the admin page lists it: its credential's dates (never the
+/// secret), and its presence as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provisioned {
+    #[serde(flatten)]
+    pub device: ProvisionedDevice,
+    /// Whether it is connected now; `None` if it never connected (since this server
+    /// started).
+    pub online: Option<bool>,
 }
 
 /// A user as an admin creates them.
@@ -282,6 +304,34 @@ pub async fn audit_trail(filter: AuditFilter) -> Result<Vec<AuditEntry>, AppErro
 pub async fn audit_verify() -> Result<AuditCheck, AppError> {
     let (fleet, caller) = fleet()?;
     Ok(fleet.audit_verify(caller).await?)
+}
+
+/// Admin: the provisioned devices, sorted by id, without secrets.
+#[server(endpoint = "provisioned_devices", input = Json)]
+pub async fn provisioned_devices() -> Result<Vec<Provisioned>, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.provisioned_devices(caller).await?)
+}
+
+/// Admin: lets the device `id` connect; the answer holds its secret, shown once.
+#[server(endpoint = "provision_device", input = Json)]
+pub async fn provision_device(id: String) -> Result<DeviceCredential, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.provision_device(caller, id).await?)
+}
+
+/// Admin: a new secret for the device `id`, shown once; the old one stops working.
+#[server(endpoint = "rotate_device_secret", input = Json)]
+pub async fn rotate_device_secret(id: String) -> Result<DeviceCredential, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.rotate_device_secret(caller, id).await?)
+}
+
+/// Admin: takes the device `id`'s credential away.
+#[server(endpoint = "revoke_device", input = Json)]
+pub async fn revoke_device(id: String) -> Result<(), AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.revoke_device(caller, id).await?)
 }
 
 #[cfg(test)]

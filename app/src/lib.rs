@@ -9,7 +9,8 @@
 //! - [`fleet`]: server functions, the [`fleet::Fleet`] trait the server implements, and
 //!   the live channel that keeps every page current.
 //! - [`devices`]: the fleet list and the device page with command forms and log.
-//! - [`auth`]: who is using the app; login, first run, account, users and audit pages.
+//! - [`auth`]: who is using the app; login, first run, account, users, device
+//!   credentials and audit pages.
 
 pub mod auth;
 pub mod devices;
@@ -77,6 +78,7 @@ pub fn App() -> impl IntoView {
                     <Route path=StaticSegment("setup") view=auth::login::SetupPage />
                     <Route path=StaticSegment("account") view=auth::account::AccountPage ssr=SsrMode::Async />
                     <Route path=(StaticSegment("admin"), StaticSegment("users")) view=auth::users::UsersPage ssr=SsrMode::Async />
+                    <Route path=(StaticSegment("admin"), StaticSegment("devices")) view=auth::credentials::DeviceCredentialsPage ssr=SsrMode::Async />
                     <Route path=(StaticSegment("admin"), StaticSegment("audit")) view=auth::audit::AuditPage ssr=SsrMode::Async />
                 </Routes>
             </main>

@@ -2,12 +2,12 @@
 //! operations, checks and errors as the JSON API (the same functions do the work), with
 //! the caller found in the request the server function serves.
 
-use app::fleet::{Answer, AuditFilter, Caller, Fleet, NewUser, UserChange};
+use app::fleet::{Answer, AuditFilter, Caller, Fleet, NewUser, Provisioned, UserChange};
 use axum::extract::{Path, State};
 use protocol::{
     CommandId,
     api::{ApiError, CommandView, DeviceView, History, HistoryQuery, SendCommand},
-    auth::{AuditCheck, AuditEntry, Me, NewToken, Role, TokenView, UserView},
+    auth::{AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, Role, TokenView, UserView},
 };
 
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
     api::{self, Body, Params},
     auth::{self, Identity, Source},
     error::{Failure, parse_device_id},
-    history,
+    history, provision,
     state::AppState,
 };
 
@@ -167,6 +167,50 @@ impl Fleet for AppState {
             let (who, _) = caller(&parts)?;
             let check = admin::verify_audit(State(self.clone()), who);
             Ok(check.await.map_err(api_error)?.0)
+        })
+    }
+
+    fn provisioned_devices(&self, parts: Caller) -> Answer<'_, Vec<Provisioned>> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            let devices = provision::list(self, &who).await.map_err(api_error)?;
+            Ok(devices
+                .into_iter()
+                .map(|device| {
+                    let online = protocol::DeviceId::new(device.id.as_str())
+                        .ok()
+                        .and_then(|id| self.hub.device(&id))
+                        .map(|seen| seen.online);
+                    Provisioned { device, online }
+                })
+                .collect())
+        })
+    }
+
+    fn provision_device(&self, parts: Caller, id: String) -> Answer<'_, DeviceCredential> {
+        Box::pin(async move {
+            let (who, Source(address)) = caller(&parts)?;
+            provision::provision(self, &who, &address, &id)
+                .await
+                .map_err(api_error)
+        })
+    }
+
+    fn rotate_device_secret(&self, parts: Caller, id: String) -> Answer<'_, DeviceCredential> {
+        Box::pin(async move {
+            let (who, Source(address)) = caller(&parts)?;
+            provision::rotate(self, &who, &address, &id)
+                .await
+                .map_err(api_error)
+        })
+    }
+
+    fn revoke_device(&self, parts: Caller, id: String) -> Answer<'_, ()> {
+        Box::pin(async move {
+            let (who, Source(address)) = caller(&parts)?;
+            provision::revoke(self, &who, &address, &id)
+                .await
+                .map_err(api_error)
         })
     }
 }

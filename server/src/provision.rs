@@ -6,7 +6,9 @@
 //!
 //! `POST /v1/devices` and `DELETE /v1/devices/{id}` share their paths with the device
 //! reads in `api`, whose routes send those methods here (axum refuses two routes on one
-//! path); the rest are in [`routes`].
+//! path); the rest are in [`routes`]. The handlers only unpack the request: [`list`],
+//! [`provision`], [`rotate`] and [`revoke`] do the work, for the UI's server functions
+//! (`fleet`) too.
 
 use axum::{
     Json, Router,
@@ -49,14 +51,7 @@ async fn list_provisioned(
     State(state): State<AppState>,
     who: Identity,
 ) -> Result<Json<Vec<ProvisionedDevice>>, Failure> {
-    who.require(Role::Admin, "listing provisioned devices")?;
-    Ok(Json(
-        state
-            .accounts
-            .provisioned_devices()
-            .await
-            .map_err(|e| store_unavailable(&e))?,
-    ))
+    list(&state, &who).await.map(Json)
 }
 
 pub(crate) async fn provision_device(
@@ -65,21 +60,8 @@ pub(crate) async fn provision_device(
     Source(address): Source,
     Body(new): Body<NewDevice>,
 ) -> Result<(StatusCode, Json<DeviceCredential>), Failure> {
-    who.require(Role::Admin, "provisioning devices")?;
-    let secret = state.accounts.provision_device(&new.id).await?;
-    audit::record(
-        &state,
-        &who.actor(),
-        &address,
-        "device_provisioned",
-        &new.id,
-        PROVISIONED,
-    )
-    .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(credential(&state, new.id, secret)),
-    ))
+    let credential = provision(&state, &who, &address, &new.id).await?;
+    Ok((StatusCode::CREATED, Json(credential)))
 }
 
 async fn rotate_secret(
@@ -88,18 +70,7 @@ async fn rotate_secret(
     Source(address): Source,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceCredential>, Failure> {
-    who.require(Role::Admin, "rotating device secrets")?;
-    let secret = state.accounts.rotate_device_secret(&id).await?;
-    audit::record(
-        &state,
-        &who.actor(),
-        &address,
-        "device_secret_rotated",
-        &id,
-        ROTATED,
-    )
-    .await;
-    Ok(Json(credential(&state, id, secret)))
+    rotate(&state, &who, &address, &id).await.map(Json)
 }
 
 pub(crate) async fn revoke_device(
@@ -108,18 +79,84 @@ pub(crate) async fn revoke_device(
     Source(address): Source,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Failure> {
-    who.require(Role::Admin, "revoking devices")?;
-    state.accounts.revoke_device(&id).await?;
+    revoke(&state, &who, &address, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// The operations themselves, for the API's handlers above and the UI's server functions
+// (`fleet`) alike: each checks the caller's role, does the work and writes the audit
+// entry. `source` is the caller's address, as the audit trail records it.
+
+/// Every provisioned device, sorted by id, without secrets.
+pub(crate) async fn list(
+    state: &AppState,
+    who: &Identity,
+) -> Result<Vec<ProvisionedDevice>, Failure> {
+    who.require(Role::Admin, "listing provisioned devices")?;
+    state
+        .accounts
+        .provisioned_devices()
+        .await
+        .map_err(|e| store_unavailable(&e))
+}
+
+/// Provisions the device `id` (checked by the store as a [`protocol::DeviceId`]): the
+/// answer carries its secret, this once.
+pub(crate) async fn provision(
+    state: &AppState,
+    who: &Identity,
+    source: &str,
+    id: &str,
+) -> Result<DeviceCredential, Failure> {
+    who.require(Role::Admin, "provisioning devices")?;
+    let secret = state.accounts.provision_device(id).await?;
     audit::record(
-        &state,
+        state,
         &who.actor(),
-        &address,
-        "device_revoked",
-        &id,
-        REVOKED,
+        source,
+        "device_provisioned",
+        id,
+        PROVISIONED,
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(credential(state, id.to_owned(), secret))
+}
+
+/// Gives the provisioned device `id` a new secret, in the answer this once.
+pub(crate) async fn rotate(
+    state: &AppState,
+    who: &Identity,
+    source: &str,
+    id: &str,
+) -> Result<DeviceCredential, Failure> {
+    who.require(Role::Admin, "rotating device secrets")?;
+    let secret = state.accounts.rotate_device_secret(id).await?;
+    audit::record(
+        state,
+        &who.actor(),
+        source,
+        "device_secret_rotated",
+        id,
+        ROTATED,
+    )
+    .await;
+    Ok(credential(state, id.to_owned(), secret))
+}
+
+/// Revokes the device `id`'s credential: it can no longer log in.
+pub(crate) async fn revoke(
+    state: &AppState,
+    who: &Identity,
+    source: &str,
+    id: &str,
+) -> Result<(), Failure> {
+    who.require(Role::Admin, "revoking devices")?;
+    state.accounts.revoke_device(id).await?;
+    // The one place where a revoked device's open connections are to be closed: every
+    // revocation (API and UI) passes here, once the credential is gone, so it cannot
+    // log in again after being thrown out.
+    audit::record(state, &who.actor(), source, "device_revoked", id, REVOKED).await;
+    Ok(())
 }
 
 /// The answer to provisioning or rotating: the secret, and the broker URL with it.

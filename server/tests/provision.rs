@@ -327,3 +327,82 @@ async fn the_command_line_provisions_rotates_and_removes_devices() {
             .is_empty()
     );
 }
+
+/// Calls the UI's server function `name` with the JSON `args`, as the browser does.
+async fn server_fn(
+    running: &Running,
+    client: &reqwest::Client,
+    name: &str,
+    args: serde_json::Value,
+) -> reqwest::Response {
+    client
+        .post(running.url(&format!("/api/{name}")))
+        .json(&args)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_pages_server_functions_do_what_the_api_does() {
+    let running = start().await;
+    let (admin, _, admin_name) = running.user(Role::Admin, &[]).await;
+    let id = testkit::unique("paged");
+
+    let made = server_fn(&running, &admin, "provision_device", json!({ "id": id })).await;
+    assert_eq!(made.status(), StatusCode::OK);
+    let first: DeviceCredential = made.json().await.unwrap();
+    assert_eq!(
+        first.amqp_url.as_deref(),
+        Some(expected_url(&id, &first.secret).as_str())
+    );
+    let listed = server_fn(&running, &admin, "provisioned_devices", json!({})).await;
+    let listed: Vec<app::fleet::Provisioned> = listed.json().await.unwrap();
+    let row = listed.iter().find(|d| d.device.id == id).expect("listed");
+    assert_eq!(row.online, None, "it never connected");
+
+    // The same refusals, with the API's codes.
+    let again = server_fn(&running, &admin, "provision_device", json!({ "id": id })).await;
+    assert_eq!(error_of(again).await.1, "already_exists");
+    let invalid = server_fn(&running, &admin, "provision_device", json!({ "id": "a.b" })).await;
+    assert_eq!(error_of(invalid).await.1, "invalid_input");
+    let (operator, _, _) = running.user(Role::Operator, &[]).await;
+    for (name, args) in [
+        ("provisioned_devices", json!({})),
+        (
+            "provision_device",
+            json!({ "id": testkit::unique("sneaky") }),
+        ),
+        ("rotate_device_secret", json!({ "id": id })),
+        ("revoke_device", json!({ "id": id })),
+    ] {
+        let refused = server_fn(&running, &operator, name, args).await;
+        assert_eq!(error_of(refused).await.1, "forbidden", "{name}");
+    }
+
+    let rotated = server_fn(
+        &running,
+        &admin,
+        "rotate_device_secret",
+        json!({ "id": id }),
+    )
+    .await;
+    let second: DeviceCredential = rotated.json().await.unwrap();
+    assert_ne!(second.secret, first.secret);
+    let revoked = server_fn(&running, &admin, "revoke_device", json!({ "id": id })).await;
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let gone = server_fn(&running, &admin, "revoke_device", json!({ "id": id })).await;
+    assert_eq!(error_of(gone).await.1, "not_found");
+
+    let trail = running.audit_of(&id).await;
+    let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "device_revoked",
+            "device_secret_rotated",
+            "device_provisioned"
+        ]
+    );
+    assert!(trail.iter().all(|e| e.actor.starts_with(&admin_name)));
+}

@@ -54,8 +54,8 @@ pub fn DeviceListPage() -> impl IntoView {
                 {move || if help_open.get() { "Hide how to connect a device" } else { "Show how to connect a device" }}
             </button>
             <div id="connect-help" class="help" role="region" aria-label="How to connect a device" hidden=move || !help_open.get()>
-                <p>"Run an agent beside the device, pointed at the broker (here: Tether's embedded broker, and three simulated devices):"</p>
-                <pre><code>"TETHER_AMQP_URL=amqp://guest:guest@127.0.0.1:5673/%2f tether-agent --simulate 3"</code></pre>
+                <p>"Provision the device first: an admin does it on the " <a href="/admin/devices">"device credentials"</a> " page (or with " <code>"tether-server device add ID"</code> "), which shows its secret once, with the command that starts its agent beside the device:"</p>
+                <pre><code>"TETHER_AMQP_URL='amqp://127.0.0.1:5673/%2f' TETHER_DEVICE_SECRET='<its secret>' tether-agent --device-id boiler-1"</code></pre>
                 <p>"Or build your own with the agent library; PROTOCOL.md describes the wire format for other languages."</p>
             </div>
         </section>
