@@ -109,7 +109,18 @@ pub(crate) async fn provision(
     id: &str,
 ) -> Result<DeviceCredential, Failure> {
     who.require(Role::Admin, "provisioning devices")?;
+    if id == state.server_account {
+        // Agents obey this account: a device under its name could command them all.
+        return Err(Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            format!("{id:?} is the servers' own broker account; a device cannot have that name"),
+        ));
+    }
     let secret = state.accounts.provision_device(id).await?;
+    if let Ok(device) = protocol::DeviceId::new(id) {
+        state.hub.admit(&device);
+    }
     audit::record(
         state,
         &who.actor(),
@@ -131,6 +142,9 @@ pub(crate) async fn rotate(
 ) -> Result<DeviceCredential, Failure> {
     who.require(Role::Admin, "rotating device secrets")?;
     let secret = state.accounts.rotate_device_secret(id).await?;
+    // Whoever holds the old secret is logged in with it no longer: the device comes
+    // back with the new one.
+    disconnect(state, id);
     audit::record(
         state,
         &who.actor(),
@@ -152,11 +166,25 @@ pub(crate) async fn revoke(
 ) -> Result<(), Failure> {
     who.require(Role::Admin, "revoking devices")?;
     state.accounts.revoke_device(id).await?;
-    // The one place where a revoked device's open connections are to be closed: every
-    // revocation (API and UI) passes here, once the credential is gone, so it cannot
-    // log in again after being thrown out.
+    // Every revocation (API and UI) passes here, once the credential is gone, so it
+    // cannot log in again after being thrown out.
+    disconnect(state, id);
+    if let Ok(device) = protocol::DeviceId::new(id) {
+        state.hub.revoke(&device);
+    }
     audit::record(state, &who.actor(), source, "device_revoked", id, REVOKED).await;
     Ok(())
+}
+
+/// Closes the device's connections to the embedded broker, if this server runs one
+/// (RabbitMQ keeps them until they drop; the hub ignores a revoked device meanwhile).
+fn disconnect(state: &AppState, id: &str) {
+    if let Some(broker) = &state.embedded_broker {
+        let closed = broker.disconnect_user(id);
+        if closed > 0 {
+            tracing::info!("closed {closed} broker connection(s) of device {id}");
+        }
+    }
 }
 
 /// The answer to provisioning or rotating: the secret, and the broker URL with it.
