@@ -13,8 +13,14 @@
 //! rotated_ms)`, and every change one statement (see `sql`). [`Store::check_device_secret`]
 //! is what the broker asks when a device logs in.
 
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
+
 use anyhow::Context as _;
 use protocol::{auth::ProvisionedDevice, names::DeviceId};
+use sha2::{Digest as _, Sha256};
 
 use crate::{
     AccountError, Store,
@@ -127,6 +133,12 @@ impl Store {
     /// argon2 verification as a known one (against a decoy hash), so the time taken
     /// does not tell which devices are provisioned; a secret longer than any handed out
     /// is refused without hashing.
+    ///
+    /// A device reconnects often (every broker restart, every GPRS drop), and argon2
+    /// costs ~20 ms of CPU: a secret that verified against a stored hash is remembered
+    /// with that hash ([`Verified`]), so the next login with it costs a row read and a
+    /// SHA-256. Rotating or revoking changes or deletes the row, which every replica
+    /// reads, so nothing remembered outlives its credential anywhere.
     pub async fn check_device_secret(&self, id: &str, secret: &str) -> anyhow::Result<bool> {
         if secret.len() > MAX_SECRET_BYTES {
             return Ok(false);
@@ -140,7 +152,18 @@ impl Store {
             .context("cannot look the device's credential up")?
             .map(|row| row.text(0).map(str::to_owned))
             .transpose()?;
-        verify_password(secret, hash).await
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if let Some(hash) = &hash
+            && verified().seen(hash, &digest)
+        {
+            return Ok(true);
+        }
+        let remember = hash.clone();
+        let valid = verify_password(secret, hash).await?;
+        if valid && let Some(hash) = remember {
+            verified().remember(hash, digest);
+        }
+        Ok(valid)
     }
 
     /// A provisioned device's row, without its hash.
@@ -155,6 +178,48 @@ impl Store {
         .map(|row| device_from(&row))
         .transpose()
     }
+}
+
+/// Stored secret hashes that a presented secret verified against, with that secret's
+/// SHA-256: the same secret against the same hash needs no second argon2 run. Keyed by
+/// the stored hash (salted, so unique per credential): a rotated or revoked credential's
+/// entry is never looked up again. Bounded: past [`Verified::MAX`] entries it starts
+/// afresh.
+#[derive(Debug, Default)]
+struct Verified {
+    entries: Mutex<HashMap<String, [u8; 32]>>,
+}
+
+impl Verified {
+    /// Room for a large fleet: about 200 bytes an entry.
+    const MAX: usize = 200_000;
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, [u8; 32]>> {
+        // A panic elsewhere cannot leave the map inconsistent: take it as it is.
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn seen(&self, hash: &str, digest: &[u8; 32]) -> bool {
+        self.entries()
+            .get(hash)
+            .is_some_and(|known| known.iter().zip(digest).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0)
+    }
+
+    fn remember(&self, hash: String, digest: [u8; 32]) {
+        let mut entries = self.entries();
+        if entries.len() >= Self::MAX {
+            entries.clear();
+        }
+        entries.insert(hash, digest);
+    }
+}
+
+/// The process's one [`Verified`].
+fn verified() -> &'static Verified {
+    static VERIFIED: OnceLock<Verified> = OnceLock::new();
+    VERIFIED.get_or_init(Verified::default)
 }
 
 /// A fresh secret and its argon2id hash.

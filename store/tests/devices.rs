@@ -141,6 +141,34 @@ async fn one_of_concurrent_provisionings_wins(db: &Db) {
     );
 }
 
+/// A secret that verified once is remembered (a reconnecting fleet costs no argon2 per
+/// login), but never beyond its credential: rotated or revoked, it is refused at once.
+async fn a_remembered_secret_dies_with_its_credential(db: &Db) {
+    let store = &db.store;
+    let old = store.provision_device("relay-1").await.unwrap();
+    for _ in 0..2 {
+        assert!(store.check_device_secret("relay-1", &old).await.unwrap());
+    }
+    assert!(!store.check_device_secret("relay-1", "0000").await.unwrap());
+    let new = store.rotate_device_secret("relay-1").await.unwrap();
+    assert!(
+        !store.check_device_secret("relay-1", &old).await.unwrap(),
+        "rotated"
+    );
+    for _ in 0..2 {
+        assert!(store.check_device_secret("relay-1", &new).await.unwrap());
+    }
+    assert!(
+        !store.check_device_secret("relay-2", &new).await.unwrap(),
+        "another device's secret"
+    );
+    store.revoke_device("relay-1").await.unwrap();
+    assert!(
+        !store.check_device_secret("relay-1", &new).await.unwrap(),
+        "revoked"
+    );
+}
+
 async fn device_secrets_are_stored_only_hashed(db: &Db) {
     let store = &db.store;
     let first = store.provision_device("boiler-1").await.unwrap();
@@ -166,6 +194,7 @@ cases!(
         revoking_deletes_the_credential,
         duplicates_and_invalid_ids_are_refused,
         one_of_concurrent_provisionings_wins,
+        a_remembered_secret_dies_with_its_credential,
     ],
     on_disk: [device_secrets_are_stored_only_hashed]
 );
