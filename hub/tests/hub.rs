@@ -1,4 +1,5 @@
-//! The hub's behaviour against RabbitMQ (`TETHER_TEST_AMQP_URL`, default 127.0.0.1:5672).
+//! The hub's behaviour against RabbitMQ: the tests' own node, which admits devices
+//! through Tether's HTTP auth backend (`TETHER_TEST_IDENTITY_AMQP_URL`).
 
 #[path = "support/hub_cases.rs"]
 mod cases;
