@@ -2,7 +2,7 @@
 //! through the same broker, in the same run. Not a test: it measures and reports.
 //!
 //! ```text
-//! cargo bench -p server --bench command_roundtrip -- [devices] [commands] [concurrency]
+//! cargo bench -p hub --bench command_roundtrip -- [devices] [commands] [concurrency]
 //! ```
 //!
 //! Three rounds, each `commands` requests with `concurrency` in flight:
