@@ -3,8 +3,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
-// Starts `tether-server` (the release build) on port 0 against the test broker, waits
-// until it says where it listens, and hands that address to the tests through
+// Starts `tether-server` (the release build) on port 0 with its embedded broker (also
+// on port 0), waits until it says where it listens, and hands that address to the tests through
 // TETHER_BASE_URL, and the agent binary's path through TETHER_AGENT_BIN. Set
 // TETHER_BASE_URL yourself to test a server that is already running instead (and
 // TETHER_E2E_ADMIN / TETHER_E2E_ADMIN_PASSWORD to an admin account of it).
@@ -32,19 +32,19 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
     throw new Error(`${siteRoot}/pkg does not exist: build the site first with \`cargo leptos build --release\`.`);
   }
 
-  // Readings go to a SQLite file of this run's own, through a storage queue of its own
-  // that the broker deletes a minute after this server is gone.
+  // Readings go to a SQLite file of this run's own. The server runs its embedded broker on
+  // a free port: devices log in to it with their own credentials, which it checks
+  // against the server's database (fixtures/agents.ts provisions each device first). A
+  // TETHER_AMQP_URL from the environment would point the server elsewhere: left out.
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "tether-e2e-"));
-  const tag = path.basename(dataDir);
+  const { TETHER_AMQP_URL: _elsewhere, ...inherited } = process.env;
   const env = {
-    ...process.env,
+    ...inherited,
     TETHER_ADDR: "127.0.0.1:0",
-    TETHER_AMQP_URL: amqpUrl(),
+    TETHER_BROKER_ADDR: "127.0.0.1:0",
     TETHER_SITE_ROOT: siteRoot,
     TETHER_DATABASE_URL: `sqlite://${path.join(dataDir, "telemetry.db")}`,
     TETHER_DATA_DIR: dataDir,
-    TETHER_STORE_QUEUE: `tether.telemetry.store.${tag}`,
-    TETHER_STORE_QUEUE_EXPIRES_MS: "60000",
     LEPTOS_ENV: "PROD",
     RUST_LOG: process.env.RUST_LOG ?? "info",
     NO_COLOR: "1",
@@ -97,11 +97,6 @@ async function saveAdminSession(baseURL: string): Promise<void> {
       origins: [],
     }),
   );
-}
-
-// The broker the server and the agents under test use.
-export function amqpUrl(): string {
-  return process.env.TETHER_TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672/%2f";
 }
 
 // Resolves with the server's URL from its "listening on http://…" log line; rejects if

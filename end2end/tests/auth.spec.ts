@@ -27,7 +27,7 @@ test("a person logs in with the form and out again", async ({ browser, request }
 });
 
 test("a viewer sees the device but has no command form, and the API refuses them", async ({ browser, request, startAgent }) => {
-  const gateway = startAgent("gateway");
+  const gateway = await startAgent("gateway");
   await expect.poll(async () => (await request.get(`/api/v1/devices/${gateway.id}`)).status(), { timeout: 15_000 }).toBe(200);
   const group = `site-${gateway.id}`;
   await setGroups(request, gateway.id, [group]);
@@ -46,7 +46,7 @@ test("a viewer sees the device but has no command form, and the API refuses them
 });
 
 test("an operator sends and cancels, and the log says who; others' devices stay hidden", async ({ browser, request, startAgent }) => {
-  const [mine, theirs] = [startAgent("gateway"), startAgent("switch")];
+  const [mine, theirs] = await Promise.all([startAgent("gateway"), startAgent("switch")]);
   for (const agent of [mine, theirs]) {
     await expect.poll(async () => (await request.get(`/api/v1/devices/${agent.id}`)).status(), { timeout: 15_000 }).toBe(200);
   }

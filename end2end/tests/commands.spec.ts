@@ -2,7 +2,7 @@ import { expect, test } from "./fixtures/agents";
 import { DevicePage } from "./fixtures/device-page";
 
 test("a command sent from its form walks through its statuses to the result", async ({ page, startAgent }) => {
-  const gateway = startAgent("gateway");
+  const gateway = await startAgent("gateway");
   const device = new DevicePage(page, gateway.id);
   await expect.poll(async () => (await page.request.get(`/api/v1/devices/${gateway.id}`)).status(), { timeout: 15_000 }).toBe(200);
   await device.goto();
@@ -28,7 +28,7 @@ test("a command sent from its form walks through its statuses to the result", as
 });
 
 test("an out-of-range argument shows a clear error and sends nothing", async ({ page, startAgent }) => {
-  const thermostat = startAgent("thermostat");
+  const thermostat = await startAgent("thermostat");
   const device = new DevicePage(page, thermostat.id);
   await expect.poll(async () => (await page.request.get(`/api/v1/devices/${thermostat.id}`)).status(), { timeout: 15_000 }).toBe(200);
   await device.goto();
@@ -49,7 +49,7 @@ test("an out-of-range argument shows a clear error and sends nothing", async ({ 
 });
 
 test("a second tab sees the command made in the first", async ({ browser, startAgent }) => {
-  const sw = startAgent("switch");
+  const sw = await startAgent("switch");
   const first = new DevicePage(await (await browser.newContext()).newPage(), sw.id);
   const second = new DevicePage(await (await browser.newContext()).newPage(), sw.id);
   await expect.poll(async () => (await first.page.request.get(`/api/v1/devices/${sw.id}`)).status(), { timeout: 15_000 }).toBe(200);

@@ -3,7 +3,7 @@ import { expect, test } from "./fixtures/agents";
 // A page of another site, opened by the operator in the same browser, tries to cancel
 // a command through the operator's browser and to listen on the live channel.
 test("a hostile page can neither cancel a command nor open the live channel", async ({ page, startAgent, baseURL }) => {
-  const gateway = startAgent("gateway");
+  const gateway = await startAgent("gateway");
   await expect.poll(async () => (await page.request.get(`/api/v1/devices/${gateway.id}`)).status(), { timeout: 15_000 }).toBe(200);
   const sent = await page.request.post(`/api/v1/devices/${gateway.id}/commands`, {
     data: { name: "echo", args: { delay_ms: 20_000 }, timeout_ms: 30_000 },

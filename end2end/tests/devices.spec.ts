@@ -6,7 +6,7 @@ test("a device that connects appears online without a reload", async ({ page, st
   await fleet.goto();
   await fleet.waitForLive();
 
-  const thermostat = startAgent("thermostat");
+  const thermostat = await startAgent("thermostat");
   const row = fleet.row(thermostat.id);
   await expect(row.getByTestId("presence")).toHaveText("online", { timeout: 15_000 });
   await expect(row).toContainText("thermostat");
@@ -15,7 +15,7 @@ test("a device that connects appears online without a reload", async ({ page, st
 
 test("killing an agent shows its device offline within the heartbeat window", async ({ page, startAgent }) => {
   const fleet = new FleetPage(page);
-  const victim = startAgent("switch", { heartbeatMs: 500 });
+  const victim = await startAgent("switch", { heartbeatMs: 500 });
   await fleet.goto();
   await fleet.waitForLive();
   await expect(fleet.row(victim.id).getByTestId("presence")).toHaveText("online", { timeout: 15_000 });
@@ -29,7 +29,7 @@ test.describe("without JavaScript", () => {
   test.use({ javaScriptEnabled: false });
 
   test("the server renders the devices it knows", async ({ page, request, startAgent }) => {
-    const sw = startAgent("switch");
+    const sw = await startAgent("switch");
     await expect
       .poll(async () => (await request.get(`/api/v1/devices/${sw.id}`)).status(), { timeout: 15_000 })
       .toBe(200);

@@ -9,7 +9,7 @@ const readings = async (chart: Locator) => Number(await chart.getAttribute("data
 
 test("the device page charts every metric and gains points live, faster while watched", async ({ page, request, startAgent }) => {
   // Every 10 s on its own: points arriving each second prove the page sped it up.
-  const gateway = startAgent("gateway", { telemetryMs: 10_000 });
+  const gateway = await startAgent("gateway", { telemetryMs: 10_000 });
   await expect.poll(async () => (await request.get(`/api/v1/devices/${gateway.id}`)).status(), { timeout: 15_000 }).toBe(200);
   const device = new DevicePage(page, gateway.id);
   await device.goto();
@@ -46,7 +46,7 @@ test("the device page charts every metric and gains points live, faster while wa
 });
 
 test("the fleet list shows each device's key reading with its unit", async ({ page, startAgent }) => {
-  const thermostat = startAgent("thermostat", { telemetryMs: 500 });
+  const thermostat = await startAgent("thermostat", { telemetryMs: 500 });
   const fleet = new FleetPage(page);
   await fleet.goto();
   await fleet.waitForLive();
@@ -57,7 +57,7 @@ test.describe("without JavaScript", () => {
   test.use({ javaScriptEnabled: false });
 
   test("the server renders the charts from stored readings", async ({ page, request, startAgent }) => {
-    const sw = startAgent("switch", { telemetryMs: 200 });
+    const sw = await startAgent("switch", { telemetryMs: 200 });
     await expect
       .poll(
         async () => {

@@ -256,7 +256,10 @@ fn Credentials() -> impl IntoView {
                         aria-invalid=move || problem.get().is_some().to_string()
                         aria-describedby="device-id-problem"
                         prop:value=id
-                        on:input=move |ev| id.set(event_target_value(&ev))
+                        on:input=move |ev| {
+                            id.set(event_target_value(&ev));
+                            failed.set(None);
+                        }
                     />
                 </label>
                 <button type="submit" disabled=move || busy.get()>"Provision"</button>
