@@ -113,9 +113,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
     }
-    row("embedded", "devices, first login", &device_urls, 10, &watched).await;
+    row(
+        "embedded",
+        "devices, first login",
+        &device_urls,
+        10,
+        &watched,
+    )
+    .await;
     for &at_once in &concurrency {
-        row("embedded", "devices, reconnecting", &device_urls, at_once, &watched).await;
+        row(
+            "embedded",
+            "devices, reconnecting",
+            &device_urls,
+            at_once,
+            &watched,
+        )
+        .await;
     }
 
     // (b) RabbitMQ with Tether's HTTP auth backend.
@@ -198,7 +212,10 @@ async fn main() -> anyhow::Result<()> {
                 async move {
                     let t0 = Instant::now();
                     let ok = accounts.check_device_secret(id, &wrong).await;
-                    assert!(matches!(ok, Ok(false)), "a wrong secret for {id} is refused");
+                    assert!(
+                        matches!(ok, Ok(false)),
+                        "a wrong secret for {id} is refused"
+                    );
                     t0.elapsed()
                 }
             })
