@@ -1,11 +1,17 @@
 //! Password hashing, for users' passwords and devices' secrets (`devices`). argon2
 //! takes tens of milliseconds of CPU by design, so it runs on tokio's blocking pool,
-//! never on a worker thread serving requests.
+//! never on a worker thread serving requests. And 19 MiB of memory while it runs: a
+//! flood of logins with wrong passwords (a thousand half-open broker handshakes, say)
+//! must not run a thousand of them at once, so at most [`slots`] run together and the
+//! rest wait their turn (within their own deadlines, the broker's handshake timeout).
+
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use argon2::{
     Argon2, PasswordHash, PasswordHasher as _, PasswordVerifier as _, password_hash::SaltString,
 };
+use tokio::sync::Semaphore;
 
 use super::random_bytes;
 
@@ -45,9 +51,24 @@ pub(crate) async fn verify_password(password: &str, hash: Option<String>) -> any
 /// the crate's defaults.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$dGV0aGVyLW5vLXVzZXIhIQ$F1vasfygy3lX/B6Z5kjD66qJhK2C4xfc0sHvaz6VLuo";
 
+/// How many hashes may run at once: two per core, enough to keep every core busy.
+fn slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Semaphore::new(cores * 2)
+    })
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
+    // Held until the hash is done; dropped with the future if its caller gives up
+    // waiting (the hash, once started, finishes on its own thread).
+    let _slot = slots()
+        .acquire()
+        .await
+        .context("the password hashing slots are closed")?;
     tokio::task::spawn_blocking(work)
         .await
         .context("a password task panicked")?
@@ -70,6 +91,34 @@ mod tests {
             (defaults.m_cost(), defaults.t_cost(), defaults.p_cost()),
             "make DUMMY_HASH again with the new defaults"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_flood_of_checks_runs_only_a_few_hashes_at_once() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let checks = (0..40).map(|_| {
+            let (running, most) = (running.clone(), most.clone());
+            tokio::spawn(async move {
+                blocking(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            })
+        });
+        for check in checks.collect::<Vec<_>>() {
+            check.await.unwrap().unwrap();
+        }
+        let limit = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=limit).contains(&most), "{most} hashes ran at once");
     }
 
     #[tokio::test]
