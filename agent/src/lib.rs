@@ -205,6 +205,18 @@ impl CommandError {
     }
 }
 
+/// A source of readings a device reports besides its own handler's: the machine's own
+/// metrics, say. What it announces is added to the device's capabilities, and what it
+/// reads to every round of readings.
+pub trait Readings: Send + Sync + 'static {
+    /// The metrics it reports, with units and ranges.
+    fn metrics(&self) -> Vec<protocol::MetricSpec>;
+
+    /// Current values, as (metric, value), of metrics it announced. Must not block for
+    /// long: it is called on the reporting tick.
+    fn read(&self) -> Vec<(String, f64)>;
+}
+
 /// A device's behaviour. Implement it for a real device; [`simulate`] has examples.
 pub trait Handler: Send + Sync + 'static {
     /// What the device can do, announced in every hello.
