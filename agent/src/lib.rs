@@ -7,6 +7,13 @@
 //!   how it carries out a [`Command`], reporting progress through a [`CommandContext`].
 //! - [`simulate`]: simulated devices (`thermostat`, `switch`, `gateway`) with real
 //!   behaviour, for demos and tests.
+//! - [`config_file`]: the agent's TOML configuration file, checked with every mistake
+//!   reported at its line (`tether-agent --config FILE [--check-config]`).
+//! - [`actions`]: commands that run programs, declared in that file: started directly
+//!   (never through a shell) with validated arguments, output streamed as bounded
+//!   progress, their process group killed on timeout, cancel and shutdown.
+//! - [`real`]: [`real::RealDevice`], the handler of a real device: its actions and its
+//!   [`Readings`] sources (the machine's own metrics).
 //!
 //! Each device logs in to the broker with its own account (user = device id, password
 //! = [`Config::secret`]) and every message it publishes carries `user_id` = its id, which
@@ -18,7 +25,10 @@
 //! them; a handler never runs past the command's timeout; every command gets exactly one
 //! reply unless the connection is lost first.
 
+pub mod actions;
+pub mod config_file;
 mod pace;
+pub mod real;
 mod session;
 pub mod simulate;
 

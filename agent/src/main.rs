@@ -16,12 +16,22 @@
 //!
 //! The device obeys inbox messages only from the server accounts (`--server-account`,
 //! default `tether-server`); anything else is logged and dropped.
+//!
+//! On a real device, give it a configuration file (see `agent/agent.example.toml` and
+//! [`agent::config_file`]): it runs the actions declared there and reports the machine's
+//! metrics, with no simulation. Flags and environment variables given explicitly win
+//! over the file. `--check-config` checks the file, prints every mistake with its line
+//! and exits 1 if there is any (0 with a summary otherwise), without connecting.
+//!
+//! ```text
+//! tether-agent --config /etc/tether/agent.toml --check-config
+//! TETHER_AGENT_CONFIG=/etc/tether/agent.toml tether-agent
+//! ```
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use agent::simulate::{Kind, Simulated};
 use anyhow::Context as _;
-use clap::Parser as _;
 use protocol::DeviceId;
 use tokio::sync::watch;
 
@@ -33,6 +43,25 @@ use tokio::sync::watch;
     about = "A Tether device agent with simulated device kinds"
 )]
 struct Args {
+    /// A configuration file (TOML): run the real device it describes instead of a
+    /// simulation. Flags and environment variables given explicitly win over it.
+    #[arg(long, env = "TETHER_AGENT_CONFIG", conflicts_with = "simulate")]
+    config: Option<PathBuf>,
+
+    /// Check the configuration file, print every mistake with its line, and exit: 1 if
+    /// there is any, 0 otherwise. Connects to nothing.
+    #[arg(long, requires = "config")]
+    check_config: bool,
+
+    /// A file holding the device's secret (with --config); must not be accessible to
+    /// other users.
+    #[arg(long, env = "TETHER_DEVICE_SECRET_FILE", conflicts_with = "device_secret")]
+    device_secret_file: Option<PathBuf>,
+
+    /// The firmware version the device reports (with --config).
+    #[arg(long, env = "TETHER_FIRMWARE")]
+    firmware: Option<String>,
+
     /// The broker to connect out to. With a device secret, any credentials in it are
     /// replaced by the device's own.
     #[arg(
@@ -46,9 +75,10 @@ struct Args {
     #[arg(long, env = "TETHER_DEVICE_ID", default_value = "sim")]
     device_id: String,
 
-    /// What to simulate; `mixed` cycles through every kind.
+    /// What to simulate (thermostat, switch, gateway; `mixed` cycles through every kind);
+    /// with --config, the device's kind, any text.
     #[arg(long, env = "TETHER_DEVICE_KIND", default_value = "mixed")]
-    kind: KindArg,
+    kind: String,
 
     /// Run this many devices, each with its own connection, named `<device-id>-<kind>-<n>`.
     #[arg(long, env = "TETHER_SIMULATE")]
@@ -115,12 +145,23 @@ impl KindArg {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     common::init_logging();
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    if let Some(path) = &args.config {
+        return run_configured(path, &args, &matches).await;
+    }
+    let kind = <KindArg as clap::ValueEnum>::from_str(&args.kind, true).map_err(|_| {
+        anyhow::anyhow!(
+            "--kind {:?}: a simulation is one of thermostat, switch, gateway, mixed \
+             (any kind goes with --config)",
+            args.kind
+        )
+    })?;
     let devices: Vec<(DeviceId, Kind)> = match args.simulate {
-        None => vec![(DeviceId::new(&args.device_id)?, args.kind.pick(0))],
+        None => vec![(DeviceId::new(&args.device_id)?, kind.pick(0))],
         Some(count) => (1..=count)
             .map(|n| {
-                let kind = args.kind.pick(n - 1);
+                let kind = kind.pick(n - 1);
                 Ok((
                     DeviceId::new(format!("{}-{}-{n}", args.device_id, kind.name()))?,
                     kind,
@@ -205,6 +246,70 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs (or with --check-config, checks) the real device a configuration file
+/// describes; flags and environment variables given explicitly win over the file.
+async fn run_configured(
+    path: &std::path::Path,
+    args: &Args,
+    matches: &clap::ArgMatches,
+) -> anyhow::Result<()> {
+    let given = |id: &str| {
+        matches
+            .value_source(id)
+            .is_some_and(|source| source != clap::parser::ValueSource::DefaultValue)
+    };
+    let mut overrides = agent::config_file::Overrides {
+        amqp_url: given("amqp_url").then(|| args.amqp_url.clone()),
+        device_id: given("device_id").then(|| args.device_id.clone()),
+        secret: args.device_secret.clone(),
+        secret_file: args.device_secret_file.clone(),
+        server_accounts: given("server_accounts").then(|| args.server_accounts.clone()),
+        kind: given("kind").then(|| args.kind.clone()),
+        firmware: args.firmware.clone(),
+        heartbeat_ms: given("heartbeat_ms").then_some(args.heartbeat_ms),
+        telemetry_ms: given("telemetry_ms").then_some(args.telemetry_ms),
+        telemetry_fastest_ms: given("telemetry_fastest_ms").then_some(args.telemetry_fastest_ms),
+    };
+    // A secrets file may hold this device's secret, as without --config.
+    if overrides.secret.is_none()
+        && overrides.secret_file.is_none()
+        && let Some(secrets_file) = &args.secrets_file
+        && let Some(device_id) = &overrides.device_id
+    {
+        let mut secrets = read_secrets(secrets_file)?;
+        overrides.secret = secrets.remove(&DeviceId::new(device_id)?);
+    }
+    let loaded = match agent::config_file::load(path, &overrides) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            eprintln!("{problems}");
+            if args.check_config {
+                std::process::exit(1);
+            }
+            anyhow::bail!(
+                "{} mistake(s) in {}",
+                problems.problems.len(),
+                path.display()
+            );
+        }
+    };
+    if args.check_config {
+        println!("{}: ok: {}", path.display(), loaded.summary());
+        return Ok(());
+    }
+    let readings = agent::real::readings_from(loaded.machine.as_ref())?;
+    tracing::info!("{}", loaded.summary());
+    let device = agent::real::RealDevice::new(loaded.actions, readings);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut stop = stop_rx;
+    let agent = tokio::spawn(agent::run(loaded.config, Arc::new(device), async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    }));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    agent.await?
+}
+
 /// Reads a secrets file: one `<device-id> <secret>` line per device; blank lines and
 /// lines starting with `#` are ignored. Errors name the file and line, never a secret.
 fn read_secrets(path: &std::path::Path) -> anyhow::Result<HashMap<DeviceId, String>> {
@@ -276,6 +381,8 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
 
     #[test]
