@@ -227,10 +227,9 @@ impl ActionSpec {
                     "program {} cannot be used: {error}",
                     self.program.display()
                 )),
-                Ok(meta) if !meta.is_file() => problems.push(format!(
-                    "program {} is not a file",
-                    self.program.display()
-                )),
+                Ok(meta) if !meta.is_file() => {
+                    problems.push(format!("program {} is not a file", self.program.display()))
+                }
                 Ok(meta) if meta.permissions().mode() & 0o111 == 0 => problems.push(format!(
                     "program {} is not executable",
                     self.program.display()
@@ -242,7 +241,10 @@ impl ActionSpec {
             if !cwd.is_absolute() {
                 problems.push(format!("cwd {} must be an absolute path", cwd.display()));
             } else if !cwd.is_dir() {
-                problems.push(format!("cwd {} is not an existing directory", cwd.display()));
+                problems.push(format!(
+                    "cwd {} is not an existing directory",
+                    cwd.display()
+                ));
             }
         }
         for (key, value) in &self.env {
@@ -410,9 +412,7 @@ impl Actions {
         ));
         // Dropping this future (cancel, timeout, shutdown) aborts a cancellable action's
         // task, whose guard kills the process group; a non-cancellable one runs on.
-        let _abort = spec
-            .cancellable
-            .then(|| AbortOnDrop(task.abort_handle()));
+        let _abort = spec.cancellable.then(|| AbortOnDrop(task.abort_handle()));
         let mut task = task;
         loop {
             tokio::select! {
@@ -529,10 +529,7 @@ async fn execute(
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = child.spawn().map_err(|error| {
-        CommandError::failed(format!(
-            "cannot start {}: {error}",
-            spec.program.display()
-        ))
+        CommandError::failed(format!("cannot start {}: {error}", spec.program.display()))
     })?;
     let mut group = GroupGuard(
         child

@@ -230,7 +230,9 @@ pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Loaded, V
     let secret = if let Some(secret) = &overrides.secret {
         Some(secret.clone())
     } else if let Some(path) = &overrides.secret_file {
-        read_secret(path).map_err(|message| problem(None, message)).ok()
+        read_secret(path)
+            .map_err(|message| problem(None, message))
+            .ok()
     } else if let Some(secret) = &file.secret {
         Some(secret.get_ref().clone())
     } else if let Some(path) = &file.secret_file {

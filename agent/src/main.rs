@@ -55,7 +55,11 @@ struct Args {
 
     /// A file holding the device's secret (with --config); must not be accessible to
     /// other users.
-    #[arg(long, env = "TETHER_DEVICE_SECRET_FILE", conflicts_with = "device_secret")]
+    #[arg(
+        long,
+        env = "TETHER_DEVICE_SECRET_FILE",
+        conflicts_with = "device_secret"
+    )]
     device_secret_file: Option<PathBuf>,
 
     /// The firmware version the device reports (with --config).

@@ -43,7 +43,10 @@ pub fn readings_from(machine: Option<&toml::Value>) -> anyhow::Result<Vec<Box<dy
         .and_then(|machine| machine.get("enabled"))
         .and_then(toml::Value::as_bool)
         .unwrap_or(true);
-    #[allow(unused_mut, reason = "the machine's metrics are pushed here once they exist")]
+    #[allow(
+        unused_mut,
+        reason = "the machine's metrics are pushed here once they exist"
+    )]
     let mut readings: Vec<Box<dyn Readings>> = Vec::new();
     if enabled {
         // INTEGRATION (agent::machine): plug the machine's own metrics in here, e.g.
@@ -82,6 +85,9 @@ impl Handler for RealDevice {
     }
 
     fn readings(&self) -> Vec<(String, f64)> {
-        self.readings.iter().flat_map(|source| source.read()).collect()
+        self.readings
+            .iter()
+            .flat_map(|source| source.read())
+            .collect()
     }
 }
