@@ -18,6 +18,7 @@
 //! them; a handler never runs past the command's timeout; every command gets exactly one
 //! reply unless the connection is lost first.
 
+pub mod machine;
 mod pace;
 mod session;
 pub mod simulate;
