@@ -27,6 +27,7 @@
 
 pub mod actions;
 pub mod config_file;
+pub mod machine;
 mod pace;
 pub mod real;
 mod session;

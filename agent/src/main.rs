@@ -297,11 +297,19 @@ async fn run_configured(
             );
         }
     };
+    // The [machine] table is checked too: its keys and types are the machine module's.
+    let readings = match agent::real::readings_from(loaded.machine.as_ref()) {
+        Ok(readings) => readings,
+        Err(error) if args.check_config => {
+            eprintln!("{}: {error:#}", path.display());
+            std::process::exit(1);
+        }
+        Err(error) => return Err(error),
+    };
     if args.check_config {
         println!("{}: ok: {}", path.display(), loaded.summary());
         return Ok(());
     }
-    let readings = agent::real::readings_from(loaded.machine.as_ref())?;
     tracing::info!("{}", loaded.summary());
     let device = agent::real::RealDevice::new(loaded.actions, readings);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -4,7 +4,11 @@
 use protocol::{Capabilities, ErrorCode};
 use serde_json::Value;
 
-use crate::{Command, CommandContext, CommandError, Handler, Readings, actions::Actions};
+use crate::{
+    Command, CommandContext, CommandError, Handler, Readings,
+    actions::Actions,
+    machine::{MachineConfig, MachineMetrics},
+};
 
 /// Commands the agent provides itself, which no action may be named after. None yet;
 /// built-in features that add commands list them here.
@@ -39,19 +43,16 @@ impl RealDevice {
 /// # Errors
 /// If the `[machine]` table cannot be used.
 pub fn readings_from(machine: Option<&toml::Value>) -> anyhow::Result<Vec<Box<dyn Readings>>> {
-    let enabled = machine
-        .and_then(|machine| machine.get("enabled"))
-        .and_then(toml::Value::as_bool)
-        .unwrap_or(true);
-    #[allow(
-        unused_mut,
-        reason = "the machine's metrics are pushed here once they exist"
-    )]
+    let config: MachineConfig = match machine {
+        Some(table) => table
+            .clone()
+            .try_into()
+            .map_err(|error| anyhow::anyhow!("[machine]: {error}"))?,
+        None => MachineConfig::default(),
+    };
     let mut readings: Vec<Box<dyn Readings>> = Vec::new();
-    if enabled {
-        // INTEGRATION (agent::machine): plug the machine's own metrics in here, e.g.
-        // readings.push(Box::new(crate::machine::MachineMetrics::new(MachineConfig::from_toml(machine)?)));
-        tracing::debug!("machine metrics are not built in yet");
+    if config.enabled {
+        readings.push(Box::new(MachineMetrics::new(config)));
     }
     Ok(readings)
 }

@@ -209,3 +209,33 @@ fn check_config_exits_by_whether_the_file_is_right() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_machine_table_is_checked_and_its_metrics_announced() {
+    let dir = scratch("machine");
+    let wrong = write(
+        &dir,
+        &GOOD.replace("enabled = false", "enabled = true\nmounts = \"/\""),
+    );
+    let output = check_config(&wrong);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr.contains("[machine]"), "{stderr}");
+
+    // Turned on, the machine's own metrics are the device's, beside its actions.
+    let on = GOOD.replace("enabled = false", "enabled = true\ntemperature = false");
+    let loaded = load(&write(&dir, &on), &Overrides::default()).unwrap();
+    let readings = agent::real::readings_from(loaded.machine.as_ref()).unwrap();
+    let device = agent::real::RealDevice::new(loaded.actions, readings);
+    let capabilities = agent::Handler::capabilities(&device);
+    let metrics: Vec<&str> = capabilities
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(
+        metrics.contains(&"cpu") && metrics.contains(&"uptime"),
+        "{metrics:?}"
+    );
+    assert_eq!(capabilities.commands[0].name, "say");
+}
