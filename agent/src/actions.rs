@@ -158,7 +158,7 @@ fn parse_element(element: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -349,6 +349,11 @@ impl Actions {
         }
     }
 
+    /// The declared actions.
+    pub fn specs(&self) -> impl Iterator<Item = &ActionSpec> {
+        self.specs.iter().map(|spec| &**spec)
+    }
+
     pub fn commands(&self) -> Vec<CommandSpec> {
         self.specs.iter().map(|spec| spec.command()).collect()
     }
@@ -440,10 +445,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// Kills a process group with SIGKILL when dropped, unless it is known to be gone.
-struct GroupGuard(Option<nix::unistd::Pid>);
+pub(crate) struct GroupGuard(pub(crate) Option<nix::unistd::Pid>);
 
 impl GroupGuard {
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(group) = self.0.take() {
             // ESRCH (nothing left in the group) is the usual, fine outcome.
             let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
@@ -627,7 +632,10 @@ async fn execute(
 }
 
 /// Reads a pipe in chunks until it closes.
-async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, chunks: mpsc::Sender<Vec<u8>>) {
+pub(crate) async fn pump(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    chunks: mpsc::Sender<Vec<u8>>,
+) {
     let mut buffer = vec![0; 8192];
     loop {
         match pipe.read(&mut buffer).await {

@@ -15,6 +15,13 @@
 //! [machine]                            # the machine's own metrics
 //! enabled = true
 //!
+//! [logs]                               # what the `logs` command may read, by name
+//! max_lines = 500
+//! follow_max_s = 60
+//! [logs.sources]
+//! syslog = { file = "/var/log/syslog" }
+//! agent = { unit = "tether-agent.service" }
+//!
 //! [[actions]]
 //! name = "restart_service"
 //! program = "/usr/bin/systemctl"
@@ -43,6 +50,7 @@ use toml::Spanned;
 use crate::{
     Config,
     actions::{ActionSpec, Actions},
+    logs::{Logs, LogsFile},
     real::BUILT_IN_COMMANDS,
 };
 
@@ -62,6 +70,7 @@ struct File {
     telemetry_ms: Option<Spanned<u64>>,
     telemetry_fastest_ms: Option<Spanned<u64>>,
     machine: Option<Spanned<toml::Value>>,
+    logs: Option<Spanned<LogsFile>>,
     #[serde(default)]
     actions: Vec<Spanned<ActionSpec>>,
 }
@@ -89,6 +98,8 @@ pub struct Loaded {
     pub actions: Actions,
     /// The `[machine]` table as written, for the machine's metrics; `None` when absent.
     pub machine: Option<toml::Value>,
+    /// The log sources of the `[logs]` table, checked; none when absent.
+    pub logs: Logs,
 }
 
 impl Loaded {
@@ -101,13 +112,67 @@ impl Loaded {
             .and_then(toml::Value::as_bool)
             .unwrap_or(true);
         format!(
-            "device {} ({}) at {}: {} action(s), machine metrics {}",
+            "device {} ({}) at {}: {} action(s), {} log source(s), machine metrics {}",
             self.config.device_id,
             self.config.kind,
             common::redact(&self.config.amqp_url),
             self.actions.len(),
+            self.logs.sources.len(),
             if machine { "on" } else { "off" }
         )
+    }
+
+    /// The configuration as JSON with its secrets removed, for the diagnostics: the
+    /// secret is `***`, so is the URL's password and every action's environment value
+    /// (which may hold tokens).
+    pub fn redacted(&self) -> serde_json::Value {
+        use serde_json::json;
+        let config = &self.config;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let actions: Vec<serde_json::Value> = self
+            .actions
+            .specs()
+            .map(|spec| {
+                json!({
+                    "name": spec.name,
+                    "program": spec.program,
+                    "argv": spec.argv,
+                    "env": spec.env.keys().map(|key| (key.clone(), "***")).collect::<std::collections::BTreeMap<_, _>>(),
+                    "timeout_ms": spec.timeout_ms,
+                    "cancellable": spec.cancellable,
+                })
+            })
+            .collect();
+        let sources: serde_json::Map<String, serde_json::Value> = self
+            .logs
+            .sources
+            .iter()
+            .map(|(name, source)| {
+                let source = match source {
+                    crate::logs::Source::File(path) => json!({ "file": path }),
+                    crate::logs::Source::Unit(unit) => json!({ "unit": unit }),
+                };
+                (name.clone(), source)
+            })
+            .collect();
+        json!({
+            "amqp_url": common::redact(&config.amqp_url),
+            "device_id": config.device_id.as_str(),
+            "secret": config.secret.as_ref().map(|_| "***"),
+            "server_accounts": config.server_accounts,
+            "kind": config.kind,
+            "firmware": config.firmware,
+            "heartbeat_ms": ms(config.heartbeat),
+            "telemetry_ms": config.telemetry.map_or(0, ms),
+            "telemetry_fastest_ms": ms(config.telemetry_fastest),
+            "machine": self.machine.as_ref().and_then(|machine| serde_json::to_value(machine).ok()),
+            "logs": {
+                "sources": sources,
+                "max_lines": self.logs.max_lines,
+                "follow_max_s": self.logs.follow_max_s,
+            },
+            "actions": actions,
+        })
     }
 }
 
@@ -345,6 +410,19 @@ pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Loaded, V
         value.clone()
     });
 
+    let logs = match file.logs {
+        None => Logs::default(),
+        Some(logs) => match Logs::check(logs.into_inner()) {
+            Ok(logs) => logs,
+            Err(found) => {
+                for (span, message) in found {
+                    problem(span.and_then(at), message);
+                }
+                Logs::default()
+            }
+        },
+    };
+
     let mut seen = std::collections::BTreeMap::new();
     for action in &file.actions {
         let spec = action.get_ref();
@@ -397,6 +475,7 @@ pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Loaded, V
         config: config.expect("a config is made whenever there are no problems"),
         actions,
         machine,
+        logs,
     })
 }
 

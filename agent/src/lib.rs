@@ -12,8 +12,12 @@
 //! - [`actions`]: commands that run programs, declared in that file: started directly
 //!   (never through a shell) with validated arguments, output streamed as bounded
 //!   progress, their process group killed on timeout, cancel and shutdown.
-//! - [`real`]: [`real::RealDevice`], the handler of a real device: its actions and its
-//!   [`Readings`] sources (the machine's own metrics).
+//! - [`real`]: [`real::RealDevice`], the handler of a real device: its actions, the
+//!   built-in [`logs`] and [`diagnostics`] commands, and its [`Readings`] sources (the
+//!   machine's own metrics).
+//! - [`logs`]: the last lines of configured log files and journals (by name, never by
+//!   path), filtered, paced and bounded, optionally followed for a bounded time.
+//! - [`diagnostics`]: a report of the device with its configuration's secrets removed.
 //!
 //! Each device logs in to the broker with its own account (user = device id, password
 //! = [`Config::secret`]) and every message it publishes carries `user_id` = its id, which
@@ -27,6 +31,8 @@
 
 pub mod actions;
 pub mod config_file;
+pub mod diagnostics;
+pub mod logs;
 pub mod machine;
 mod pace;
 pub mod real;

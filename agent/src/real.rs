@@ -1,18 +1,24 @@
-//! A real device: the actions declared in the configuration file, and the readings of
-//! the machine it runs on (and of any other [`Readings`] source).
+//! A real device: the actions declared in the configuration file, the built-in
+//! [`logs`](crate::logs) and [`diagnostics`](crate::diagnostics) commands, and the
+//! readings of the machine it runs on (and of any other [`Readings`] source).
 
 use protocol::{Capabilities, ErrorCode};
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::{
     Command, CommandContext, CommandError, Handler, Readings,
     actions::Actions,
+    config_file::Loaded,
+    diagnostics::Diagnostics,
+    logs::Logs,
     machine::{MachineConfig, MachineMetrics},
 };
 
-/// Commands the agent provides itself, which no action may be named after. None yet;
-/// built-in features that add commands list them here.
-pub const BUILT_IN_COMMANDS: &[&str] = &[];
+/// Commands the agent provides itself, which no action may be named after: `logs`
+/// (announced when log sources are configured) and `diagnostics` (always).
+pub const BUILT_IN_COMMANDS: &[&str] = &["logs", "diagnostics"];
 
 /// A [`Handler`] for a real device: its commands are the declared actions, its
 /// metrics those of its readings sources. The reporting pace comes from the
@@ -20,6 +26,8 @@ pub const BUILT_IN_COMMANDS: &[&str] = &[];
 pub struct RealDevice {
     actions: Actions,
     readings: Vec<Box<dyn Readings>>,
+    logs: Arc<Logs>,
+    diagnostics: Diagnostics,
 }
 
 impl std::fmt::Debug for RealDevice {
@@ -27,13 +35,45 @@ impl std::fmt::Debug for RealDevice {
         f.debug_struct("RealDevice")
             .field("actions", &self.actions)
             .field("readings", &self.readings.len())
-            .finish()
+            .field("logs", &self.logs)
+            .finish_non_exhaustive()
     }
 }
 
 impl RealDevice {
+    /// A device with `actions` and `readings`, no log sources, and diagnostics that do
+    /// not show the configuration; see [`RealDevice::configured`].
     pub fn new(actions: Actions, readings: Vec<Box<dyn Readings>>) -> Self {
-        Self { actions, readings }
+        Self {
+            actions,
+            readings,
+            logs: Arc::new(Logs::default()),
+            diagnostics: Diagnostics::default(),
+        }
+    }
+
+    /// A device as `loaded` configures it: its actions, its log sources, and its
+    /// configuration (secrets removed) in the diagnostics.
+    pub fn configured(loaded: &Loaded, readings: Vec<Box<dyn Readings>>) -> Self {
+        Self::new(loaded.actions.clone(), readings)
+            .with_logs(loaded.logs.clone())
+            .with_config(loaded.redacted())
+    }
+
+    /// Reads logs from `logs`' sources (the `logs` command, and the agent's own log in
+    /// the diagnostics when a source is named `agent`).
+    #[must_use]
+    pub fn with_logs(mut self, logs: Logs) -> Self {
+        self.logs = Arc::new(logs);
+        self.diagnostics.logs = Some(self.logs.clone());
+        self
+    }
+
+    /// Shows `config` (which must hold no secret) in the diagnostics.
+    #[must_use]
+    pub fn with_config(mut self, config: Value) -> Self {
+        self.diagnostics.config = Some(config);
+        self
     }
 }
 
@@ -59,8 +99,11 @@ pub fn readings_from(machine: Option<&toml::Value>) -> anyhow::Result<Vec<Box<dy
 
 impl Handler for RealDevice {
     fn capabilities(&self) -> Capabilities {
+        let mut commands = self.actions.commands();
+        commands.extend(self.logs.command());
+        commands.push(Diagnostics::command());
         Capabilities {
-            commands: self.actions.commands(),
+            commands,
             metrics: self
                 .readings
                 .iter()
@@ -77,6 +120,10 @@ impl Handler for RealDevice {
     ) -> Result<Value, CommandError> {
         if self.actions.handles(&command.name) {
             self.actions.run(&command, &context).await
+        } else if command.name == "logs" && !self.logs.is_empty() {
+            self.logs.run(&command, &context).await
+        } else if command.name == "diagnostics" {
+            self.diagnostics.run(&command).await
         } else {
             Err(CommandError {
                 code: ErrorCode::UnknownCommand,

@@ -371,8 +371,10 @@ async fn an_action_runs_end_to_end_through_the_broker() {
     }));
 
     let (hello, _) = hello(&mut presence).await;
-    assert_eq!(hello.capabilities.commands.len(), 1);
+    // The action, and the built-in diagnostics every real device announces.
+    assert_eq!(hello.capabilities.commands.len(), 2);
     assert_eq!(hello.capabilities.commands[0].name, "act");
+    assert_eq!(hello.capabilities.commands[1].name, "diagnostics");
     let request = ServerMessage::Command(CommandRequest {
         command_id: CommandId::from("e2e-1"),
         name: "act".into(),
