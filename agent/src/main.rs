@@ -311,7 +311,7 @@ async fn run_configured(
         return Ok(());
     }
     tracing::info!("{}", loaded.summary());
-    let device = agent::real::RealDevice::new(loaded.actions, readings);
+    let device = agent::real::RealDevice::configured(&loaded, readings);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut stop = stop_rx;
     let agent = tokio::spawn(agent::run(loaded.config, Arc::new(device), async move {
