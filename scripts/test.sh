@@ -4,7 +4,8 @@
 #   every Rust test in the workspace (against RabbitMQ on 127.0.0.1:5672 and PostgreSQL on
 #   127.0.0.1:5432, each started if it is not running, and a RabbitMQ node of their own
 #   on 127.0.0.1:5674 whose devices Tether admits: scripts/identity-broker.sh, stopped
-#   at the end); the release build; the Playwright
+#   at the end; the static aarch64 agent, cross-built, that one test runs under
+#   qemu-user: scripts/cross-build.sh aarch64); the release build; the Playwright
 #   suite in headless Chromium.
 # Every stage runs even when an earlier one failed; the script ends with each runner's
 # summary, then one line `N passed, N failed` over all of them, and exits non-zero on
@@ -58,6 +59,21 @@ stage rabbitmq ensure_rabbitmq
 trap 'scripts/identity-broker.sh stop' EXIT
 stage "identity broker" identity_broker
 stage postgresql ensure_postgres
+# The static aarch64 agent that server/tests/cross_agent.rs runs under qemu-user, and
+# qemu-user-static itself. Only aarch64 here, to keep CI time down (scripts/cross-build.sh
+# with no arguments also builds x86_64 and armv7, and the .debs).
+cross_build() {
+  if ! command -v qemu-aarch64-static >/dev/null 2>&1; then
+    echo "installing qemu-user-static (apt)"
+    { as_root apt-get update -qq && as_root apt-get install -y -qq qemu-user-static >/dev/null; } ||
+      echo "could not install qemu-user-static: the cross_agent test will fail" >&2
+  fi
+  local dir="${CARGO_TARGET_DIR:-target}"
+  case "$dir" in /*) ;; *) dir="$TETHER_ROOT/$dir" ;; esac
+  scripts/cross-build.sh aarch64 &&
+    export TETHER_AARCH64_AGENT="$dir/cross/aarch64-unknown-linux-musl/tether-agent"
+}
+stage "cross build (aarch64)" cross_build
 stage "cargo test" cargo_tests
 release_build() {
   cargo leptos build --release && cargo build --release --locked -p agent --bin tether-agent
