@@ -109,16 +109,9 @@ ensure_cargo_deb() {
   }
 }
 
-# The example configuration the .deb ships as /etc/tether/agent.toml is
-# agent/agent.example.toml. Until it exists in the tree, packaging/'s placeholder stands
-# in for the packaging step only (copied to agent/ for cargo-deb, removed right after).
-placeholder_config=
-cleanup() { [ -n "$placeholder_config" ] && rm -f "$placeholder_config"; }
-trap cleanup EXIT
+# The example configuration the .deb ships as /etc/tether/agent.toml.
 ensure_example_config() {
-  [ -f agent/agent.example.toml ] && return 0
-  say "agent/agent.example.toml does not exist yet: packaging packaging/agent.example.toml (a placeholder) instead"
-  cp packaging/agent.example.toml agent/agent.example.toml && placeholder_config="$ROOT/agent/agent.example.toml"
+  [ -f agent/agent.example.toml ] || { err "agent/agent.example.toml is missing"; return 1; }
 }
 
 # Builds, strips and packages one target; the result goes to $OUT/<triple>/.
@@ -150,11 +143,9 @@ build_one() {
 
   say "$triple: cargo deb -p agent --no-build --no-strip --target $triple ${variant[*]}"
   rm -f "$dir"/*.deb
-  ensure_example_config || { err "cannot stage the placeholder configuration"; return 1; }
+  ensure_example_config || return 1
   cargo deb -p agent --no-build --no-strip --target "$triple" "${variant[@]}" --output "$dir/" >/dev/null
   local status=$?
-  cleanup
-  placeholder_config=
   [ "$status" = 0 ] || { err "$triple: cargo deb failed"; return 1; }
   BUILT_DIR="$dir"
 }
