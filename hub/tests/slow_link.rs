@@ -338,3 +338,37 @@ async fn a_bulk_reply_crosses_a_gprs_link() {
     assert_eq!(link.traffic().connections, 1, "no reconnection");
     within(Duration::from_secs(30), "the agent stops", gateway.stop()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_comes_back_after_its_slow_link_drops_out() {
+    let hub = start_hub().await;
+    let (gateway, link) = gateway_behind_link("gw-gprs-sever", seed() + 3, Some(INTERVAL)).await;
+    comes_online(&hub, &gateway.id, Instant::now()).await;
+
+    let before = hub.device(&gateway.id).expect("known").since_ms;
+    link.sever();
+    let severed = Instant::now();
+    // Online again in a new session (it came online, or went offline and back, since).
+    eventually(
+        &format!("{} back", gateway.id),
+        Duration::from_secs(60),
+        || {
+            hub.device(&gateway.id)
+                .filter(|d| d.online && d.since_ms > before && link.traffic().connections >= 2)
+        },
+    )
+    .await;
+    let (round_trip, result) = succeeds(
+        &hub,
+        &gateway.id,
+        command("echo", json!({ "message": "back" }), None),
+    )
+    .await;
+    assert_eq!(result, json!({ "message": "back" }));
+    eprintln!(
+        "slow-link: after a drop-out: a command answered {:?} after the link was cut (round trip {round_trip:?}), {} connections",
+        severed.elapsed(),
+        link.traffic().connections
+    );
+    within(Duration::from_secs(30), "the agent stops", gateway.stop()).await;
+}
