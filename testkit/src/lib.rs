@@ -36,6 +36,8 @@ use tokio::sync::watch;
 
 pub use common::Shutdown;
 
+pub mod slow_link;
+
 /// The RabbitMQ node that admits devices through Tether's HTTP auth backend
 /// (`TETHER_TEST_IDENTITY_AMQP_URL`, its server account's URL), which scripts/test.sh
 /// starts with `scripts/identity-broker.sh`. Panics, saying how to start it, when unset.
