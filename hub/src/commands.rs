@@ -110,17 +110,12 @@ impl Commands {
         message: &DeviceMessage,
         now_ms: u64,
     ) -> Result<CommandView, Ignored> {
-        let (id, session_id) = match message {
-            DeviceMessage::Delivered(m) => (&m.command_id, &m.session_id),
-            DeviceMessage::Progress(m) => (&m.command_id, &m.session_id),
-            DeviceMessage::Reply(m) => (&m.command_id, &m.session_id),
-            _ => return Err(Ignored::NotAboutACommand),
-        };
+        let (id, session_id) = message.answer_to().ok_or(Ignored::NotAboutACommand)?;
         let record = self.records.get(id).ok_or(Ignored::UnknownCommand)?;
         if record
             .own
             .as_ref()
-            .is_none_or(|own| own.session_id != *session_id)
+            .is_none_or(|own| own.session_id != session_id)
         {
             return Err(Ignored::StaleSession);
         }

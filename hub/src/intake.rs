@@ -148,7 +148,10 @@ impl Hub {
             }
         };
         let mut state = self.state();
-        if let Some(device) = about_command(&message).and_then(|id| state.commands.device_of(id)) {
+        if let Some(device) = message
+            .answer_to()
+            .and_then(|(id, _)| state.commands.device_of(id))
+        {
             if sender(delivery) != Some(device.as_str()) {
                 let device = device.clone();
                 drop(state);
@@ -305,15 +308,5 @@ impl Hub {
         let mut state = self.state();
         state.commands.mirror(event.command.clone());
         self.broadcast_commands(&state, &[event.command]);
-    }
-}
-
-/// The command a device message is about, if it is about one.
-fn about_command(message: &DeviceMessage) -> Option<&protocol::CommandId> {
-    match message {
-        DeviceMessage::Delivered(m) => Some(&m.command_id),
-        DeviceMessage::Progress(m) => Some(&m.command_id),
-        DeviceMessage::Reply(m) => Some(&m.command_id),
-        _ => None,
     }
 }

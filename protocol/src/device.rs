@@ -25,6 +25,19 @@ pub enum DeviceMessage {
     Telemetry(TelemetrySample),
 }
 
+impl DeviceMessage {
+    /// The command an answer (delivered, progress, reply) is about, and the session it
+    /// comes from; `None` for anything else.
+    pub fn answer_to(&self) -> Option<(&CommandId, &str)> {
+        match self {
+            Self::Delivered(m) => Some((&m.command_id, &m.session_id)),
+            Self::Progress(m) => Some((&m.command_id, &m.session_id)),
+            Self::Reply(m) => Some((&m.command_id, &m.session_id)),
+            _ => None,
+        }
+    }
+}
+
 /// Everything a server sends to a device's inbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
