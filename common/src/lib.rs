@@ -61,6 +61,15 @@ pub fn amqp_user(amqp_url: &str) -> String {
     }
 }
 
+/// `broker_url` with `user` and `password` as its credential (percent-encoded as a URL
+/// needs). `None` if it does not parse or cannot carry one (no host).
+pub fn with_credential(broker_url: &str, user: &str, password: &str) -> Option<String> {
+    let mut url = url::Url::parse(broker_url).ok()?;
+    url.set_username(user).ok()?;
+    url.set_password(Some(password)).ok()?;
+    Some(url.to_string())
+}
+
 #[cfg(test)]
 mod amqp_user_tests {
     use super::amqp_user;

@@ -209,14 +209,7 @@ pub fn device_broker_url(broker_url: &str) -> Option<String> {
     Some(url.to_string())
 }
 
-/// `broker_url` with `id` and `secret` as its user and password. `None` if it does not
-/// parse or cannot carry them (no host).
-pub fn with_credential(broker_url: &str, id: &str, secret: &str) -> Option<String> {
-    let mut url = url::Url::parse(broker_url).ok()?;
-    url.set_username(id).ok()?;
-    url.set_password(Some(secret)).ok()?;
-    Some(url.to_string())
-}
+pub use common::with_credential;
 
 #[cfg(test)]
 mod tests {

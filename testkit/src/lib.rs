@@ -152,12 +152,8 @@ pub async fn provision_in(devices: &store::Store, broker_url: &str, id: &DeviceI
 
 /// `broker_url` with another user and password.
 pub fn with_credential(broker_url: &str, user: &str, password: &str) -> String {
-    let rest = broker_url
-        .split_once("://")
-        .map(|(_, rest)| rest.rsplit_once('@').map_or(rest, |(_, host)| host))
-        .expect("a broker URL");
-    let scheme = broker_url.split_once("://").map_or("amqp", |(s, _)| s);
-    format!("{scheme}://{user}:{password}@{rest}")
+    common::with_credential(broker_url, user, password)
+        .unwrap_or_else(|| panic!("{broker_url} cannot carry a credential"))
 }
 
 /// `name` with a random suffix: queues, devices and sessions of concurrent tests on one
