@@ -16,11 +16,9 @@ use agent::{
     actions::{ActionSpec, Actions},
     real::RealDevice,
 };
-use protocol::{
-    ArgKind, ArgSpec, CommandId, CommandRequest, DeviceMessage, Outcome, ServerMessage,
-};
+use protocol::{ArgKind, ArgSpec, CommandId, CommandRequest, Outcome, ServerMessage};
 use serde_json::{Value, json};
-use support::{SERVER_USER, TestBroker, hello, next_within, publish};
+use support::{TestBroker, answers_until_replied, hello, progress_and_outcome, to_inbox};
 
 /// A fresh directory of the test's own.
 fn scratch(name: &str) -> PathBuf {
@@ -381,23 +379,9 @@ async fn an_action_runs_end_to_end_through_the_broker() {
         args: [("msg".to_owned(), json!("; touch /tmp/tether-e2e-canary"))].into(),
         timeout_ms: 10_000,
     });
-    let properties = lapin::BasicProperties::default()
-        .with_reply_to(replies_queue.as_str().into())
-        .with_correlation_id("e2e-1".into())
-        .with_user_id(SERVER_USER.into());
-    publish(&server.channel, "", &hello.inbox, &request, properties).await;
-
-    let mut progress = Vec::new();
-    let result = loop {
-        let delivery = next_within(&mut replies, Duration::from_secs(10))
-            .await
-            .expect("an answer");
-        match protocol::decode::<DeviceMessage>(&delivery.data).unwrap() {
-            DeviceMessage::Progress(p) => progress.push(p.message.unwrap_or_default()),
-            DeviceMessage::Reply(reply) => break reply.outcome,
-            _ => {}
-        }
-    };
+    to_inbox(&server, &hello.inbox, &replies_queue, "e2e-1", &request).await;
+    let (progress, result) =
+        progress_and_outcome(answers_until_replied(&mut replies, "dev-a", &["e2e-1"]).await);
     match result {
         Outcome::Ok { result } => {
             assert_eq!(result["exit_code"], 0);

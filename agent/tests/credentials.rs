@@ -6,18 +6,18 @@
 
 mod support;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use agent::simulate::{Kind, Simulated};
 use lapin::{
-    BasicProperties, Connection, ConnectionProperties, Consumer,
+    BasicProperties, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use protocol::{
     CancelRequest, CommandId, CommandRequest, DeviceMessage, Outcome, ServerMessage, names,
 };
 use serde_json::json;
-use support::{SERVER_USER, Server, TestBroker, hello, next_within, publish, user_id};
+use support::{TestBroker, answers_until_replied, hello, next_within, to_inbox, user_id};
 use tokio::sync::oneshot;
 
 /// Starts an agent for a simulated gateway; it stops when the sender is dropped or used.
@@ -53,54 +53,6 @@ fn echo(id: &str, delay_ms: u64) -> ServerMessage {
 }
 
 /// Sends `message` to `inbox` through the default exchange, as a server sends commands.
-async fn to_inbox(server: &Server, inbox: &str, reply_to: &str, id: &str, message: &ServerMessage) {
-    let properties = BasicProperties::default()
-        .with_reply_to(reply_to.into())
-        .with_correlation_id(id.into())
-        .with_user_id(SERVER_USER.into());
-    publish(&server.channel, "", inbox, message, properties).await;
-}
-
-/// Reads answers until every command in `expected` has its reply (10 s at most), checking
-/// that each answer is stamped with the device's id; returns (command id, answer) in
-/// order of arrival.
-async fn answers_until_replied(
-    replies: &mut Consumer,
-    device: &str,
-    expected: &[&str],
-) -> Vec<(String, DeviceMessage)> {
-    let mut answers = Vec::new();
-    let mut waiting: BTreeSet<&str> = expected.iter().copied().collect();
-    while !waiting.is_empty() {
-        let delivery = next_within(replies, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|| panic!("no reply to {waiting:?}; got {answers:?}"));
-        assert_eq!(
-            user_id(&delivery),
-            Some(device),
-            "answers say who sent them"
-        );
-        let message: DeviceMessage = protocol::decode(&delivery.data).unwrap();
-        let id = match &message {
-            DeviceMessage::Delivered(m) => m.command_id.0.clone(),
-            DeviceMessage::Progress(m) => m.command_id.0.clone(),
-            DeviceMessage::Reply(m) => {
-                waiting.remove(m.command_id.0.as_str());
-                m.command_id.0.clone()
-            }
-            other => panic!("not an answer: {other:?}"),
-        };
-        let correlation = delivery
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.to_string());
-        assert_eq!(correlation.as_deref(), Some(id.as_str()));
-        answers.push((id, message));
-    }
-    answers
-}
-
 #[tokio::test]
 async fn a_command_from_the_server_account_is_run_and_answered_as_the_device() {
     let broker = TestBroker::start(support::Devices::new(&[("gw-a", "secret-a")])).await;

@@ -17,9 +17,9 @@ use agent::{
     logs::{Logs, Source},
     real::RealDevice,
 };
-use protocol::{CommandId, CommandRequest, DeviceMessage, Outcome, ServerMessage};
+use protocol::{CommandId, CommandRequest, Outcome, ServerMessage};
 use serde_json::{Value, json};
-use support::{SERVER_USER, TestBroker, hello, next_within, publish};
+use support::{TestBroker, answers_until_replied, hello, progress_and_outcome, to_inbox};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tether-logs-{}-{name}", std::process::id()));
@@ -455,22 +455,9 @@ async fn logs_and_diagnostics_run_end_to_end_through_the_broker() {
             args: serde_json::from_value(args).unwrap(),
             timeout_ms: 10_000,
         });
-        let properties = lapin::BasicProperties::default()
-            .with_reply_to(replies_queue.as_str().into())
-            .with_correlation_id(id.into())
-            .with_user_id(SERVER_USER.into());
-        publish(&server.channel, "", &hello.inbox, &request, properties).await;
-        let mut progress = Vec::new();
-        let outcome = loop {
-            let delivery = next_within(&mut replies, Duration::from_secs(10))
-                .await
-                .expect("an answer");
-            match protocol::decode::<DeviceMessage>(&delivery.data).unwrap() {
-                DeviceMessage::Progress(p) => progress.push(p.message.unwrap_or_default()),
-                DeviceMessage::Reply(reply) => break reply.outcome,
-                _ => {}
-            }
-        };
+        to_inbox(&server, &hello.inbox, &replies_queue, id, &request).await;
+        let (progress, outcome) =
+            progress_and_outcome(answers_until_replied(&mut replies, "dev-a", &[id]).await);
         match (id, outcome) {
             ("e2e-logs", Outcome::Ok { result }) => {
                 assert_eq!(result["output"], "two\nthree");

@@ -5,7 +5,7 @@
 #![allow(dead_code, reason = "each test file uses some of these")]
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex},
@@ -18,7 +18,7 @@ use lapin::{
     options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use protocol::{DeviceId, DeviceMessage, Hello, names, policy::Account};
+use protocol::{DeviceId, DeviceMessage, Hello, ServerMessage, names, policy::Account};
 
 /// The server account's user name and password on the test broker.
 pub const SERVER_USER: &str = "tether-server";
@@ -196,7 +196,7 @@ impl Server {
             &self.channel,
             names::DISCOVER_EXCHANGE,
             "",
-            &protocol::ServerMessage::Announce(protocol::AnnounceRequest {}),
+            &ServerMessage::Announce(protocol::AnnounceRequest {}),
             BasicProperties::default().with_user_id(SERVER_USER.into()),
         )
         .await;
@@ -208,7 +208,7 @@ pub async fn publish(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
-    message: &protocol::ServerMessage,
+    message: &ServerMessage,
     properties: BasicProperties,
 ) {
     channel
@@ -253,4 +253,75 @@ pub async fn hello(presence: &mut Consumer) -> (Hello, lapin::message::Delivery)
 /// The `user_id` property of a delivery, if any.
 pub fn user_id(delivery: &lapin::message::Delivery) -> Option<&str> {
     delivery.properties.user_id().as_ref().map(|u| u.as_str())
+}
+
+/// Puts `message` into a device's inbox as the server account, answers to `reply_to`.
+pub async fn to_inbox(
+    server: &Server,
+    inbox: &str,
+    reply_to: &str,
+    id: &str,
+    message: &ServerMessage,
+) {
+    let properties = BasicProperties::default()
+        .with_reply_to(reply_to.into())
+        .with_correlation_id(id.into())
+        .with_user_id(SERVER_USER.into());
+    publish(&server.channel, "", inbox, message, properties).await;
+}
+
+/// Reads answers until every command in `expected` has its reply (10 s at most), checking
+/// that each answer is stamped with the device's id; returns (command id, answer) in
+/// order of arrival.
+pub async fn answers_until_replied(
+    replies: &mut Consumer,
+    device: &str,
+    expected: &[&str],
+) -> Vec<(String, DeviceMessage)> {
+    let mut answers = Vec::new();
+    let mut waiting: BTreeSet<&str> = expected.iter().copied().collect();
+    while !waiting.is_empty() {
+        let delivery = next_within(replies, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no reply to {waiting:?}; got {answers:?}"));
+        assert_eq!(
+            user_id(&delivery),
+            Some(device),
+            "answers say who sent them"
+        );
+        let message: DeviceMessage = protocol::decode(&delivery.data).unwrap();
+        let id = match &message {
+            DeviceMessage::Delivered(m) => m.command_id.0.clone(),
+            DeviceMessage::Progress(m) => m.command_id.0.clone(),
+            DeviceMessage::Reply(m) => {
+                waiting.remove(m.command_id.0.as_str());
+                m.command_id.0.clone()
+            }
+            other => panic!("not an answer: {other:?}"),
+        };
+        let correlation = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.to_string());
+        assert_eq!(correlation.as_deref(), Some(id.as_str()));
+        answers.push((id, message));
+    }
+    answers
+}
+
+/// The progress messages and the outcome of one command among `answers` (as
+/// [`answers_until_replied`] gives them).
+pub fn progress_and_outcome(
+    answers: Vec<(String, DeviceMessage)>,
+) -> (Vec<String>, protocol::Outcome) {
+    let mut progress = Vec::new();
+    for (_, answer) in answers {
+        match answer {
+            DeviceMessage::Progress(p) => progress.push(p.message.unwrap_or_default()),
+            DeviceMessage::Reply(reply) => return (progress, reply.outcome),
+            _ => {}
+        }
+    }
+    panic!("no reply among the answers")
 }
