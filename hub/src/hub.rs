@@ -307,10 +307,15 @@ impl Hub {
         ended
     }
 
-    /// Counts a dropped message and says why in the log.
+    /// Counts a dropped message and says why in the log (not every time: see below).
     pub(crate) fn dropped(&self, counter: &AtomicU64, what: &str) {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!("dropped {what}");
+        let seen = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        // Every one is counted (/metrics); the first ten of a kind are logged, then one
+        // at each power of two, so a flood of forged or broken messages cannot flood
+        // the log.
+        if seen <= 10 || seen.is_power_of_two() {
+            tracing::warn!("dropped {what} ({seen} of this kind so far)");
+        }
     }
 }
 
