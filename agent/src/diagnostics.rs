@@ -51,7 +51,7 @@ impl Diagnostics {
     /// The command announced for it: no arguments.
     pub fn command() -> CommandSpec {
         CommandSpec {
-            name: "diagnostics".into(),
+            name: protocol::capability::builtin::DIAGNOSTICS.into(),
             description: "A report of the device: system, configuration, disks, network, time"
                 .into(),
             args: Vec::new(),

@@ -219,7 +219,7 @@ impl Logs {
         let max_lines = i64::try_from(self.max_lines).unwrap_or(i64::MAX);
         let follow_max = i64::try_from(self.follow_max_s).unwrap_or(i64::MAX);
         Some(CommandSpec {
-            name: "logs".into(),
+            name: protocol::capability::builtin::LOGS.into(),
             description: "The last lines of a configured log, optionally filtered or followed"
                 .into(),
             args: vec![

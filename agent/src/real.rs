@@ -2,7 +2,7 @@
 //! [`logs`](crate::logs) and [`diagnostics`](crate::diagnostics) commands, and the
 //! readings of the machine it runs on (and of any other [`Readings`] source).
 
-use protocol::{Capabilities, ErrorCode};
+use protocol::{Capabilities, ErrorCode, capability::builtin};
 use serde_json::Value;
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::{
 
 /// Commands the agent provides itself, which no action may be named after: `logs`
 /// (announced when log sources are configured) and `diagnostics` (always).
-pub const BUILT_IN_COMMANDS: &[&str] = &["logs", "diagnostics"];
+pub const BUILT_IN_COMMANDS: &[&str] = builtin::ALL;
 
 /// A [`Handler`] for a real device: its commands are the declared actions, its
 /// metrics those of its readings sources. The reporting pace comes from the
@@ -120,9 +120,9 @@ impl Handler for RealDevice {
     ) -> Result<Value, CommandError> {
         if self.actions.handles(&command.name) {
             self.actions.run(&command, &context).await
-        } else if command.name == "logs" && !self.logs.is_empty() {
+        } else if command.name == builtin::LOGS && !self.logs.is_empty() {
             self.logs.run(&command, &context).await
-        } else if command.name == "diagnostics" {
+        } else if command.name == builtin::DIAGNOSTICS {
             self.diagnostics.run(&command).await
         } else {
             Err(CommandError {

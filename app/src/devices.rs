@@ -4,7 +4,9 @@ pub mod chart;
 pub mod command_form;
 pub mod command_log;
 pub mod detail;
+pub mod diagnostics;
 pub mod list;
+pub mod logs;
 pub mod telemetry;
 
 use leptos::prelude::*;

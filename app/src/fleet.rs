@@ -9,6 +9,7 @@
 //! (API.md), or `unreachable` when the server could not be reached.
 
 pub mod live;
+pub mod output;
 
 use leptos::{
     prelude::*,
@@ -127,6 +128,12 @@ pub trait Fleet: Send + Sync + 'static {
     -> Answer<'_, UserView>;
     fn audit(&self, caller: Caller, filter: AuditFilter) -> Answer<'_, Vec<AuditEntry>>;
     fn audit_verify(&self, caller: Caller) -> Answer<'_, AuditCheck>;
+    /// A device's diagnostics reports, newest first.
+    fn diagnostics_reports(
+        &self,
+        caller: Caller,
+        device: String,
+    ) -> Answer<'_, Vec<protocol::api::DiagnosticsReport>>;
     /// Admin: the provisioned devices, and whether each is connected now.
     fn provisioned_devices(&self, caller: Caller) -> Answer<'_, Vec<Provisioned>>;
     /// Admin: provisions a device; its secret is in the answer, and nowhere else.
@@ -254,6 +261,16 @@ pub async fn telemetry_history(
 ) -> Result<protocol::api::History, AppError> {
     let (fleet, caller) = fleet()?;
     Ok(fleet.history(caller, device, query).await?)
+}
+
+/// A device's diagnostics reports (the results of its `diagnostics` command), newest
+/// first; each is downloaded from `/api/v1/devices/{id}/diagnostics/{command_id}`.
+#[server(endpoint = "diagnostics_reports", input = Json)]
+pub async fn diagnostics_reports(
+    device: String,
+) -> Result<Vec<protocol::api::DiagnosticsReport>, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.diagnostics_reports(caller, device).await?)
 }
 
 /// The caller's API tokens (an admin's: everyone's), newest first.

@@ -56,9 +56,15 @@ test("a second tab sees the command made in the first", async ({ browser, startA
   for (const tab of [first, second]) {
     await tab.goto();
     await tab.waitForLive();
+    await expect(tab.presence).toHaveText("online", { timeout: 15_000 });
   }
 
   await first.send("toggle");
+  // The first tab shows its own command (or the form's error says why not)…
+  const firstTab = async () =>
+    (await first.latestCommand().count()) > 0 ? "listed" : `not listed; form error: "${await first.form("toggle").getByTestId("form-error").innerText()}"`;
+  await expect.poll(firstTab, { timeout: 10_000 }).toBe("listed");
+  // …and the second sees it too.
   await expect(second.latestCommand()).toHaveAttribute("data-status", "succeeded", { timeout: 10_000 });
   await expect(second.latestCommand()).toContainText("toggle");
   await expect(second.latestCommand().getByTestId("result")).toContainText('"on": true');

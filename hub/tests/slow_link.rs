@@ -2,7 +2,8 @@
 //! round trip, 2 % of segments lost and resent after 1 s) talking to the hub on the
 //! embedded broker, which the hub reaches directly: they come online, answer commands
 //! one after another and several at once within the commands' own deadlines, send a
-//! bulk reply, and are never taken for offline.
+//! bulk reply, follow a log that is being written (a real device's `logs`), and are
+//! never taken for offline.
 //!
 //! Only outcomes are asserted; the figures (round trips, bytes on the wire) are printed
 //! with `slow-link:` in front for BENCHMARKS.md:
@@ -371,4 +372,146 @@ async fn an_agent_comes_back_after_its_slow_link_drops_out() {
         link.traffic().connections
     );
     within(Duration::from_secs(30), "the agent stops", gateway.stop()).await;
+}
+
+/// A real device's log followed across the link while lines are written to it (5 a
+/// second, about 90 bytes each): every line arrives once, in order, and soon after it
+/// was written; the device stays online. The lag of each line (written → on the hub's
+/// live channel) is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_followed_across_a_gprs_link_keeps_up() {
+    use std::io::Write as _;
+
+    use agent::{
+        config_file::{Overrides, parse},
+        real::RealDevice,
+    };
+
+    const LINES: usize = 100;
+    const EVERY: Duration = Duration::from_millis(200);
+
+    let hub = start_hub().await;
+    let url = testkit::embedded_broker_url();
+    let (id, device_url) = testkit::provision(&url, "ctl-gprs-logs").await;
+    let link = SlowLink::to_broker(&device_url, shape(), seed() + 4).await;
+    let dir = std::env::temp_dir().join(testkit::unique("tether-slow-logs"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.log");
+    std::fs::write(&path, "started\n").unwrap();
+    let text = format!(
+        // The credential is in the URL the agent is started with; the file's is unused.
+        "amqp_url = \"{device_url}\"\ndevice_id = \"{id}\"\nsecret = \"unused\"\n\
+         [logs]\nfollow_max_s = 120\n[logs.sources]\napp = {{ file = \"{}\" }}\n",
+        path.display()
+    );
+    let loaded = parse(&text, &dir, &Overrides::default()).expect("a valid configuration");
+    let agent = Agent::start_handler(
+        &link.url(&device_url),
+        id.clone(),
+        &common::amqp_user(&url),
+        "controller",
+        std::sync::Arc::new(RealDevice::configured(&loaded, Vec::new())),
+        |config| {
+            config.heartbeat = INTERVAL;
+            config.telemetry = None;
+        },
+    );
+    comes_online(&hub, &id, Instant::now()).await;
+    let (stop_watch, stopped) = watch::channel(false);
+    let watcher = watch_online(&hub, vec![id.clone()], stopped);
+
+    let (_, mut events) = hub.subscribe(0);
+    let before = link.traffic();
+    let sent = hub
+        .send(
+            &id,
+            command(
+                "logs",
+                json!({"source": "app", "lines": 1, "follow": true, "follow_s": 40}),
+                Some(60_000),
+            ),
+        )
+        .await
+        .expect("command accepted");
+    // Written once the follow has surely begun (the command crossed the link).
+    let writer = {
+        let path = path.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let mut written = Vec::new();
+            for n in 0..LINES {
+                let line = format!(
+                    "seq={n:03} sensor=4 value={:>6.2} {}",
+                    n as f64 * 0.37,
+                    "·".repeat(20)
+                );
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                writeln!(file, "{line}").unwrap();
+                written.push((line, Instant::now()));
+                tokio::time::sleep(EVERY).await;
+            }
+            written
+        })
+    };
+
+    // What came, and when, until every line did (then the follow is cancelled).
+    let mut arrived: Vec<(String, Instant)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while arrived.len() < LINES + 1 {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {} lines came: {arrived:?}",
+                    arrived.len(),
+                    LINES + 1
+                )
+            })
+            .expect("the live channel keeps up");
+        if let LiveEvent::CommandUpdated { command } = event
+            && command.id == sent.id
+        {
+            assert!(!command.status.is_terminal(), "it ended early: {command:?}");
+            if let Some(message) = command
+                .message
+                .filter(|_| command.status == CommandStatus::Progress)
+            {
+                let now = Instant::now();
+                arrived.extend(message.split('\n').map(|line| (line.to_owned(), now)));
+            }
+        }
+    }
+    let traffic = link.traffic() - before;
+    let written: Vec<(String, Instant)> = writer.await.unwrap();
+    hub.cancel(&sent.id).await.expect("the follow is cancelled");
+
+    let lines: Vec<&str> = arrived.iter().map(|(line, _)| line.as_str()).collect();
+    let mut expected = vec!["started"];
+    expected.extend(written.iter().map(|(line, _)| line.as_str()));
+    assert_eq!(lines, expected, "every line once, in order");
+    let lags: Vec<Duration> = written
+        .iter()
+        .zip(&arrived[1..])
+        .map(|((_, at), (_, came))| came.duration_since(*at))
+        .collect();
+    let (p50, p90, max) = percentiles(&lags);
+    eprintln!(
+        "slow-link: log follow of {LINES} lines ({} B each, one every {EVERY:?}): lag p50 {p50:?}, p90 {p90:?}, max {max:?}; {} B up, {} B down",
+        written[0].0.len() + 1,
+        traffic.up,
+        traffic.down
+    );
+    // The follow polls the file every 500 ms and sends at most 4 messages a second;
+    // the link adds 250 ms each way and a resent segment 1 s.
+    assert!(max < Duration::from_secs(5), "a line took {max:?}");
+
+    stop_watch.send(true).unwrap();
+    let watched = watcher.await.unwrap();
+    assert!(watched.offline.is_empty(), "{:?}", watched.offline);
+    assert_eq!(link.traffic().connections, 1, "no reconnection");
+    within(Duration::from_secs(30), "the agent stops", agent.stop()).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -62,6 +62,43 @@ pub struct CommandView {
     pub issued_by: Option<String>,
 }
 
+/// A diagnostics report a device gave (the result of its built-in `diagnostics`
+/// command), as listed; the report itself is downloaded apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosticsReport {
+    /// The command that collected it: the report's id.
+    pub command_id: CommandId,
+    pub device_id: DeviceId,
+    /// When it was asked for and when the device answered (ms since the Unix epoch).
+    pub requested_ms: u64,
+    pub collected_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
+    /// The size of the report, as JSON.
+    pub bytes: usize,
+}
+
+impl DiagnosticsReport {
+    /// The name of the agent's built-in command that collects a report.
+    pub const COMMAND: &'static str = crate::capability::builtin::DIAGNOSTICS;
+
+    /// The listing of a succeeded `diagnostics` command; `None` for anything else.
+    pub fn of(command: &CommandView) -> Option<Self> {
+        if command.name != Self::COMMAND || command.status != CommandStatus::Succeeded {
+            return None;
+        }
+        let report = command.result.as_ref()?;
+        Some(Self {
+            command_id: command.id.clone(),
+            device_id: command.device_id.clone(),
+            requested_ms: command.created_ms,
+            collected_ms: command.updated_ms,
+            issued_by: command.issued_by.clone(),
+            bytes: serde_json::to_string(report).map_or(0, |text| text.len()),
+        })
+    }
+}
+
 /// One accepted reading, as the live channel carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {

@@ -349,3 +349,16 @@ mod tests {
         assert_eq!(back, spec);
     }
 }
+
+/// The commands `tether-agent` has built in besides the actions a device declares. The
+/// device page gives each a card of its own: a log viewer, and diagnostics reports kept
+/// by the server.
+pub mod builtin {
+    /// The last lines of a configured log, optionally filtered and followed; the lines
+    /// come as progress messages.
+    pub const LOGS: &str = "logs";
+    /// A report of the device, as the reply's result.
+    pub const DIAGNOSTICS: &str = "diagnostics";
+    /// Both, in the order the agent announces them.
+    pub const ALL: &[&str] = &[LOGS, DIAGNOSTICS];
+}

@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/commands/{id}", get(get_command).delete(cancel_command))
         .route("/v1/live", get(live::upgrade))
         .merge(crate::admin::routes())
+        .merge(crate::diagnostics::routes())
         .merge(provision::routes())
         .fallback(|| async {
             Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
@@ -247,14 +248,7 @@ pub async fn command_history(
             None => visible_commands(state, who, limit),
         });
     };
-    let unavailable = |error: anyhow::Error| {
-        tracing::error!("cannot read the command log: {error:#}");
-        Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the command history is unavailable (its database is down); try again shortly",
-        )
-    };
+    let unavailable = |error| log_unavailable(error, "the command history is unavailable");
     let before = match before {
         None => None,
         Some(id) => {
@@ -274,6 +268,7 @@ pub async fn command_history(
         devices: state.groups.visible_to(who),
         before,
         limit,
+        ..CommandQuery::default()
     };
     let mut page = store.command_page(query).await.map_err(unavailable)?;
     for command in &mut page {
@@ -284,6 +279,16 @@ pub async fn command_history(
         }
     }
     Ok(page)
+}
+
+/// The command log could not be read: logged, and a 503 saying `what` ("… is unavailable").
+pub fn log_unavailable(error: anyhow::Error, what: &str) -> Failure {
+    tracing::error!("cannot read the command log: {error:#}");
+    Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("{what} (its database is down); try again shortly"),
+    )
 }
 
 /// One command `who` may see: from memory, else from the command log.

@@ -6,7 +6,9 @@ use app::fleet::{Answer, AuditFilter, Caller, Fleet, NewUser, Provisioned, UserC
 use axum::extract::{Path, State};
 use protocol::{
     CommandId,
-    api::{ApiError, CommandView, DeviceView, History, HistoryQuery, SendCommand},
+    api::{
+        ApiError, CommandView, DeviceView, DiagnosticsReport, History, HistoryQuery, SendCommand,
+    },
     auth::{AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, Role, TokenView, UserView},
 };
 
@@ -83,6 +85,20 @@ impl Fleet for AppState {
         Box::pin(async move {
             let (who, Source(address)) = caller(&parts)?;
             api::cancel(self, &who, &address, &CommandId(id))
+                .await
+                .map_err(api_error)
+        })
+    }
+
+    fn diagnostics_reports(
+        &self,
+        parts: Caller,
+        device: String,
+    ) -> Answer<'_, Vec<DiagnosticsReport>> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            let device = parse_device_id(&device).map_err(api_error)?;
+            crate::diagnostics::reports(self, &who, &device, 20)
                 .await
                 .map_err(api_error)
         })

@@ -33,6 +33,7 @@ pub mod broker_accounts;
 pub mod broker_auth;
 pub mod cli;
 pub mod config;
+pub mod diagnostics;
 pub mod error;
 pub mod fleet;
 pub mod guard;

@@ -70,6 +70,10 @@ pub struct CommandQuery {
     /// Only those of these devices (the devices a caller may see): `None` is no
     /// restriction, an empty list gives nothing.
     pub devices: Option<Vec<String>>,
+    /// Only commands of this name (`diagnostics`, say).
+    pub name: Option<String>,
+    /// Only commands in this status.
+    pub status: Option<CommandStatus>,
     /// Only those before this one: the `(created_ms, id)` of the last command of the
     /// previous page.
     pub before: Option<(u64, String)>,
@@ -172,6 +176,14 @@ impl Store {
                 .collect();
             params.extend(devices.into_iter().map(Value::from));
             sql.push_str(&format!(" AND device_id IN ({})", placeholders.join(", ")));
+        }
+        if let Some(name) = query.name {
+            params.push(name.into());
+            sql.push_str(&format!(" AND name = ${}", params.len()));
+        }
+        if let Some(status) = query.status {
+            params.push(status.as_str().into());
+            sql.push_str(&format!(" AND status = ${}", params.len()));
         }
         if let Some((created_ms, id)) = query.before {
             params.push(int(created_ms));

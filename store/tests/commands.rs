@@ -221,8 +221,8 @@ async fn pages_are_newest_first_per_device_and_restricted(db: &Db) {
     let of = |device: Option<&str>, devices: Option<&[&str]>, limit| CommandQuery {
         device: device.map(Into::into),
         devices: devices.map(|d| d.iter().map(|&d| d.to_owned()).collect()),
-        before: None,
         limit,
+        ..CommandQuery::default()
     };
     let dev1 = page(db, of(Some("dev-1"), None, 0)).await;
     assert_eq!(dev1.len(), 10);
@@ -462,6 +462,58 @@ async fn large_batches_are_written(db: &Db) {
     assert_eq!(store.unfinished_commands(None).await.unwrap().len(), 2_500);
 }
 
+/// Commands of one name in one status (a device's diagnostics reports): only those,
+/// newest first, paged like any page.
+async fn pages_filter_by_name_and_status(db: &Db) {
+    let store = &db.store;
+    let mut all = Vec::new();
+    for i in 0..12u64 {
+        let mut c = command(&format!("d{i:02}"), "box-1", 1_000 + i);
+        c.view.name = if i % 2 == 0 { "diagnostics" } else { "reboot" }.into();
+        let status = if i % 4 == 0 {
+            CommandStatus::Succeeded
+        } else {
+            CommandStatus::Failed
+        };
+        all.push(moved(&c, 2, status));
+    }
+    let mut elsewhere = command("x1", "box-2", 5_000);
+    elsewhere.view.name = "diagnostics".into();
+    all.push(moved(&elsewhere, 2, CommandStatus::Succeeded));
+    store.log_commands(all).await.unwrap();
+
+    let reports = |before, limit| CommandQuery {
+        device: Some("box-1".into()),
+        name: Some("diagnostics".into()),
+        status: Some(CommandStatus::Succeeded),
+        before,
+        limit,
+        ..CommandQuery::default()
+    };
+    let read = page(db, reports(None, 0)).await;
+    assert_eq!(ids(&read), ["d08", "d04", "d00"]);
+    let next = page(db, reports(Some((1_008, "d08".into())), 1)).await;
+    assert_eq!(ids(&next), ["d04"]);
+    let named = page(
+        db,
+        CommandQuery {
+            name: Some("diagnostics".into()),
+            ..CommandQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(named.len(), 7, "every device's, in any status");
+    let nothing = page(
+        db,
+        CommandQuery {
+            name: Some("diagnostics' OR '1'='1".into()),
+            ..CommandQuery::default()
+        },
+    )
+    .await;
+    assert!(nothing.is_empty(), "the name is a parameter, never SQL");
+}
+
 /// Two stores on one database (two replicas) write the same commands concurrently; the
 /// highest version of each ends up stored whatever the order.
 async fn two_writers_keep_the_highest_version(db: &Db) {
@@ -503,6 +555,7 @@ cases!(
         versions_only_move_a_command_forward,
         every_field_is_read_back_exactly,
         pages_are_newest_first_per_device_and_restricted,
+        pages_filter_by_name_and_status,
         unfinished_commands_are_found_per_replica,
         retention_prunes_only_old_finished_commands,
         large_batches_are_written,

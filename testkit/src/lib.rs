@@ -247,18 +247,34 @@ impl Agent {
         kind: Kind,
         configure: impl FnOnce(&mut agent::Config),
     ) -> Self {
-        let mut config = agent::Config::new(device_url, id.clone(), kind.name());
+        Self::start_handler(
+            device_url,
+            id,
+            server,
+            kind.name(),
+            Arc::new(Simulated::new(kind)),
+            configure,
+        )
+    }
+
+    /// Starts `handler` (a real device, say) as `id` of kind `kind`, logging in with
+    /// `device_url`, obeying the server account `server`.
+    pub fn start_handler<H: agent::Handler>(
+        device_url: &str,
+        id: DeviceId,
+        server: &str,
+        kind: &str,
+        handler: Arc<H>,
+        configure: impl FnOnce(&mut agent::Config),
+    ) -> Self {
+        let mut config = agent::Config::new(device_url, id.clone(), kind);
         config.server_accounts = vec![server.to_owned()];
         config.reconnect_min = Duration::from_millis(50);
         configure(&mut config);
         let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(agent::run(
-            config,
-            Arc::new(Simulated::new(kind)),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
+        let task = tokio::spawn(agent::run(config, handler, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
         Self { id, stop, task }
     }
 

@@ -192,7 +192,7 @@ pub(super) fn input_text(value: &Value) -> String {
 }
 
 /// Turns the form's text into typed arguments and checks them against the spec.
-fn build_request(
+pub(super) fn build_request(
     spec: &CommandSpec,
     values: &BTreeMap<String, String>,
     timeout_s: &str,

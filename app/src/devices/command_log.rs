@@ -64,9 +64,17 @@ fn CommandEntry(command: CommandView, now_ms: Signal<u64>) -> impl IntoView {
             }
         });
     };
+    // A diagnostics report is long: it is downloaded, not shown here.
+    let report = protocol::api::DiagnosticsReport::of(&command).map(|r| {
+        format!(
+            "/api/v1/devices/{}/diagnostics/{}",
+            r.device_id, r.command_id.0
+        )
+    });
     let result = command
         .result
         .as_ref()
+        .filter(|_| report.is_none())
         .map(|r| serde_json::to_string_pretty(r).unwrap_or_default());
     view! {
         <li class="entry" data-testid="command" data-command=command.id.0.clone() data-status=command.status.as_str()>
@@ -85,6 +93,7 @@ fn CommandEntry(command: CommandView, now_ms: Signal<u64>) -> impl IntoView {
             })}
             {command.message.clone().map(|m| view! { <p class="progress-message">{m}</p> })}
             {result.map(|r| view! { <pre class="result" data-testid="result">{r}</pre> })}
+            {report.map(|href| view! { <p><a href=href download rel="external">"Download the report"</a></p> })}
             {command.error.clone().map(|e| view! { <p class="error" data-testid="command-error">{e}</p> })}
             {move || cancel_error.get().map(|e| view! { <p class="error" role="alert" data-code=e.code>{e.message}</p> })}
         </li>

@@ -4,9 +4,12 @@
 
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
-use protocol::{Capabilities, DeviceId, api::DeviceView, auth::Role};
+use protocol::{Capabilities, DeviceId, api::DeviceView, auth::Role, capability::builtin};
 
-use super::{PresenceBadge, command_form::CommandForm, command_log::CommandLog};
+use super::{
+    PresenceBadge, command_form::CommandForm, command_log::CommandLog, diagnostics::Diagnostics,
+    logs::LogViewer,
+};
 use crate::{
     auth::use_me,
     fleet::{AppError, get_device, live::use_live, recent_commands},
@@ -81,17 +84,30 @@ pub fn DevicePage() -> impl IntoView {
                         </section>
                     }.into_any()
                 }
-                Loaded::Found(id, capabilities) => view! {
-                    <DeviceHeader device=Signal::derive(move || device.get().and_then(Result::ok).flatten()) />
-                    {(!capabilities.metrics.is_empty()).then(|| view! {
-                        <super::telemetry::Telemetry device_id=id.clone() capabilities=capabilities.clone() />
-                    })}
-                    <section class="card" aria-labelledby="commands-heading">
-                        <h2 id="commands-heading">"Commands"</h2>
-                        <CommandForms device_id=id.clone() commands=capabilities.commands.clone() />
-                    </section>
-                    <CommandLog device_id=id initial=initial_commands() />
-                }.into_any(),
+                Loaded::Found(id, capabilities) => {
+                    // The agent's built-in commands have cards of their own.
+                    let (built_in, commands): (Vec<_>, Vec<_>) = capabilities
+                        .commands
+                        .iter()
+                        .cloned()
+                        .partition(|c| builtin::ALL.contains(&c.name.as_str()));
+                    let card = |name: &str| built_in.iter().find(|c| c.name == name).cloned();
+                    view! {
+                        <DeviceHeader device=Signal::derive(move || device.get().and_then(Result::ok).flatten()) />
+                        {(!capabilities.metrics.is_empty()).then(|| view! {
+                            <super::telemetry::Telemetry device_id=id.clone() capabilities=capabilities.clone() />
+                        })}
+                        {(!commands.is_empty()).then(|| view! {
+                            <section class="card" aria-labelledby="commands-heading">
+                                <h2 id="commands-heading">"Commands"</h2>
+                                <CommandForms device_id=id.clone() commands=commands.clone() />
+                            </section>
+                        })}
+                        {card(builtin::LOGS).map(|spec| view! { <LogViewer device_id=id.clone() spec /> })}
+                        {card(builtin::DIAGNOSTICS).map(|spec| view! { <Diagnostics device_id=id.clone() spec /> })}
+                        <CommandLog device_id=id initial=initial_commands() />
+                    }.into_any()
+                }
             })}
         </Suspense>
     }

@@ -43,6 +43,9 @@ pub struct Live {
     /// Milliseconds since the Unix epoch, ticking every second in the browser, for
     /// "5 min ago" labels.
     pub now_ms: RwSignal<u64>,
+    /// What `logs` commands sent while running, every line (views keep only the last
+    /// message).
+    pub outputs: RwSignal<super::output::Outputs>,
     /// Devices this tab shows, by how many views show each: they report faster while
     /// watched. Told to the server again on every reconnect.
     watching: RwSignal<BTreeMap<DeviceId, usize>>,
@@ -65,7 +68,10 @@ impl Live {
             LiveEvent::DeviceUpdated { device } => self.devices.update(|all| {
                 all.insert(device.id.clone(), device);
             }),
-            LiveEvent::CommandUpdated { command } => self.upsert_command(command),
+            LiveEvent::CommandUpdated { command } => {
+                self.outputs.update(|outputs| outputs.record(&command));
+                self.upsert_command(command);
+            }
             LiveEvent::Telemetry { reading } => self.readings.update(|latest| {
                 latest.insert((reading.device_id.clone(), reading.metric.clone()), reading);
             }),
@@ -160,6 +166,7 @@ pub fn provide_live() -> Live {
         status: RwSignal::new(LinkStatus::Connecting),
         synced: RwSignal::new(false),
         now_ms: RwSignal::new(now_ms()),
+        outputs: RwSignal::new(Default::default()),
         watching: RwSignal::new(BTreeMap::new()),
         outbox: StoredValue::new(None),
     };
@@ -293,6 +300,13 @@ mod browser {
             }
             // Dropping the sender ends the writer, and with it the socket.
             live.outbox.set_value(None);
+            let commands = live.commands;
+            live.outputs.update(|outputs| {
+                outputs.interrupted(|id| {
+                    commands
+                        .with_untracked(|all| all.get(id).is_some_and(|c| !c.status.is_terminal()))
+                })
+            });
             live.status.set(LinkStatus::Reconnecting);
             failures = failures.saturating_add(1);
             let pause = RECONNECT.delay(failures, js_sys::Math::random());

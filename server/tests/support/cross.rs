@@ -133,6 +133,10 @@ impl Drop for Agent {
 pub(crate) struct Running {
     pub(crate) base: String,
     pub(crate) hub: hub::Hub,
+    /// The server's accounts, for users of other roles.
+    pub(crate) accounts: store::Store,
+    /// The admin's API token.
+    pub(crate) token: String,
     pub(crate) _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -157,16 +161,20 @@ pub(crate) async fn server_and_admin() -> (Running, reqwest::Client) {
     let base = format!("http://{}", server.local_addr().unwrap());
     let hub = server.hub().clone();
     let (token, _) = testkit::user_token(server.accounts(), protocol::auth::Role::Admin, &[]).await;
+    let accounts = server.accounts().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
+    let admin = testkit::api_client(&token);
     let running = Running {
         base,
         hub,
+        accounts,
+        token,
         _stop: stop,
     };
-    (running, testkit::api_client(&token))
+    (running, admin)
 }
 
 /// Provisions `name` (made unique) over the API: its id, secret and broker URL.
