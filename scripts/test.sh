@@ -4,8 +4,8 @@
 #   every Rust test in the workspace (against RabbitMQ on 127.0.0.1:5672 and PostgreSQL on
 #   127.0.0.1:5432, each started if it is not running, and a RabbitMQ node of their own
 #   on 127.0.0.1:5674 whose devices Tether admits: scripts/identity-broker.sh, stopped
-#   at the end; the static aarch64 agent, cross-built, that one test runs under
-#   qemu-user: scripts/cross-build.sh aarch64); the release build; the Playwright
+#   at the end; the aarch64 and armv7 agents, cross-built, that tests run under
+#   qemu-user: scripts/cross-build.sh aarch64 armv7); the release build; the Playwright
 #   suite in headless Chromium.
 # Every stage runs even when an earlier one failed; the script ends with each runner's
 # summary, then one line `N passed, N failed` over all of them, and exits non-zero on
@@ -59,21 +59,25 @@ stage rabbitmq ensure_rabbitmq
 trap 'scripts/identity-broker.sh stop' EXIT
 stage "identity broker" identity_broker
 stage postgresql ensure_postgres
-# The static aarch64 agent that server/tests/cross_agent.rs runs under qemu-user, and
-# qemu-user-static itself. Only aarch64 here, to keep CI time down (scripts/cross-build.sh
-# with no arguments also builds x86_64 and armv7, and the .debs).
+# The aarch64 (static) and armv7 (glibc 2.17) agents and their .debs, which
+# server/tests/cross_agent.rs runs under qemu-user and inspects; qemu-user-static and
+# Debian's armhf C library for qemu-arm. (scripts/cross-build.sh with no arguments also
+# builds x86_64.)
 cross_build() {
-  if ! command -v qemu-aarch64-static >/dev/null 2>&1; then
-    echo "installing qemu-user-static (apt)"
-    { as_root apt-get update -qq && as_root apt-get install -y -qq qemu-user-static >/dev/null; } ||
-      echo "could not install qemu-user-static: the cross_agent test will fail" >&2
+  if ! command -v qemu-aarch64-static >/dev/null 2>&1 || ! command -v qemu-arm-static >/dev/null 2>&1 ||
+     [ ! -f /usr/arm-linux-gnueabihf/lib/libc.so.6 ]; then
+    echo "installing qemu-user-static and libc6-armhf-cross (apt)"
+    { as_root apt-get update -qq &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static libc6-armhf-cross >/dev/null; } ||
+      echo "could not install qemu-user-static and libc6-armhf-cross: the cross_agent tests will fail" >&2
   fi
   local dir="${CARGO_TARGET_DIR:-target}"
   case "$dir" in /*) ;; *) dir="$TETHER_ROOT/$dir" ;; esac
-  scripts/cross-build.sh aarch64 &&
-    export TETHER_AARCH64_AGENT="$dir/cross/aarch64-unknown-linux-musl/tether-agent"
+  scripts/cross-build.sh aarch64 armv7 &&
+    export TETHER_AARCH64_AGENT="$dir/cross/aarch64-unknown-linux-musl/tether-agent" \
+      TETHER_ARMV7_AGENT="$dir/cross/armv7-unknown-linux-gnueabihf/tether-agent"
 }
-stage "cross build (aarch64)" cross_build
+stage "cross build (aarch64, armv7)" cross_build
 stage "cargo test" cargo_tests
 release_build() {
   cargo leptos build --release && cargo build --release --locked -p agent --bin tether-agent
