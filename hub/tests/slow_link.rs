@@ -510,6 +510,10 @@ async fn a_log_followed_across_a_gprs_link_keeps_up() {
 
     stop_watch.send(true).unwrap();
     let watched = watcher.await.unwrap();
+    eprintln!(
+        "slow-link: during the log follow: longest silence {:?}, offline sightings: {:?}",
+        watched.longest_silence, watched.offline
+    );
     assert!(watched.offline.is_empty(), "{:?}", watched.offline);
     assert_eq!(link.traffic().connections, 1, "no reconnection");
     within(Duration::from_secs(30), "the agent stops", agent.stop()).await;
