@@ -10,7 +10,70 @@ pub mod logs;
 pub mod telemetry;
 
 use leptos::prelude::*;
-use protocol::{CommandStatus, api::DeviceView};
+use protocol::{
+    CommandId, CommandStatus, DeviceId,
+    api::{CommandView, DeviceView, SendCommand},
+};
+
+use crate::fleet::{live::Live, send_command};
+
+/// A card that sends one command at a time and shows how it goes (the log viewer, the
+/// diagnostics): the command it sent last, as the live view has it, the error of the
+/// last attempt, and whether a send is under way.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracked {
+    current: RwSignal<Option<CommandId>>,
+    pub error: RwSignal<Option<String>>,
+    pub sending: RwSignal<bool>,
+    /// The command sent last, at its latest state.
+    pub command: Memo<Option<CommandView>>,
+    live: Live,
+}
+
+impl Tracked {
+    pub fn new(live: Live) -> Self {
+        let current = RwSignal::new(None::<CommandId>);
+        Self {
+            current,
+            error: RwSignal::new(None),
+            sending: RwSignal::new(false),
+            command: Memo::new(move |_| {
+                current
+                    .get()
+                    .and_then(|id| live.commands.with(|all| all.get(&id).cloned()))
+            }),
+            live,
+        }
+    }
+
+    /// The id of the command sent last.
+    pub fn current(&self) -> Option<CommandId> {
+        self.current.get()
+    }
+
+    /// Whether the command sent last is still going.
+    pub fn running(&self) -> bool {
+        self.command.get().is_some_and(|c| !c.status.is_terminal())
+    }
+
+    /// Sends `request` to `device`; the command is put into the live view at once.
+    pub fn send(self, device: &DeviceId, request: SendCommand) {
+        let live = self.live;
+        self.error.set(None);
+        self.sending.set(true);
+        let device = device.to_string();
+        leptos::task::spawn_local(async move {
+            match send_command(device, request).await {
+                Ok(sent) => {
+                    self.current.set(Some(sent.id.clone()));
+                    live.upsert_command(sent);
+                }
+                Err(e) => self.error.set(Some(e.message)),
+            }
+            self.sending.set(false);
+        });
+    }
+}
 
 /// "just now", "42 s", "5 min", "3 h", "2 d".
 pub fn ago(now_ms: u64, then_ms: u64) -> String {

@@ -17,11 +17,11 @@ use agent::{
     config_file::{Overrides, parse},
     real::RealDevice,
 };
-use cross::{Running, provision, server_and_admin};
+use cross::{Running, outcome, provision, send, server_and_admin};
 use futures_util::StreamExt as _;
 use protocol::{
     CommandStatus, DeviceId,
-    api::{ApiError, CommandView, DiagnosticsReport, LiveEvent},
+    api::{ApiError, DiagnosticsReport, LiveEvent},
     auth::Role,
 };
 use reqwest::StatusCode;
@@ -74,36 +74,6 @@ async fn start_device(server: &Running, admin: &reqwest::Client, name: &str) -> 
         dir,
         _stop: stop,
     }
-}
-
-/// Sends a command through the API and returns it as accepted.
-async fn send(server: &Running, admin: &reqwest::Client, id: &str, body: Value) -> CommandView {
-    let sent = admin
-        .post(server.url(&format!("/api/v1/devices/{id}/commands")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), StatusCode::ACCEPTED);
-    sent.json().await.unwrap()
-}
-
-/// Waits (long-polling) for a command's outcome.
-async fn outcome(server: &Running, admin: &reqwest::Client, command: &CommandView) -> CommandView {
-    for _ in 0..10 {
-        let now: CommandView = admin
-            .get(server.url(&format!("/api/v1/commands/{}?wait_ms=10000", command.id.0)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if now.status.is_terminal() {
-            return now;
-        }
-    }
-    panic!("{} never ended", command.id.0);
 }
 
 async fn get(client: &reqwest::Client, url: String) -> (StatusCode, String) {

@@ -5,15 +5,15 @@
 
 use leptos::prelude::*;
 use protocol::{
-    CommandId, CommandSpec, DeviceId,
+    CommandSpec, DeviceId,
     api::{DiagnosticsReport, SendCommand, timeouts},
     auth::Role,
 };
 
-use super::StatusBadge;
+use super::{StatusBadge, Tracked};
 use crate::{
     auth::{audit::when, use_me},
-    fleet::{AppError, diagnostics_reports, live::use_live, send_command},
+    fleet::{AppError, diagnostics_reports, live::use_live},
 };
 
 /// How long a device has to put its report together.
@@ -27,9 +27,13 @@ pub fn Diagnostics(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
         let device = device_id.to_string();
         Resource::new(|| (), move |_| diagnostics_reports(device.clone()))
     };
-    let current = RwSignal::new(None::<CommandId>);
-    let error = RwSignal::new(None::<String>);
-    let sending = RwSignal::new(false);
+    let tracked = Tracked::new(live);
+    let Tracked {
+        error,
+        sending,
+        command,
+        ..
+    } = tracked;
 
     // The server's list, with the reports this tab saw succeed since.
     let reports = {
@@ -49,34 +53,17 @@ pub fn Diagnostics(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
             Ok(all)
         })
     };
-    let command = Memo::new(move |_| {
-        current
-            .get()
-            .and_then(|id| live.commands.with(|all| all.get(&id).cloned()))
-    });
-    let collecting = move || command.get().is_some_and(|c| !c.status.is_terminal());
+    let collecting = move || tracked.running();
 
     let collect = {
         let (device, name) = (device_id.clone(), spec.name.clone());
         move |_| {
-            error.set(None);
-            sending.set(true);
             let request = SendCommand {
                 name: name.clone(),
                 args: Default::default(),
                 timeout_ms: Some(DEADLINE_MS.min(timeouts::MAX_MS)),
             };
-            let device = device.to_string();
-            leptos::task::spawn_local(async move {
-                match send_command(device, request).await {
-                    Ok(sent) => {
-                        current.set(Some(sent.id.clone()));
-                        live.upsert_command(sent);
-                    }
-                    Err(e) => error.set(Some(e.message)),
-                }
-                sending.set(false);
-            });
+            tracked.send(&device, request);
         }
     };
 

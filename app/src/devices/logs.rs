@@ -11,15 +11,15 @@ use std::collections::BTreeMap;
 
 use leptos::{html, prelude::*};
 use protocol::{
-    ArgKind, CommandId, CommandSpec, CommandStatus, DeviceId,
+    ArgKind, CommandSpec, CommandStatus, DeviceId,
     api::{CommandView, timeouts},
     auth::Role,
 };
 
-use super::{StatusBadge, command_form::build_request};
+use super::{StatusBadge, Tracked, command_form::build_request};
 use crate::{
     auth::use_me,
-    fleet::{AppError, cancel_command, live::use_live, send_command},
+    fleet::{cancel_command, live::use_live},
 };
 
 /// The deadline of a command that does not follow.
@@ -48,16 +48,14 @@ pub fn LogViewer(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
     let follow = RwSignal::new(false);
     let follow_s = RwSignal::new(default_of("follow_s"));
     let search = RwSignal::new(String::new());
-    let current = RwSignal::new(None::<CommandId>);
-    let error = RwSignal::new(None::<String>);
-    let sending = RwSignal::new(false);
-
-    let command = Memo::new(move |_| {
-        current
-            .get()
-            .and_then(|id| live.commands.with(|all| all.get(&id).cloned()))
-    });
-    let running = move || command.get().is_some_and(|c| !c.status.is_terminal());
+    let tracked = Tracked::new(live);
+    let Tracked {
+        error,
+        sending,
+        command,
+        ..
+    } = tracked;
+    let running = move || tracked.running();
 
     let submit = {
         let (spec, device) = (spec.clone(), device_id.clone());
@@ -96,23 +94,11 @@ pub fn LogViewer(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
                 Ok(request) => request,
                 Err(message) => return error.set(Some(message)),
             };
-            error.set(None);
-            sending.set(true);
-            let device = device.to_string();
-            leptos::task::spawn_local(async move {
-                match send_command(device, request).await {
-                    Ok(sent) => {
-                        current.set(Some(sent.id.clone()));
-                        live.upsert_command(sent);
-                    }
-                    Err(AppError { message, .. }) => error.set(Some(message)),
-                }
-                sending.set(false);
-            });
+            tracked.send(&device, request);
         }
     };
     let stop = move |_| {
-        if let Some(id) = current.get_untracked() {
+        if let Some(id) = command.get_untracked().map(|c| c.id) {
             leptos::task::spawn_local(async move {
                 if let Err(e) = cancel_command(id.0).await {
                     error.set(Some(e.message));
@@ -123,7 +109,7 @@ pub fn LogViewer(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
 
     // The lines so far: every progress message the tab saw, else the reply's copy.
     let shown = Memo::new(move |_| {
-        let id = current.get()?;
+        let id = tracked.current()?;
         let seen = live.outputs.with(|outputs| {
             outputs.get(&id).map(|o| {
                 (
@@ -153,7 +139,7 @@ pub fn LogViewer(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
 
     let device_name = device_id.to_string();
     let download = move |_| {
-        let Some(id) = current.get_untracked() else {
+        let Some(id) = command.get_untracked().map(|c| c.id) else {
             return;
         };
         let text = live

@@ -200,22 +200,48 @@ pub(crate) async fn provision(
 
 /// Sends `echo` to `id` through the API and waits for its outcome.
 pub(crate) async fn echo(server: &Running, admin: &reqwest::Client, id: &str) -> CommandView {
+    let body = json!({"name": "echo", "args": {"message": "from the API"}});
+    let sent = send(server, admin, id, body).await;
+    outcome(server, admin, &sent).await
+}
+
+/// Sends a command (`body` as the API takes it) to `id`; the command as accepted.
+pub(crate) async fn send(
+    server: &Running,
+    admin: &reqwest::Client,
+    id: &str,
+    body: serde_json::Value,
+) -> CommandView {
     let sent = admin
         .post(server.url(&format!("/api/v1/devices/{id}/commands")))
-        .json(&json!({"name": "echo", "args": {"message": "from the API"}}))
+        .json(&body)
         .send()
         .await
         .unwrap();
-    assert!(sent.status().is_success(), "{}", sent.status());
-    let sent: CommandView = sent.json().await.unwrap();
-    admin
-        .get(server.url(&format!("/api/v1/commands/{}?wait_ms=10000", sent.id.0)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    assert_eq!(sent.status(), StatusCode::ACCEPTED);
+    sent.json().await.unwrap()
+}
+
+/// Waits (long-polling the API, at most a minute) for `command` to end.
+pub(crate) async fn outcome(
+    server: &Running,
+    admin: &reqwest::Client,
+    command: &CommandView,
+) -> CommandView {
+    for _ in 0..6 {
+        let now: CommandView = admin
+            .get(server.url(&format!("/api/v1/commands/{}?wait_ms=10000", command.id.0)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if now.status.is_terminal() {
+            return now;
+        }
+    }
+    panic!("{} did not end within a minute", command.id.0);
 }
 
 /// Bytes through a [`proxy`], each way, and the device's (upstream) AMQP frames by
