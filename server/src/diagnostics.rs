@@ -1,7 +1,8 @@
 //! A device's diagnostics reports: the results of the agent's built-in `diagnostics`
 //! command. They are kept where every command's result is, in the command log (the
 //! database), so they outlive the server process and are kept as long as the log keeps
-//! commands; without a database, only the recent ones in memory are there.
+//! commands (`TETHER_RETENTION`, 30 days by default); without a database, only the
+//! recent ones in memory are there.
 //!
 //! - `GET /api/v1/devices/{id}/diagnostics?limit=` lists them, newest first (20 unless
 //!   asked, at most 100).
