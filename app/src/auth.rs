@@ -48,8 +48,8 @@ impl Identity {
     }
 }
 
-/// For a logged-in user: `children` (the live indicator), their name and role, links to
-/// what their role may open, and the logout button (a form, so it works without WASM).
+/// For a logged-in user: the sections (fleet, jobs), `children` (the live indicator),
+/// their name and role, links to what their role may open, and the logout button (a form, so it works without WASM).
 #[component]
 pub fn UserMenu(children: ChildrenFn) -> impl IntoView {
     let me = use_me();
@@ -58,6 +58,10 @@ pub fn UserMenu(children: ChildrenFn) -> impl IntoView {
             {move || me.get().map(|me| {
                 let admin = me.role == Role::Admin;
                 view! {
+                    <nav class="sections" aria-label="Sections">
+                        <a href="/">"Fleet"</a>
+                        <a href="/jobs">"Jobs"</a>
+                    </nav>
                     {children()}
                     <nav class="user-menu" aria-label="Account">
                         {admin.then(|| view! {

@@ -1,4 +1,4 @@
-//! The fleet as the UI sees it: devices and commands, fetched through server functions
+//! The fleet as the UI sees it: devices, commands and jobs, fetched through server functions
 //! and kept current by the live channel.
 //!
 //! Server-side, the functions reach the hub through the [`Fleet`] trait, provided as
@@ -24,6 +24,7 @@ use protocol::{
         AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, ProvisionedDevice, Role, TokenView,
         UserView,
     },
+    job::{JobAction, JobListQuery, JobView, NewJob, TargetPage, TargetQuery},
 };
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +143,17 @@ pub trait Fleet: Send + Sync + 'static {
     fn rotate_device_secret(&self, caller: Caller, id: String) -> Answer<'_, DeviceCredential>;
     /// Admin: takes a device's credential away.
     fn revoke_device(&self, caller: Caller, id: String) -> Answer<'_, ()>;
+    /// Jobs the caller may see, newest first.
+    fn jobs(&self, caller: Caller, query: JobListQuery) -> Answer<'_, Vec<JobView>>;
+    /// One job (`unknown_job` if there is none of this id the caller may see).
+    fn job(&self, caller: Caller, id: String) -> Answer<'_, JobView>;
+    /// A page of a job's devices, in job order.
+    fn job_targets(&self, caller: Caller, id: String, query: TargetQuery)
+    -> Answer<'_, TargetPage>;
+    /// Operator: starts a job.
+    fn create_job(&self, caller: Caller, job: NewJob) -> Answer<'_, JobView>;
+    /// Operator: pauses, resumes or cancels a job.
+    fn control_job(&self, caller: Caller, id: String, action: JobAction) -> Answer<'_, JobView>;
 }
 
 /// A provisioned device as the admin page lists it: its credential's dates (never the
@@ -349,6 +361,41 @@ pub async fn rotate_device_secret(id: String) -> Result<DeviceCredential, AppErr
 pub async fn revoke_device(id: String) -> Result<(), AppError> {
     let (fleet, caller) = fleet()?;
     Ok(fleet.revoke_device(caller, id).await?)
+}
+
+/// Jobs the caller may see, newest first (paged by `before`).
+#[server(endpoint = "jobs", input = Json)]
+pub async fn list_jobs(query: JobListQuery) -> Result<Vec<JobView>, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.jobs(caller, query).await?)
+}
+
+/// One job; `unknown_job` if there is none of this id the caller may see.
+#[server(endpoint = "job", input = Json)]
+pub async fn get_job(id: String) -> Result<JobView, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.job(caller, id).await?)
+}
+
+/// A page of a job's devices, in job order, filtered by status and id.
+#[server(endpoint = "job_targets", input = Json)]
+pub async fn job_targets(id: String, query: TargetQuery) -> Result<TargetPage, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.job_targets(caller, id, query).await?)
+}
+
+/// Starts a job (operators and admins); the answer is the job as created.
+#[server(endpoint = "create_job", input = Json)]
+pub async fn create_job(job: NewJob) -> Result<JobView, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.create_job(caller, job).await?)
+}
+
+/// Pauses, resumes or cancels a job (operators and admins); the answer is the job after.
+#[server(endpoint = "control_job", input = Json)]
+pub async fn control_job(id: String, action: JobAction) -> Result<JobView, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.control_job(caller, id, action).await?)
 }
 
 #[cfg(test)]

@@ -9,12 +9,15 @@
 //! - [`fleet`]: server functions, the [`fleet::Fleet`] trait the server implements, and
 //!   the live channel that keeps every page current.
 //! - [`devices`]: the fleet list and the device page with command forms and log.
+//! - [`jobs`]: jobs (one command to many devices): the list, the form that starts one,
+//!   and one job's page with its devices.
 //! - [`auth`]: who is using the app; login, first run, account, users, device
 //!   credentials and audit pages.
 
 pub mod auth;
 pub mod devices;
 pub mod fleet;
+pub mod jobs;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
@@ -72,6 +75,12 @@ pub fn App() -> impl IntoView {
                     <Route
                         path=(StaticSegment("devices"), ParamSegment("id"))
                         view=devices::detail::DevicePage
+                        ssr=SsrMode::Async
+                    />
+                    <Route path=StaticSegment("jobs") view=jobs::list::JobsPage ssr=SsrMode::Async />
+                    <Route
+                        path=(StaticSegment("jobs"), ParamSegment("id"))
+                        view=jobs::detail::JobPage
                         ssr=SsrMode::Async
                     />
                     <Route path=StaticSegment("login") view=auth::login::LoginPage />

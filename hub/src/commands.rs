@@ -352,6 +352,7 @@ mod tests {
             result: None,
             error: None,
             issued_by: None,
+            job_id: None,
         }
     }
 

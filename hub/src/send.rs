@@ -16,6 +16,7 @@ use protocol::{
     ArgumentError, CancelRequest, CommandId, CommandRequest, CommandStatus, DeviceId,
     ServerMessage,
     api::{CommandView, LiveEvent, SendCommand, timeouts},
+    job::JobId,
     names,
 };
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,18 @@ impl Hub {
         request: SendCommand,
         issued_by: Option<String>,
     ) -> Result<CommandView, SendError> {
+        self.send_for(device_id, request, issued_by, None).await
+    }
+
+    /// [`Hub::send_as`] for a job: the command carries the job's id (in the command
+    /// log too, where a job that resumes finds what it sent).
+    pub async fn send_for(
+        &self,
+        device_id: &DeviceId,
+        request: SendCommand,
+        issued_by: Option<String>,
+        job_id: Option<JobId>,
+    ) -> Result<CommandView, SendError> {
         let timeout_ms = request
             .timeout_ms
             .unwrap_or(duration_ms(self.inner.config.default_timeout));
@@ -128,6 +141,7 @@ impl Hub {
                 result: None,
                 error: None,
                 issued_by,
+                job_id,
             };
             let (inbox, session_id) = (device.inbox.clone(), device.session_id.clone());
             let deadline = Instant::now() + Duration::from_millis(timeout_ms);

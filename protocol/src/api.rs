@@ -60,6 +60,9 @@ pub struct CommandView {
     /// Who sent it: the user's name, with `(token <id>)` for an API token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_by: Option<String>,
+    /// The job it was sent for, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<crate::job::JobId>,
 }
 
 /// A diagnostics report a device gave (the result of its built-in `diagnostics`
@@ -185,6 +188,14 @@ pub enum LiveEvent {
     },
     Telemetry {
         reading: Reading,
+    },
+    /// A job changed: its state or its counts.
+    JobUpdated {
+        job: crate::job::JobView,
+    },
+    /// One device of a job changed.
+    JobTarget {
+        target: crate::job::JobTarget,
     },
 }
 

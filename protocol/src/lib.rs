@@ -23,6 +23,7 @@ pub mod capability;
 pub mod codec;
 pub mod command;
 pub mod device;
+pub mod job;
 pub mod names;
 pub mod policy;
 

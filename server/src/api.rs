@@ -51,6 +51,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/live", get(live::upgrade))
         .merge(crate::admin::routes())
         .merge(crate::diagnostics::routes())
+        .merge(crate::jobs::routes())
         .merge(provision::routes())
         .fallback(|| async {
             Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")

@@ -361,6 +361,21 @@ impl DeviceGroups {
         )
     }
 
+    /// The devices in `group`, sorted.
+    pub fn members(&self, group: &str) -> Vec<String> {
+        let groups = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut members: Vec<String> = groups
+            .iter()
+            .filter(|(_, of_device)| of_device.iter().any(|g| g == group))
+            .map(|(device, _)| device.clone())
+            .collect();
+        members.sort();
+        members
+    }
+
     /// The groups `device` is in.
     pub fn of(&self, device: &str) -> Vec<String> {
         let groups = self

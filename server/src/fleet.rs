@@ -10,6 +10,7 @@ use protocol::{
         ApiError, CommandView, DeviceView, DiagnosticsReport, History, HistoryQuery, SendCommand,
     },
     auth::{AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, Role, TokenView, UserView},
+    job::{JobAction, JobId, JobListQuery, JobView, NewJob, TargetPage, TargetQuery},
 };
 
 use crate::{
@@ -17,7 +18,7 @@ use crate::{
     api::{self, Body, Params},
     auth::{self, Identity, Source},
     error::{Failure, parse_device_id},
-    history, provision,
+    history, jobs, provision,
     state::AppState,
 };
 
@@ -225,6 +226,47 @@ impl Fleet for AppState {
         Box::pin(async move {
             let (who, Source(address)) = caller(&parts)?;
             provision::revoke(self, &who, &address, &id)
+                .await
+                .map_err(api_error)
+        })
+    }
+
+    fn jobs(&self, parts: Caller, query: JobListQuery) -> Answer<'_, Vec<JobView>> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            jobs::list(self, &who, query).await.map_err(api_error)
+        })
+    }
+
+    fn job(&self, parts: Caller, id: String) -> Answer<'_, JobView> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            jobs::get(self, &who, &JobId(id)).await.map_err(api_error)
+        })
+    }
+
+    fn job_targets(&self, parts: Caller, id: String, query: TargetQuery) -> Answer<'_, TargetPage> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            jobs::targets(self, &who, &JobId(id), query)
+                .await
+                .map_err(api_error)
+        })
+    }
+
+    fn create_job(&self, parts: Caller, job: NewJob) -> Answer<'_, JobView> {
+        Box::pin(async move {
+            let (who, Source(address)) = caller(&parts)?;
+            jobs::create(self, &who, &address, job)
+                .await
+                .map_err(api_error)
+        })
+    }
+
+    fn control_job(&self, parts: Caller, id: String, action: JobAction) -> Answer<'_, JobView> {
+        Box::pin(async move {
+            let (who, Source(address)) = caller(&parts)?;
+            jobs::control(self, &who, &address, &JobId(id), action)
                 .await
                 .map_err(api_error)
         })

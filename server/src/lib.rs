@@ -24,6 +24,9 @@
 //!
 //! `main.rs` only parses the configuration, sets up logging and calls [`run`]; the
 //! integration tests call the same code on port 0.
+// The job pages' views nest deeply enough to pass the default limit when the
+// server renders them.
+#![recursion_limit = "256"]
 
 pub mod admin;
 pub mod api;
@@ -39,6 +42,7 @@ pub mod fleet;
 pub mod guard;
 pub mod health;
 pub mod history;
+pub mod jobs;
 pub mod live;
 pub mod metrics;
 pub mod provision;
@@ -160,6 +164,12 @@ impl Server {
             ..HubConfig::new(amqp_url.clone())
         };
         let hub = Hub::start(hub_config, &shutdown).await;
+        let jobs = ::jobs::Jobs::start(
+            hub.clone(),
+            accounts.clone(),
+            &shutdown,
+            ::jobs::JobsConfig::default(),
+        );
         let recorders = Arc::new(RecorderStats::default());
         if let Some(store) = &store {
             let recorder_config = RecorderConfig {
@@ -190,6 +200,7 @@ impl Server {
             router: router(AppState {
                 leptos_options: options,
                 hub: hub.clone(),
+                jobs,
                 store,
                 recorders,
                 shutdown: shutdown.clone(),

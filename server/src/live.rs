@@ -25,6 +25,8 @@ use std::{collections::HashMap, time::Duration};
 use protocol::{
     DeviceId,
     api::{LiveEvent, LiveRequest},
+    auth::Role,
+    job::JobId,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -77,8 +79,14 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
     let (hub, shutdown) = (&state.hub, &state.shutdown);
     // Dropped with the connection, which releases every watch it held.
     let mut watching: HashMap<DeviceId, Watching> = HashMap::new();
+    // Whether this user may see each job they were sent events of (every device of it):
+    // asked of the store once per job, forgotten when the identity is checked again.
+    let mut jobs_seen: HashMap<JobId, bool> = HashMap::new();
     let (snapshot, mut events) = hub.subscribe(SNAPSHOT_COMMANDS);
-    if send(&mut socket, &state, &who, snapshot).await.is_err() {
+    if send(&mut socket, &state, &who, &mut jobs_seen, snapshot)
+        .await
+        .is_err()
+    {
         return;
     }
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
@@ -87,6 +95,7 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
             _ = recheck.tick() => match find_identity(&state, &credentials).await {
                 Ok(Some(fresh)) if fresh.name == who.name => {
                     watching.retain(|device, _| state.groups.may_see(&fresh, device.as_str()));
+                    jobs_seen.clear();
                     who = fresh;
                 }
                 Ok(_) | Err(_) => {
@@ -102,7 +111,7 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
                 // The tab learns how its pending commands ended, then that we are gone.
                 let last_events = async {
                     while let Ok(Ok(event)) = tokio::time::timeout(LAST_EVENTS_QUIET, events.recv()).await {
-                        if send(&mut socket, &state, &who, event).await.is_err() {
+                        if send(&mut socket, &state, &who, &mut jobs_seen, event).await.is_err() {
                             return false;
                         }
                     }
@@ -120,7 +129,7 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
             }
             event = events.recv() => match event {
                 Ok(event) => {
-                    if send(&mut socket, &state, &who, event).await.is_err() {
+                    if send(&mut socket, &state, &who, &mut jobs_seen, event).await.is_err() {
                         return;
                     }
                 }
@@ -128,7 +137,7 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
                     tracing::debug!("a live client missed {missed} events; resyncing it");
                     let (snapshot, fresh) = hub.subscribe(SNAPSHOT_COMMANDS);
                     events = fresh;
-                    if send(&mut socket, &state, &who, snapshot).await.is_err() {
+                    if send(&mut socket, &state, &who, &mut jobs_seen, snapshot).await.is_err() {
                         return;
                     }
                 }
@@ -163,8 +172,26 @@ async fn send(
     socket: &mut WebSocket,
     state: &AppState,
     who: &Identity,
+    jobs_seen: &mut HashMap<JobId, bool>,
     event: LiveEvent,
 ) -> Result<(), axum::Error> {
+    if let LiveEvent::JobUpdated { job } = &event
+        && who.role != Role::Admin
+    {
+        let may_see = match jobs_seen.get(&job.id) {
+            Some(&seen) => seen,
+            None => {
+                let seen = crate::jobs::may_see(state, who, &job.id)
+                    .await
+                    .unwrap_or(false);
+                jobs_seen.insert(job.id.clone(), seen);
+                seen
+            }
+        };
+        if !may_see {
+            return Ok(());
+        }
+    }
     let Some(event) = visible(state, who, event) else {
         return Ok(());
     };
@@ -187,6 +214,7 @@ fn visible(state: &AppState, who: &Identity, event: LiveEvent) -> Option<LiveEve
         LiveEvent::DeviceUpdated { ref device } if !may_see(&device.id) => None,
         LiveEvent::CommandUpdated { ref command } if !may_see(&command.device_id) => None,
         LiveEvent::Telemetry { ref reading } if !may_see(&reading.device_id) => None,
+        LiveEvent::JobTarget { ref target } if !may_see(&target.device_id) => None,
         event => Some(event),
     }
 }

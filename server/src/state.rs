@@ -20,6 +20,8 @@ use crate::{
 pub struct AppState {
     pub leptos_options: LeptosOptions,
     pub hub: Hub,
+    /// The jobs this replica runs, and how jobs are created and changed.
+    pub jobs: ::jobs::Jobs,
     /// Where readings are stored; `None` when this server keeps no history.
     pub store: Option<Store>,
     /// What this replica's recorders did, for `/metrics`.

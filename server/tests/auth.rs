@@ -506,6 +506,9 @@ async fn roles_decide_who_commands_and_groups_who_sees_what() {
             LiveEvent::DeviceUpdated { device: d } => d.id.as_str() == device,
             LiveEvent::CommandUpdated { command } => command.device_id.as_str() == device,
             LiveEvent::Telemetry { reading } => reading.device_id.as_str() == device,
+            LiveEvent::JobTarget { target } => target.device_id.as_str() == device,
+            // No job in this test.
+            LiveEvent::JobUpdated { .. } => true,
         };
         assert!(!about_device, "the outsider saw {event:?}");
     }

@@ -12,7 +12,12 @@ use std::{
 };
 
 use agent::simulate::Kind;
-use protocol::{CommandStatus, api::CommandView, auth::Role};
+use protocol::{
+    CommandStatus,
+    api::CommandView,
+    auth::Role,
+    job::{JobState, JobView},
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -222,6 +227,95 @@ async fn a_command_whose_deadline_passes_while_its_server_is_down_ends_timed_out
         ended.error.as_deref(),
         Some("the device did not answer before the deadline")
     );
+}
+
+#[tokio::test]
+async fn a_job_resumes_after_its_server_is_killed_and_commands_no_device_twice() {
+    let (dir, tag, token) = prepare().await;
+    let client = testkit::api_client(&token);
+    let server = start(&dir.0, &tag);
+    let mut agents = Vec::new();
+    for _ in 0..6 {
+        let agent = testkit::Agent::start(
+            &testkit::rabbitmq_url(),
+            "restart-job",
+            Kind::Gateway,
+            |config| {
+                config.heartbeat = Duration::from_secs(1);
+            },
+        )
+        .await;
+        online(&client, &server.base, agent.id.as_str()).await;
+        agents.push(agent);
+    }
+    let ids: Vec<String> = agents.iter().map(|a| a.id.to_string()).collect();
+    let response = client
+        .post(format!("{}/api/v1/jobs", server.base))
+        .json(&json!({
+            "command": "echo",
+            "args": {"message": "once", "delay_ms": 1_200},
+            "targets": {"ids": ids},
+            "concurrency": 2,
+            "timeout_ms": 30_000,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let job: JobView = response.json().await.unwrap();
+    let job_url = |base: &str| format!("{base}/api/v1/jobs/{}", job.id);
+    // Killed in the middle: two devices done, two at work.
+    until(
+        "two devices done and two at work",
+        Duration::from_secs(20),
+        async || {
+            let Ok(response) = client.get(job_url(&server.base)).send().await else {
+                return false;
+            };
+            let now: JobView = response.json().await.unwrap();
+            now.counts.succeeded >= 2 && now.counts.running == 2
+        },
+    )
+    .await;
+    drop(server);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let again = start(&dir.0, &tag);
+    let mut done = None;
+    until(
+        "the job completes after the restart",
+        Duration::from_secs(40),
+        async || {
+            let Ok(response) = client.get(job_url(&again.base)).send().await else {
+                return false;
+            };
+            let now: JobView = response.json().await.unwrap();
+            let finished = now.state == JobState::Completed;
+            done = Some(now);
+            finished
+        },
+    )
+    .await;
+    let done = done.unwrap();
+    assert_eq!(done.counts.succeeded, 6, "{:?}", done.counts);
+
+    // The command log: each device commanded exactly once.
+    let log = store::Store::open(&format!("sqlite://{}", database(&dir.0).display()))
+        .await
+        .unwrap();
+    let commands = log
+        .command_page(store::CommandQuery {
+            job: Some(job.id.0.clone()),
+            limit: 100,
+            ..store::CommandQuery::default()
+        })
+        .await
+        .unwrap();
+    let mut devices: Vec<String> = commands.iter().map(|c| c.device_id.to_string()).collect();
+    devices.sort();
+    let mut expected = agents.iter().map(|a| a.id.to_string()).collect::<Vec<_>>();
+    expected.sort();
+    assert_eq!(devices, expected, "one command per device: {commands:?}");
 }
 
 /// A temporary folder, removed when dropped.

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use protocol::{CommandId, CommandStatus, DeviceId, api::CommandView};
+use protocol::{CommandId, CommandStatus, DeviceId, api::CommandView, job::JobId};
 
 use crate::{
     Store,
@@ -41,11 +41,20 @@ pub(crate) const SCHEMA: &str = "
         replica TEXT NOT NULL,
         session_id TEXT NOT NULL,
         inbox TEXT NOT NULL,
-        version BIGINT NOT NULL
+        version BIGINT NOT NULL,
+        job_id TEXT
     );
     CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device_id, created_ms, id);
     CREATE INDEX IF NOT EXISTS commands_by_time ON commands (created_ms, id);
     CREATE INDEX IF NOT EXISTS commands_unfinished ON commands (terminal, replica);
+";
+
+/// Added after the table was first made: older databases get it on open.
+pub(crate) const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("commands", "job_id", "TEXT")];
+
+/// Indexes on added columns, made once the columns exist.
+pub(crate) const AFTER_ADDED: &str = "
+    CREATE INDEX IF NOT EXISTS commands_by_job ON commands (job_id, device_id);
 ";
 
 /// One command as the log keeps it: its latest view, which server replica sent it (and
@@ -74,6 +83,8 @@ pub struct CommandQuery {
     pub name: Option<String>,
     /// Only commands in this status.
     pub status: Option<CommandStatus>,
+    /// Only the commands of this job.
+    pub job: Option<String>,
     /// Only those before this one: the `(created_ms, id)` of the last command of the
     /// previous page.
     pub before: Option<(u64, String)>,
@@ -85,7 +96,7 @@ const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1_000;
 
 /// The columns a write sets, in the order of [`LOGGED`] and of [`params`].
-const COLUMNS: [&str; 18] = [
+const COLUMNS: [&str; 19] = [
     "id",
     "device_id",
     "name",
@@ -104,14 +115,15 @@ const COLUMNS: [&str; 18] = [
     "session_id",
     "inbox",
     "version",
+    "job_id",
 ];
 
 /// The columns a read gives, in the order [`logged_from`] takes them.
 const LOGGED: &str = "id, device_id, name, args, status, terminal, created_ms, updated_ms,
     deadline_ms, percent, message, result, error, issued_by, replica, session_id, inbox,
-    version";
+    version, job_id";
 
-/// Rows per `INSERT`: 18 000 parameters, under SQLite's 32 766 and PostgreSQL's 65 535.
+/// Rows per `INSERT`: 19 000 parameters, under SQLite's 32 766 and PostgreSQL's 65 535.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
 impl Store {
@@ -184,6 +196,10 @@ impl Store {
         if let Some(status) = query.status {
             params.push(status.as_str().into());
             sql.push_str(&format!(" AND status = ${}", params.len()));
+        }
+        if let Some(job) = query.job {
+            params.push(job.into());
+            sql.push_str(&format!(" AND job_id = ${}", params.len()));
         }
         if let Some((created_ms, id)) = query.before {
             params.push(int(created_ms));
@@ -315,6 +331,7 @@ fn params(command: &LoggedCommand) -> anyhow::Result<Vec<Value>> {
         command.session_id.as_str().into(),
         command.inbox.as_str().into(),
         int(command.version),
+        optional(view.job_id.as_ref().map(|job| job.0.as_str())),
     ])
 }
 
@@ -353,6 +370,7 @@ fn logged_from(row: &Row) -> anyhow::Result<LoggedCommand> {
                 result,
                 error: row.opt_text(12)?.map(str::to_owned),
                 issued_by: row.opt_text(13)?.map(str::to_owned),
+                job_id: row.opt_text(18)?.map(|job| JobId(job.to_owned())),
             },
             replica: row.text(14)?.to_owned(),
             session_id: row.text(15)?.to_owned(),

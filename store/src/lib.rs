@@ -33,7 +33,7 @@
 //!
 //! The command log, `commands (id, device_id, name, args, status, terminal, created_ms,
 //! updated_ms, deadline_ms, percent, message, result, error, issued_by, replica,
-//! session_id, inbox, version)`: one row per command, its latest state
+//! session_id, inbox, version, job_id)`: one row per command, its latest state
 //! ([`Store::log_commands`] and the methods beside it, see `commands.rs`), with the
 //! server replica that sent it and awaits its reply, and the device session and inbox it
 //! went to. `args` and `result` are JSON text, the status its snake_case name, and
@@ -51,6 +51,7 @@ mod accounts;
 mod audit;
 mod commands;
 mod devices;
+mod jobs;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -58,6 +59,7 @@ mod sqlite;
 pub use accounts::AccountError;
 pub use audit::{AuditQuery, NewAudit};
 pub use commands::{CommandQuery, LoggedCommand};
+pub use jobs::{JobQuery, StoredJob};
 
 use std::time::Duration;
 
@@ -253,12 +255,20 @@ impl Store {
 }
 
 /// The tables both backends create the same way, after their own `samples`.
-const SHARED_SCHEMAS: [&str; 4] = [
+const SHARED_SCHEMAS: [&str; 5] = [
     accounts::SCHEMA,
     audit::SCHEMA,
     commands::SCHEMA,
     devices::SCHEMA,
+    jobs::SCHEMA,
 ];
+
+/// Columns added to tables after they were first made, as `(table, column, type)`:
+/// added on open where missing.
+const ADDED_COLUMNS: [(&str, &str, &str); 1] = commands::ADDED_COLUMNS;
+
+/// Statements that need the added columns (their indexes).
+const AFTER_ADDED: [&str; 1] = [commands::AFTER_ADDED];
 
 fn is_memory(url: &str) -> bool {
     matches!(

@@ -219,6 +219,16 @@ async fn create_tables(client: &Client) -> Result<(), tokio_postgres::Error> {
     for schema in super::SHARED_SCHEMAS {
         client.batch_execute(schema).await?;
     }
+    for (table, column, kind) in super::ADDED_COLUMNS {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+            ))
+            .await?;
+    }
+    for schema in super::AFTER_ADDED {
+        client.batch_execute(schema).await?;
+    }
     Ok(())
 }
 

@@ -264,6 +264,17 @@ fn create_tables(connection: &Connection) -> anyhow::Result<()> {
     for schema in super::SHARED_SCHEMAS {
         connection.execute_batch(schema)?;
     }
+    for (table, column, kind) in super::ADDED_COLUMNS {
+        // SQLite has no `ADD COLUMN IF NOT EXISTS`: a column already there is the one
+        // error to pass over.
+        match connection.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}")) {
+            Err(error) if error.to_string().contains("duplicate column") => {}
+            other => other?,
+        }
+    }
+    for schema in super::AFTER_ADDED {
+        connection.execute_batch(schema)?;
+    }
     Ok(())
 }
 

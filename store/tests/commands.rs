@@ -29,6 +29,7 @@ fn command(id: &str, device: &str, created_ms: u64) -> LoggedCommand {
             result: None,
             error: None,
             issued_by: None,
+            job_id: None,
         },
         replica: "r1".into(),
         session_id: format!("{device}-session"),

@@ -18,17 +18,7 @@ use crate::fleet::{live::use_live, send_command};
 #[component]
 pub fn CommandForm(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
     let live = use_live();
-    let values: RwSignal<BTreeMap<String, String>> = RwSignal::new(
-        spec.args
-            .iter()
-            .map(|arg| {
-                (
-                    arg.name.clone(),
-                    arg.default.as_ref().map(input_text).unwrap_or_default(),
-                )
-            })
-            .collect(),
-    );
+    let values: RwSignal<BTreeMap<String, String>> = RwSignal::new(initial_values(&spec));
     let timeout_s = RwSignal::new((timeouts::DEFAULT_MS / 1000).to_string());
     let error = RwSignal::new(None::<String>);
     // The server's code for the error shown (none for the browser's own checks).
@@ -86,8 +76,10 @@ pub fn CommandForm(device_id: DeviceId, spec: CommandSpec) -> impl IntoView {
     .into_any()
 }
 
+/// One argument's input, labelled, with its hint; its text is `values[arg.name]`.
+/// Shared with the job form ([`crate::jobs::new`]).
 #[component]
-fn ArgInput(
+pub(crate) fn ArgInput(
     form_id: String,
     arg: ArgSpec,
     values: RwSignal<BTreeMap<String, String>>,
@@ -184,11 +176,24 @@ fn range_hint(min: Option<String>, max: Option<String>) -> String {
 }
 
 /// How a JSON value shows in a text input.
-pub(super) fn input_text(value: &Value) -> String {
+pub(crate) fn input_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// The text of each argument's input before anything is typed: its default, if any.
+pub(crate) fn initial_values(spec: &CommandSpec) -> BTreeMap<String, String> {
+    spec.args
+        .iter()
+        .map(|arg| {
+            (
+                arg.name.clone(),
+                arg.default.as_ref().map(input_text).unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// Turns the form's text into typed arguments and checks them against the spec.
@@ -197,6 +202,32 @@ pub(super) fn build_request(
     values: &BTreeMap<String, String>,
     timeout_s: &str,
 ) -> Result<SendCommand, String> {
+    let args = build_args(spec, values)?;
+    let timeout_ms = timeout_s
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|s| (s * 1000.0).round() as u64)
+        .filter(|ms| (timeouts::MIN_MS..=timeouts::MAX_MS).contains(ms))
+        .ok_or_else(|| {
+            format!(
+                "the deadline must be between {} and {} seconds",
+                timeouts::MIN_MS as f64 / 1000.0,
+                timeouts::MAX_MS / 1000
+            )
+        })?;
+    Ok(SendCommand {
+        name: spec.name.clone(),
+        args,
+        timeout_ms: Some(timeout_ms),
+    })
+}
+
+/// The inputs' text as typed arguments, checked against the spec (the server's rules).
+pub(crate) fn build_args(
+    spec: &CommandSpec,
+    values: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Value>, String> {
     let mut args = BTreeMap::new();
     for arg in &spec.args {
         let text = values.get(&arg.name).map(|t| t.trim()).unwrap_or_default();
@@ -220,24 +251,7 @@ pub(super) fn build_request(
         args.insert(arg.name.clone(), value);
     }
     spec.validate(&args).map_err(|e| e.to_string())?;
-    let timeout_ms = timeout_s
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .map(|s| (s * 1000.0).round() as u64)
-        .filter(|ms| (timeouts::MIN_MS..=timeouts::MAX_MS).contains(ms))
-        .ok_or_else(|| {
-            format!(
-                "the deadline must be between {} and {} seconds",
-                timeouts::MIN_MS as f64 / 1000.0,
-                timeouts::MAX_MS / 1000
-            )
-        })?;
-    Ok(SendCommand {
-        name: spec.name.clone(),
-        args,
-        timeout_ms: Some(timeout_ms),
-    })
+    Ok(args)
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! The live channel, browser side: one WebSocket per tab to `/api/v1/live`. The server
 //! sends a snapshot, then every change; on any break the tab reconnects with backoff
 //! and takes a fresh snapshot. Pages read the signals here; nothing polls.
+//!
+//! Jobs: the latest view of every job the tab heard of (bounded), and the latest state
+//! of each device of the jobs a page follows ([`Live::follow_job`]); the snapshot holds
+//! no jobs, so job pages read them afresh on every snapshot ([`Live::snapshots`]).
 
 use std::collections::BTreeMap;
 
@@ -8,6 +12,7 @@ use leptos::prelude::*;
 use protocol::{
     CommandId, DeviceId,
     api::{CommandView, DeviceView, LiveEvent, LiveRequest, Reading},
+    job::{JobId, JobTarget, JobView},
 };
 
 /// Where requests to the server go while connected.
@@ -18,6 +23,10 @@ type Outbox = ();
 
 /// Commands kept in the tab, newest by creation.
 const KEEP_COMMANDS: usize = 500;
+/// Jobs kept in the tab, newest by creation.
+const KEEP_JOBS: usize = 200;
+/// Devices of followed jobs kept in the tab, least recently changed dropped first.
+const KEEP_JOB_TARGETS: usize = 5_000;
 
 /// The state of the live channel, for the connection indicator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +55,15 @@ pub struct Live {
     /// What `logs` commands sent while running, every line (views keep only the last
     /// message).
     pub outputs: RwSignal<super::output::Outputs>,
+    /// The latest view of each job the tab heard of.
+    pub jobs: RwSignal<BTreeMap<JobId, JobView>>,
+    /// The latest state of each device of the jobs followed (see [`Live::follow_job`]).
+    pub job_targets: RwSignal<BTreeMap<(JobId, DeviceId), JobTarget>>,
+    /// How many snapshots arrived: what was read before the latest one (jobs, which
+    /// the snapshot does not hold) may have missed events while the channel was down.
+    pub snapshots: RwSignal<u64>,
+    /// Jobs whose devices some view shows, by how many views show each.
+    following: StoredValue<BTreeMap<JobId, usize>>,
     /// Devices this tab shows, by how many views show each: they report faster while
     /// watched. Told to the server again on every reconnect.
     watching: RwSignal<BTreeMap<DeviceId, usize>>,
@@ -64,6 +82,7 @@ impl Live {
                     .set(commands.into_iter().map(|c| (c.id.clone(), c)).collect());
                 self.synced.set(true);
                 self.status.set(LinkStatus::Live);
+                self.snapshots.update(|n| *n += 1);
             }
             LiveEvent::DeviceUpdated { device } => self.devices.update(|all| {
                 all.insert(device.id.clone(), device);
@@ -75,6 +94,94 @@ impl Live {
             LiveEvent::Telemetry { reading } => self.readings.update(|latest| {
                 latest.insert((reading.device_id.clone(), reading.metric.clone()), reading);
             }),
+            LiveEvent::JobUpdated { job } => self.upsert_job(job),
+            LiveEvent::JobTarget { target } => self.upsert_job_target(target),
+        }
+    }
+
+    /// Adds or replaces a job, unless a later state of it is already known (the answer
+    /// to a request can arrive after the live events that followed it).
+    pub fn upsert_job(&self, job: JobView) {
+        self.jobs.update(|all| {
+            keep_latest(all, job.id.clone(), job, job_supersedes);
+            if all.len() > KEEP_JOBS {
+                let oldest = all
+                    .values()
+                    .min_by_key(|j| (j.created_ms, j.id.clone()))
+                    .map(|j| j.id.clone());
+                if let Some(oldest) = oldest {
+                    all.remove(&oldest);
+                }
+            }
+        });
+    }
+
+    /// Keeps a device's state in a job, if a view follows that job.
+    pub fn upsert_job_target(&self, target: JobTarget) {
+        if !self
+            .following
+            .try_with_value(|f| f.contains_key(&target.job_id))
+            .unwrap_or(false)
+        {
+            return;
+        }
+        self.job_targets.update(|all| {
+            let key = (target.job_id.clone(), target.device_id.clone());
+            keep_latest(all, key, target, target_supersedes);
+            if all.len() > KEEP_JOB_TARGETS {
+                let stalest = all
+                    .iter()
+                    .min_by_key(|(_, t)| t.updated_ms)
+                    .map(|(k, _)| k.clone());
+                if let Some(stalest) = stalest {
+                    all.remove(&stalest);
+                }
+            }
+        });
+    }
+
+    /// The latest known state of `job`: `read` (what the server answered) or what the
+    /// live channel said since, whichever is later.
+    pub fn latest_job(&self, read: JobView) -> JobView {
+        self.jobs.with(|all| match all.get(&read.id) {
+            Some(known) if !job_supersedes(&read, known) => known.clone(),
+            _ => read,
+        })
+    }
+
+    /// The latest known state of a device of a followed job, as [`Live::latest_job`].
+    pub fn latest_target(&self, read: JobTarget) -> JobTarget {
+        self.job_targets.with(
+            |all| match all.get(&(read.job_id.clone(), read.device_id.clone())) {
+                Some(known) if !target_supersedes(&read, known) => known.clone(),
+                _ => read,
+            },
+        )
+    }
+
+    /// A view shows the devices of `job` from now on: their changes are kept.
+    pub fn follow_job(&self, job: &JobId) {
+        self.following.update_value(|all| {
+            *all.entry(job.clone()).or_insert(0) += 1;
+        });
+    }
+
+    /// A view that showed the devices of `job` is gone; when it was the last, what was
+    /// kept of them goes.
+    pub fn unfollow_job(&self, job: &JobId) {
+        let mut last = false;
+        self.following.try_update_value(|all| {
+            if let Some(count) = all.get_mut(job) {
+                *count -= 1;
+                if *count == 0 {
+                    all.remove(job);
+                    last = true;
+                }
+            }
+        });
+        if last {
+            self.job_targets
+                .try_update(|all| all.retain(|(j, _), _| j != job));
         }
     }
 
@@ -157,6 +264,52 @@ fn supersedes(new: &CommandView, known: &CommandView) -> bool {
     known.status.advance(new.status).is_ok()
 }
 
+/// Puts `new` under `key` unless what is there is later (`supersedes(new, known)`
+/// says whether `new` is).
+fn keep_latest<K: Ord, V>(
+    all: &mut BTreeMap<K, V>,
+    key: K,
+    new: V,
+    supersedes: impl Fn(&V, &V) -> bool,
+) {
+    if all.get(&key).is_none_or(|known| supersedes(&new, known)) {
+        all.insert(key, new);
+    }
+}
+
+/// Whether `new` is a later state of the job than `known`: nothing follows its end;
+/// otherwise the later update, and at the same millisecond, the one with more devices
+/// done (a device once done stays done).
+fn job_supersedes(new: &JobView, known: &JobView) -> bool {
+    if known.state.is_finished() && !new.state.is_finished() {
+        return false;
+    }
+    if new.state.is_finished() && !known.state.is_finished() {
+        return true;
+    }
+    (new.updated_ms, new.counts.finished()) >= (known.updated_ms, known.counts.finished())
+}
+
+/// Whether `new` is a later state of a job's device than `known`: nothing follows its
+/// end; otherwise the later update, and at the same millisecond, the later step.
+fn target_supersedes(new: &JobTarget, known: &JobTarget) -> bool {
+    use protocol::job::TargetStatus::{Pending, Running, Starting, Waiting};
+    let step = |t: &JobTarget| match t.status {
+        Pending => 0,
+        Waiting => 1,
+        Starting => 2,
+        Running => 3,
+        _ => 4,
+    };
+    if known.status.is_finished() && !new.status.is_finished() {
+        return false;
+    }
+    if new.status.is_finished() && !known.status.is_finished() {
+        return true;
+    }
+    (new.updated_ms, step(new)) >= (known.updated_ms, step(known))
+}
+
 /// Creates the live view for this tab and, in the browser, connects it.
 pub fn provide_live() -> Live {
     let live = Live {
@@ -167,6 +320,10 @@ pub fn provide_live() -> Live {
         synced: RwSignal::new(false),
         now_ms: RwSignal::new(now_ms()),
         outputs: RwSignal::new(Default::default()),
+        jobs: RwSignal::new(BTreeMap::new()),
+        job_targets: RwSignal::new(BTreeMap::new()),
+        snapshots: RwSignal::new(0),
+        following: StoredValue::new(BTreeMap::new()),
         watching: RwSignal::new(BTreeMap::new()),
         outbox: StoredValue::new(None),
     };
@@ -224,6 +381,7 @@ mod tests {
             result: None,
             error: None,
             issued_by: None,
+            job_id: None,
         }
     }
 
@@ -242,6 +400,79 @@ mod tests {
             !supersedes(&at(TimedOut, 9), &at(Succeeded, 5)),
             "nothing follows an end"
         );
+    }
+
+    fn job(state: protocol::job::JobState, updated_ms: u64, finished: u32) -> JobView {
+        JobView {
+            id: JobId("j".into()),
+            name: "n".into(),
+            command: "c".into(),
+            args: Default::default(),
+            targets: Default::default(),
+            concurrency: 1,
+            failure_threshold: None,
+            offline: Default::default(),
+            wait_ms: 0,
+            timeout_ms: 0,
+            state,
+            created_by: "u".into(),
+            created_ms: 0,
+            updated_ms,
+            ended_ms: None,
+            stop_reason: None,
+            counts: protocol::job::JobCounts {
+                total: 5,
+                succeeded: finished,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn target(status: protocol::job::TargetStatus, updated_ms: u64) -> JobTarget {
+        JobTarget {
+            job_id: JobId("j".into()),
+            device_id: DeviceId::new("d").unwrap(),
+            seq: 0,
+            status,
+            command_id: None,
+            message: None,
+            updated_ms,
+        }
+    }
+
+    #[test]
+    fn a_late_job_answer_never_undoes_later_news() {
+        use protocol::job::JobState::*;
+        assert!(job_supersedes(&job(Running, 6, 1), &job(Running, 5, 1)));
+        assert!(!job_supersedes(&job(Running, 4, 2), &job(Running, 5, 1)));
+        assert!(
+            !job_supersedes(&job(Running, 5, 1), &job(Running, 5, 2)),
+            "same millisecond, fewer done"
+        );
+        assert!(
+            !job_supersedes(&job(Paused, 9, 2), &job(Cancelled, 5, 2)),
+            "nothing follows an end"
+        );
+        assert!(job_supersedes(&job(Completed, 5, 5), &job(Running, 5, 4)));
+    }
+
+    #[test]
+    fn a_late_target_answer_never_undoes_later_news() {
+        use protocol::job::TargetStatus::*;
+        assert!(target_supersedes(&target(Running, 5), &target(Starting, 5)));
+        assert!(!target_supersedes(
+            &target(Starting, 5),
+            &target(Running, 5)
+        ));
+        assert!(!target_supersedes(&target(Running, 4), &target(Running, 5)));
+        assert!(
+            !target_supersedes(&target(Running, 9), &target(Failed, 5)),
+            "nothing follows an end"
+        );
+        assert!(target_supersedes(
+            &target(Succeeded, 3),
+            &target(Running, 5)
+        ));
     }
 }
 

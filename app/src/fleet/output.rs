@@ -115,6 +115,7 @@ mod tests {
             result: None,
             error: None,
             issued_by: None,
+            job_id: None,
         }
     }
 
