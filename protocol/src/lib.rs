@@ -17,6 +17,7 @@
 //! - [`backoff`]: the reconnect pacing every party shares (exponential, with jitter).
 
 pub mod api;
+pub mod artifact;
 pub mod auth;
 pub mod backoff;
 pub mod capability;

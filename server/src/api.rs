@@ -52,6 +52,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::admin::routes())
         .merge(crate::diagnostics::routes())
         .merge(crate::jobs::routes())
+        .merge(crate::artifacts::routes())
         .merge(provision::routes())
         .fallback(|| async {
             Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")

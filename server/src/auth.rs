@@ -302,6 +302,8 @@ fn is_public(path: &str) -> bool {
         "/login" | "/setup" | "/healthz" | "/readyz" | "/metrics" | "/favicon.svg"
     ) || path.starts_with("/auth/")
         || path.starts_with("/pkg/")
+        // Devices fetch updates with a token of their own (checked by the handler).
+        || (path.starts_with("/api/v1/artifacts/") && path.ends_with("/download"))
 }
 
 /// One cookie's value from the `Cookie` headers.

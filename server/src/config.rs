@@ -137,6 +137,12 @@ pub struct Config {
     #[arg(long = "secure-cookies", env = "TETHER_SECURE_COOKIES")]
     pub secure_cookies: bool,
 
+    /// The largest artifact (a software update's file) an admin may upload, in MiB.
+    /// Artifacts are kept in the data folder (`artifacts/`).
+    #[arg(long = "max-artifact-mb", env = "TETHER_MAX_ARTIFACT_MB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=16_384))]
+    pub max_artifact_mb: u64,
+
     /// A task instead of serving: manage users and device credentials, check the audit
     /// trail.
     #[command(subcommand)]
@@ -232,6 +238,7 @@ impl Config {
             broker_auth_from: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3_600),
             secure_cookies: false,
+            max_artifact_mb: 512,
             command: None,
         }
     }

@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod broker_accounts;
@@ -78,6 +79,7 @@ pub struct Server {
     router: Router,
     hub: Hub,
     accounts: Store,
+    artifacts: artifacts::Artifacts,
     setup: auth::login::SetupLink,
     /// The embedded broker's URL and handle, when this server runs one.
     embedded_broker: Option<(String, broker::BrokerHandle)>,
@@ -195,12 +197,15 @@ impl Server {
             format!("cannot listen on {addr} (is another server using it? set TETHER_ADDR)")
         })?;
         let setup = first_run_link(&accounts, listener.local_addr()?).await?;
+        let artifacts =
+            artifacts::Artifacts::open(&config.data_dir, config.max_artifact_mb * 1024 * 1024)?;
         Ok(Self {
             listener,
             router: router(AppState {
                 leptos_options: options,
                 hub: hub.clone(),
                 jobs,
+                artifacts: artifacts.clone(),
                 store,
                 recorders,
                 shutdown: shutdown.clone(),
@@ -220,6 +225,7 @@ impl Server {
             }),
             hub,
             accounts,
+            artifacts,
             setup,
             embedded_broker,
             shutdown,
@@ -234,6 +240,11 @@ impl Server {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Software update files and their download links.
+    pub fn artifacts(&self) -> &artifacts::Artifacts {
+        &self.artifacts
     }
 
     /// Users, tokens, device groups and the audit trail.

@@ -22,6 +22,8 @@ pub struct AppState {
     pub hub: Hub,
     /// The jobs this replica runs, and how jobs are created and changed.
     pub jobs: ::jobs::Jobs,
+    /// Software update files, their keys and download links.
+    pub artifacts: crate::artifacts::Artifacts,
     /// Where readings are stored; `None` when this server keeps no history.
     pub store: Option<Store>,
     /// What this replica's recorders did, for `/metrics`.

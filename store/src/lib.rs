@@ -48,6 +48,7 @@
 //! `Store::open("memory")`.
 
 mod accounts;
+mod artifacts;
 mod audit;
 mod commands;
 mod devices;
@@ -255,8 +256,9 @@ impl Store {
 }
 
 /// The tables both backends create the same way, after their own `samples`.
-const SHARED_SCHEMAS: [&str; 5] = [
+const SHARED_SCHEMAS: [&str; 6] = [
     accounts::SCHEMA,
+    artifacts::SCHEMA,
     audit::SCHEMA,
     commands::SCHEMA,
     devices::SCHEMA,

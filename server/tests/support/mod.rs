@@ -14,6 +14,7 @@ pub struct Running {
     pub base: String,
     pub accounts: Store,
     pub hub: hub::Hub,
+    pub artifacts: server::artifacts::Artifacts,
     /// Its SQLite file, for tests that go behind its back.
     pub database: PathBuf,
     /// The first-run link's secret, while no user exists.
@@ -43,6 +44,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut server::Config)) -> Running {
         .expect("the server starts (RabbitMQ must be running: scripts/test.sh starts it)");
     let base = format!("http://{}", server.local_addr().unwrap());
     let (accounts, hub) = (server.accounts().clone(), server.hub().clone());
+    let artifacts = server.artifacts().clone();
     let first_run = server.first_run_secret();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.serve(async {
@@ -52,6 +54,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut server::Config)) -> Running {
         base,
         accounts,
         hub,
+        artifacts,
         database,
         first_run,
         _stop: stop,
