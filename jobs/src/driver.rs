@@ -19,13 +19,23 @@ use std::{
 use common::now_ms;
 use hub::SendError;
 use protocol::{
-    CommandId, CommandStatus,
+    CommandId, CommandStatus, DeviceId,
     api::{CommandView, LiveEvent, SendCommand},
     job::{JobState, JobTarget, JobView, OfflinePolicy, TargetStatus},
 };
 use tokio::{sync::Notify, task::JoinSet};
 
 use crate::Jobs;
+
+/// A device that installed an update and is restarting into it.
+struct Returning {
+    target: JobTarget,
+    /// When it answered that it had installed the update (ms since the epoch): it has
+    /// come back once it is online since a later time.
+    installed_ms: u64,
+    /// When it is reported failed if it has not come back with the version.
+    until_ms: u64,
+}
 
 /// What a send in flight gives back.
 type Started = (JobTarget, Result<CommandView, SendError>);
@@ -43,6 +53,8 @@ pub(crate) struct Driver {
     pending: VecDeque<JobTarget>,
     waiting: Vec<JobTarget>,
     running: HashMap<CommandId, JobTarget>,
+    /// Devices that installed an update, until they come back with its version.
+    returning: HashMap<DeviceId, Returning>,
     starts: JoinSet<Started>,
     /// Counts changed since browsers were last told.
     dirty: bool,
@@ -61,6 +73,7 @@ impl Driver {
             pending: VecDeque::new(),
             waiting: Vec::new(),
             running: HashMap::new(),
+            returning: HashMap::new(),
             starts: JoinSet::new(),
             dirty: false,
             hold_until: None,
@@ -111,7 +124,9 @@ impl Driver {
                         }
                     }
                     Ok(LiveEvent::DeviceUpdated { device }) => {
-                        if !(device.online && self.waiting.iter().any(|t| t.device_id == device.id)) {
+                        if self.returning.contains_key(&device.id) {
+                            self.check_returning(Some(&device.id)).await;
+                        } else if !(device.online && self.waiting.iter().any(|t| t.device_id == device.id)) {
                             continue;
                         }
                     }
@@ -122,6 +137,7 @@ impl Driver {
                 _ = check.tick() => {
                     self.refresh().await;
                     self.check_running().await;
+                    self.check_returning(None).await;
                 }
                 _ = tell.tick() => {
                     if self.dirty {
@@ -230,6 +246,7 @@ impl Driver {
         let idle = self.pending.is_empty()
             && self.waiting.is_empty()
             && self.running.is_empty()
+            && self.returning.is_empty()
             && self.starts.is_empty();
         idle && self.set_state(JobState::Completed, None).await
     }
@@ -284,7 +301,7 @@ impl Driver {
             }
             self.check_running().await;
         }
-        self.running.is_empty() && self.starts.is_empty()
+        self.running.is_empty() && self.returning.is_empty() && self.starts.is_empty()
     }
 
     /// Devices waited for too long are skipped.
@@ -325,7 +342,7 @@ impl Driver {
         }
         self.hold_until = None;
         let concurrency = usize::try_from(self.job.concurrency).unwrap_or(usize::MAX);
-        while self.running.len() + self.starts.len() < concurrency {
+        while self.running.len() + self.returning.len() + self.starts.len() < concurrency {
             let target = match self.waiting.iter().position(|t| self.online(t)) {
                 Some(back) => self.waiting.remove(back),
                 None => match self.pending.pop_front() {
@@ -347,10 +364,25 @@ impl Driver {
                 self.hold_until = Some(Instant::now() + RETRY_AFTER);
                 return;
             }
+            let args = match (&self.job.artifact, &self.jobs.inner.device_args) {
+                (None, _) => Ok(self.job.args.clone()),
+                (Some(_), Some(device_args)) => {
+                    device_args.args_for(&self.job, &starting.device_id)
+                }
+                (Some(_), None) => Err("this server cannot give devices updates".to_owned()),
+            };
+            let args = match args {
+                Ok(args) => args,
+                Err(why) => {
+                    self.finish(&starting, TargetStatus::Failed, Some(cut(&why)))
+                        .await;
+                    continue;
+                }
+            };
             let hub = self.jobs.inner.hub.clone();
             let request = SendCommand {
                 name: self.job.command.clone(),
-                args: self.job.args.clone(),
+                args,
                 timeout_ms: Some(self.job.timeout_ms),
             };
             let (issued_by, job_id) = (self.job.created_by.clone(), self.job.id.clone());
@@ -493,8 +525,92 @@ impl Driver {
         }
     }
 
+    /// Devices restarting into an update (one, or all): back with the version is
+    /// success; back with another (it rolled back) or not back in time is failure.
+    async fn check_returning(&mut self, only: Option<&DeviceId>) {
+        let Some(artifact) = self.job.artifact.clone() else {
+            return;
+        };
+        let now = now_ms();
+        let devices: Vec<DeviceId> = match only {
+            Some(id) => vec![id.clone()],
+            None => self.returning.keys().cloned().collect(),
+        };
+        for id in devices {
+            let Some(returning) = self.returning.get(&id) else {
+                continue;
+            };
+            let device = self.jobs.inner.hub.device(&id);
+            let back = device
+                .as_ref()
+                .filter(|d| d.online && d.since_ms > returning.installed_ms);
+            let outcome = match back {
+                Some(device) if device.firmware == artifact.version => Some((
+                    TargetStatus::Succeeded,
+                    format!("updated to {} and back online", artifact.version),
+                )),
+                Some(device) => Some((
+                    TargetStatus::Failed,
+                    format!(
+                        "rolled back: it came back with version {} instead of {}",
+                        device.firmware, artifact.version
+                    ),
+                )),
+                None if now > returning.until_ms => Some((
+                    TargetStatus::Failed,
+                    format!(
+                        "installed {}, but it did not come back within {}",
+                        artifact.version,
+                        human(
+                            u64::try_from(self.jobs.inner.config.update_return.as_millis())
+                                .unwrap_or(u64::MAX)
+                        )
+                    ),
+                )),
+                None => None,
+            };
+            if let Some((status, message)) = outcome {
+                let target = returning.target.clone();
+                if self.finish(&target, status, Some(message)).await {
+                    self.returning.remove(&id);
+                }
+            }
+        }
+    }
+
     /// A device's command ended: the device's outcome.
     async fn settle(&mut self, target: &JobTarget, command: &CommandView) {
+        if command.status == CommandStatus::Succeeded
+            && let Some(artifact) = &self.job.artifact
+        {
+            let version = artifact.version.clone();
+            let mut installed = target.clone();
+            installed.status = TargetStatus::Running;
+            installed.command_id = Some(command.id.clone());
+            installed.message = Some(format!(
+                "installed {version}; waiting for it to come back with it"
+            ));
+            installed.updated_ms = now_ms();
+            let mut from = target.clone();
+            from.command_id = Some(command.id.clone());
+            if self.write(&from, installed.clone()).await {
+                self.running.remove(&command.id);
+                let until_ms = command.updated_ms.saturating_add(
+                    u64::try_from(self.jobs.inner.config.update_return.as_millis())
+                        .unwrap_or(u64::MAX),
+                );
+                self.returning.insert(
+                    installed.device_id.clone(),
+                    Returning {
+                        target: installed,
+                        installed_ms: command.updated_ms,
+                        until_ms,
+                    },
+                );
+                self.check_returning(Some(&target.device_id)).await;
+            }
+            return;
+        }
         let (status, message) = match command.status {
             CommandStatus::Succeeded => (
                 TargetStatus::Succeeded,
@@ -542,16 +658,11 @@ impl Driver {
     /// `from`, or as `starting` for a device sent while the store was down), counts it
     /// and tells browsers. False if the store could not take it.
     async fn write(&mut self, from: &JobTarget, to: JobTarget) -> bool {
-        let allowed: &[TargetStatus] = if from.status == to.status {
-            &[]
-        } else if from.status == TargetStatus::Running {
+        let allowed: &[TargetStatus] = if from.status == TargetStatus::Running {
             &[TargetStatus::Running, TargetStatus::Starting]
         } else {
             std::slice::from_ref(&from.status)
         };
-        if allowed.is_empty() {
-            return true;
-        }
         match self.jobs.inner.store.update_target(&to, allowed).await {
             Ok(true) => {
                 self.job.counts.moved(from.status, to.status);

@@ -30,7 +30,9 @@ use hub::Hub;
 use protocol::{
     DeviceId,
     api::{LiveEvent, timeouts},
-    job::{JobAction, JobCounts, JobId, JobState, JobView, NewJob, OfflinePolicy, limits},
+    job::{
+        JobAction, JobArtifact, JobCounts, JobId, JobState, JobView, NewJob, OfflinePolicy, limits,
+    },
 };
 use store::Store;
 use tokio::sync::Notify;
@@ -43,6 +45,9 @@ pub struct JobsConfig {
     /// How often a running job re-reads its state (changed by another replica), checks
     /// its commands and tells browsers its counts.
     pub check_every: Duration,
+    /// How long a device that installed an update has to come back with the new
+    /// version before its update is reported failed.
+    pub update_return: Duration,
 }
 
 impl Default for JobsConfig {
@@ -50,8 +55,23 @@ impl Default for JobsConfig {
         Self {
             lease: Duration::from_secs(30),
             check_every: Duration::from_secs(1),
+            update_return: Duration::from_secs(300),
         }
     }
+}
+
+/// The arguments of a job's command that differ per device: a software update's
+/// download link, which carries a token for that device. Given by the server.
+pub trait DeviceArgs: Send + Sync + std::fmt::Debug + 'static {
+    /// The arguments of `job`'s command for `device`, or why it cannot have any.
+    ///
+    /// # Errors
+    /// A message for people (the device's part of the job fails with it).
+    fn args_for(
+        &self,
+        job: &JobView,
+        device: &DeviceId,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String>;
 }
 
 /// Why a job could not be created or changed.
@@ -83,6 +103,8 @@ struct Inner {
     owner: String,
     shutdown: Shutdown,
     config: JobsConfig,
+    /// Per-device arguments (software updates), when the server gives any.
+    device_args: Option<Arc<dyn DeviceArgs>>,
     /// The jobs this replica runs, each with the bell that makes its task look again.
     running: Mutex<HashMap<JobId, Arc<Notify>>>,
 }
@@ -91,7 +113,13 @@ impl Jobs {
     /// Starts the runner: it takes back the jobs this replica ran before it stopped (and
     /// any whose replica's lease ran out), now and every third of a lease, and runs
     /// them under `shutdown`.
-    pub fn start(hub: Hub, store: Store, shutdown: &Shutdown, config: JobsConfig) -> Self {
+    pub fn start(
+        hub: Hub,
+        store: Store,
+        shutdown: &Shutdown,
+        config: JobsConfig,
+        device_args: Option<Arc<dyn DeviceArgs>>,
+    ) -> Self {
         let owner = hub.replica_id().to_owned();
         let jobs = Self {
             inner: Arc::new(Inner {
@@ -100,6 +128,7 @@ impl Jobs {
                 owner,
                 shutdown: shutdown.clone(),
                 config,
+                device_args,
                 running: Mutex::default(),
             }),
         };
@@ -109,16 +138,22 @@ impl Jobs {
     }
 
     /// Creates a job for `devices` (chosen and checked by the caller, in this order) and
-    /// starts it.
+    /// starts it; a software update names what it installs (`artifact`).
     pub async fn create(
         &self,
         new: NewJob,
         devices: Vec<DeviceId>,
         created_by: String,
+        artifact: Option<JobArtifact>,
     ) -> Result<JobView, JobError> {
         new.check().map_err(JobError::Invalid)?;
         if devices.is_empty() {
             return Err(JobError::Invalid("no device matches the selection".into()));
+        }
+        if new.artifact.is_some() != artifact.is_some() {
+            return Err(JobError::Invalid(
+                "an update needs the artifact to install".into(),
+            ));
         }
         if devices.len() > limits::MAX_TARGETS {
             return Err(JobError::Invalid(format!(
@@ -160,6 +195,7 @@ impl Jobs {
                 pending: total,
                 ..JobCounts::default()
             },
+            artifact,
         };
         let lease = now + duration_ms(self.inner.config.lease);
         self.inner

@@ -359,6 +359,9 @@ pub mod builtin {
     pub const LOGS: &str = "logs";
     /// A report of the device, as the reply's result.
     pub const DIAGNOSTICS: &str = "diagnostics";
+    /// A software update: download, verify, install, hand over to the new version (and
+    /// roll back if it does not come back healthy).
+    pub const UPDATE: &str = "update";
     /// Both, in the order the agent announces them.
     pub const ALL: &[&str] = &[LOGS, DIAGNOSTICS];
 }

@@ -309,6 +309,11 @@ pub struct NewJob {
     /// Each device's deadline for its command; the server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// A software update: the artifact each device installs with its built-in `update`
+    /// command (`command` must then be `update`, and the server fills in the arguments
+    /// for each device: its own download link, the file's SHA-256, size and signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<crate::artifact::ArtifactId>,
 }
 
 fn default_concurrency() -> u32 {
@@ -361,6 +366,22 @@ impl NewJob {
                 "wait_ms must be between 1 and {} (a week)",
                 limits::MAX_WAIT_MS
             ));
+        }
+        match (
+            &self.artifact,
+            self.command == crate::capability::builtin::UPDATE,
+        ) {
+            (Some(_), false) => {
+                return Err(format!(
+                    "an artifact is installed with the `{}` command",
+                    crate::capability::builtin::UPDATE
+                ));
+            }
+            (None, true) => return Err("an update needs the artifact to install".into()),
+            (Some(_), true) if !self.args.is_empty() => {
+                return Err("an update's arguments are the server's to fill in".into());
+            }
+            _ => {}
         }
         if let Some(timeout) = self.timeout_ms
             && !(crate::api::timeouts::MIN_MS..=crate::api::timeouts::MAX_MS).contains(&timeout)
@@ -447,6 +468,35 @@ pub struct JobView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
     pub counts: JobCounts,
+    /// For a software update: what is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<JobArtifact>,
+}
+
+/// The artifact a software update installs, as it was when the job was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobArtifact {
+    pub id: crate::artifact::ArtifactId,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub sha256: String,
+    pub size: u64,
+    pub signature: String,
+}
+
+impl From<&crate::artifact::ArtifactView> for JobArtifact {
+    fn from(artifact: &crate::artifact::ArtifactView) -> Self {
+        Self {
+            id: artifact.id.clone(),
+            name: artifact.name.clone(),
+            version: artifact.version.clone(),
+            arch: artifact.arch.clone(),
+            sha256: artifact.sha256.clone(),
+            size: artifact.size,
+            signature: artifact.signature.clone(),
+        }
+    }
 }
 
 /// One device of a job.
@@ -552,6 +602,7 @@ mod tests {
             offline: OfflinePolicy::Skip,
             wait_ms: None,
             timeout_ms: None,
+            artifact: None,
         }
     }
 

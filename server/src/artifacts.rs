@@ -141,6 +141,46 @@ impl Artifacts {
     }
 }
 
+/// How long a device's download link lasts beyond its command's deadline.
+const LINK_SLACK_MS: u64 = 10 * 60 * 1000;
+
+/// The arguments of the agent's `update` command for one device of an update job: its
+/// own download link (to `public_url`), and the file's SHA-256, size, signature, version
+/// and architecture.
+#[derive(Debug)]
+pub struct UpdateArgs {
+    pub artifacts: Artifacts,
+    /// Where devices reach this server (`TETHER_PUBLIC_URL`).
+    pub public_url: String,
+}
+
+impl ::jobs::DeviceArgs for UpdateArgs {
+    fn args_for(
+        &self,
+        job: &protocol::job::JobView,
+        device: &DeviceId,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+        let artifact = job
+            .artifact
+            .as_ref()
+            .ok_or_else(|| "this job installs nothing".to_owned())?;
+        let expires = common::now_ms() + job.timeout_ms + LINK_SLACK_MS;
+        let url = format!(
+            "{}{}",
+            self.public_url.trim_end_matches('/'),
+            self.artifacts.download_path(&artifact.id, device, expires)
+        );
+        Ok(std::collections::BTreeMap::from([
+            ("url".to_owned(), url.into()),
+            ("sha256".to_owned(), artifact.sha256.clone().into()),
+            ("size".to_owned(), artifact.size.into()),
+            ("version".to_owned(), artifact.version.clone().into()),
+            ("signature".to_owned(), artifact.signature.clone().into()),
+            ("arch".to_owned(), artifact.arch.clone().into()),
+        ]))
+    }
+}
+
 /// A 32-byte key kept hex in `path`, made (mode 0600) if missing.
 fn key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
     match std::fs::read_to_string(path) {

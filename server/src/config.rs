@@ -143,6 +143,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=16_384))]
     pub max_artifact_mb: u64,
 
+    /// Where devices reach this server over HTTP, e.g. `https://tether.example.com`: the
+    /// links of software updates point there. Unset: `http://` and the address served on
+    /// (an unspecified address, `0.0.0.0`, becomes this machine's name).
+    #[arg(long = "public-url", env = "TETHER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// A task instead of serving: manage users and device credentials, check the audit
     /// trail.
     #[command(subcommand)]
@@ -239,6 +245,7 @@ impl Config {
             session_ttl: Duration::from_secs(12 * 3_600),
             secure_cookies: false,
             max_artifact_mb: 512,
+            public_url: None,
             command: None,
         }
     }

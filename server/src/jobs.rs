@@ -6,7 +6,7 @@
 //! Who sees a job: an admin every job, anyone else a job whose every device they may
 //! see (so nothing of a device outside their groups shows, not even in the counts).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use ::jobs::JobError;
 use axum::{
@@ -19,7 +19,7 @@ use protocol::{
     DeviceId,
     api::DeviceView,
     auth::Role,
-    job::{JobAction, JobId, JobListQuery, JobView, NewJob, TargetPage, TargetQuery},
+    job::{JobAction, JobArtifact, JobId, JobListQuery, JobView, NewJob, TargetPage, TargetQuery},
 };
 use store::JobQuery;
 
@@ -252,8 +252,35 @@ pub async fn create(
             Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_job", message)
         })?;
         let devices = choose(state, who, &new)?;
-        check_command(state, &new, &devices)?;
-        Ok::<_, Failure>(state.jobs.create(new, devices, who.actor()).await?)
+        let artifact = match &new.artifact {
+            None => None,
+            Some(id) => {
+                let artifact = state
+                    .accounts
+                    .artifact(&id.0)
+                    .await
+                    .map_err(JobError::Store)?
+                    .ok_or_else(|| {
+                        Failure::new(
+                            StatusCode::NOT_FOUND,
+                            "unknown_artifact",
+                            format!("no artifact \"{id}\""),
+                        )
+                    })?;
+                Some(JobArtifact::from(&artifact))
+            }
+        };
+        let args = match &artifact {
+            None => new.args.clone(),
+            Some(artifact) => update_args(artifact),
+        };
+        check_command(state, &new.command, &args, &devices)?;
+        Ok::<_, Failure>(
+            state
+                .jobs
+                .create(new, devices, who.actor(), artifact)
+                .await?,
+        )
     }
     .await;
     match &created {
@@ -340,27 +367,31 @@ fn choose(state: &AppState, who: &Identity, new: &NewJob) -> Result<Vec<DeviceId
 /// The command must be one some chosen device announced, with arguments it accepts:
 /// otherwise nothing of the job could work. Each device checks again when its turn
 /// comes (devices of other kinds or firmware may differ).
-fn check_command(state: &AppState, new: &NewJob, devices: &[DeviceId]) -> Result<(), Failure> {
+fn check_command(
+    state: &AppState,
+    command: &str,
+    args: &BTreeMap<String, serde_json::Value>,
+    devices: &[DeviceId],
+) -> Result<(), Failure> {
     let announcing: Vec<DeviceView> = devices
         .iter()
         .filter_map(|id| state.hub.device(id))
-        .filter(|device| device.capabilities.command(&new.command).is_some())
+        .filter(|device| device.capabilities.command(command).is_some())
         .collect();
     let Some(first) = announcing.first() else {
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_command",
             format!(
-                "none of the {} chosen devices announced a command \"{}\"",
+                "none of the {} chosen devices announced a command \"{command}\"",
                 devices.len(),
-                new.command
             ),
         ));
     };
     let mut first_error = None;
     for device in &announcing {
-        if let Some(spec) = device.capabilities.command(&new.command) {
-            match spec.validate(&new.args) {
+        if let Some(spec) = device.capabilities.command(command) {
+            match spec.validate(args) {
                 Ok(_) => return Ok(()),
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -374,6 +405,22 @@ fn check_command(state: &AppState, new: &NewJob, devices: &[DeviceId]) -> Result
         "invalid_arguments",
         format!("{error} (as device \"{}\" announced it)", first.id),
     ))
+}
+
+/// The arguments of an update's command as every device gets them, but for the link
+/// (each device's own): to check them against what the devices announced.
+fn update_args(artifact: &JobArtifact) -> BTreeMap<String, serde_json::Value> {
+    BTreeMap::from([
+        (
+            "url".to_owned(),
+            "http://tether.invalid/api/v1/artifacts/download".into(),
+        ),
+        ("sha256".to_owned(), artifact.sha256.clone().into()),
+        ("size".to_owned(), artifact.size.into()),
+        ("version".to_owned(), artifact.version.clone().into()),
+        ("signature".to_owned(), artifact.signature.clone().into()),
+        ("arch".to_owned(), artifact.arch.clone().into()),
+    ])
 }
 
 /// Pauses, resumes or cancels a job as `who` (an operator who may see it), audited.

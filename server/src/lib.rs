@@ -166,12 +166,6 @@ impl Server {
             ..HubConfig::new(amqp_url.clone())
         };
         let hub = Hub::start(hub_config, &shutdown).await;
-        let jobs = ::jobs::Jobs::start(
-            hub.clone(),
-            accounts.clone(),
-            &shutdown,
-            ::jobs::JobsConfig::default(),
-        );
         let recorders = Arc::new(RecorderStats::default());
         if let Some(store) = &store {
             let recorder_config = RecorderConfig {
@@ -199,6 +193,18 @@ impl Server {
         let setup = first_run_link(&accounts, listener.local_addr()?).await?;
         let artifacts =
             artifacts::Artifacts::open(&config.data_dir, config.max_artifact_mb * 1024 * 1024)?;
+        let public_url = public_url(&config, listener.local_addr()?);
+        let update_args = artifacts::UpdateArgs {
+            artifacts: artifacts.clone(),
+            public_url,
+        };
+        let jobs = ::jobs::Jobs::start(
+            hub.clone(),
+            accounts.clone(),
+            &shutdown,
+            ::jobs::JobsConfig::default(),
+            Some(Arc::new(update_args)),
+        );
         Ok(Self {
             listener,
             router: router(AppState {
@@ -333,6 +339,25 @@ async fn first_run_link(
             Ok(auth::login::SetupLink::default())
         }
     }
+}
+
+/// Where devices reach this server: `TETHER_PUBLIC_URL`, else `http://` and the bound
+/// address (an unspecified one replaced by this machine's name).
+fn public_url(config: &Config, bound: SocketAddr) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    if bound.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        tracing::warn!(
+            "TETHER_PUBLIC_URL is unset: update links point to http://{host}:{}; set it to where devices reach this server",
+            bound.port()
+        );
+        return format!("http://{host}:{}", bound.port());
+    }
+    format!("http://{bound}")
 }
 
 /// This replica's id, kept in `data_dir/replica-id` (created on first start).

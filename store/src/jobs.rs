@@ -18,8 +18,8 @@ use anyhow::Context as _;
 use protocol::{
     CommandId, DeviceId,
     job::{
-        JobCounts, JobId, JobState, JobTarget, JobView, OfflinePolicy, Selector, TargetPage,
-        TargetQuery, TargetStatus, Threshold,
+        JobArtifact, JobCounts, JobId, JobState, JobTarget, JobView, OfflinePolicy, Selector,
+        TargetPage, TargetQuery, TargetStatus, Threshold,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,8 @@ struct Spec {
     offline: OfflinePolicy,
     wait_ms: u64,
     timeout_ms: u64,
+    #[serde(default)]
+    artifact: Option<JobArtifact>,
 }
 
 /// A job as kept: its view (with its counts) and who runs it until when.
@@ -122,6 +124,7 @@ impl Store {
             offline: job.offline,
             wait_ms: job.wait_ms,
             timeout_ms: job.timeout_ms,
+            artifact: job.artifact.clone(),
         };
         let spec = serde_json::to_string(&spec).context("cannot encode a job")?;
         let mut statements = Vec::new();
@@ -568,6 +571,7 @@ fn job_from(row: &Row) -> anyhow::Result<StoredJob> {
                     total: total_of(row)?,
                     ..JobCounts::default()
                 },
+                artifact: spec.artifact,
             },
             owner: row.text(8)?.to_owned(),
             lease_ms: row.unsigned(9)?,

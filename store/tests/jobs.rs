@@ -42,6 +42,7 @@ fn job(id: &str, created_ms: u64) -> JobView {
         ended_ms: None,
         stop_reason: None,
         counts: JobCounts::default(),
+        artifact: None,
     }
 }
 

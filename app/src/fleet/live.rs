@@ -425,6 +425,7 @@ mod tests {
                 succeeded: finished,
                 ..Default::default()
             },
+            artifact: None,
         }
     }
 

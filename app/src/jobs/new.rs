@@ -181,6 +181,7 @@ impl Draft {
             offline: self.offline,
             wait_ms,
             timeout_ms,
+            artifact: None,
         };
         job.check()?;
         Ok(job)
