@@ -741,7 +741,7 @@ impl Driver {
     fn tell(&mut self) {
         self.dirty = false;
         self.jobs.inner.hub.publish(LiveEvent::JobUpdated {
-            job: self.job.clone(),
+            job: Box::new(self.job.clone()),
         });
     }
 }

@@ -191,7 +191,7 @@ pub enum LiveEvent {
     },
     /// A job changed: its state or its counts.
     JobUpdated {
-        job: crate::job::JobView,
+        job: Box<crate::job::JobView>,
     },
     /// One device of a job changed.
     JobTarget {

@@ -94,7 +94,7 @@ impl Live {
             LiveEvent::Telemetry { reading } => self.readings.update(|latest| {
                 latest.insert((reading.device_id.clone(), reading.metric.clone()), reading);
             }),
-            LiveEvent::JobUpdated { job } => self.upsert_job(job),
+            LiveEvent::JobUpdated { job } => self.upsert_job(*job),
             LiveEvent::JobTarget { target } => self.upsert_job_target(target),
         }
     }

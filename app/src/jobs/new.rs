@@ -308,7 +308,9 @@ pub fn NewJobForm() -> impl IntoView {
         sending.set(true);
         let navigate = navigate.clone();
         leptos::task::spawn_local(async move {
-            match create_job(job).await {
+            let answer = create_job(job).await;
+            sending.set(false);
+            match answer {
                 Ok(job) => {
                     let path = format!("/jobs/{}", job.id);
                     live.upsert_job(job);
@@ -316,7 +318,6 @@ pub fn NewJobForm() -> impl IntoView {
                 }
                 Err(e) => error.set(Some((Some(e.code), e.message))),
             }
-            sending.set(false);
         });
     };
 
