@@ -18,6 +18,8 @@
 //! - [`logs`]: the last lines of configured log files and journals (by name, never by
 //!   path), filtered, paced and bounded, optionally followed for a bounded time.
 //! - [`diagnostics`]: a report of the device with its configuration's secrets removed.
+//! - [`update`]: the built-in `update` command: download, verify, install, hand over to
+//!   the new version, and roll back if it does not come back healthy.
 //!
 //! Each device logs in to the broker with its own account (user = device id, password
 //! = [`Config::secret`]) and every message it publishes carries `user_id` = its id, which
@@ -38,6 +40,7 @@ mod pace;
 pub mod real;
 mod session;
 pub mod simulate;
+pub mod update;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -261,6 +264,10 @@ pub trait Handler: Send + Sync + 'static {
     fn readings(&self) -> Vec<(String, f64)> {
         Vec::new()
     }
+
+    /// Called each time a session has published its hello. Nothing by default; a
+    /// [`real::RealDevice`] on trial after an update reports itself healthy.
+    fn online(&self) {}
 }
 
 /// Runs the agent until `shutdown` resolves: connects, serves sessions, and reconnects
@@ -268,6 +275,9 @@ pub trait Handler: Send + Sync + 'static {
 /// shutdown it says bye and closes the connection. It returns an error only if the
 /// configuration cannot work at all (see [`Config::check`]); a refused login or a
 /// topology the server has not declared yet is retried like a lost connection.
+///
+/// It also returns (`Ok`) when a software [`update`] has handed the device over to a
+/// new version that proved healthy: the caller should then exit.
 pub async fn run<H: Handler>(
     config: Config,
     handler: Arc<H>,
@@ -284,6 +294,21 @@ pub async fn run<H: Handler>(
                 failures = 0;
                 tracing::info!(device = %config.device_id, "restarting; back in {downtime:?}");
                 downtime
+            }
+            Ok(session::End::HandOver(handover)) => {
+                // Dropped on shutdown, which stops whatever it started and undoes it.
+                let handed = tokio::select! {
+                    handed = handover => handed,
+                    () = &mut shutdown => return Ok(()),
+                };
+                match handed {
+                    session::HandedOver::Exit => return Ok(()),
+                    session::HandedOver::Resume => {
+                        failures = 0;
+                        tracing::info!(device = %config.device_id, "connecting again as firmware {}", config.firmware);
+                        Duration::ZERO
+                    }
+                }
             }
             Err(session::Failure { error, served }) => {
                 failures = if served {

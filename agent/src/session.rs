@@ -44,6 +44,40 @@ const PREFETCH: u16 = 32;
 pub(crate) enum End {
     Shutdown,
     Restart { downtime: Duration },
+    /// A command's reply asked to hand over (a software update): run this, then go on
+    /// as it says.
+    HandOver(HandOver),
+}
+
+/// What a handler asks the session to do once its command's reply is out.
+pub(crate) enum AfterReply {
+    /// Go away (bye "restart") and come back after the downtime.
+    Restart(Duration),
+    /// Go away (bye "update"), then run the handover (see [`End::HandOver`]).
+    HandOver(HandOver),
+}
+
+impl std::fmt::Debug for AfterReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Restart(downtime) => f.debug_tuple("Restart").field(downtime).finish(),
+            Self::HandOver(_) => f.write_str("HandOver"),
+        }
+    }
+}
+
+/// Work done between two sessions, with no connection open: starting a new version of
+/// the agent and watching it, say. Dropping it before it is done must leave the device
+/// as it was (the update's guard rolls back).
+pub(crate) type HandOver = Pin<Box<dyn Future<Output = HandedOver> + Send>>;
+
+/// How a handover ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandedOver {
+    /// Another process is the device now: this one stops.
+    Exit,
+    /// This process goes on: it connects again, as it was.
+    Resume,
 }
 
 /// A session that failed; `served` tells whether it got as far as saying hello.
@@ -58,7 +92,7 @@ pub struct CommandContext {
     publisher: Publisher,
     reply_to: String,
     command_id: CommandId,
-    restart: mpsc::UnboundedSender<Duration>,
+    restart: mpsc::UnboundedSender<AfterReply>,
 }
 
 impl CommandContext {
@@ -83,7 +117,15 @@ impl CommandContext {
     /// comes back after `downtime` with a new session — what a reboot looks like.
     pub fn restart_after_reply(&self, downtime: Duration) {
         // The session is gone if this fails, and then there is nothing to restart.
-        let _ = self.restart.send(downtime);
+        let _ = self.restart.send(AfterReply::Restart(downtime));
+    }
+
+    /// After this command's reply is sent, the device goes away (bye "update",
+    /// disconnect) and `run` runs `handover` before it connects again, if it does. If the
+    /// reply is never sent (the command times out, is cancelled, or the session is lost),
+    /// `handover` is dropped unpolled.
+    pub(crate) fn hand_over_after_reply(&self, handover: HandOver) {
+        let _ = self.restart.send(AfterReply::HandOver(handover));
     }
 }
 
@@ -252,6 +294,7 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
         .context("cannot say hello")
         .map_err(failed(false))?;
     tracing::info!(device = %config.device_id, session = %publisher.session_id, %inbox, "online");
+    handler.online();
 
     let (restart_tx, mut restart_rx) = mpsc::unbounded_channel();
     let mut heartbeat = tokio::time::interval(config.heartbeat);
@@ -275,10 +318,16 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
                 let _ = publisher.presence(PresenceKind::Bye, &bye("shutdown")).await;
                 return Ok(End::Shutdown);
             }
-            Some(downtime) = restart_rx.recv() => {
-                let _ = publisher.presence(PresenceKind::Bye, &bye("restart")).await;
-                return Ok(End::Restart { downtime });
-            }
+            Some(after) = restart_rx.recv() => match after {
+                AfterReply::Restart(downtime) => {
+                    let _ = publisher.presence(PresenceKind::Bye, &bye("restart")).await;
+                    return Ok(End::Restart { downtime });
+                }
+                AfterReply::HandOver(handover) => {
+                    let _ = publisher.presence(PresenceKind::Bye, &bye("update")).await;
+                    return Ok(End::HandOver(handover));
+                }
+            },
             _ = heartbeat.tick() => {
                 let beat = DeviceMessage::Heartbeat(Heartbeat { device_id: config.device_id.clone(), session_id: publisher.session_id.clone() });
                 publisher.presence(PresenceKind::Heartbeat, &beat).await.context("cannot send a heartbeat").map_err(failed(true))?;
@@ -448,7 +497,7 @@ async fn on_delivery<H: Handler>(
     handler: &Arc<H>,
     publisher: &Publisher,
     running: &Running,
-    restart: &mpsc::UnboundedSender<Duration>,
+    restart: &mpsc::UnboundedSender<AfterReply>,
     hello: &DeviceMessage,
     pace: Option<&mut Pace>,
     delivery: Delivery,
@@ -524,7 +573,7 @@ async fn start_command<H: Handler>(
     handler: &Arc<H>,
     publisher: &Publisher,
     running: &Running,
-    restart: &mpsc::UnboundedSender<Duration>,
+    restart: &mpsc::UnboundedSender<AfterReply>,
     request: CommandRequest,
     reply_to: String,
 ) {
@@ -586,9 +635,10 @@ async fn start_command<H: Handler>(
             .remove(&id);
         let message = reply(&publisher_for_task, &id, outcome);
         publisher_for_task.reply(&reply_to, &id, &message).await;
-        // A restart asked for by the handler happens only once its reply is out.
-        if let Ok(downtime) = inner_restart_rx.try_recv() {
-            let _ = restart.send(downtime);
+        // A restart or handover asked for by the handler happens only once its reply is
+        // out.
+        if let Ok(after) = inner_restart_rx.try_recv() {
+            let _ = restart.send(after);
         }
     });
     listed.insert(key, task.abort_handle());

@@ -241,13 +241,6 @@ impl Hub {
         self.inner.events.subscribe()
     }
 
-    /// Tells this replica's listeners (its browsers) about something that is not the
-    /// hub's own: a job's progress.
-    pub fn publish(&self, event: LiveEvent) {
-        // No listener is fine: nobody is watching.
-        let _ = self.inner.events.send(event);
-    }
-
     /// This replica's id (kept in its data folder when it has a command log).
     pub fn replica_id(&self) -> &str {
         &self.inner.replica_id

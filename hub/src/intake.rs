@@ -27,7 +27,7 @@ use crate::{
     hub::{Hub, State},
     link::sender,
     reading::{self, Unreadable},
-    send::{OFFLINE_GRACE, ReplicaEvent},
+    send::{OFFLINE_GRACE, ReplicaEvent, SHARED_LIVE_KIND, SharedLive},
 };
 
 impl Hub {
@@ -293,6 +293,14 @@ impl Hub {
         if own == Some(self.inner.replica_id.as_str()) {
             return;
         }
+        let kind = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map(|kind| kind.as_str());
+        if kind == Some(SHARED_LIVE_KIND) {
+            return self.on_shared_live(delivery);
+        }
         let event = match protocol::decode::<ReplicaEvent>(&delivery.data) {
             Ok(event) => event,
             Err(error) => {
@@ -308,5 +316,31 @@ impl Hub {
         let mut state = self.state();
         state.commands.mirror(event.command.clone());
         self.broadcast_commands(&state, &[event.command]);
+    }
+
+    /// Another replica's job progress, for this replica's browsers: only job events are
+    /// taken (the others each replica makes itself).
+    fn on_shared_live(&self, delivery: &Delivery) {
+        let shared = match protocol::decode::<SharedLive>(&delivery.data) {
+            Ok(shared) => shared,
+            Err(error) => {
+                return self.dropped(
+                    &self.inner.stats.malformed,
+                    &format!("shared live event: {error}"),
+                );
+            }
+        };
+        if shared.origin == self.inner.replica_id {
+            return;
+        }
+        match shared.event {
+            event @ (LiveEvent::JobUpdated { .. } | LiveEvent::JobTarget { .. }) => {
+                let _ = self.inner.events.send(event);
+            }
+            _ => self.dropped(
+                &self.inner.stats.malformed,
+                "a shared live event that is not a job's",
+            ),
+        }
     }
 }

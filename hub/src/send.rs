@@ -36,6 +36,16 @@ pub(crate) struct ReplicaEvent {
     pub(crate) command: CommandView,
 }
 
+/// A live event another replica made (a job's progress) and shares with the others'
+/// browsers, on `tether.events` with the AMQP `type` [`SHARED_LIVE_KIND`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SharedLive {
+    pub(crate) origin: String,
+    pub(crate) event: LiveEvent,
+}
+
+pub(crate) const SHARED_LIVE_KIND: &str = "live";
+
 /// Why a command was not sent. Nothing was sent to the device in any of these cases.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SendError {
@@ -299,6 +309,36 @@ impl Hub {
                 }
                 self.command(id)
             }
+        }
+    }
+
+    /// Tells this replica's browsers, and the other replicas' (through `tether.events`),
+    /// about something that is not the hub's own: a job's progress. Best effort across
+    /// replicas, in order.
+    pub async fn publish(&self, event: LiveEvent) {
+        // No listener is fine: nobody is watching.
+        let _ = self.inner.events.send(event.clone());
+        let Some(link) = self.link() else { return };
+        let shared = SharedLive {
+            origin: self.inner.replica_id.clone(),
+            event,
+        };
+        let properties = link
+            .properties()
+            .with_app_id(self.inner.replica_id.as_str().into())
+            .with_type(SHARED_LIVE_KIND.into());
+        if let Err(error) = link
+            .channel
+            .basic_publish(
+                names::EVENTS_EXCHANGE.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &protocol::encode(&shared),
+                properties,
+            )
+            .await
+        {
+            tracing::debug!("cannot share an event with other replicas: {error}");
         }
     }
 

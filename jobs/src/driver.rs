@@ -98,7 +98,7 @@ impl Driver {
                 tracing::warn!(job = %self.job.id, "cannot load the job's devices (retrying): {error:#}");
             }
             if self.loaded && self.step().await {
-                self.tell();
+                self.tell().await;
                 tracing::info!(job = %self.job.id, state = %self.job.state, "job done");
                 return;
             }
@@ -141,7 +141,7 @@ impl Driver {
                 }
                 _ = tell.tick() => {
                     if self.dirty {
-                        self.tell();
+                        self.tell().await;
                     }
                     continue;
                 }
@@ -282,7 +282,11 @@ impl Driver {
                         target.status = TargetStatus::Cancelled;
                         target.message = Some(why.into());
                         target.updated_ms = now;
-                        self.jobs.inner.hub.publish(LiveEvent::JobTarget { target });
+                        self.jobs
+                            .inner
+                            .hub
+                            .publish(LiveEvent::JobTarget { target })
+                            .await;
                     }
                     self.dirty = true;
                 }
@@ -670,7 +674,8 @@ impl Driver {
                 self.jobs
                     .inner
                     .hub
-                    .publish(LiveEvent::JobTarget { target: to });
+                    .publish(LiveEvent::JobTarget { target: to })
+                    .await;
                 true
             }
             Ok(false) => {
@@ -702,7 +707,7 @@ impl Driver {
                 self.job.stop_reason = stored.view.stop_reason;
                 self.job.counts = stored.view.counts;
                 if changed {
-                    self.tell();
+                    self.tell().await;
                 }
             }
             Ok(None) => {}
@@ -722,7 +727,7 @@ impl Driver {
         {
             Ok(true) => {
                 self.refresh().await;
-                self.tell();
+                self.tell().await;
                 true
             }
             Ok(false) => {
@@ -738,11 +743,15 @@ impl Driver {
     }
 
     /// Tells browsers the job as it is now.
-    fn tell(&mut self) {
+    async fn tell(&mut self) {
         self.dirty = false;
-        self.jobs.inner.hub.publish(LiveEvent::JobUpdated {
-            job: Box::new(self.job.clone()),
-        });
+        self.jobs
+            .inner
+            .hub
+            .publish(LiveEvent::JobUpdated {
+                job: Box::new(self.job.clone()),
+            })
+            .await;
     }
 }
 

@@ -203,9 +203,12 @@ impl Jobs {
             .create_job(&job, &self.inner.owner, lease, &devices)
             .await
             .map_err(JobError::Store)?;
-        self.inner.hub.publish(LiveEvent::JobUpdated {
-            job: Box::new(job.clone()),
-        });
+        self.inner
+            .hub
+            .publish(LiveEvent::JobUpdated {
+                job: Box::new(job.clone()),
+            })
+            .await;
         self.run(job.clone());
         Ok(job)
     }
@@ -252,9 +255,12 @@ impl Jobs {
             // (or whoever takes it over) cancels the running ones.
             self.claim().await;
         }
-        self.inner.hub.publish(LiveEvent::JobUpdated {
-            job: Box::new(job.clone()),
-        });
+        self.inner
+            .hub
+            .publish(LiveEvent::JobUpdated {
+                job: Box::new(job.clone()),
+            })
+            .await;
         Ok(job)
     }
 

@@ -550,3 +550,53 @@ async fn next_event(socket: &mut Socket) -> Option<LiveEvent> {
         _ => None,
     }
 }
+
+#[tokio::test]
+async fn another_replicas_browsers_see_a_job_live() {
+    let first = support::start().await;
+    let database = format!("sqlite://{}", first.database.display());
+    let second = support::start_with(|config| config.database_url = database).await;
+    let (client, _, _) = first.user(Role::Admin, &[]).await;
+    let (_, token, _) = second.user(Role::Admin, &[]).await;
+    let agents = gateways(&first, "job-replicas", 2).await;
+    let mut live = live(&second, &token).await;
+
+    let (status, created) = post(
+        &client,
+        first.url("/api/v1/jobs"),
+        json!({"command": "echo", "targets": {"ids": ids(&agents)}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let created: JobView = serde_json::from_value(created).unwrap();
+    let (mut targets, mut completed) = (HashSet::new(), false);
+    testkit::within(
+        Duration::from_secs(15),
+        "the other replica's events",
+        async {
+            while !(completed && targets.len() == 2) {
+                match next_event(&mut live).await {
+                    Some(LiveEvent::JobTarget { target })
+                        if target.job_id == created.id
+                            && target.status == TargetStatus::Succeeded =>
+                    {
+                        targets.insert(target.device_id);
+                    }
+                    Some(LiveEvent::JobUpdated { job }) if job.id == created.id => {
+                        completed |= job.state == JobState::Completed;
+                    }
+                    _ => {}
+                }
+            }
+        },
+    )
+    .await;
+    // And the second replica answers for the job from the shared database.
+    let (status, job): (StatusCode, JobView) = get(
+        &testkit::api_client(&token),
+        second.url(&format!("/api/v1/jobs/{}", created.id)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job.counts.succeeded, 2);
+}
