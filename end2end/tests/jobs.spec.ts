@@ -16,6 +16,8 @@ test("a job started from the form runs on every device and completes live", asyn
       .toBe(true);
   }
 
+  const errors: string[] = [];
+  page.on("pageerror", (error) => errors.push(error.message));
   await page.goto("/jobs");
   await expect(page.getByRole("heading", { name: "Jobs", level: 1 })).toBeVisible();
   await expect(page.getByTestId("connection")).toHaveText(/^\s*live\s*$/, { timeout: 15_000 });
@@ -84,10 +86,19 @@ test("a job started from the form runs on every device and completes live", asyn
     await expect(header.getByTestId(`count-${status}`)).toHaveText(String(job.counts[status]));
   }
 
+  // Rendered by the server and hydrated, the page says the same.
+  await page.reload();
+  await expect(header).toHaveAttribute("data-hydrated", "true");
+  await expect(header.getByTestId("job-state")).toHaveAttribute("data-state", "completed");
+  await expect(header.getByTestId("count-succeeded")).toHaveText("3");
+  await expect(rows).toHaveCount(3);
+
   // The list shows it too, rendered by the server.
   await page.goto("/jobs");
+  await expect(page.getByTestId("jobs")).toHaveAttribute("data-hydrated", "true");
   const listed = page.locator(`[data-testid="job-row"][data-job="${jobId}"]`);
   await expect(listed).toHaveAttribute("data-state", "completed");
   await expect(listed.getByRole("link", { name })).toHaveAttribute("href", `/jobs/${jobId}`);
   await expect(listed.getByTestId("job-progress")).toHaveAttribute("data-finished", "3");
+  expect(errors).toEqual([]);
 });

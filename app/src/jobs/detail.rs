@@ -374,10 +374,10 @@ fn TargetRow(target: Memo<JobTarget>) -> impl IntoView {
     let device = first.device_id.to_string();
     view! {
         <tr data-testid="job-target-row" data-device=device.clone() data-status=move || target.get().status.as_str()>
-            <td class="muted">{first.seq + 1}</td>
+            <td class="muted seq">{first.seq + 1}</td>
             <th scope="row"><a href=format!("/devices/{device}")>{device.clone()}</a></th>
             <td data-label="Status">{move || view! { <TargetStatusBadge status=target.get().status /> }}</td>
-            <td data-label="Message" class="detail" data-testid="target-message">{move || target.get().message}</td>
+            <td data-label="Message" class="message" data-testid="target-message">{move || target.get().message}</td>
             <td data-label="Command"><code data-testid="target-command">{move || target.get().command_id.map(|c| c.0)}</code></td>
             <td data-label="Updated" class="muted">{move || when(target.get().updated_ms)}</td>
         </tr>
