@@ -22,6 +22,10 @@
 //! syslog = { file = "/var/log/syslog" }
 //! agent = { unit = "tether-agent.service" }
 //!
+//! [update]                             # the built-in `update` command (see crate::update)
+//! enabled = true
+//! public_key = "…64 hex digits…"
+//!
 //! [[actions]]
 //! name = "restart_service"
 //! program = "/usr/bin/systemctl"
@@ -29,12 +33,13 @@
 //! args = [{ name = "service", type = "choice", choices = ["nginx", "mosquitto"], required = true }]
 //! ```
 //!
-//! Every key is also a flag and an environment variable of `tether-agent`, which win
-//! over the file ([`Overrides`]); the file wins over the defaults. Unknown keys are
-//! mistakes. [`load`] reports every mistake it finds, each with its line and column
+//! Every top-level key is also a flag and an environment variable of `tether-agent`,
+//! which win over the file ([`Overrides`]); the file wins over the defaults. The tables
+//! (`[machine]`, `[logs]`, `[update]`, `[[actions]]`) are only in the file. Unknown keys
+//! are mistakes. [`load`] reports every mistake it finds, each with its line and column
 //! where it has one. A secret file must not be accessible to other users (like ssh,
-//! the agent refuses one that is); a relative `secret_file` is relative to the
-//! configuration file's directory.
+//! the agent refuses one that is); a relative `secret_file`, `update.executable` or
+//! `update.state_dir` is relative to the configuration file's directory.
 
 use std::{
     fmt,
@@ -52,6 +57,7 @@ use crate::{
     actions::{ActionSpec, Actions},
     logs::{Logs, LogsFile},
     real::BUILT_IN_COMMANDS,
+    update::{UpdateConfig, UpdateFile},
 };
 
 /// The file as written. Every field is optional here; what is required is checked
@@ -71,6 +77,7 @@ struct File {
     telemetry_fastest_ms: Option<Spanned<u64>>,
     machine: Option<Spanned<toml::Value>>,
     logs: Option<Spanned<LogsFile>>,
+    update: Option<Spanned<UpdateFile>>,
     #[serde(default)]
     actions: Vec<Spanned<ActionSpec>>,
 }
@@ -100,6 +107,8 @@ pub struct Loaded {
     pub machine: Option<toml::Value>,
     /// The log sources of the `[logs]` table, checked; none when absent.
     pub logs: Logs,
+    /// The `[update]` table, checked; updates are off when absent.
+    pub update: UpdateConfig,
 }
 
 impl Loaded {
@@ -112,13 +121,18 @@ impl Loaded {
             .and_then(toml::Value::as_bool)
             .unwrap_or(true);
         format!(
-            "device {} ({}) at {}: {} action(s), {} log source(s), machine metrics {}",
+            "device {} ({}) at {}: {} action(s), {} log source(s), machine metrics {}, updates {}",
             self.config.device_id,
             self.config.kind,
             common::redact(&self.config.amqp_url),
             self.actions.len(),
             self.logs.sources.len(),
-            if machine { "on" } else { "off" }
+            if machine { "on" } else { "off" },
+            match (self.update.enabled, self.update.public_key.is_some()) {
+                (false, _) => "off",
+                (true, false) => "on (unsigned accepted)",
+                (true, true) => "on (signed only)",
+            }
         )
     }
 
@@ -171,6 +185,7 @@ impl Loaded {
                 "max_lines": self.logs.max_lines,
                 "follow_max_s": self.logs.follow_max_s,
             },
+            "update": self.update.shown(),
             "actions": actions,
         })
     }
@@ -423,6 +438,19 @@ pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Loaded, V
         },
     };
 
+    let update = match file.update {
+        None => UpdateConfig::default(),
+        Some(update) => match update.into_inner().check(base) {
+            Ok(update) => update,
+            Err(found) => {
+                for (span, message) in found {
+                    problem(span.and_then(at), message);
+                }
+                UpdateConfig::default()
+            }
+        },
+    };
+
     let mut seen = std::collections::BTreeMap::new();
     for action in &file.actions {
         let spec = action.get_ref();
@@ -476,6 +504,7 @@ pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Loaded, V
         actions,
         machine,
         logs,
+        update,
     })
 }
 

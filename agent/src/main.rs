@@ -27,6 +27,11 @@
 //! tether-agent --config /etc/tether/agent.toml --check-config
 //! TETHER_AGENT_CONFIG=/etc/tether/agent.toml tether-agent
 //! ```
+//!
+//! With an `[update]` table that enables it, the device takes the built-in `update`
+//! command ([`agent::update`]): after installing, this process starts the new
+//! executable with its own arguments and `TETHER_UPDATE_TRIAL` set, and exits once that
+//! one is healthy (or rolls back and goes on). Its exit status is then 0.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -283,7 +288,7 @@ async fn run_configured(
         let mut secrets = read_secrets(secrets_file)?;
         overrides.secret = secrets.remove(&DeviceId::new(device_id)?);
     }
-    let loaded = match agent::config_file::load(path, &overrides) {
+    let mut loaded = match agent::config_file::load(path, &overrides) {
         Ok(loaded) => loaded,
         Err(problems) => {
             eprintln!("{problems}");
@@ -310,16 +315,35 @@ async fn run_configured(
         println!("{}: ok: {}", path.display(), loaded.summary());
         return Ok(());
     }
+    // After an update, the version it installed (unless --firmware says otherwise).
+    if overrides.firmware.is_none()
+        && let Some(version) = loaded.update.installed_version()
+    {
+        tracing::info!("firmware {version}: installed by the last update");
+        loaded.config.firmware = version;
+    }
     tracing::info!("{}", loaded.summary());
-    let device = agent::real::RealDevice::configured(&loaded, readings);
+    let mut device = agent::real::RealDevice::configured(&loaded, readings);
+    if let Some(trial) = agent::update::Trial::from_env(loaded.config.firmware.clone()) {
+        tracing::info!("started on trial by the previous version after an update");
+        device = device.with_trial(trial);
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut stop = stop_rx;
-    let agent = tokio::spawn(agent::run(loaded.config, Arc::new(device), async move {
+    let mut agent = tokio::spawn(agent::run(loaded.config, Arc::new(device), async move {
         let _ = stop.wait_for(|stop| *stop).await;
     }));
-    shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    agent.await?
+    tokio::select! {
+        () = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            agent.await?
+        }
+        // It ends by itself only when an update handed the device over to a new version.
+        ended = &mut agent => {
+            tracing::info!("handed over to the new version; exiting");
+            ended?
+        }
+    }
 }
 
 /// Reads a secrets file: one `<device-id> <secret>` line per device; blank lines and

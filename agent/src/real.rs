@@ -1,6 +1,7 @@
 //! A real device: the actions declared in the configuration file, the built-in
-//! [`logs`](crate::logs) and [`diagnostics`](crate::diagnostics) commands, and the
-//! readings of the machine it runs on (and of any other [`Readings`] source).
+//! [`logs`](crate::logs), [`diagnostics`](crate::diagnostics) and
+//! [`update`](crate::update) commands, and the readings of the machine it runs on (and
+//! of any other [`Readings`] source).
 
 use protocol::{Capabilities, ErrorCode, capability::builtin};
 use serde_json::Value;
@@ -14,11 +15,13 @@ use crate::{
     diagnostics::Diagnostics,
     logs::Logs,
     machine::{MachineConfig, MachineMetrics},
+    update::{Trial, Updater},
 };
 
 /// Commands the agent provides itself, which no action may be named after: `logs`
-/// (announced when log sources are configured) and `diagnostics` (always).
-pub const BUILT_IN_COMMANDS: &[&str] = builtin::ALL;
+/// (announced when log sources are configured), `diagnostics` (always) and `update`
+/// (announced when the `[update]` table enables it).
+pub const BUILT_IN_COMMANDS: &[&str] = &[builtin::LOGS, builtin::DIAGNOSTICS, builtin::UPDATE];
 
 /// A [`Handler`] for a real device: its commands are the declared actions, its
 /// metrics those of its readings sources. The reporting pace comes from the
@@ -28,6 +31,8 @@ pub struct RealDevice {
     readings: Vec<Box<dyn Readings>>,
     logs: Arc<Logs>,
     diagnostics: Diagnostics,
+    update: Option<Updater>,
+    trial: Option<Trial>,
 }
 
 impl std::fmt::Debug for RealDevice {
@@ -36,6 +41,8 @@ impl std::fmt::Debug for RealDevice {
             .field("actions", &self.actions)
             .field("readings", &self.readings.len())
             .field("logs", &self.logs)
+            .field("update", &self.update)
+            .field("trial", &self.trial)
             .finish_non_exhaustive()
     }
 }
@@ -49,15 +56,39 @@ impl RealDevice {
             readings,
             logs: Arc::new(Logs::default()),
             diagnostics: Diagnostics::default(),
+            update: None,
+            trial: None,
         }
     }
 
-    /// A device as `loaded` configures it: its actions, its log sources, and its
-    /// configuration (secrets removed) in the diagnostics.
+    /// A device as `loaded` configures it: its actions, its log sources, the `update`
+    /// command when enabled, and its configuration (secrets removed) in the diagnostics.
     pub fn configured(loaded: &Loaded, readings: Vec<Box<dyn Readings>>) -> Self {
-        Self::new(loaded.actions.clone(), readings)
+        let device = Self::new(loaded.actions.clone(), readings)
             .with_logs(loaded.logs.clone())
-            .with_config(loaded.redacted())
+            .with_config(loaded.redacted());
+        if loaded.update.enabled {
+            device.with_update(Updater::new(
+                loaded.update.clone(),
+                loaded.config.firmware.clone(),
+            ))
+        } else {
+            device
+        }
+    }
+
+    /// Offers the built-in `update` command.
+    #[must_use]
+    pub fn with_update(mut self, updater: Updater) -> Self {
+        self.update = Some(updater);
+        self
+    }
+
+    /// Runs on trial after an update: reports healthy once the first hello is out.
+    #[must_use]
+    pub fn with_trial(mut self, trial: Trial) -> Self {
+        self.trial = Some(trial);
+        self
     }
 
     /// Reads logs from `logs`' sources (the `logs` command, and the agent's own log in
@@ -102,6 +133,7 @@ impl Handler for RealDevice {
         let mut commands = self.actions.commands();
         commands.extend(self.logs.command());
         commands.push(Diagnostics::command());
+        commands.extend(self.update.as_ref().map(Updater::command));
         Capabilities {
             commands,
             metrics: self
@@ -124,6 +156,10 @@ impl Handler for RealDevice {
             self.logs.run(&command, &context).await
         } else if command.name == builtin::DIAGNOSTICS {
             self.diagnostics.run(&command).await
+        } else if command.name == builtin::UPDATE
+            && let Some(updater) = &self.update
+        {
+            updater.run(&command, &context).await
         } else {
             Err(CommandError {
                 code: ErrorCode::UnknownCommand,
@@ -137,5 +173,11 @@ impl Handler for RealDevice {
             .iter()
             .flat_map(|source| source.read())
             .collect()
+    }
+
+    fn online(&self) {
+        if let Some(trial) = &self.trial {
+            trial.online();
+        }
     }
 }

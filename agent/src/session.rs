@@ -43,7 +43,9 @@ const PREFETCH: u16 = 32;
 /// How a session ended, when it ended on purpose.
 pub(crate) enum End {
     Shutdown,
-    Restart { downtime: Duration },
+    Restart {
+        downtime: Duration,
+    },
     /// A command's reply asked to hand over (a software update): run this, then go on
     /// as it says.
     HandOver(HandOver),

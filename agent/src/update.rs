@@ -14,7 +14,8 @@
 //! health_timeout_s = 60              # how long the new version has to come back healthy
 //! ```
 //!
-//! What one command does, each stage a progress message (paced: at most two a second):
+//! What one command does, each stage a progress message (paced: at most two a second;
+//! the wire contract is in PROTOCOL.md, "Built-in commands"):
 //!
 //! 1. **downloading**: `GET url` over HTTP/1.1 (or HTTPS with the system's roots) into
 //!    `<state_dir>/update/<sha256>.part`, streamed to disk. What is already there is
@@ -32,11 +33,17 @@
 //!    `executable` with its own arguments and environment plus
 //!    `TETHER_UPDATE_TRIAL=<state_dir>/trial`. The new agent writes
 //!    `<state_dir>/trial.healthy` (its pid and firmware) once its first hello is out
-//!    ([`Trial`]). Healthy within `health_timeout_s`: this process exits (under systemd,
-//!    it first stops the new one, and `Restart=always` starts the new executable as the
-//!    service). Otherwise — the new version exits, or is not healthy in time — it is
-//!    killed (its process group), `previous` is put back over `executable`, and this
-//!    process reconnects as the old version, whose hello tells the server so.
+//!    ([`Trial`]). Healthy within `health_timeout_s`, and still running 3 s later: this
+//!    process exits, leaving the new one running (under systemd, where `INVOCATION_ID`
+//!    is set, it first stops the new one, and `Restart=always` starts the new
+//!    executable as the service). Otherwise — the new version exits, or is not healthy
+//!    in time — it is killed (its process group), `previous` is put back over
+//!    `executable`, and this process reconnects as the old version, whose hello tells
+//!    the server so. A custom `install` cannot be undone: then this process only goes
+//!    on as the old version, and says so in its log.
+//!
+//! The custom `install` step runs as the agent's user, under the service's confinement,
+//! like any action. Its `{file}` is `<state_dir>/update/<sha256>`, already verified.
 //!
 //! While it is installed but not yet proven, an update is held by a guard that rolls it
 //! back whenever it is dropped: when the command times out or is cancelled after
@@ -94,6 +101,8 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often the trial is checked on.
 const TRIAL_POLL: Duration = Duration::from_millis(200);
+/// How long a new version that said it is healthy must stay up before it is kept.
+const SETTLE: Duration = Duration::from_secs(3);
 /// The output of a custom install step kept for its failure message.
 const INSTALL_OUTPUT_BYTES: u64 = 64 * 1024;
 
@@ -237,8 +246,9 @@ impl UpdateFile {
 }
 
 fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
-    let bytes = decode_hex::<32>(text.trim())
-        .ok_or("must be 64 hex digits (the server's update key, GET /api/v1/artifacts/signing-key)")?;
+    let bytes = decode_hex::<32>(text.trim()).ok_or(
+        "must be 64 hex digits (the server's update key, GET /api/v1/artifacts/signing-key)",
+    )?;
     VerifyingKey::from_bytes(&bytes).map_err(|_| "is not an ed25519 public key")?;
     Ok(bytes)
 }
@@ -320,7 +330,9 @@ fn install_action(argv: &[String], timeout_ms: u64) -> ActionSpec {
     }
 }
 
-/// The `update` command of a device whose configuration enables it.
+/// The `update` command of a device whose configuration enables it. Its handover
+/// starts `executable` with this process's own arguments and environment: it is meant
+/// for the `tether-agent` binary, whose [`crate::run`] returns once it has handed over.
 #[derive(Debug)]
 pub struct Updater {
     config: Arc<UpdateConfig>,
@@ -330,7 +342,8 @@ pub struct Updater {
 }
 
 /// Sends one progress message.
-type ProgressFn = Arc<dyn Fn(Option<u8>, String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+type ProgressFn =
+    Arc<dyn Fn(Option<u8>, String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl Updater {
     /// Updates as `config` says, for an agent that reports `firmware`.
@@ -360,8 +373,18 @@ impl Updater {
                           (rolled back if it does not come back healthy)"
                 .into(),
             args: vec![
-                arg("url", "Where to download the file (http or https)", text(2048), true),
-                arg("sha256", "The file's SHA-256, 64 lowercase hex digits", text(64), true),
+                arg(
+                    "url",
+                    "Where to download the file (http or https)",
+                    text(2048),
+                    true,
+                ),
+                arg(
+                    "sha256",
+                    "The file's SHA-256, 64 lowercase hex digits",
+                    text(64),
+                    true,
+                ),
                 arg(
                     "size",
                     "The file's size in bytes",
@@ -371,7 +394,12 @@ impl Updater {
                     },
                     true,
                 ),
-                arg("version", "The version the device reports once updated", text(100), true),
+                arg(
+                    "version",
+                    "The version the device reports once updated",
+                    text(100),
+                    true,
+                ),
                 arg(
                     "signature",
                     "Hex ed25519 signature of the SHA-256 digest",
@@ -439,7 +467,9 @@ impl Updater {
             ));
         }
         if request.signature.is_some() && key.is_none() {
-            tracing::info!("the update is signed, but no public_key is configured to verify it with");
+            tracing::info!(
+                "the update is signed, but no public_key is configured to verify it with"
+            );
         }
         tracing::info!(
             version = %request.version,
@@ -450,9 +480,10 @@ impl Updater {
         let downloads = config.state_dir.join("update");
         let part = downloads.join(format!("{}.part", request.sha256));
         let verified = downloads.join(&request.sha256);
-        let have = blocking(|| {
-            prepare_downloads(&downloads, &request.sha256)?;
-            Ok(fs::metadata(&part).map_or(0, |meta| meta.len()))
+        let (dir, sha256, path) = (downloads.clone(), request.sha256.clone(), part.clone());
+        let have = blocking(move || {
+            prepare_downloads(&dir, &sha256)?;
+            Ok(fs::metadata(&path).map_or(0, |meta| meta.len()))
         })
         .await
         .map_err(|error| {
@@ -515,50 +546,104 @@ impl Updater {
             return Err(CommandError::failed(message));
         }
         let (from, to) = (part.clone(), verified.clone());
-        blocking(move || fs::rename(from, to)).await.map_err(|error| {
-            CommandError::failed(format!("install failed: cannot keep the verified file: {error}"))
-        })?;
+        blocking(move || fs::rename(from, to))
+            .await
+            .map_err(|error| {
+                CommandError::failed(format!(
+                    "install failed: cannot keep the verified file: {error}"
+                ))
+            })?;
 
         reporter.stage(None, "installing".into()).await;
+        // In a task of its own, so that a cancel or timeout cannot stop an install half
+        // way: it is seen through, and then, its guard dropped, rolled back.
+        let install = Install {
+            config: config.clone(),
+            file: verified,
+            version: request.version,
+            sha256: request.sha256,
+            size: request.size,
+            previous_firmware: self.firmware.clone(),
+            command: command.clone(),
+            remaining: (started + command.timeout).saturating_duration_since(Instant::now()),
+            send: reporter.send.clone(),
+            busy,
+        };
+        tokio::spawn(install.run())
+            .await
+            .unwrap_or_else(|error| Err(CommandError::failed(format!("install failed: {error}"))))
+    }
+}
+
+/// The install step, and what the guard it makes needs.
+struct Install {
+    config: Arc<UpdateConfig>,
+    /// The verified download.
+    file: PathBuf,
+    version: String,
+    sha256: String,
+    size: u64,
+    previous_firmware: String,
+    command: Command,
+    remaining: Duration,
+    send: ProgressFn,
+    busy: Busy,
+}
+
+impl Install {
+    async fn run(self) -> Result<Installed, CommandError> {
+        let config = self.config;
         let old_record = fs::read(config.record_path()).ok();
-        let remaining = (started + command.timeout).saturating_duration_since(Instant::now());
         let custom = match &config.install {
             None => {
-                let (config, file) = (config.clone(), verified.clone());
+                let (config, file) = (config.clone(), self.file.clone());
                 blocking(move || install_file(&file, &config.executable, &config.state_dir))
                     .await
                     .map_err(|error| CommandError::failed(format!("install failed: {error}")))?;
                 false
             }
             Some(argv) => {
-                install_custom(argv, &verified, &request.version, command, remaining, reporter)
-                    .await?;
+                install_custom(
+                    argv,
+                    &self.file,
+                    &self.version,
+                    &self.command,
+                    self.remaining,
+                    &self.send,
+                )
+                .await?;
                 true
             }
         };
         // From here on, the guard rolls back whatever stops the update short of success.
         let installed = Installed {
             config: config.clone(),
-            version: request.version.clone(),
-            previous_firmware: self.firmware.clone(),
+            version: self.version.clone(),
+            previous_firmware: self.previous_firmware,
             custom,
             old_record,
             armed: true,
-            _busy: busy,
+            _busy: self.busy,
         };
-        let record_config = config.clone();
-        let (version, sha256, size) = (request.version.clone(), request.sha256.clone(), request.size);
+        let (version, sha256, size, file) = (self.version, self.sha256, self.size, self.file);
         let recorded = blocking(move || {
             let record = if custom {
                 // What the install step left in place.
-                let size = fs::metadata(&record_config.executable)?.len();
-                let sha256 = hex::encode(sha256_file(&record_config.executable)?);
-                Record { version, sha256, size }
+                Record {
+                    version,
+                    size: fs::metadata(&config.executable)?.len(),
+                    sha256: hex::encode(sha256_file(&config.executable)?),
+                }
             } else {
-                Record { version, sha256, size }
+                Record {
+                    version,
+                    sha256,
+                    size,
+                }
             };
+            let _ = fs::remove_file(&file);
             write_atomically(
-                &record_config.record_path(),
+                &config.record_path(),
                 &serde_json::to_vec(&record).unwrap_or_default(),
             )
         })
@@ -566,8 +651,7 @@ impl Updater {
         if let Err(error) = recorded {
             tracing::warn!("cannot record the installed version: {error}");
         }
-        let _ = fs::remove_file(&verified);
-        tracing::info!(version = %request.version, "installed; handing over after the reply");
+        tracing::info!(version = %installed.version, "installed; handing over after the reply");
         Ok(installed)
     }
 }
@@ -588,7 +672,11 @@ impl UpdateRequest {
         let url = http::Url::parse(command.string("url").unwrap_or_default())
             .map_err(|message| invalid(format!("argument \"url\": {message}")))?;
         let sha256 = command.string("sha256").unwrap_or_default();
-        if sha256.len() != 64 || !sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(invalid(
                 "argument \"sha256\" must be 64 lowercase hex digits".to_owned(),
             ));
@@ -660,7 +748,10 @@ impl Reporter {
     }
 
     async fn paced(&mut self, percent: Option<u8>, text: String) {
-        if text == self.last_text || self.last.is_some_and(|last| last.elapsed() < PROGRESS_EVERY)
+        if text == self.last_text
+            || self
+                .last
+                .is_some_and(|last| last.elapsed() < PROGRESS_EVERY)
         {
             return;
         }
@@ -691,7 +782,9 @@ fn amount(part: u64, total: u64) -> String {
 }
 
 fn percent(part: u64, total: u64) -> u8 {
-    u8::try_from(part.saturating_mul(100) / total.max(1)).unwrap_or(100).min(100)
+    u8::try_from(part.saturating_mul(100) / total.max(1))
+        .unwrap_or(100)
+        .min(100)
 }
 
 /// One file to download into `part`, resuming what is there.
@@ -715,10 +808,15 @@ impl Download {
         reporter
             .stage(
                 Some(percent(have.min(self.size), self.size)),
-                format!("downloading: {} % ({})", percent(have.min(self.size), self.size), amount(have.min(self.size), self.size)),
+                format!(
+                    "downloading: {} % ({})",
+                    percent(have.min(self.size), self.size),
+                    amount(have.min(self.size), self.size)
+                ),
             )
             .await;
-        let backoff = protocol::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let backoff =
+            protocol::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut failures: u32 = 0;
         loop {
             let error = match tokio::time::timeout_at(self.deadline, self.attempt(reporter)).await {
@@ -733,7 +831,10 @@ impl Download {
             failures += 1;
             let pause = backoff.delay(failures, fastrand::f64());
             if Instant::now() + pause >= self.deadline {
-                tracing::warn!("update download from {} failed: {error}; giving up", self.url.shown());
+                tracing::warn!(
+                    "update download from {} failed: {error}; giving up",
+                    self.url.shown()
+                );
                 return Err(CommandError::failed(format!(
                     "download failed: {error} (gave up after {failures} attempt(s): the \
                      command's time is nearly up)"
@@ -746,7 +847,10 @@ impl Download {
             reporter
                 .stage(
                     None,
-                    format!("downloading: {error}; retrying in {:.1} s", pause.as_secs_f64()),
+                    format!(
+                        "downloading: {error}; retrying in {:.1} s",
+                        pause.as_secs_f64()
+                    ),
                 )
                 .await;
             tokio::time::sleep(pause).await;
@@ -756,7 +860,9 @@ impl Download {
     /// A file of the wrong size: deleted, and the command fails.
     fn mismatch(&self, message: String) -> Stop {
         let _ = fs::remove_file(&self.part);
-        Stop::Fail(CommandError::failed(format!("verification failed: {message}")))
+        Stop::Fail(CommandError::failed(format!(
+            "verification failed: {message}"
+        )))
     }
 
     async fn attempt(&self, reporter: &mut Reporter) -> Result<(), Stop> {
@@ -796,7 +902,10 @@ impl Download {
                 }
             }
             206 => {
-                match response.header("content-range").and_then(http::content_range) {
+                match response
+                    .header("content-range")
+                    .and_then(http::content_range)
+                {
                     Some((_, _, Some(total))) if total != self.size => {
                         return Err(self.mismatch(format!(
                             "the server's file is {total} bytes, not {}",
@@ -866,10 +975,7 @@ impl Download {
                 Ok(n) => n,
                 Err(error) => {
                     let _ = file.flush().await;
-                    return Err(Stop::Retry(format!(
-                        "the download broke off at {}: {error}",
-                        size_text(have)
-                    )));
+                    return Err(Stop::Retry(format!("the download broke off: {error}")));
                 }
             };
             if n == 0 {
@@ -945,7 +1051,10 @@ fn writable(executable: &Path) -> io::Result<()> {
         io::Error::new(error.kind(), format!("{}: {error}", executable.display()))
     })?;
     if !meta.is_file() {
-        return Err(io::Error::other(format!("{} is not a file", executable.display())));
+        return Err(io::Error::other(format!(
+            "{} is not a file",
+            executable.display()
+        )));
     }
     let new = sibling(executable, ".new");
     fs::File::create(&new)
@@ -986,7 +1095,8 @@ fn verify(
     signature: Option<[u8; 64]>,
     key: Option<&VerifyingKey>,
 ) -> Result<(), String> {
-    let failed = |error: io::Error| format!("verification failed: cannot read the download: {error}");
+    let failed =
+        |error: io::Error| format!("verification failed: cannot read the download: {error}");
     let length = fs::metadata(path).map_err(failed)?.len();
     if length != size {
         return Err(format!(
@@ -1070,11 +1180,12 @@ async fn install_custom(
     version: &str,
     command: &Command,
     remaining: Duration,
-    reporter: &Reporter,
+    send: &ProgressFn,
 ) -> Result<(), CommandError> {
     let timeout_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
-    let actions = Actions::new(vec![install_action(argv, timeout_ms)])
-        .map_err(|problems| CommandError::failed(format!("install failed: {}", problems.join("; "))))?;
+    let actions = Actions::new(vec![install_action(argv, timeout_ms)]).map_err(|problems| {
+        CommandError::failed(format!("install failed: {}", problems.join("; ")))
+    })?;
     let install = Command {
         id: command.id.clone(),
         name: "install".into(),
@@ -1085,7 +1196,7 @@ async fn install_custom(
         .into(),
         timeout: remaining,
     };
-    let send = reporter.send.clone();
+    let send = send.clone();
     let mut last: Option<std::time::Instant> = None;
     actions
         .run_with(&install, move |output| {
@@ -1230,6 +1341,19 @@ async fn hand_over(mut installed: Installed) -> HandedOver {
             }
         }
     };
+    // One that falls over right after its hello is not healthy either.
+    tokio::select! {
+        status = child.wait() => {
+            let how = match status {
+                Ok(status) => describe(status),
+                Err(error) => format!("could not be waited for ({error})"),
+            };
+            group.kill();
+            installed.roll_back(&format!("the new version {how} right after it came online"));
+            return HandedOver::Resume;
+        }
+        () = tokio::time::sleep(SETTLE) => {}
+    }
     installed.keep();
     let mut lines = report.lines();
     let reported_pid = lines.next().unwrap_or_default().trim().to_owned();
@@ -1326,7 +1450,8 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tether-update-unit-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tether-update-unit-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -1355,15 +1480,27 @@ mod tests {
         let good = signer.sign(&digest).to_bytes();
         assert_eq!(verify(&path, 11, &sha, None, None), Ok(()));
         assert_eq!(verify(&path, 11, &sha, Some(good), Some(&key)), Ok(()));
-        assert!(verify(&path, 12, &sha, None, None).unwrap_err().contains("11 bytes, not 12"));
+        assert!(
+            verify(&path, 12, &sha, None, None)
+                .unwrap_err()
+                .contains("11 bytes, not 12")
+        );
         let other = hex::encode([0u8; 32]);
-        assert!(verify(&path, 11, &other, None, None).unwrap_err().starts_with("verification failed: its SHA-256"));
+        assert!(
+            verify(&path, 11, &other, None, None)
+                .unwrap_err()
+                .starts_with("verification failed: its SHA-256")
+        );
         let bad = signer.sign(b"something else").to_bytes();
         assert_eq!(
             verify(&path, 11, &sha, Some(bad), Some(&key)).unwrap_err(),
             "verification failed: bad signature"
         );
-        assert!(verify(&path, 11, &sha, None, Some(&key)).unwrap_err().starts_with("verification failed: bad signature"));
+        assert!(
+            verify(&path, 11, &sha, None, Some(&key))
+                .unwrap_err()
+                .starts_with("verification failed: bad signature")
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -1372,7 +1509,11 @@ mod tests {
         let dir = scratch("table");
         let file: UpdateFile = toml::from_str(&format!(
             "enabled = true\npublic_key = \"{}\"\nstate_dir = \"state\"\nhealth_timeout_s = 10\n",
-            hex::encode(ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes())
+            hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[1; 32])
+                    .verifying_key()
+                    .as_bytes()
+            )
         ))
         .unwrap();
         let config = file.check(&dir).unwrap();
@@ -1385,7 +1526,12 @@ mod tests {
             "enabled = true\npublic_key = \"abc\"\nhealth_timeout_s = 1\ninstall = [\"dpkg\", \"{nope}\"]\nexecutable = \"missing\"\n",
         )
         .unwrap();
-        let problems: Vec<String> = file.check(&dir).unwrap_err().into_iter().map(|(_, m)| m).collect();
+        let problems: Vec<String> = file
+            .check(&dir)
+            .unwrap_err()
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
         let all = problems.join("\n");
         for fragment in [
             "update.public_key: must be 64 hex digits",
@@ -1410,9 +1556,19 @@ mod tests {
         writable(&executable).unwrap();
         install_file(&file, &executable, &dir).unwrap();
         assert_eq!(fs::read(&executable).unwrap(), b"new");
-        assert_eq!(fs::metadata(&executable).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::metadata(&executable).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
         assert_eq!(fs::read(dir.join("previous")).unwrap(), b"old");
-        assert_eq!(fs::metadata(dir.join("previous")).unwrap().permissions().mode() & 0o777, 0o750);
+        assert_eq!(
+            fs::metadata(dir.join("previous"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o750
+        );
         assert!(!dir.join("agent.new").exists());
         let _ = fs::remove_dir_all(&dir);
     }

@@ -9,7 +9,6 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, Ipv6Addr},
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -45,7 +44,8 @@ impl Url {
     /// # Errors
     /// A sentence for people when the URL cannot be used.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let url = url::Url::parse(text).map_err(|error| format!("the url is not usable: {error}"))?;
+        let url =
+            url::Url::parse(text).map_err(|error| format!("the url is not usable: {error}"))?;
         let tls = match url.scheme() {
             "http" => false,
             "https" => true,
@@ -151,12 +151,8 @@ pub(crate) fn tls_connector() -> io::Result<RustlsConnector> {
 async fn connect(url: &Url, tls: Option<&RustlsConnector>) -> io::Result<Box<dyn Io>> {
     let tcp = match &url.host {
         url::Host::Domain(name) => tokio::net::TcpStream::connect((name.as_str(), url.port)).await,
-        url::Host::Ipv4(address) => {
-            tokio::net::TcpStream::connect((Ipv4Addr::from(*address), url.port)).await
-        }
-        url::Host::Ipv6(address) => {
-            tokio::net::TcpStream::connect((Ipv6Addr::from(*address), url.port)).await
-        }
+        url::Host::Ipv4(address) => tokio::net::TcpStream::connect((*address, url.port)).await,
+        url::Host::Ipv6(address) => tokio::net::TcpStream::connect((*address, url.port)).await,
     }?;
     let _ = tcp.set_nodelay(true);
     let tcp = Tcp(tcp);
@@ -277,13 +273,16 @@ async fn read_head(mut reader: BufReader<Box<dyn Io>>) -> io::Result<Response> {
         if (100..200).contains(&status) {
             continue;
         }
-        let header = |name: &str| {
+        fn header<'a>(
+            headers: &'a [(String, String)],
+            name: &'a str,
+        ) -> impl Iterator<Item = &'a str> {
             headers
                 .iter()
                 .filter(move |(key, _)| key == name)
                 .map(|(_, value)| value.as_str())
-        };
-        let chunked = header("transfer-encoding").any(|value| {
+        }
+        let chunked = header(&headers, "transfer-encoding").any(|value| {
             value
                 .split(',')
                 .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
@@ -295,7 +294,7 @@ async fn read_head(mut reader: BufReader<Box<dyn Io>>) -> io::Result<Response> {
                 done: false,
             }
         } else {
-            let mut lengths = header("content-length").map(|value| value.parse::<u64>());
+            let mut lengths = header(&headers, "content-length").map(|value| value.parse::<u64>());
             match (lengths.next(), lengths.next()) {
                 (None, _) => Framing::Close { done: false },
                 (Some(Ok(length)), None) => Framing::Length(length),
@@ -449,7 +448,12 @@ async fn read_line<R: futures_util::io::AsyncBufRead + Unpin>(
 ) -> io::Result<String> {
     let mut line = Vec::new();
     let limit = MAX_LINE.min(*budget);
-    let n = timed((&mut *reader).take(limit as u64).read_until(b'\n', &mut line)).await?;
+    let n = timed(
+        (&mut *reader)
+            .take(limit as u64)
+            .read_until(b'\n', &mut line),
+    )
+    .await?;
     *budget -= n;
     if n == 0 {
         return Err(io::Error::new(
@@ -519,7 +523,11 @@ mod tests {
     }
 
     impl AsyncWrite for Canned {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
             Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -547,15 +555,15 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_by_length_chunks_or_close() {
-        let (response, body) = response(
+        let (first, body) = response(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 206 Partial Content\r\nContent-Length: 11\r\nContent-Range: bytes 5-15/16\r\n\r\nhello worldIGNORED",
         )
         .await
         .unwrap();
-        assert_eq!(response.status, 206);
-        assert_eq!(response.reason, "Partial Content");
-        assert_eq!(response.content_length(), Some(11));
-        assert_eq!(response.header("content-range"), Some("bytes 5-15/16"));
+        assert_eq!(first.status, 206);
+        assert_eq!(first.reason, "Partial Content");
+        assert_eq!(first.content_length(), Some(11));
+        assert_eq!(first.header("content-range"), Some("bytes 5-15/16"));
         assert_eq!(body.unwrap(), b"hello world");
 
         let (_, body) = response(
@@ -565,10 +573,10 @@ mod tests {
         .unwrap();
         assert_eq!(body.unwrap(), b"hello world");
 
-        let (response, body) = response(b"HTTP/1.0 200 OK\nServer: old\n\nuntil the end")
+        let (old, body) = response(b"HTTP/1.0 200 OK\nServer: old\n\nuntil the end")
             .await
             .unwrap();
-        assert_eq!(response.content_length(), None);
+        assert_eq!(old.content_length(), None);
         assert_eq!(body.unwrap(), b"until the end");
     }
 
@@ -581,39 +589,56 @@ mod tests {
             body.unwrap_err(),
             "the connection closed after 10 of 20 bytes"
         );
-        let (_, body) = response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello!!\r\n0\r\n\r\n")
-            .await
-            .unwrap();
+        let (_, body) = response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello!!\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
         assert!(body.unwrap_err().contains("longer than it said"));
         let (_, body) = response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
             .await
             .unwrap();
         assert!(body.unwrap_err().contains("bad chunk size"));
         assert!(response(b"SSH-2.0-OpenSSH\r\n\r\n").await.is_err());
-        assert!(response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").await.is_err());
+        assert!(
+            response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                .await
+                .is_err()
+        );
         let long = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_LINE));
         assert!(response(long.as_bytes()).await.is_err());
     }
 
     #[test]
     fn urls_keep_their_query_to_themselves() {
-        let url = Url::parse("http://10.0.0.1:8080/api/v1/artifacts/a1/download?token=s3cret").unwrap();
+        let url =
+            Url::parse("http://10.0.0.1:8080/api/v1/artifacts/a1/download?token=s3cret").unwrap();
         assert!(!url.is_tls());
         assert_eq!(url.target, "/api/v1/artifacts/a1/download?token=s3cret");
         assert_eq!(url.authority(), "10.0.0.1:8080");
-        assert_eq!(url.shown(), "http://10.0.0.1:8080/api/v1/artifacts/a1/download");
+        assert_eq!(
+            url.shown(),
+            "http://10.0.0.1:8080/api/v1/artifacts/a1/download"
+        );
         let url = Url::parse("https://[::1]/f").unwrap();
         assert!(url.is_tls());
         assert_eq!(url.authority(), "[::1]");
         assert_eq!(url.port, 443);
-        assert!(Url::parse("ftp://host/f").unwrap_err().contains("only http and https"));
+        assert!(
+            Url::parse("ftp://host/f")
+                .unwrap_err()
+                .contains("only http and https")
+        );
         assert!(Url::parse("http://user:pw@host/f").is_err());
         assert!(Url::parse("not a url").is_err());
     }
 
     #[test]
     fn content_ranges_parse() {
-        assert_eq!(content_range("bytes 100-199/200"), Some((100, 199, Some(200))));
+        assert_eq!(
+            content_range("bytes 100-199/200"),
+            Some((100, 199, Some(200)))
+        );
         assert_eq!(content_range("bytes 0-9/*"), Some((0, 9, None)));
         assert_eq!(content_range("items 0-9/10"), None);
         assert_eq!(content_range("bytes */200"), None);
