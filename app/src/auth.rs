@@ -48,7 +48,7 @@ impl Identity {
     }
 }
 
-/// For a logged-in user: the sections (fleet, jobs), `children` (the live indicator),
+/// For a logged-in user: the sections (fleet, jobs, updates), `children` (the live indicator),
 /// their name and role, links to what their role may open, and the logout button (a form, so it works without WASM).
 #[component]
 pub fn UserMenu(children: ChildrenFn) -> impl IntoView {
@@ -61,6 +61,7 @@ pub fn UserMenu(children: ChildrenFn) -> impl IntoView {
                     <nav class="sections" aria-label="Sections">
                         <a href="/">"Fleet"</a>
                         <a href="/jobs">"Jobs"</a>
+                        <a href="/updates">"Updates"</a>
                     </nav>
                     {children()}
                     <nav class="user-menu" aria-label="Account">

@@ -20,6 +20,7 @@ use leptos::{
 };
 use protocol::{
     api::{CommandView, DeviceView},
+    artifact::ArtifactView,
     auth::{
         AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, ProvisionedDevice, Role, TokenView,
         UserView,
@@ -154,6 +155,10 @@ pub trait Fleet: Send + Sync + 'static {
     fn create_job(&self, caller: Caller, job: NewJob) -> Answer<'_, JobView>;
     /// Operator: pauses, resumes or cancels a job.
     fn control_job(&self, caller: Caller, id: String, action: JobAction) -> Answer<'_, JobView>;
+    /// Software update files, newest first.
+    fn artifacts(&self, caller: Caller) -> Answer<'_, Vec<ArtifactView>>;
+    /// The public half of the server's update key, hex: what agents verify updates with.
+    fn update_signing_key(&self, caller: &Caller) -> Result<String, protocol::api::ApiError>;
 }
 
 /// A provisioned device as the admin page lists it: its credential's dates (never the
@@ -396,6 +401,22 @@ pub async fn create_job(job: NewJob) -> Result<JobView, AppError> {
 pub async fn control_job(id: String, action: JobAction) -> Result<JobView, AppError> {
     let (fleet, caller) = fleet()?;
     Ok(fleet.control_job(caller, id, action).await?)
+}
+
+/// The software update files (artifacts), newest first. They are uploaded and removed
+/// by the browser through the JSON API (`/api/v1/artifacts`), which streams the file.
+#[server(endpoint = "artifacts", input = Json)]
+pub async fn list_artifacts() -> Result<Vec<ArtifactView>, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.artifacts(caller).await?)
+}
+
+/// The public half of the server's update key (64 hex digits), which agents are
+/// configured with to verify updates.
+#[server(endpoint = "update_signing_key", input = Json)]
+pub async fn update_signing_key() -> Result<String, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.update_signing_key(&caller)?)
 }
 
 #[cfg(test)]

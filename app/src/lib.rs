@@ -11,6 +11,8 @@
 //! - [`devices`]: the fleet list and the device page with command forms and log.
 //! - [`jobs`]: jobs (one command to many devices): the list, the form that starts one,
 //!   and one job's page with its devices.
+//! - [`updates`]: software updates: the artifacts (upload, roll out, remove) and the key
+//!   agents verify them with.
 //! - [`auth`]: who is using the app; login, first run, account, users, device
 //!   credentials and audit pages.
 
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod devices;
 pub mod fleet;
 pub mod jobs;
+pub mod updates;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
@@ -83,6 +86,7 @@ pub fn App() -> impl IntoView {
                         view=jobs::detail::JobPage
                         ssr=SsrMode::Async
                     />
+                    <Route path=StaticSegment("updates") view=updates::UpdatesPage ssr=SsrMode::Async />
                     <Route path=StaticSegment("login") view=auth::login::LoginPage />
                     <Route path=StaticSegment("setup") view=auth::login::SetupPage />
                     <Route path=StaticSegment("account") view=auth::account::AccountPage ssr=SsrMode::Async />

@@ -9,6 +9,7 @@ use protocol::{
     api::{
         ApiError, CommandView, DeviceView, DiagnosticsReport, History, HistoryQuery, SendCommand,
     },
+    artifact::ArtifactView,
     auth::{AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, Role, TokenView, UserView},
     job::{JobAction, JobId, JobListQuery, JobView, NewJob, TargetPage, TargetQuery},
 };
@@ -20,6 +21,7 @@ use crate::{
     error::{Failure, parse_device_id},
     history, jobs, provision,
     state::AppState,
+    updates_ui,
 };
 
 /// Who the request is from, or the API's 401.
@@ -270,5 +272,17 @@ impl Fleet for AppState {
                 .await
                 .map_err(api_error)
         })
+    }
+
+    fn artifacts(&self, parts: Caller) -> Answer<'_, Vec<ArtifactView>> {
+        Box::pin(async move {
+            let (who, _) = caller(&parts)?;
+            updates_ui::artifacts(self, &who).await.map_err(api_error)
+        })
+    }
+
+    fn update_signing_key(&self, parts: &Caller) -> Result<String, ApiError> {
+        let (who, _) = caller(parts)?;
+        Ok(updates_ui::signing_key(self, &who))
     }
 }

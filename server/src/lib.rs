@@ -4,7 +4,8 @@
 //! - [`config`]: every setting, from flags or `TETHER_*` environment variables.
 //! - [`api`]: the JSON HTTP API; [`error`]: the errors it and the server functions
 //!   return; [`history`]: a device's downsampled telemetry history.
-//! - [`fleet`]: the same operations for the UI's server functions.
+//! - [`fleet`]: the same operations for the UI's server functions; [`updates_ui`]: what
+//!   the Updates page reads (artifacts, the update key).
 //! - [`live`]: the WebSocket that streams a snapshot and then every event to a tab.
 //! - [`health`]: `/healthz` and `/readyz`; [`metrics`]: `/metrics` in the Prometheus
 //!   format.
@@ -48,6 +49,7 @@ pub mod live;
 pub mod metrics;
 pub mod provision;
 pub mod state;
+pub mod updates_ui;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -314,7 +314,7 @@ fn Shown(credential: DeviceCredential, on_done: impl Fn() + 'static) -> impl Int
 /// Puts `text` on the clipboard, if the browser lets the page (the Clipboard API exists
 /// only in secure contexts: HTTPS or localhost); `copied` tells how it went.
 #[cfg(feature = "hydrate")]
-fn copy_text(text: &str, copied: RwSignal<Option<bool>>) {
+pub(crate) fn copy_text(text: &str, copied: RwSignal<Option<bool>>) {
     use wasm_bindgen::{JsCast, JsValue, closure::Closure};
     let get = |on: &JsValue, name: &str| {
         js_sys::Reflect::get(on, &JsValue::from_str(name))
@@ -346,7 +346,7 @@ fn copy_text(text: &str, copied: RwSignal<Option<bool>>) {
 }
 
 #[cfg(not(feature = "hydrate"))]
-fn copy_text(_: &str, _: RwSignal<Option<bool>>) {}
+pub(crate) fn copy_text(_: &str, _: RwSignal<Option<bool>>) {}
 
 #[cfg(test)]
 mod tests {

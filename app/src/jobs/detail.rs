@@ -1,7 +1,10 @@
 //! One job: what it sends to which devices and how, its state and counts, the buttons
 //! that pause, resume or cancel it, and its devices, a page at a time, filtered by
 //! status and id. The header follows the job's live events; each row on the page
-//! follows its device's.
+//! follows its device's. While a device's command runs, its row shows the command's
+//! latest progress (a software update's stage: downloading with its percent, verifying,
+//! installing, restarting) from the live channel; once it ended, the device's own
+//! message in the job.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +22,7 @@ use super::{
 use crate::{
     auth::{audit::when, use_me},
     fleet::{AppError, control_job, get_job, job_targets, live::use_live},
+    updates::{short_sha, size_text},
 };
 
 /// Devices per page.
@@ -212,7 +216,25 @@ fn JobHeader(job: Signal<Option<JobView>>) -> impl IntoView {
             </div>
         }
     };
-    let args = args_text(&first);
+    // An update's arguments are each device's own (its download link): the artifact
+    // says what it installs.
+    let args = if first.artifact.is_some() {
+        String::new()
+    } else {
+        args_text(&first)
+    };
+    let artifact = first.artifact.clone().map(|a| {
+        view! {
+            <dt>"Installs"</dt>
+            <dd data-testid="job-artifact" data-artifact=a.id.0.clone()>
+                <strong data-testid="job-artifact-name">{a.name.clone()}</strong>
+                " " <span data-testid="job-artifact-version">{a.version.clone()}</span>
+                " (" <span data-testid="job-artifact-arch">{a.arch.clone()}</span> ")"
+                " · " <code data-testid="job-artifact-sha256" title=a.sha256.clone()>{short_sha(&a.sha256)}</code>
+                " · " <span class="muted">{size_text(a.size)}</span>
+            </dd>
+        }
+    });
     let threshold = first.failure_threshold.map_or_else(
         || "none: runs to the end".to_owned(),
         |t| format!("halt at {t}"),
@@ -235,6 +257,7 @@ fn JobHeader(job: Signal<Option<JobView>>) -> impl IntoView {
                 <dd><code data-testid="job-command">{first.command.clone()}</code>
                     {(!args.is_empty()).then(|| view! { " " <span class="muted args" data-testid="job-args">{args}</span> })}
                 </dd>
+                {artifact}
                 <dt>"Devices"</dt><dd data-testid="job-targets-description">{first.targets.describe()}</dd>
                 <dt>"At once"</dt><dd>{first.concurrency}</dd>
                 <dt>"Failures"</dt><dd>{threshold}</dd>
@@ -368,16 +391,43 @@ fn JobTargets(
     }
 }
 
+/// A device's row. While its command runs, its latest progress message (and percent);
+/// otherwise the device's message in the job.
 #[component]
 fn TargetRow(target: Memo<JobTarget>) -> impl IntoView {
+    let live = use_live();
     let first = target.get_untracked();
     let device = first.device_id.to_string();
+    let stage = Memo::new(move |_| {
+        let target = target.get();
+        if target.status.is_finished() {
+            return None;
+        }
+        let id = target.command_id?;
+        live.commands.with(|all| {
+            let command = all.get(&id).filter(|c| !c.status.is_terminal())?;
+            command.message.clone().map(|message| (message, command.percent))
+        })
+    });
+    let label = format!("Progress of {device}");
+    let message = move || match stage.get() {
+        Some((message, percent)) => view! {
+            <div class="stage" data-testid="target-stage" data-percent=percent.map(|p| p.to_string())>
+                <span>{message}</span>
+                {percent.map(|p| view! {
+                    <progress max="100" value=p.to_string() aria-label=label.clone()>{format!("{p} %")}</progress>
+                })}
+            </div>
+        }
+        .into_any(),
+        None => target.get().message.into_any(),
+    };
     view! {
         <tr data-testid="job-target-row" data-device=device.clone() data-status=move || target.get().status.as_str()>
             <td class="muted seq">{first.seq + 1}</td>
             <th scope="row"><a href=format!("/devices/{device}")>{device.clone()}</a></th>
             <td data-label="Status">{move || view! { <TargetStatusBadge status=target.get().status /> }}</td>
-            <td data-label="Message" class="message" data-testid="target-message">{move || target.get().message}</td>
+            <td data-label="Message" class="message" data-testid="target-message">{message}</td>
             <td data-label="Command"><code data-testid="target-command">{move || target.get().command_id.map(|c| c.0)}</code></td>
             <td data-label="Updated" class="muted">{move || when(target.get().updated_ms)}</td>
         </tr>

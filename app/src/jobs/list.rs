@@ -1,5 +1,6 @@
 //! Every job the user may see, newest first, with its progress, updating live; above
-//! them, for operators and admins, the form that starts one.
+//! them, for operators and admins, the form that starts one (open, with the update
+//! chosen, at `/jobs?artifact=<id>`).
 
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -24,6 +25,7 @@ const PAGE: u32 = 50;
 pub fn JobsPage() -> impl IntoView {
     let live = use_live();
     let me = use_me();
+    let preset = crate::auth::query("artifact");
     // The id of the last job of the previous page; none for the newest.
     let before = RwSignal::new(None::<String>);
     // Read again after every snapshot: events may have been missed while disconnected.
@@ -49,11 +51,17 @@ pub fn JobsPage() -> impl IntoView {
     view! {
         <Title text="Jobs · Tether" />
         <Transition fallback=|| ()>
-            {move || me.has(Role::Operator).then(|| view! {
-                <details class="card new-job-card" data-testid="new-job">
-                    <summary>"New job"</summary>
-                    <NewJobForm />
-                </details>
+            {move || me.has(Role::Operator).then(|| {
+                // `?artifact=<id>` (the Updates page's "Roll out"): the form opens with
+                // that update chosen.
+                let artifact = Some(preset.get()).filter(|a| !a.is_empty());
+                let open = artifact.is_some();
+                view! {
+                    <details class="card new-job-card" data-testid="new-job" open=open>
+                        <summary>{if open { "Roll out an update" } else { "New job" }}</summary>
+                        <NewJobForm artifact=artifact />
+                    </details>
+                }
             })}
         </Transition>
         <section class="card" aria-labelledby="jobs-heading" data-testid="jobs" data-hydrated=move || hydrated.get().then_some("true")>

@@ -4,6 +4,12 @@
 //! get the inputs the device page's forms use; any other command is typed, with its
 //! arguments as a JSON object. Everything is checked in the browser with
 //! [`NewJob::check`] before it is sent; the server checks again.
+//!
+//! A software update is the command `update` with an artifact instead of arguments
+//! (the server fills them in for each device): choosing it, offered or typed, shows the
+//! artifacts to pick from. `/jobs?artifact=<id>` (the Updates page's "Roll out") opens
+//! the form with it chosen. Unless a timeout is given, an update gives each device the
+//! longest allowed ([`UPDATE_TIMEOUT_MS`]): downloads over slow links take time.
 
 use std::collections::BTreeMap;
 
@@ -12,19 +18,32 @@ use leptos_router::hooks::use_navigate;
 use protocol::{
     CommandSpec, DeviceId,
     api::{DeviceView, timeouts},
+    artifact::ArtifactId,
+    capability::builtin,
     job::{NewJob, OfflinePolicy, Selector, Threshold, limits},
 };
 use serde_json::Value;
 
 use crate::{
     devices::command_form::{ArgInput, build_args, initial_values},
-    fleet::{create_job, live::use_live},
+    fleet::{create_job, list_artifacts, live::use_live},
+    updates::{artifact_label, short_sha, size_text},
 };
 
 /// The value of the command choice for a command typed by hand.
 const OTHER: &str = "other";
 /// The prefix of the command choice's values for offered commands.
 const OFFERED: &str = "cmd:";
+
+/// Each device's deadline in an update job unless one is given: the longest a command
+/// may have (`protocol::api::timeouts::MAX_MS`), since a download over a slow link takes
+/// time.
+pub const UPDATE_TIMEOUT_MS: u64 = timeouts::MAX_MS;
+
+/// The command choice's value for a software update.
+fn update_choice() -> String {
+    format!("{OFFERED}{}", builtin::UPDATE)
+}
 
 /// What the form holds besides the command: text as typed, turned into a [`NewJob`]
 /// by [`Draft::build`].
@@ -111,6 +130,22 @@ impl Draft {
 
     /// The job to send `command` with `args`, checked as the server checks it.
     pub fn build(&self, command: &str, args: BTreeMap<String, Value>) -> Result<NewJob, String> {
+        self.job(command, args, None)
+    }
+
+    /// The software update that installs `artifact` (an id, as chosen; empty for none),
+    /// checked as the server checks it. Without a timeout given, [`UPDATE_TIMEOUT_MS`].
+    pub fn build_update(&self, artifact: &str) -> Result<NewJob, String> {
+        let artifact = text(artifact).ok_or("choose the artifact to install")?;
+        self.job(builtin::UPDATE, BTreeMap::new(), Some(ArtifactId(artifact)))
+    }
+
+    fn job(
+        &self,
+        command: &str,
+        args: BTreeMap<String, Value>,
+        artifact: Option<ArtifactId>,
+    ) -> Result<NewJob, String> {
         let targets = self.selector()?;
         let concurrency = self.concurrency.trim().parse::<u32>().map_err(|_| {
             format!(
@@ -154,7 +189,7 @@ impl Draft {
             ),
         };
         let timeout_ms = match text(&self.timeout_s) {
-            None => None,
+            None => artifact.is_some().then_some(UPDATE_TIMEOUT_MS),
             Some(seconds) => Some(
                 seconds
                     .parse::<f64>()
@@ -181,7 +216,7 @@ impl Draft {
             offline: self.offline,
             wait_ms,
             timeout_ms,
-            artifact: None,
+            artifact,
         };
         job.check()?;
         Ok(job)
@@ -254,14 +289,22 @@ enum Mode {
     Offered(CommandSpec),
     /// Typed by hand, arguments as JSON.
     Typed,
+    /// A software update: an artifact instead of arguments.
+    Update,
 }
 
+/// The form; with `artifact`, a software update installing it is chosen at first.
 #[component]
-pub fn NewJobForm() -> impl IntoView {
+pub fn NewJobForm(artifact: Option<String>) -> impl IntoView {
     let live = use_live();
     let navigate = use_navigate();
     let draft = RwSignal::new(Draft::default());
-    let choice = RwSignal::new(String::new());
+    let choice = RwSignal::new(if artifact.is_some() {
+        update_choice()
+    } else {
+        String::new()
+    });
+    let artifact = RwSignal::new(artifact.unwrap_or_default());
     let typed_name = RwSignal::new(String::new());
     let typed_args = RwSignal::new("{}".to_owned());
     let values = RwSignal::new(BTreeMap::<String, String>::new());
@@ -277,6 +320,9 @@ pub fn NewJobForm() -> impl IntoView {
     });
     let mode = Memo::new(move |_| {
         let choice = choice.get();
+        if choice == update_choice() {
+            return Mode::Update;
+        }
         let offers = known.with(|k| k.offers.clone());
         if let Some(name) = choice.strip_prefix(OFFERED)
             && let Some(offer) = offers.iter().find(|o| o.spec.name == name)
@@ -296,6 +342,10 @@ pub fn NewJobForm() -> impl IntoView {
             Mode::Unchosen => Err("choose the command to send".to_owned()),
             Mode::Offered(spec) => build_args(&spec, &values.get_untracked())
                 .and_then(|args| draft.with_untracked(|d| d.build(&spec.name, args))),
+            Mode::Update => draft.with_untracked(|d| d.build_update(&artifact.get_untracked())),
+            Mode::Typed if typed_name.with_untracked(|n| n.trim() == builtin::UPDATE) => {
+                draft.with_untracked(|d| d.build_update(&artifact.get_untracked()))
+            }
             Mode::Typed => parse_args(&typed_args.get_untracked()).and_then(|args| {
                 draft.with_untracked(|d| d.build(&typed_name.get_untracked(), args))
             }),
@@ -340,6 +390,12 @@ pub fn NewJobForm() -> impl IntoView {
     let (wait_value, wait_input) = field(|d| &d.wait_minutes, |d, v| d.wait_minutes = v);
     let (timeout_value, timeout_input) = field(|d| &d.timeout_s, |d, v| d.timeout_s = v);
     let threshold = move || draft.with(|d| d.threshold);
+    let typed_update = move || typed_name.with(|n| n.trim() == builtin::UPDATE);
+    let updating = move || match mode.get() {
+        Mode::Update => true,
+        Mode::Typed => typed_update(),
+        _ => false,
+    };
     let waits = move || draft.with(|d| d.offline == OfflinePolicy::Wait);
 
     let preview = move || {
@@ -371,9 +427,10 @@ pub fn NewJobForm() -> impl IntoView {
     };
     let command_picker = move || {
         let Known { devices, offers } = known.get();
-        if offers.is_empty() {
+        if offers.is_empty() && mode.get() != Mode::Update {
             return None;
         }
+        let update_offered = offers.iter().any(|o| o.spec.name == builtin::UPDATE);
         // The choice is read per option: choosing does not redraw the list.
         let chosen = move |value: String| move || choice.with(|c| *c == value);
         Some(view! {
@@ -384,13 +441,22 @@ pub fn NewJobForm() -> impl IntoView {
                     {offers.into_iter().map(|offer| {
                         let value = format!("{OFFERED}{}", offer.spec.name);
                         let selected = chosen(value.clone());
-                        let label = if offer.devices == devices {
-                            offer.spec.name.clone()
+                        let name = if offer.spec.name == builtin::UPDATE {
+                            format!("{} (software update)", offer.spec.name)
                         } else {
-                            format!("{} ({} of {devices} devices)", offer.spec.name, offer.devices)
+                            offer.spec.name.clone()
+                        };
+                        let label = if offer.devices == devices {
+                            name
+                        } else {
+                            format!("{name} ({} of {devices} devices)", offer.devices)
                         };
                         view! { <option value=value prop:selected=selected>{label}</option> }
                     }).collect_view()}
+                    {(!update_offered).then(|| {
+                        let selected = chosen(update_choice());
+                        view! { <option value=update_choice() prop:selected=selected>"update (software update)"</option> }
+                    })}
                     <option value=OTHER prop:selected=chosen(OTHER.to_owned())>"Another command…"</option>
                 </select>
             </div>
@@ -406,13 +472,15 @@ pub fn NewJobForm() -> impl IntoView {
             </div>
         }
         .into_any(),
+        Mode::Update => view! { <ArtifactPicker artifact /> }.into_any(),
         Mode::Typed => view! {
             <div class="field">
                 <label for="new-job-command-name">"Command name"</label>
                 <input id="new-job-command-name" type="text" name="command_name" autocomplete="off" spellcheck="false"
                     prop:value=move || typed_name.get() on:input=move |ev| typed_name.set(event_target_value(&ev)) />
             </div>
-            <div class="field">
+            {move || typed_update().then(|| view! { <ArtifactPicker artifact /> })}
+            <div class="field" hidden=typed_update>
                 <label for="new-job-args">"Arguments (JSON object)"</label>
                 <textarea id="new-job-args" name="args" rows="3" spellcheck="false"
                     prop:value=move || typed_args.get() on:input=move |ev| typed_args.set(event_target_value(&ev))></textarea>
@@ -512,17 +580,78 @@ pub fn NewJobForm() -> impl IntoView {
                 <div class="field">
                     <label for="new-job-timeout">"Timeout per device (s)"</label>
                     <input id="new-job-timeout" type="number" name="timeout_s" min="0.1" max=(timeouts::MAX_MS / 1000).to_string() step="any"
-                        placeholder=(timeouts::DEFAULT_MS / 1000).to_string()
+                        placeholder=move || if updating() { UPDATE_TIMEOUT_MS / 1000 } else { timeouts::DEFAULT_MS / 1000 }.to_string()
                         prop:value=timeout_value on:input=timeout_input />
+                    <small class="muted" hidden=move || !updating() data-testid="update-timeout-note">
+                        {format!("Updates: {} s unless set, the longest allowed; downloads over slow links take time.", UPDATE_TIMEOUT_MS / 1000)}
+                    </small>
                 </div>
             </fieldset>
             <p class="error" role="alert" data-testid="job-form-error" data-code=move || error.get().and_then(|(code, _)| code)>
                 {move || error.get().map(|(_, message)| message)}
             </p>
             <button type="submit" data-testid="job-start" disabled=move || sending.get()>
-                {move || if sending.get() { "Starting…" } else { "Start job" }}
+                {move || match (sending.get(), updating()) {
+                    (true, _) => "Starting…",
+                    (false, true) => "Start the update",
+                    (false, false) => "Start job",
+                }}
             </button>
         </form>
+    }
+}
+
+/// The artifacts to install, newest first, and the one chosen.
+#[component]
+fn ArtifactPicker(artifact: RwSignal<String>) -> impl IntoView {
+    let list = Resource::new(|| (), |_| list_artifacts());
+    view! {
+        <p class="muted wide">
+            "Each device downloads the artifact from its own link, checks its hash, size and signature, installs it and restarts into it; it counts as updated once it is back online with the new version. Devices must run an agent with "
+            <code>"[update] enabled = true"</code> "."
+        </p>
+        <div class="field wide">
+            <label for="new-job-artifact">"Artifact"</label>
+            <Transition fallback=|| view! { <span class="muted">"Loading artifacts…"</span> }>
+                {move || list.get().map(|answer| match answer {
+                    Err(e) => view! { <p class="error" role="alert" data-code=e.code>{e.message}</p> }.into_any(),
+                    Ok(list) if list.is_empty() => view! {
+                        <p class="muted" data-testid="job-no-artifacts">"No artifact yet: " <a href="/updates">"upload one on the Updates page"</a> "."</p>
+                    }.into_any(),
+                    Ok(list) => {
+                        let missing = artifact.with_untracked(|id| !id.is_empty() && !list.iter().any(|a| a.id.0 == *id));
+                        let chosen = {
+                            let list = list.clone();
+                            move || artifact.with(|id| list.iter().find(|a| a.id.0 == *id).cloned())
+                        };
+                        view! {
+                            <select id="new-job-artifact" name="artifact" data-testid="job-artifact"
+                                on:change=move |ev| artifact.set(event_target_value(&ev))>
+                                <option value="" prop:selected=move || artifact.with(String::is_empty)>"Choose an artifact…"</option>
+                                {list.into_iter().map(|a| {
+                                    let id = a.id.0.clone();
+                                    let selected = {
+                                        let id = id.clone();
+                                        move || artifact.with(|chosen| *chosen == id)
+                                    };
+                                    let label = format!("{} · {}", artifact_label(&a.name, &a.version, &a.arch), size_text(a.size));
+                                    view! { <option value=id prop:selected=selected>{label}</option> }
+                                }).collect_view()}
+                            </select>
+                            {missing.then(|| view! {
+                                <small class="error" role="alert">"The artifact asked for is not (or no longer) on the server."</small>
+                            })}
+                            {move || chosen().map(|a| view! {
+                                <small class="muted" data-testid="job-artifact-chosen">
+                                    "SHA-256 " <code title=a.sha256.clone()>{short_sha(&a.sha256)}</code>
+                                    " · uploaded by " {a.created_by.clone()}
+                                </small>
+                            })}
+                        }.into_any()
+                    }
+                })}
+            </Transition>
+        </div>
     }
 }
 
@@ -662,6 +791,32 @@ mod tests {
             let error = draft.build(command, BTreeMap::new()).unwrap_err();
             assert!(error.contains(message), "{error:?} lacks {message:?}");
         }
+    }
+
+    #[test]
+    fn an_update_names_its_artifact_and_takes_the_longest_timeout() {
+        let draft = Draft {
+            group: "lab".into(),
+            ..Draft::default()
+        };
+        let job = draft.build_update(" 0af3 ").unwrap();
+        assert_eq!(job.command, builtin::UPDATE);
+        assert_eq!(job.artifact, Some(ArtifactId("0af3".into())));
+        assert!(job.args.is_empty());
+        assert_eq!(job.targets.group.as_deref(), Some("lab"));
+        assert_eq!(job.timeout_ms, Some(timeouts::MAX_MS));
+        // A timeout given is kept.
+        let given = Draft {
+            timeout_s: "90".into(),
+            ..draft.clone()
+        };
+        assert_eq!(given.build_update("0af3").unwrap().timeout_ms, Some(90_000));
+        assert_eq!(
+            draft.build_update(" ").unwrap_err(),
+            "choose the artifact to install"
+        );
+        // Any other command keeps the server's default.
+        assert_eq!(draft.build("echo", BTreeMap::new()).unwrap().timeout_ms, None);
     }
 
     #[test]
