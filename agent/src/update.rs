@@ -94,7 +94,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/tether-agent";
 /// How long a new version has to come back healthy, unless configured, and the bounds.
 pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 60;
 pub const MIN_HEALTH_TIMEOUT_S: u64 = 5;
-pub const MAX_HEALTH_TIMEOUT_S: u64 = 3600;
+/// The server waits 5 minutes for a device that installed an update to come back; a
+/// device must have rolled back (and reconnected) well before that.
+pub const MAX_HEALTH_TIMEOUT_S: u64 = 240;
 /// The shortest gap between two progress messages about the same stage.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// The longest a stopped trial process is waited for.
