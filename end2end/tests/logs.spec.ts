@@ -20,7 +20,7 @@ test("a device's log is shown, followed live, searched and downloaded", async ({
   const viewer = page.getByTestId("log-viewer");
   const output = viewer.getByTestId("log-output");
   // The built-in commands have their own cards, not generic forms.
-  await expect(page.getByRole("form", { name: "logs" })).toHaveCount(0);
+  await expect(page.getByRole("form", { name: "logs", exact: true })).toHaveCount(0);
 
   // The last lines.
   await viewer.getByLabel("Last lines").fill("2");
