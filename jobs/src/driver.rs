@@ -548,7 +548,17 @@ impl Driver {
             let back = device
                 .as_ref()
                 .filter(|d| d.online && d.since_ms > returning.installed_ms);
+            let settle =
+                u64::try_from(self.jobs.inner.config.update_settle.as_millis()).unwrap_or(u64::MAX);
             let outcome = match back {
+                // Back with the version, but not yet for long: the agent may still fall
+                // back to the old one.
+                Some(device)
+                    if device.firmware == artifact.version
+                        && now < device.since_ms.saturating_add(settle) =>
+                {
+                    None
+                }
                 Some(device) if device.firmware == artifact.version => Some((
                     TargetStatus::Succeeded,
                     format!("updated to {} and back online", artifact.version),

@@ -48,6 +48,10 @@ pub struct JobsConfig {
     /// How long a device that installed an update has to come back with the new
     /// version before its update is reported failed.
     pub update_return: Duration,
+    /// How long a device back with the new version must stay online before its update
+    /// counts as done: the agent keeps the new version only once it stayed up a few
+    /// seconds (and rolls back if it falls over before).
+    pub update_settle: Duration,
 }
 
 impl Default for JobsConfig {
@@ -56,6 +60,7 @@ impl Default for JobsConfig {
             lease: Duration::from_secs(30),
             check_every: Duration::from_secs(1),
             update_return: Duration::from_secs(300),
+            update_settle: Duration::from_secs(5),
         }
     }
 }

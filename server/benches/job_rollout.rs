@@ -86,6 +86,10 @@ async fn main() -> anyhow::Result<()> {
 
     let (server, base) = start_server(&dir, &database)?;
     let server_pid = server.0.id();
+    println!(
+        "server started: {:.0} MB resident",
+        rss_kb(server_pid) as f64 / 1024.0
+    );
 
     // Every device gets an account of its own, through the API (argon2 each).
     let prefix = "bench";
@@ -116,8 +120,9 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     println!(
-        "provisioned {count} devices in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "provisioned {count} devices in {:.1} s; server {:.0} MB resident",
+        started.elapsed().as_secs_f64(),
+        rss_kb(server_pid) as f64 / 1024.0
     );
     let secrets = dir.join("devices.secrets");
     let lines: Vec<String> = credentials
@@ -158,9 +163,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
-        "all {count} devices online in {:.1} s; agent process {:.0} MB resident",
+        "all {count} devices online in {:.1} s; agent process {:.0} MB resident, server {:.0} MB",
         started.elapsed().as_secs_f64(),
-        rss_kb(agents.0.id()) as f64 / 1024.0
+        rss_kb(agents.0.id()) as f64 / 1024.0,
+        rss_kb(server_pid) as f64 / 1024.0
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
 

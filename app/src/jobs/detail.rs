@@ -406,21 +406,26 @@ fn TargetRow(target: Memo<JobTarget>) -> impl IntoView {
         let id = target.command_id?;
         live.commands.with(|all| {
             let command = all.get(&id).filter(|c| !c.status.is_terminal())?;
-            command.message.clone().map(|message| (message, command.percent))
+            command
+                .message
+                .clone()
+                .map(|message| (message, command.percent))
         })
     });
     let label = format!("Progress of {device}");
-    let message = move || match stage.get() {
+    let message = move || {
+        match stage.get() {
         Some((message, percent)) => view! {
             <div class="stage" data-testid="target-stage" data-percent=percent.map(|p| p.to_string())>
                 <span>{message}</span>
                 {percent.map(|p| view! {
-                    <progress max="100" value=p.to_string() aria-label=label.clone()>{format!("{p} %")}</progress>
+                    <progress max="100" value=p.to_string() aria-label=label.clone()></progress>
                 })}
             </div>
         }
         .into_any(),
         None => target.get().message.into_any(),
+    }
     };
     view! {
         <tr data-testid="job-target-row" data-device=device.clone() data-status=move || target.get().status.as_str()>

@@ -390,10 +390,11 @@ pub fn NewJobForm(artifact: Option<String>) -> impl IntoView {
     let (wait_value, wait_input) = field(|d| &d.wait_minutes, |d, v| d.wait_minutes = v);
     let (timeout_value, timeout_input) = field(|d| &d.timeout_s, |d, v| d.timeout_s = v);
     let threshold = move || draft.with(|d| d.threshold);
-    let typed_update = move || typed_name.with(|n| n.trim() == builtin::UPDATE);
+    // A memo: the artifact picker is redrawn when this changes, not at every keystroke.
+    let typed_update = Memo::new(move |_| typed_name.with(|n| n.trim() == builtin::UPDATE));
     let updating = move || match mode.get() {
         Mode::Update => true,
-        Mode::Typed => typed_update(),
+        Mode::Typed => typed_update.get(),
         _ => false,
     };
     let waits = move || draft.with(|d| d.offline == OfflinePolicy::Wait);
@@ -479,8 +480,8 @@ pub fn NewJobForm(artifact: Option<String>) -> impl IntoView {
                 <input id="new-job-command-name" type="text" name="command_name" autocomplete="off" spellcheck="false"
                     prop:value=move || typed_name.get() on:input=move |ev| typed_name.set(event_target_value(&ev)) />
             </div>
-            {move || typed_update().then(|| view! { <ArtifactPicker artifact /> })}
-            <div class="field" hidden=typed_update>
+            {move || typed_update.get().then(|| view! { <ArtifactPicker artifact /> })}
+            <div class="field" hidden=move || typed_update.get()>
                 <label for="new-job-args">"Arguments (JSON object)"</label>
                 <textarea id="new-job-args" name="args" rows="3" spellcheck="false"
                     prop:value=move || typed_args.get() on:input=move |ev| typed_args.set(event_target_value(&ev))></textarea>
@@ -816,7 +817,10 @@ mod tests {
             "choose the artifact to install"
         );
         // Any other command keeps the server's default.
-        assert_eq!(draft.build("echo", BTreeMap::new()).unwrap().timeout_ms, None);
+        assert_eq!(
+            draft.build("echo", BTreeMap::new()).unwrap().timeout_ms,
+            None
+        );
     }
 
     #[test]
