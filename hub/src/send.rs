@@ -323,23 +323,8 @@ impl Hub {
             origin: self.inner.replica_id.clone(),
             event,
         };
-        let properties = link
-            .properties()
-            .with_app_id(self.inner.replica_id.as_str().into())
-            .with_type(SHARED_LIVE_KIND.into());
-        if let Err(error) = link
-            .channel
-            .basic_publish(
-                names::EVENTS_EXCHANGE.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &protocol::encode(&shared),
-                properties,
-            )
-            .await
-        {
-            tracing::debug!("cannot share an event with other replicas: {error}");
-        }
+        self.to_replicas(&link, &protocol::encode(&shared), Some(SHARED_LIVE_KIND))
+            .await;
     }
 
     /// Tells the other replicas about command changes. Best effort: if the broker is
@@ -351,23 +336,32 @@ impl Hub {
                 origin: self.inner.replica_id.clone(),
                 command: command.clone(),
             };
-            // The origin in a property too, so replicas skip their own without decoding.
-            let properties = link
-                .properties()
-                .with_app_id(self.inner.replica_id.as_str().into());
-            if let Err(error) = link
-                .channel
-                .basic_publish(
-                    names::EVENTS_EXCHANGE.into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &protocol::encode(&event),
-                    properties,
-                )
-                .await
-            {
-                tracing::debug!("cannot share an event with other replicas: {error}");
-            }
+            self.to_replicas(&link, &protocol::encode(&event), None)
+                .await;
+        }
+    }
+
+    /// Publishes `body` on `tether.events`, of AMQP type `kind` (none: a command change).
+    async fn to_replicas(&self, link: &crate::link::Link, body: &[u8], kind: Option<&str>) {
+        // The origin in a property too, so replicas skip their own without decoding.
+        let mut properties = link
+            .properties()
+            .with_app_id(self.inner.replica_id.as_str().into());
+        if let Some(kind) = kind {
+            properties = properties.with_type(kind.into());
+        }
+        if let Err(error) = link
+            .channel
+            .basic_publish(
+                names::EVENTS_EXCHANGE.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+        {
+            tracing::debug!("cannot share an event with other replicas: {error}");
         }
     }
 

@@ -90,6 +90,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Command {
     }
 }
 
+/// The route's one path parameter, as text (a job's or an artifact's id).
+#[derive(Debug)]
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(path_id(parts, state).await?))
+    }
+}
+
 /// The route's one path parameter, as text.
 async fn path_id<S: Send + Sync>(
     parts: &mut axum::http::request::Parts,

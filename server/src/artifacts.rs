@@ -42,7 +42,7 @@ use tokio::io::AsyncWriteExt as _;
 use tower::ServiceExt as _;
 
 use crate::{
-    api::Params,
+    api::{Params, PathId},
     audit,
     auth::{Identity, Source},
     error::Failure,
@@ -235,32 +235,23 @@ fn unknown(id: &str) -> Failure {
     )
 }
 
-/// The artifact id in the path.
-struct Id(String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Id {
-    type Rejection = Failure;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let crate::api::Command(id) = crate::api::Command::from_request_parts(parts, state).await?;
-        Ok(Self(id.0))
-    }
-}
-
 async fn list(
     State(state): State<AppState>,
     _who: Identity,
 ) -> Result<Json<Vec<ArtifactView>>, Failure> {
-    Ok(Json(state.accounts.artifacts().await.map_err(unavailable)?))
+    all(&state).await.map(Json)
+}
+
+/// Every artifact, newest first (anyone logged in may read them; the UI's Updates page
+/// too).
+pub async fn all(state: &AppState) -> Result<Vec<ArtifactView>, Failure> {
+    state.accounts.artifacts().await.map_err(unavailable)
 }
 
 async fn get_one(
     State(state): State<AppState>,
     _who: Identity,
-    Id(id): Id,
+    PathId(id): PathId,
 ) -> Result<Json<ArtifactView>, Failure> {
     state
         .accounts
@@ -408,7 +399,7 @@ async fn remove(
     State(state): State<AppState>,
     who: Identity,
     Source(address): Source,
-    Id(id): Id,
+    PathId(id): PathId,
 ) -> Result<StatusCode, Failure> {
     if let Err(refused) = who.require(Role::Admin, "removing artifacts") {
         audit::record(
@@ -445,7 +436,7 @@ struct Ticket {
 /// A device's download: no login, the token instead; `Range` answered.
 async fn download(
     State(state): State<AppState>,
-    Id(id): Id,
+    PathId(id): PathId,
     Params(ticket): Params<Ticket>,
     request: Request,
 ) -> Result<Response, Failure> {

@@ -24,7 +24,7 @@ use protocol::{
 use store::JobQuery;
 
 use crate::{
-    api::{Body, Params},
+    api::{Body, Params, PathId},
     audit,
     auth::{Identity, Source},
     error::{Failure, parse_device_id},
@@ -62,19 +62,8 @@ fn unknown_job(id: &JobId) -> Failure {
 }
 
 /// The job id in the path.
-#[derive(Debug)]
-struct Job(JobId);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Job {
-    type Rejection = Failure;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let crate::api::Command(id) = crate::api::Command::from_request_parts(parts, state).await?;
-        Ok(Self(JobId(id.0)))
-    }
+fn job_id(PathId(id): PathId) -> JobId {
+    JobId(id)
 }
 
 async fn list_jobs(
@@ -88,18 +77,18 @@ async fn list_jobs(
 async fn get_job(
     State(state): State<AppState>,
     who: Identity,
-    Job(id): Job,
+    id: PathId,
 ) -> Result<Json<JobView>, Failure> {
-    get(&state, &who, &id).await.map(Json)
+    get(&state, &who, &job_id(id)).await.map(Json)
 }
 
 async fn job_devices(
     State(state): State<AppState>,
     who: Identity,
-    Job(id): Job,
+    id: PathId,
     Params(query): Params<TargetQuery>,
 ) -> Result<Json<TargetPage>, Failure> {
-    targets(&state, &who, &id, query).await.map(Json)
+    targets(&state, &who, &job_id(id), query).await.map(Json)
 }
 
 async fn create_job(
@@ -116,9 +105,9 @@ async fn pause_job(
     State(state): State<AppState>,
     who: Identity,
     Source(address): Source,
-    Job(id): Job,
+    id: PathId,
 ) -> Result<Json<JobView>, Failure> {
-    control(&state, &who, &address, &id, JobAction::Pause)
+    control(&state, &who, &address, &job_id(id), JobAction::Pause)
         .await
         .map(Json)
 }
@@ -127,9 +116,9 @@ async fn resume_job(
     State(state): State<AppState>,
     who: Identity,
     Source(address): Source,
-    Job(id): Job,
+    id: PathId,
 ) -> Result<Json<JobView>, Failure> {
-    control(&state, &who, &address, &id, JobAction::Resume)
+    control(&state, &who, &address, &job_id(id), JobAction::Resume)
         .await
         .map(Json)
 }
@@ -138,9 +127,9 @@ async fn cancel_job(
     State(state): State<AppState>,
     who: Identity,
     Source(address): Source,
-    Job(id): Job,
+    id: PathId,
 ) -> Result<Json<JobView>, Failure> {
-    control(&state, &who, &address, &id, JobAction::Cancel)
+    control(&state, &who, &address, &job_id(id), JobAction::Cancel)
         .await
         .map(Json)
 }

@@ -4,8 +4,9 @@
 //! - [`config`]: every setting, from flags or `TETHER_*` environment variables.
 //! - [`api`]: the JSON HTTP API; [`error`]: the errors it and the server functions
 //!   return; [`history`]: a device's downsampled telemetry history.
-//! - [`fleet`]: the same operations for the UI's server functions; [`updates_ui`]: what
-//!   the Updates page reads (artifacts, the update key).
+//! - [`fleet`]: the same operations for the UI's server functions.
+//! - [`jobs`]: one command to many devices; [`artifacts`]: software update files and
+//!   their downloads.
 //! - [`live`]: the WebSocket that streams a snapshot and then every event to a tab.
 //! - [`health`]: `/healthz` and `/readyz`; [`metrics`]: `/metrics` in the Prometheus
 //!   format.
@@ -49,7 +50,6 @@ pub mod live;
 pub mod metrics;
 pub mod provision;
 pub mod state;
-pub mod updates_ui;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
