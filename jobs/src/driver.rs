@@ -37,6 +37,18 @@ struct Returning {
     until_ms: u64,
 }
 
+/// What came of writing a device's move to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Written, counted, told.
+    Moved,
+    /// The store had it in another status: someone else (another replica, after a
+    /// lease ran out) moved it, and it is theirs now; forget it here.
+    Lost,
+    /// The store could not be reached: try again later.
+    Failed,
+}
+
 /// What a send in flight gives back.
 type Started = (JobTarget, Result<CommandView, SendError>);
 
@@ -152,6 +164,10 @@ impl Driver {
     /// Reads the job's unfinished devices; settles those caught being sent when a
     /// server stopped.
     async fn load(&mut self) -> anyhow::Result<()> {
+        // A load that failed half way is done again from the start.
+        self.pending.clear();
+        self.waiting.clear();
+        self.running.clear();
         let store = &self.jobs.inner.store;
         let id = self.job.id.0.clone();
         let targets = store
@@ -201,8 +217,12 @@ impl Driver {
                 running.status = TargetStatus::Running;
                 running.command_id = Some(logged.view.id.clone());
                 running.updated_ms = now_ms();
-                if self.write(&target, running.clone()).await {
-                    self.running.insert(logged.view.id, running);
+                match self.write(&target, running.clone()).await {
+                    Write::Moved => {
+                        self.running.insert(logged.view.id, running);
+                    }
+                    Write::Lost => {}
+                    Write::Failed => anyhow::bail!("the store is unavailable"),
                 }
             }
             None => {
@@ -362,11 +382,16 @@ impl Driver {
             starting.status = TargetStatus::Starting;
             starting.message = None;
             starting.updated_ms = now_ms();
-            if !self.write(&target, starting.clone()).await {
-                // The store is down: try again shortly, in the same order.
-                self.pending.push_front(target);
-                self.hold_until = Some(Instant::now() + RETRY_AFTER);
-                return;
+            match self.write(&target, starting.clone()).await {
+                Write::Moved => {}
+                // Someone else started it: never send it twice.
+                Write::Lost => continue,
+                Write::Failed => {
+                    // The store is down: try again shortly, in the same order.
+                    self.pending.push_front(target);
+                    self.hold_until = Some(Instant::now() + RETRY_AFTER);
+                    return;
+                }
             }
             let args = match (&self.job.artifact, &self.jobs.inner.device_args) {
                 (None, _) => Ok(self.job.args.clone()),
@@ -419,11 +444,13 @@ impl Driver {
         waiting.status = TargetStatus::Waiting;
         waiting.message = Some("offline: waiting for it to come back".into());
         waiting.updated_ms = now_ms();
-        if self.write(&target, waiting.clone()).await {
-            self.waiting.push(waiting);
-        } else {
-            self.pending.push_front(target);
-            self.hold_until = Some(Instant::now() + RETRY_AFTER);
+        match self.write(&target, waiting.clone()).await {
+            Write::Moved => self.waiting.push(waiting),
+            Write::Lost => {}
+            Write::Failed => {
+                self.pending.push_front(target);
+                self.hold_until = Some(Instant::now() + RETRY_AFTER);
+            }
         }
     }
 
@@ -446,7 +473,11 @@ impl Driver {
                 running.status = TargetStatus::Running;
                 running.command_id = Some(command.id.clone());
                 running.updated_ms = now_ms();
-                if self.write(&target, running.clone()).await {
+                let written = self.write(&target, running.clone()).await;
+                if written == Write::Lost {
+                    return;
+                }
+                if written == Write::Moved {
                     self.running.insert(command.id.clone(), running);
                     if self.job.state == JobState::Cancelled {
                         let _ = self.jobs.inner.hub.cancel(&command.id).await;
@@ -491,9 +522,10 @@ impl Driver {
         let mut back = target.clone();
         back.status = status;
         back.updated_ms = now_ms();
-        if self.write(target, back.clone()).await {
+        let written = self.write(target, back.clone()).await;
+        if written == Write::Moved {
             self.pending.push_front(back);
-        } else {
+        } else if written == Write::Failed {
             // Still `starting` in the store: settled from the command log if the server
             // stops now; kept in line here.
             self.pending.push_front(target.clone());
@@ -607,7 +639,11 @@ impl Driver {
             installed.updated_ms = now_ms();
             let mut from = target.clone();
             from.command_id = Some(command.id.clone());
-            if self.write(&from, installed.clone()).await {
+            let written = self.write(&from, installed.clone()).await;
+            if written == Write::Lost {
+                self.running.remove(&command.id);
+            }
+            if written == Write::Moved {
                 self.running.remove(&command.id);
                 let until_ms = command.updated_ms.saturating_add(
                     u64::try_from(self.jobs.inner.config.update_return.as_millis())
@@ -665,13 +701,13 @@ impl Driver {
         done.status = status;
         done.message = message;
         done.updated_ms = now_ms();
-        self.write(target, done).await
+        self.write(target, done).await != Write::Failed
     }
 
     /// Writes a device's move from `from` to `to` (only if the store still has it as
     /// `from`, or as `starting` for a device sent while the store was down), counts it
-    /// and tells browsers. False if the store could not take it.
-    async fn write(&mut self, from: &JobTarget, to: JobTarget) -> bool {
+    /// and tells browsers; see [`Write`] for what else can come of it.
+    async fn write(&mut self, from: &JobTarget, to: JobTarget) -> Write {
         let allowed: &[TargetStatus] = if from.status == TargetStatus::Running {
             &[TargetStatus::Running, TargetStatus::Starting]
         } else {
@@ -686,7 +722,7 @@ impl Driver {
                     .hub
                     .publish(LiveEvent::JobTarget { target: to })
                     .await;
-                true
+                Write::Moved
             }
             Ok(false) => {
                 // Someone else moved it (another replica, after a lease ran out): the
@@ -695,13 +731,11 @@ impl Driver {
                 if let Ok(counts) = self.jobs.inner.store.job_counts(&self.job.id.0).await {
                     self.job.counts = counts;
                 }
-                // Not ours to move any more: dropped from memory by the caller's
-                // success path.
-                true
+                Write::Lost
             }
             Err(error) => {
                 tracing::warn!(job = %self.job.id, "cannot write a job's device (retrying): {error:#}");
-                false
+                Write::Failed
             }
         }
     }
