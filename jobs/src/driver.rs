@@ -741,15 +741,16 @@ impl Driver {
     }
 
     /// Re-reads the job's state (a user here or on another replica may have changed it).
+    /// Not its counts: this task keeps them as it moves devices (counting a job of many
+    /// thousand devices every second would cost the database for nothing).
     async fn refresh(&mut self) {
-        match self.jobs.inner.store.job(&self.job.id.0).await {
+        match self.jobs.inner.store.job_settings(&self.job.id.0).await {
             Ok(Some(stored)) => {
                 let changed = stored.view.state != self.job.state;
                 self.job.state = stored.view.state;
                 self.job.updated_ms = stored.view.updated_ms;
                 self.job.ended_ms = stored.view.ended_ms;
                 self.job.stop_reason = stored.view.stop_reason;
-                self.job.counts = stored.view.counts;
                 if changed {
                     self.tell().await;
                 }

@@ -175,6 +175,18 @@ impl Store {
 
     /// One job, with its counts.
     pub async fn job(&self, id: &str) -> anyhow::Result<Option<StoredJob>> {
+        let Some(mut job) = self.job_settings(id).await? else {
+            return Ok(None);
+        };
+        let total = job.view.counts.total;
+        job.view.counts = self.job_counts(id).await?;
+        job.view.counts.total = job.view.counts.total.max(total);
+        Ok(Some(job))
+    }
+
+    /// One job without counting its devices (its counts are zero but the total): its
+    /// state and settings, for the replica running it, which keeps the counts itself.
+    pub async fn job_settings(&self, id: &str) -> anyhow::Result<Option<StoredJob>> {
         let row = self
             .query_opt(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
@@ -182,11 +194,7 @@ impl Store {
             )
             .await
             .context("cannot read a job")?;
-        let Some(row) = row else { return Ok(None) };
-        let mut job = job_from(&row)?;
-        job.view.counts = self.job_counts(id).await?;
-        job.view.counts.total = job.view.counts.total.max(total_of(&row)?);
-        Ok(Some(job))
+        row.as_ref().map(job_from).transpose()
     }
 
     /// Jobs, newest first, with their counts.
