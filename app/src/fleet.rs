@@ -25,6 +25,7 @@ use protocol::{
         AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, ProvisionedDevice, Role, TokenView,
         UserView,
     },
+    fleet::{DevicePage, DeviceQuery},
     job::{JobAction, JobListQuery, JobView, NewJob, TargetPage, TargetQuery},
 };
 use serde::{Deserialize, Serialize};
@@ -95,7 +96,11 @@ pub type Caller = http::request::Parts;
 #[cfg(feature = "ssr")]
 pub trait Fleet: Send + Sync + 'static {
     fn me(&self, caller: &Caller) -> Result<Me, protocol::api::ApiError>;
-    fn devices(&self, caller: &Caller) -> Result<Vec<DeviceView>, protocol::api::ApiError>;
+    fn device_page(
+        &self,
+        caller: &Caller,
+        query: &DeviceQuery,
+    ) -> Result<DevicePage, protocol::api::ApiError>;
     fn device(
         &self,
         caller: &Caller,
@@ -227,11 +232,11 @@ pub async fn who_am_i() -> Result<Me, AppError> {
     Ok(fleet.me(&caller)?)
 }
 
-/// Every device the caller may see, sorted by id.
+/// A page of the devices the caller may see, as `query` asks, with their counts.
 #[server(endpoint = "devices", input = Json)]
-pub async fn list_devices() -> Result<Vec<DeviceView>, AppError> {
+pub async fn fleet_page(query: DeviceQuery) -> Result<DevicePage, AppError> {
     let (fleet, caller) = fleet()?;
-    Ok(fleet.devices(&caller)?)
+    Ok(fleet.device_page(&caller, &query)?)
 }
 
 /// One device, or `None` if no device of that id has ever connected (or the caller

@@ -179,6 +179,18 @@ impl Hub {
         self.state().registry.views()
     }
 
+    /// The page of the fleet list `query` asks for, among the devices `may_see` lets
+    /// through, with their counts. Filtered and sorted under the lock without copying;
+    /// only the page's devices are cloned.
+    pub fn device_page(
+        &self,
+        query: &protocol::fleet::DeviceQuery,
+        may_see: impl Fn(&DeviceId) -> bool,
+    ) -> protocol::fleet::DevicePage {
+        let state = self.state();
+        query.page(state.registry.iter_views().filter(|d| may_see(&d.id)))
+    }
+
     /// A device's credential was revoked. It can no longer log in; with the embedded
     /// broker its connections were closed too, but RabbitMQ keeps an open one until it
     /// drops. So: it is offline now, its pending commands end as offline at once, and

@@ -139,6 +139,11 @@ impl Registry {
         (self.devices.len(), online)
     }
 
+    /// Every device, in no order.
+    pub fn iter_views(&self) -> impl Iterator<Item = &DeviceView> {
+        self.devices.values().map(|d| &d.view)
+    }
+
     /// Every device, sorted by id.
     pub fn views(&self) -> Vec<DeviceView> {
         let mut views: Vec<_> = self.devices.values().map(|d| d.view.clone()).collect();

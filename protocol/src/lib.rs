@@ -11,6 +11,7 @@
 //! - [`capability`]: what a device announces it can do, and argument validation
 //!   against it.
 //! - [`api`]: device and command views, live events and API bodies for browsers.
+//! - [`fleet`]: the fleet list's query (search, filters, sort, page), page and counts.
 //! - [`auth`]: roles, and the views of users, API tokens and audit entries.
 //! - [`command`]: a command's statuses and the state machine between them.
 //! - [`policy`]: what each broker account (server or device) may do, for both brokers.
@@ -24,6 +25,7 @@ pub mod capability;
 pub mod codec;
 pub mod command;
 pub mod device;
+pub mod fleet;
 pub mod job;
 pub mod names;
 pub mod policy;

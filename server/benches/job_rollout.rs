@@ -30,8 +30,8 @@ use std::{
 
 use futures_util::{StreamExt as _, stream};
 use protocol::{
-    api::DeviceView,
     auth::Role,
+    fleet::DevicePage,
     job::{JobState, JobView},
 };
 use serde_json::json;
@@ -146,13 +146,15 @@ async fn main() -> anyhow::Result<()> {
             .spawn()?,
     );
     loop {
-        let devices: Vec<DeviceView> = client
-            .get(format!("{base}/api/v1/devices"))
+        let page: DevicePage = client
+            .get(format!(
+                "{base}/api/v1/devices?search={prefix}-&status=online&limit=1"
+            ))
             .send()
             .await?
             .json()
             .await?;
-        let online = devices.iter().filter(|d| d.online).count();
+        let online = page.total as usize;
         if online >= count {
             break;
         }

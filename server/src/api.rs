@@ -15,6 +15,7 @@ use protocol::{
     CommandId, DeviceId,
     api::{CommandView, DeviceView, History, HistoryQuery, SendCommand},
     auth::Role,
+    fleet::{DevicePage, DeviceQuery},
 };
 use serde::Deserialize;
 use store::CommandQuery;
@@ -174,15 +175,26 @@ where
     }
 }
 
-async fn list_devices(State(state): State<AppState>, who: Identity) -> Json<Vec<DeviceView>> {
-    Json(visible_devices(&state, &who))
+async fn list_devices(
+    State(state): State<AppState>,
+    who: Identity,
+    Params(query): Params<DeviceQuery>,
+) -> Result<Json<DevicePage>, Failure> {
+    device_page(&state, &who, &query).map(Json)
 }
 
-/// The devices `who` may see.
-pub fn visible_devices(state: &AppState, who: &Identity) -> Vec<DeviceView> {
-    let mut devices = state.hub.devices();
-    devices.retain(|device| state.groups.may_see(who, device.id.as_str()));
-    devices
+/// The page of the fleet list `query` asks for, among the devices `who` may see.
+pub fn device_page(
+    state: &AppState,
+    who: &Identity,
+    query: &DeviceQuery,
+) -> Result<DevicePage, Failure> {
+    query.check().map_err(|message| {
+        Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+    })?;
+    Ok(state
+        .hub
+        .device_page(query, |id| state.groups.may_see(who, id.as_str())))
 }
 
 async fn get_device(

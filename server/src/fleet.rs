@@ -11,6 +11,7 @@ use protocol::{
     },
     artifact::ArtifactView,
     auth::{AuditCheck, AuditEntry, DeviceCredential, Me, NewToken, Role, TokenView, UserView},
+    fleet::{DevicePage, DeviceQuery},
     job::{JobAction, JobId, JobListQuery, JobView, NewJob, TargetPage, TargetQuery},
 };
 
@@ -38,8 +39,8 @@ impl Fleet for AppState {
         Ok(caller(parts)?.0.me())
     }
 
-    fn devices(&self, parts: &Caller) -> Result<Vec<DeviceView>, ApiError> {
-        Ok(api::visible_devices(self, &caller(parts)?.0))
+    fn device_page(&self, parts: &Caller, query: &DeviceQuery) -> Result<DevicePage, ApiError> {
+        api::device_page(self, &caller(parts)?.0, query).map_err(api_error)
     }
 
     fn device(&self, parts: &Caller, id: &str) -> Result<Option<DeviceView>, ApiError> {

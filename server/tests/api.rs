@@ -9,6 +9,7 @@ use protocol::{
     CommandStatus, DeviceId,
     api::{ApiError, CommandView, DeviceView, History, LiveEvent},
     auth::Role,
+    fleet::DevicePage,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -25,6 +26,8 @@ struct Setup {
     client: reqwest::Client,
     /// An admin's API token, which `client` sends.
     token: String,
+    /// A viewer's, of no device group.
+    viewer: String,
     hub: hub::Hub,
     _stop_server: oneshot::Sender<()>,
     /// Stops (and says bye) when dropped.
@@ -52,6 +55,7 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
     let base = format!("http://{}", server.local_addr().unwrap());
     let hub = server.hub().clone();
     let (token, _) = testkit::user_token(server.accounts(), Role::Admin, &[]).await;
+    let (viewer, _) = testkit::user_token(server.accounts(), Role::Viewer, &[]).await;
     assert!(
         hub.is_connected(),
         "RabbitMQ must be running at {} (scripts/test.sh starts it)",
@@ -78,6 +82,7 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
         device: agent.id.clone(),
         client: testkit::api_client(&token),
         token,
+        viewer,
         hub,
         _stop_server: stop_server,
         _agent: agent,
@@ -165,9 +170,10 @@ fn error(value: Value) -> ApiError {
 #[tokio::test]
 async fn devices_are_listed_and_looked_up() {
     let setup = setup(Kind::Switch).await;
-    let (status, devices): (_, Vec<DeviceView>) = setup.get("/api/v1/devices").await;
+    let (status, page): (_, DevicePage) = setup.get("/api/v1/devices").await;
     assert_eq!(status, StatusCode::OK);
-    let listed = devices
+    let listed = page
+        .devices
         .iter()
         .find(|d| d.id == setup.device)
         .expect("listed");
@@ -187,6 +193,140 @@ async fn devices_are_listed_and_looked_up() {
             message: "no device \"nobody-here\" has ever connected".into()
         }
     );
+}
+
+#[tokio::test]
+async fn the_fleet_list_is_searched_filtered_sorted_and_paged() {
+    let setup = setup(Kind::Switch).await;
+    // Five more devices, named alike (other tests' devices on the same broker are not).
+    let tag = format!("pg{:06x}", fastrand::u32(..0xff_ffff));
+    let mut agents = Vec::new();
+    for kind in [
+        Kind::Thermostat,
+        Kind::Thermostat,
+        Kind::Thermostat,
+        Kind::Gateway,
+        Kind::Gateway,
+    ] {
+        let agent = testkit::Agent::start(
+            &amqp_url(),
+            &format!("{tag}-{}", kind.name()),
+            kind,
+            |config| {
+                config.heartbeat = Duration::from_secs(1);
+            },
+        )
+        .await;
+        testkit::online(&setup.hub, &agent.id).await;
+        agents.push(agent);
+    }
+    let mut ids: Vec<String> = agents.iter().map(|a| a.id.to_string()).collect();
+    ids.sort();
+    // One says bye: offline.
+    let gone = agents.remove(0);
+    let gone_id = gone.id.clone();
+    gone.stop().await;
+    testkit::eventually(
+        "the stopped device offline",
+        Duration::from_secs(10),
+        || setup.hub.device(&gone_id).filter(|d| !d.online).map(drop),
+    )
+    .await;
+    let page = |query: String| {
+        let setup = &setup;
+        async move {
+            let (status, page): (_, DevicePage) =
+                setup.get(&format!("/api/v1/devices?{query}")).await;
+            assert_eq!(status, StatusCode::OK, "{query}");
+            page
+        }
+    };
+    let listed = |page: &DevicePage| -> Vec<String> {
+        page.devices.iter().map(|d| d.id.to_string()).collect()
+    };
+
+    // A search ignores case; the summary counts every device, whatever the query.
+    let all = page(format!("search={}", tag.to_uppercase())).await;
+    assert_eq!((all.total, all.offset, all.limit), (5, 0, 50));
+    assert_eq!(listed(&all), ids);
+    assert!(
+        all.summary.total >= 6 && all.summary.online + all.summary.offline == all.summary.total
+    );
+    assert!(
+        all.summary
+            .kinds
+            .iter()
+            .any(|k| k.kind == "thermostat" && k.count >= 3)
+    );
+
+    let thermostats = page(format!("search={tag}&kind=thermostat")).await;
+    assert_eq!(thermostats.total, 3);
+    assert!(thermostats.devices.iter().all(|d| d.kind == "thermostat"));
+    let offline = page(format!("search={tag}&status=offline")).await;
+    assert_eq!(listed(&offline), [gone_id.to_string()]);
+    let online = page(format!("search={tag}&status=online")).await;
+    assert_eq!(online.total, 4);
+    assert!(online.devices.iter().all(|d| d.online));
+
+    // Sorted by status: online first; descending, offline first.
+    let by_status = page(format!("search={tag}&sort=status")).await;
+    assert_eq!(listed(&by_status).last(), Some(&gone_id.to_string()));
+    let by_status = page(format!("search={tag}&sort=status&order=desc")).await;
+    assert_eq!(listed(&by_status).first(), Some(&gone_id.to_string()));
+    let by_kind = page(format!("search={tag}&sort=kind&order=desc")).await;
+    let kinds: Vec<&str> = by_kind.devices.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "thermostat",
+            "thermostat",
+            "thermostat",
+            "gateway",
+            "gateway"
+        ]
+    );
+
+    // Pages are slices of the same order.
+    let second = page(format!("search={tag}&limit=2&offset=2")).await;
+    assert_eq!((second.total, second.offset, second.limit), (5, 2, 2));
+    assert_eq!(listed(&second), ids[2..4]);
+    let past = page(format!("search={tag}&offset=100")).await;
+    assert!(past.devices.is_empty());
+    assert_eq!(past.total, 5);
+
+    // What cannot be answered says why.
+    for (query, code) in [
+        ("limit=0", "invalid_input"),
+        ("limit=501", "invalid_input"),
+        ("status=sleeping", "bad_request"),
+        ("sort=colour", "bad_request"),
+        ("offset=-1", "bad_request"),
+    ] {
+        let (status, body): (_, Value) = setup.get(&format!("/api/v1/devices?{query}")).await;
+        let error = error(body);
+        assert_eq!(error.code, code, "{query}: {}", error.message);
+        assert!(status.is_client_error(), "{query}");
+    }
+    let (status, body): (_, Value) = setup
+        .get(&format!("/api/v1/devices?search={}", "x".repeat(200)))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(error(body).message.contains("search"));
+
+    // A viewer of no group sees no device, and no count of them either.
+    let nothing: DevicePage = testkit::api_client(&setup.viewer)
+        .get(format!("{}/api/v1/devices?search={tag}", setup.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((nothing.total, nothing.summary.total), (0, 0));
+    assert!(nothing.devices.is_empty() && nothing.summary.kinds.is_empty());
+    for agent in agents {
+        agent.stop().await;
+    }
 }
 
 #[tokio::test]
