@@ -82,6 +82,15 @@ pub struct Config {
     /// First delay before reconnecting; doubles on each failure up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// The frame size to ask the broker for unless the URL sets `frame_max`
+    /// ([`DEVICE_FRAME_MAX`] by default). The AMQP client keeps 32 frames each way, and
+    /// its ring buffers end up resident as traffic goes round them.
+    pub frame_max: u32,
+    /// Shared by the devices of one process (a simulated fleet): they count their
+    /// sessions and failures in it, and one task reports the sums now and then
+    /// ([`FleetLog::report`]), instead of each device logging its own. `None`: the
+    /// device logs for itself.
+    pub fleet: Option<Arc<FleetLog>>,
 }
 
 /// The server account Tether's servers log in with unless told otherwise.
@@ -103,6 +112,8 @@ impl Config {
             telemetry_fastest: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(30),
+            frame_max: DEVICE_FRAME_MAX,
+            fleet: None,
         }
     }
 
@@ -135,7 +146,7 @@ impl Config {
         // each way: 8 KiB frames keep an idle agent near 4 MiB instead of 12 (with the
         // 128 KiB a broker offers). A URL that sets frame_max keeps its own.
         if uri.query.frame_max.is_none() {
-            uri.query.frame_max = Some(DEVICE_FRAME_MAX);
+            uri.query.frame_max = Some(self.frame_max);
         }
         // Without a secret: the URL's user, or guest if it names none.
         let user = &uri.authority.userinfo.username;
@@ -167,12 +178,103 @@ impl std::fmt::Debug for Config {
             .field("telemetry_fastest", &self.telemetry_fastest)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("frame_max", &self.frame_max)
+            .field("fleet", &self.fleet.is_some())
             .finish()
+    }
+}
+
+/// What the devices of one process add up to: how many are online, and the connection
+/// failures since the last report, with one of them as an example. Ten thousand
+/// simulated devices that cannot reach their broker would otherwise write hundreds of
+/// lines a second.
+#[derive(Debug, Default)]
+pub struct FleetLog {
+    online: std::sync::atomic::AtomicUsize,
+    failures: std::sync::atomic::AtomicU64,
+    failing: std::sync::Mutex<std::collections::HashSet<DeviceId>>,
+    example: std::sync::Mutex<Option<String>>,
+}
+
+/// One device's session counted online in a [`FleetLog`] until it is dropped.
+pub(crate) struct Online(Arc<FleetLog>);
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        self.0
+            .online
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl FleetLog {
+    /// How many of the fleet's devices have a session now.
+    pub fn online(&self) -> usize {
+        self.online.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn session(self: &Arc<Self>, device: &DeviceId) -> Online {
+        self.online
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock_failing().remove(device);
+        Online(self.clone())
+    }
+
+    pub(crate) fn failed(&self, device: &DeviceId, error: &anyhow::Error) {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock_failing().insert(device.clone());
+        let mut example = self
+            .example
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if example.is_none() {
+            *example = Some(format!("{device}: {error:#}"));
+        }
+    }
+
+    fn lock_failing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<DeviceId>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A line saying how the fleet of `devices` is doing, taking the failures counted
+    /// since the last one; `None` when nothing failed since and `online` is what it was
+    /// (`last_online`).
+    pub fn report(&self, devices: usize, last_online: &mut Option<usize>) -> Option<String> {
+        let online = self.online();
+        let failures = self.failures.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let example = self
+            .example
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if failures == 0 && *last_online == Some(online) {
+            return None;
+        }
+        *last_online = Some(online);
+        let failing = self.lock_failing().len();
+        let mut line = format!("{online} of {devices} devices online");
+        if failures > 0 {
+            line.push_str(&format!(
+                "; {failures} connection attempts failed since the last report, \
+                 {failing} devices retrying with backoff"
+            ));
+        }
+        if let Some(example) = example {
+            line.push_str(&format!(" (e.g. {example})"));
+        }
+        Some(line)
     }
 }
 
 /// The frame size an agent asks for unless its URL says otherwise (bytes).
 pub const DEVICE_FRAME_MAX: u32 = 8_192;
+
+/// The smallest frame AMQP allows (bytes): what a simulated fleet asks for, halving
+/// the client's buffers (2 × 32 frames per connection: 256 KiB, not 512).
+pub const FLEET_FRAME_MAX: u32 = 4_096;
 
 /// A command as a handler receives it: arguments already checked against the spec,
 /// with defaults filled in.
@@ -317,7 +419,15 @@ pub async fn run<H: Handler>(
                     failures.saturating_add(1)
                 };
                 let pause = backoff(&config, failures);
-                tracing::warn!(device = %config.device_id, "connection lost or refused: {error:#}; retrying in {pause:?}");
+                match &config.fleet {
+                    Some(fleet) => {
+                        tracing::debug!(device = %config.device_id, "connection lost or refused: {error:#}; retrying in {pause:?}");
+                        fleet.failed(&config.device_id, &error);
+                    }
+                    None => {
+                        tracing::warn!(device = %config.device_id, "connection lost or refused: {error:#}; retrying in {pause:?}");
+                    }
+                }
                 pause
             }
         };

@@ -123,6 +123,11 @@ struct Args {
     #[arg(long, env = "TETHER_HEARTBEAT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     heartbeat_ms: u64,
 
+    /// The longest pause between two attempts to connect, in milliseconds (the pause
+    /// doubles from 250 ms up to it, with jitter).
+    #[arg(long, env = "TETHER_RECONNECT_MAX_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(250..=3_600_000))]
+    reconnect_max_ms: u64,
+
     /// How often to publish readings, in milliseconds; 0 for never.
     #[arg(long, env = "TETHER_TELEMETRY_MS", default_value_t = 5000)]
     telemetry_ms: u64,
@@ -231,6 +236,16 @@ async fn main() -> anyhow::Result<()> {
         config.check()?;
     }
 
+    let count = configs.len();
+    if args.simulate.is_some() {
+        raise_open_files_limit(count);
+    }
+    // A fleet reports as one: a line every few seconds while things change, rather
+    // than a line per device and failure.
+    let fleet = args
+        .simulate
+        .is_some()
+        .then(|| Arc::new(agent::FleetLog::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut agents = tokio::task::JoinSet::new();
     for (mut config, kind) in configs {
@@ -238,21 +253,105 @@ async fn main() -> anyhow::Result<()> {
         config.telemetry =
             (args.telemetry_ms > 0).then(|| Duration::from_millis(args.telemetry_ms));
         config.telemetry_fastest = Duration::from_millis(args.telemetry_fastest_ms);
+        config.reconnect_max = Duration::from_millis(args.reconnect_max_ms);
+        if fleet.is_some() {
+            config.frame_max = agent::FLEET_FRAME_MAX;
+        }
+        config.fleet.clone_from(&fleet);
         let mut stop = stop_rx.clone();
-        agents.spawn(agent::run(
-            config,
-            Arc::new(Simulated::new(kind)),
-            async move {
+        let device = config.device_id.clone();
+        agents.spawn(async move {
+            let ended = agent::run(config, Arc::new(Simulated::new(kind)), async move {
                 let _ = stop.wait_for(|stop| *stop).await;
-            },
-        ));
+            })
+            .await;
+            (device, ended)
+        });
     }
-    shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    while let Some(result) = agents.join_next().await {
-        result??;
+    if let Some(fleet) = &fleet {
+        let (fleet, mut stop) = (fleet.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(FLEET_REPORT);
+            let mut last = None;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop.wait_for(|stop| *stop) => return,
+                }
+                if let Some(line) = fleet.report(count, &mut last) {
+                    tracing::info!("{line}");
+                }
+            }
+        });
     }
+    // Each device retries on its own for as long as the process runs: one that cannot
+    // connect never ends the others. A device ends early only when its configuration
+    // cannot work at all (checked above) or its task panicked; the rest go on.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    let mut failed = 0_usize;
+    loop {
+        tokio::select! {
+            () = &mut shutdown, if !stopping => {
+                stopping = true;
+                let _ = stop_tx.send(true);
+            }
+            ended = agents.join_next() => match ended {
+                None => break,
+                Some(Ok((_, Ok(())))) if stopping => {}
+                Some(Ok((device, Ok(())))) => tracing::info!(%device, "device ended"),
+                Some(Ok((device, Err(error)))) => {
+                    failed += 1;
+                    tracing::error!(%device, "device stopped: {error:#}");
+                }
+                Some(Err(error)) => {
+                    failed += 1;
+                    tracing::error!("a device's task failed: {error}");
+                }
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {count} devices stopped on an error"
+    );
     Ok(())
+}
+
+/// How often a simulated fleet reports how many devices are online and what failed.
+const FLEET_REPORT: Duration = Duration::from_secs(10);
+
+/// Every simulated device holds a socket: raises the soft limit on open files to the
+/// hard one, and warns when that is still short of the fleet.
+fn raise_open_files_limit(devices: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let needed = u64::try_from(devices)
+        .unwrap_or(u64::MAX)
+        .saturating_add(64);
+    let limit = getrlimit(Resource::Nofile);
+    let mut now = limit.current;
+    if limit.current != limit.maximum
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )
+        .is_ok()
+    {
+        now = limit.maximum;
+    }
+    if let Some(now) = now
+        && now < needed
+    {
+        tracing::warn!(
+            "the open files limit is {now}, below the {needed} that {devices} devices need: \
+             devices past about {} cannot connect (raise it: ulimit -n)",
+            now.saturating_sub(64)
+        );
+    }
 }
 
 /// Runs (or with --check-config, checks) the real device a configuration file
@@ -321,6 +420,9 @@ async fn run_configured(
     {
         tracing::info!("firmware {version}: installed by the last update");
         loaded.config.firmware = version;
+    }
+    if given("reconnect_max_ms") {
+        loaded.config.reconnect_max = Duration::from_millis(args.reconnect_max_ms);
     }
     tracing::info!("{}", loaded.summary());
     let mut device = agent::real::RealDevice::configured(&loaded, readings);

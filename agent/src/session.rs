@@ -295,7 +295,17 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
         .await
         .context("cannot say hello")
         .map_err(failed(false))?;
-    tracing::info!(device = %config.device_id, session = %publisher.session_id, %inbox, "online");
+    // In a fleet, counted (and reported by the fleet's task), not logged one by one.
+    let _online = match &config.fleet {
+        Some(fleet) => {
+            tracing::debug!(device = %config.device_id, session = %publisher.session_id, %inbox, "online");
+            Some(fleet.session(&config.device_id))
+        }
+        None => {
+            tracing::info!(device = %config.device_id, session = %publisher.session_id, %inbox, "online");
+            None
+        }
+    };
     handler.online();
 
     let (restart_tx, mut restart_rx) = mpsc::unbounded_channel();

@@ -45,6 +45,7 @@
 mod accounts;
 mod admission;
 mod connection;
+pub mod open_files;
 mod outbox;
 mod vhost;
 
@@ -163,9 +164,14 @@ impl Default for Config {
             channel_max: 2_047,
             heartbeat: 60,
             handshake_timeout: Duration::from_secs(10),
-            // A handshake takes milliseconds: this is room for a whole fleet reconnecting.
+            // A handshake takes milliseconds, a device's first login an argon2 check
+            // (tens of ms, a few at once): this is what a few cores check within
+            // `handshake_timeout`, and room for a whole fleet reconnecting.
             max_handshakes: 1_024,
-            max_connections: 4_096,
+            // 10,000 devices and room to spare. Each needs a file descriptor: `bind`
+            // raises the process's soft limit to its hard one, and warns if that is
+            // still short.
+            max_connections: 16_384,
             max_message_size: 128 * 1024 * 1024,
             max_bytes: 256 * 1024 * 1024,
             limits: AccountLimits::default(),
@@ -226,7 +232,12 @@ struct Shared {
 }
 
 impl Broker {
+    /// Binds the listener. Every connection holds a file descriptor, so this also
+    /// raises the process's soft limit on open files to its hard limit, and warns when
+    /// even that is short of what `max_connections` and `max_handshakes` need
+    /// ([`open_files::raise`]).
     pub async fn bind(config: Config) -> std::io::Result<Self> {
+        open_files::raise(config.max_connections.saturating_add(config.max_handshakes));
         let listener = TcpListener::bind(config.addr).await?;
         let vhost = Arc::new(Mutex::new(Vhost::new(config.max_bytes)));
         let shared = Shared {
@@ -289,6 +300,10 @@ impl Broker {
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
         let mut next_id: u64 = 0;
+        // A fleet beyond the limits knocks thousands of times a second: one line now
+        // and then says how many were turned away, not one line each.
+        let mut turned_away = Summary::default();
+        let mut failed_accepts = Summary::default();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -301,7 +316,9 @@ impl Broker {
                         let place = match doorkeeper.admit() {
                             Ok(place) => place,
                             Err(why) => {
-                                tracing::warn!(%peer, "turning a connection away: {why}");
+                                if let Some(count) = turned_away.add() {
+                                    tracing::warn!(%peer, "turning connections away: {why} (max_connections {}, max_handshakes {}); {count} turned away since the last report", shared.config.max_connections, shared.config.max_handshakes);
+                                }
                                 continue;
                             }
                         };
@@ -309,7 +326,17 @@ impl Broker {
                         let (shared, stopping) = (shared.clone(), stopping.clone());
                         connections.spawn(connection::serve(next_id, socket, peer, place, shared, stopping));
                     }
-                    Err(error) => tracing::warn!("accept failed: {error}"),
+                    Err(error) => {
+                        if let Some(count) = failed_accepts.add() {
+                            tracing::warn!("accept failed: {error}; {count} failed since the last report{}", if error.raw_os_error() == Some(24) { " (out of file descriptors: raise the open files limit, or lower max_connections)" } else { "" });
+                        }
+                        // Out of descriptors (EMFILE), accept fails at once as long as the
+                        // peer waits in the backlog: pause rather than spin.
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                        }
+                    }
                 }
             }
         }
@@ -335,6 +362,32 @@ impl Broker {
             connections.shutdown().await;
         }
         tracing::info!("broker stopped; {open} connections closed");
+    }
+}
+
+/// How long the accept loop pauses after accept failed (out of file descriptors, say).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Counts events that would each deserve a log line, and says when to write one: for
+/// the first, then at most once every [`Summary::EVERY`], with how many happened.
+#[derive(Debug, Default)]
+struct Summary {
+    count: u64,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Summary {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts one; `Some(count since the last report)` when it is time to write one.
+    fn add(&mut self) -> Option<u64> {
+        self.count += 1;
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|last| now < last + Self::EVERY) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
     }
 }
 

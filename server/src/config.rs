@@ -49,6 +49,17 @@ pub struct Config {
     )]
     pub broker_password: Option<String>,
 
+    /// Connections the embedded broker keeps open at once (devices, and each replica's
+    /// own); more are turned away. Each is a file descriptor: the server raises its soft
+    /// open files limit to the hard one, and warns if that is still short.
+    #[arg(
+        long = "broker-max-connections",
+        env = "TETHER_BROKER_MAX_CONNECTIONS",
+        default_value_t = 16_384,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub broker_max_connections: u64,
+
     /// A command's deadline when the caller gives none, in milliseconds.
     #[arg(long = "command-timeout-ms", env = "TETHER_COMMAND_TIMEOUT_MS", default_value_t = protocol::api::timeouts::DEFAULT_MS,
           value_parser = clap::value_parser!(u64).range(protocol::api::timeouts::MIN_MS..=protocol::api::timeouts::MAX_MS))]
@@ -230,6 +241,7 @@ impl Config {
             broker_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             broker_user: "tether-server".into(),
             broker_password: None,
+            broker_max_connections: 16_384,
             command_timeout_ms: protocol::api::timeouts::DEFAULT_MS,
             database_url: "none".into(),
             data_dir: std::env::temp_dir()

@@ -410,6 +410,7 @@ async fn start_embedded_broker(
         user: config.broker_user.clone(),
         password,
         authenticator: Some(Arc::new(logins)),
+        max_connections: usize::try_from(config.broker_max_connections).unwrap_or(usize::MAX),
         ..broker::Config::default()
     };
     let broker = broker::Broker::bind(broker_config).await.with_context(|| {
