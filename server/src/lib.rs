@@ -11,6 +11,8 @@
 //! - [`health`]: `/healthz` and `/readyz`; [`metrics`]: `/metrics` in the Prometheus
 //!   format.
 //! - [`guard`]: cross-site requests refused.
+//! - [`assets`]: the site's files, precompressed and cached; compression and
+//!   `Cache-Control` for every answer.
 //! - [`auth`]: who is asking (sessions, API tokens), the login forms, who sees which
 //!   devices; [`admin`]: the API for users, tokens, groups and the audit trail;
 //!   [`provision`]: the API for device credentials; [`audit`]: writing to the audit
@@ -33,6 +35,7 @@
 pub mod admin;
 pub mod api;
 pub mod artifacts;
+pub mod assets;
 pub mod audit;
 pub mod auth;
 pub mod broker_accounts;
@@ -51,11 +54,24 @@ pub mod metrics;
 pub mod provision;
 pub mod state;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use app::{App, fleet::SharedFleet, shell};
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::Uri,
+    routing::get,
+};
 use common::{Shutdown, redact};
 use hub::{Hub, HubConfig, Recorder, RecorderConfig, RecorderStats, Stop};
 use leptos::prelude::*;
@@ -443,10 +459,23 @@ pub async fn run(
 }
 
 /// All routes: health, readiness, metrics, the JSON API, the Leptos pages and server
-/// functions, and the built site's files.
+/// functions, and the built site's files (precompressed once, in the background,
+/// starting now).
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let fleet: SharedFleet = Arc::new(state.clone());
+    let stop_compressing = Arc::new(AtomicBool::new(false));
+    assets::precompress(
+        state.leptos_options.site_root.to_string().into(),
+        stop_compressing.clone(),
+    );
+    let stopping = state.shutdown.clone();
+    tokio::spawn(async move {
+        stopping.stopping().await;
+        stop_compressing.store(true, Ordering::Relaxed);
+    });
+    let files = assets::SiteFiles::new(&state.leptos_options);
+    let not_found = leptos_axum::file_and_error_handler::<AppState, _>(shell);
     Router::new()
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
@@ -460,8 +489,20 @@ pub fn router(state: AppState) -> Router {
             let options = state.leptos_options.clone();
             move || shell(options.clone())
         })
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        // Layers run outside in: the cross-site guard first, then who is asking.
+        // The site's files, else the not-found page.
+        .fallback(
+            move |uri: Uri, State(state): State<AppState>, request: Request| async move {
+                let file = files
+                    .serve(request.method(), request.uri(), request.headers())
+                    .await;
+                match file {
+                    Some(file) => file,
+                    None => not_found(uri, State(state), request).await,
+                }
+            },
+        )
+        // Layers run outside in: compression and caching headers, the cross-site
+        // guard, then who is asking.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -470,6 +511,8 @@ pub fn router(state: AppState) -> Router {
             state.allowed_origins.clone(),
             guard::refuse_cross_site,
         ))
+        .layer(axum::middleware::from_fn(assets::cache_control))
+        .layer(assets::compression())
         .with_state(state)
 }
 
@@ -495,5 +538,6 @@ fn leptos_options(config: &Config) -> anyhow::Result<LeptosOptions> {
     if let Some(root) = &config.site_root {
         options.site_root = root.to_string_lossy().into_owned().into();
     }
+    assets::detect_hashes(&mut options);
     Ok(options)
 }
