@@ -156,6 +156,13 @@ pub trait Fleet: Send + Sync + 'static {
     /// A page of a job's devices, in job order.
     fn job_targets(&self, caller: Caller, id: String, query: TargetQuery)
     -> Answer<'_, TargetPage>;
+    /// What a job for `selector` would reach: how many devices the caller may see match,
+    /// and the commands they announced.
+    fn job_preview(
+        &self,
+        caller: &Caller,
+        selector: &protocol::job::Selector,
+    ) -> Result<crate::jobs::new::Known, protocol::api::ApiError>;
     /// Operator: starts a job.
     fn create_job(&self, caller: Caller, job: NewJob) -> Answer<'_, JobView>;
     /// Operator: pauses, resumes or cancels a job.
@@ -392,6 +399,16 @@ pub async fn get_job(id: String) -> Result<JobView, AppError> {
 pub async fn job_targets(id: String, query: TargetQuery) -> Result<TargetPage, AppError> {
     let (fleet, caller) = fleet()?;
     Ok(fleet.job_targets(caller, id, query).await?)
+}
+
+/// How many devices the caller may see a job for `selector` would reach, and the
+/// commands they announced.
+#[server(endpoint = "job_preview", input = Json)]
+pub async fn job_preview(
+    selector: protocol::job::Selector,
+) -> Result<crate::jobs::new::Known, AppError> {
+    let (fleet, caller) = fleet()?;
+    Ok(fleet.job_preview(&caller, &selector)?)
 }
 
 /// Starts a job (operators and admins); the answer is the job as created.

@@ -94,6 +94,11 @@ pub(crate) struct Inner {
     pub(crate) shutdown: Shutdown,
     /// Writes command changes to the log, when there is one.
     pub(crate) log: Option<LogWriter>,
+    /// Moves on with every device change told to listeners (see
+    /// [`Hub::devices_generation`]).
+    devices_generation: AtomicU64,
+    /// Fleet pages, shared by the tabs that show the same one.
+    pages: crate::pages::Pages,
 }
 
 /// Everything that changes together, behind one lock that is never held across an
@@ -155,6 +160,8 @@ impl Hub {
                 stats: Stats::default(),
                 shutdown: shutdown.clone(),
                 log,
+                devices_generation: AtomicU64::new(0),
+                pages: crate::pages::Pages::default(),
             }),
         };
         if let Some(log) = command_log {
@@ -189,6 +196,30 @@ impl Hub {
     ) -> protocol::fleet::DevicePage {
         let state = self.state();
         query.page(state.registry.iter_views().filter(|d| may_see(&d.id)))
+    }
+
+    /// [`Hub::device_page`] for a live tab: the same page for every tab of a `viewer`
+    /// (a name for the set of devices `may_see` lets through: every tab given the same
+    /// name must see the same devices), computed once per generation.
+    pub fn shared_device_page(
+        &self,
+        query: &protocol::fleet::DeviceQuery,
+        viewer: &str,
+        may_see: impl Fn(&DeviceId) -> bool,
+    ) -> Arc<protocol::fleet::DevicePage> {
+        let generation = self.devices_generation();
+        self.inner.pages.get(query, viewer, generation, || {
+            self.device_page(query, may_see)
+        })
+    }
+
+    /// A number that moves on whenever a device comes, goes or changes (as told to
+    /// listeners): a fleet page computed at one generation is still right while it
+    /// stays the same (but for when devices were last heard from).
+    pub fn devices_generation(&self) -> u64 {
+        self.inner
+            .devices_generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A device's credential was revoked. It can no longer log in; with the embedded
@@ -239,11 +270,32 @@ impl Hub {
 
     /// A snapshot of devices and recent commands, and the events that follow it.
     pub fn subscribe(&self, recent: usize) -> (LiveEvent, broadcast::Receiver<LiveEvent>) {
+        self.subscribe_to(recent, |_| true, |_| true)
+    }
+
+    /// [`Hub::subscribe`] with only the devices `devices` lets through in the snapshot,
+    /// and the commands of those `commands` lets through (of the `recent` latest). Only
+    /// those devices are copied.
+    pub fn subscribe_to(
+        &self,
+        recent: usize,
+        devices: impl Fn(&DeviceId) -> bool,
+        commands: impl Fn(&DeviceId) -> bool,
+    ) -> (LiveEvent, broadcast::Receiver<LiveEvent>) {
         let state = self.state();
         let receiver = self.inner.events.subscribe();
+        let mut views: Vec<DeviceView> = state
+            .registry
+            .iter_views()
+            .filter(|d| devices(&d.id))
+            .cloned()
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut recent_commands = state.commands.recent(None, recent);
+        recent_commands.retain(|c| commands(&c.device_id));
         let snapshot = LiveEvent::Snapshot {
-            devices: state.registry.views(),
-            commands: state.commands.recent(None, recent),
+            devices: views,
+            commands: recent_commands,
         };
         (snapshot, receiver)
     }
@@ -293,6 +345,12 @@ impl Hub {
     /// Sends events to this replica's listeners. Call with the state locked.
     pub(crate) fn broadcast(&self, events: &[LiveEvent]) {
         for event in events {
+            if matches!(event, LiveEvent::DeviceUpdated { .. }) {
+                // After the change it tells of (made under the same lock).
+                self.inner
+                    .devices_generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
             // No listener is fine: nobody is watching.
             let _ = self.inner.events.send(event.clone());
         }

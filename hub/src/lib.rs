@@ -20,6 +20,7 @@
 //! | `timer` | deadlines, heartbeat expiry, lease renewal |
 //! | `stats` | what the hub counted |
 //! | `registry`, `commands`, `flood` | pure state: devices, command lifecycles, rate limit |
+//! | `pages` | fleet pages computed once per change of the devices, shared by the tabs that show them |
 //! | `reading` | a reading decoded once for both paths (live view and recorders) |
 //! | `announced` | the narrow "what did this device announce" view |
 //! | `store_queue` | the durable storage queue and its caps |
@@ -33,6 +34,7 @@ mod flood;
 mod hub;
 mod intake;
 mod link;
+mod pages;
 mod reading;
 mod recorder;
 mod registry;

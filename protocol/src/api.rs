@@ -197,15 +197,43 @@ pub enum LiveEvent {
     JobTarget {
         target: crate::job::JobTarget,
     },
+    /// The page of the fleet list the tab shows (see [`LiveRequest::Fleet`]), when asked
+    /// and whenever what it holds changes: which devices, in which order, and the counts.
+    FleetPage {
+        query: crate::fleet::DeviceQuery,
+        page: crate::fleet::DevicePage,
+    },
 }
 
-/// What a tab may tell the live channel: which device pages it shows, so that those
-/// devices report faster while they are on screen.
+/// What a tab tells the live channel it shows. A tab is sent the devices it shows and
+/// nothing of the others: the devices of its fleet page and those it watches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveRequest {
-    Watch { device_id: DeviceId },
-    Unwatch { device_id: DeviceId },
+    /// A device's page: it is sent at once and whenever it changes, and it reports
+    /// faster while watched.
+    Watch {
+        device_id: DeviceId,
+    },
+    Unwatch {
+        device_id: DeviceId,
+    },
+    /// The fleet list with this query (`None`: no longer shown).
+    Fleet {
+        query: Option<crate::fleet::DeviceQuery>,
+    },
+}
+
+/// `GET /api/v1/live?watch=a,b&fleet={query as JSON}`: what the tab shows from the
+/// start, so that its snapshot already holds it. Both optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveParams {
+    /// Device ids, separated by commas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
+    /// A [`crate::fleet::DeviceQuery`] as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
 }
 
 /// `POST /api/v1/devices/{id}/commands`.

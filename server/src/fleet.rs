@@ -256,6 +256,26 @@ impl Fleet for AppState {
         })
     }
 
+    fn job_preview(
+        &self,
+        parts: &Caller,
+        selector: &protocol::job::Selector,
+    ) -> Result<app::jobs::new::Known, ApiError> {
+        let (who, _) = caller(parts)?;
+        let members: Option<std::collections::HashSet<String>> = selector
+            .group
+            .as_ref()
+            .map(|group| self.groups.members(group).into_iter().collect());
+        let devices = self.hub.devices();
+        Ok(app::jobs::new::known(
+            selector,
+            devices.iter().filter(|d| {
+                self.groups.may_see(&who, d.id.as_str())
+                    && members.as_ref().is_none_or(|m| m.contains(d.id.as_str()))
+            }),
+        ))
+    }
+
     fn create_job(&self, parts: Caller, job: NewJob) -> Answer<'_, JobView> {
         Box::pin(async move {
             let (who, Source(address)) = caller(&parts)?;

@@ -1,11 +1,17 @@
 //! The live channel, server side: `GET /api/v1/live` upgrades to a WebSocket that
-//! sends a snapshot (devices and recent commands), then every event, as JSON text.
-//! A client that falls too far behind gets a fresh snapshot instead of a gap.
+//! sends a snapshot, then every change the tab shows, as JSON text. A client that falls
+//! too far behind gets a fresh snapshot instead of a gap.
 //!
-//! The client may send `{"type":"watch","device_id":…}` and `{"type":"unwatch",…}`
-//! while it shows a device: watched devices report faster (see [`Hub::watch`]) until
-//! the tab unwatches them or goes away. Anything else it sends is ignored. When the
-//! server stops, every socket is closed with 1001 (going away), and tabs reconnect.
+//! A tab is sent what it shows, not the whole fleet: the devices it watches (a device's
+//! page: `{"type":"watch","device_id":…}`, `unwatch`; they report faster while watched,
+//! see [`Hub::watch`]) and the page of the fleet list it shows (`{"type":"fleet",
+//! "query":{…}}`, or `null` when it no longer does): a `fleet_page` event when asked and
+//! whenever the page's devices, their order or the counts change (checked twice a
+//! second, from a page shared by every tab that shows the same one), and each change of
+//! a device on it as it happens. The upgrade's own `?watch=a,b&fleet={…}` says what it
+//! shows from the start, so that the snapshot holds it. Commands and jobs go to every
+//! tab whose user may see them. Anything else a tab sends is ignored. When the server
+//! stops, every socket is closed with 1001 (going away), and tabs reconnect.
 //!
 //! Each socket carries only what its user may see: the snapshot and every event are
 //! filtered by the user's device groups. The user's session (or token) is checked again
@@ -20,12 +26,17 @@ use axum::{
     http::{HeaderMap, header},
     response::Response,
 };
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use protocol::{
     DeviceId,
-    api::{LiveEvent, LiveRequest},
+    api::{LiveEvent, LiveParams, LiveRequest},
     auth::Role,
+    fleet::{DevicePage, DeviceQuery},
     job::JobId,
 };
 use tokio::sync::broadcast::error::RecvError;
@@ -33,6 +44,7 @@ use tokio::sync::broadcast::error::RecvError;
 use hub::Watching;
 
 use crate::{
+    api::Params,
     auth::{Identity, find_identity},
     state::AppState,
 };
@@ -42,6 +54,12 @@ const MAX_WATCHED_PER_CLIENT: usize = 32;
 
 /// Recent commands in each snapshot.
 const SNAPSHOT_COMMANDS: usize = 200;
+
+/// How often a tab's fleet page is checked for changes (when any device changed).
+const FLEET_PAGE_EVERY: Duration = Duration::from_millis(500);
+
+/// The largest message a tab may send (its requests are a few hundred bytes).
+const MAX_INCOMING: usize = 16 * 1024;
 
 /// A stopping server passes on the last events (the hub ending pending commands) until
 /// none has come for `LAST_EVENTS_QUIET`, and for `LAST_EVENTS_WITHIN` at most, then
@@ -57,6 +75,7 @@ pub async fn upgrade(
     State(state): State<AppState>,
     who: Identity,
     headers: HeaderMap,
+    Params(shows): Params<LiveParams>,
 ) -> Response {
     // Only what proves who this is, to check it again later.
     let mut credentials = HeaderMap::new();
@@ -65,38 +84,169 @@ pub async fn upgrade(
             credentials.append(name.clone(), value.clone());
         }
     }
+    // Small buffers: a server holds thousands of these sockets, and each frame is
+    // written as it comes anyway.
+    let socket = socket
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(MAX_INCOMING)
+        .max_frame_size(MAX_INCOMING);
     socket.on_upgrade(move |socket| {
         // Tracked, so that a stopping server waits for its goodbye.
         let shutdown = state.shutdown.clone();
-        let served = shutdown.spawn(serve(socket, state, who, credentials));
+        let served = shutdown.spawn(serve(socket, state, who, credentials, shows));
         async move {
             let _ = served.await;
         }
     })
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, credentials: HeaderMap) {
+/// What one tab shows: the devices it watches and the fleet page it shows.
+struct Shows {
+    watching: HashMap<DeviceId, Watching>,
+    fleet: Option<DeviceQuery>,
+    /// The page last sent, and the devices on it.
+    page: Option<Arc<DevicePage>>,
+    on_page: HashSet<DeviceId>,
+    /// The devices' generation the page was last checked at.
+    checked: u64,
+}
+
+impl Shows {
+    fn shows(&self, device: &DeviceId) -> bool {
+        self.watching.contains_key(device) || self.on_page.contains(device)
+    }
+
+    /// Starts watching `device` if `who` may see it and the tab has room; whether it
+    /// started.
+    fn watch(&mut self, state: &AppState, who: &Identity, device: DeviceId) -> bool {
+        if self.watching.len() >= MAX_WATCHED_PER_CLIENT
+            || self.watching.contains_key(&device)
+            || !state.groups.may_see(who, device.as_str())
+        {
+            return false;
+        }
+        let guard = state.hub.watch(&device);
+        self.watching.insert(device, guard);
+        true
+    }
+
+    /// The fleet page to send, if the tab shows one and it changed since last sent (or
+    /// `force`).
+    fn fleet_page(&mut self, state: &AppState, who: &Identity, force: bool) -> Option<LiveEvent> {
+        let query = self.fleet.as_ref()?;
+        let generation = state.hub.devices_generation();
+        if !force && generation == self.checked {
+            return None;
+        }
+        self.checked = generation;
+        let page = state.hub.shared_device_page(query, &viewer(who), |id| {
+            state.groups.may_see(who, id.as_str())
+        });
+        if !force
+            && self
+                .page
+                .as_ref()
+                .is_some_and(|sent| same_page(sent, &page))
+        {
+            return None;
+        }
+        self.on_page = page.devices.iter().map(|d| d.id.clone()).collect();
+        self.page = Some(page.clone());
+        Some(LiveEvent::FleetPage {
+            query: query.clone(),
+            page: DevicePage::clone(&page),
+        })
+    }
+}
+
+/// Whether two pages show the same devices in the same order, with the same counts
+/// (changes of the devices themselves reach the tab as they happen).
+fn same_page(a: &DevicePage, b: &DevicePage) -> bool {
+    (a.total, a.offset, a.limit) == (b.total, b.offset, b.limit)
+        && a.summary == b.summary
+        && a.devices.len() == b.devices.len()
+        && a.devices.iter().zip(&b.devices).all(|(a, b)| a.id == b.id)
+}
+
+/// A name for the devices `who` may see: every identity of the same name sees the same
+/// devices, so they share fleet pages.
+fn viewer(who: &Identity) -> String {
+    if who.role == Role::Admin {
+        return "*".to_owned();
+    }
+    let mut groups = who.groups.clone();
+    groups.sort();
+    groups.dedup();
+    format!("groups:{}", groups.join("\n"))
+}
+
+/// What the upgrade's address says the tab shows; what cannot be read is left out.
+fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> Shows {
+    let mut shows = Shows {
+        watching: HashMap::new(),
+        fleet: None,
+        page: None,
+        on_page: HashSet::new(),
+        checked: 0,
+    };
+    for id in params.watch.iter().flat_map(|ids| ids.split(',')) {
+        if let Ok(device) = DeviceId::new(id.trim()) {
+            shows.watch(state, who, device);
+        }
+    }
+    shows.fleet = params
+        .fleet
+        .as_deref()
+        .and_then(|json| serde_json::from_str::<DeviceQuery>(json).ok())
+        .filter(|query| query.check().is_ok());
+    shows
+}
+
+async fn serve(
+    mut socket: WebSocket,
+    state: AppState,
+    mut who: Identity,
+    credentials: HeaderMap,
+    params: LiveParams,
+) {
     let (hub, shutdown) = (&state.hub, &state.shutdown);
     // Dropped with the connection, which releases every watch it held.
-    let mut watching: HashMap<DeviceId, Watching> = HashMap::new();
+    let mut shows = shows_from(&state, &who, &params);
     // Whether this user may see each job they were sent events of (every device of it):
     // asked of the store once per job, forgotten when the identity is checked again.
     let mut jobs_seen: HashMap<JobId, bool> = HashMap::new();
-    let (snapshot, mut events) = hub.subscribe(SNAPSHOT_COMMANDS);
-    if send(&mut socket, &state, &who, &mut jobs_seen, snapshot)
-        .await
-        .is_err()
-    {
-        return;
+    // The page first: its devices are then in the snapshot.
+    let first_page = shows.fleet_page(&state, &who, true);
+    let snapshot = |shows: &Shows, who: &Identity| {
+        hub.subscribe_to(
+            SNAPSHOT_COMMANDS,
+            |id| shows.shows(id),
+            |id| state.groups.may_see(who, id.as_str()),
+        )
+    };
+    let (first, mut events) = snapshot(&shows, &who);
+    for event in std::iter::once(first).chain(first_page) {
+        if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event)
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    let mut fleet_check = tokio::time::interval(FLEET_PAGE_EVERY);
+    fleet_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = recheck.tick() => match find_identity(&state, &credentials).await {
                 Ok(Some(fresh)) if fresh.name == who.name => {
-                    watching.retain(|device, _| state.groups.may_see(&fresh, device.as_str()));
+                    shows.watching.retain(|device, _| state.groups.may_see(&fresh, device.as_str()));
                     jobs_seen.clear();
                     who = fresh;
+                    // The page may hold other devices now.
+                    shows.page = None;
+                    shows.checked = shows.checked.wrapping_sub(1);
                 }
                 Ok(_) | Err(_) => {
                     let close = CloseFrame {
@@ -107,11 +257,18 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
                     return;
                 }
             },
+            _ = fleet_check.tick(), if shows.fleet.is_some() => {
+                if let Some(page) = shows.fleet_page(&state, &who, false)
+                    && send(&mut socket, &state, &who, &shows, &mut jobs_seen, page).await.is_err()
+                {
+                    return;
+                }
+            },
             () = shutdown.stopping() => {
                 // The tab learns how its pending commands ended, then that we are gone.
                 let last_events = async {
                     while let Ok(Ok(event)) = tokio::time::timeout(LAST_EVENTS_QUIET, events.recv()).await {
-                        if send(&mut socket, &state, &who, &mut jobs_seen, event).await.is_err() {
+                        if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event).await.is_err() {
                             return false;
                         }
                     }
@@ -129,36 +286,67 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
             }
             event = events.recv() => match event {
                 Ok(event) => {
-                    if send(&mut socket, &state, &who, &mut jobs_seen, event).await.is_err() {
+                    if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event).await.is_err() {
                         return;
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!("a live client missed {missed} events; resyncing it");
-                    let (snapshot, fresh) = hub.subscribe(SNAPSHOT_COMMANDS);
+                    let page = shows.fleet_page(&state, &who, true);
+                    let (fresh_snapshot, fresh) = snapshot(&shows, &who);
                     events = fresh;
-                    if send(&mut socket, &state, &who, &mut jobs_seen, snapshot).await.is_err() {
-                        return;
+                    for event in std::iter::once(fresh_snapshot).chain(page) {
+                        if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(RecvError::Closed) => return,
             },
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => match serde_json::from_str::<LiveRequest>(&text) {
-                    Ok(LiveRequest::Watch { device_id }) => {
-                        if watching.len() < MAX_WATCHED_PER_CLIENT
-                            && !watching.contains_key(&device_id)
-                            && state.groups.may_see(&who, device_id.as_str())
-                        {
-                            let guard = hub.watch(&device_id);
-                            watching.insert(device_id, guard);
+                Some(Ok(Message::Text(text))) => {
+                    let answer = match serde_json::from_str::<LiveRequest>(&text) {
+                        Ok(LiveRequest::Watch { device_id }) => {
+                            // The tab may not have it yet: its current state, at once.
+                            if shows.watch(&state, &who, device_id.clone()) {
+                                hub.device(&device_id).map(|device| LiveEvent::DeviceUpdated { device })
+                            } else {
+                                None
+                            }
                         }
+                        Ok(LiveRequest::Unwatch { device_id }) => {
+                            shows.watching.remove(&device_id);
+                            None
+                        }
+                        Ok(LiveRequest::Fleet { query }) => {
+                            match query {
+                                Some(query) if query.check().is_ok() => {
+                                    shows.fleet = Some(query);
+                                    shows.fleet_page(&state, &who, true)
+                                }
+                                Some(_) => {
+                                    tracing::debug!("ignoring a live client's fleet query out of bounds");
+                                    None
+                                }
+                                None => {
+                                    shows.fleet = None;
+                                    shows.page = None;
+                                    shows.on_page.clear();
+                                    None
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!("ignoring a live client's message: {error}");
+                            None
+                        }
+                    };
+                    if let Some(answer) = answer
+                        && send(&mut socket, &state, &who, &shows, &mut jobs_seen, answer).await.is_err()
+                    {
+                        return;
                     }
-                    Ok(LiveRequest::Unwatch { device_id }) => {
-                        watching.remove(&device_id);
-                    }
-                    Err(error) => tracing::debug!("ignoring a live client's message: {error}"),
-                },
+                }
                 // Pings are answered by axum.
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
@@ -167,14 +355,22 @@ async fn serve(mut socket: WebSocket, state: AppState, mut who: Identity, creden
     }
 }
 
-/// Sends `event` as far as `who` may see it: nothing of devices outside their groups.
+/// Sends `event` as far as `who` may see it (nothing of devices outside their groups)
+/// and the tab shows it (a device's changes and readings only while it is watched or
+/// on the fleet page).
 async fn send(
     socket: &mut WebSocket,
     state: &AppState,
     who: &Identity,
+    shows: &Shows,
     jobs_seen: &mut HashMap<JobId, bool>,
     event: LiveEvent,
 ) -> Result<(), axum::Error> {
+    match &event {
+        LiveEvent::DeviceUpdated { device } if !shows.shows(&device.id) => return Ok(()),
+        LiveEvent::Telemetry { reading } if !shows.shows(&reading.device_id) => return Ok(()),
+        _ => {}
+    }
     if let LiveEvent::JobUpdated { job } = &event
         && who.role != Role::Admin
     {

@@ -132,7 +132,7 @@ impl Setup {
         >,
         tokio_tungstenite::tungstenite::Error,
     > {
-        live(&self.base, &self.token, origin).await
+        live(&self.base, &self.token, origin, "").await
     }
 
     fn commands_path(&self) -> String {
@@ -145,12 +145,18 @@ async fn live(
     base: &str,
     token: &str,
     origin: Option<&str>,
+    shows: &str,
 ) -> Result<
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     tokio_tungstenite::tungstenite::Error,
 > {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let mut request = format!("{}/api/v1/live", base.replace("http", "ws"))
+    let query = if shows.is_empty() {
+        String::new()
+    } else {
+        format!("?{shows}")
+    };
+    let mut request = format!("{}/api/v1/live{query}", base.replace("http", "ws"))
         .into_client_request()
         .unwrap();
     let headers = request.headers_mut();
@@ -524,7 +530,14 @@ async fn a_pending_command_can_be_cancelled_once() {
 #[tokio::test]
 async fn the_live_channel_sends_a_snapshot_then_each_status() {
     let setup = setup(Kind::Gateway).await;
-    let mut socket = setup.live(None).await.expect("WebSocket upgrade");
+    let mut socket = live(
+        &setup.base,
+        &setup.token,
+        None,
+        &format!("watch={}", setup.device),
+    )
+    .await
+    .expect("WebSocket upgrade");
     let mut next = async || -> LiveEvent {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -720,6 +733,198 @@ async fn without_storage_history_is_a_clear_503() {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error(body).code, "storage_off");
+}
+
+/// The events that come during `period`.
+async fn drain(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    period: Duration,
+) -> Vec<LiveEvent> {
+    let mut events = Vec::new();
+    let until = tokio::time::Instant::now() + period;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, socket.next()).await {
+        if let Ok(event) = serde_json::from_str::<LiveEvent>(message.to_text().unwrap_or_default())
+        {
+            events.push(event);
+        }
+    }
+    events
+}
+
+/// The first event `pick` takes, within 10 s.
+async fn first_of<T>(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    what: &str,
+    mut pick: impl FnMut(LiveEvent) -> Option<T>,
+) -> T {
+    testkit::within(Duration::from_secs(10), what, async {
+        loop {
+            let message = socket.next().await.expect("the socket stays open").unwrap();
+            if let Ok(event) =
+                serde_json::from_str::<LiveEvent>(message.to_text().unwrap_or_default())
+                && let Some(picked) = pick(event)
+            {
+                return picked;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_tab_is_sent_only_what_it_shows() {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let setup = setup(Kind::Switch).await;
+    let tag = format!("shows{:06x}", fastrand::u32(..0xff_ffff));
+    let mut agents = Vec::new();
+    for _ in 0..2 {
+        let agent = testkit::Agent::start(
+            &amqp_url(),
+            &format!("{tag}-t"),
+            Kind::Thermostat,
+            |config| {
+                config.heartbeat = Duration::from_secs(1);
+                config.telemetry = Some(Duration::from_millis(200));
+            },
+        )
+        .await;
+        testkit::online(&setup.hub, &agent.id).await;
+        agents.push(agent);
+    }
+    let (shown, hidden) = (agents[0].id.clone(), agents[1].id.clone());
+
+    // The tab shows a fleet page that holds one of them.
+    let query = serde_json::to_string(&json!({"search": shown.as_str()})).unwrap();
+    let encoded: String = query
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut socket = live(&setup.base, &setup.token, None, &format!("fleet={encoded}"))
+        .await
+        .expect("WebSocket upgrade");
+    let LiveEvent::Snapshot { devices, .. } = first_of(&mut socket, "a snapshot", Some).await
+    else {
+        panic!("a snapshot first");
+    };
+    let ids: Vec<&DeviceId> = devices.iter().map(|d| &d.id).collect();
+    assert_eq!(ids, [&shown], "the snapshot holds the page's devices only");
+    let page = first_of(&mut socket, "the fleet page", |e| match e {
+        LiveEvent::FleetPage { page, .. } => Some(page),
+        _ => None,
+    })
+    .await;
+    assert_eq!(page.total, 1);
+    assert_eq!(page.devices[0].id, shown);
+    assert!(page.summary.total >= 3);
+
+    // Readings of the device shown arrive; of the others, nothing at all.
+    let events = drain(&mut socket, Duration::from_millis(1_500)).await;
+    let about = |events: &[LiveEvent], id: &DeviceId| {
+        events.iter().any(|event| match event {
+            LiveEvent::Telemetry { reading } => &reading.device_id == id,
+            LiveEvent::DeviceUpdated { device } => &device.id == id,
+            _ => false,
+        })
+    };
+    assert!(about(&events, &shown), "no reading of the device shown");
+    assert!(
+        !about(&events, &hidden),
+        "a device not shown reached the tab"
+    );
+    assert!(
+        !about(&events, &setup.device),
+        "a device not shown reached the tab"
+    );
+
+    // A query out of bounds is ignored; the socket stays.
+    socket
+        .send(Message::text(
+            json!({"type": "fleet", "query": {"limit": 0}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    // Another page: both of them, and changes of its devices as they happen.
+    socket
+        .send(Message::text(
+            json!({"type": "fleet", "query": {"search": tag}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let page = first_of(&mut socket, "the new page", |e| match e {
+        LiveEvent::FleetPage { page, .. } => Some(page),
+        _ => None,
+    })
+    .await;
+    assert_eq!(page.total, 2);
+    agents.remove(1).stop().await;
+    first_of(
+        &mut socket,
+        "the device on the page going offline",
+        |e| match e {
+            LiveEvent::DeviceUpdated { device } if device.id == hidden && !device.online => {
+                Some(())
+            }
+            _ => None,
+        },
+    )
+    .await;
+    // Online only: the page loses it by itself.
+    socket
+        .send(Message::text(
+            json!({"type": "fleet", "query": {"search": tag, "status": "online"}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let page = first_of(&mut socket, "the online page", |e| match e {
+        LiveEvent::FleetPage { page, .. } => Some(page),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        page.devices.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        [&shown]
+    );
+
+    // Watching a device sends it at once.
+    socket
+        .send(Message::text(
+            json!({"type": "watch", "device_id": setup.device}).to_string(),
+        ))
+        .await
+        .unwrap();
+    first_of(&mut socket, "the watched device", |e| match e {
+        LiveEvent::DeviceUpdated { device } if device.id == setup.device => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // No fleet page any more: its device's readings stop.
+    socket
+        .send(Message::text(
+            json!({"type": "fleet", "query": null}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let _ = drain(&mut socket, Duration::from_millis(500)).await;
+    let events = drain(&mut socket, Duration::from_millis(1_500)).await;
+    assert!(
+        !about(&events, &shown),
+        "a device no longer shown reached the tab"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
 }
 
 #[tokio::test]

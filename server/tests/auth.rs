@@ -7,8 +7,9 @@ use std::{net::SocketAddr, time::Duration};
 use agent::simulate::Kind;
 use futures_util::StreamExt as _;
 use protocol::{
-    api::{ApiError, CommandView, DeviceView, LiveEvent},
+    api::{ApiError, CommandView, LiveEvent},
     auth::{AuditCheck, AuditEntry, Me, NewToken, Role, TokenView, UserView},
+    fleet::DevicePage,
 };
 use reqwest::{StatusCode, header};
 use serde_json::json;
@@ -35,6 +36,12 @@ trait AuthTests {
     async fn log_in(&self, name: &str, password: &str, next: &str) -> reqwest::Response;
     async fn audit(&self, admin: &reqwest::Client, query: &str) -> Vec<AuditEntry>;
     async fn live(&self, token: &str) -> Result<LiveSocket, tokio_tungstenite::tungstenite::Error>;
+    /// The live channel of a tab that shows what `query` says (`watch=…&fleet=…`).
+    async fn live_showing(
+        &self,
+        token: &str,
+        query: &str,
+    ) -> Result<LiveSocket, tokio_tungstenite::tungstenite::Error>;
 }
 
 impl AuthTests for Running {
@@ -59,8 +66,21 @@ impl AuthTests for Running {
     }
 
     async fn live(&self, token: &str) -> Result<LiveSocket, tokio_tungstenite::tungstenite::Error> {
+        self.live_showing(token, "").await
+    }
+
+    async fn live_showing(
+        &self,
+        token: &str,
+        query: &str,
+    ) -> Result<LiveSocket, tokio_tungstenite::tungstenite::Error> {
+        let path = if query.is_empty() {
+            "/api/v1/live".to_owned()
+        } else {
+            format!("/api/v1/live?{query}")
+        };
         let mut request = self
-            .url("/api/v1/live")
+            .url(&path)
             .replace("http", "ws")
             .into_client_request()
             .unwrap();
@@ -384,8 +404,10 @@ async fn roles_decide_who_commands_and_groups_who_sees_what() {
     let (viewer, viewer_token, viewer_name) = running.user(Role::Viewer, &["site-a"]).await;
     let (operator, _, operator_name) = running.user(Role::Operator, &["site-a"]).await;
     let (outsider, outsider_token, _) = running.user(Role::Operator, &["site-b"]).await;
-    let mut viewer_live = running.live(&viewer_token).await.unwrap();
-    let mut outsider_live = running.live(&outsider_token).await.unwrap();
+    // Both tabs show the device's page, and a fleet page.
+    let shows = format!("watch={device}&fleet=%7B%7D");
+    let mut viewer_live = running.live_showing(&viewer_token, &shows).await.unwrap();
+    let mut outsider_live = running.live_showing(&outsider_token, &shows).await.unwrap();
     let Some(LiveEvent::Snapshot { devices, .. }) =
         next_event(&mut outsider_live, Duration::from_secs(5)).await
     else {
@@ -408,9 +430,10 @@ async fn roles_decide_who_commands_and_groups_who_sees_what() {
             request
                 .await
                 .unwrap()
-                .json::<Vec<DeviceView>>()
+                .json::<DevicePage>()
                 .await
                 .unwrap()
+                .devices
         }
     };
     assert!(list(&viewer).await.iter().any(|d| d.id.as_str() == device));
@@ -507,6 +530,9 @@ async fn roles_decide_who_commands_and_groups_who_sees_what() {
             LiveEvent::CommandUpdated { command } => command.device_id.as_str() == device,
             LiveEvent::Telemetry { reading } => reading.device_id.as_str() == device,
             LiveEvent::JobTarget { target } => target.device_id.as_str() == device,
+            LiveEvent::FleetPage { page, .. } => {
+                page.devices.iter().any(|d| d.id.as_str() == device)
+            }
             // No job in this test.
             LiveEvent::JobUpdated { .. } => true,
         };

@@ -163,15 +163,13 @@ fn Credentials() -> impl IntoView {
             devices.refetch();
         });
     };
-    // Whether the device is connected: live once the tab has its snapshot, else what
-    // the server said with the list.
+    // Whether the device is connected: live if the tab shows it, else what the server
+    // said with the list.
     let online = move |device: &Provisioned| -> Option<bool> {
-        if live.synced.get() {
-            let id = DeviceId::new(device.device.id.as_str()).ok()?;
-            live.devices.with(|all| all.get(&id).map(|d| d.online))
-        } else {
-            device.online
-        }
+        let id = DeviceId::new(device.device.id.as_str()).ok()?;
+        live.devices
+            .with(|all| all.get(&id).map(|d| d.online))
+            .or(device.online)
     };
 
     view! {

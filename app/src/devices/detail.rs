@@ -35,13 +35,16 @@ pub fn DevicePage() -> impl IntoView {
 
     let device = Memo::new(move |_| -> Option<Result<Option<DeviceView>, AppError>> {
         let id = id.get();
-        if live.synced.get() {
-            let known = live.devices.with(|all| {
+        // The live view has it once the tab watches it (the server sends it then);
+        // until then, what was read.
+        if live.synced.get()
+            && let Some(known) = live.devices.with(|all| {
                 all.iter()
                     .find(|(k, _)| k.as_str() == id)
                     .map(|(_, d)| d.clone())
-            });
-            return Some(Ok(known));
+            })
+        {
+            return Some(Ok(Some(known)));
         }
         rendered.get().map(|(device, _)| device)
     });
@@ -92,6 +95,15 @@ pub fn DevicePage() -> impl IntoView {
                         .cloned()
                         .partition(|c| builtin::ALL.contains(&c.name.as_str()));
                     let card = |name: &str| built_in.iter().find(|c| c.name == name).cloned();
+                    // The live channel sends this device's changes while the page shows it.
+                    {
+                        let id = id.clone();
+                        Effect::new(move |_| live.watch(&id));
+                    }
+                    {
+                        let id = id.clone();
+                        on_cleanup(move || live.unwatch(&id));
+                    }
                     view! {
                         <DeviceHeader device=Signal::derive(move || device.get().and_then(Result::ok).flatten()) />
                         {(!capabilities.metrics.is_empty()).then(|| view! {

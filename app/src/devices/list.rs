@@ -4,8 +4,10 @@
 //!
 //! The server renders the page asked for, so it is useful before WASM loads and at any
 //! fleet size: the filter form is a plain GET form, sorting and paging are links. Once
-//! hydrated, the same links and form navigate in the tab, and each row follows its
-//! device's live events.
+//! hydrated, the same links and form navigate in the tab, the tab tells the live channel
+//! which page it shows ([`Live::show_fleet`](crate::fleet::live::Live::show_fleet)), and
+//! the server keeps that page current: devices come, go and change place as they
+//! change, and each row follows its device's live events.
 
 use leptos::prelude::*;
 use leptos_router::hooks::{use_navigate, use_query_map};
@@ -33,6 +35,10 @@ pub fn DeviceListPage() -> impl IntoView {
         })
     });
     let read = Resource::new(move || query.get(), fleet_page);
+    let live = use_live();
+    // In the browser: the live channel sends this page and keeps it current.
+    Effect::new(move |_| live.show_fleet(query.get()));
+    on_cleanup(move || live.hide_fleet());
     let hydrated = RwSignal::new(false);
     // Effects run only in the browser, after hydration: the page marks itself so that
     // tests (and curious users) can tell the WASM has taken over.
@@ -66,9 +72,8 @@ pub fn DeviceListPage() -> impl IntoView {
     }
 }
 
-/// The counts, the filters, one page of devices and the pager: as the server rendered
-/// them, then, once the live channel is in sync, the same query over the live view
-/// (devices come, go and change place as they change).
+/// The counts, the filters, one page of devices and the pager: as read, then as the
+/// live channel sends the same page.
 #[component]
 fn Fleet(page: DevicePage, query: DeviceQuery) -> impl IntoView {
     let live = use_live();
@@ -76,11 +81,14 @@ fn Fleet(page: DevicePage, query: DeviceQuery) -> impl IntoView {
     let current = {
         let query = query.clone();
         Memo::new(move |_| {
-            if live.synced.get() {
-                live.devices.with(|all| query.page(all.values()))
-            } else {
-                page.clone()
-            }
+            live.fleet
+                .with(|fleet| {
+                    fleet
+                        .as_ref()
+                        .filter(|(shown, _)| *shown == query)
+                        .map(|(_, page)| page.clone())
+                })
+                .unwrap_or_else(|| page.clone())
         })
     };
     let link = {

@@ -2,6 +2,10 @@
 //! sends a snapshot, then every change; on any break the tab reconnects with backoff
 //! and takes a fresh snapshot. Pages read the signals here; nothing polls.
 //!
+//! A tab is sent only the devices it shows: those its views watch ([`Live::watch`]) and
+//! the page of the fleet list it shows ([`Live::show_fleet`]), which the server keeps
+//! current (`fleet_page` events). `devices` holds those and no others.
+//!
 //! Jobs: the latest view of every job the tab heard of (bounded), and the latest state
 //! of each device of the jobs a page follows ([`Live::follow_job`]); the snapshot holds
 //! no jobs, so job pages read them afresh on every snapshot ([`Live::snapshots`]).
@@ -12,6 +16,7 @@ use leptos::prelude::*;
 use protocol::{
     CommandId, DeviceId,
     api::{CommandView, DeviceView, LiveEvent, LiveRequest, Reading},
+    fleet::{DevicePage, DeviceQuery},
     job::{JobId, JobTarget, JobView},
 };
 
@@ -42,7 +47,12 @@ pub enum LinkStatus {
 /// The live view of the fleet, shared by every page of the tab.
 #[derive(Debug, Clone, Copy)]
 pub struct Live {
+    /// The devices the tab shows (watched, or on the fleet page), as last heard.
     pub devices: RwSignal<BTreeMap<DeviceId, DeviceView>>,
+    /// The fleet page the tab shows, as the server last sent it, with its query.
+    pub fleet: RwSignal<Option<(DeviceQuery, DevicePage)>>,
+    /// The fleet page the tab shows, told to the server again on every reconnect.
+    fleet_query: StoredValue<Option<DeviceQuery>>,
     pub commands: RwSignal<BTreeMap<CommandId, CommandView>>,
     /// The latest reading of each device's metrics.
     pub readings: RwSignal<BTreeMap<(DeviceId, String), Reading>>,
@@ -96,7 +106,52 @@ impl Live {
             }),
             LiveEvent::JobUpdated { job } => self.upsert_job(*job),
             LiveEvent::JobTarget { target } => self.upsert_job_target(target),
+            LiveEvent::FleetPage { query, page } => {
+                if self.fleet_query.with_value(|q| q.as_ref() != Some(&query)) {
+                    return; // An answer to a query the tab no longer shows.
+                }
+                let watching = self.watching.get_untracked();
+                self.devices.update(|all| {
+                    all.retain(|id, _| watching.contains_key(id));
+                    for device in &page.devices {
+                        all.insert(device.id.clone(), device.clone());
+                    }
+                });
+                self.fleet.set(Some((query, page)));
+            }
         }
+    }
+
+    /// A view shows the fleet list with `query` from now on (one at a time): the server
+    /// sends its page and keeps it current.
+    pub fn show_fleet(&self, query: DeviceQuery) {
+        if self.fleet_query.with_value(|q| q.as_ref() == Some(&query)) {
+            return;
+        }
+        self.fleet_query.set_value(Some(query.clone()));
+        self.tell(&LiveRequest::Fleet { query: Some(query) });
+    }
+
+    /// The fleet list is no longer shown.
+    pub fn hide_fleet(&self) {
+        if self
+            .fleet_query
+            .try_with_value(Option::is_none)
+            .unwrap_or(true)
+        {
+            return;
+        }
+        self.fleet_query.set_value(None);
+        self.fleet.try_set(None);
+        let watching = self.watching.try_get_untracked().unwrap_or_default();
+        self.devices
+            .try_update(|all| all.retain(|id, _| watching.contains_key(id)));
+        self.tell(&LiveRequest::Fleet { query: None });
+    }
+
+    /// The query of the fleet page the tab shows, if any.
+    pub fn fleet_query(&self) -> Option<DeviceQuery> {
+        self.fleet_query.try_get_value().flatten()
     }
 
     /// Adds or replaces a job, unless a later state of it is already known (the answer
@@ -213,6 +268,16 @@ impl Live {
             }
         });
         if last {
+            let on_page = self
+                .fleet
+                .try_with_untracked(|f| {
+                    f.as_ref()
+                        .is_some_and(|(_, page)| page.devices.iter().any(|d| &d.id == device))
+                })
+                .unwrap_or(false);
+            if !on_page {
+                self.devices.try_update(|all| all.remove(device));
+            }
             self.tell(&LiveRequest::Unwatch {
                 device_id: device.clone(),
             });
@@ -314,6 +379,8 @@ fn target_supersedes(new: &JobTarget, known: &JobTarget) -> bool {
 pub fn provide_live() -> Live {
     let live = Live {
         devices: RwSignal::new(BTreeMap::new()),
+        fleet: RwSignal::new(None),
+        fleet_query: StoredValue::new(None),
         commands: RwSignal::new(BTreeMap::new()),
         readings: RwSignal::new(BTreeMap::new()),
         status: RwSignal::new(LinkStatus::Connecting),
@@ -483,7 +550,7 @@ mod browser {
     use gloo_net::websocket::{Message, futures::WebSocket};
     use gloo_timers::future::TimeoutFuture;
     use leptos::prelude::*;
-    use protocol::{api::LiveRequest, backoff::Backoff};
+    use protocol::backoff::Backoff;
 
     use super::{LinkStatus, Live};
 
@@ -498,16 +565,12 @@ mod browser {
     pub async fn stay_connected(live: Live) {
         let mut failures: u32 = 0;
         loop {
-            if let Ok(socket) = WebSocket::open(&live_url()) {
+            // What the tab shows goes in the address, so the snapshot holds it; later
+            // changes go out as requests.
+            if let Ok(socket) = WebSocket::open(&live_url(&live)) {
                 let (mut outgoing, mut incoming) = socket.split();
-                // Requests go out through a channel while this connection lasts; the
-                // devices on screen are watched again on each new connection.
+                // Requests go out through a channel while this connection lasts.
                 let (outbox, mut requests) = futures_channel::mpsc::unbounded::<String>();
-                for device_id in live.watching.get_untracked().into_keys() {
-                    if let Ok(text) = serde_json::to_string(&LiveRequest::Watch { device_id }) {
-                        let _ = outbox.unbounded_send(text);
-                    }
-                }
                 live.outbox.set_value(Some(outbox));
                 leptos::task::spawn_local(async move {
                     while let Some(text) = requests.next().await {
@@ -554,7 +617,8 @@ mod browser {
         }
     }
 
-    fn live_url() -> String {
+    /// The live channel's address, saying what the tab shows now.
+    fn live_url(live: &Live) -> String {
         let location = window().location();
         let scheme = if location.protocol().as_deref() == Ok("https:") {
             "wss"
@@ -562,6 +626,28 @@ mod browser {
             "ws"
         };
         let host = location.host().unwrap_or_default();
-        format!("{scheme}://{host}/api/v1/live")
+        let mut params = Vec::new();
+        let watching: Vec<String> = live
+            .watching
+            .get_untracked()
+            .into_keys()
+            .map(|id| id.to_string())
+            .collect();
+        if !watching.is_empty() {
+            params.push(format!("watch={}", watching.join(",")));
+        }
+        if let Some(query) = live.fleet_query()
+            && let Ok(json) = serde_json::to_string(&query)
+        {
+            params.push(format!(
+                "fleet={}",
+                String::from(js_sys::encode_uri_component(&json))
+            ));
+        }
+        if params.is_empty() {
+            format!("{scheme}://{host}/api/v1/live")
+        } else {
+            format!("{scheme}://{host}/api/v1/live?{}", params.join("&"))
+        }
     }
 }

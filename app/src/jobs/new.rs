@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::{
     devices::command_form::{ArgInput, build_args, initial_values},
-    fleet::{create_job, list_artifacts, live::use_live},
+    fleet::{create_job, job_preview, list_artifacts, live::use_live},
     updates::{artifact_label, short_sha, size_text},
 };
 
@@ -236,22 +236,24 @@ pub fn parse_args(text: &str) -> Result<BTreeMap<String, Value>, String> {
 }
 
 /// A command the chosen devices announced, and how many of them did.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Offer {
     pub spec: CommandSpec,
     pub devices: usize,
 }
 
-/// What the tab knows of the devices chosen: how many it knows, and the commands they
-/// announced (by name; the first device's spec of each). The server resolves the
-/// selector; the tab cannot tell groups, so with a group every device passing the other
-/// criteria counts.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What a selector reaches among the devices the server knows: how many, and the
+/// commands they announced (by name; the first device's spec of each). Computed by the
+/// server ([`known`] over the devices the caller may see, those of the group only when
+/// the selector names one).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Known {
     pub devices: usize,
     pub offers: Vec<Offer>,
 }
 
+/// [`Known`] of `devices` for `selector`; a group in it is not checked here (pass only
+/// the group's devices).
 pub fn known<'a>(selector: &Selector, devices: impl IntoIterator<Item = &'a DeviceView>) -> Known {
     let mut filters = selector.clone();
     if filters.group.take().is_some() {
@@ -312,12 +314,24 @@ pub fn NewJobForm(artifact: Option<String>) -> impl IntoView {
     let sending = RwSignal::new(false);
 
     let selector = Memo::new(move |_| draft.with(Draft::selector).ok());
-    let known = Memo::new(move |_| {
-        let Some(selector) = selector.get() else {
-            return Known::default();
-        };
-        live.devices.with(|all| known(&selector, all.values()))
+    // Asked of the server, which knows every device (a tab has only those it shows)
+    // and the groups; the last answer stays until the next arrives.
+    let asked = LocalResource::new(move || {
+        let selector = selector.get();
+        async move {
+            match selector {
+                Some(s) if !s.ids.is_empty() || s.has_filter() => job_preview(s).await.ok(),
+                _ => Some(Known::default()),
+            }
+        }
     });
+    let last_known = RwSignal::new(Known::default());
+    Effect::new(move |_| {
+        if let Some(Some(known)) = asked.get() {
+            last_known.set(known);
+        }
+    });
+    let known = Memo::new(move |_| last_known.get());
     let mode = Memo::new(move |_| {
         let choice = choice.get();
         if choice == update_choice() {
@@ -406,11 +420,7 @@ pub fn NewJobForm(artifact: Option<String>) -> impl IntoView {
         }
         let n = known.with(|k| k.devices);
         let devices = if n == 1 { "device" } else { "devices" };
-        Some(if selector.group.is_some() {
-            format!("Up to {n} {devices} this tab knows (the server checks the group).")
-        } else {
-            format!("{n} {devices} this tab knows match.")
-        })
+        Some(format!("{n} {devices} match."))
     };
 
     let choose = move |ev: leptos::ev::Event| {
