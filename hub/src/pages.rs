@@ -12,10 +12,13 @@ use protocol::fleet::{DevicePage, DeviceQuery};
 /// Distinct pages kept at once; beyond it, the cache starts afresh.
 const MAX_PAGES: usize = 1_024;
 
+/// A page's query and its viewer.
+type Key = (DeviceQuery, String);
+
 #[derive(Debug, Default)]
 pub(crate) struct Pages {
     /// By query and viewer: the generation the page was computed at, and the page.
-    pages: Mutex<HashMap<(DeviceQuery, String), (u64, Arc<DevicePage>)>>,
+    pages: Mutex<HashMap<Key, (u64, Arc<DevicePage>)>>,
 }
 
 impl Pages {
