@@ -74,6 +74,53 @@ pub struct Hub {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// A live event as every listener gets it: shared rather than copied, and written as
+/// JSON at most once however many sockets send it.
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: LiveEvent,
+    json: std::sync::OnceLock<String>,
+}
+
+/// What the hub's broadcast carries.
+pub type Event = Arc<SharedEvent>;
+
+impl SharedEvent {
+    pub(crate) fn new(event: LiveEvent) -> Event {
+        Arc::new(Self {
+            event,
+            json: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The event as JSON, written the first time it is asked for.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            // Serializing these types cannot fail: strings, numbers and JSON values only.
+            serde_json::to_string(&self.event).expect("live events always serialize")
+        })
+    }
+}
+
+impl std::ops::Deref for SharedEvent {
+    type Target = LiveEvent;
+
+    fn deref(&self) -> &LiveEvent {
+        &self.event
+    }
+}
+
+/// Live events from the hub, each a copy of its own (a live socket shares them
+/// instead: [`Hub::subscribe_to`]).
+#[derive(Debug)]
+pub struct Events(broadcast::Receiver<Event>);
+
+impl Events {
+    pub async fn recv(&mut self) -> Result<LiveEvent, broadcast::error::RecvError> {
+        self.0.recv().await.map(|event| event.event.clone())
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: HubConfig,
@@ -82,7 +129,7 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Live events for this replica's browsers. Sent while `state` is locked, so a
     /// snapshot taken under the same lock is followed by exactly the later events.
-    pub(crate) events: broadcast::Sender<LiveEvent>,
+    pub(crate) events: broadcast::Sender<Event>,
     /// The broker link, while connected.
     link: Mutex<Option<Link>>,
     /// Callers of [`Hub::wait`], by command, told when it ends. Locked after `state`.
@@ -269,8 +316,9 @@ impl Hub {
     }
 
     /// A snapshot of devices and recent commands, and the events that follow it.
-    pub fn subscribe(&self, recent: usize) -> (LiveEvent, broadcast::Receiver<LiveEvent>) {
-        self.subscribe_to(recent, |_| true, |_| true)
+    pub fn subscribe(&self, recent: usize) -> (LiveEvent, Events) {
+        let (snapshot, events) = self.subscribe_to(recent, |_| true, |_| true);
+        (snapshot, Events(events))
     }
 
     /// [`Hub::subscribe`] with only the devices `devices` lets through in the snapshot,
@@ -281,7 +329,7 @@ impl Hub {
         recent: usize,
         devices: impl Fn(&DeviceId) -> bool,
         commands: impl Fn(&DeviceId) -> bool,
-    ) -> (LiveEvent, broadcast::Receiver<LiveEvent>) {
+    ) -> (LiveEvent, broadcast::Receiver<Event>) {
         let state = self.state();
         let receiver = self.inner.events.subscribe();
         let mut views: Vec<DeviceView> = state
@@ -301,8 +349,8 @@ impl Hub {
     }
 
     /// The live events from now on, without a snapshot (for the job runner).
-    pub fn events(&self) -> broadcast::Receiver<LiveEvent> {
-        self.inner.events.subscribe()
+    pub fn events(&self) -> Events {
+        Events(self.inner.events.subscribe())
     }
 
     /// This replica's id (kept in its data folder when it has a command log).
@@ -352,7 +400,7 @@ impl Hub {
                     .fetch_add(1, std::sync::atomic::Ordering::Release);
             }
             // No listener is fine: nobody is watching.
-            let _ = self.inner.events.send(event.clone());
+            let _ = self.inner.events.send(SharedEvent::new(event.clone()));
         }
     }
 
@@ -372,9 +420,12 @@ impl Hub {
                     let _ = notify.send(command.clone());
                 }
             }
-            let _ = self.inner.events.send(LiveEvent::CommandUpdated {
-                command: command.clone(),
-            });
+            let _ = self
+                .inner
+                .events
+                .send(SharedEvent::new(LiveEvent::CommandUpdated {
+                    command: command.clone(),
+                }));
         }
     }
 

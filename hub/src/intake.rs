@@ -335,7 +335,7 @@ impl Hub {
         }
         match shared.event {
             event @ (LiveEvent::JobUpdated { .. } | LiveEvent::JobTarget { .. }) => {
-                let _ = self.inner.events.send(event);
+                let _ = self.inner.events.send(crate::hub::SharedEvent::new(event));
             }
             _ => self.dropped(
                 &self.inner.stats.malformed,

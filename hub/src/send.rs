@@ -317,7 +317,10 @@ impl Hub {
     /// replicas, in order.
     pub async fn publish(&self, event: LiveEvent) {
         // No listener is fine: nobody is watching.
-        let _ = self.inner.events.send(event.clone());
+        let _ = self
+            .inner
+            .events
+            .send(crate::hub::SharedEvent::new(event.clone()));
         let Some(link) = self.link() else { return };
         let shared = SharedLive {
             origin: self.inner.replica_id.clone(),

@@ -41,7 +41,7 @@ use protocol::{
 };
 use tokio::sync::broadcast::error::RecvError;
 
-use hub::Watching;
+use hub::{Event, Watching};
 
 use crate::{
     api::Params,
@@ -355,6 +355,25 @@ async fn serve(
     }
 }
 
+/// What a socket sends: an event of its own (a snapshot, a fleet page, an answer), or
+/// one of the hub's, shared with every socket and written as JSON once.
+enum Outgoing {
+    Own(LiveEvent),
+    Shared(Event),
+}
+
+impl From<LiveEvent> for Outgoing {
+    fn from(event: LiveEvent) -> Self {
+        Self::Own(event)
+    }
+}
+
+impl From<Event> for Outgoing {
+    fn from(event: Event) -> Self {
+        Self::Shared(event)
+    }
+}
+
 /// Sends `event` as far as `who` may see it (nothing of devices outside their groups)
 /// and the tab shows it (a device's changes and readings only while it is watched or
 /// on the fleet page).
@@ -364,14 +383,19 @@ async fn send(
     who: &Identity,
     shows: &Shows,
     jobs_seen: &mut HashMap<JobId, bool>,
-    event: LiveEvent,
+    event: impl Into<Outgoing>,
 ) -> Result<(), axum::Error> {
-    match &event {
+    let out = event.into();
+    let event: &LiveEvent = match &out {
+        Outgoing::Own(event) => event,
+        Outgoing::Shared(event) => event,
+    };
+    match event {
         LiveEvent::DeviceUpdated { device } if !shows.shows(&device.id) => return Ok(()),
         LiveEvent::Telemetry { reading } if !shows.shows(&reading.device_id) => return Ok(()),
         _ => {}
     }
-    if let LiveEvent::JobUpdated { job } = &event
+    if let LiveEvent::JobUpdated { job } = event
         && who.role != Role::Admin
     {
         let may_see = match jobs_seen.get(&job.id) {
@@ -388,29 +412,40 @@ async fn send(
             return Ok(());
         }
     }
-    let Some(event) = visible(state, who, event) else {
+    if !visible(state, who, event) {
         return Ok(());
-    };
-    // Serializing these types cannot fail: strings, numbers and JSON values only.
-    let text = serde_json::to_string(&event).expect("live events always serialize");
-    socket.send(Message::Text(text.into())).await
-}
-
-fn visible(state: &AppState, who: &Identity, event: LiveEvent) -> Option<LiveEvent> {
-    let may_see = |device: &DeviceId| state.groups.may_see(who, device.as_str());
-    match event {
-        LiveEvent::Snapshot {
+    }
+    let text = match out {
+        Outgoing::Shared(event) => event.json().into(),
+        Outgoing::Own(LiveEvent::Snapshot {
             mut devices,
             mut commands,
-        } => {
+        }) => {
+            let may_see = |device: &DeviceId| state.groups.may_see(who, device.as_str());
             devices.retain(|d| may_see(&d.id));
             commands.retain(|c| may_see(&c.device_id));
-            Some(LiveEvent::Snapshot { devices, commands })
+            json(&LiveEvent::Snapshot { devices, commands }).into()
         }
-        LiveEvent::DeviceUpdated { ref device } if !may_see(&device.id) => None,
-        LiveEvent::CommandUpdated { ref command } if !may_see(&command.device_id) => None,
-        LiveEvent::Telemetry { ref reading } if !may_see(&reading.device_id) => None,
-        LiveEvent::JobTarget { ref target } if !may_see(&target.device_id) => None,
-        event => Some(event),
+        Outgoing::Own(event) => json(&event).into(),
+    };
+    socket.send(Message::Text(text)).await
+}
+
+fn json(event: &LiveEvent) -> String {
+    // Serializing these types cannot fail: strings, numbers and JSON values only.
+    serde_json::to_string(event).expect("live events always serialize")
+}
+
+/// Whether `who` may see `event` (a snapshot is filtered instead, when sent).
+fn visible(state: &AppState, who: &Identity, event: &LiveEvent) -> bool {
+    let may_see = |device: &DeviceId| state.groups.may_see(who, device.as_str());
+    match event {
+        LiveEvent::DeviceUpdated { device } => may_see(&device.id),
+        LiveEvent::CommandUpdated { command } => may_see(&command.device_id),
+        LiveEvent::Telemetry { reading } => may_see(&reading.device_id),
+        LiveEvent::JobTarget { target } => may_see(&target.device_id),
+        LiveEvent::Snapshot { .. } | LiveEvent::JobUpdated { .. } | LiveEvent::FleetPage { .. } => {
+            true
+        }
     }
 }
