@@ -23,7 +23,7 @@ pub mod jobs;
 pub mod updates;
 
 use leptos::prelude::*;
-use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_meta::{HashedStylesheet, MetaTags, Title, provide_meta_context};
 use leptos_router::{
     ParamSegment, SsrMode, StaticSegment,
     components::{Route, Router, Routes},
@@ -41,6 +41,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
                 <AutoReload options=options.clone() />
+                // The bundle's file names carry their content's hash when cargo-leptos
+                // built the site with `hash-files` (server/src/assets.rs).
+                <HashedStylesheet options=options.clone() id="leptos" />
                 <HydrationScripts options />
                 <MetaTags />
             </head>
@@ -59,7 +62,6 @@ pub fn App() -> impl IntoView {
     auth::provide_me();
 
     view! {
-        <Stylesheet id="leptos" href="/pkg/tether.css" />
         <Title text="Tether" />
         <Router>
             <header class="topbar">

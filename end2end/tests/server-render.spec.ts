@@ -6,7 +6,26 @@ test("the server's HTML already holds the page", async ({ request }) => {
   expect(response.status()).toBe(200);
   const html = await response.text();
   expect(html).toContain("<h1>Fleet</h1>");
-  expect(html).toContain("/pkg/tether.js");
+  // The bundle's names carry their content's hash (cargo-leptos hash-files).
+  expect(html).toMatch(/\/pkg\/tether\.[A-Za-z0-9_-]{22}\.js/);
+  expect(html).toMatch(/\/pkg\/tether\.[A-Za-z0-9_-]{22}\.wasm/);
+  expect(html).toMatch(/\/pkg\/tether\.[A-Za-z0-9_-]{22}\.css/);
+});
+
+test("the bundle's hashed files are cached for a year and sent compressed", async ({ request }) => {
+  const html = await (await request.get("/")).text();
+  for (const ext of ["js", "wasm", "css"]) {
+    const path = html.match(new RegExp(`/pkg/tether\\.[A-Za-z0-9_-]{22}\\.${ext}`))?.[0];
+    expect(path, `the page links to a hashed .${ext}`).toBeTruthy();
+    const response = await request.get(path!, { headers: { "accept-encoding": "br, gzip" } });
+    expect(response.status()).toBe(200);
+    expect(response.headers()["cache-control"]).toBe("public, max-age=31536000, immutable");
+    expect(response.headers()["vary"]).toBe("accept-encoding");
+    // Precompressed at start, or compressed on the fly until then.
+    expect(["br", "gzip"]).toContain(response.headers()["content-encoding"]);
+  }
+  const page = await request.get("/", { headers: { "accept-encoding": "gzip" } });
+  expect(page.headers()["cache-control"]).toContain("no-cache");
 });
 
 test.describe("without JavaScript", () => {
