@@ -146,6 +146,9 @@ pub(crate) struct Inner {
     devices_generation: AtomicU64,
     /// Fleet pages, shared by the tabs that show the same one.
     pages: crate::pages::Pages,
+    /// When another replica was last heard from on `tether.events` (ms since the Unix
+    /// epoch; 0: never): command changes are shared only while others are there.
+    pub(crate) others_heard_ms: AtomicU64,
 }
 
 /// Everything that changes together, behind one lock that is never held across an
@@ -209,8 +212,11 @@ impl Hub {
                 log,
                 devices_generation: AtomicU64::new(0),
                 pages: crate::pages::Pages::default(),
+                others_heard_ms: AtomicU64::new(0),
             }),
         };
+        // The other replicas learn at once that this one is here (and share with it).
+        hub.announce().await;
         if let Some(log) = command_log {
             // Before replies are handled, so that those waiting in the queue find them.
             hub.resume(&log).await;

@@ -27,7 +27,7 @@ use crate::{
     hub::{Hub, State},
     link::sender,
     reading::{self, Unreadable},
-    send::{OFFLINE_GRACE, ReplicaEvent, SHARED_LIVE_KIND, SharedLive},
+    send::{OFFLINE_GRACE, REPLICA_KIND, ReplicaEvent, SHARED_LIVE_KIND, SharedLive},
 };
 
 impl Hub {
@@ -293,11 +293,26 @@ impl Hub {
         if own == Some(self.inner.replica_id.as_str()) {
             return;
         }
+        // Another replica is there (whatever it says): share command changes with it,
+        // and if it is new, tell it at once that this one is here too.
+        let new = !self.others_present();
+        self.inner
+            .others_heard_ms
+            .store(now_ms(), Ordering::Relaxed);
+        if new {
+            let hub = self.clone();
+            self.inner
+                .shutdown
+                .spawn(async move { hub.announce().await });
+        }
         let kind = delivery
             .properties
             .kind()
             .as_ref()
             .map(|kind| kind.as_str());
+        if kind == Some(REPLICA_KIND) {
+            return;
+        }
         if kind == Some(SHARED_LIVE_KIND) {
             return self.on_shared_live(delivery);
         }

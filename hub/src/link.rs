@@ -125,7 +125,11 @@ impl Hub {
             let connected = match current.take() {
                 Some(connected) => connected,
                 None => match self.reconnect().await {
-                    Some(connected) => connected,
+                    Some(connected) => {
+                        // Back: the other replicas may have stopped sharing with this one.
+                        self.announce().await;
+                        connected
+                    }
                     None => break,
                 },
             };

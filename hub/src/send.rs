@@ -46,6 +46,17 @@ pub(crate) struct SharedLive {
 
 pub(crate) const SHARED_LIVE_KIND: &str = "live";
 
+/// The AMQP `type` of a replica's "I am here" on `tether.events` (no body), sent when it
+/// connects and every [`ANNOUNCE_EVERY`].
+pub(crate) const REPLICA_KIND: &str = "replica";
+
+/// How often a replica says it is here.
+pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long after another replica was last heard from command changes are still shared:
+/// three announcements missed.
+const OTHERS_GONE_AFTER: Duration = Duration::from_secs(15);
+
 /// Why a command was not sent. Nothing was sent to the device in any of these cases.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SendError {
@@ -331,8 +342,12 @@ impl Hub {
     }
 
     /// Tells the other replicas about command changes. Best effort: if the broker is
-    /// down, they learn nothing, and our own listeners already know.
+    /// down, they learn nothing, and our own listeners already know. With no other
+    /// replica heard from lately, nothing is published at all.
     pub(crate) async fn share(&self, commands: &[CommandView]) {
+        if !self.others_present() {
+            return;
+        }
         let Some(link) = self.link() else { return };
         for command in commands {
             let event = ReplicaEvent {
@@ -342,6 +357,21 @@ impl Hub {
             self.to_replicas(&link, &protocol::encode(&event), None)
                 .await;
         }
+    }
+
+    /// Tells the other replicas that this one is here (they then share with it).
+    pub(crate) async fn announce(&self) {
+        if let Some(link) = self.link() {
+            self.to_replicas(&link, b"", Some(REPLICA_KIND)).await;
+        }
+    }
+
+    /// Whether another replica was heard from on `tether.events` lately.
+    pub(crate) fn others_present(&self) -> bool {
+        let heard = self.inner.others_heard_ms.load(Ordering::Relaxed);
+        heard > 0
+            && now_ms().saturating_sub(heard)
+                <= u64::try_from(OTHERS_GONE_AFTER.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Publishes `body` on `tether.events`, of AMQP type `kind` (none: a command change).

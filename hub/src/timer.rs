@@ -1,5 +1,6 @@
 //! The one timer task: ends commands at their deadlines, marks devices whose heartbeats
-//! stopped as offline, and renews watch leases. Nothing else waits on time.
+//! stopped as offline, renews watch leases, and tells the other replicas this one is
+//! here. Nothing else waits on time.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ impl Hub {
     pub(crate) async fn run_timer(&self) {
         let renew_every = self.inner.config.watch_lease / 3;
         let mut renewed = Instant::now();
+        let mut announced = Instant::now();
         loop {
             let next_deadline = self.state().commands.next_deadline();
             let sweep = Instant::now() + SWEEP_INTERVAL;
@@ -27,6 +29,10 @@ impl Hub {
             if now.duration_since(renewed) >= renew_every {
                 renewed = now;
                 self.renew_watches();
+            }
+            if now.duration_since(announced) >= crate::send::ANNOUNCE_EVERY {
+                announced = now;
+                self.announce().await;
             }
             let changed = {
                 let mut state = self.state();

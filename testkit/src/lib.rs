@@ -93,7 +93,18 @@ impl broker::Authenticator for EmbeddedDevices {
 /// (from this machine); devices [`provision`]ed for it log in as themselves.
 pub fn embedded_broker_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
+    URL.get_or_init(start_embedded_broker).clone()
+}
+
+/// An embedded broker of the caller's own, for a test that must be alone on its broker:
+/// devices [`provision`]ed on [`embedded_broker_url`] log in to it too (with their URL's
+/// address replaced by this one's). It lasts as long as the test binary.
+pub fn private_embedded_broker_url() -> String {
+    start_embedded_broker()
+}
+
+fn start_embedded_broker() -> String {
+    {
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("a runtime for the broker");
@@ -111,8 +122,7 @@ pub fn embedded_broker_url() -> String {
             });
         });
         receiver.recv().expect("the embedded broker started")
-    })
-    .clone()
+    }
 }
 
 /// A device account, made unique from `name`, on the test broker at `broker_url`

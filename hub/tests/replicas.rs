@@ -1,0 +1,126 @@
+//! Replicas share command changes over `tether.events` only while another replica is
+//! there: a replica alone publishes none (only its "I am here" every few seconds), and
+//! one that joins is told every change from then on. On an embedded broker of the
+//! test's own, so no other test's replica is there.
+
+use std::time::Duration;
+
+use agent::simulate::Kind;
+use futures_util::StreamExt as _;
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use protocol::{CommandStatus, names};
+use serde_json::json;
+
+/// `url` with the address (host and port) of `other`.
+fn at(url: &str, other: &str) -> String {
+    let address = |url: &str| {
+        let rest = url.split_once('@').map_or(url, |(_, rest)| rest);
+        rest.split('/').next().unwrap_or_default().to_owned()
+    };
+    url.replace(&address(url), &address(other))
+}
+
+#[tokio::test]
+async fn a_replica_alone_shares_nothing_and_one_that_joins_sees_every_change() {
+    let server_url = testkit::private_embedded_broker_url();
+    let first = testkit::start_hub(hub::HubConfig::new(server_url.clone())).await;
+
+    // What goes over tether.events, seen by a queue of the test's own.
+    let spy = Connection::connect(&server_url, ConnectionProperties::default())
+        .await
+        .expect("the server account connects");
+    let channel = spy.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            names::EVENTS_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = channel
+        .basic_consume(
+            queue.name().clone(),
+            "spy".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let (id, device_url) = testkit::provision(&testkit::embedded_broker_url(), "replicas-sw").await;
+    let agent = testkit::Agent::start_as(
+        &at(&device_url, &server_url),
+        id.clone(),
+        &common::amqp_user(&server_url),
+        Kind::Switch,
+        |config| config.heartbeat = Duration::from_secs(1),
+    );
+    testkit::online(&first, &id).await;
+
+    let run = |hub: hub::Hub, name: &'static str| {
+        let id = id.clone();
+        async move {
+            let sent = hub
+                .send(&id, testkit::command(name, json!({}), None))
+                .await
+                .expect("sent");
+            let done = hub
+                .wait(&sent.id, Duration::from_secs(10))
+                .await
+                .expect("known");
+            assert_eq!(done.status, CommandStatus::Succeeded);
+            done
+        }
+    };
+    // Alone: nothing but its own "I am here".
+    run(first.clone(), "on").await;
+    let mut kinds = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), seen.next()).await
+    {
+        kinds.push(delivery.properties.kind().as_ref().map(|k| k.to_string()));
+    }
+    assert!(
+        kinds.iter().all(|k| k.as_deref() == Some("replica")),
+        "a replica alone shared {kinds:?}"
+    );
+
+    // Another replica joins: it is told of every change of the next command.
+    let second = testkit::start_hub(hub::HubConfig::new(server_url.clone())).await;
+    testkit::online(&second, &id).await;
+    let done = run(first.clone(), "off").await;
+    let mirrored = testkit::eventually(
+        "the other replica mirrors the command to its end",
+        Duration::from_secs(5),
+        || {
+            second
+                .command(&done.id)
+                .filter(|c| c.status == CommandStatus::Succeeded)
+        },
+    )
+    .await;
+    assert_eq!(mirrored.result, done.result);
+    agent.stop().await;
+}
