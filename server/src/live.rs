@@ -358,13 +358,13 @@ async fn serve(
 /// What a socket sends: an event of its own (a snapshot, a fleet page, an answer), or
 /// one of the hub's, shared with every socket and written as JSON once.
 enum Outgoing {
-    Own(LiveEvent),
+    Own(Box<LiveEvent>),
     Shared(Event),
 }
 
 impl From<LiveEvent> for Outgoing {
     fn from(event: LiveEvent) -> Self {
-        Self::Own(event)
+        Self::Own(Box::new(event))
     }
 }
 
@@ -417,16 +417,18 @@ async fn send(
     }
     let text = match out {
         Outgoing::Shared(event) => event.json().into(),
-        Outgoing::Own(LiveEvent::Snapshot {
-            mut devices,
-            mut commands,
-        }) => {
-            let may_see = |device: &DeviceId| state.groups.may_see(who, device.as_str());
-            devices.retain(|d| may_see(&d.id));
-            commands.retain(|c| may_see(&c.device_id));
-            json(&LiveEvent::Snapshot { devices, commands }).into()
-        }
-        Outgoing::Own(event) => json(&event).into(),
+        Outgoing::Own(event) => match *event {
+            LiveEvent::Snapshot {
+                mut devices,
+                mut commands,
+            } => {
+                let may_see = |device: &DeviceId| state.groups.may_see(who, device.as_str());
+                devices.retain(|d| may_see(&d.id));
+                commands.retain(|c| may_see(&c.device_id));
+                json(&LiveEvent::Snapshot { devices, commands }).into()
+            }
+            event => json(&event).into(),
+        },
     };
     socket.send(Message::Text(text)).await
 }

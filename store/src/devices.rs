@@ -158,12 +158,22 @@ impl Store {
         {
             return Ok(true);
         }
-        let remember = hash.clone();
-        let valid = verify_password(secret, hash).await?;
-        if valid && let Some(hash) = remember {
-            verified().remember(hash, digest);
-        }
-        Ok(valid)
+        // A task of its own, so that a right secret is remembered even when the caller
+        // gave up meanwhile: with a whole fleet logging in at once, a check can finish
+        // after the broker dropped the login (its handshake timed out), and the device's
+        // next attempt then gets in at once instead of waiting for another check.
+        let secret = secret.to_owned();
+        let check = tokio::spawn(async move {
+            let remember = hash.clone();
+            let valid = verify_password(&secret, hash).await?;
+            if valid && let Some(hash) = remember {
+                verified().remember(hash, digest);
+            }
+            anyhow::Ok(valid)
+        });
+        check
+            .await
+            .context("the secret check stopped unexpectedly")?
     }
 
     /// A provisioned device's row, without its hash.
@@ -240,4 +250,49 @@ fn device_from(row: &Row) -> anyhow::Result<ProvisionedDevice> {
 
 fn not_provisioned(id: &str) -> AccountError {
     AccountError::NotFound(format!("the device {id:?} is not provisioned"))
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest as _, Sha256};
+
+    use super::verified;
+    use crate::Store;
+
+    #[tokio::test]
+    async fn a_right_secret_is_remembered_even_when_the_caller_gave_up() {
+        let store = Store::open("memory").await.unwrap();
+        let id = format!("gave-up-{:08x}", fastrand::u32(..));
+        let secret = store.provision_device(&id).await.unwrap();
+        let hash: String = store
+            .query_opt(
+                "SELECT secret_hash FROM device_credentials WHERE device_id = $1",
+                vec![id.as_str().into()],
+            )
+            .await
+            .unwrap()
+            .expect("provisioned")
+            .text(0)
+            .unwrap()
+            .to_owned();
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        // The caller gives up long before argon2 is done (a login dropped by the broker).
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_micros(1),
+            store.check_device_secret(&id, &secret),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the check cannot be that fast");
+        assert!(!verified().seen(&hash, &digest));
+        // The check goes on without it, and its answer is kept for the next attempt.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !verified().seen(&hash, &digest) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the finished check was thrown away"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(store.check_device_secret(&id, &secret).await.unwrap());
+    }
 }

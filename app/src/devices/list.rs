@@ -20,20 +20,11 @@ use protocol::{
 use super::PresenceBadge;
 use crate::fleet::{fleet_page, live::use_live};
 
-/// Devices per page.
-const PAGE: u32 = 50;
-
 /// The landing page.
 #[component]
 pub fn DeviceListPage() -> impl IntoView {
     let params = use_query_map();
-    let query = Memo::new(move |_| {
-        params.with(|p| {
-            let mut query = DeviceQuery::from_params(|name| p.get(name));
-            query.limit = Some(query.limit.unwrap_or(PAGE));
-            query
-        })
-    });
+    let query = Memo::new(move |_| params.with(|p| DeviceQuery::from_params(|name| p.get(name))));
     let read = Resource::new(move || query.get(), fleet_page);
     let live = use_live();
     // In the browser: the live channel sends this page and keeps it current.
