@@ -82,6 +82,10 @@ pub struct Config {
     /// First delay before reconnecting; doubles on each failure up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How long connecting, then declaring the inbox, may each take before the device
+    /// gives up on that broker connection and tries again (a broker that accepted the
+    /// socket but never answers must not hold it forever).
+    pub setup_timeout: Duration,
     /// The frame size to ask the broker for unless the URL sets `frame_max`
     /// ([`DEVICE_FRAME_MAX`] by default). The AMQP client keeps 32 frames each way, and
     /// its ring buffers end up resident as traffic goes round them.
@@ -112,6 +116,7 @@ impl Config {
             telemetry_fastest: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(30),
+            setup_timeout: Duration::from_secs(30),
             frame_max: DEVICE_FRAME_MAX,
             fleet: None,
         }

@@ -215,8 +215,24 @@ pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
     mut shutdown: Pin<&mut S>,
 ) -> Result<End, Failure> {
     let failed = |served| move |error| Failure { error, served };
+    let connecting = tokio::time::timeout(
+        config.setup_timeout,
+        Connection::connect_uri(login.clone(), ConnectionProperties::default()),
+    );
     let connection = tokio::select! {
-        connection = Connection::connect_uri(login.clone(), ConnectionProperties::default()) => connection,
+        connection = connecting => match connection {
+            Ok(connection) => connection,
+            Err(_) => {
+                return Err(Failure {
+                    error: anyhow::anyhow!(
+                        "cannot connect to {}: no answer within {} ms",
+                        redact(&config.amqp_url),
+                        config.setup_timeout.as_millis()
+                    ),
+                    served: false,
+                });
+            }
+        },
         () = &mut shutdown => return Ok(End::Shutdown),
     }
     .map_err(|error| {
@@ -257,7 +273,15 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
     mut shutdown: Pin<&mut S>,
 ) -> Result<End, Failure> {
     let failed = |served| move |error: anyhow::Error| Failure { error, served };
-    let (channel, inbox) = declare(connection).await.map_err(failed(false))?;
+    let (channel, inbox) = tokio::time::timeout(config.setup_timeout, declare(connection))
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the broker did not answer the inbox's declaration within {} ms",
+                config.setup_timeout.as_millis()
+            ))
+        })
+        .map_err(failed(false))?;
     let mut commands = channel
         .basic_consume(
             inbox.as_str().into(),

@@ -289,3 +289,49 @@ async fn an_agent_started_before_the_server_connects_once_the_topology_is_declar
     assert_eq!(hello.device_id.as_str(), "gw-a");
     assert_eq!(user_id(&delivery), Some("gw-a"));
 }
+
+#[tokio::test]
+async fn a_broker_that_accepts_but_never_answers_does_not_hold_the_device() {
+    // Takes every connection and never says a word (a half-open link, a stuck broker).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let mut config = agent::Config::new(
+        format!("amqp://gw-silent:secret@127.0.0.1:{port}/%2f"),
+        protocol::DeviceId::new("gw-silent").unwrap(),
+        "gateway",
+    );
+    config.setup_timeout = Duration::from_millis(300);
+    config.reconnect_min = Duration::from_millis(50);
+    config.reconnect_max = Duration::from_millis(200);
+    let (stop, agent) = spawn_agent(config);
+    // It gives up on each silent connection and tries again, again and again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent hangs on a broker that never answers ({} connections)",
+            accepted.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !agent.is_finished(),
+        "a silent broker is retried, not fatal"
+    );
+    // And it still stops when asked.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("the agent stops while retrying")
+        .unwrap()
+        .unwrap();
+}
