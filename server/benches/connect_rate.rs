@@ -39,6 +39,10 @@ use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use lapin::{Connection, ConnectionProperties};
 use store::Store;
 
+#[path = "support/host.rs"]
+mod host;
+use host::{cpu_model, load_average};
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args()
@@ -344,22 +348,4 @@ fn watched_pids() -> Vec<(String, u32)> {
             Some((name.trim().to_owned(), pid.trim().parse().ok()?))
         })
         .collect()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }

@@ -50,7 +50,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -64,15 +64,11 @@ use protocol::{auth::Role, fleet::DevicePage};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
 
-/// A child process, killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "support/host.rs"]
+mod host;
+use host::{
+    Process, agent_binary, cpu_model, cpu_ticks, load_average, rss_kb, threads, ticks_per_second,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Broker {
@@ -826,54 +822,6 @@ async fn online(client: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
     Ok(page.total as usize)
 }
 
-fn agent_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TETHER_AGENT_BIN") {
-        return PathBuf::from(path);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    target.join("release/tether-agent")
-}
-
-/// A process's user and system CPU time, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name in parentheses: state is field 3; utime 14, stime 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |n: usize| {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(14) + field(15)
-}
-
-fn ticks_per_second() -> f64 {
-    100.0
-}
-
-fn status_field(pid: u32, name: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(name))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A process's resident memory, in KiB.
-fn rss_kb(pid: u32) -> u64 {
-    status_field(pid, "VmRSS:")
-}
-
-fn threads(pid: u32) -> u64 {
-    status_field(pid, "Threads:")
-}
-
 fn open_files_limit() -> u64 {
     std::fs::read_to_string("/proc/self/limits")
         .unwrap_or_default()
@@ -890,22 +838,4 @@ fn mem_total_kb() -> u64 {
         .find_map(|line| line.strip_prefix("MemTotal:"))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("model name"))
-        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".into())
 }
