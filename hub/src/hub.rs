@@ -247,8 +247,17 @@ impl Hub {
         query: &protocol::fleet::DeviceQuery,
         may_see: impl Fn(&DeviceId) -> bool,
     ) -> protocol::fleet::DevicePage {
+        self.with_devices(|devices| query.page(devices.filter(|d| may_see(&d.id))))
+    }
+
+    /// `read` over every device, in no order, under the lock and without copying them
+    /// (`read` must be quick: it holds up the hub).
+    pub fn with_devices<R>(
+        &self,
+        read: impl FnOnce(&mut dyn Iterator<Item = &DeviceView>) -> R,
+    ) -> R {
         let state = self.state();
-        query.page(state.registry.iter_views().filter(|d| may_see(&d.id)))
+        read(&mut state.registry.iter_views())
     }
 
     /// [`Hub::device_page`] for a live tab: the same page for every tab of a `viewer`

@@ -266,14 +266,16 @@ impl Fleet for AppState {
             .group
             .as_ref()
             .map(|group| self.groups.members(group).into_iter().collect());
-        let devices = self.hub.devices();
-        Ok(app::jobs::new::known(
-            selector,
-            devices.iter().filter(|d| {
-                self.groups.may_see(&who, d.id.as_str())
-                    && members.as_ref().is_none_or(|m| m.contains(d.id.as_str()))
-            }),
-        ))
+        // Over the hub's devices as they are, without copying the fleet for each keystroke.
+        Ok(self.hub.with_devices(|devices| {
+            app::jobs::new::known(
+                selector,
+                devices.filter(|d| {
+                    self.groups.may_see(&who, d.id.as_str())
+                        && members.as_ref().is_none_or(|m| m.contains(d.id.as_str()))
+                }),
+            )
+        }))
     }
 
     fn create_job(&self, parts: Caller, job: NewJob) -> Answer<'_, JobView> {
