@@ -775,10 +775,24 @@ async fn first_of<T>(
     .await
 }
 
+/// Sends `request` to the live channel as a tab does.
+async fn tell(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    request: Value,
+) {
+    use futures_util::SinkExt as _;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            request.to_string(),
+        ))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_tab_is_sent_only_what_it_shows() {
-    use futures_util::SinkExt as _;
-    use tokio_tungstenite::tungstenite::Message;
     let setup = setup(Kind::Switch).await;
     let tag = format!("shows{:06x}", fastrand::u32(..0xff_ffff));
     let mut agents = Vec::new();
@@ -848,19 +862,13 @@ async fn a_tab_is_sent_only_what_it_shows() {
     );
 
     // A query out of bounds is ignored; the socket stays.
-    socket
-        .send(Message::text(
-            json!({"type": "fleet", "query": {"limit": 0}}).to_string(),
-        ))
-        .await
-        .unwrap();
+    tell(&mut socket, json!({"type": "fleet", "query": {"limit": 0}})).await;
     // Another page: both of them, and changes of its devices as they happen.
-    socket
-        .send(Message::text(
-            json!({"type": "fleet", "query": {"search": tag}}).to_string(),
-        ))
-        .await
-        .unwrap();
+    tell(
+        &mut socket,
+        json!({"type": "fleet", "query": {"search": tag}}),
+    )
+    .await;
     let page = first_of(&mut socket, "the new page", |e| match e {
         LiveEvent::FleetPage { page, .. } => Some(page),
         _ => None,
@@ -880,12 +888,11 @@ async fn a_tab_is_sent_only_what_it_shows() {
     )
     .await;
     // Online only: the page loses it by itself.
-    socket
-        .send(Message::text(
-            json!({"type": "fleet", "query": {"search": tag, "status": "online"}}).to_string(),
-        ))
-        .await
-        .unwrap();
+    tell(
+        &mut socket,
+        json!({"type": "fleet", "query": {"search": tag, "status": "online"}}),
+    )
+    .await;
     let page = first_of(&mut socket, "the online page", |e| match e {
         LiveEvent::FleetPage { page, .. } => Some(page),
         _ => None,
@@ -897,12 +904,11 @@ async fn a_tab_is_sent_only_what_it_shows() {
     );
 
     // Watching a device sends it at once.
-    socket
-        .send(Message::text(
-            json!({"type": "watch", "device_id": setup.device}).to_string(),
-        ))
-        .await
-        .unwrap();
+    tell(
+        &mut socket,
+        json!({"type": "watch", "device_id": setup.device}),
+    )
+    .await;
     first_of(&mut socket, "the watched device", |e| match e {
         LiveEvent::DeviceUpdated { device } if device.id == setup.device => Some(()),
         _ => None,
@@ -910,12 +916,7 @@ async fn a_tab_is_sent_only_what_it_shows() {
     .await;
 
     // No fleet page any more: its device's readings stop.
-    socket
-        .send(Message::text(
-            json!({"type": "fleet", "query": null}).to_string(),
-        ))
-        .await
-        .unwrap();
+    tell(&mut socket, json!({"type": "fleet", "query": null})).await;
     let _ = drain(&mut socket, Duration::from_millis(500)).await;
     let events = drain(&mut socket, Duration::from_millis(1_500)).await;
     assert!(
@@ -925,6 +926,101 @@ async fn a_tab_is_sent_only_what_it_shows() {
     for agent in agents {
         agent.stop().await;
     }
+}
+
+#[tokio::test]
+async fn what_a_tab_says_it_shows_is_checked_and_a_flood_is_cut_off() {
+    let setup = setup(Kind::Switch).await;
+    // Garbage in the address: nothing it names is shown, and the socket still opens.
+    let mut socket = live(
+        &setup.base,
+        &setup.token,
+        None,
+        "watch=not%20an%20id,,%2F..%2F,x%2A&fleet=%7Bnot%20json",
+    )
+    .await
+    .expect("WebSocket upgrade");
+    let LiveEvent::Snapshot { devices, .. } = first_of(&mut socket, "a snapshot", Some).await
+    else {
+        panic!("a snapshot first");
+    };
+    assert!(devices.is_empty(), "garbage showed {devices:?}");
+    // A query out of bounds, another device's id that is no id, a request of no known
+    // type: each ignored; the socket stays and answers what makes sense.
+    tell(
+        &mut socket,
+        json!({"type": "fleet", "query": {"limit": 100000}}),
+    )
+    .await;
+    tell(
+        &mut socket,
+        json!({"type": "fleet", "query": {"search": "x".repeat(129)}}),
+    )
+    .await;
+    tell(
+        &mut socket,
+        json!({"type": "watch", "device_id": "no such id!"}),
+    )
+    .await;
+    tell(&mut socket, json!({"type": "shutdown"})).await;
+    tell(
+        &mut socket,
+        json!({"type": "watch", "device_id": setup.device}),
+    )
+    .await;
+    let first = first_of(
+        &mut socket,
+        "an answer to the one request that makes sense",
+        |e| match e {
+            LiveEvent::FleetPage { .. } => Some(Err("a fleet page for a query out of bounds")),
+            LiveEvent::DeviceUpdated { device } if device.id == setup.device => Some(Ok(())),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(first, Ok(()));
+    // A message past the 16 KiB a tab may send closes the socket.
+    tell(
+        &mut socket,
+        json!({"type": "watch", "device_id": "d".repeat(20_000)}),
+    )
+    .await;
+    let closed = testkit::within(Duration::from_secs(5), "the socket closed", async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    closed.await;
+    // A viewer of no group may not watch the device: it is never sent.
+    let mut outsider = live(
+        &setup.base,
+        &setup.viewer,
+        None,
+        &format!("watch={}", setup.device),
+    )
+    .await
+    .expect("WebSocket upgrade");
+    let LiveEvent::Snapshot { devices, .. } = first_of(&mut outsider, "a snapshot", Some).await
+    else {
+        panic!("a snapshot first");
+    };
+    assert!(devices.is_empty());
+    tell(
+        &mut outsider,
+        json!({"type": "watch", "device_id": setup.device}),
+    )
+    .await;
+    let events = drain(&mut outsider, Duration::from_millis(1_500)).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, LiveEvent::DeviceUpdated { device } if device.id == setup.device)),
+        "a device outside the viewer's groups reached them"
+    );
 }
 
 #[tokio::test]
@@ -940,12 +1036,11 @@ async fn a_tab_watching_a_device_over_the_live_channel_speeds_it_up() {
         .send(Message::text("this is not a request"))
         .await
         .unwrap();
-    socket
-        .send(Message::text(
-            json!({"type": "watch", "device_id": setup.device}).to_string(),
-        ))
-        .await
-        .unwrap();
+    tell(
+        &mut socket,
+        json!({"type": "watch", "device_id": setup.device}),
+    )
+    .await;
     let mut readings = 0;
     let _ = tokio::time::timeout(Duration::from_millis(5_500), async {
         while let Some(Ok(message)) = socket.next().await {
