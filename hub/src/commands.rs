@@ -238,16 +238,28 @@ impl Commands {
             .collect()
     }
 
-    /// Mirrors another replica's command as it reported it.
-    pub fn mirror(&mut self, view: CommandView) {
+    /// Mirrors another replica's command as it reported it; the change, if it was
+    /// taken.
+    pub fn mirror(&mut self, view: CommandView) -> Option<CommandView> {
         match self.records.get_mut(&view.id) {
-            Some(record) if record.own.is_some() => {}
-            Some(record) => record.view = view,
+            Some(record) if record.own.is_some() => None,
+            // Never back: a late or repeated change of a command known further on.
+            Some(record) if !view.supersedes(&record.view) => None,
+            Some(record) => {
+                record.view = view.clone();
+                Some(view)
+            }
             None => {
                 self.order.push_back(view.id.clone());
-                self.records
-                    .insert(view.id.clone(), Record { view, own: None });
+                self.records.insert(
+                    view.id.clone(),
+                    Record {
+                        view: view.clone(),
+                        own: None,
+                    },
+                );
                 self.forget_old();
+                Some(view)
             }
         }
     }
@@ -284,6 +296,22 @@ impl Commands {
             .rev()
             .filter_map(|id| self.records.get(id))
             .filter(|r| device.is_none_or(|d| &r.view.device_id == d))
+            .take(limit)
+            .map(|r| r.view.clone())
+            .collect()
+    }
+
+    /// The `limit` latest commands that `which` lets through, newest first.
+    pub fn recent_of(
+        &self,
+        limit: usize,
+        which: impl Fn(&CommandView) -> bool,
+    ) -> Vec<CommandView> {
+        self.order
+            .iter()
+            .rev()
+            .filter_map(|id| self.records.get(id))
+            .filter(|r| which(&r.view))
             .take(limit)
             .map(|r| r.view.clone())
             .collect()

@@ -146,9 +146,11 @@ pub(crate) struct Inner {
     devices_generation: AtomicU64,
     /// Fleet pages, shared by the tabs that show the same one.
     pages: crate::pages::Pages,
-    /// When another replica was last heard from on `tether.events` (ms since the Unix
-    /// epoch; 0: never): command changes are shared only while others are there.
-    pub(crate) others_heard_ms: AtomicU64,
+    /// The other replicas heard from on `tether.events`, by id, and when (ms).
+    pub(crate) others: Mutex<HashMap<String, u64>>,
+    /// Command changes waiting to be shared with them, and whether a caller is
+    /// publishing them (see [`Hub::share`]).
+    pub(crate) sharing: Mutex<crate::send::Sharing>,
 }
 
 /// Everything that changes together, behind one lock that is never held across an
@@ -212,7 +214,8 @@ impl Hub {
                 log,
                 devices_generation: AtomicU64::new(0),
                 pages: crate::pages::Pages::default(),
-                others_heard_ms: AtomicU64::new(0),
+                others: Mutex::default(),
+                sharing: Mutex::default(),
             }),
         };
         // The other replicas learn at once that this one is here (and share with it).
@@ -337,13 +340,13 @@ impl Hub {
     }
 
     /// [`Hub::subscribe`] with only the devices `devices` lets through in the snapshot,
-    /// and the commands of those `commands` lets through (of the `recent` latest). Only
-    /// those devices are copied.
+    /// and the `recent` latest of the commands `commands` lets through. Only those are
+    /// copied.
     pub fn subscribe_to(
         &self,
         recent: usize,
         devices: impl Fn(&DeviceId) -> bool,
-        commands: impl Fn(&DeviceId) -> bool,
+        commands: impl Fn(&CommandView) -> bool,
     ) -> (LiveEvent, broadcast::Receiver<Event>) {
         let state = self.state();
         let receiver = self.inner.events.subscribe();
@@ -354,8 +357,7 @@ impl Hub {
             .cloned()
             .collect();
         views.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut recent_commands = state.commands.recent(None, recent);
-        recent_commands.retain(|c| commands(&c.device_id));
+        let recent_commands = state.commands.recent_of(recent, commands);
         let snapshot = LiveEvent::Snapshot {
             devices: views,
             commands: recent_commands,

@@ -27,7 +27,10 @@ use crate::{
     hub::{Hub, State},
     link::sender,
     reading::{self, Unreadable},
-    send::{OFFLINE_GRACE, REPLICA_KIND, ReplicaEvent, SHARED_LIVE_KIND, SharedLive},
+    send::{
+        COMMANDS_KIND, OFFLINE_GRACE, REPLICA_GONE_KIND, REPLICA_KIND, ReplicaBatch, ReplicaEvent,
+        SHARED_LIVE_KIND, SharedLive,
+    },
 };
 
 impl Hub {
@@ -293,31 +296,34 @@ impl Hub {
         if own == Some(self.inner.replica_id.as_str()) {
             return;
         }
-        // Another replica is there (whatever it says): share command changes with it,
-        // and if it is new, tell it at once that this one is here too.
-        let new = !self.others_present();
-        self.inner
-            .others_heard_ms
-            .store(now_ms(), Ordering::Relaxed);
-        if new {
-            let hub = self.clone();
-            self.inner
-                .shutdown
-                .spawn(async move { hub.announce().await });
-        }
         let kind = delivery
             .properties
             .kind()
             .as_ref()
             .map(|kind| kind.as_str());
-        if kind == Some(REPLICA_KIND) {
+        let origin = own.unwrap_or_default();
+        if kind == Some(REPLICA_GONE_KIND) {
+            self.gone(origin);
             return;
         }
-        if kind == Some(SHARED_LIVE_KIND) {
-            return self.on_shared_live(delivery);
+        // Another replica is there (whatever it says): share command changes with it,
+        // and if it is new, tell it at once that this one is here too.
+        if self.heard_from(origin) {
+            let hub = self.clone();
+            self.inner
+                .shutdown
+                .spawn(async move { hub.announce().await });
         }
-        let event = match protocol::decode::<ReplicaEvent>(&delivery.data) {
-            Ok(event) => event,
+        let commands = match kind {
+            Some(REPLICA_KIND) => return,
+            Some(SHARED_LIVE_KIND) => return self.on_shared_live(delivery),
+            Some(COMMANDS_KIND) => protocol::decode::<ReplicaBatch>(&delivery.data)
+                .map(|batch| (batch.origin, batch.commands)),
+            _ => protocol::decode::<ReplicaEvent>(&delivery.data)
+                .map(|event| (event.origin, vec![event.command])),
+        };
+        let (origin, commands) = match commands {
+            Ok(shared) => shared,
             Err(error) => {
                 return self.dropped(
                     &self.inner.stats.malformed,
@@ -325,12 +331,15 @@ impl Hub {
                 );
             }
         };
-        if event.origin == self.inner.replica_id {
+        if origin == self.inner.replica_id {
             return;
         }
         let mut state = self.state();
-        state.commands.mirror(event.command.clone());
-        self.broadcast_commands(&state, &[event.command]);
+        let mirrored: Vec<CommandView> = commands
+            .into_iter()
+            .filter_map(|command| state.commands.mirror(command))
+            .collect();
+        self.broadcast_commands(&state, &mirrored);
     }
 
     /// Another replica's job progress, for this replica's browsers: only job events are

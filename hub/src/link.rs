@@ -144,6 +144,9 @@ impl Hub {
                     let ended = self.end_pending_on_stop();
                     let goodbye = async {
                         self.share(&ended).await;
+                        // What another caller was still sharing goes out first.
+                        self.shared(GOODBYE / 2).await;
+                        self.say_goodbye().await;
                         self.set_link(None);
                         let _ = connection.close(200, "the server is stopping".into()).await;
                     };

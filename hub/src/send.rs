@@ -6,6 +6,7 @@
 //! each, every one meaning that nothing was sent.
 
 use std::{
+    collections::HashMap,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -29,11 +30,57 @@ use crate::hub::Hub;
 /// were already on their way (they travel on another queue than the goodbye).
 pub(crate) const OFFLINE_GRACE: Duration = Duration::from_millis(300);
 
-/// A command update as shared between replicas on `tether.events`.
+/// A command update as shared between replicas on `tether.events` by earlier versions
+/// (no AMQP `type`); still understood, so replicas can be upgraded one at a time.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ReplicaEvent {
     pub(crate) origin: String,
     pub(crate) command: CommandView,
+}
+
+/// Command updates shared between replicas on `tether.events`, of AMQP `type`
+/// [`COMMANDS_KIND`]: every change made while the one before was being published goes
+/// in the next message, so a busy replica sends few messages and an idle one waits for
+/// nothing.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReplicaBatch {
+    pub(crate) origin: String,
+    pub(crate) commands: Vec<CommandView>,
+}
+
+/// [`ReplicaBatch`] as written.
+#[derive(Serialize)]
+struct ReplicaBatchOut<'a> {
+    origin: &'a str,
+    commands: &'a [CommandView],
+}
+
+pub(crate) const COMMANDS_KIND: &str = "commands";
+
+/// The AMQP `type` of a replica's goodbye on `tether.events` (no body): the others stop
+/// sharing with it at once instead of [`OTHERS_GONE_AFTER`] later.
+pub(crate) const REPLICA_GONE_KIND: &str = "replica_gone";
+
+/// Most command changes in one shared message.
+const SHARE_BATCH: usize = 256;
+
+/// Command changes waiting to be shared with other replicas.
+#[derive(Debug, Default)]
+pub(crate) struct Sharing {
+    pending: Vec<CommandView>,
+    /// Whether a caller of [`Hub::share`] is publishing (it takes what others add).
+    publishing: bool,
+}
+
+/// Clears [`Sharing::publishing`] however the publishing caller ends, cancelled
+/// included (what it had taken is then lost for the other replicas, as when the broker
+/// is down: sharing is best effort).
+struct Publishing<'a>(&'a Hub);
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        self.0.sharing().publishing = false;
+    }
 }
 
 /// A live event another replica made (a job's progress) and shares with the others'
@@ -344,19 +391,59 @@ impl Hub {
     /// Tells the other replicas about command changes. Best effort: if the broker is
     /// down, they learn nothing, and our own listeners already know. With no other
     /// replica heard from lately, nothing is published at all.
+    ///
+    /// The changes join those waiting; the first caller to find nobody publishing
+    /// publishes them all, in order, then what came meanwhile, and so on; the others
+    /// return at once. So under load many changes share one message, and nobody waits
+    /// for a timer.
     pub(crate) async fn share(&self, commands: &[CommandView]) {
-        if !self.others_present() {
+        if commands.is_empty() || !self.others_present() {
             return;
         }
-        let Some(link) = self.link() else { return };
-        for command in commands {
-            let event = ReplicaEvent {
-                origin: self.inner.replica_id.clone(),
-                command: command.clone(),
+        self.sharing().pending.extend_from_slice(commands);
+        loop {
+            let batch = {
+                let mut sharing = self.sharing();
+                if sharing.publishing || sharing.pending.is_empty() {
+                    return;
+                }
+                sharing.publishing = true;
+                std::mem::take(&mut sharing.pending)
             };
-            self.to_replicas(&link, &protocol::encode(&event), None)
-                .await;
+            let publishing = Publishing(self);
+            if let Some(link) = self.link() {
+                for commands in batch.chunks(SHARE_BATCH) {
+                    let message = ReplicaBatchOut {
+                        origin: &self.inner.replica_id,
+                        commands,
+                    };
+                    self.to_replicas(&link, &protocol::encode(&message), Some(COMMANDS_KIND))
+                        .await;
+                }
+            }
+            drop(publishing);
         }
+    }
+
+    /// Waits (up to `within`) until no command change is waiting to be shared.
+    pub(crate) async fn shared(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            {
+                let sharing = self.sharing();
+                if !sharing.publishing && sharing.pending.is_empty() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn sharing(&self) -> std::sync::MutexGuard<'_, Sharing> {
+        self.inner
+            .sharing
+            .lock()
+            .expect("no code panics while holding the sharing lock")
     }
 
     /// Tells the other replicas that this one is here (they then share with it).
@@ -366,12 +453,42 @@ impl Hub {
         }
     }
 
-    /// Whether another replica was heard from on `tether.events` lately.
+    /// Tells the other replicas that this one is stopping (they stop sharing with it).
+    pub(crate) async fn say_goodbye(&self) {
+        if let Some(link) = self.link() {
+            self.to_replicas(&link, b"", Some(REPLICA_GONE_KIND)).await;
+        }
+    }
+
+    /// Whether another replica was heard from on `tether.events` lately (and did not
+    /// say goodbye since).
     pub(crate) fn others_present(&self) -> bool {
-        let heard = self.inner.others_heard_ms.load(Ordering::Relaxed);
-        heard > 0
-            && now_ms().saturating_sub(heard)
-                <= u64::try_from(OTHERS_GONE_AFTER.as_millis()).unwrap_or(u64::MAX)
+        let now = now_ms();
+        self.others()
+            .values()
+            .any(|&heard| now.saturating_sub(heard) <= duration_ms(OTHERS_GONE_AFTER))
+    }
+
+    /// Notes that replica `id` was heard from now; whether it is new (or was gone).
+    pub(crate) fn heard_from(&self, id: &str) -> bool {
+        let now = now_ms();
+        let mut others = self.others();
+        // Those not heard from for long are forgotten (the map stays as small as the
+        // set of live replicas).
+        others.retain(|_, heard| now.saturating_sub(*heard) <= duration_ms(OTHERS_GONE_AFTER));
+        others.insert(id.to_owned(), now).is_none()
+    }
+
+    /// Replica `id` said goodbye.
+    pub(crate) fn gone(&self, id: &str) {
+        self.others().remove(id);
+    }
+
+    fn others(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.inner
+            .others
+            .lock()
+            .expect("no code panics while holding the replicas lock")
     }
 
     /// Publishes `body` on `tether.events`, of AMQP type `kind` (none: a command change).

@@ -65,6 +65,18 @@ pub struct CommandView {
     pub job_id: Option<crate::job::JobId>,
 }
 
+impl CommandView {
+    /// Whether this is a later state of the command than `known`: a step on in its
+    /// life, or a newer update at the same step (progress). Timestamps alone cannot
+    /// tell: several steps often happen within one millisecond.
+    pub fn supersedes(&self, known: &CommandView) -> bool {
+        if self.status == known.status {
+            return self.updated_ms >= known.updated_ms;
+        }
+        known.status.advance(self.status).is_ok()
+    }
+}
+
 /// A diagnostics report a device gave (the result of its built-in `diagnostics`
 /// command), as listed; the report itself is downloaded apart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,7 +218,10 @@ pub enum LiveEvent {
 }
 
 /// What a tab tells the live channel it shows. A tab is sent the devices it shows and
-/// nothing of the others: the devices of its fleet page and those it watches.
+/// nothing of the others: the devices of its fleet page and those it watches. It is
+/// sent the commands of the devices it watches and of the jobs it follows, and every
+/// job's own changes (the jobs list) but the changes of a job's devices only while it
+/// follows that job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveRequest {
@@ -222,10 +237,17 @@ pub enum LiveRequest {
     Fleet {
         query: Option<crate::fleet::DeviceQuery>,
     },
+    /// A job's page: its devices' changes and its commands are sent from now on.
+    Follow {
+        job_id: crate::job::JobId,
+    },
+    Unfollow {
+        job_id: crate::job::JobId,
+    },
 }
 
-/// `GET /api/v1/live?watch=a,b&fleet={query as JSON}`: what the tab shows from the
-/// start, so that its snapshot already holds it. Both optional.
+/// `GET /api/v1/live?watch=a,b&fleet={query as JSON}&jobs=x,y`: what the tab shows
+/// from the start, so that its snapshot already holds it. All optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveParams {
     /// Device ids, separated by commas.
@@ -234,6 +256,9 @@ pub struct LiveParams {
     /// A [`crate::fleet::DeviceQuery`] as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<String>,
+    /// Job ids the tab follows, separated by commas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<String>,
 }
 
 /// `POST /api/v1/devices/{id}/commands`.

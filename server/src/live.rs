@@ -9,8 +9,11 @@
 //! whenever the page's devices, their order or the counts change (checked twice a
 //! second, from a page shared by every tab that shows the same one), and each change of
 //! a device on it as it happens. The upgrade's own `?watch=a,b&fleet={…}` says what it
-//! shows from the start, so that the snapshot holds it. Commands and jobs go to every
-//! tab whose user may see them. Anything else a tab sends is ignored. When the server
+//! shows from the start, so that the snapshot holds it. A command goes to the tabs
+//! that watch its device or follow its job (a job's page: `{"type":"follow","job_id":…}`,
+//! `unfollow`, or `?jobs=a,b` on the upgrade), and so does a change of one of a job's
+//! devices; a job's own changes go to every tab whose user may see it (the jobs list).
+//! Anything else a tab sends is ignored. When the server
 //! stops, every socket is closed with 1001 (going away), and tabs reconnect.
 //!
 //! Each socket carries only what its user may see: the snapshot and every event are
@@ -34,7 +37,7 @@ use std::{
 
 use protocol::{
     DeviceId,
-    api::{LiveEvent, LiveParams, LiveRequest},
+    api::{CommandView, LiveEvent, LiveParams, LiveRequest},
     auth::Role,
     fleet::{DevicePage, DeviceQuery},
     job::JobId,
@@ -51,6 +54,12 @@ use crate::{
 
 /// Devices one tab may watch at once.
 const MAX_WATCHED_PER_CLIENT: usize = 32;
+
+/// Jobs one tab may follow at once.
+const MAX_FOLLOWED_PER_CLIENT: usize = 16;
+
+/// The longest job id a tab may follow (the server's are 32 characters).
+const MAX_JOB_ID: usize = 64;
 
 /// Recent commands in each snapshot.
 const SNAPSHOT_COMMANDS: usize = 200;
@@ -101,9 +110,11 @@ pub async fn upgrade(
     })
 }
 
-/// What one tab shows: the devices it watches and the fleet page it shows.
+/// What one tab shows: the devices it watches, the jobs it follows and the fleet page
+/// it shows.
 struct Shows {
     watching: HashMap<DeviceId, Watching>,
+    following: HashSet<JobId>,
     fleet: Option<DeviceQuery>,
     /// The page last sent, and the devices on it.
     page: Option<Arc<DevicePage>>,
@@ -115,6 +126,27 @@ struct Shows {
 impl Shows {
     fn shows(&self, device: &DeviceId) -> bool {
         self.watching.contains_key(device) || self.on_page.contains(device)
+    }
+
+    /// Whether the tab shows `command`: its device's page or its job's.
+    fn shows_command(&self, command: &CommandView) -> bool {
+        self.watching.contains_key(&command.device_id)
+            || command
+                .job_id
+                .as_ref()
+                .is_some_and(|job| self.following.contains(job))
+    }
+
+    /// Starts following `job` if the tab has room; whether it started. Who may see
+    /// what of it is checked per event, as for everything else.
+    fn follow(&mut self, job: JobId) -> bool {
+        if self.following.len() >= MAX_FOLLOWED_PER_CLIENT
+            || job.0.is_empty()
+            || job.0.len() > MAX_JOB_ID
+        {
+            return false;
+        }
+        self.following.insert(job)
     }
 
     /// Starts watching `device` if `who` may see it and the tab has room; whether it
@@ -185,6 +217,7 @@ fn viewer(who: &Identity) -> String {
 fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> Shows {
     let mut shows = Shows {
         watching: HashMap::new(),
+        following: HashSet::new(),
         fleet: None,
         page: None,
         on_page: HashSet::new(),
@@ -194,6 +227,9 @@ fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> Shows {
         if let Ok(device) = DeviceId::new(id.trim()) {
             shows.watch(state, who, device);
         }
+    }
+    for id in params.jobs.iter().flat_map(|ids| ids.split(',')) {
+        shows.follow(JobId(id.trim().to_owned()));
     }
     shows.fleet = params
         .fleet
@@ -222,7 +258,10 @@ async fn serve(
         hub.subscribe_to(
             SNAPSHOT_COMMANDS,
             |id| shows.shows(id),
-            |id| state.groups.may_see(who, id.as_str()),
+            |command| {
+                shows.shows_command(command)
+                    && state.groups.may_see(who, command.device_id.as_str())
+            },
         )
     };
     let (first, mut events) = snapshot(&shows, &who);
@@ -318,6 +357,16 @@ async fn serve(
                             shows.watching.remove(&device_id);
                             None
                         }
+                        Ok(LiveRequest::Follow { job_id }) => {
+                            // The tab has read the job and its devices already; what
+                            // changes from now on is sent.
+                            shows.follow(job_id);
+                            None
+                        }
+                        Ok(LiveRequest::Unfollow { job_id }) => {
+                            shows.following.remove(&job_id);
+                            None
+                        }
                         Ok(LiveRequest::Fleet { query }) => {
                             match query {
                                 Some(query) if query.check().is_ok() => {
@@ -393,6 +442,10 @@ async fn send(
     match event {
         LiveEvent::DeviceUpdated { device } if !shows.shows(&device.id) => return Ok(()),
         LiveEvent::Telemetry { reading } if !shows.shows(&reading.device_id) => return Ok(()),
+        LiveEvent::CommandUpdated { command } if !shows.shows_command(command) => return Ok(()),
+        LiveEvent::JobTarget { target } if !shows.following.contains(&target.job_id) => {
+            return Ok(());
+        }
         _ => {}
     }
     if let LiveEvent::JobUpdated { job } = event

@@ -6,9 +6,12 @@
 //! the page of the fleet list it shows ([`Live::show_fleet`]), which the server keeps
 //! current (`fleet_page` events). `devices` holds those and no others.
 //!
+//! Commands: those of the devices the tab watches and of the jobs it follows.
+//!
 //! Jobs: the latest view of every job the tab heard of (bounded), and the latest state
-//! of each device of the jobs a page follows ([`Live::follow_job`]); the snapshot holds
-//! no jobs, so job pages read them afresh on every snapshot ([`Live::snapshots`]).
+//! of each device of the jobs a page follows ([`Live::follow_job`], told to the server,
+//! which sends only those); the snapshot holds no jobs, so job pages read them afresh
+//! on every snapshot ([`Live::snapshots`]).
 
 use std::collections::BTreeMap;
 
@@ -214,11 +217,20 @@ impl Live {
         )
     }
 
-    /// A view shows the devices of `job` from now on: their changes are kept.
+    /// A view shows the devices of `job` from now on: the server sends their changes and
+    /// the job's commands, and they are kept.
     pub fn follow_job(&self, job: &JobId) {
+        let mut first = false;
         self.following.update_value(|all| {
-            *all.entry(job.clone()).or_insert(0) += 1;
+            let count = all.entry(job.clone()).or_insert(0);
+            *count += 1;
+            first = *count == 1;
         });
+        if first {
+            self.tell(&LiveRequest::Follow {
+                job_id: job.clone(),
+            });
+        }
     }
 
     /// A view that showed the devices of `job` is gone; when it was the last, what was
@@ -237,6 +249,9 @@ impl Live {
         if last {
             self.job_targets
                 .try_update(|all| all.retain(|(j, _), _| j != job));
+            self.tell(&LiveRequest::Unfollow {
+                job_id: job.clone(),
+            });
         }
     }
 
@@ -302,7 +317,7 @@ impl Live {
         self.commands.update(|all| {
             if all
                 .get(&command.id)
-                .is_none_or(|known| supersedes(&command, known))
+                .is_none_or(|known| command.supersedes(known))
             {
                 all.insert(command.id.clone(), command);
             }
@@ -317,16 +332,6 @@ impl Live {
             }
         });
     }
-}
-
-/// Whether `new` is a later state of the command than `known`: a step on in its
-/// lifecycle, or a newer update at the same step (progress). Timestamps alone cannot
-/// tell: several steps often happen within one millisecond.
-fn supersedes(new: &CommandView, known: &CommandView) -> bool {
-    if new.status == known.status {
-        return new.updated_ms >= known.updated_ms;
-    }
-    known.status.advance(new.status).is_ok()
 }
 
 /// Puts `new` under `key` unless what is there is later (`supersedes(new, known)`
@@ -456,15 +461,15 @@ mod tests {
     fn a_late_answer_never_undoes_later_news() {
         use CommandStatus::*;
         assert!(
-            !supersedes(&at(Sent, 5), &at(Succeeded, 5)),
+            !at(Sent, 5).supersedes(&at(Succeeded, 5)),
             "same millisecond, earlier step"
         );
-        assert!(!supersedes(&at(Sent, 4), &at(Delivered, 5)));
-        assert!(supersedes(&at(Succeeded, 5), &at(Sent, 5)));
-        assert!(supersedes(&at(Progress, 7), &at(Progress, 6)));
-        assert!(!supersedes(&at(Progress, 6), &at(Progress, 7)));
+        assert!(!at(Sent, 4).supersedes(&at(Delivered, 5)));
+        assert!(at(Succeeded, 5).supersedes(&at(Sent, 5)));
+        assert!(at(Progress, 7).supersedes(&at(Progress, 6)));
+        assert!(!at(Progress, 6).supersedes(&at(Progress, 7)));
         assert!(
-            !supersedes(&at(TimedOut, 9), &at(Succeeded, 5)),
+            !at(TimedOut, 9).supersedes(&at(Succeeded, 5)),
             "nothing follows an end"
         );
     }
@@ -635,6 +640,12 @@ mod browser {
             .collect();
         if !watching.is_empty() {
             params.push(format!("watch={}", watching.join(",")));
+        }
+        let following: Vec<String> = live
+            .following
+            .with_value(|all| all.keys().map(|id| id.to_string()).collect());
+        if !following.is_empty() {
+            params.push(format!("jobs={}", following.join(",")));
         }
         if let Some(query) = live.fleet_query()
             && let Ok(json) = serde_json::to_string(&query)
