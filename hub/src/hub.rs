@@ -271,7 +271,7 @@ impl Hub {
         query: &protocol::fleet::DeviceQuery,
         viewer: &str,
         may_see: impl Fn(&DeviceId) -> bool,
-    ) -> Arc<protocol::fleet::DevicePage> {
+    ) -> Arc<crate::SharedPage> {
         let generation = self.devices_generation();
         self.inner.pages.get(query, viewer, generation, || {
             self.device_page(query, may_see)

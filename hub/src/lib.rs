@@ -49,6 +49,7 @@ pub use self::{
     command_log::{CommandLog, ORPHAN_GRACE, ORPHANED},
     flood::MAX_READINGS_PER_SECOND,
     hub::{Event, Events, Hub, HubConfig, SharedEvent},
+    pages::SharedPage,
     recorder::{Recorder, RecorderConfig, RecorderSnapshot, RecorderStats, Rejected, Stop},
     send::{CancelError, SendError},
     stats::{Stats, StatsSnapshot},

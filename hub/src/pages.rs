@@ -3,11 +3,37 @@
 //! set of devices a viewer may see, however many tabs show it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
-use protocol::fleet::{DevicePage, DeviceQuery};
+use protocol::{
+    DeviceId,
+    fleet::{DevicePage, DeviceQuery},
+};
+
+/// A fleet page, shared, with the ids of its devices (what a tab showing it asks of
+/// every event): kept once, not once per tab.
+#[derive(Debug)]
+pub struct SharedPage {
+    pub page: DevicePage,
+    pub ids: HashSet<DeviceId>,
+}
+
+impl SharedPage {
+    fn new(page: DevicePage) -> Self {
+        let ids = page.devices.iter().map(|d| d.id.clone()).collect();
+        Self { page, ids }
+    }
+}
+
+impl std::ops::Deref for SharedPage {
+    type Target = DevicePage;
+
+    fn deref(&self) -> &DevicePage {
+        &self.page
+    }
+}
 
 /// Distinct pages kept at once; beyond it, the cache starts afresh.
 const MAX_PAGES: usize = 1_024;
@@ -18,7 +44,7 @@ type Key = (DeviceQuery, String);
 #[derive(Debug, Default)]
 pub(crate) struct Pages {
     /// By query and viewer: the generation the page was computed at, and the page.
-    pages: Mutex<HashMap<Key, (u64, Arc<DevicePage>)>>,
+    pages: Mutex<HashMap<Key, (u64, Arc<SharedPage>)>>,
 }
 
 impl Pages {
@@ -30,7 +56,7 @@ impl Pages {
         viewer: &str,
         generation: u64,
         compute: impl FnOnce() -> DevicePage,
-    ) -> Arc<DevicePage> {
+    ) -> Arc<SharedPage> {
         let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
         let key = (query.clone(), viewer.to_owned());
         if let Some((at, page)) = pages.get(&key)
@@ -38,7 +64,7 @@ impl Pages {
         {
             return page.clone();
         }
-        let page = Arc::new(compute());
+        let page = Arc::new(SharedPage::new(compute()));
         if pages.len() >= MAX_PAGES {
             pages.retain(|_, (at, _)| *at == generation);
             if pages.len() >= MAX_PAGES {

@@ -53,6 +53,7 @@ pub mod live;
 pub mod metrics;
 pub mod provision;
 pub mod state;
+pub mod websocket;
 
 use std::{
     future::Future,

@@ -22,18 +22,17 @@
 //! changed role or group applies from then on.
 
 use axum::{
-    extract::{
-        State, WebSocketUpgrade,
-        ws::{CloseFrame, Message, WebSocket, close_code},
-    },
-    http::{HeaderMap, header},
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, header},
     response::Response,
 };
+use futures_util::StreamExt as _;
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
+use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
 
 use protocol::{
     DeviceId,
@@ -44,12 +43,13 @@ use protocol::{
 };
 use tokio::sync::broadcast::error::RecvError;
 
-use hub::{Event, Watching};
+use hub::{Event, SharedPage, Watching};
 
 use crate::{
     api::Params,
     auth::{Identity, find_identity},
     state::AppState,
+    websocket::{self, Socket, Upgrade},
 };
 
 /// Devices one tab may watch at once.
@@ -80,35 +80,37 @@ const LAST_EVENTS_WITHIN: Duration = Duration::from_secs(1);
 const RECHECK: Duration = Duration::from_secs(60);
 
 pub async fn upgrade(
-    socket: WebSocketUpgrade,
+    upgrade: Upgrade,
     State(state): State<AppState>,
     who: Identity,
     headers: HeaderMap,
     Params(shows): Params<LiveParams>,
 ) -> Response {
-    // Only what proves who this is, to check it again later.
-    let mut credentials = HeaderMap::new();
+    // Only what proves who this is, to check it again later: copied, as the request's
+    // header values share (and would keep for the socket's life) the connection's
+    // whole read buffer.
+    let mut credentials = Vec::new();
     for name in [header::AUTHORIZATION, header::COOKIE] {
         for value in headers.get_all(&name) {
-            credentials.append(name.clone(), value.clone());
+            if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+                credentials.push((name.clone(), value));
+            }
         }
     }
-    // Small buffers: a server holds thousands of these sockets, and each frame is
-    // written as it comes anyway.
-    let socket = socket
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_message_size(MAX_INCOMING)
-        .max_frame_size(MAX_INCOMING);
-    socket.on_upgrade(move |socket| {
-        // Tracked, so that a stopping server waits for its goodbye.
-        let shutdown = state.shutdown.clone();
-        let served = shutdown.spawn(serve(socket, state, who, credentials, shows));
-        async move {
-            let _ = served.await;
+    let credentials: Credentials = credentials.into_boxed_slice();
+    let (response, pending) = upgrade.accept();
+    // Tracked, so that a stopping server waits for its goodbye.
+    let shutdown = state.shutdown.clone();
+    shutdown.spawn(async move {
+        if let Some(socket) = pending.socket(MAX_INCOMING).await {
+            serve(socket, state, who, credentials, shows).await;
         }
-    })
+    });
+    response
 }
+
+/// The headers that prove who a socket's user is.
+type Credentials = Box<[(HeaderName, HeaderValue)]>;
 
 /// What one tab shows: the devices it watches, the jobs it follows and the fleet page
 /// it shows.
@@ -116,16 +118,21 @@ struct Shows {
     watching: HashMap<DeviceId, Watching>,
     following: HashSet<JobId>,
     fleet: Option<DeviceQuery>,
-    /// The page last sent, and the devices on it.
-    page: Option<Arc<DevicePage>>,
-    on_page: HashSet<DeviceId>,
+    /// The page last sent (the devices on it shared with every tab that was sent it).
+    page: Option<Arc<SharedPage>>,
+    /// Whether the page is to be sent again even if it did not change.
+    resend: bool,
     /// The devices' generation the page was last checked at.
     checked: u64,
 }
 
 impl Shows {
     fn shows(&self, device: &DeviceId) -> bool {
-        self.watching.contains_key(device) || self.on_page.contains(device)
+        self.watching.contains_key(device)
+            || self
+                .page
+                .as_ref()
+                .is_some_and(|page| page.ids.contains(device))
     }
 
     /// Whether the tab shows `command`: its device's page or its job's.
@@ -176,6 +183,7 @@ impl Shows {
             state.groups.may_see(who, id.as_str())
         });
         if !force
+            && !self.resend
             && self
                 .page
                 .as_ref()
@@ -183,12 +191,13 @@ impl Shows {
         {
             return None;
         }
-        self.on_page = page.devices.iter().map(|d| d.id.clone()).collect();
-        self.page = Some(page.clone());
-        Some(LiveEvent::FleetPage {
+        let event = LiveEvent::FleetPage {
             query: query.clone(),
-            page: DevicePage::clone(&page),
-        })
+            page: page.page.clone(),
+        };
+        self.page = Some(page);
+        self.resend = false;
+        Some(event)
     }
 }
 
@@ -220,7 +229,7 @@ fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> Shows {
         following: HashSet::new(),
         fleet: None,
         page: None,
-        on_page: HashSet::new(),
+        resend: false,
         checked: 0,
     };
     for id in params.watch.iter().flat_map(|ids| ids.split(',')) {
@@ -240,10 +249,10 @@ fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> Shows {
 }
 
 async fn serve(
-    mut socket: WebSocket,
+    mut socket: Socket,
     state: AppState,
     mut who: Identity,
-    credentials: HeaderMap,
+    credentials: Credentials,
     params: LiveParams,
 ) {
     let (hub, shutdown) = (&state.hub, &state.shutdown);
@@ -278,21 +287,19 @@ async fn serve(
     fleet_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = recheck.tick() => match find_identity(&state, &credentials).await {
+            // Boxed, as other rarely taken paths: what a socket keeps between events is
+            // only as large as its common paths.
+            _ = recheck.tick() => match Box::pin(recheck_identity(&state, &credentials)).await {
                 Ok(Some(fresh)) if fresh.name == who.name => {
                     shows.watching.retain(|device, _| state.groups.may_see(&fresh, device.as_str()));
                     jobs_seen.clear();
                     who = fresh;
                     // The page may hold other devices now.
-                    shows.page = None;
+                    shows.resend = true;
                     shows.checked = shows.checked.wrapping_sub(1);
                 }
                 Ok(_) | Err(_) => {
-                    let close = CloseFrame {
-                        code: close_code::POLICY,
-                        reason: "your session ended; log in again".into(),
-                    };
-                    let _ = socket.send(Message::Close(Some(close))).await;
+                    websocket::close(&mut socket, CloseCode::Policy, "your session ended; log in again").await;
                     return;
                 }
             },
@@ -316,11 +323,7 @@ async fn serve(
                 if !tokio::time::timeout(LAST_EVENTS_WITHIN, last_events).await.unwrap_or(true) {
                     return;
                 }
-                let close = CloseFrame {
-                    code: close_code::AWAY,
-                    reason: "the server is stopping".into(),
-                };
-                let _ = socket.send(Message::Close(Some(close))).await;
+                websocket::close(&mut socket, CloseCode::Away, "the server is stopping").await;
                 return;
             }
             event = events.recv() => match event {
@@ -342,9 +345,9 @@ async fn serve(
                 }
                 Err(RecvError::Closed) => return,
             },
-            incoming = socket.recv() => match incoming {
+            incoming = socket.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    let answer = match serde_json::from_str::<LiveRequest>(&text) {
+                    let answer = match serde_json::from_str::<LiveRequest>(text.as_str()) {
                         Ok(LiveRequest::Watch { device_id }) => {
                             // The tab may not have it yet: its current state, at once.
                             if shows.watch(&state, &who, device_id.clone()) {
@@ -380,7 +383,6 @@ async fn serve(
                                 None => {
                                     shows.fleet = None;
                                     shows.page = None;
-                                    shows.on_page.clear();
                                     None
                                 }
                             }
@@ -396,12 +398,22 @@ async fn serve(
                         return;
                     }
                 }
-                // Pings are answered by axum.
+                // Pings are answered by tungstenite (the pong goes out with the next
+                // read, which is at once: this loop always reads).
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
         }
     }
+}
+
+/// [`find_identity`] again, from a socket's credentials.
+async fn recheck_identity(
+    state: &AppState,
+    credentials: &Credentials,
+) -> Result<Option<Identity>, crate::error::Failure> {
+    let headers: HeaderMap = credentials.iter().cloned().collect();
+    find_identity(state, &headers).await
 }
 
 /// What a socket sends: an event of its own (a snapshot, a fleet page, an answer), or
@@ -427,13 +439,13 @@ impl From<Event> for Outgoing {
 /// and the tab shows it (a device's changes and readings only while it is watched or
 /// on the fleet page).
 async fn send(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     state: &AppState,
     who: &Identity,
     shows: &Shows,
     jobs_seen: &mut HashMap<JobId, bool>,
     event: impl Into<Outgoing>,
-) -> Result<(), axum::Error> {
+) -> Result<(), tungstenite::Error> {
     let out = event.into();
     let event: &LiveEvent = match &out {
         Outgoing::Own(event) => event,
@@ -454,7 +466,7 @@ async fn send(
         let may_see = match jobs_seen.get(&job.id) {
             Some(&seen) => seen,
             None => {
-                let seen = crate::jobs::may_see(state, who, &job.id)
+                let seen = Box::pin(crate::jobs::may_see(state, who, &job.id))
                     .await
                     .unwrap_or(false);
                 jobs_seen.insert(job.id.clone(), seen);
@@ -469,7 +481,7 @@ async fn send(
         return Ok(());
     }
     let text = match out {
-        Outgoing::Shared(event) => event.json().into(),
+        Outgoing::Shared(event) => event.json().to_owned(),
         Outgoing::Own(event) => match *event {
             LiveEvent::Snapshot {
                 mut devices,
@@ -478,12 +490,12 @@ async fn send(
                 let may_see = |device: &DeviceId| state.groups.may_see(who, device.as_str());
                 devices.retain(|d| may_see(&d.id));
                 commands.retain(|c| may_see(&c.device_id));
-                json(&LiveEvent::Snapshot { devices, commands }).into()
+                json(&LiveEvent::Snapshot { devices, commands })
             }
-            event => json(&event).into(),
+            event => json(&event),
         },
     };
-    socket.send(Message::Text(text)).await
+    websocket::send_text(socket, text).await
 }
 
 fn json(event: &LiveEvent) -> String {

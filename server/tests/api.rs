@@ -575,6 +575,183 @@ async fn the_live_channel_sends_a_snapshot_then_each_status() {
 }
 
 #[tokio::test]
+async fn a_long_message_reaches_a_live_client_whole_from_frames_of_4_kib() {
+    let setup = setup(Kind::Gateway).await;
+    // Commands echoing 1,000 characters of 1 to 4 bytes each (so that frames end inside
+    // characters), twice in each command (argument and result): a snapshot of well
+    // over 64 KiB.
+    let message = "ü✓😀a".repeat(250);
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let (status, body) = setup
+            .post(
+                &setup.commands_path(),
+                &json!({"name": "echo", "args": {"message": message}}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let accepted: CommandView = serde_json::from_value(body).unwrap();
+        let (_, done): (_, CommandView) = setup
+            .get(&format!("/api/v1/commands/{}?wait_ms=5000", accepted.id))
+            .await;
+        assert_eq!(done.status, CommandStatus::Succeeded);
+        ids.push(accepted.id);
+    }
+    let whole = |text: &str| {
+        let Ok(LiveEvent::Snapshot { commands, .. }) = serde_json::from_str(text) else {
+            panic!("the first message is not a snapshot");
+        };
+        for id in &ids {
+            let command = commands
+                .iter()
+                .find(|c| &c.id == id)
+                .expect("every command in the snapshot");
+            assert_eq!(command.args.get("message"), Some(&json!(message)));
+            assert_eq!(command.result, Some(json!({"message": message})));
+        }
+    };
+
+    // On the wire: a text frame, continuation frames, none over 4 KiB, the last final.
+    let frames = raw_live_frames(&setup.base, &setup.token).await;
+    assert!(frames.len() > 16, "{} frames", frames.len());
+    for (i, (fin, opcode, payload)) in frames.iter().enumerate() {
+        assert_eq!(*opcode, if i == 0 { 1 } else { 0 }, "frame {i}'s opcode");
+        assert_eq!(*fin, i == frames.len() - 1, "frame {i}'s FIN");
+        assert!(payload.len() <= 4096, "frame {i}: {} bytes", payload.len());
+    }
+    let text: Vec<u8> = frames.into_iter().flat_map(|(_, _, p)| p).collect();
+    assert!(text.len() > 64 * 1024, "{} bytes", text.len());
+    whole(std::str::from_utf8(&text).expect("UTF-8 once reassembled"));
+
+    // A client gets it as one message, and the socket answers pings.
+    let mut socket = setup.live(None).await.expect("WebSocket upgrade");
+    let first = testkit::within(Duration::from_secs(10), "the snapshot", socket.next())
+        .await
+        .expect("a message")
+        .unwrap();
+    whole(first.to_text().expect("a text message"));
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    socket
+        .send(Message::Ping(b"still there?"[..].into()))
+        .await
+        .unwrap();
+    testkit::within(Duration::from_secs(5), "the pong", async {
+        loop {
+            match socket.next().await.expect("open").unwrap() {
+                Message::Pong(data) => break assert_eq!(&data[..], b"still there?"),
+                _ => continue,
+            }
+        }
+    })
+    .await;
+}
+
+/// The frames of the first message the live channel sends, read off the connection by
+/// hand: (FIN, opcode, payload) each.
+async fn raw_live_frames(base: &str, token: &str) -> Vec<(bool, u8, Vec<u8>)> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let request = format!(
+        "GET /api/v1/live HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: {key}\r\n\r\n"
+    );
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .unwrap();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455's own example key and answer.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    testkit::within(Duration::from_secs(10), "the snapshot's frames", async {
+        let mut frames = Vec::new();
+        loop {
+            let mut header = [0u8; 2];
+            stream.read_exact(&mut header).await.unwrap();
+            let (fin, opcode) = (header[0] & 0x80 != 0, header[0] & 0x0f);
+            assert_eq!(header[1] & 0x80, 0, "a server's frames are not masked");
+            let len = match header[1] & 0x7f {
+                126 => u64::from(stream.read_u16().await.unwrap()),
+                127 => stream.read_u64().await.unwrap(),
+                len => u64::from(len),
+            };
+            let mut payload = vec![0; usize::try_from(len).unwrap()];
+            stream.read_exact(&mut payload).await.unwrap();
+            frames.push((fin, opcode, payload));
+            if fin {
+                return frames;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_bad_upgrade_to_the_live_channel_is_refused_with_the_reason() {
+    let setup = setup(Kind::Switch).await;
+    let upgrade = [
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for (left_out, reason) in [
+        ("sec-websocket-key", "`Sec-WebSocket-Key` header missing"),
+        ("sec-websocket-version", "`Sec-WebSocket-Version`"),
+        ("upgrade", "`Upgrade` header"),
+        ("connection", "`Connection` header"),
+    ] {
+        let mut request = setup.client.get(format!("{}/api/v1/live", setup.base));
+        for (name, value) in upgrade {
+            if name != left_out {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "without {left_out}"
+        );
+        let body = error(response.json().await.unwrap());
+        assert_eq!(body.code, "bad_upgrade");
+        assert!(
+            body.message.contains(reason),
+            "without {left_out}: {}",
+            body.message
+        );
+    }
+    // A wrong version is refused too.
+    let mut request = setup.client.get(format!("{}/api/v1/live", setup.base));
+    for (name, value) in upgrade {
+        let value = if name == "sec-websocket-version" {
+            "8"
+        } else {
+            value
+        };
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn without_an_amqp_url_the_server_runs_its_own_broker() {
     let mut config = server::Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), "unused");
     config.amqp_url = None;

@@ -1,0 +1,181 @@
+//! The live channel's WebSocket, on tokio-tungstenite directly rather than through
+//! axum's `WebSocketUpgrade`, for one reason: memory. A server holds thousands of these
+//! sockets, and tungstenite writes each frame whole into a buffer of the socket's own
+//! that keeps its largest size for good, so a socket once sent a 60 KB snapshot would
+//! keep 60 KB. Here a long text goes out as a fragmented message (frames of at most
+//! [`FRAGMENT`] bytes, which every client reassembles into one message), so no socket's
+//! buffer grows past a few KiB. axum's socket cannot send frames.
+//!
+//! [`Upgrade`] checks the request as axum did (HTTP/1.1 `GET`, `Connection: upgrade`,
+//! `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, a `Sec-WebSocket-Key`) and answers
+//! 101; [`Upgrade::socket`] then waits for the connection and wraps it.
+
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header, request::Parts},
+    response::{IntoResponse as _, Response},
+};
+use futures_util::SinkExt as _;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        self, Bytes, Message,
+        handshake::derive_accept_key,
+        protocol::{
+            CloseFrame, Role, WebSocketConfig,
+            frame::{
+                Frame,
+                coding::{CloseCode, Data, OpCode},
+            },
+        },
+    },
+};
+
+use crate::error::Failure;
+
+/// An upgraded live socket.
+pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The largest frame sent: a longer text goes out in pieces of this size.
+pub const FRAGMENT: usize = 4 * 1024;
+
+/// A request to upgrade to a WebSocket, checked.
+#[derive(Debug)]
+pub struct Upgrade {
+    accept: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let bad = |message: &str| Failure::new(StatusCode::BAD_REQUEST, "bad_upgrade", message);
+        if parts.version != Version::HTTP_11 {
+            return Err(bad("a WebSocket upgrade needs HTTP/1.1"));
+        }
+        if parts.method != Method::GET {
+            return Err(Failure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_upgrade",
+                "a WebSocket upgrade is a GET request",
+            ));
+        }
+        let headers = &parts.headers;
+        if !has_token(headers, header::CONNECTION, "upgrade") {
+            return Err(bad("`Connection` header did not include `upgrade`"));
+        }
+        if !has_token(headers, header::UPGRADE, "websocket") {
+            return Err(bad("`Upgrade` header did not include `websocket`"));
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|version| version.as_bytes() != b"13")
+        {
+            return Err(bad("`Sec-WebSocket-Version` header did not include `13`"));
+        }
+        let key = headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or_else(|| bad("`Sec-WebSocket-Key` header missing"))?;
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("base64 is a valid header value");
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| {
+                Failure::new(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "bad_upgrade",
+                    "this connection cannot be upgraded",
+                )
+            })?;
+        Ok(Self { accept, on_upgrade })
+    }
+}
+
+impl Upgrade {
+    /// The 101 response to send back, and the socket once it was sent (`None` if the
+    /// connection went away first).
+    pub fn accept(self) -> (Response, Pending) {
+        let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept);
+        (response, Pending(self.on_upgrade))
+    }
+}
+
+/// A socket whose 101 is on its way.
+#[derive(Debug)]
+pub struct Pending(hyper::upgrade::OnUpgrade);
+
+impl Pending {
+    /// The socket, once the connection was handed over; `None` if it went away first.
+    pub async fn socket(self, max_incoming: usize) -> Option<Socket> {
+        let upgraded = match self.0.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!("a WebSocket upgrade failed: {error}");
+                return None;
+            }
+        };
+        // Small buffers: a server holds thousands of these sockets, and each frame is
+        // written as it comes anyway.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(max_incoming))
+            .max_frame_size(Some(max_incoming));
+        Some(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await,
+        )
+    }
+}
+
+/// Whether the comma-separated header `name` holds `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// Sends `text` as one text message: in frames of at most [`FRAGMENT`] bytes when it
+/// is longer (split anywhere: a message's UTF-8 is checked whole, once reassembled).
+pub async fn send_text(socket: &mut Socket, text: String) -> Result<(), tungstenite::Error> {
+    if text.len() <= FRAGMENT {
+        return socket.send(Message::text(text)).await;
+    }
+    let text = Bytes::from(text);
+    let mut start = 0;
+    while start < text.len() {
+        let end = (start + FRAGMENT).min(text.len());
+        let opcode = if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let last = end == text.len();
+        let frame = Frame::message(text.slice(start..end), OpCode::Data(opcode), last);
+        // Each frame is written as it is given (the write buffer's size is 0): a
+        // blocked write waits in `feed` until the previous frame is out.
+        socket.feed(Message::Frame(frame)).await?;
+        start = end;
+    }
+    socket.flush().await
+}
+
+/// Closes the socket with `code` and `reason`.
+pub async fn close(socket: &mut Socket, code: CloseCode, reason: &'static str) {
+    let close = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(close))).await;
+}
