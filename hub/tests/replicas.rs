@@ -1,7 +1,8 @@
 //! Replicas share command changes over `tether.events` only while another replica is
-//! there: a replica alone publishes none (only its "I am here" every few seconds), and
-//! one that joins is told every change from then on. On an embedded broker of the
-//! test's own, so no other test's replica is there.
+//! there: a replica alone publishes none (only its "I am here" every few seconds), one
+//! that joins is told every change from then on, and one that stops says goodbye, after
+//! which the others share nothing again. On an embedded broker of the test's own, so no
+//! other test's replica is there.
 
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ fn at(url: &str, other: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_replica_alone_shares_nothing_and_one_that_joins_sees_every_change() {
+async fn a_replica_alone_shares_nothing_one_that_joins_sees_every_change_and_one_that_leaves_says_so()
+ {
     let server_url = testkit::private_embedded_broker_url();
     let first = testkit::start_hub(hub::HubConfig::new(server_url.clone())).await;
 
@@ -108,7 +110,8 @@ async fn a_replica_alone_shares_nothing_and_one_that_joins_sees_every_change() {
     );
 
     // Another replica joins: it is told of every change of the next command.
-    let second = testkit::start_hub(hub::HubConfig::new(server_url.clone())).await;
+    let second_shutdown = common::Shutdown::new();
+    let second = hub::Hub::start(hub::HubConfig::new(server_url.clone()), &second_shutdown).await;
     testkit::online(&second, &id).await;
     let done = run(first.clone(), "off").await;
     let mirrored = testkit::eventually(
@@ -122,5 +125,34 @@ async fn a_replica_alone_shares_nothing_and_one_that_joins_sees_every_change() {
     )
     .await;
     assert_eq!(mirrored.result, done.result);
+
+    // It stops: it says goodbye, and the first shares nothing from then on (not for
+    // the next 15 s, as if the other were still there).
+    second_shutdown.stop_and_wait(Duration::from_secs(5)).await;
+    let mut kinds = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), seen.next()).await
+    {
+        kinds.push(delivery.properties.kind().as_ref().map(|k| k.to_string()));
+    }
+    assert!(
+        kinds.iter().any(|k| k.as_deref() == Some("commands")),
+        "the changes went out in batches: {kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| k.as_deref() == Some("replica_gone")),
+        "the stopping replica said goodbye: {kinds:?}"
+    );
+    run(first.clone(), "on").await;
+    let mut kinds = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), seen.next()).await
+    {
+        kinds.push(delivery.properties.kind().as_ref().map(|k| k.to_string()));
+    }
+    assert!(
+        kinds.iter().all(|k| k.as_deref() == Some("replica")),
+        "a replica left alone again shared {kinds:?}"
+    );
     agent.stop().await;
 }

@@ -123,14 +123,15 @@ async fn rounds(
         &bare_many,
     );
 
-    let hub = Hub::start(
-        HubConfig {
-            default_timeout: Duration::from_secs(30),
-            ..HubConfig::new(url.clone())
-        },
-        &common::Shutdown::new(),
-    )
-    .await;
+    // One replica at a time on the broker, as most deployments run: each round's hub
+    // stops (and says goodbye) before the next starts, so none shares its commands
+    // with another.
+    let hub_config = HubConfig {
+        default_timeout: Duration::from_secs(30),
+        ..HubConfig::new(url.clone())
+    };
+    let hub_shutdown = common::Shutdown::new();
+    let hub = Hub::start(hub_config.clone(), &hub_shutdown).await;
     anyhow::ensure!(hub.is_connected(), "cannot reach the broker at {url}");
     let (stop, stopped) = watch::channel(false);
     let mut switches = Vec::new();
@@ -155,6 +156,7 @@ async fn rounds(
         &format!("hub, {devices} switches, {OFFERED_PER_SECOND}/s offered"),
         &paced,
     );
+    hub_shutdown.stop_and_wait(Duration::from_secs(3)).await;
 
     // The same, with every command and status change written to the command log
     // (SQLite, the default), as a server with a database runs.
@@ -199,8 +201,13 @@ async fn rounds(
         &format!("HTTP API (POST, then long-poll), {devices} switches, {concurrency} in flight"),
         &api_many,
     );
-    drop(api);
+    api.stop().await;
 
+    let hub_shutdown = common::Shutdown::new();
+    let hub = Hub::start(hub_config, &hub_shutdown).await;
+    for id in &switches {
+        wait_online(&hub, id).await;
+    }
     let mut gateways = Vec::new();
     for n in 0..4 {
         gateways.push(spawn_agent(&url, &format!("bench-gw{n}"), Kind::Gateway, &stopped).await);
@@ -236,6 +243,7 @@ async fn rounds(
         paced.quantile(0.99).as_secs_f64() * 1000.0,
     );
 
+    hub_shutdown.stop_and_wait(Duration::from_secs(3)).await;
     let _ = stop.send(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -350,7 +358,8 @@ struct Api {
     base: String,
     client: reqwest::Client,
     hub: Hub,
-    _stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Api {
@@ -366,15 +375,22 @@ impl Api {
             testkit::user_token(server.accounts(), protocol::auth::Role::Admin, &[]).await;
         let hub = server.hub().clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server.serve(async {
+        let served = tokio::spawn(server.serve(async {
             let _ = stopped.await;
         }));
         Ok(Self {
             base,
             client: testkit::api_client(&token),
             hub,
-            _stop: stop,
+            stop,
+            served,
         })
+    }
+
+    /// Stops the server and waits (a while) until it has.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.served).await;
     }
 
     /// `POST /api/v1/devices/{id}/commands`, then `GET /api/v1/commands/{id}?wait_ms=`
