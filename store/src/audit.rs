@@ -9,10 +9,11 @@
 //! kept elsewhere would show that.)
 //!
 //! There is no way here to change or delete an entry, and retention does not touch
-//! them. Appending reads the last entry and inserts the next number; two appenders that
-//! read the same last entry (two server replicas on one PostgreSQL, or the command line
-//! beside a server on one SQLite file) both try the same number, the primary key lets
-//! one in, and the other reads again and retries.
+//! them. Appending reads the last entry and inserts the next numbers (a batch of the
+//! entries waiting, in one statement: all or none); two appenders that read the same
+//! last entry (two server replicas on one PostgreSQL, or the command line beside a
+//! server on one SQLite file) both try the same number, the primary key lets one in,
+//! and the other reads again and retries.
 
 use anyhow::Context as _;
 use protocol::auth::{AuditCheck, AuditEntry};
@@ -77,8 +78,39 @@ const MAX_PAGE: usize = 1_000;
 /// Two stores appending flat out in a test lost up to 16 times in a row (once in 1,600
 /// appends); a real trail, written at the pace of people, rarely loses once.
 const APPEND_ATTEMPTS: usize = 100;
+/// Most entries written in one statement (nine parameters each).
+const MAX_BATCH: usize = 500;
 /// How many entries `audit_verify` reads at a time.
 const VERIFY_PAGE: i64 = 1_000;
+
+/// Appending's turn, and the entries waiting for it with whom to tell when written.
+#[derive(Debug, Default)]
+pub(crate) struct Appending {
+    turn: tokio::sync::Mutex<()>,
+    #[allow(clippy::type_complexity)]
+    waiting: std::sync::Mutex<Vec<(NewAudit, Told)>>,
+}
+
+/// Where an appender learns how its entry went.
+type Told = tokio::sync::oneshot::Sender<anyhow::Result<AuditEntry>>;
+
+impl Appending {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<(NewAudit, Told)>> {
+        self.waiting
+            .lock()
+            .expect("no code panics while holding the audit queue")
+    }
+}
+
+/// `items` in runs of at most `size`, in order.
+fn chunks<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut runs = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        runs.push(items.by_ref().take(size).collect());
+    }
+    runs
+}
 
 /// An entry as stored: the view, and its links.
 struct Stored {
@@ -91,9 +123,47 @@ const COLUMNS: &str = "seq, ts_ms, actor, source, action, target, detail";
 
 impl Store {
     /// Appends one entry to the chain and gives it back with its number and time.
+    ///
+    /// Appenders in this process take turns, and whoever has the turn writes every
+    /// entry waiting then, its own and those that came while the one before wrote, in
+    /// one statement: under load many entries share one database round trip, and alone
+    /// an entry waits for nothing. The write runs on a task of its own, so a caller that
+    /// gives up (a dropped request) loses nobody's entry.
     pub async fn audit_append(&self, new: NewAudit) -> anyhow::Result<AuditEntry> {
-        // Appenders in this process take turns rather than collide.
-        let _turn = self.appending().lock().await;
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.appending().waiting().push((new, done));
+        {
+            let _turn = self.appending().turn.lock().await;
+            let waiting = std::mem::take(&mut *self.appending().waiting());
+            if !waiting.is_empty() {
+                let store = self.clone();
+                let _ = tokio::spawn(async move {
+                    for batch in chunks(waiting, MAX_BATCH) {
+                        let (entries, told): (Vec<NewAudit>, Vec<_>) = batch.into_iter().unzip();
+                        match store.append_batch(&entries).await {
+                            Ok(appended) => {
+                                for (entry, done) in appended.into_iter().zip(told) {
+                                    let _ = done.send(Ok(entry));
+                                }
+                            }
+                            Err(error) => {
+                                for done in told {
+                                    let _ = done.send(Err(anyhow::anyhow!("{error:#}")));
+                                }
+                            }
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+        written
+            .await
+            .context("the audit writer stopped before writing the entry")?
+    }
+
+    /// Appends `batch` in order, in one statement: all of it or none.
+    async fn append_batch(&self, batch: &[NewAudit]) -> anyhow::Result<Vec<AuditEntry>> {
         for _ in 0..APPEND_ATTEMPTS {
             let last = self
                 .query_opt(
@@ -102,45 +172,78 @@ impl Store {
                 )
                 .await
                 .context("cannot read the end of the audit trail")?;
-            let (last_seq, prev_hash) = match last {
+            let (last_seq, mut prev_hash) = match last {
                 Some(row) => (row.unsigned(0)?, row.text(1)?.to_owned()),
                 None => (0, String::new()),
             };
-            let entry = AuditEntry {
-                seq: last_seq + 1,
-                ts_ms: now_ms().max(0) as u64,
-                actor: new.actor.clone(),
-                source: new.source.clone(),
-                action: new.action.clone(),
-                target: new.target.clone(),
-                detail: new.detail.clone(),
-            };
-            let hash = chain_hash(&entry, &prev_hash);
+            let ts_ms = now_ms().max(0) as u64;
+            let mut entries = Vec::with_capacity(batch.len());
+            let mut rows = Vec::with_capacity(batch.len());
+            let mut params = Vec::with_capacity(batch.len() * 9);
+            for (n, new) in batch.iter().enumerate() {
+                let entry = AuditEntry {
+                    seq: last_seq + 1 + n as u64,
+                    ts_ms,
+                    actor: new.actor.clone(),
+                    source: new.source.clone(),
+                    action: new.action.clone(),
+                    target: new.target.clone(),
+                    detail: new.detail.clone(),
+                };
+                let hash = chain_hash(&entry, &prev_hash);
+                let first = params.len() + 1;
+                rows.push(format!(
+                    "({})",
+                    (first..first + 9)
+                        .map(|p| format!("${p}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                params.extend([
+                    Value::Int(entry.seq as i64),
+                    Value::Int(entry.ts_ms as i64),
+                    entry.actor.as_str().into(),
+                    entry.source.as_str().into(),
+                    entry.action.as_str().into(),
+                    entry.target.as_str().into(),
+                    entry.detail.as_str().into(),
+                    std::mem::take(&mut prev_hash).into(),
+                    hash.as_str().into(),
+                ]);
+                prev_hash = hash;
+                entries.push(entry);
+            }
+            // No `ON CONFLICT`: if another writer took one of these numbers, the whole
+            // statement fails and nothing of the batch is in (a batch half in would
+            // break the chain); then the end of the trail has moved, and we try again.
             let inserted = self
                 .execute(
-                    "INSERT INTO audit (seq, ts_ms, actor, source, action, target, detail, prev_hash, hash)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-                    vec![
-                        Value::Int(entry.seq as i64),
-                        Value::Int(entry.ts_ms as i64),
-                        entry.actor.as_str().into(),
-                        entry.source.as_str().into(),
-                        entry.action.as_str().into(),
-                        entry.target.as_str().into(),
-                        entry.detail.as_str().into(),
-                        prev_hash.into(),
-                        hash.into(),
-                    ],
+                    &format!(
+                        "INSERT INTO audit (seq, ts_ms, actor, source, action, target, detail, prev_hash, hash) VALUES {}",
+                        rows.join(", ")
+                    ),
+                    params,
                 )
-                .await
-                .context("cannot append to the audit trail")?;
-            if inserted == 1 {
-                return Ok(entry);
+                .await;
+            match inserted {
+                Ok(_) => return Ok(entries),
+                Err(error) => {
+                    let moved = self
+                        .query_opt("SELECT MAX(seq) FROM audit", vec![])
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|row| row.unsigned(0).ok())
+                        .is_some_and(|seq| seq != last_seq);
+                    if !moved {
+                        return Err(error.context("cannot append to the audit trail"));
+                    }
+                    tracing::debug!(
+                        "audit entries from {} were taken by another writer; trying again",
+                        last_seq + 1
+                    );
+                }
             }
-            tracing::debug!(
-                "audit entry {} was taken by another writer; trying again",
-                entry.seq
-            );
         }
         anyhow::bail!(
             "cannot append to the audit trail: other writers took the next entry {APPEND_ATTEMPTS} times in a row"

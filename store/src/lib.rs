@@ -247,7 +247,7 @@ impl Store {
 impl Store {
     /// This store's turn to append to the audit trail (see `audit`): one lock per
     /// store, shared by its clones.
-    fn appending(&self) -> &tokio::sync::Mutex<()> {
+    fn appending(&self) -> &audit::Appending {
         match self {
             Self::Sqlite(store) => &store.appending,
             Self::Postgres(store) => &store.appending,

@@ -19,7 +19,7 @@ pub struct Postgres {
     client: Arc<Mutex<Option<Arc<Client>>>>,
     /// Held while appending to the audit trail (see `audit`); other processes on the
     /// same database are told apart by the chain's primary key instead.
-    pub(crate) appending: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) appending: Arc<crate::audit::Appending>,
 }
 
 impl std::fmt::Debug for Postgres {

@@ -23,7 +23,7 @@ pub struct Sqlite {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
     /// Held while appending to the audit trail (see `audit`).
-    pub(crate) appending: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) appending: Arc<crate::audit::Appending>,
 }
 
 impl std::fmt::Debug for Sqlite {
