@@ -612,7 +612,9 @@ async fn a_long_message_reaches_a_live_client_whole_from_frames_of_4_kib() {
     };
 
     // On the wire: a text frame, continuation frames, none over 4 KiB, the last final.
-    let frames = raw_live_frames(&setup.base, &setup.token).await;
+    // The tab watches the device: its commands are in the snapshot.
+    let shows = format!("watch={}", setup.device);
+    let frames = raw_live_frames(&setup.base, &setup.token, &shows).await;
     assert!(frames.len() > 16, "{} frames", frames.len());
     for (i, (fin, opcode, payload)) in frames.iter().enumerate() {
         assert_eq!(*opcode, if i == 0 { 1 } else { 0 }, "frame {i}'s opcode");
@@ -624,7 +626,9 @@ async fn a_long_message_reaches_a_live_client_whole_from_frames_of_4_kib() {
     whole(std::str::from_utf8(&text).expect("UTF-8 once reassembled"));
 
     // A client gets it as one message, and the socket answers pings.
-    let mut socket = setup.live(None).await.expect("WebSocket upgrade");
+    let mut socket = live(&setup.base, &setup.token, None, &shows)
+        .await
+        .expect("WebSocket upgrade");
     let first = testkit::within(Duration::from_secs(10), "the snapshot", socket.next())
         .await
         .expect("a message")
@@ -649,13 +653,13 @@ async fn a_long_message_reaches_a_live_client_whole_from_frames_of_4_kib() {
 
 /// The frames of the first message the live channel sends, read off the connection by
 /// hand: (FIN, opcode, payload) each.
-async fn raw_live_frames(base: &str, token: &str) -> Vec<(bool, u8, Vec<u8>)> {
+async fn raw_live_frames(base: &str, token: &str, shows: &str) -> Vec<(bool, u8, Vec<u8>)> {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
     let addr = base.trim_start_matches("http://");
     let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let request = format!(
-        "GET /api/v1/live HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+        "GET /api/v1/live?{shows} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: {key}\r\n\r\n"
     );
@@ -1070,8 +1074,14 @@ async fn a_tab_is_sent_only_what_it_shows() {
         json!({"type": "fleet", "query": {"search": tag, "status": "online"}}),
     )
     .await;
+    // (The page of the query before may still be on its way: the answer to this one
+    // is the page with its query.)
     let page = first_of(&mut socket, "the online page", |e| match e {
-        LiveEvent::FleetPage { page, .. } => Some(page),
+        LiveEvent::FleetPage { query, page }
+            if serde_json::to_value(&query).unwrap()["status"] == "online" =>
+        {
+            Some(page)
+        }
         _ => None,
     })
     .await;
@@ -1091,6 +1101,35 @@ async fn a_tab_is_sent_only_what_it_shows() {
         _ => None,
     })
     .await;
+
+    // The commands of a watched device arrive; once it is no longer watched, not.
+    let send = async |name: &str| {
+        let (status, body) = setup
+            .post(&setup.commands_path(), &json!({"name": name}).to_string())
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        serde_json::from_value::<CommandView>(body).unwrap().id
+    };
+    let watched = send("on").await;
+    first_of(&mut socket, "the watched device's command", |e| match e {
+        LiveEvent::CommandUpdated { command } if command.id == watched => Some(()),
+        _ => None,
+    })
+    .await;
+    tell(
+        &mut socket,
+        json!({"type": "unwatch", "device_id": setup.device}),
+    )
+    .await;
+    let _ = drain(&mut socket, Duration::from_millis(300)).await;
+    let unwatched = send("off").await;
+    let events = drain(&mut socket, Duration::from_millis(1_500)).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, LiveEvent::CommandUpdated { command } if command.id == unwatched)),
+        "a command of a device no longer shown reached the tab"
+    );
 
     // No fleet page any more: its device's readings stop.
     tell(&mut socket, json!({"type": "fleet", "query": null})).await;

@@ -561,14 +561,21 @@ async fn another_replicas_browsers_see_a_job_live() {
     let agents = gateways(&first, "job-replicas", 2).await;
     let mut live = live(&second, &token).await;
 
+    // Each device takes a while, so that the tab follows the job (as its page does once
+    // it has it) before any of them ends.
     let (status, created) = post(
         &client,
         first.url("/api/v1/jobs"),
-        json!({"command": "echo", "targets": {"ids": ids(&agents)}}),
+        json!({"command": "echo", "args": {"delay_ms": 1_500}, "targets": {"ids": ids(&agents)}}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let created: JobView = serde_json::from_value(created).unwrap();
+    {
+        use futures_util::SinkExt as _;
+        let follow = json!({"type": "follow", "job_id": created.id}).to_string();
+        live.send(Message::Text(follow.into())).await.unwrap();
+    }
     let (mut targets, mut completed) = (HashSet::new(), false);
     testkit::within(
         Duration::from_secs(15),
