@@ -195,9 +195,14 @@ async fn every_line_of_a_followed_log_reaches_the_live_channel_in_order() {
 
     let (server, admin) = server_and_admin().await;
     let device = start_device(&server, &admin, "logs").await;
-    let mut request = format!("{}/api/v1/live", server.base.replace("http", "ws"))
-        .into_client_request()
-        .unwrap();
+    // The tab shows the device's page, so it is sent its commands.
+    let mut request = format!(
+        "{}/api/v1/live?watch={}",
+        server.base.replace("http", "ws"),
+        device.id
+    )
+    .into_client_request()
+    .unwrap();
     request.headers_mut().insert(
         "authorization",
         format!("Bearer {}", server.token).parse().unwrap(),

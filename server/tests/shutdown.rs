@@ -124,7 +124,8 @@ async fn stops_gracefully(amqp_url: Option<String>) {
             response.json::<CommandView>().await.unwrap()
         }
     });
-    let mut live = format!("ws://{addr}/api/v1/live")
+    // The tab shows the device, so it is sent its commands.
+    let mut live = format!("ws://{addr}/api/v1/live?watch={}", agent.id)
         .into_client_request()
         .unwrap();
     live.headers_mut()
