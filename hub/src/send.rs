@@ -97,6 +97,10 @@ pub(crate) const SHARED_LIVE_KIND: &str = "live";
 /// connects and every [`ANNOUNCE_EVERY`].
 pub(crate) const REPLICA_KIND: &str = "replica";
 
+/// How long a waiter of a stopping hub still waits for its command to be ended by the
+/// stop, so that it answers with the end rather than the state just before it.
+const STOPPING_WAIT: Duration = Duration::from_millis(500);
+
 /// How often a replica says it is here.
 pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
@@ -351,12 +355,18 @@ impl Hub {
             self.waiters().entry(id.clone()).or_default().push(notify);
             ended
         };
-        // A stopping server answers at once, with the command as it is.
+        // A stopping server answers soon, with the command as it is then: ended by the
+        // stop (as a hub without a resumable log does, at once), or left for the next
+        // start.
         let stopping = self.inner.shutdown.clone();
         let ended = async move {
+            tokio::pin!(ended);
             tokio::select! {
-                ended = ended => ended.ok(),
-                () = stopping.stopping() => None,
+                ended = &mut ended => ended.ok(),
+                () = stopping.stopping() => tokio::time::timeout(STOPPING_WAIT, ended)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
             }
         };
         match tokio::time::timeout(max, ended).await {
