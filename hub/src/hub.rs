@@ -328,6 +328,15 @@ impl Hub {
         self.state().commands.recent(device, limit)
     }
 
+    /// The `limit` latest commands `which` lets through, newest first.
+    pub fn commands_where(
+        &self,
+        limit: usize,
+        which: impl Fn(&CommandView) -> bool,
+    ) -> Vec<CommandView> {
+        self.state().commands.recent_of(limit, which)
+    }
+
     /// Whether the broker link is up.
     pub fn is_connected(&self) -> bool {
         self.link().is_some()

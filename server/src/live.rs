@@ -61,6 +61,9 @@ const MAX_FOLLOWED_PER_CLIENT: usize = 16;
 /// The longest job id a tab may follow (the server's are 32 characters).
 const MAX_JOB_ID: usize = 64;
 
+/// Recent commands sent when a tab starts watching a device or following a job.
+const COMMANDS_ON_FOLLOW: usize = 50;
+
 /// Recent commands in each snapshot.
 const SNAPSHOT_COMMANDS: usize = 200;
 
@@ -349,53 +352,68 @@ async fn serve(
                 Some(Ok(Message::Text(text))) => {
                     let answer = match serde_json::from_str::<LiveRequest>(text.as_str()) {
                         Ok(LiveRequest::Watch { device_id }) => {
-                            // The tab may not have it yet: its current state, at once.
+                            // The tab may not have it yet: its current state and its
+                            // recent commands, at once.
                             if shows.watch(&state, &who, device_id.clone()) {
-                                hub.device(&device_id).map(|device| LiveEvent::DeviceUpdated { device })
+                                let device = hub.device(&device_id).map(|device| LiveEvent::DeviceUpdated { device });
+                                let commands = hub
+                                    .recent_commands(Some(&device_id), COMMANDS_ON_FOLLOW)
+                                    .into_iter()
+                                    .rev()
+                                    .map(|command| LiveEvent::CommandUpdated { command });
+                                device.into_iter().chain(commands).collect()
                             } else {
-                                None
+                                Vec::new()
                             }
                         }
                         Ok(LiveRequest::Unwatch { device_id }) => {
                             shows.watching.remove(&device_id);
-                            None
+                            Vec::new()
                         }
                         Ok(LiveRequest::Follow { job_id }) => {
-                            // The tab has read the job and its devices already; what
-                            // changes from now on is sent.
-                            shows.follow(job_id);
-                            None
+                            // The tab has read the job and its devices; the commands of
+                            // it this replica knows come at once, later changes as they
+                            // happen.
+                            if shows.follow(job_id.clone()) {
+                                hub.commands_where(COMMANDS_ON_FOLLOW, |c| c.job_id.as_ref() == Some(&job_id))
+                                    .into_iter()
+                                    .rev()
+                                    .map(|command| LiveEvent::CommandUpdated { command })
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            }
                         }
                         Ok(LiveRequest::Unfollow { job_id }) => {
                             shows.following.remove(&job_id);
-                            None
+                            Vec::new()
                         }
                         Ok(LiveRequest::Fleet { query }) => {
                             match query {
                                 Some(query) if query.check().is_ok() => {
                                     shows.fleet = Some(query);
-                                    shows.fleet_page(&state, &who, true)
+                                    shows.fleet_page(&state, &who, true).into_iter().collect()
                                 }
                                 Some(_) => {
                                     tracing::debug!("ignoring a live client's fleet query out of bounds");
-                                    None
+                                    Vec::new()
                                 }
                                 None => {
                                     shows.fleet = None;
                                     shows.page = None;
-                                    None
+                                    Vec::new()
                                 }
                             }
                         }
                         Err(error) => {
                             tracing::debug!("ignoring a live client's message: {error}");
-                            None
+                            Vec::new()
                         }
                     };
-                    if let Some(answer) = answer
-                        && send(&mut socket, &state, &who, &shows, &mut jobs_seen, answer).await.is_err()
-                    {
-                        return;
+                    for answer in answer {
+                        if send(&mut socket, &state, &who, &shows, &mut jobs_seen, answer).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 // Pings are answered by tungstenite (the pong goes out with the next

@@ -1130,6 +1130,21 @@ async fn a_tab_is_sent_only_what_it_shows() {
             .any(|e| matches!(e, LiveEvent::CommandUpdated { command } if command.id == unwatched)),
         "a command of a device no longer shown reached the tab"
     );
+    // Watched again: its recent commands come at once, that one included.
+    tell(
+        &mut socket,
+        json!({"type": "watch", "device_id": setup.device}),
+    )
+    .await;
+    first_of(
+        &mut socket,
+        "the recent commands of a device watched again",
+        |e| match e {
+            LiveEvent::CommandUpdated { command } if command.id == unwatched => Some(()),
+            _ => None,
+        },
+    )
+    .await;
 
     // No fleet page any more: its device's readings stop.
     tell(&mut socket, json!({"type": "fleet", "query": null})).await;
