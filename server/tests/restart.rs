@@ -257,6 +257,11 @@ async fn a_job_resumes_after_its_server_is_killed_and_commands_no_device_twice()
             "targets": {"ids": ids},
             "concurrency": 2,
             "timeout_ms": 30_000,
+            // The restarted server knows the devices once they say hello again; a
+            // device's turn that comes before that waits for it instead of skipping it
+            // (seen under load).
+            "offline": "wait",
+            "wait_ms": 60_000,
         }))
         .send()
         .await
