@@ -25,6 +25,17 @@ fn at(url: &str, other: &str) -> String {
     url.replace(&address(url), &address(other))
 }
 
+/// The AMQP types of what the spy's queue got until nothing came for 500 ms.
+async fn kinds_seen(seen: &mut lapin::Consumer) -> Vec<Option<String>> {
+    let mut kinds = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), seen.next()).await
+    {
+        kinds.push(delivery.properties.kind().as_ref().map(|k| k.to_string()));
+    }
+    kinds
+}
+
 #[tokio::test]
 async fn a_replica_alone_shares_nothing_one_that_joins_sees_every_change_and_one_that_leaves_says_so()
  {
@@ -98,12 +109,7 @@ async fn a_replica_alone_shares_nothing_one_that_joins_sees_every_change_and_one
     };
     // Alone: nothing but its own "I am here".
     run(first.clone(), "on").await;
-    let mut kinds = Vec::new();
-    while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_millis(500), seen.next()).await
-    {
-        kinds.push(delivery.properties.kind().as_ref().map(|k| k.to_string()));
-    }
+    let kinds = kinds_seen(&mut seen).await;
     assert!(
         kinds.iter().all(|k| k.as_deref() == Some("replica")),
         "a replica alone shared {kinds:?}"
@@ -129,12 +135,7 @@ async fn a_replica_alone_shares_nothing_one_that_joins_sees_every_change_and_one
     // It stops: it says goodbye, and the first shares nothing from then on (not for
     // the next 15 s, as if the other were still there).
     second_shutdown.stop_and_wait(Duration::from_secs(5)).await;
-    let mut kinds = Vec::new();
-    while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_millis(500), seen.next()).await
-    {
-        kinds.push(delivery.properties.kind().as_ref().map(|k| k.to_string()));
-    }
+    let kinds = kinds_seen(&mut seen).await;
     assert!(
         kinds.iter().any(|k| k.as_deref() == Some("commands")),
         "the changes went out in batches: {kinds:?}"
@@ -144,12 +145,7 @@ async fn a_replica_alone_shares_nothing_one_that_joins_sees_every_change_and_one
         "the stopping replica said goodbye: {kinds:?}"
     );
     run(first.clone(), "on").await;
-    let mut kinds = Vec::new();
-    while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_millis(500), seen.next()).await
-    {
-        kinds.push(delivery.properties.kind().as_ref().map(|k| k.to_string()));
-    }
+    let kinds = kinds_seen(&mut seen).await;
     assert!(
         kinds.iter().all(|k| k.as_deref() == Some("replica")),
         "a replica left alone again shared {kinds:?}"
