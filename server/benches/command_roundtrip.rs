@@ -299,16 +299,7 @@ async fn through_hub(
     let latencies = stream::iter(0..commands)
         .map(|n| {
             let (hub, device) = (hub.clone(), devices[n % devices.len()].clone());
-            async move {
-                let t0 = Instant::now();
-                let sent = hub.send(&device, get_state()).await.expect("accepted");
-                let done = hub
-                    .wait(&sent.id, Duration::from_secs(30))
-                    .await
-                    .expect("known");
-                assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
-                t0.elapsed()
-            }
+            async move { one_command(&hub, &device).await }
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -326,22 +317,27 @@ async fn hub_paced(hub: &Hub, devices: &[DeviceId], commands: usize, per_second:
     for n in 0..commands {
         tick.tick().await;
         let (hub, device) = (hub.clone(), devices[n % devices.len()].clone());
-        tasks.push(tokio::spawn(async move {
-            let t0 = Instant::now();
-            let sent = hub.send(&device, get_state()).await.expect("accepted");
-            let done = hub
-                .wait(&sent.id, Duration::from_secs(30))
-                .await
-                .expect("known");
-            assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
-            t0.elapsed()
-        }));
+        tasks.push(tokio::spawn(
+            async move { one_command(&hub, &device).await },
+        ));
     }
     let mut latencies = Vec::with_capacity(commands);
     for task in tasks {
         latencies.push(task.await.expect("no panic"));
     }
     Round::new(latencies, started.elapsed())
+}
+
+/// One `get_state` through the hub, sent and waited for: how long it took.
+async fn one_command(hub: &Hub, device: &DeviceId) -> Duration {
+    let t0 = Instant::now();
+    let sent = hub.send(device, get_state()).await.expect("accepted");
+    let done = hub
+        .wait(&sent.id, Duration::from_secs(30))
+        .await
+        .expect("known");
+    assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
+    t0.elapsed()
 }
 
 fn get_state() -> SendCommand {
