@@ -1194,6 +1194,21 @@ async fn what_a_tab_says_it_shows_is_checked_and_a_flood_is_cut_off() {
     )
     .await;
     tell(&mut socket, json!({"type": "shutdown"})).await;
+    // Job ids too long, empty, not strings, and more jobs than a tab may follow.
+    tell(
+        &mut socket,
+        json!({"type": "follow", "job_id": "j".repeat(10_000)}),
+    )
+    .await;
+    tell(&mut socket, json!({"type": "follow", "job_id": ""})).await;
+    tell(&mut socket, json!({"type": "follow", "job_id": 42})).await;
+    for n in 0..100 {
+        tell(
+            &mut socket,
+            json!({"type": "follow", "job_id": format!("job-{n}")}),
+        )
+        .await;
+    }
     tell(
         &mut socket,
         json!({"type": "watch", "device_id": setup.device}),
