@@ -143,6 +143,20 @@ impl Store {
         if secret.len() > MAX_SECRET_BYTES {
             return Ok(false);
         }
+        // The whole check, from the lookup on, is a task of its own, so that a right
+        // secret is remembered even when the caller gave up meanwhile: with a whole fleet
+        // logging in at once, a check can finish after the broker dropped the login (its
+        // handshake timed out), and the device's next attempt then gets in at once instead
+        // of waiting for another check.
+        let store = self.clone();
+        let id = id.to_owned();
+        let secret = secret.to_owned();
+        tokio::spawn(async move { store.check_device_secret_now(&id, &secret).await })
+            .await
+            .context("the secret check stopped unexpectedly")?
+    }
+
+    async fn check_device_secret_now(&self, id: &str, secret: &str) -> anyhow::Result<bool> {
         let hash = self
             .query_opt(
                 "SELECT secret_hash FROM device_credentials WHERE device_id = $1",
@@ -153,27 +167,18 @@ impl Store {
             .map(|row| row.text(0).map(str::to_owned))
             .transpose()?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        if let Some(hash) = &hash
-            && verified().seen(hash, &digest)
-        {
+        let Some(hash) = hash else {
+            // Unknown devices cost the same argon2 run as known ones.
+            return verify_password(secret, None).await;
+        };
+        if verified().seen(&hash, &digest) {
             return Ok(true);
         }
-        // A task of its own, so that a right secret is remembered even when the caller
-        // gave up meanwhile: with a whole fleet logging in at once, a check can finish
-        // after the broker dropped the login (its handshake timed out), and the device's
-        // next attempt then gets in at once instead of waiting for another check.
-        let secret = secret.to_owned();
-        let check = tokio::spawn(async move {
-            let remember = hash.clone();
-            let valid = verify_password(&secret, hash).await?;
-            if valid && let Some(hash) = remember {
-                verified().remember(hash, digest);
-            }
-            anyhow::Ok(valid)
-        });
-        check
-            .await
-            .context("the secret check stopped unexpectedly")?
+        let valid = verify_password(secret, Some(hash.clone())).await?;
+        if valid {
+            verified().remember(hash, digest);
+        }
+        Ok(valid)
     }
 
     /// A provisioned device's row, without its hash.
