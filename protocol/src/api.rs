@@ -215,6 +215,13 @@ pub enum LiveEvent {
         query: crate::fleet::DeviceQuery,
         page: crate::fleet::DevicePage,
     },
+    /// A request the tab sent was not done, and why (`code` as the HTTP API's errors:
+    /// `invalid_request`, `invalid_query`, `too_many`, `not_found`). The socket stays
+    /// open and everything else the tab asked for stands.
+    Refused {
+        code: String,
+        message: String,
+    },
 }
 
 /// What a tab tells the live channel it shows. A tab is sent the devices it shows and

@@ -13,8 +13,10 @@
 //! that watch its device or follow its job (a job's page: `{"type":"follow","job_id":…}`,
 //! `unfollow`, or `?jobs=a,b` on the upgrade), and so does a change of one of a job's
 //! devices; a job's own changes go to every tab whose user may see it (the jobs list).
-//! Anything else a tab sends is ignored. When the server
-//! stops, every socket is closed with 1001 (going away), and tabs reconnect.
+//! A request that is not done (not JSON, of no known type, out of bounds, past a tab's
+//! limits, a device or job the user may not see) is answered with a `refused` event
+//! saying why, and the socket stays. When the server stops, every socket is closed with
+//! 1001 (going away), and tabs reconnect.
 //!
 //! Each socket carries only what its user may see: the snapshot and every event are
 //! filtered by the user's device groups. The user's session (or token) is checked again
@@ -147,30 +149,87 @@ impl Shows {
                 .is_some_and(|job| self.following.contains(job))
     }
 
-    /// Starts following `job` if the tab has room; whether it started. Who may see
-    /// what of it is checked per event, as for everything else.
-    fn follow(&mut self, job: JobId) -> bool {
-        if self.following.len() >= MAX_FOLLOWED_PER_CLIENT
-            || job.0.is_empty()
-            || job.0.len() > MAX_JOB_ID
-        {
-            return false;
+    /// Starts following `job` if it exists, `who` may see it and the tab has room:
+    /// whether it started (not when it was followed already), or why not. What of it
+    /// `who` may see is checked again per event, as for everything else.
+    async fn follow(
+        &mut self,
+        state: &AppState,
+        who: &Identity,
+        jobs_seen: &mut HashMap<JobId, bool>,
+        job: JobId,
+    ) -> Result<bool, Refusal> {
+        if job.0.is_empty() || job.0.len() > MAX_JOB_ID {
+            return Err(refused(
+                "invalid_request",
+                format!("a job id is 1 to {MAX_JOB_ID} bytes long"),
+            ));
         }
-        self.following.insert(job)
+        if self.following.contains(&job) {
+            return Ok(false);
+        }
+        if self.following.len() >= MAX_FOLLOWED_PER_CLIENT {
+            return Err(refused(
+                "too_many",
+                format!("a tab follows at most {MAX_FOLLOWED_PER_CLIENT} jobs at once"),
+            ));
+        }
+        let known = match state.accounts.job(&job.0).await {
+            Ok(found) => found.is_some(),
+            Err(error) => {
+                tracing::error!("live: cannot look the job {:?} up: {error:#}", job.0);
+                return Err(refused(
+                    "store_unavailable",
+                    "the job cannot be looked up now; follow it again later",
+                ));
+            }
+        };
+        let seen = known
+            && match crate::jobs::may_see(state, who, &job).await {
+                Ok(seen) => seen,
+                Err(_) => {
+                    return Err(refused(
+                        "store_unavailable",
+                        "the job cannot be looked up now; follow it again later",
+                    ));
+                }
+            };
+        jobs_seen.insert(job.clone(), seen);
+        if !seen {
+            return Err(refused(
+                "not_found",
+                format!("no job {:?} that you may see", job.0),
+            ));
+        }
+        Ok(self.following.insert(job))
     }
 
-    /// Starts watching `device` if `who` may see it and the tab has room; whether it
-    /// started.
-    fn watch(&mut self, state: &AppState, who: &Identity, device: DeviceId) -> bool {
-        if self.watching.len() >= MAX_WATCHED_PER_CLIENT
-            || self.watching.contains_key(&device)
-            || !state.groups.may_see(who, device.as_str())
-        {
-            return false;
+    /// Starts watching `device` if `who` may see it and the tab has room: whether it
+    /// started (not when it was watched already), or why not.
+    fn watch(
+        &mut self,
+        state: &AppState,
+        who: &Identity,
+        device: DeviceId,
+    ) -> Result<bool, Refusal> {
+        if self.watching.contains_key(&device) {
+            return Ok(false);
+        }
+        if self.watching.len() >= MAX_WATCHED_PER_CLIENT {
+            return Err(refused(
+                "too_many",
+                format!("a tab watches at most {MAX_WATCHED_PER_CLIENT} devices at once"),
+            ));
+        }
+        if !state.groups.may_see(who, device.as_str()) {
+            return Err(refused(
+                "not_found",
+                format!("no device {:?} that you may see", device.as_str()),
+            ));
         }
         let guard = state.hub.watch(&device);
         self.watching.insert(device, guard);
-        true
+        Ok(true)
     }
 
     /// The fleet page to send, if the tab shows one and it changed since last sent (or
@@ -225,8 +284,49 @@ fn viewer(who: &Identity) -> String {
     format!("groups:{}", groups.join("\n"))
 }
 
-/// What the upgrade's address says the tab shows; what cannot be read is left out.
-fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> Shows {
+/// Why a tab's request was not done: sent as a `refused` event.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<Refusal> for LiveEvent {
+    fn from(refusal: Refusal) -> Self {
+        LiveEvent::Refused {
+            code: refusal.code.to_owned(),
+            message: refusal.message,
+        }
+    }
+}
+
+/// What a tab sent that could not be read, said back in at most this many bytes (the
+/// parser's message can quote the input).
+const MAX_REFUSAL: usize = 200;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn clipped(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// What the upgrade's address says the tab shows, and what of it was refused (sent
+/// after the snapshot). Jobs are followed by the caller: that is checked in the store.
+fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> (Shows, Vec<LiveEvent>) {
+    let mut refusals = Vec::new();
     let mut shows = Shows {
         watching: HashMap::new(),
         following: HashSet::new(),
@@ -236,19 +336,41 @@ fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> Shows {
         checked: 0,
     };
     for id in params.watch.iter().flat_map(|ids| ids.split(',')) {
-        if let Ok(device) = DeviceId::new(id.trim()) {
-            shows.watch(state, who, device);
+        let id = id.trim();
+        if id.is_empty() {
+            continue;
+        }
+        match DeviceId::new(id) {
+            Ok(device) => {
+                if let Err(refusal) = shows.watch(state, who, device) {
+                    refusals.push(refusal.into());
+                }
+            }
+            Err(error) => refusals.push(
+                refused(
+                    "invalid_request",
+                    clipped(format!("watch: {error}"), MAX_REFUSAL),
+                )
+                .into(),
+            ),
         }
     }
-    for id in params.jobs.iter().flat_map(|ids| ids.split(',')) {
-        shows.follow(JobId(id.trim().to_owned()));
+    if let Some(json) = params.fleet.as_deref() {
+        match serde_json::from_str::<DeviceQuery>(json) {
+            Ok(query) => match query.check() {
+                Ok(()) => shows.fleet = Some(query),
+                Err(why) => refusals.push(refused("invalid_query", why).into()),
+            },
+            Err(error) => refusals.push(
+                refused(
+                    "invalid_query",
+                    clipped(format!("fleet: {error}"), MAX_REFUSAL),
+                )
+                .into(),
+            ),
+        }
     }
-    shows.fleet = params
-        .fleet
-        .as_deref()
-        .and_then(|json| serde_json::from_str::<DeviceQuery>(json).ok())
-        .filter(|query| query.check().is_ok());
-    shows
+    (shows, refusals)
 }
 
 async fn serve(
@@ -260,10 +382,20 @@ async fn serve(
 ) {
     let (hub, shutdown) = (&state.hub, &state.shutdown);
     // Dropped with the connection, which releases every watch it held.
-    let mut shows = shows_from(&state, &who, &params);
+    let (mut shows, mut refusals) = shows_from(&state, &who, &params);
     // Whether this user may see each job they were sent events of (every device of it):
     // asked of the store once per job, forgotten when the identity is checked again.
     let mut jobs_seen: HashMap<JobId, bool> = HashMap::new();
+    for id in params.jobs.iter().flat_map(|ids| ids.split(',')) {
+        let id = id.trim();
+        if id.is_empty() {
+            continue;
+        }
+        let job = JobId(id.to_owned());
+        if let Err(refusal) = Box::pin(shows.follow(&state, &who, &mut jobs_seen, job)).await {
+            refusals.push(refusal.into());
+        }
+    }
     // The page first: its devices are then in the snapshot.
     let first_page = shows.fleet_page(&state, &who, true);
     let snapshot = |shows: &Shows, who: &Identity| {
@@ -277,7 +409,9 @@ async fn serve(
         )
     };
     let (first, mut events) = snapshot(&shows, &who);
-    for event in std::iter::once(first).chain(first_page) {
+    let refusals = refusals.into_iter().map(|r| Outgoing::Own(Box::new(r)));
+    let opening = std::iter::once(Outgoing::from(first)).chain(first_page.map(Outgoing::from));
+    for event in opening.chain(refusals) {
         if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event)
             .await
             .is_err()
@@ -354,16 +488,18 @@ async fn serve(
                         Ok(LiveRequest::Watch { device_id }) => {
                             // The tab may not have it yet: its current state and its
                             // recent commands, at once.
-                            if shows.watch(&state, &who, device_id.clone()) {
-                                let device = hub.device(&device_id).map(|device| LiveEvent::DeviceUpdated { device });
-                                let commands = hub
-                                    .recent_commands(Some(&device_id), COMMANDS_ON_FOLLOW)
-                                    .into_iter()
-                                    .rev()
-                                    .map(|command| LiveEvent::CommandUpdated { command });
-                                device.into_iter().chain(commands).collect()
-                            } else {
-                                Vec::new()
+                            match shows.watch(&state, &who, device_id.clone()) {
+                                Ok(true) => {
+                                    let device = hub.device(&device_id).map(|device| LiveEvent::DeviceUpdated { device });
+                                    let commands = hub
+                                        .recent_commands(Some(&device_id), COMMANDS_ON_FOLLOW)
+                                        .into_iter()
+                                        .rev()
+                                        .map(|command| LiveEvent::CommandUpdated { command });
+                                    device.into_iter().chain(commands).collect()
+                                }
+                                Ok(false) => Vec::new(),
+                                Err(refusal) => vec![refusal.into()],
                             }
                         }
                         Ok(LiveRequest::Unwatch { device_id }) => {
@@ -374,14 +510,15 @@ async fn serve(
                             // The tab has read the job and its devices; the commands of
                             // it this replica knows come at once, later changes as they
                             // happen.
-                            if shows.follow(job_id.clone()) {
-                                hub.commands_where(COMMANDS_ON_FOLLOW, |c| c.job_id.as_ref() == Some(&job_id))
+                            match Box::pin(shows.follow(&state, &who, &mut jobs_seen, job_id.clone())).await {
+                                Ok(true) => hub
+                                    .commands_where(COMMANDS_ON_FOLLOW, |c| c.job_id.as_ref() == Some(&job_id))
                                     .into_iter()
                                     .rev()
                                     .map(|command| LiveEvent::CommandUpdated { command })
-                                    .collect()
-                            } else {
-                                Vec::new()
+                                    .collect(),
+                                Ok(false) => Vec::new(),
+                                Err(refusal) => vec![refusal.into()],
                             }
                         }
                         Ok(LiveRequest::Unfollow { job_id }) => {
@@ -390,14 +527,13 @@ async fn serve(
                         }
                         Ok(LiveRequest::Fleet { query }) => {
                             match query {
-                                Some(query) if query.check().is_ok() => {
-                                    shows.fleet = Some(query);
-                                    shows.fleet_page(&state, &who, true).into_iter().collect()
-                                }
-                                Some(_) => {
-                                    tracing::debug!("ignoring a live client's fleet query out of bounds");
-                                    Vec::new()
-                                }
+                                Some(query) => match query.check() {
+                                    Ok(()) => {
+                                        shows.fleet = Some(query);
+                                        shows.fleet_page(&state, &who, true).into_iter().collect()
+                                    }
+                                    Err(why) => vec![refused("invalid_query", why).into()],
+                                },
                                 None => {
                                     shows.fleet = None;
                                     shows.page = None;
@@ -406,8 +542,8 @@ async fn serve(
                             }
                         }
                         Err(error) => {
-                            tracing::debug!("ignoring a live client's message: {error}");
-                            Vec::new()
+                            tracing::debug!("refusing a live client's message: {error}");
+                            vec![refused("invalid_request", clipped(error.to_string(), MAX_REFUSAL)).into()]
                         }
                     };
                     for answer in answer {
@@ -529,8 +665,9 @@ fn visible(state: &AppState, who: &Identity, event: &LiveEvent) -> bool {
         LiveEvent::CommandUpdated { command } => may_see(&command.device_id),
         LiveEvent::Telemetry { reading } => may_see(&reading.device_id),
         LiveEvent::JobTarget { target } => may_see(&target.device_id),
-        LiveEvent::Snapshot { .. } | LiveEvent::JobUpdated { .. } | LiveEvent::FleetPage { .. } => {
-            true
-        }
+        LiveEvent::Snapshot { .. }
+        | LiveEvent::JobUpdated { .. }
+        | LiveEvent::FleetPage { .. }
+        | LiveEvent::Refused { .. } => true,
     }
 }

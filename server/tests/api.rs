@@ -1162,7 +1162,8 @@ async fn a_tab_is_sent_only_what_it_shows() {
 #[tokio::test]
 async fn what_a_tab_says_it_shows_is_checked_and_a_flood_is_cut_off() {
     let setup = setup(Kind::Switch).await;
-    // Garbage in the address: nothing it names is shown, and the socket still opens.
+    // Garbage in the address: nothing it names is shown, the socket still opens, and
+    // each part that cannot be done is refused, saying why.
     let mut socket = live(
         &setup.base,
         &setup.token,
@@ -1176,8 +1177,30 @@ async fn what_a_tab_says_it_shows_is_checked_and_a_flood_is_cut_off() {
         panic!("a snapshot first");
     };
     assert!(devices.is_empty(), "garbage showed {devices:?}");
+    let mut refusals: Vec<(String, String)> = Vec::new();
+    while refusals.len() < 4 {
+        refusals.push(
+            first_of(&mut socket, "the address's refusals", |e| match e {
+                LiveEvent::Refused { code, message } => Some((code, message)),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    let codes: Vec<&str> = refusals.iter().map(|(code, _)| code.as_str()).collect();
+    assert_eq!(
+        codes,
+        [
+            "invalid_request",
+            "invalid_request",
+            "invalid_request",
+            "invalid_query"
+        ],
+        "{refusals:?}"
+    );
+    assert!(refusals[0].1.contains("not an id"), "{refusals:?}");
     // A query out of bounds, another device's id that is no id, a request of no known
-    // type: each ignored; the socket stays and answers what makes sense.
+    // type: each refused with the reason; the socket stays and answers what makes sense.
     tell(
         &mut socket,
         json!({"type": "fleet", "query": {"limit": 100000}}),
@@ -1214,17 +1237,72 @@ async fn what_a_tab_says_it_shows_is_checked_and_a_flood_is_cut_off() {
         json!({"type": "watch", "device_id": setup.device}),
     )
     .await;
+    let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut messages = Vec::new();
     let first = first_of(
         &mut socket,
         "an answer to the one request that makes sense",
         |e| match e {
             LiveEvent::FleetPage { .. } => Some(Err("a fleet page for a query out of bounds")),
             LiveEvent::DeviceUpdated { device } if device.id == setup.device => Some(Ok(())),
+            LiveEvent::Refused { code, message } => {
+                *refused.entry(code).or_default() += 1;
+                messages.push(message);
+                None
+            }
             _ => None,
         },
     )
     .await;
     assert_eq!(first, Ok(()));
+    // Two queries out of bounds; an id that is no id, a type nobody knows, job ids too
+    // long, empty and not a string; a hundred jobs that do not exist.
+    assert_eq!(
+        refused,
+        [
+            ("invalid_query".to_owned(), 2),
+            ("invalid_request".to_owned(), 5),
+            ("not_found".to_owned(), 100)
+        ]
+        .into(),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().all(|m| m.len() <= 250),
+        "a refusal quotes the whole input: {messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("limit 100000")),
+        "{messages:?}"
+    );
+    // A tab watches at most 32 devices: the 33rd is refused as too many, and the
+    // socket goes on.
+    for n in 0..40 {
+        tell(
+            &mut socket,
+            json!({"type": "watch", "device_id": format!("ghost-{n}")}),
+        )
+        .await;
+    }
+    let mut too_many = 0;
+    while too_many < 9 {
+        first_of(
+            &mut socket,
+            "a refusal of a watch past the limit",
+            |e| match e {
+                LiveEvent::Refused { code, .. } if code == "too_many" => Some(()),
+                LiveEvent::Refused { code, message } => panic!("refused as {code}: {message}"),
+                _ => None,
+            },
+        )
+        .await;
+        too_many += 1;
+    }
+    let extra = drain(&mut socket, Duration::from_millis(300)).await;
+    assert!(
+        !extra.iter().any(|e| matches!(e, LiveEvent::Refused { .. })),
+        "more refusals than watches past the limit: {extra:?}"
+    );
     // A message past the 16 KiB a tab may send closes the socket.
     tell(
         &mut socket,
@@ -1266,6 +1344,14 @@ async fn what_a_tab_says_it_shows_is_checked_and_a_flood_is_cut_off() {
             .iter()
             .any(|e| matches!(e, LiveEvent::DeviceUpdated { device } if device.id == setup.device)),
         "a device outside the viewer's groups reached them"
+    );
+    // Refused as a device that does not exist would be: nothing says it does.
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            LiveEvent::Refused { code, message } if code == "not_found" && message.contains("may see")
+        )),
+        "{events:?}"
     );
 }
 

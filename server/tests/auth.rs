@@ -535,6 +535,8 @@ async fn roles_decide_who_commands_and_groups_who_sees_what() {
             }
             // No job in this test.
             LiveEvent::JobUpdated { .. } => true,
+            // Says only what the outsider asked for and that it is not theirs to see.
+            LiveEvent::Refused { code, .. } => code != "not_found",
         };
         assert!(!about_device, "the outsider saw {event:?}");
     }

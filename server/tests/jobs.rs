@@ -431,7 +431,7 @@ async fn jobs_are_refused_clearly_and_kept_from_those_who_may_not_see_them() {
     let server = support::start().await;
     let (admin, _, _) = server.user(Role::Admin, &[]).await;
     let (viewer, _, _) = server.user(Role::Viewer, &["lab"]).await;
-    let (outsider, _, _) = server.user(Role::Operator, &["elsewhere"]).await;
+    let (outsider, outsider_token, _) = server.user(Role::Operator, &["elsewhere"]).await;
     let agents = gateways(&server, "job-refuse", 1).await;
     let device = agents[0].id.to_string();
     let error = |body: Value| -> ApiError { serde_json::from_value(body).unwrap() };
@@ -522,6 +522,24 @@ async fn jobs_are_refused_clearly_and_kept_from_those_who_may_not_see_them() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nor on the live channel: a tab of theirs that follows it is refused as for a job
+    // that does not exist, and so is one that follows a job nobody made.
+    let mut tab = live(&server, &outsider_token).await;
+    for job in [id.as_str(), "nope"] {
+        use futures_util::SinkExt as _;
+        let follow = json!({"type": "follow", "job_id": job}).to_string();
+        tab.send(Message::Text(follow.into())).await.unwrap();
+        let refusal = testkit::within(Duration::from_secs(10), "the refusal", async {
+            loop {
+                if let Some(LiveEvent::Refused { code, message }) = next_event(&mut tab).await {
+                    return (code, message);
+                }
+            }
+        })
+        .await;
+        assert_eq!(refusal.0, "not_found", "{refusal:?}");
+        assert!(refusal.1.contains(job), "{refusal:?}");
+    }
     // And no job by that name at all.
     let (status, _): (StatusCode, Value) = get(&admin, server.url("/api/v1/jobs/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -122,6 +122,11 @@ impl Live {
                 });
                 self.fleet.set(Some((query, page)));
             }
+            // The tab only asks what its pages build; a refusal is a limit reached (or
+            // a bug), worth a line in the console, not a banner.
+            LiveEvent::Refused { code, message } => {
+                leptos::logging::warn!("the live channel refused a request ({code}): {message}");
+            }
         }
     }
 
