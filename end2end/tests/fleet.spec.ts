@@ -17,6 +17,16 @@ test("search, filter by status and kind, sort and page", async ({ page, startAge
   const online = Number(await page.getByTestId("count-online").textContent());
   expect(online).toBeGreaterThanOrEqual(2);
 
+  // The kinds offered follow the fleet live: a switch that connects counts at once.
+  const switches = async () => {
+    const label = await page.getByTestId("fleet-kind").locator('option[value="switch"]').textContent();
+    return Number(label?.match(/\((\d+)\)$/)?.[1] ?? 0);
+  };
+  const before = await switches();
+  expect(before).toBeGreaterThanOrEqual(1);
+  await startAgent("switch");
+  await expect.poll(switches, { timeout: 15_000 }).toBeGreaterThan(before);
+
   // A search: only that device, and the address says so.
   await page.getByTestId("fleet-search").fill(thermostat.id.toUpperCase());
   await page.getByTestId("fleet-search").press("Enter");

@@ -68,7 +68,6 @@ pub fn DeviceListPage() -> impl IntoView {
 #[component]
 fn Fleet(page: DevicePage, query: DeviceQuery) -> impl IntoView {
     let live = use_live();
-    let kinds = page.summary.clone();
     let current = {
         let query = query.clone();
         Memo::new(move |_| {
@@ -129,7 +128,7 @@ fn Fleet(page: DevicePage, query: DeviceQuery) -> impl IntoView {
     let summary = Signal::derive(move || current.with(|p| p.summary.clone()));
     view! {
         <Summary summary />
-        <Filters query=query.clone() summary=kinds />
+        <Filters query=query.clone() summary />
         <p class="muted" data-testid="fleet-range">{range}</p>
         <DeviceTable current query />
         <nav class="row-buttons pager" aria-label="Pages of devices">{pager}</nav>
@@ -150,9 +149,11 @@ fn Summary(summary: Signal<FleetSummary>) -> impl IntoView {
 
 /// Search, status and kind: a GET form to this page, so it works before WASM loads;
 /// once hydrated, a change of either list applies at once, and the search on submit.
-/// The sort stays; the page goes back to the first.
+/// The sort stays; the page goes back to the first. The kinds to choose from are the
+/// fleet's as the live channel keeps them (a kind that appears is offered at once), and
+/// the one chosen stays offered when no device of it is left.
 #[component]
-fn Filters(query: DeviceQuery, summary: FleetSummary) -> impl IntoView {
+fn Filters(query: DeviceQuery, summary: Signal<FleetSummary>) -> impl IntoView {
     let navigate = use_navigate();
     let search = RwSignal::new(query.search.clone().unwrap_or_default());
     let status = RwSignal::new(query.status);
@@ -172,7 +173,19 @@ fn Filters(query: DeviceQuery, summary: FleetSummary) -> impl IntoView {
     };
     let (on_submit, on_status, on_kind) = (go.clone(), go.clone(), go);
     let status_is = |s: Option<StatusFilter>| query.status == s;
-    let kind_is = |k: &str| query.kind.as_deref() == Some(k);
+    let chosen_kind = query.kind.clone();
+    let kinds = Memo::new(move |_| {
+        let mut kinds: Vec<(String, u32)> =
+            summary.with(|s| s.kinds.iter().map(|k| (k.kind.clone(), k.count)).collect());
+        if let Some(chosen) = &chosen_kind
+            && !kinds.iter().any(|(kind, _)| kind == chosen)
+        {
+            kinds.push((chosen.clone(), 0));
+            kinds.sort();
+        }
+        kinds
+    });
+    let chosen_kind = query.kind.clone();
     view! {
         <form class="row" method="get" action="/" role="search" aria-label="Filter devices" data-testid="fleet-filter"
             on:submit=move |ev| {
@@ -201,9 +214,10 @@ fn Filters(query: DeviceQuery, summary: FleetSummary) -> impl IntoView {
                     on_kind();
                 }>
                     <option value="" selected=query.kind.is_none()>"any"</option>
-                    {summary.kinds.into_iter().map(|k| {
-                        let selected = kind_is(&k.kind);
-                        view! { <option value=k.kind.clone() selected=selected>{format!("{} ({})", k.kind, k.count)}</option> }
+                    {move || kinds.get().into_iter().map(|(k, count)| {
+                        let selected = chosen_kind.as_deref() == Some(k.as_str());
+                        let label = format!("{k} ({count})");
+                        view! { <option value=k selected=selected>{label}</option> }
                     }).collect_view()}
                 </select>
             </label>
