@@ -253,6 +253,10 @@ start_node() {
 # Written by scripts/identity-broker.sh
 ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+# As many open files as the machine allows: RabbitMQ keeps about 90 % of them for
+# sockets, and the soft limit su leaves (1,024) would stop it at 832 connections,
+# short of a large simulated fleet. Sourced by the node's own start script, after su.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 EOF
   # Debian's wrapper runs RabbitMQ as the rabbitmq user, which must own its files.
   if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then
