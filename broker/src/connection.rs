@@ -41,7 +41,7 @@ use amq_protocol::{
 };
 use protocol::policy::Account;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -169,7 +169,8 @@ pub(crate) async fn serve(
     };
     conn.send_start();
 
-    let mut buffer: Vec<u8> = Vec::with_capacity(8192);
+    // Holds memory only while it holds bytes (see `read_some`).
+    let mut buffer: Vec<u8> = Vec::new();
     let end = conn
         .run(
             &mut reader,
@@ -219,6 +220,24 @@ pub(crate) async fn serve(
     }
     drop(conn);
     finish_writing(writer_task, &mut stopping).await;
+}
+
+/// How much a connection reads at once at most.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Reads what the peer sent into `buffer`, making room for it only once there is
+/// something to read, so that a connection that waits (most of a fleet, most of the
+/// time) holds no read buffer. Cancel-safe, as `select!` needs: nothing is read until
+/// the socket is readable, and then without waiting.
+async fn read_some(reader: &mut OwnedReadHalf, buffer: &mut Vec<u8>) -> std::io::Result<usize> {
+    loop {
+        reader.readable().await?;
+        buffer.reserve(READ_CHUNK);
+        match reader.try_read_buf(buffer) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            read => return read,
+        }
+    }
 }
 
 /// Bytes for the writer: a frame (or the protocol header), how much of the outbox it
@@ -290,12 +309,17 @@ impl Connection {
             // what it asked for) until the writer has made room.
             let reading = outbox.has_room() || outbox.wait_for_room();
             tokio::select! {
-                read = reader.read_buf(buffer), if reading => match read {
+                read = read_some(reader, buffer), if reading => match read {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(_) => {
                         silent_ticks = 0;
                         if self.drain(buffer).is_err() || self.closing {
                             return End::Closed;
+                        }
+                        if buffer.is_empty() {
+                            // Every frame read was whole: an idle connection keeps no
+                            // read buffer (10,000 devices, 80 MB less).
+                            *buffer = Vec::new();
                         }
                         if let Some(end) = self.await_login(buffer, deadline, stopping).await {
                             return end;

@@ -275,6 +275,7 @@ impl Connection {
                     _ => {}
                 }
             }
+            buffer.reserve(super::READ_CHUNK);
             match tokio::time::timeout_at(deadline, reader.read_buf(buffer)).await {
                 Ok(Ok(read)) if read > 0 => {}
                 _ => return false,
