@@ -3,10 +3,12 @@
 
 use std::{
     collections::HashMap,
+    hash::{Hash as _, Hasher as _},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use protocol::{Bye, DeviceId, Heartbeat, Hello, api::DeviceView};
+use protocol::{Bye, Capabilities, DeviceId, Heartbeat, Hello, api::DeviceView};
 
 /// Heartbeats a device may miss before it is declared offline.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -33,6 +35,65 @@ pub enum Ignored {
 #[derive(Debug, Default)]
 pub struct Registry {
     devices: HashMap<DeviceId, Device>,
+    capabilities: SharedCapabilities,
+}
+
+/// One copy of each set of capabilities devices announced: a fleet of one kind announces
+/// the same commands and metrics thousands of times, and each device's view holds an
+/// `Arc` of the one copy. Found by a hash of their names, then compared whole.
+#[derive(Debug, Default)]
+struct SharedCapabilities {
+    by_names: HashMap<u64, Vec<Arc<Capabilities>>>,
+    /// Copies held, and how many there may be before those no device holds any more
+    /// are dropped.
+    held: usize,
+    sweep_at: usize,
+}
+
+impl SharedCapabilities {
+    /// Copies held before the first sweep (then twice those still used, at least this).
+    const FIRST_SWEEP: usize = 64;
+
+    fn share(&mut self, capabilities: Capabilities) -> Arc<Capabilities> {
+        let key = Self::names_hash(&capabilities);
+        if let Some(same) = self
+            .by_names
+            .get(&key)
+            .and_then(|copies| copies.iter().find(|copy| ***copy == capabilities))
+        {
+            return same.clone();
+        }
+        if self.held >= self.sweep_at.max(Self::FIRST_SWEEP) {
+            self.sweep();
+        }
+        let shared = Arc::new(capabilities);
+        self.by_names.entry(key).or_default().push(shared.clone());
+        self.held += 1;
+        shared
+    }
+
+    /// Drops the copies only this table holds.
+    fn sweep(&mut self) {
+        self.by_names.retain(|_, copies| {
+            copies.retain(|copy| Arc::strong_count(copy) > 1);
+            !copies.is_empty()
+        });
+        self.held = self.by_names.values().map(Vec::len).sum();
+        self.sweep_at = self.held * 2;
+    }
+
+    fn names_hash(capabilities: &Capabilities) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for command in &capabilities.commands {
+            command.name.hash(&mut hasher);
+            command.args.len().hash(&mut hasher);
+        }
+        0xff_u8.hash(&mut hasher);
+        for metric in &capabilities.metrics {
+            metric.name.hash(&mut hasher);
+        }
+        hasher.finish()
+    }
 }
 
 impl Registry {
@@ -64,7 +125,7 @@ impl Registry {
             heartbeat_ms: hello.heartbeat_ms,
             // Kept across sessions: the last value known is still worth showing.
             latest: previous.map(|d| d.view.latest.clone()).unwrap_or_default(),
-            capabilities: hello.capabilities,
+            capabilities: self.capabilities.share(hello.capabilities),
         };
         let device = Device {
             view: view.clone(),
@@ -290,5 +351,51 @@ mod tests {
             .map(|v| v.id.to_string())
             .collect();
         assert_eq!(ids, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn devices_that_announce_the_same_share_one_copy_and_unused_copies_go() {
+        let gateway = |metric: &str| -> Capabilities {
+            serde_json::from_value(serde_json::json!({
+                "commands": [{"name": "echo", "args": [{"name": "text", "type": "string"}]}],
+                "metrics": [{"name": metric, "unit": "%", "min": 0.0, "max": 100.0}]
+            }))
+            .unwrap()
+        };
+        let mut registry = Registry::default();
+        let now = Instant::now();
+        let mut views = Vec::new();
+        for n in 0..3 {
+            let mut hello = hello(&format!("gw-{n}"), &format!("s{n}"));
+            hello.capabilities = gateway("cpu");
+            views.push(registry.hello(hello, now, 0).0);
+        }
+        assert!(Arc::ptr_eq(&views[0].capabilities, &views[2].capabilities));
+        let mut other = hello("gw-other", "s-other");
+        other.capabilities = gateway("signal");
+        let other = registry.hello(other, now, 0).0;
+        assert!(!Arc::ptr_eq(&views[0].capabilities, &other.capabilities));
+        assert_eq!(other.capabilities.metrics[0].name, "signal");
+        // Same names, another range: compared whole, not by the names alone.
+        let mut ranged = hello("gw-ranged", "s-ranged");
+        ranged.capabilities = gateway("cpu");
+        ranged.capabilities.metrics[0].max = Some(50.0);
+        let ranged = registry.hello(ranged, now, 0).0;
+        assert_eq!(ranged.capabilities.metrics[0].max, Some(50.0));
+        assert!(!Arc::ptr_eq(&views[0].capabilities, &ranged.capabilities));
+
+        // Capabilities that change at every hello: copies nobody holds are dropped,
+        // so the table stays the size of what devices announce now.
+        drop((views, other, ranged));
+        for round in 0..1_000 {
+            let mut hello = hello("gw-changing", &format!("r{round}"));
+            hello.capabilities = gateway(&format!("metric{round}"));
+            registry.hello(hello, now, 0);
+        }
+        assert!(
+            registry.capabilities.held <= 2 * SharedCapabilities::FIRST_SWEEP + 8,
+            "{} copies held",
+            registry.capabilities.held
+        );
     }
 }

@@ -20,7 +20,9 @@ pub struct DeviceView {
     /// When anything was last heard from it.
     pub last_seen_ms: u64,
     pub heartbeat_ms: u64,
-    pub capabilities: Capabilities,
+    /// Shared with every device that announced the same (a fleet of one kind holds one
+    /// copy); on the wire the object itself.
+    pub capabilities: std::sync::Arc<Capabilities>,
     /// The latest accepted reading of each metric, as of this view.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub latest: BTreeMap<String, Latest>,

@@ -327,7 +327,7 @@ fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Capabilities, DeviceId};
+    use crate::DeviceId;
 
     fn device(id: &str, kind: &str, online: bool, last_seen_ms: u64) -> DeviceView {
         DeviceView {
@@ -338,7 +338,7 @@ mod tests {
             since_ms: 0,
             last_seen_ms,
             heartbeat_ms: 5_000,
-            capabilities: Capabilities::default(),
+            capabilities: Default::default(),
             latest: Default::default(),
         }
     }

@@ -52,7 +52,7 @@ pub fn DevicePage() -> impl IntoView {
         device.get().map(|result| match result {
             Err(error) => Loaded::Failed(error),
             Ok(None) => Loaded::Unknown(id.get()),
-            Ok(Some(d)) => Loaded::Found(d.id, d.capabilities),
+            Ok(Some(d)) => Loaded::Found(d.id, std::sync::Arc::unwrap_or_clone(d.capabilities)),
         })
     });
     // Commands the server rendered, until the live channel has its own.
