@@ -41,21 +41,13 @@ use store::Store;
 
 #[path = "support/host.rs"]
 mod host;
-use host::{cpu_model, load_average};
+use host::{Args, cpu_model, load_average};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let count: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(200);
-    let concurrency: Vec<usize> = args
-        .get(1)
-        .map_or("1,10,50", String::as_str)
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let args = Args::from_env();
+    let count: usize = args.parsed(0, "logins", 200)?;
+    let concurrency: Vec<usize> = args.list(1, "logins at once", "1,10,50")?;
     let watched = watched_pids();
 
     println!("# connect rate: {count} logins a row, {concurrency:?} at once");

@@ -67,7 +67,8 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
 #[path = "support/host.rs"]
 mod host;
 use host::{
-    Process, agent_binary, cpu_model, cpu_ticks, load_average, rss_kb, threads, ticks_per_second,
+    Args, Process, agent_binary, cpu_model, cpu_ticks, list_setting, load_average, rss_kb, setting,
+    threads, ticks_per_second,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,25 +82,18 @@ const COMMANDED: usize = 10;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let count: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let sockets: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5_000);
-    let broker = match args.get(2).map(String::as_str) {
+    let args = Args::from_env();
+    let count: usize = args.parsed(0, "devices", 10_000)?;
+    let sockets: usize = args.parsed(1, "sockets", 5_000)?;
+    let broker = match args.get(2) {
         None | Some("embedded") => Broker::Embedded,
         Some("rabbitmq") => Broker::RabbitMq,
         Some(other) => anyhow::bail!("the broker is embedded or rabbitmq, not {other}"),
     };
-    let idle_secs: u64 = setting("TETHER_FLEET_IDLE_SECS").unwrap_or(30);
-    let phase_secs: u64 = setting("TETHER_FLEET_PHASE_SECS").unwrap_or(15);
-    let stall_secs: u64 = setting("TETHER_FLEET_STALL_SECS").unwrap_or(120);
-    let rates: Vec<u32> = std::env::var("TETHER_FLEET_RATES")
-        .unwrap_or_else(|_| "5,20,50".into())
-        .split(',')
-        .filter_map(|r| r.trim().parse().ok())
-        .collect();
+    let idle_secs: u64 = setting("TETHER_FLEET_IDLE_SECS")?.unwrap_or(30);
+    let phase_secs: u64 = setting("TETHER_FLEET_PHASE_SECS")?.unwrap_or(15);
+    let stall_secs: u64 = setting("TETHER_FLEET_STALL_SECS")?.unwrap_or(120);
+    let rates: Vec<u32> = list_setting("TETHER_FLEET_RATES", "5,20,50")?;
     let agent_bin = agent_binary();
     anyhow::ensure!(
         agent_bin.exists(),
@@ -224,7 +218,7 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let (server, base, device_url) = start_server(dir, database, amqp_url.as_deref())?;
     let server_pid = server.0.id();
-    let broker_pid: Option<u32> = setting("TETHER_FLEET_BROKER_PID");
+    let broker_pid: Option<u32> = setting("TETHER_FLEET_BROKER_PID")?;
     let client = testkit::api_client(token);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let server_rss_empty = rss_kb(server_pid);
@@ -684,10 +678,6 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn setting<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok()?.parse().ok()
 }
 
 fn env(name: &str) -> anyhow::Result<String> {

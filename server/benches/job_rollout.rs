@@ -39,17 +39,14 @@ use store::CommandQuery;
 
 #[path = "support/host.rs"]
 mod host;
-use host::{Process, agent_binary, cpu_model, cpu_ticks, rss_kb, ticks_per_second};
+use host::{Args, Process, agent_binary, cpu_model, cpu_ticks, rss_kb, ticks_per_second};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let count: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000);
-    let concurrency: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
-    let delay_ms: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(500);
+    let args = Args::from_env();
+    let count: usize = args.parsed(0, "devices", 1_000)?;
+    let concurrency: u32 = args.parsed(1, "devices at once", 100)?;
+    let delay_ms: u64 = args.parsed(2, "each command's delay_ms", 500)?;
     let agent_bin = agent_binary();
     anyhow::ensure!(
         agent_bin.exists(),

@@ -8,6 +8,92 @@ use std::{
     process::Child,
 };
 
+/// A bench's own arguments, in order: what follows `--` in `cargo bench … -- a b`,
+/// without the flags cargo adds (`--bench`).
+pub struct Args(Vec<String>);
+
+impl Args {
+    pub fn from_env() -> Self {
+        Self(
+            std::env::args()
+                .skip(1)
+                .filter(|a| !a.starts_with('-'))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, index: usize) -> Option<&str> {
+        self.0.get(index).map(String::as_str)
+    }
+
+    /// Argument `index` (`what`, for the message): `default` when absent, an error
+    /// when it does not parse, rather than a run of another size than asked.
+    pub fn parsed<T>(&self, index: usize, what: &str, default: T) -> anyhow::Result<T>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.get(index) {
+            None => Ok(default),
+            Some(text) => parse(text, what),
+        }
+    }
+
+    /// Argument `index` as a comma-separated list, `default` when absent.
+    pub fn list<T>(&self, index: usize, what: &str, default: &str) -> anyhow::Result<Vec<T>>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        parse_list(self.get(index).unwrap_or(default), what)
+    }
+}
+
+/// A setting from the environment: `None` when unset, an error when it does not parse.
+pub fn setting<T>(name: &str) -> anyhow::Result<Option<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    std::env::var(name)
+        .ok()
+        .map(|text| parse(&text, name))
+        .transpose()
+}
+
+/// A comma-separated list from the environment, `default` when unset.
+pub fn list_setting<T>(name: &str, default: &str) -> anyhow::Result<Vec<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    parse_list(
+        &std::env::var(name).unwrap_or_else(|_| default.to_owned()),
+        name,
+    )
+}
+
+fn parse<T>(text: &str, what: &str) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    text.trim()
+        .parse()
+        .map_err(|error| anyhow::anyhow!("{what}: {text:?} does not parse: {error}"))
+}
+
+fn parse_list<T>(text: &str, what: &str) -> anyhow::Result<Vec<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    text.split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| parse(item, what))
+        .collect()
+}
+
 /// A child process, killed when dropped.
 pub struct Process(pub Child);
 
