@@ -7,14 +7,9 @@
 use std::time::Duration;
 
 use agent::simulate::Kind;
-use futures_util::StreamExt as _;
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use protocol::{CommandStatus, names};
 use serde_json::json;
+use testkit::Spy;
 
 /// `url` with the address (host and port) of `other`.
 fn at(url: &str, other: &str) -> String {
@@ -26,11 +21,9 @@ fn at(url: &str, other: &str) -> String {
 }
 
 /// The AMQP types of what the spy's queue got until nothing came for 500 ms.
-async fn kinds_seen(seen: &mut lapin::Consumer) -> Vec<Option<String>> {
+async fn kinds_seen(seen: &mut Spy) -> Vec<Option<String>> {
     let mut kinds = Vec::new();
-    while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_millis(500), seen.next()).await
-    {
+    while let Some(delivery) = seen.next(Duration::from_millis(500)).await {
         kinds.push(delivery.properties.kind().as_ref().map(|k| k.to_string()));
     }
     kinds
@@ -43,44 +36,7 @@ async fn a_replica_alone_shares_nothing_one_that_joins_sees_every_change_and_one
     let first = testkit::start_hub(hub::HubConfig::new(server_url.clone())).await;
 
     // What goes over tether.events, seen by a queue of the test's own.
-    let spy = Connection::connect(&server_url, ConnectionProperties::default())
-        .await
-        .expect("the server account connects");
-    let channel = spy.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            names::EVENTS_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut seen = channel
-        .basic_consume(
-            queue.name().clone(),
-            "spy".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut seen = Spy::on(&server_url, names::EVENTS_EXCHANGE, "").await;
 
     let (id, device_url) = testkit::provision(&testkit::embedded_broker_url(), "replicas-sw").await;
     let agent = testkit::Agent::start_as(

@@ -300,6 +300,76 @@ impl Agent {
     }
 }
 
+/// A queue of a test's own, bound to an exchange: what the test sees of the messages it
+/// routes (read without acks). The queue goes with the connection.
+#[derive(Debug)]
+pub struct Spy {
+    pub connection: Connection,
+    pub channel: lapin::Channel,
+    pub queue: String,
+    seen: lapin::Consumer,
+}
+
+impl Spy {
+    /// Logs in at `url`, declares a server-named exclusive queue and binds it to
+    /// `exchange` with `key`; panics, saying what, when the broker refuses any of it.
+    pub async fn on(url: &str, exchange: &str, key: &str) -> Self {
+        use lapin::options::{BasicConsumeOptions, QueueBindOptions};
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("the spy cannot log in at {url}: {e}"));
+        let channel = connection.create_channel().await.unwrap();
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), private, FieldTable::default())
+            .await
+            .expect("the spy's queue")
+            .name()
+            .to_string();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("the spy cannot bind to {exchange} with {key:?}: {e}"));
+        let seen = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "spy".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the spy's consumer");
+        Self {
+            connection,
+            channel,
+            queue,
+            seen,
+        }
+    }
+
+    /// The next message, if one comes within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<lapin::message::Delivery> {
+        use futures_util::StreamExt as _;
+        match tokio::time::timeout(within, self.seen.next()).await {
+            Ok(Some(Ok(delivery))) => Some(delivery),
+            _ => None,
+        }
+    }
+}
+
 /// A device written with bare lapin, to misbehave in ways the agent never would.
 #[derive(Debug)]
 pub struct RawDevice {

@@ -18,7 +18,7 @@ use lapin::{
 };
 use protocol::{DeviceMessage, ServerMessage, names};
 use serde_json::json;
-use testkit::{command, online, unique, within};
+use testkit::{command, online, unique};
 
 use crate::amqp_url;
 
@@ -199,57 +199,23 @@ async fn an_agent_ignores_a_command_another_device_put_into_its_inbox() {
     let hub = testkit::start_hub(hub::HubConfig::new(amqp_url())).await;
     // A server-side observer learns the agent's inbox from its hello, as a device that
     // saw it leak would.
-    let observer = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let watch = observer.create_channel().await.unwrap();
-    let seen = watch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .name()
-        .to_string();
     let agent = testkit::Agent::start(&amqp_url(), "obedient", Kind::Gateway, |config| {
         config.heartbeat = Duration::from_secs(1);
     })
     .await;
-    watch
-        .queue_bind(
-            seen.as_str().into(),
-            names::PRESENCE_EXCHANGE.into(),
-            format!("presence.{}.hello", agent.id).as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut watch = testkit::Spy::on(
+        &amqp_url(),
+        names::PRESENCE_EXCHANGE,
+        &format!("presence.{}.hello", agent.id),
+    )
+    .await;
     online(&hub, &agent.id).await;
     // It says hello again when asked: the announce request from a new hub.
     let _second = testkit::start_hub(hub::HubConfig::new(amqp_url())).await;
-    let mut hellos = watch
-        .basic_consume(
-            seen.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let hello = watch
+        .next(Duration::from_secs(5))
         .await
-        .unwrap();
-    let hello = within(Duration::from_secs(5), "the agent's hello", hellos.next())
-        .await
-        .unwrap()
-        .unwrap();
+        .expect("the agent's hello");
     let DeviceMessage::Hello(hello) = protocol::decode::<DeviceMessage>(&hello.data).unwrap()
     else {
         panic!("not a hello")
