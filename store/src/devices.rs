@@ -2,12 +2,15 @@
 //! one connects with (as its AMQP user name and password).
 //!
 //! A device is provisioned once by an admin, who is shown its secret that one time:
-//! 24 random bytes from the operating system, in hex. Only the secret's argon2id hash
-//! is kept, as for users' passwords (`accounts/password.rs`), so a copy of the database
-//! lets no device in. The secret travels as a password does (AMQP's PLAIN), and an
-//! argon2 check costs the same whatever the secret, so one scheme serves both.
-//! Rotating replaces the hash (the old secret stops working at once); revoking deletes
-//! the row.
+//! 24 random bytes from the operating system, in hex. Only the secret's SHA-256 is
+//! kept (`sha256$<hex>`), as for API tokens, so a copy of the database lets no device
+//! in: a 192-bit random secret cannot be found from its hash, so a slow hash, which
+//! people's passwords need (`accounts/password.rs`), would add nothing but its cost,
+//! and that cost is what a whole fleet logging in at once pays (argon2 let about 25
+//! devices a second in on 2 cores; 10,000 took over ten minutes). Credentials made
+//! before this kept an argon2id hash: they still work, and the first login with the
+//! right secret replaces the hash with its SHA-256. Rotating replaces the hash (the
+//! old secret stops working at once); revoking deletes the row.
 //!
 //! One row per device, `device_credentials (device_id, secret_hash, created_ms,
 //! rotated_ms)`, and every change one statement (see `sql`). [`Store::check_device_secret`]
@@ -24,10 +27,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     AccountError, Store,
-    accounts::{
-        password::{hash_password, verify_password},
-        random_bytes,
-    },
+    accounts::{password::verify_password, random_bytes},
     now_ms,
     sql::{Row, Value},
 };
@@ -129,16 +129,17 @@ impl Store {
         Ok(devices)
     }
 
-    /// Whether `secret` is the provisioned device `id`'s. An unknown id costs the same
-    /// argon2 verification as a known one (against a decoy hash), so the time taken
-    /// does not tell which devices are provisioned; a secret longer than any handed out
-    /// is refused without hashing.
+    /// Whether `secret` is the provisioned device `id`'s: its SHA-256 compared in
+    /// constant time with the one stored, which an unknown id costs as well; a secret
+    /// longer than any handed out is refused without hashing.
     ///
-    /// A device reconnects often (every broker restart, every GPRS drop), and argon2
-    /// costs ~20 ms of CPU: a secret that verified against a stored hash is remembered
-    /// with that hash ([`Verified`]), so the next login with it costs a row read and a
-    /// SHA-256. Rotating or revoking changes or deletes the row, which every replica
-    /// reads, so nothing remembered outlives its credential anywhere.
+    /// An older credential's argon2id hash (~20 ms of CPU a check) is verified as
+    /// before, an unknown id then costing the same verification against a decoy, and
+    /// replaced by the secret's SHA-256 once the right secret came. Until then a
+    /// secret that verified is remembered with that hash ([`Verified`]), so the next
+    /// login with it costs a row read and a SHA-256. Rotating or revoking changes or
+    /// deletes the row, which every replica reads, so nothing remembered outlives its
+    /// credential anywhere.
     pub async fn check_device_secret(&self, id: &str, secret: &str) -> anyhow::Result<bool> {
         if secret.len() > MAX_SECRET_BYTES {
             return Ok(false);
@@ -168,17 +169,39 @@ impl Store {
             .transpose()?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let Some(hash) = hash else {
-            // Unknown devices cost the same argon2 run as known ones.
-            return verify_password(secret, None).await;
+            // Unknown: the SHA-256 above is what a known device costs.
+            return Ok(false);
         };
+        if let Some(stored) = hash.strip_prefix(SHA256_PREFIX) {
+            return Ok(same(stored.as_bytes(), hex::encode(digest).as_bytes()));
+        }
         if verified().seen(&hash, &digest) {
+            self.upgrade_secret_hash(id, &hash, &digest).await;
             return Ok(true);
         }
         let valid = verify_password(secret, Some(hash.clone())).await?;
         if valid {
+            self.upgrade_secret_hash(id, &hash, &digest).await;
             verified().remember(hash, digest);
         }
         Ok(valid)
+    }
+
+    /// Replaces an older credential's argon2id hash with the SHA-256 of the secret that
+    /// just verified against it, unless it was rotated or revoked meanwhile. A failure
+    /// is only logged: the credential works as it is.
+    async fn upgrade_secret_hash(&self, id: &str, argon2: &str, digest: &[u8; 32]) {
+        let hash = format!("{SHA256_PREFIX}{}", hex::encode(digest));
+        if let Err(error) = self
+            .execute(
+                "UPDATE device_credentials SET secret_hash = $1
+                 WHERE device_id = $2 AND secret_hash = $3",
+                vec![hash.into(), id.into(), argon2.into()],
+            )
+            .await
+        {
+            tracing::warn!("cannot replace the argon2 hash of the device {id:?}: {error:#}");
+        }
     }
 
     /// A provisioned device's row, without its hash.
@@ -237,11 +260,22 @@ fn verified() -> &'static Verified {
     VERIFIED.get_or_init(Verified::default)
 }
 
-/// A fresh secret and its argon2id hash.
+/// How a stored secret hash that is a SHA-256 begins (an argon2id one begins `$argon2`).
+const SHA256_PREFIX: &str = "sha256$";
+
+/// A fresh secret and its stored form, `sha256$<hex>`.
 async fn new_secret() -> anyhow::Result<(String, String)> {
     let secret = hex::encode(random_bytes::<SECRET_BYTES>()?);
-    let hash = hash_password(&secret).await?;
+    let hash = format!(
+        "{SHA256_PREFIX}{}",
+        hex::encode(Sha256::digest(secret.as_bytes()))
+    );
     Ok((secret, hash))
+}
+
+/// Whether `a` and `b` are equal, in a time that depends only on their lengths.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// A row of `device_id, created_ms, rotated_ms`.
@@ -262,24 +296,86 @@ mod tests {
     use sha2::{Digest as _, Sha256};
 
     use super::verified;
-    use crate::Store;
+    use crate::{Store, now_ms, sql::Value};
 
-    #[tokio::test]
-    async fn a_right_secret_is_remembered_even_when_the_caller_gave_up() {
-        let store = Store::open("memory").await.unwrap();
-        let id = format!("gave-up-{:08x}", fastrand::u32(..));
-        let secret = store.provision_device(&id).await.unwrap();
-        let hash: String = store
+    async fn stored_hash(store: &Store, id: &str) -> String {
+        store
             .query_opt(
                 "SELECT secret_hash FROM device_credentials WHERE device_id = $1",
-                vec![id.as_str().into()],
+                vec![id.into()],
             )
             .await
             .unwrap()
             .expect("provisioned")
             .text(0)
             .unwrap()
-            .to_owned();
+            .to_owned()
+    }
+
+    /// A device provisioned before secrets were kept as SHA-256: an argon2id hash.
+    async fn provisioned_long_ago(store: &Store, id: &str) -> String {
+        let secret = hex::encode(crate::accounts::random_bytes::<24>().unwrap());
+        let hash = crate::accounts::password::hash_password(&secret)
+            .await
+            .unwrap();
+        store
+            .execute(
+                "INSERT INTO device_credentials (device_id, secret_hash, created_ms, rotated_ms)
+                 VALUES ($1, $2, $3, NULL)",
+                vec![id.into(), hash.into(), Value::Int(now_ms())],
+            )
+            .await
+            .unwrap();
+        secret
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_kept_as_its_sha256_and_checked_against_it() {
+        let store = Store::open("memory").await.unwrap();
+        let id = format!("sha-{:08x}", fastrand::u32(..));
+        let secret = store.provision_device(&id).await.unwrap();
+        let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+        assert_eq!(stored_hash(&store, &id).await, format!("sha256${digest}"));
+        assert!(!stored_hash(&store, &id).await.contains(&secret));
+        assert!(store.check_device_secret(&id, &secret).await.unwrap());
+        assert!(!store.check_device_secret(&id, &secret[1..]).await.unwrap());
+        assert!(!store.check_device_secret(&id, &digest).await.unwrap());
+        assert!(
+            !store
+                .check_device_secret("nobody-here", &secret)
+                .await
+                .unwrap()
+        );
+        // Rotated: the old secret is out at once, the new one in.
+        let rotated = store.rotate_device_secret(&id).await.unwrap();
+        assert!(!store.check_device_secret(&id, &secret).await.unwrap());
+        assert!(store.check_device_secret(&id, &rotated).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_older_argon2_credential_works_and_becomes_a_sha256_at_its_first_right_login() {
+        let store = Store::open("memory").await.unwrap();
+        let id = format!("argon-{:08x}", fastrand::u32(..));
+        let secret = provisioned_long_ago(&store, &id).await;
+        let argon2 = stored_hash(&store, &id).await;
+        assert!(argon2.starts_with("$argon2id$"), "{argon2}");
+        // A wrong secret changes nothing.
+        assert!(!store.check_device_secret(&id, "wrong").await.unwrap());
+        assert_eq!(stored_hash(&store, &id).await, argon2);
+        // The right one gets in, and is kept as its SHA-256 from then on.
+        assert!(store.check_device_secret(&id, &secret).await.unwrap());
+        let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+        assert_eq!(stored_hash(&store, &id).await, format!("sha256${digest}"));
+        assert!(store.check_device_secret(&id, &secret).await.unwrap());
+        assert!(!store.check_device_secret(&id, "wrong").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_right_secret_is_remembered_even_when_the_caller_gave_up() {
+        let store = Store::open("memory").await.unwrap();
+        let id = format!("gave-up-{:08x}", fastrand::u32(..));
+        let secret = provisioned_long_ago(&store, &id).await;
+        let hash = stored_hash(&store, &id).await;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         // The caller gives up long before argon2 is done (a login dropped by the broker).
         let gave_up = tokio::time::timeout(
@@ -298,6 +394,7 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        assert!(stored_hash(&store, &id).await.starts_with("sha256$"));
         assert!(store.check_device_secret(&id, &secret).await.unwrap());
     }
 }
