@@ -277,6 +277,26 @@ impl FleetLog {
 /// The frame size an agent asks for unless its URL says otherwise (bytes).
 pub const DEVICE_FRAME_MAX: u32 = 8_192;
 
+/// The `GLIBC_TUNABLES` a simulated fleet runs with, given the current ones: glibc's
+/// allocator maps blocks of 64 KiB and more afresh, always (a fixed threshold), so that
+/// each connection's 128 KiB buffers are resident only as far as they were written.
+/// `None` when a threshold is set already (the user's, or this one after the agent ran
+/// itself again with it).
+pub fn fleet_malloc_tunables(current: &str) -> Option<String> {
+    const THRESHOLD: &str = "glibc.malloc.mmap_threshold=65536";
+    if current
+        .split(':')
+        .any(|tunable| tunable.starts_with("glibc.malloc.mmap_threshold="))
+    {
+        return None;
+    }
+    Some(if current.is_empty() {
+        THRESHOLD.to_owned()
+    } else {
+        format!("{current}:{THRESHOLD}")
+    })
+}
+
 /// The smallest frame AMQP allows (bytes): what a simulated fleet asks for, halving
 /// the client's buffers (2 × 32 frames per connection: 256 KiB, not 512).
 pub const FLEET_FRAME_MAX: u32 = 4_096;
@@ -453,6 +473,27 @@ fn backoff(config: &Config, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fleet_tunes_the_allocator_once_and_keeps_what_the_user_set() {
+        assert_eq!(
+            fleet_malloc_tunables("").as_deref(),
+            Some("glibc.malloc.mmap_threshold=65536")
+        );
+        assert_eq!(
+            fleet_malloc_tunables("glibc.malloc.arena_max=2").as_deref(),
+            Some("glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=65536")
+        );
+        // Run again with them: nothing more to do, so no loop.
+        let tuned = fleet_malloc_tunables("glibc.malloc.arena_max=2").unwrap();
+        assert_eq!(fleet_malloc_tunables(&tuned), None);
+        assert_eq!(
+            fleet_malloc_tunables("glibc.malloc.mmap_threshold=1048576"),
+            None
+        );
+        // A name that only starts the same is another tunable.
+        assert!(fleet_malloc_tunables("glibc.malloc.mmap_threshold_max=1").is_some());
+    }
 
     #[test]
     fn a_secret_replaces_the_urls_credentials() {

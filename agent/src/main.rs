@@ -238,6 +238,8 @@ async fn main() -> anyhow::Result<()> {
 
     let count = configs.len();
     if args.simulate.is_some() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        tune_allocator_for_fleet();
         raise_open_files_limit(count);
     }
     // A fleet reports as one: a line every few seconds while things change, rather
@@ -324,6 +326,41 @@ const FLEET_REPORT: Duration = Duration::from_secs(10);
 
 /// Every simulated device holds a socket: raises the soft limit on open files to the
 /// hard one, and warns when that is still short of the fleet.
+/// glibc's allocator tuned for a simulated fleet: set through `GLIBC_TUNABLES` by running
+/// this program again with them (as the same process: `exec`), since glibc reads them
+/// only when a program starts and setting them from inside needs unsafe code.
+///
+/// Every connection's AMQP client (lapin) keeps two ring buffers of 32 frames, 128 KiB
+/// each at a fleet's 4 KiB frames, zero-filled when made. glibc maps a block that large
+/// afresh (zero pages, resident only once written) until the first such block is freed;
+/// from then on it raises its threshold and serves them from its heaps, filling them
+/// with zeros, so every new connection's buffers are resident at once: a fleet whose
+/// connections were turned away and retried held over 400 KB a device. A fixed
+/// threshold below their size keeps them mapped, resident only as far as traffic has
+/// gone round them. A threshold the user set is kept.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator_for_fleet() {
+    use std::os::unix::process::CommandExt as _;
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    let Some(tunables) = agent::fleet_malloc_tunables(&current) else {
+        return;
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(error) => {
+            tracing::warn!("cannot find this program to tune its allocator for a fleet: {error}");
+            return;
+        }
+    };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", tunables)
+        .exec();
+    tracing::warn!(
+        "cannot run again with the allocator tuned for a fleet ({error}); going on untuned"
+    );
+}
+
 fn raise_open_files_limit(devices: usize) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let needed = u64::try_from(devices)
