@@ -571,7 +571,12 @@ async fn the_live_channel_sends_a_snapshot_then_each_status() {
     }
     statuses.dedup();
     use CommandStatus::*;
-    assert_eq!(statuses, [Accepted, Sent, Delivered, Progress, Succeeded]);
+    // The device's receipt can overtake the broker's confirm (seen under load): the
+    // command is then past `sent`, and never goes back to it.
+    let sent_at = statuses.iter().position(|s| *s == Sent);
+    assert!(sent_at.is_none_or(|at| at == 1), "{statuses:?}");
+    statuses.retain(|s| *s != Sent);
+    assert_eq!(statuses, [Accepted, Delivered, Progress, Succeeded]);
 }
 
 #[tokio::test]
