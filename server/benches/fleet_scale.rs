@@ -32,7 +32,8 @@
 //! 2. the fleet page: size and time (median, p95 of 20) of `GET /`, `GET /api/v1/devices`
 //!    and a searched, filtered, sorted list, as an admin (API token), without
 //!    compression and with `br` as a browser asks.
-//! 3. browsers: `sockets` live WebSockets (`/api/v1/live?fleet={}`) from this process,
+//! 3. browsers: `sockets` live WebSockets (`/api/v1/live?fleet={}&watch=<the 10 devices
+//!    commanded below>`) from this process,
 //!    the server's memory per socket once each has its snapshot; then fan-out: commands
 //!    (`echo`) to 10 devices through the API at a steady rate, every status change of
 //!    which goes to every socket; frames received per second across the sockets, the
@@ -375,9 +376,16 @@ async fn measure(
     let counters = Arc::new(Counters::default());
     let rss_before_sockets = rss_kb(server_pid);
     let cpu_before_sockets = cpu_ticks(server_pid);
+    // Each tab shows the fleet page and watches the devices the fan-out commands (as
+    // a dashboard of them would): every status of every command goes to every socket,
+    // the most a tab can be sent.
+    let targets: Vec<String> = (1..=COMMANDED.min(reached.max(1)))
+        .map(|n| format!("{prefix}-gateway-{n}"))
+        .collect();
     let live_url = format!(
-        "{}/api/v1/live?fleet=%7B%7D",
-        base.replace("http://", "ws://")
+        "{}/api/v1/live?fleet=%7B%7D&watch={}",
+        base.replace("http://", "ws://"),
+        targets.join(",")
     );
     let opening = Instant::now();
     let opened: Vec<anyhow::Result<()>> = stream::iter(0..sockets)
@@ -437,9 +445,6 @@ async fn measure(
         "| asked commands/s | answered commands/s | failed | POST median | POST p95 | frames/s received | command_updated | fleet_page | device_updated | snapshots (lagged) | other | server CPU | bench CPU | load |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let targets: Vec<String> = (1..=COMMANDED.min(reached.max(1)))
-        .map(|n| format!("{prefix}-gateway-{n}"))
-        .collect();
     for &rate in rates {
         let phase = fan_out(
             &client,

@@ -121,10 +121,11 @@ impl Pending {
                 return None;
             }
         };
-        // Small buffers: a server holds thousands of these sockets, and each frame is
+        // Small buffers: a server holds thousands of these sockets, a tab's requests are
+        // a few hundred bytes (a longer one is read in more turns), and each frame is
         // written as it comes anyway.
         let config = WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(0)
             .max_message_size(Some(max_incoming))
             .max_frame_size(Some(max_incoming));
