@@ -164,6 +164,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.config {
         return run_configured(path, &args, &matches).await;
     }
+    // First, before anything is read or said: the program may start again from here.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if args.simulate.is_some() {
+        tune_allocator_for_fleet();
+    }
     let kind = <KindArg as clap::ValueEnum>::from_str(&args.kind, true).map_err(|_| {
         anyhow::anyhow!(
             "--kind {:?}: a simulation is one of thermostat, switch, gateway, mixed \
@@ -238,8 +243,6 @@ async fn main() -> anyhow::Result<()> {
 
     let count = configs.len();
     if args.simulate.is_some() {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        tune_allocator_for_fleet();
         raise_open_files_limit(count);
     }
     // A fleet reports as one: a line every few seconds while things change, rather
