@@ -186,6 +186,16 @@ impl Registry {
             .collect()
     }
 
+    /// The hub itself stood still for `stall` (its timer woke that late: the process
+    /// was starved of CPU), so it read no heartbeats meanwhile: that time is not held
+    /// against any device, or a whole fleet would be declared offline at once for the
+    /// server's own delay.
+    pub fn forgive(&mut self, stall: Duration, now: Instant) {
+        for device in self.devices.values_mut().filter(|d| d.view.online) {
+            device.last_heard = (device.last_heard + stall).min(now);
+        }
+    }
+
     pub fn get(&self, id: &DeviceId) -> Option<&Device> {
         self.devices.get(id)
     }
@@ -304,6 +314,28 @@ mod tests {
         );
         assert_eq!(registry.unroutable(&view.id, "s1", 3_000), None);
         assert!(registry.unroutable(&view.id, "s2", 3_000).is_some());
+    }
+
+    #[test]
+    fn time_the_hub_stood_still_is_not_held_against_devices() {
+        let t0 = Instant::now();
+        let mut registry = Registry::default();
+        registry.hello(hello("patient", "s1"), t0, 0);
+        // 3 heartbeats of 1 s are allowed; the hub was starved for 2 s of them.
+        let t1 = t0 + Duration::from_millis(3_500);
+        registry.forgive(Duration::from_secs(2), t1);
+        assert!(registry.expire(t1, 3_500).is_empty(), "2 s were the hub's");
+        let t2 = t0 + Duration::from_millis(5_100);
+        assert_eq!(registry.expire(t2, 5_100).len(), 1, "silent beyond that");
+        // Never beyond now: a long stall does not buy a device time in advance.
+        registry.hello(hello("patient", "s2"), t2, 5_100);
+        registry.forgive(Duration::from_secs(60), t2);
+        assert_eq!(
+            registry
+                .expire(t2 + Duration::from_millis(3_100), 8_200)
+                .len(),
+            1
+        );
     }
 
     #[test]

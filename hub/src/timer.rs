@@ -11,6 +11,10 @@ use crate::hub::Hub;
 /// How often device heartbeats are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How late the timer may wake before the hub counts itself as having stood still (a
+/// starved process): later than this, the delay is not held against devices' heartbeats.
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
 impl Hub {
     /// Times out commands at their deadlines and devices whose heartbeats stopped.
     pub(crate) async fn run_timer(&self) {
@@ -26,6 +30,13 @@ impl Hub {
                 () = self.inner.timer.notified() => continue,
             }
             let (now, now_ms) = (Instant::now(), common::now_ms());
+            let late = now.saturating_duration_since(wake_at);
+            if late > STALL_AFTER {
+                tracing::warn!(
+                    "the hub stood still for {late:?} (starved of CPU?): not holding it against devices' heartbeats"
+                );
+                self.state().registry.forgive(late, now);
+            }
             if now.duration_since(renewed) >= renew_every {
                 renewed = now;
                 self.renew_watches();
