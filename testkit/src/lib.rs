@@ -300,6 +300,22 @@ impl Agent {
     }
 }
 
+/// A server-named, exclusive, auto-delete queue on `channel` (a device's inbox, a test's
+/// own listener); its name. Panics, saying what, when the broker refuses it.
+pub async fn private_queue(channel: &lapin::Channel, what: &str) -> String {
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare("".into(), private, FieldTable::default())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: the broker refused a queue of its own: {e}"))
+        .name()
+        .to_string()
+}
+
 /// A queue of a test's own, bound to an exchange: what the test sees of the messages it
 /// routes (read without acks). The queue goes with the connection.
 #[derive(Debug)]
@@ -319,17 +335,7 @@ impl Spy {
             .await
             .unwrap_or_else(|e| panic!("the spy cannot log in at {url}: {e}"));
         let channel = connection.create_channel().await.unwrap();
-        let private = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare("".into(), private, FieldTable::default())
-            .await
-            .expect("the spy's queue")
-            .name()
-            .to_string();
+        let queue = private_queue(&channel, "the spy").await;
         channel
             .queue_bind(
                 queue.as_str().into(),
@@ -390,17 +396,7 @@ impl RawDevice {
             .await
             .unwrap_or_else(|e| panic!("the broker must be running at {url}: {e}"));
         let channel = connection.create_channel().await.unwrap();
-        let private = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let inbox = channel
-            .queue_declare("".into(), private, FieldTable::default())
-            .await
-            .unwrap()
-            .name()
-            .to_string();
+        let inbox = private_queue(&channel, "a raw device's inbox").await;
         let device = Self {
             id,
             session_id: unique("session"),

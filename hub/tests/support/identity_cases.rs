@@ -107,20 +107,7 @@ async fn a_device_cannot_sign_as_another() {
 #[tokio::test]
 async fn a_device_cannot_read_presence() {
     let (_id, _connection, channel) = device().await;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("its own server-named queue")
-        .name()
-        .to_string();
+    let queue = testkit::private_queue(&channel, "a device").await;
     refused(
         channel
             .queue_bind(
@@ -224,20 +211,7 @@ async fn an_agent_ignores_a_command_another_device_put_into_its_inbox() {
     // The intruder, a device of its own, puts a command into that inbox, replies to a
     // queue of its own: nothing comes back.
     let (intruder, _connection, channel) = device().await;
-    let replies = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .name()
-        .to_string();
+    let replies = testkit::private_queue(&channel, "the intruder's replies").await;
     let request = ServerMessage::Command(protocol::CommandRequest {
         command_id: "injected".into(),
         name: "echo".into(),
