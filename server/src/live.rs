@@ -174,26 +174,24 @@ impl Shows {
                 format!("a tab follows at most {MAX_FOLLOWED_PER_CLIENT} jobs at once"),
             ));
         }
+        let unavailable = || {
+            refused(
+                "store_unavailable",
+                "the job cannot be looked up now; follow it again later",
+            )
+        };
         let known = match state.accounts.job(&job.0).await {
             Ok(found) => found.is_some(),
             Err(error) => {
                 tracing::error!("live: cannot look the job {:?} up: {error:#}", job.0);
-                return Err(refused(
-                    "store_unavailable",
-                    "the job cannot be looked up now; follow it again later",
-                ));
+                return Err(unavailable());
             }
         };
+        // `may_see` logs its own store failures.
         let seen = known
-            && match crate::jobs::may_see(state, who, &job).await {
-                Ok(seen) => seen,
-                Err(_) => {
-                    return Err(refused(
-                        "store_unavailable",
-                        "the job cannot be looked up now; follow it again later",
-                    ));
-                }
-            };
+            && crate::jobs::may_see(state, who, &job)
+                .await
+                .map_err(|_| unavailable())?;
         jobs_seen.insert(job.clone(), seen);
         if !seen {
             return Err(refused(
@@ -323,6 +321,37 @@ fn clipped(mut text: String, max: usize) -> String {
     text
 }
 
+/// The ids of a comma-separated list in the upgrade's address, at most `max` of them
+/// (what a tab may hold): the rest is refused at once, in one refusal, rather than each
+/// looked up.
+fn listed<'a>(
+    ids: Option<&'a str>,
+    max: usize,
+    what: &str,
+    refusals: &mut Vec<LiveEvent>,
+) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = ids
+        .into_iter()
+        .flat_map(|ids| ids.split(','))
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .collect();
+    if ids.len() > max {
+        refusals.push(
+            refused(
+                "too_many",
+                format!(
+                    "{} {what} in the address; a tab holds at most {max}",
+                    ids.len()
+                ),
+            )
+            .into(),
+        );
+        ids.truncate(max);
+    }
+    ids
+}
+
 /// What the upgrade's address says the tab shows, and what of it was refused (sent
 /// after the snapshot). Jobs are followed by the caller: that is checked in the store.
 fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> (Shows, Vec<LiveEvent>) {
@@ -335,11 +364,12 @@ fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> (Shows, 
         resend: false,
         checked: 0,
     };
-    for id in params.watch.iter().flat_map(|ids| ids.split(',')) {
-        let id = id.trim();
-        if id.is_empty() {
-            continue;
-        }
+    for id in listed(
+        params.watch.as_deref(),
+        MAX_WATCHED_PER_CLIENT,
+        "devices to watch",
+        &mut refusals,
+    ) {
         match DeviceId::new(id) {
             Ok(device) => {
                 if let Err(refusal) = shows.watch(state, who, device) {
@@ -386,11 +416,13 @@ async fn serve(
     // Whether this user may see each job they were sent events of (every device of it):
     // asked of the store once per job, forgotten when the identity is checked again.
     let mut jobs_seen: HashMap<JobId, bool> = HashMap::new();
-    for id in params.jobs.iter().flat_map(|ids| ids.split(',')) {
-        let id = id.trim();
-        if id.is_empty() {
-            continue;
-        }
+    let jobs = listed(
+        params.jobs.as_deref(),
+        MAX_FOLLOWED_PER_CLIENT,
+        "jobs to follow",
+        &mut refusals,
+    );
+    for id in jobs {
         let job = JobId(id.to_owned());
         if let Err(refusal) = Box::pin(shows.follow(&state, &who, &mut jobs_seen, job)).await {
             refusals.push(refusal.into());

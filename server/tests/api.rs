@@ -1358,6 +1358,31 @@ async fn what_a_tab_says_it_shows_is_checked_and_a_flood_is_cut_off() {
         )),
         "{events:?}"
     );
+
+    // An address naming more than a tab may hold: the excess refused in one go, not
+    // each looked up; what fits is still checked (jobs nobody made: not found).
+    let jobs: Vec<String> = (0..100).map(|n| format!("job-{n}")).collect();
+    let ghosts: Vec<String> = (0..40).map(|n| format!("ghost-{n}")).collect();
+    let mut crowded = live(
+        &setup.base,
+        &setup.token,
+        None,
+        &format!("watch={}&jobs={}", ghosts.join(","), jobs.join(",")),
+    )
+    .await
+    .expect("WebSocket upgrade");
+    let events = drain(&mut crowded, Duration::from_millis(1_500)).await;
+    let mut refused: std::collections::BTreeMap<&str, usize> = Default::default();
+    for event in &events {
+        if let LiveEvent::Refused { code, .. } = event {
+            *refused.entry(code.as_str()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        refused,
+        [("not_found", 16), ("too_many", 2)].into(),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
