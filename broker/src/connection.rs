@@ -229,12 +229,20 @@ const READ_CHUNK: usize = 8 * 1024;
 /// something to read, so that a connection that waits (most of a fleet, most of the
 /// time) holds no read buffer. Cancel-safe, as `select!` needs: nothing is read until
 /// the socket is readable, and then without waiting.
+///
+/// A socket stays marked readable after a read until a read finds nothing, so the wait
+/// after every read ends at once with nothing to read: the room made for it is given
+/// back then, or every idle connection would keep `READ_CHUNK` bytes.
 async fn read_some(reader: &mut OwnedReadHalf, buffer: &mut Vec<u8>) -> std::io::Result<usize> {
     loop {
         reader.readable().await?;
         buffer.reserve(READ_CHUNK);
         match reader.try_read_buf(buffer) {
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                if buffer.is_empty() {
+                    *buffer = Vec::new();
+                }
+            }
             read => return read,
         }
     }
@@ -468,7 +476,9 @@ struct Channel {
     delivered: u64,
     prefetch: u16,
     unacked: BTreeMap<u64, Unacked>,
-    publishing: Option<Publishing>,
+    /// Boxed: a message's method and properties take hundreds of bytes, and most
+    /// channels (a device's) are idle nearly all the time.
+    publishing: Option<Box<Publishing>>,
     /// The broker closed it and waits for close-ok: all else on it is dropped.
     closing: bool,
 }
@@ -629,5 +639,41 @@ impl Connection {
             self.close_channel(id);
         }
         self.vhost().close_connection(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// An idle connection must not keep a read buffer: the wait after a read (which
+    /// finds the socket still marked readable, and nothing in it) gives the room back.
+    #[tokio::test]
+    async fn a_connection_that_waits_holds_no_read_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (mut reader, _writer) = server.into_split();
+        client.write_all(b"0123456789").await.unwrap();
+
+        let mut buffer = Vec::new();
+        let read = read_some(&mut reader, &mut buffer).await.unwrap();
+        assert_eq!(&buffer[..read], b"0123456789");
+        // As `run` does once every frame read was whole.
+        buffer = Vec::new();
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            read_some(&mut reader, &mut buffer),
+        )
+        .await;
+        assert!(waited.is_err(), "nothing more was sent");
+        assert_eq!(buffer.capacity(), 0, "the idle wait holds no buffer");
+
+        client.write_all(b"more").await.unwrap();
+        let read = read_some(&mut reader, &mut buffer).await.unwrap();
+        assert_eq!(&buffer[..read], b"more", "and reading again works");
     }
 }

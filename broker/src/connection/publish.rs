@@ -24,13 +24,13 @@ impl Connection {
         publish: basic::Publish,
     ) -> Result<(), Refusal> {
         if let Some(channel) = self.channels.get_mut(&id) {
-            channel.publishing = Some(Publishing {
+            channel.publishing = Some(Box::new(Publishing {
                 method: publish,
                 properties: BasicProperties::default(),
                 size: 0,
                 body: Vec::new(),
                 header_seen: false,
-            });
+            }));
         }
         Ok(())
     }
@@ -165,6 +165,7 @@ impl Connection {
         let Some(publishing) = channel.publishing.take() else {
             return;
         };
+        let publishing = *publishing;
         let message = Message {
             exchange: publishing.method.exchange.to_string(),
             routing_key: publishing.method.routing_key.to_string(),
