@@ -269,7 +269,11 @@ fn client(url: &str, first: usize, count: usize) {
 
 async fn device(url: &str, n: usize) -> (Connection, lapin::Consumer) {
     let id = DeviceId::new(format!("bench-{n}")).expect("a valid id");
-    let url = url.replacen("guest:guest", &format!("{id}:secret"), 1);
+    // The frame size a simulated fleet asks for (so each client keeps small buffers).
+    let url = format!(
+        "{}?frame_max=4096",
+        url.replacen("guest:guest", &format!("{id}:secret"), 1)
+    );
     let connection = Connection::connect(&url, ConnectionProperties::default())
         .await
         .expect("a device connects");
@@ -357,18 +361,25 @@ fn print_sites(connections: usize) {
                 .into_iter()
                 .flatten()
                 .filter_map(|f| frames.get(f.as_u64()? as usize)?.as_str())
-                .filter(|f| {
-                    !f.contains("dhat::") && !f.contains("alloc::") && !f.contains("core::")
+                .map(|f| {
+                    // `0x…: function (file:line:column)`: the function and where.
+                    let f = f.split_once(": ").map_or(f, |(_, rest)| rest);
+                    let name = f.split(" (").next().unwrap_or(f);
+                    let place = f
+                        .rsplit_once('/')
+                        .map_or("", |(_, place)| place.trim_end_matches(')'));
+                    (name.to_owned(), place.to_owned())
                 })
+                .filter(|(name, _)| !allocator(name))
                 .take(4)
-                .map(|f| f.split(" (").next().unwrap_or(f).trim().to_owned())
+                .map(|(name, place)| format!("{name} ({place})"))
                 .collect::<Vec<_>>()
                 .join(" < ");
             (bytes, blocks, trace)
         })
         .filter(|(bytes, _, _)| *bytes > 0)
         .collect();
-    sites.sort_by(|a, b| b.0.cmp(&a.0));
+    sites.sort_by_key(|site| std::cmp::Reverse(site.0));
     println!("\nWhere the bytes are held at the end (per connection, top 25):\n");
     println!("| bytes | blocks | site |");
     println!("|---|---|---|");
@@ -381,4 +392,21 @@ fn print_sites(connections: usize) {
         );
     }
     println!();
+}
+
+/// Frames of the allocator itself, which every site shares.
+fn allocator(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "alloc",
+        "__rust_alloc",
+        "__rust_alloc_zeroed",
+        "alloc_zeroed",
+        "alloc_impl",
+        "alloc_impl_runtime",
+        "allocate",
+        "allocate_zeroed",
+        "box_new_uninit",
+        "exchange_malloc",
+    ];
+    NAMES.contains(&name) || name.starts_with("new<") || name.contains("dhat")
 }

@@ -46,7 +46,7 @@ use tokio::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{mpsc, watch},
+    sync::watch,
     task::JoinHandle,
     time::{Instant, Interval},
 };
@@ -56,6 +56,7 @@ use crate::{
     accounts::{Session, Sessions},
     admission::{Counted, Place, Quota},
     outbox::Outbox,
+    pipe,
     vhost::{Charge, ConnectionId, Message, Outbound, Vhost},
 };
 use handshake::{SILENT_CLOSE_DELAY, Stage};
@@ -115,7 +116,7 @@ pub(crate) async fn serve(
     let deadline = Instant::now() + config.handshake_timeout;
     let (mut reader, writer) = socket.into_split();
     let outbox = Arc::new(Outbox::new(config.outgoing_buffer, all_outgoing));
-    let (out, outgoing) = mpsc::unbounded_channel::<Outgoing>();
+    let (out, outgoing) = pipe::pipe::<Outgoing>();
     let writer_task = tokio::spawn(write(
         writer,
         outgoing,
@@ -138,7 +139,7 @@ pub(crate) async fn serve(
         finish_writing(writer_task, &mut stopping).await;
         return;
     }
-    let (deliver, mut deliveries) = mpsc::unbounded_channel();
+    let (deliver, mut deliveries) = pipe::pipe();
     let held = vhost
         .lock()
         .expect("no code panics while holding the vhost lock")
@@ -213,7 +214,7 @@ pub(crate) async fn serve(
     // Deliveries the vhost handed over but this loop had not yet written: its consumers
     // are gone now, so nothing more comes; what came goes back to its queue, not lost.
     deliveries.close();
-    while let Ok(outbound) = deliveries.try_recv() {
+    while let Some(outbound) = deliveries.try_recv() {
         if let Outbound::Deliver(delivery) = outbound {
             conn.give_back(*delivery);
         }
@@ -274,7 +275,7 @@ impl Outgoing {
 /// told (and ends; RabbitMQ's `send_timeout` does the same), and the socket is dropped.
 async fn write(
     mut writer: OwnedWriteHalf,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    mut outgoing: pipe::Receiver<Outgoing>,
     outbox: Arc<Outbox>,
     stalled_within: Duration,
 ) {
@@ -302,7 +303,7 @@ impl Connection {
         &mut self,
         reader: &mut OwnedReadHalf,
         buffer: &mut Vec<u8>,
-        deliveries: &mut mpsc::UnboundedReceiver<Outbound>,
+        deliveries: &mut pipe::Receiver<Outbound>,
         stopping: &mut watch::Receiver<bool>,
         deadline: Instant,
     ) -> End {
@@ -436,12 +437,12 @@ struct Connection {
     config: Arc<Config>,
     vhost: Arc<Mutex<Vhost>>,
     sessions: Arc<Sessions>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: pipe::Sender<Outgoing>,
     /// What waits to be written, bounded (see `outbox`).
     outbox: Arc<Outbox>,
     /// The broker's count of bytes held, which message bodies in the outbox add to.
     held: Arc<AtomicUsize>,
-    deliver: mpsc::UnboundedSender<Outbound>,
+    deliver: pipe::Sender<Outbound>,
     /// Its place among the handshakes, then among the open connections.
     place: Place,
     frame_max: u32,
@@ -542,7 +543,7 @@ impl Connection {
     /// Hands bytes to the writer, counted in the outbox.
     fn queue_out(&self, outgoing: Outgoing) {
         self.outbox.add(outgoing.counted);
-        if let Err(mpsc::error::SendError(lost)) = self.out.send(outgoing) {
+        if let Err(lost) = self.out.send(outgoing) {
             // The writer is gone; so is the connection, soon.
             self.outbox.written(lost.counted);
         }
@@ -579,7 +580,7 @@ impl Connection {
                     counted: piece.len(),
                     charge,
                 };
-                if let Err(mpsc::error::SendError(lost)) = self.out.send(outgoing) {
+                if let Err(lost) = self.out.send(outgoing) {
                     self.outbox.written(lost.counted);
                 }
             } else {

@@ -36,6 +36,8 @@
 //!   the tallies of what each limited account holds.
 //! - `outbox`: each connection's bytes waiting to be written, bounded, and the consumers
 //!   passed over while it is full.
+//! - `pipe`: the queues to a connection's writer and from the vhost to a connection,
+//!   which hold no memory to speak of while empty (an idle device's connection).
 //! - `accounts`: the [`Authenticator`] and the register of logged-in connections that
 //!   [`BrokerHandle::disconnect_user`] closes.
 //! - `connection`: one client connection — handshake, channels, methods — with one
@@ -47,6 +49,7 @@ mod admission;
 mod connection;
 pub mod open_files;
 mod outbox;
+mod pipe;
 mod vhost;
 
 /// The vhost without a network in the way, for `benches/topic.rs` to time routing as a

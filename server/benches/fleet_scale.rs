@@ -11,7 +11,9 @@
 //! environment: `TETHER_FLEET_IDLE_SECS` (30), `TETHER_FLEET_RATES` (the commands/s of
 //! each fan-out phase, `5,20,50`), `TETHER_FLEET_PHASE_SECS` (15),
 //! `TETHER_FLEET_STALL_SECS` (how long without 1 % of the devices more online ends the
-//! wait: 120), `TETHER_BROKER_MAX_CONNECTIONS` (passed on to the server).
+//! wait: 120), `TETHER_FLEET_HEARTBEAT_MS` (each device's heartbeat: 5000; faster makes
+//! an hour of an idle fleet's traffic go by in minutes, for the agent's memory over
+//! time), `TETHER_BROKER_MAX_CONNECTIONS` (passed on to the server).
 //!
 //! Real processes: a release `tether-server` on free ports with a SQLite database in a
 //! folder of its own, and ONE `tether-agent --simulate N` process (gateways, heartbeat
@@ -229,6 +231,7 @@ async fn measure(
     );
 
     // 1. Devices.
+    let heartbeat_ms: u64 = setting("TETHER_FLEET_HEARTBEAT_MS")?.unwrap_or(5_000);
     let started = Instant::now();
     let server_cpu_start = cpu_ticks(server_pid);
     let agent_log = dir.join("agent.log");
@@ -236,7 +239,7 @@ async fn measure(
     agent
         .args(["--simulate", &count.to_string(), "--kind", "gateway"])
         .args(["--device-id", prefix, "--telemetry-ms", "0"])
-        .args(["--heartbeat-ms", "5000"])
+        .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
         .env("TETHER_AMQP_URL", &device_url)
         .env("TETHER_SECRETS_FILE", secrets)
         // lapin logs every refused or reset connection as an ERROR of its own.
@@ -306,6 +309,7 @@ async fn measure(
         broker_pid.map(cpu_ticks),
     );
     let load_before_idle = load_average();
+    let agent_rss_idle = rss_kb(agent_pid);
     let idle = Instant::now();
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
     let secs = idle.elapsed().as_secs_f64();
@@ -338,8 +342,15 @@ async fn measure(
         server_rss.saturating_sub(server_rss_empty) as f64 / reached.max(1) as f64,
     );
     println!(
-        "(idle: {secs:.0} s with every device heartbeating every 5 s, {:.0} heartbeats/s; CPU in % of one core; KB = 1024 bytes)",
-        reached as f64 / 5.0
+        "(idle: {secs:.0} s with every device heartbeating every {heartbeat_ms} ms, {:.0} heartbeats/s; CPU in % of one core; KB = 1024 bytes)",
+        reached as f64 * 1000.0 / heartbeat_ms as f64
+    );
+    println!(
+        "agent RSS over the idle spell: {:.0} → {:.0} MB ({:+.1} KB / device, {:.0} heartbeats each)",
+        agent_rss_idle as f64 / 1024.0,
+        agent_rss as f64 / 1024.0,
+        (agent_rss as f64 - agent_rss_idle as f64) / reached.max(1) as f64,
+        secs * 1000.0 / heartbeat_ms as f64
     );
     if let (Some(pid), Some(before)) = (broker_pid, broker_cpu) {
         println!(

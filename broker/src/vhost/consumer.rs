@@ -6,8 +6,6 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use tokio::sync::mpsc;
-
 use super::{ConnectionId, Outbound, PRECONDITION_FAILED, Refusal, Vhost};
 use crate::{
     admission::{Counted, Quota},
@@ -24,7 +22,7 @@ pub struct Consume<'a> {
     /// The channel's basic.qos prefetch count; 0: unlimited.
     pub prefetch: u16,
     /// Where the consumer's connection hears of deliveries and cancellation.
-    pub deliver: mpsc::UnboundedSender<Outbound>,
+    pub(crate) deliver: crate::pipe::Sender<Outbound>,
     /// A limited account's consumers are counted; one beyond its limit is refused.
     pub quota: Option<Quota<'a>>,
     /// The consumer's connection's outbox: no deliveries while it is full.
@@ -40,7 +38,7 @@ pub(super) struct Consumer {
     /// 0: unlimited.
     prefetch: usize,
     pub(super) unacked: Arc<AtomicUsize>,
-    pub(super) deliver: mpsc::UnboundedSender<Outbound>,
+    pub(super) deliver: crate::pipe::Sender<Outbound>,
     pub(super) outbox: Arc<Outbox>,
     /// Its place among the consumers of its limited account.
     _counted: Option<Counted>,

@@ -12,7 +12,6 @@ use std::{
 };
 
 use amq_protocol::types::{AMQPValue, FieldTable};
-use tokio::sync::mpsc;
 
 use crate::admission::{Counted, Quota};
 
@@ -272,7 +271,7 @@ impl Queue {
                 unacked: consumer.unacked.clone(),
                 charge,
             };
-            if let Err(mpsc::error::SendError(Outbound::Deliver(undelivered))) =
+            if let Err(Outbound::Deliver(undelivered)) =
                 consumer.deliver.send(Outbound::Deliver(Box::new(delivery)))
             {
                 // The connection is going away; it will remove its consumers.
