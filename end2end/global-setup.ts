@@ -26,10 +26,10 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
   const bin = process.env.TETHER_SERVER_BIN ?? path.join(targetDir, "release", "tether-server");
   const siteRoot = process.env.TETHER_SITE_ROOT ?? path.join(repo, "target", "site");
   if (!existsSync(bin)) {
-    throw new Error(`${bin} does not exist: build it first with \`cargo leptos build --release\` (scripts/test.sh does).`);
+    throw new Error(`${bin} does not exist: build it first with \`cargo leptos build --release --split\` (scripts/test.sh does).`);
   }
   if (!existsSync(path.join(siteRoot, "pkg"))) {
-    throw new Error(`${siteRoot}/pkg does not exist: build the site first with \`cargo leptos build --release\`.`);
+    throw new Error(`${siteRoot}/pkg does not exist: build the site first with \`cargo leptos build --release --split\`.`);
   }
 
   // Readings go to a SQLite file of this run's own. The server runs its embedded broker on

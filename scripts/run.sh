@@ -27,7 +27,11 @@ data_dir="${TETHER_DATA_DIR:-tether-data}"
 secrets="$data_dir/demo-devices.secrets"
 
 echo "run: building the release site, server and agent"
-cargo leptos build --release
+# --split: pages loaded on demand are files of their own (app/src/routes.rs).
+cargo leptos build --release --split
+# The main JS and WASM get names their on-demand files' change too (a browser keeps
+# each hashed file for a year).
+node scripts/rehash-split.mjs target/site/pkg "${CARGO_TARGET_DIR:-$TETHER_ROOT/target}/release/hash.txt"
 cargo build --release -p agent --bin tether-agent
 
 target="${CARGO_TARGET_DIR:-$TETHER_ROOT/target}/release"

@@ -89,7 +89,13 @@ cross_build() {
 stage "cross build (aarch64, armv7)" cross_build
 stage "cargo test" cargo_tests
 release_build() {
-  cargo leptos build --release && cargo build --release --locked -p agent --bin tether-agent
+  # --split: pages loaded on demand are files of their own (app/src/routes.rs).
+  # rehash-split.mjs: the main JS and WASM get names their on-demand files' change too.
+  local dir="${CARGO_TARGET_DIR:-target}"
+  case "$dir" in /*) ;; *) dir="$TETHER_ROOT/$dir" ;; esac
+  cargo leptos build --release --split &&
+    node scripts/rehash-split.mjs target/site/pkg "$dir/release/hash.txt" &&
+    cargo build --release --locked -p agent --bin tether-agent
 }
 
 if stage "release build" release_build; then

@@ -15,17 +15,19 @@
 //!   agents verify them with.
 //! - [`auth`]: who is using the app; login, first run, account, users, device
 //!   credentials and audit pages.
+//! - [`routes`]: the pages the browser loads on demand, each a file of its own.
 
 pub mod auth;
 pub mod devices;
 pub mod fleet;
 pub mod jobs;
+pub mod routes;
 pub mod updates;
 
 use leptos::prelude::*;
 use leptos_meta::{HashedStylesheet, MetaTags, Title, provide_meta_context};
 use leptos_router::{
-    ParamSegment, SsrMode, StaticSegment,
+    Lazy, ParamSegment, SsrMode, StaticSegment,
     components::{Route, Router, Routes},
 };
 
@@ -75,26 +77,27 @@ pub fn App() -> impl IntoView {
             <main>
                 <Routes fallback=NotFound>
                     // Async: the server waits for the data and sends whole pages, so they
-                    // are complete before (or without) any WASM.
+                    // are complete before (or without) any WASM. `Lazy`: the page's code
+                    // is fetched when it is first shown (`routes`).
                     <Route path=StaticSegment("") view=devices::list::DeviceListPage ssr=SsrMode::Async />
                     <Route
                         path=(StaticSegment("devices"), ParamSegment("id"))
-                        view=devices::detail::DevicePage
+                        view={Lazy::<routes::DeviceRoute>::new()}
                         ssr=SsrMode::Async
                     />
-                    <Route path=StaticSegment("jobs") view=jobs::list::JobsPage ssr=SsrMode::Async />
+                    <Route path=StaticSegment("jobs") view={Lazy::<routes::JobsRoute>::new()} ssr=SsrMode::Async />
                     <Route
                         path=(StaticSegment("jobs"), ParamSegment("id"))
-                        view=jobs::detail::JobPage
+                        view={Lazy::<routes::JobRoute>::new()}
                         ssr=SsrMode::Async
                     />
-                    <Route path=StaticSegment("updates") view=updates::UpdatesPage ssr=SsrMode::Async />
+                    <Route path=StaticSegment("updates") view={Lazy::<routes::UpdatesRoute>::new()} ssr=SsrMode::Async />
                     <Route path=StaticSegment("login") view=auth::login::LoginPage />
                     <Route path=StaticSegment("setup") view=auth::login::SetupPage />
-                    <Route path=StaticSegment("account") view=auth::account::AccountPage ssr=SsrMode::Async />
-                    <Route path=(StaticSegment("admin"), StaticSegment("users")) view=auth::users::UsersPage ssr=SsrMode::Async />
-                    <Route path=(StaticSegment("admin"), StaticSegment("devices")) view=auth::credentials::DeviceCredentialsPage ssr=SsrMode::Async />
-                    <Route path=(StaticSegment("admin"), StaticSegment("audit")) view=auth::audit::AuditPage ssr=SsrMode::Async />
+                    <Route path=StaticSegment("account") view={Lazy::<routes::AccountRoute>::new()} ssr=SsrMode::Async />
+                    <Route path=(StaticSegment("admin"), StaticSegment("users")) view={Lazy::<routes::UsersRoute>::new()} ssr=SsrMode::Async />
+                    <Route path=(StaticSegment("admin"), StaticSegment("devices")) view={Lazy::<routes::CredentialsRoute>::new()} ssr=SsrMode::Async />
+                    <Route path=(StaticSegment("admin"), StaticSegment("audit")) view={Lazy::<routes::AuditRoute>::new()} ssr=SsrMode::Async />
                 </Routes>
             </main>
         </Router>

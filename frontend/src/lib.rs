@@ -7,5 +7,7 @@
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(app::App);
+    // Lazy: some pages' code is fetched on demand (`app::routes`), and hydration waits
+    // for the shown page's.
+    leptos::mount::hydrate_lazy(app::App);
 }

@@ -212,7 +212,7 @@ pub fn detect_hashes(options: &mut LeptosOptions) {
                 );
             } else if options.hash_files {
                 tracing::error!(
-                    "{} names {} but {} does not hold them: rebuild the site (cargo leptos build --release) or set TETHER_SITE_ROOT",
+                    "{} names {} but {} does not hold them: rebuild the site (scripts/run.sh, or cargo leptos build --release --split and scripts/rehash-split.mjs) or set TETHER_SITE_ROOT",
                     hash_file.display(),
                     names.join(", "),
                     pkg.display()

@@ -151,11 +151,15 @@ fn CommandForms(device_id: DeviceId, commands: Vec<protocol::CommandSpec>) -> im
 fn DeviceHeader(device: Signal<Option<DeviceView>>) -> impl IntoView {
     let live = use_live();
     let now_ms = Signal::derive(move || live.now_ms.get());
+    // Effects run only in the browser, once the page is hydrated: this page's code is
+    // fetched on demand (`crate::routes`), so that can be after the live channel is up.
+    let hydrated = RwSignal::new(false);
+    Effect::new(move |_| hydrated.set(true));
     move || {
         device.get().map(|d| {
             let heard = d.clone();
             view! {
-                <section class="card device-header">
+                <section class="card device-header" data-hydrated=move || hydrated.get().then_some("true")>
                     <p class="crumbs"><a href="/">"Fleet"</a> " / "</p>
                     <h1>{d.id.to_string()}</h1>
                     <p class="presence"><PresenceBadge device=d.clone() now_ms /></p>
