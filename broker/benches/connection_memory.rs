@@ -111,11 +111,7 @@ fn measure(devices: usize, mode: Mode) -> Figures {
         ),
         Mode::Resident => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = runtime();
     let url = runtime.block_on(async {
         let broker = Broker::bind(Config {
             authenticator: Some(Arc::new(Devices)),
@@ -246,11 +242,7 @@ impl Drop for ChildDevices {
 
 /// The child: sets the devices up, says `ready`, and holds them until stdin closes.
 fn client(url: &str, first: usize, count: usize) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = runtime();
     let held = runtime.block_on(async {
         let mut held = Vec::with_capacity(count);
         let ids: Vec<usize> = (first..first + count).collect();
@@ -409,4 +401,13 @@ fn allocator(name: &str) -> bool {
         "exchange_malloc",
     ];
     NAMES.contains(&name) || name.starts_with("new<") || name.contains("dhat")
+}
+
+/// Two workers, as the server's runtime has on this machine; the same for both sides.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }
