@@ -80,6 +80,10 @@ pub struct Hub {
 pub struct SharedEvent {
     event: LiveEvent,
     json: std::sync::OnceLock<String>,
+    /// Where the change it tells of stands among the changes made under the state
+    /// lock (1, 2, …), which a snapshot may already hold (see [`Subscription`]); 0 for
+    /// an event made outside it (a job's progress), which no snapshot holds.
+    seq: u64,
 }
 
 /// What the hub's broadcast carries.
@@ -87,9 +91,14 @@ pub type Event = Arc<SharedEvent>;
 
 impl SharedEvent {
     pub(crate) fn new(event: LiveEvent) -> Event {
+        Self::numbered(event, 0)
+    }
+
+    fn numbered(event: LiveEvent, seq: u64) -> Event {
         Arc::new(Self {
             event,
             json: std::sync::OnceLock::new(),
+            seq,
         })
     }
 
@@ -113,11 +122,50 @@ impl std::ops::Deref for SharedEvent {
 /// Live events from the hub, each a copy of its own (a live socket shares them
 /// instead: [`Hub::subscribe_to`]).
 #[derive(Debug)]
-pub struct Events(broadcast::Receiver<Event>);
+pub struct Events(Subscription);
 
 impl Events {
     pub async fn recv(&mut self) -> Result<LiveEvent, broadcast::error::RecvError> {
         self.0.recv().await.map(|event| event.event.clone())
+    }
+}
+
+/// The hub's live events from a moment on: those of every change made after it (under
+/// the state lock), and every event made outside the lock sent after it.
+///
+/// Events reach listeners through a task of their own ([`Hub::start`]), not from under
+/// the state lock: waking thousands of sockets for each event takes milliseconds, which
+/// the hub's lock must not be held for. So a subscriber taken under the lock may still
+/// be sent changes from before it (the task had not passed them on yet); it skips
+/// those by their number, and a snapshot taken under the same lock is followed by
+/// exactly the later changes.
+#[derive(Debug)]
+pub struct Subscription {
+    receiver: broadcast::Receiver<Event>,
+    /// The number of the last change made before it.
+    after: u64,
+}
+
+impl Subscription {
+    /// The next event; `Lagged` if this listener fell so far behind that events were
+    /// lost to it (it must resync), `Closed` once the hub is gone.
+    pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
+        loop {
+            let event = self.receiver.recv().await?;
+            if event.seq == 0 || event.seq > self.after {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The next event if one is already here, without waiting.
+    pub fn try_recv(&mut self) -> Result<Event, broadcast::error::TryRecvError> {
+        loop {
+            let event = self.receiver.try_recv()?;
+            if event.seq == 0 || event.seq > self.after {
+                return Ok(event);
+            }
+        }
     }
 }
 
@@ -127,9 +175,14 @@ pub(crate) struct Inner {
     /// Identifies this replica's events on `tether.events`, so it skips its own.
     pub(crate) replica_id: String,
     state: Mutex<State>,
-    /// Live events for this replica's browsers. Sent while `state` is locked, so a
-    /// snapshot taken under the same lock is followed by exactly the later events.
+    /// Live events for this replica's browsers, sent on by the fan-out task in the
+    /// order [`Inner::fanout`] was given them (see [`Subscription`]).
     pub(crate) events: broadcast::Sender<Event>,
+    /// Events on their way to [`Inner::events`]: pushed while `state` is locked,
+    /// numbered by [`Inner::changes`], so in the order of the changes they tell of.
+    fanout: tokio::sync::mpsc::UnboundedSender<Event>,
+    /// The number of the last change told to listeners (see [`SharedEvent::seq`]).
+    changes: AtomicU64,
     /// The broker link, while connected.
     link: Mutex<Option<Link>>,
     /// Callers of [`Hub::wait`], by command, told when it ends. Locked after `state`.
@@ -200,12 +253,27 @@ impl Hub {
             None => format!("{:016x}", fastrand::u64(..)),
         };
         let command_log = config.command_log.clone();
+        let events = broadcast::channel(EVENT_BUFFER).0;
+        let (fanout, mut to_send) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        // Until the hub is gone (its last events, those of a stop, included).
+        let sending = events.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while to_send.recv_many(&mut batch, 256).await > 0 {
+                for event in batch.drain(..) {
+                    // No listener is fine: nobody is watching.
+                    let _ = sending.send(event);
+                }
+            }
+        });
         let hub = Self {
             inner: Arc::new(Inner {
                 config,
                 replica_id,
                 state: Mutex::default(),
-                events: broadcast::channel(EVENT_BUFFER).0,
+                events,
+                fanout,
+                changes: AtomicU64::new(0),
                 link: Mutex::new(first.as_ref().map(|connected| connected.link.clone())),
                 waiters: Mutex::default(),
                 timer: Notify::new(),
@@ -356,9 +424,15 @@ impl Hub {
         recent: usize,
         devices: impl Fn(&DeviceId) -> bool,
         commands: impl Fn(&CommandView) -> bool,
-    ) -> (LiveEvent, broadcast::Receiver<Event>) {
+    ) -> (LiveEvent, Subscription) {
         let state = self.state();
-        let receiver = self.inner.events.subscribe();
+        let receiver = Subscription {
+            receiver: self.inner.events.subscribe(),
+            after: self
+                .inner
+                .changes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        };
         let mut views: Vec<DeviceView> = state
             .registry
             .iter_views()
@@ -376,7 +450,14 @@ impl Hub {
 
     /// The live events from now on, without a snapshot (for the job runner).
     pub fn events(&self) -> Events {
-        Events(self.inner.events.subscribe())
+        let _state = self.state();
+        Events(Subscription {
+            receiver: self.inner.events.subscribe(),
+            after: self
+                .inner
+                .changes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     /// This replica's id (kept in its data folder when it has a command log).
@@ -425,9 +506,26 @@ impl Hub {
                     .devices_generation
                     .fetch_add(1, std::sync::atomic::Ordering::Release);
             }
-            // No listener is fine: nobody is watching.
-            let _ = self.inner.events.send(SharedEvent::new(event.clone()));
+            self.emit(event.clone());
         }
+    }
+
+    /// Hands an event of a change just made to the fan-out task, numbered. Call with
+    /// the state locked (the numbers then follow the changes).
+    fn emit(&self, event: LiveEvent) {
+        let seq = self
+            .inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        // Fails only once the fan-out task is gone, with the runtime: nobody listens.
+        let _ = self.inner.fanout.send(SharedEvent::numbered(event, seq));
+    }
+
+    /// Hands an event made outside the state lock (a job's progress) to the fan-out
+    /// task: listeners get it after everything handed over before it.
+    pub(crate) fn emit_unnumbered(&self, event: LiveEvent) {
+        let _ = self.inner.fanout.send(SharedEvent::new(event));
     }
 
     /// Sends command changes to listeners, ended commands to their waiters, and this
@@ -446,12 +544,9 @@ impl Hub {
                     let _ = notify.send(command.clone());
                 }
             }
-            let _ = self
-                .inner
-                .events
-                .send(SharedEvent::new(LiveEvent::CommandUpdated {
-                    command: command.clone(),
-                }));
+            self.emit(LiveEvent::CommandUpdated {
+                command: command.clone(),
+            });
         }
     }
 
@@ -488,5 +583,49 @@ impl Announced for Hub {
                 .find(|m| m.name == metric)
                 .map_or(Known::UnknownMetric, |spec| Known::Metric(spec.clone())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(n: u64) -> LiveEvent {
+        LiveEvent::Telemetry {
+            reading: protocol::api::Reading {
+                device_id: DeviceId("d".into()),
+                metric: "m".into(),
+                value: n as f64,
+                ts_ms: n,
+            },
+        }
+    }
+
+    fn value(event: &Event) -> u64 {
+        match &event.event {
+            LiveEvent::Telemetry { reading } => reading.ts_ms,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscription_skips_the_changes_its_snapshot_holds_but_no_unnumbered_event() {
+        let (sender, receiver) = broadcast::channel(16);
+        let mut subscription = Subscription { receiver, after: 3 };
+        // Changes 2 and 3 were made before the snapshot and passed on after it; a job's
+        // event (unnumbered) came between them.
+        for (n, seq) in [(2, 2), (7, 0), (3, 3), (4, 4), (5, 5)] {
+            sender.send(SharedEvent::numbered(reading(n), seq)).unwrap();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(value(&subscription.recv().await.unwrap()));
+        }
+        assert_eq!(seen, [7, 4, 5]);
+        drop(sender);
+        assert!(matches!(
+            subscription.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
     }
 }

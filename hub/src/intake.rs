@@ -359,7 +359,7 @@ impl Hub {
         }
         match shared.event {
             event @ (LiveEvent::JobUpdated { .. } | LiveEvent::JobTarget { .. }) => {
-                let _ = self.inner.events.send(crate::hub::SharedEvent::new(event));
+                self.emit_unnumbered(event);
             }
             _ => self.dropped(
                 &self.inner.stats.malformed,

@@ -48,7 +48,7 @@ pub use self::{
     announced::{Announced, Known},
     command_log::{CommandLog, ORPHAN_GRACE, ORPHANED},
     flood::MAX_READINGS_PER_SECOND,
-    hub::{Event, Events, Hub, HubConfig, SharedEvent},
+    hub::{Event, Events, Hub, HubConfig, SharedEvent, Subscription},
     pages::SharedPage,
     recorder::{Recorder, RecorderConfig, RecorderSnapshot, RecorderStats, Rejected, Stop},
     send::{CancelError, SendError},

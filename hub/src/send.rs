@@ -384,11 +384,7 @@ impl Hub {
     /// about something that is not the hub's own: a job's progress. Best effort across
     /// replicas, in order.
     pub async fn publish(&self, event: LiveEvent) {
-        // No listener is fine: nobody is watching.
-        let _ = self
-            .inner
-            .events
-            .send(crate::hub::SharedEvent::new(event.clone()));
+        self.emit_unnumbered(event.clone());
         let Some(link) = self.link() else { return };
         let shared = SharedLive {
             origin: self.inner.replica_id.clone(),

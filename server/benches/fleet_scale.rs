@@ -13,7 +13,8 @@
 //! `TETHER_FLEET_STALL_SECS` (how long without 1 % of the devices more online ends the
 //! wait: 120), `TETHER_FLEET_HEARTBEAT_MS` (each device's heartbeat: 5000; faster makes
 //! an hour of an idle fleet's traffic go by in minutes, for the agent's memory over
-//! time), `TETHER_BROKER_MAX_CONNECTIONS` (passed on to the server).
+//! time), `TETHER_BROKER_MAX_CONNECTIONS` (passed on to the server), `TETHER_SERVER_BIN`
+//! (another build's `tether-server`, to compare two builds with the same bench).
 //!
 //! Real processes: a release `tether-server` on free ports with a SQLite database in a
 //! folder of its own, and ONE `tether-agent --simulate N` process (gateways, heartbeat
@@ -752,7 +753,10 @@ fn start_server(
     database: &str,
     amqp_url: Option<&str>,
 ) -> anyhow::Result<(Process, String, String)> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tether-server"));
+    // Another build's server may be measured with the same bench: `TETHER_SERVER_BIN`.
+    let binary = std::env::var_os("TETHER_SERVER_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_tether-server").into(), PathBuf::from);
+    let mut command = Command::new(binary);
     command
         .env("TETHER_ADDR", "127.0.0.1:0")
         .env("TETHER_BROKER_ADDR", "127.0.0.1:0")

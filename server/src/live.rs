@@ -28,7 +28,7 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, header},
     response::Response,
 };
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -43,9 +43,9 @@ use protocol::{
     fleet::{DevicePage, DeviceQuery},
     job::JobId,
 };
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use hub::{Event, SharedPage, Watching};
+use hub::{Event, SharedPage, Subscription, Watching};
 
 use crate::{
     api::Params,
@@ -430,17 +430,7 @@ async fn serve(
     }
     // The page first: its devices are then in the snapshot.
     let first_page = shows.fleet_page(&state, &who, true);
-    let snapshot = |shows: &Shows, who: &Identity| {
-        hub.subscribe_to(
-            SNAPSHOT_COMMANDS,
-            |id| shows.shows(id),
-            |command| {
-                shows.shows_command(command)
-                    && state.groups.may_see(who, command.device_id.as_str())
-            },
-        )
-    };
-    let (first, mut events) = snapshot(&shows, &who);
+    let (first, mut events) = snapshot(&state, &shows, &who);
     let refusals = refusals.into_iter().map(|r| Outgoing::Own(Box::new(r)));
     let opening = std::iter::once(Outgoing::from(first)).chain(first_page.map(Outgoing::from));
     for event in opening.chain(refusals) {
@@ -496,25 +486,24 @@ async fn serve(
                 return;
             }
             event = events.recv() => match event {
-                Ok(event) => {
-                    if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event).await.is_err() {
-                        return;
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!("a live client missed {missed} events; resyncing it");
-                    let page = shows.fleet_page(&state, &who, true);
-                    let (fresh_snapshot, fresh) = snapshot(&shows, &who);
-                    events = fresh;
-                    for event in std::iter::once(fresh_snapshot).chain(page) {
-                        if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event).await.is_err() {
+                Ok(event) => match Box::pin(send_batch(&mut socket, &state, &who, &shows, &mut jobs_seen, event, &mut events)).await {
+                    Ok(None) => {}
+                    Ok(Some(missed)) => {
+                        let Ok(()) = Box::pin(resync(&mut socket, &state, &who, &mut shows, &mut jobs_seen, &mut events, missed)).await else {
                             return;
-                        }
+                        };
                     }
+                    Err(_) => return,
+                },
+                Err(RecvError::Lagged(missed)) => {
+                    let Ok(()) = Box::pin(resync(&mut socket, &state, &who, &mut shows, &mut jobs_seen, &mut events, missed)).await else {
+                        return;
+                    };
                 }
                 Err(RecvError::Closed) => return,
             },
             incoming = socket.next() => match incoming {
+
                 Some(Ok(Message::Text(text))) => {
                     let answer = match serde_json::from_str::<LiveRequest>(text.as_str()) {
                         Ok(LiveRequest::Watch { device_id }) => {
@@ -591,6 +580,79 @@ async fn serve(
             },
         }
     }
+}
+
+/// A snapshot of what the tab shows, and the events that follow it.
+fn snapshot(state: &AppState, shows: &Shows, who: &Identity) -> (LiveEvent, Subscription) {
+    state.hub.subscribe_to(
+        SNAPSHOT_COMMANDS,
+        |id| shows.shows(id),
+        |command| {
+            shows.shows_command(command) && state.groups.may_see(who, command.device_id.as_str())
+        },
+    )
+}
+
+/// Most events written together (see [`send_batch`]), and most bytes.
+const BATCH_EVENTS: usize = 64;
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// Sends `first` and whatever events are already waiting behind it (up to
+/// [`BATCH_EVENTS`] or [`BATCH_BYTES`]) in one write: a socket that fell behind a burst
+/// catches up in a few system calls instead of one per event. `Some(missed)` if it
+/// found it had fallen too far behind (the caller resyncs it).
+async fn send_batch(
+    socket: &mut Socket,
+    state: &AppState,
+    who: &Identity,
+    shows: &Shows,
+    jobs_seen: &mut HashMap<JobId, bool>,
+    first: Event,
+    events: &mut Subscription,
+) -> Result<Option<u64>, tungstenite::Error> {
+    socket.get_mut().hold(true);
+    let mut lagged = None;
+    let mut sent = send(socket, state, who, shows, jobs_seen, first).await;
+    for _ in 1..BATCH_EVENTS {
+        if sent.is_err() || socket.get_ref().held() >= BATCH_BYTES {
+            break;
+        }
+        match events.try_recv() {
+            Ok(event) => sent = send(socket, state, who, shows, jobs_seen, event).await,
+            Err(TryRecvError::Lagged(missed)) => {
+                lagged = Some(missed);
+                break;
+            }
+            // Nothing more now, or the hub is gone (the next `recv` says so).
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    socket.get_mut().hold(false);
+    sent?;
+    socket.flush().await?;
+    Ok(lagged)
+}
+
+/// Sends a tab that fell `missed` events behind a fresh snapshot (and fleet page), and
+/// follows the events after it from then on.
+async fn resync(
+    socket: &mut Socket,
+    state: &AppState,
+    who: &Identity,
+    shows: &mut Shows,
+    jobs_seen: &mut HashMap<JobId, bool>,
+    events: &mut Subscription,
+    missed: u64,
+) -> Result<(), tungstenite::Error> {
+    tracing::debug!("a live client missed {missed} events; resyncing it");
+    // The page first, as when it connected: its devices are then in the snapshot.
+    let page = shows.fleet_page(state, who, true);
+    let (fresh_snapshot, fresh) = snapshot(state, shows, who);
+    *events = fresh;
+    for event in std::iter::once(fresh_snapshot).chain(page) {
+        send(socket, state, who, shows, jobs_seen, event).await?;
+    }
+    Ok(())
 }
 
 /// [`find_identity`] again, from a socket's credentials.

@@ -15,6 +15,11 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header, request::Parts},
     response::{IntoResponse as _, Response},
 };
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
 use futures_util::SinkExt as _;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::{
@@ -35,7 +40,96 @@ use tokio_tungstenite::{
 use crate::error::Failure;
 
 /// An upgraded live socket.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = WebSocketStream<Held<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// A connection whose writes can be held back and sent together: while
+/// [`Held::hold`] is on, what is written collects in a buffer and flushing does
+/// nothing; once it is off, the next flush writes it all at once and gives the buffer
+/// back. A socket sent several events at a time so makes one `send` call for them
+/// instead of one each (a profile of 10,000 sockets found 69 % of the server's time in
+/// those calls), and an idle socket holds no buffer.
+#[derive(Debug)]
+pub struct Held<S> {
+    inner: S,
+    held: Vec<u8>,
+    holding: bool,
+}
+
+impl<S> Held<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            held: Vec::new(),
+            holding: false,
+        }
+    }
+
+    /// Starts or stops holding writes back (a flush after stopping sends them).
+    pub fn hold(&mut self, holding: bool) {
+        self.holding = holding;
+    }
+
+    /// How many bytes are held back.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> Held<S> {
+    /// Writes what is held back; `Ready(Ok)` once all of it is out.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.held.is_empty() {
+            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..written);
+        }
+        // Given back: an idle socket keeps no buffer.
+        self.held = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Held<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Held<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.holding {
+            self.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // What was held goes first, in order.
+        ready!(self.poll_release(cx))?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.holding {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.poll_release(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.holding = false;
+        ready!(self.poll_release(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// The largest frame sent: a longer text goes out in pieces of this size.
 pub const FRAGMENT: usize = 4 * 1024;
@@ -130,8 +224,12 @@ impl Pending {
             .max_message_size(Some(max_incoming))
             .max_frame_size(Some(max_incoming));
         Some(
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await,
+            WebSocketStream::from_raw_socket(
+                Held::new(TokioIo::new(upgraded)),
+                Role::Server,
+                Some(config),
+            )
+            .await,
         )
     }
 }
@@ -179,4 +277,46 @@ pub async fn close(socket: &mut Socket, code: CloseCode, reason: &'static str) {
         reason: reason.into(),
     };
     let _ = socket.send(Message::Close(Some(close))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::Held;
+
+    #[tokio::test]
+    async fn held_writes_go_out_together_in_order_and_leave_no_buffer() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut held = Held::new(near);
+        held.write_all(b"one ").await.unwrap();
+        held.flush().await.unwrap();
+        let mut got = vec![0; 4];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"one ");
+
+        held.hold(true);
+        held.write_all(b"two ").await.unwrap();
+        held.write_all(b"three ").await.unwrap();
+        // Flushing while holding sends nothing.
+        held.flush().await.unwrap();
+        assert_eq!(held.held(), 10);
+        let mut nothing = [0; 1];
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), far.read(&mut nothing))
+                .await
+                .is_err(),
+            "nothing may reach the peer while writes are held"
+        );
+
+        held.hold(false);
+        // A write after holding stops goes out after what was held.
+        held.write_all(b"four").await.unwrap();
+        held.flush().await.unwrap();
+        assert_eq!(held.held(), 0);
+        assert_eq!(held.held.capacity(), 0, "the buffer is given back");
+        let mut got = vec![0; 14];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"two three four");
+    }
 }

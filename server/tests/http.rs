@@ -1,6 +1,8 @@
 //! Starts the real server on port 0 and talks to it over HTTP.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
+
+use testkit::within;
 
 use tokio::sync::oneshot;
 
@@ -92,31 +94,50 @@ async fn unknown_page_is_a_404_with_a_way_back() {
 
 #[tokio::test]
 async fn without_a_broker_pages_still_render_and_commands_fail_clearly() {
+    // What the server logs goes with the test's output, so a failure shows it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug,hyper=info,h2=info,reqwest=info")
+        .with_test_writer()
+        .try_init();
+    // Every step is bounded: a server that stops answering fails the test, naming the
+    // step, instead of hanging the run.
+    let step = Duration::from_secs(20);
     // Nothing listens on port 1: the hub starts disconnected and keeps retrying.
-    let running = start_with("amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
-    let (status, body) = get(&running, "/").await;
+    let running = within(
+        step,
+        "starting the server",
+        start_with("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+    )
+    .await;
+    let (status, body) = within(step, "GET /", get(&running, "/")).await;
     assert_eq!(status, 200);
     assert!(body.contains("<h1>Fleet</h1>"), "{body}");
     assert_eq!(
-        get(&running, "/readyz").await,
+        within(step, "GET /readyz", get(&running, "/readyz")).await,
         (503, "not connected to the broker".to_owned())
     );
-    let (_, metrics) = get(&running, "/metrics").await;
+    let (_, metrics) = within(step, "GET /metrics", get(&running, "/metrics")).await;
     assert!(metrics.contains("tether_broker_connected 0"), "{metrics}");
 
-    let response = running
-        .client
-        .post(format!(
-            "http://{}/api/v1/devices/any/commands",
-            running.addr
-        ))
-        .header("content-type", "application/json")
-        .body(r#"{"name":"toggle"}"#)
-        .send()
-        .await
-        .expect("HTTP request");
+    let response = within(
+        step,
+        "the command's POST",
+        running
+            .client
+            .post(format!(
+                "http://{}/api/v1/devices/any/commands",
+                running.addr
+            ))
+            .header("content-type", "application/json")
+            .body(r#"{"name":"toggle"}"#)
+            .send(),
+    )
+    .await
+    .expect("HTTP request");
     assert_eq!(response.status().as_u16(), 503);
-    let error: protocol::api::ApiError = response.json().await.expect("JSON error");
+    let error: protocol::api::ApiError = within(step, "the refusal's body", response.json())
+        .await
+        .expect("JSON error");
     assert_eq!(error.code, "broker_unavailable");
     assert_eq!(
         error.message,
