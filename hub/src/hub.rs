@@ -593,7 +593,7 @@ mod tests {
     fn reading(n: u64) -> LiveEvent {
         LiveEvent::Telemetry {
             reading: protocol::api::Reading {
-                device_id: DeviceId("d".into()),
+                device_id: DeviceId::new("d").unwrap(),
                 metric: "m".into(),
                 value: n as f64,
                 ts_ms: n,
