@@ -459,11 +459,23 @@ pub async fn run(
     server.serve(signal).await
 }
 
+/// The app's pages, listed once per process. Listing them renders the app with resource
+/// loading switched off by a flag that is global to the process (leptos_server's
+/// `SuppressResourceLoad`): a page rendering meanwhile in another server of the same
+/// process (the tests run several) would have its resources wait forever, and its
+/// answer with them. Listed once, nothing renders during it: every server is built on
+/// the list, so none serves before it exists.
+fn route_list() -> Vec<leptos_axum::AxumRouteListing> {
+    static ROUTES: std::sync::OnceLock<Vec<leptos_axum::AxumRouteListing>> =
+        std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| generate_route_list(App)).clone()
+}
+
 /// All routes: health, readiness, metrics, the JSON API, the Leptos pages and server
 /// functions, and the built site's files (precompressed once, in the background,
 /// starting now).
 pub fn router(state: AppState) -> Router {
-    let routes = generate_route_list(App);
+    let routes = route_list();
     let fleet: SharedFleet = Arc::new(state.clone());
     let stop_compressing = Arc::new(AtomicBool::new(false));
     assets::precompress(
