@@ -618,6 +618,7 @@ async fn start_command<H: Handler>(
         command_id: id.clone(),
         session_id: publisher.session_id.clone(),
     });
+    publisher.reply(&reply_to, &id, &delivered).await;
 
     let command = match check(handler.as_ref(), request) {
         Ok(command) => command,
@@ -626,7 +627,6 @@ async fn start_command<H: Handler>(
                 code: error.code,
                 message: error.message,
             };
-            publisher.reply(&reply_to, &id, &delivered).await;
             publisher
                 .reply(&reply_to, &id, &reply(publisher, &id, outcome))
                 .await;
@@ -654,24 +654,7 @@ async fn start_command<H: Handler>(
     let key = id.clone();
     let task = tokio::spawn(async move {
         let timeout = command.timeout;
-        // `delivered` is handed to the connection first (its first poll queues its
-        // frames) and the handler starts at once, without waiting for them to be
-        // written: whatever the handler sends is queued after them on the same channel,
-        // so the server still hears `delivered` first, one thread hand-off sooner.
-        let mut delivering = std::pin::pin!(publisher_for_task.reply(&reply_to, &id, &delivered));
-        let written = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(delivering.as_mut().poll(cx).is_ready())
-        })
-        .await;
-        let (outcome, ()) = tokio::join!(
-            tokio::time::timeout(timeout, handler.handle(command, context)),
-            async {
-                if !written {
-                    delivering.await;
-                }
-            },
-        );
-        let outcome = match outcome {
+        let outcome = match tokio::time::timeout(timeout, handler.handle(command, context)).await {
             Ok(Ok(result)) => Outcome::Ok { result },
             Ok(Err(error)) => Outcome::Error {
                 code: error.code,
