@@ -152,7 +152,7 @@ impl Subscription {
     pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
         loop {
             let event = self.receiver.recv().await?;
-            if event.seq == 0 || event.seq > self.after {
+            if self.is_new(&event) {
                 return Ok(event);
             }
         }
@@ -162,10 +162,15 @@ impl Subscription {
     pub fn try_recv(&mut self) -> Result<Event, broadcast::error::TryRecvError> {
         loop {
             let event = self.receiver.try_recv()?;
-            if event.seq == 0 || event.seq > self.after {
+            if self.is_new(&event) {
                 return Ok(event);
             }
         }
+    }
+
+    /// Whether `event` is not already held by what this subscription started from.
+    fn is_new(&self, event: &SharedEvent) -> bool {
+        event.seq == 0 || event.seq > self.after
     }
 }
 
@@ -426,13 +431,7 @@ impl Hub {
         commands: impl Fn(&CommandView) -> bool,
     ) -> (LiveEvent, Subscription) {
         let state = self.state();
-        let receiver = Subscription {
-            receiver: self.inner.events.subscribe(),
-            after: self
-                .inner
-                .changes
-                .load(std::sync::atomic::Ordering::Relaxed),
-        };
+        let receiver = self.subscription(&state);
         let mut views: Vec<DeviceView> = state
             .registry
             .iter_views()
@@ -450,14 +449,19 @@ impl Hub {
 
     /// The live events from now on, without a snapshot (for the job runner).
     pub fn events(&self) -> Events {
-        let _state = self.state();
-        Events(Subscription {
+        Events(self.subscription(&self.state()))
+    }
+
+    /// The events of the changes after those made so far (`_locked`: no change is
+    /// being made meanwhile).
+    fn subscription(&self, _locked: &State) -> Subscription {
+        Subscription {
             receiver: self.inner.events.subscribe(),
             after: self
                 .inner
                 .changes
                 .load(std::sync::atomic::Ordering::Relaxed),
-        })
+        }
     }
 
     /// This replica's id (kept in its data folder when it has a command log).

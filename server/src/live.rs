@@ -485,25 +485,23 @@ async fn serve(
                 websocket::close(&mut socket, CloseCode::Away, "the server is stopping").await;
                 return;
             }
-            event = events.recv() => match event {
-                Ok(event) => match Box::pin(send_batch(&mut socket, &state, &who, &shows, &mut jobs_seen, event, &mut events)).await {
-                    Ok(None) => {}
-                    Ok(Some(missed)) => {
-                        let Ok(()) = Box::pin(resync(&mut socket, &state, &who, &mut shows, &mut jobs_seen, &mut events, missed)).await else {
-                            return;
-                        };
-                    }
-                    Err(_) => return,
-                },
-                Err(RecvError::Lagged(missed)) => {
-                    let Ok(()) = Box::pin(resync(&mut socket, &state, &who, &mut shows, &mut jobs_seen, &mut events, missed)).await else {
-                        return;
-                    };
+            event = events.recv() => {
+                // How many events the tab fell behind by, if it did: then it resyncs.
+                let missed = match event {
+                    Ok(event) => match Box::pin(send_batch(&mut socket, &state, &who, &shows, &mut jobs_seen, event, &mut events)).await {
+                        Ok(missed) => missed,
+                        Err(_) => return,
+                    },
+                    Err(RecvError::Lagged(missed)) => Some(missed),
+                    Err(RecvError::Closed) => return,
+                };
+                if let Some(missed) = missed
+                    && Box::pin(resync(&mut socket, &state, &who, &mut shows, &mut jobs_seen, &mut events, missed)).await.is_err()
+                {
+                    return;
                 }
-                Err(RecvError::Closed) => return,
             },
             incoming = socket.next() => match incoming {
-
                 Some(Ok(Message::Text(text))) => {
                     let answer = match serde_json::from_str::<LiveRequest>(text.as_str()) {
                         Ok(LiveRequest::Watch { device_id }) => {
