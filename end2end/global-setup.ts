@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createWriteStream, existsSync, mkdtempSync, rmSync, writeFileSync, type WriteStream } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
@@ -8,6 +8,9 @@ import path from "node:path";
 // TETHER_BASE_URL, and the agent binary's path through TETHER_AGENT_BIN. Set
 // TETHER_BASE_URL yourself to test a server that is already running instead (and
 // TETHER_E2E_ADMIN / TETHER_E2E_ADMIN_PASSWORD to an admin account of it).
+//
+// Everything the server prints goes to end2end/server.log (scripts/test.sh shows its end
+// when the suite fails), and also to stderr with TETHER_E2E_SERVER_LOG set.
 //
 // Before the server starts, an admin account is made with `tether-server user add`;
 // once it listens, that admin logs in through the login form, and the session cookie is
@@ -54,7 +57,8 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
     input: `${process.env.TETHER_E2E_ADMIN_PASSWORD}\n`,
   });
   const server = spawn(bin, [], { env, stdio: ["ignore", "pipe", "pipe"] });
-  const baseURL = await listeningAddress(server);
+  const log = createWriteStream(path.join(__dirname, "server.log"));
+  const baseURL = await listeningAddress(server, log);
   await saveAdminSession(baseURL);
   process.env.TETHER_BASE_URL = baseURL;
   process.env.TETHER_AGENT_BIN ??= path.join(targetDir, "release", "tether-agent");
@@ -67,6 +71,7 @@ export default async function globalSetup(): Promise<(() => Promise<void>) | voi
   return async () => {
     server.kill("SIGTERM");
     await new Promise((resolve) => server.once("exit", resolve));
+    await new Promise((resolve) => log.end(resolve));
     rmSync(dataDir, { recursive: true, force: true });
   };
 }
@@ -100,8 +105,9 @@ async function saveAdminSession(baseURL: string): Promise<void> {
 }
 
 // Resolves with the server's URL from its "listening on http://…" log line; rejects if
-// it exits or stays silent for too long, with everything it printed.
-function listeningAddress(server: ChildProcess): Promise<string> {
+// it exits or stays silent for too long, with everything it printed. All of its output
+// goes on to `log`, for as long as it runs.
+function listeningAddress(server: ChildProcess, log: WriteStream): Promise<string> {
   return new Promise((resolve, reject) => {
     let output = "";
     const timer = setTimeout(() => fail("did not report its address within 30 s"), 30_000);
@@ -110,14 +116,19 @@ function listeningAddress(server: ChildProcess): Promise<string> {
       server.kill("SIGKILL");
       reject(new Error(`tether-server ${why}. Its output:\n${output}`));
     };
+    let listening = false;
     const onData = (chunk: Buffer) => {
+      log.write(chunk);
+      if (process.env.TETHER_E2E_SERVER_LOG) process.stderr.write(chunk);
+      if (listening) return;
       output += chunk.toString();
       const found = output.match(/listening on (http:\/\/[\d.:]+)/);
       if (found) {
+        listening = true;
+        output = "";
         clearTimeout(timer);
         resolve(found[1]);
       }
-      if (process.env.TETHER_E2E_SERVER_LOG) process.stderr.write(chunk);
     };
     server.stdout?.on("data", onData);
     server.stderr?.on("data", onData);

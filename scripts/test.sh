@@ -48,8 +48,16 @@ cargo_tests() {
 }
 
 playwright_tests() {
-  rm -f end2end/test-results/results.json
-  (cd end2end && npx playwright test)
+  rm -f end2end/test-results/results.json end2end/server.log
+  if (cd end2end && npx playwright test); then
+    return 0
+  fi
+  # What the server under test said last (global-setup.ts keeps all of it).
+  if [ -f end2end/server.log ]; then
+    echo "--- the last 300 lines of end2end/server.log"
+    tail -n 300 end2end/server.log
+  fi
+  return 1
 }
 
 # A RabbitMQ node of the tests' own (127.0.0.1:5674) that admits devices through

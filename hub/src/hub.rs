@@ -86,8 +86,16 @@ pub struct SharedEvent {
     seq: u64,
 }
 
-/// What the hub's broadcast carries.
+/// A live event as listeners receive it.
 pub type Event = Arc<SharedEvent>;
+
+/// What the hub's broadcast carries: an event, or word that events were dropped before
+/// they reached it (the fan-out queue overflowed), so every listener must resync.
+#[derive(Debug, Clone)]
+enum Fanned {
+    Event(Event),
+    Dropped(u64),
+}
 
 impl SharedEvent {
     pub(crate) fn new(event: LiveEvent) -> Event {
@@ -141,7 +149,7 @@ impl Events {
 /// exactly the later changes.
 #[derive(Debug)]
 pub struct Subscription {
-    receiver: broadcast::Receiver<Event>,
+    receiver: broadcast::Receiver<Fanned>,
     /// The number of the last change made before it.
     after: u64,
 }
@@ -151,9 +159,12 @@ impl Subscription {
     /// lost to it (it must resync), `Closed` once the hub is gone.
     pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
         loop {
-            let event = self.receiver.recv().await?;
-            if self.is_new(&event) {
-                return Ok(event);
+            match self.receiver.recv().await? {
+                Fanned::Event(event) if self.is_new(&event) => return Ok(event),
+                Fanned::Event(_) => {}
+                Fanned::Dropped(missed) => {
+                    return Err(broadcast::error::RecvError::Lagged(missed));
+                }
             }
         }
     }
@@ -161,9 +172,12 @@ impl Subscription {
     /// The next event if one is already here, without waiting.
     pub fn try_recv(&mut self) -> Result<Event, broadcast::error::TryRecvError> {
         loop {
-            let event = self.receiver.try_recv()?;
-            if self.is_new(&event) {
-                return Ok(event);
+            match self.receiver.try_recv()? {
+                Fanned::Event(event) if self.is_new(&event) => return Ok(event),
+                Fanned::Event(_) => {}
+                Fanned::Dropped(missed) => {
+                    return Err(broadcast::error::TryRecvError::Lagged(missed));
+                }
             }
         }
     }
@@ -182,10 +196,14 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Live events for this replica's browsers, sent on by the fan-out task in the
     /// order [`Inner::fanout`] was given them (see [`Subscription`]).
-    pub(crate) events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Fanned>,
     /// Events on their way to [`Inner::events`]: pushed while `state` is locked,
     /// numbered by [`Inner::changes`], so in the order of the changes they tell of.
-    fanout: tokio::sync::mpsc::UnboundedSender<Event>,
+    /// Bounded by [`FANOUT_QUEUE`]: what does not fit is counted in
+    /// [`Inner::overflowed`] and dropped, and every listener then resyncs.
+    fanout: tokio::sync::mpsc::Sender<Event>,
+    /// Events dropped because [`Inner::fanout`] was full, not yet told to listeners.
+    overflowed: Arc<AtomicU64>,
     /// The number of the last change told to listeners (see [`SharedEvent::seq`]).
     changes: AtomicU64,
     /// The broker link, while connected.
@@ -228,6 +246,11 @@ pub(crate) struct State {
 
 /// Live events a slow browser may fall behind by before it must resync.
 const EVENT_BUFFER: usize = 4096;
+/// Live events that may wait for the fan-out task (each an `Arc`, a few hundred bytes
+/// with its event) before they are dropped and every listener resyncs instead: the
+/// fan-out can fall behind a burst (waking 10,000 sockets takes milliseconds an
+/// event), and memory must not grow without bound meanwhile.
+const FANOUT_QUEUE: usize = 65_536;
 
 impl Hub {
     /// Connects to the broker, declares the topology and starts consuming. If the
@@ -259,18 +282,10 @@ impl Hub {
         };
         let command_log = config.command_log.clone();
         let events = broadcast::channel(EVENT_BUFFER).0;
-        let (fanout, mut to_send) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let (fanout, to_send) = tokio::sync::mpsc::channel::<Event>(FANOUT_QUEUE);
+        let overflowed = Arc::default();
         // Until the hub is gone (its last events, those of a stop, included).
-        let sending = events.clone();
-        tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while to_send.recv_many(&mut batch, 256).await > 0 {
-                for event in batch.drain(..) {
-                    // No listener is fine: nobody is watching.
-                    let _ = sending.send(event);
-                }
-            }
-        });
+        tokio::spawn(fan_out(to_send, events.clone(), Arc::clone(&overflowed)));
         let hub = Self {
             inner: Arc::new(Inner {
                 config,
@@ -278,6 +293,7 @@ impl Hub {
                 state: Mutex::default(),
                 events,
                 fanout,
+                overflowed,
                 changes: AtomicU64::new(0),
                 link: Mutex::new(first.as_ref().map(|connected| connected.link.clone())),
                 waiters: Mutex::default(),
@@ -522,14 +538,28 @@ impl Hub {
             .changes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        // Fails only once the fan-out task is gone, with the runtime: nobody listens.
-        let _ = self.inner.fanout.send(SharedEvent::numbered(event, seq));
+        self.hand_over(SharedEvent::numbered(event, seq));
     }
 
     /// Hands an event made outside the state lock (a job's progress) to the fan-out
     /// task: listeners get it after everything handed over before it.
     pub(crate) fn emit_unnumbered(&self, event: LiveEvent) {
-        let _ = self.inner.fanout.send(SharedEvent::new(event));
+        self.hand_over(SharedEvent::new(event));
+    }
+
+    /// Queues `event` for the fan-out task; if the queue is full, drops it and counts
+    /// it, and the task makes every listener resync.
+    fn hand_over(&self, event: Event) {
+        match self.inner.fanout.try_send(event) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.inner
+                    .overflowed
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
+            // The fan-out task is gone, with the runtime: nobody listens.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 
     /// Sends command changes to listeners, ended commands to their waiters, and this
@@ -590,6 +620,39 @@ impl Announced for Hub {
     }
 }
 
+/// The fan-out task: passes the hub's events on to its listeners, in order, until the
+/// hub is gone. When events were dropped because the queue was full, it drops the rest
+/// of the backlog too and tells every listener to resync instead: each then takes a
+/// snapshot, which holds every change made so far, those dropped included.
+async fn fan_out(
+    mut to_send: tokio::sync::mpsc::Receiver<Event>,
+    sending: broadcast::Sender<Fanned>,
+    overflowed: Arc<AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut batch = Vec::new();
+    while to_send.recv_many(&mut batch, 256).await > 0 {
+        if overflowed.load(Ordering::Acquire) == 0 {
+            for event in batch.drain(..) {
+                // No listener is fine: nobody is watching.
+                let _ = sending.send(Fanned::Event(event));
+            }
+            continue;
+        }
+        let mut dropped = batch.len() as u64;
+        batch.clear();
+        while to_send.try_recv().is_ok() {
+            dropped += 1;
+        }
+        // After the backlog is gone, so that what was dropped meanwhile is counted here.
+        dropped += overflowed.swap(0, Ordering::AcqRel);
+        tracing::warn!(
+            "{dropped} live events did not fit the fan-out queue ({FANOUT_QUEUE}); every live view resyncs"
+        );
+        let _ = sending.send(Fanned::Dropped(dropped));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,7 +682,9 @@ mod tests {
         // Changes 2 and 3 were made before the snapshot and passed on after it; a job's
         // event (unnumbered) came between them.
         for (n, seq) in [(2, 2), (7, 0), (3, 3), (4, 4), (5, 5)] {
-            sender.send(SharedEvent::numbered(reading(n), seq)).unwrap();
+            sender
+                .send(Fanned::Event(SharedEvent::numbered(reading(n), seq)))
+                .unwrap();
         }
         let mut seen = Vec::new();
         for _ in 0..3 {
@@ -631,5 +696,58 @@ mod tests {
             subscription.recv().await,
             Err(broadcast::error::RecvError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_fan_out_drops_its_backlog_and_makes_every_listener_resync() {
+        let (queue, to_send) = tokio::sync::mpsc::channel(4);
+        let sending = broadcast::channel(16).0;
+        let mut first = Subscription {
+            receiver: sending.subscribe(),
+            after: 0,
+        };
+        let mut second = Subscription {
+            receiver: sending.subscribe(),
+            after: 0,
+        };
+        // The queue is full (4 waiting) and 2 more were dropped, before the task runs.
+        for n in 1..=4 {
+            queue
+                .try_send(SharedEvent::numbered(reading(n), n))
+                .unwrap();
+        }
+        assert!(
+            queue
+                .try_send(SharedEvent::numbered(reading(5), 5))
+                .is_err()
+        );
+        let overflowed = Arc::new(AtomicU64::new(2));
+        tokio::spawn(fan_out(to_send, sending, Arc::clone(&overflowed)));
+        for subscription in [&mut first, &mut second] {
+            assert!(matches!(
+                next(subscription).await,
+                Err(broadcast::error::RecvError::Lagged(6))
+            ));
+        }
+        assert_eq!(overflowed.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // Then events flow again, in order, the backlog gone.
+        queue
+            .send(SharedEvent::numbered(reading(7), 7))
+            .await
+            .unwrap();
+        queue
+            .send(SharedEvent::numbered(reading(8), 8))
+            .await
+            .unwrap();
+        assert_eq!(value(&next(&mut first).await.unwrap()), 7);
+        assert_eq!(value(&next(&mut first).await.unwrap()), 8);
+        assert_eq!(value(&next(&mut second).await.unwrap()), 7);
+    }
+
+    /// The subscription's next event, which must come within 5 s.
+    async fn next(subscription: &mut Subscription) -> Result<Event, broadcast::error::RecvError> {
+        tokio::time::timeout(Duration::from_secs(5), subscription.recv())
+            .await
+            .expect("an event within 5 s")
     }
 }
