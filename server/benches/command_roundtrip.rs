@@ -22,8 +22,14 @@
 //!    flight;
 //! 6. hub under load: round 2 with 1,000 commands pending on slow gateways.
 //!
+//! And, once, the HTTP floor: the same two requests per command (`POST`, then `GET`)
+//! from the same client to an axum server in this process whose handlers only decode
+//! the body and answer a command (no hub, no broker, no database, no authentication):
+//! what HTTP alone costs per command on this machine, which no API can beat.
+//!
 //! Then the ratios the goals are stated in: hub median over bare median with one in
-//! flight, hub and API throughput over bare throughput with `concurrency` in flight.
+//! flight, hub and API throughput over bare throughput with `concurrency` in flight,
+//! and the HTTP floor's throughput over bare throughput (the most the API could reach).
 //!
 //! Against both of the tests' brokers, with devices logged in as themselves and every
 //! message's identity checked as in production: RabbitMQ admitting devices through
@@ -50,6 +56,11 @@ use protocol::{
 };
 use tokio::sync::{oneshot, watch};
 
+/// The allocator `tether-server` runs with (its `main.rs`), so that the hub and the
+/// API here cost what they cost there; the baseline shares it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()
@@ -74,6 +85,13 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| broker | round | commands/s | p50 | p99 | p99.9 | max |");
     println!("|---|---|---|---|---|---|---|");
+    let floor = http_floor(commands, concurrency).await?;
+    report(
+        &format!(
+            "(none) | HTTP floor (POST, then GET; no-op axum handlers), {concurrency} in flight"
+        ),
+        &floor,
+    );
     let mut ratios = Vec::new();
     for name in ["RabbitMQ", "embedded"] {
         if only
@@ -86,13 +104,13 @@ async fn main() -> anyhow::Result<()> {
             "RabbitMQ" => testkit::rabbitmq_url(),
             _ => testkit::embedded_broker_url(),
         };
-        ratios.push(rounds(name, &url, devices, commands, concurrency).await?);
+        ratios.push(rounds(name, &url, devices, commands, concurrency, floor.rate()).await?);
     }
     println!();
     println!(
-        "| broker | hub p50 / bare p50, 1 in flight (goal ≤ 1.5×) | hub / bare commands/s, {concurrency} in flight (goal ≥ 0.5×) | API / bare commands/s, {concurrency} in flight (goal ≥ 0.4×) | API p50 / bare p50, 1 in flight | hub p99 at {OFFERED_PER_SECOND}/s offered (goal ≤ 2 ms) |"
+        "| broker | hub p50 / bare p50, 1 in flight (goal ≤ 1.5×) | hub / bare commands/s, {concurrency} in flight (goal ≥ 0.5×) | API / bare commands/s, {concurrency} in flight (goal ≥ 0.4×) | HTTP floor / bare commands/s, {concurrency} in flight | API p50 / bare p50, 1 in flight | hub p99 at {OFFERED_PER_SECOND}/s offered (goal ≤ 2 ms) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for row in ratios {
         println!("{row}");
     }
@@ -106,6 +124,7 @@ async fn rounds(
     devices: usize,
     commands: usize,
     concurrency: usize,
+    http_floor: f64,
 ) -> anyhow::Result<String> {
     let report = |round: &str, result: &Round| report(&format!("{broker} | {round}"), result);
     let url = url.to_owned();
@@ -235,10 +254,11 @@ async fn rounds(
 
     let median = |round: &Round| round.quantile(0.5).as_secs_f64();
     let ratios = format!(
-        "| {broker} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2} ms |",
+        "| {broker} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2} ms |",
         median(&hub_single) / median(&bare_single),
         hub_many.rate() / bare_many.rate(),
         api_many.rate() / bare_many.rate(),
+        http_floor / bare_many.rate(),
         median(&api_single) / median(&bare_single),
         paced.quantile(0.99).as_secs_f64() * 1000.0,
     );
@@ -389,18 +409,29 @@ impl Api {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.served).await;
     }
 
-    /// `POST /api/v1/devices/{id}/commands`, then `GET /api/v1/commands/{id}?wait_ms=`
-    /// until it ended: what a script does.
     async fn round(&self, devices: &[DeviceId], commands: usize, concurrency: usize) -> Round {
+        http_round(&self.client, &self.base, devices, commands, concurrency).await
+    }
+}
+
+/// `POST /api/v1/devices/{id}/commands`, then `GET /api/v1/commands/{id}?wait_ms=`
+/// until it ended, to the server at `base`: what a script does.
+async fn http_round(
+    client: &reqwest::Client,
+    base: &str,
+    devices: &[DeviceId],
+    commands: usize,
+    concurrency: usize,
+) -> Round {
+    {
         let started = Instant::now();
         let latencies = stream::iter(0..commands)
             .map(|n| {
                 let device = &devices[n % devices.len()];
                 async move {
                     let t0 = Instant::now();
-                    let mut command: CommandView = self
-                        .client
-                        .post(format!("{}/api/v1/devices/{device}/commands", self.base))
+                    let mut command: CommandView = client
+                        .post(format!("{base}/api/v1/devices/{device}/commands"))
                         .json(&get_state())
                         .send()
                         .await
@@ -411,11 +442,10 @@ impl Api {
                         .await
                         .expect("a command");
                     while !command.status.is_terminal() {
-                        command = self
-                            .client
+                        command = client
                             .get(format!(
-                                "{}/api/v1/commands/{}?wait_ms=30000",
-                                self.base, command.id
+                                "{base}/api/v1/commands/{}?wait_ms=30000",
+                                command.id
                             ))
                             .send()
                             .await
@@ -435,6 +465,67 @@ impl Api {
             .await;
         Round::new(latencies, started.elapsed())
     }
+}
+
+/// The HTTP floor: [`http_round`] against an axum server in this process whose
+/// `POST` decodes the command and answers it accepted, and whose `GET` answers it
+/// succeeded. Only HTTP and JSON, both ways, as the API round does them.
+async fn http_floor(commands: usize, concurrency: usize) -> anyhow::Result<Round> {
+    use axum::{
+        Json, Router,
+        extract::Path,
+        http::StatusCode,
+        routing::{get, post},
+    };
+    fn command(id: String, device: String, status: CommandStatus) -> CommandView {
+        CommandView {
+            id: protocol::CommandId(id),
+            device_id: DeviceId::new(device).expect("the bench's device ids are valid"),
+            name: "get_state".into(),
+            args: Default::default(),
+            status,
+            created_ms: 1,
+            updated_ms: 1,
+            deadline_ms: 30_001,
+            percent: None,
+            message: None,
+            result: None,
+            error: None,
+            issued_by: Some("bench".into()),
+            job_id: None,
+        }
+    }
+    let app = Router::new()
+        .route(
+            "/api/v1/devices/{device}/commands",
+            post(
+                |Path(device): Path<String>, Json(request): Json<SendCommand>| async move {
+                    let mut view = command(
+                        format!("{:032x}", fastrand::u128(..)),
+                        device,
+                        CommandStatus::Accepted,
+                    );
+                    view.name = request.name;
+                    (StatusCode::ACCEPTED, Json(view))
+                },
+            ),
+        )
+        .route(
+            "/api/v1/commands/{id}",
+            get(|Path(id): Path<String>| async move {
+                Json(command(id, "bench-sw0".into(), CommandStatus::Succeeded))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let served = tokio::spawn(async move { axum::serve(listener, app).await });
+    let devices: Vec<DeviceId> = (0..10)
+        .map(|n| DeviceId::new(format!("bench-sw{n}")).expect("a valid id"))
+        .collect();
+    let client = testkit::api_client("not checked");
+    let round = http_round(&client, &base, &devices, commands, concurrency).await;
+    served.abort();
+    Ok(round)
 }
 
 /// The same exchange of messages with nothing but lapin: an echo consumer that answers

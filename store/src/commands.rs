@@ -148,8 +148,15 @@ impl Store {
             return Ok(());
         }
         let commands: Vec<LoggedCommand> = latest.into_values().collect();
+        // SQLite, in this process, runs one cached statement per command faster than
+        // it parses and plans one of many rows; PostgreSQL, over the network, saves
+        // round trips with many rows per statement.
+        let rows = match self {
+            Store::Sqlite(_) => 1,
+            Store::Postgres(_) => ROWS_PER_STATEMENT,
+        };
         let statements = commands
-            .chunks(ROWS_PER_STATEMENT)
+            .chunks(rows)
             .map(upsert)
             .collect::<anyhow::Result<_>>()?;
         self.execute_all(statements)
@@ -287,19 +294,29 @@ fn upsert(commands: &[LoggedCommand]) -> anyhow::Result<(String, Vec<Value>)> {
         rows.push(format!("({})", placeholders.join(", ")));
         params.extend(self::params(command)?);
     }
+    static ONE_ROW: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = if commands.len() == 1 {
+        ONE_ROW.get_or_init(|| upsert_sql(&rows)).clone()
+    } else {
+        upsert_sql(&rows)
+    };
+    Ok((sql, params))
+}
+
+/// The text of an upsert of these rows of placeholders.
+fn upsert_sql(rows: &[String]) -> String {
     let updates: Vec<String> = COLUMNS[1..]
         .iter()
         .map(|column| format!("{column} = excluded.{column}"))
         .collect();
-    let sql = format!(
+    format!(
         "INSERT INTO commands ({}) VALUES {}
          ON CONFLICT (id) DO UPDATE SET {}
          WHERE commands.version < excluded.version",
         COLUMNS.join(", "),
         rows.join(", "),
         updates.join(", ")
-    );
-    Ok((sql, params))
+    )
 }
 
 /// A command's values, in the order of [`COLUMNS`].

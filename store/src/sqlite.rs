@@ -97,9 +97,8 @@ impl Sqlite {
         .await
     }
 
-    /// Runs statements of the shared SQL on the writer, in one transaction. They are not
-    /// cached: those that come here (the command log's batches) differ with the size of
-    /// the batch, and would push the others out of the cache.
+    /// Runs statements of the shared SQL on the writer, in one transaction, each
+    /// prepared once and cached (the command log's, one per command, are all alike).
     pub(crate) async fn execute_all(
         &self,
         statements: Vec<(String, Vec<sql::Value>)>,
@@ -110,7 +109,7 @@ impl Sqlite {
             let transaction = db.transaction()?;
             let mut changed = 0;
             for (sql, params) in &statements {
-                let mut statement = transaction.prepare(sql)?;
+                let mut statement = transaction.prepare_cached(sql)?;
                 changed += statement
                     .execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?
                     as u64;
