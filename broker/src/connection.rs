@@ -16,7 +16,8 @@
 //! - `channel`: the channel class (open, close, flow) and closing a channel on an error.
 //! - `exchange` and `queue`: exchange.* and queue.* methods, answered from the vhost.
 //! - `publish`: basic.publish, content reassembly, mandatory returns, confirms.
-//! - `delivery`: basic.qos, consume, cancel, get, deliveries, ack, nack, reject.
+//! - `delivery`: basic.qos, consume, cancel, get, deliveries, ack, nack, reject, recover.
+//! - `transaction`: tx.select, commit, rollback.
 
 mod access;
 mod channel;
@@ -27,6 +28,7 @@ mod handshake;
 mod login;
 mod publish;
 mod queue;
+mod transaction;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -482,6 +484,36 @@ struct Channel {
     publishing: Option<Box<Publishing>>,
     /// The broker closed it and waits for close-ok: all else on it is dropped.
     closing: bool,
+    /// In transaction mode (tx.select): what waits for tx.commit.
+    transaction: Option<Box<Transaction>>,
+}
+
+/// A channel's transaction: its publishes and settlings, held until tx.commit carries
+/// them out in order, or tx.rollback (or the channel's end) forgets them.
+/// What it holds is bounded ([`Transaction::MAX_MESSAGES`], [`Transaction::MAX_BYTES`],
+/// [`Transaction::MAX_SETTLINGS`]): a client that never commits must not hold the
+/// broker's memory; past a bound the channel is closed with 406.
+#[derive(Default)]
+struct Transaction {
+    publishes: Vec<(Message, bool)>,
+    /// The bodies' bytes in `publishes`.
+    bytes: usize,
+    settlings: Vec<Settling>,
+}
+
+impl Transaction {
+    const MAX_MESSAGES: usize = 10_000;
+    const MAX_BYTES: usize = 64 << 20;
+    const MAX_SETTLINGS: usize = 100_000;
+}
+
+/// An ack, nack or reject: `tag`, or all up to it with `multiple`; put back in the
+/// queue with `requeue`, else done with.
+#[derive(Debug, Clone, Copy)]
+struct Settling {
+    tag: u64,
+    multiple: bool,
+    requeue: bool,
 }
 
 impl Channel {

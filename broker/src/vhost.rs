@@ -47,6 +47,10 @@ pub struct Message {
     pub properties: BasicProperties,
     pub body: Arc<Vec<u8>>,
     pub redelivered: bool,
+    /// Where it stands in its queue: numbered as the queue takes it in, so that a
+    /// message put back (rejected, nacked, or left unacknowledged by a closed channel)
+    /// goes back to where it was among the others, as RabbitMQ does. Set by the queue.
+    pub position: u64,
     /// Past this, the message is dropped instead of delivered (per-message
     /// `expiration` or the queue's `x-message-ttl`, whichever is sooner).
     pub expires_at: Option<Instant>,
@@ -128,7 +132,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: u16, text: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u16, text: impl Into<String>) -> Self {
         Self {
             code,
             text: text.into(),
@@ -234,6 +238,7 @@ mod tests {
             properties: BasicProperties::default(),
             body: Arc::new(vec![0; bytes]),
             redelivered: false,
+            position: 0,
             expires_at: None,
         }
     }

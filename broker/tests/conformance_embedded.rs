@@ -96,11 +96,52 @@ async fn what_is_not_implemented_is_refused_cleanly() {
     let url = broker_url().await;
     let connection = connect(&url).await;
     let channel = connection.create_channel().await.unwrap();
-    let refused = tokio::time::timeout(Duration::from_secs(5), channel.tx_select())
-        .await
-        .expect("an answer, not a hang");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        channel.exchange_bind(
+            "amq.topic".into(),
+            "amq.fanout".into(),
+            "#".into(),
+            lapin::options::ExchangeBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("an answer, not a hang");
     let error = refused.unwrap_err();
     assert!(error.to_string().contains("NOT_IMPLEMENTED"), "{error}");
+}
+
+/// A transaction that is never committed cannot hold the broker's memory: past 10,000
+/// messages its channel is closed (RabbitMQ has no such bound).
+#[tokio::test]
+async fn a_transaction_holds_a_bounded_number_of_messages() {
+    let url = broker_url().await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel.tx_select().await.unwrap();
+    for _ in 0..=10_000 {
+        // Publishing on a channel the broker closed fails, but only once the close is in.
+        let _ = channel
+            .basic_publish(
+                "".into(),
+                "nowhere".into(),
+                lapin::options::BasicPublishOptions::default(),
+                b"x",
+                lapin::BasicProperties::default(),
+            )
+            .await;
+    }
+    let error = tokio::time::timeout(Duration::from_secs(5), channel.tx_commit())
+        .await
+        .expect("an answer, not a hang")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("at most 10000 messages"), "{error}");
+    // The connection goes on.
+    let other = connection.create_channel().await.unwrap();
+    other.tx_select().await.unwrap();
+    other.tx_commit().await.unwrap();
 }
 
 #[tokio::test]

@@ -210,6 +210,15 @@ impl Hub {
         if sender(delivery) != Some(sample.device_id.as_str()) {
             return self.impostor(delivery, &sample.device_id);
         }
+        if !reading::plausible_time(sample.ts_ms, now_ms()) {
+            return self.dropped(
+                &stats.readings_bad_timestamp,
+                &format!(
+                    "a reading of {} stamped {} ms, more than 5 minutes ahead of this server's clock or before clocks were set",
+                    sample.device_id, sample.ts_ms
+                ),
+            );
+        }
         let mut state = self.state();
         let State {
             registry,

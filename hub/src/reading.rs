@@ -4,6 +4,19 @@
 
 use protocol::{DeviceMessage, TelemetrySample, names};
 
+/// How far ahead of this server's clock a reading's time may be.
+const MAX_CLOCK_AHEAD_MS: u64 = 5 * 60_000;
+/// 2001-09-09: a reading from before this was measured by a device without a clock.
+const MIN_PLAUSIBLE_MS: u64 = 1_000_000_000_000;
+
+/// Whether a reading measured at `ts_ms` (the device's clock) can be true at `now_ms`
+/// (this server's): not more than 5 minutes ahead, and not from before clocks were set.
+/// Both paths apply it (PROTOCOL.md): a reading the store refuses must not become a
+/// device's latest reading in the live view either.
+pub(crate) fn plausible_time(ts_ms: u64, now_ms: u64) -> bool {
+    (MIN_PLAUSIBLE_MS..=now_ms.saturating_add(MAX_CLOCK_AHEAD_MS)).contains(&ts_ms)
+}
+
 /// Why a message on the telemetry exchange is not a reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unreadable {

@@ -34,6 +34,9 @@ pub struct Stats {
     pub readings_flood: AtomicU64,
     /// Readings whose value is not a number.
     pub readings_wrong_type: AtomicU64,
+    /// Readings stamped more than 5 minutes ahead of this server's clock, or before
+    /// clocks were set.
+    pub readings_bad_timestamp: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment, with the gauges of the hub's state.
@@ -50,6 +53,7 @@ pub struct StatsSnapshot {
     pub readings_out_of_range: u64,
     pub readings_flood: u64,
     pub readings_wrong_type: u64,
+    pub readings_bad_timestamp: u64,
     /// Commands sent by this replica that have not ended.
     pub pending_commands: u64,
     /// Devices known to this replica, and how many of them are online.
@@ -91,6 +95,7 @@ impl Hub {
             readings_out_of_range: load(&stats.readings_out_of_range),
             readings_flood: load(&stats.readings_flood),
             readings_wrong_type: load(&stats.readings_wrong_type),
+            readings_bad_timestamp: load(&stats.readings_bad_timestamp),
             pending_commands,
             devices,
             devices_online,

@@ -1,5 +1,5 @@
 //! Messages going out: basic.qos, consume and cancel, basic.get, deliveries from the
-//! vhost to consumers, and their settling with ack, nack or reject.
+//! vhost to consumers, their settling with ack, nack or reject, and basic.recover.
 
 use std::sync::{
     Arc,
@@ -9,8 +9,8 @@ use std::sync::{
 use amq_protocol::protocol::{AMQPClass, basic};
 use protocol::policy::{Permission, Resource};
 
-use super::{Connection, Unacked};
-use crate::vhost::{Consume, Delivery, Refusal};
+use super::{Connection, NOT_IMPLEMENTED, Settling, Transaction, Unacked};
+use crate::vhost::{Consume, Delivery, PRECONDITION_FAILED, Refusal};
 
 impl Connection {
     /// basic.qos: the prefetch count for this channel's later consumers.
@@ -127,6 +127,42 @@ impl Connection {
         Ok(())
     }
 
+    /// basic.recover (and the deprecated recover-async, which has no answer): every
+    /// message the channel holds unacknowledged goes back to its queue, where it was,
+    /// marked redelivered, to be delivered again. `requeue=false` (redeliver to the same
+    /// consumer) is refused with 540, as RabbitMQ refuses it.
+    pub(super) fn basic_recover(
+        &mut self,
+        id: u16,
+        requeue: bool,
+        answer: bool,
+    ) -> Result<(), Refusal> {
+        if !requeue {
+            return Err(Refusal::new(
+                NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - requeue=false",
+            ));
+        }
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let unacked = std::mem::take(&mut channel.unacked);
+        {
+            let mut vhost = self.vhost();
+            for (_, entry) in unacked {
+                entry.counter.fetch_sub(1, Ordering::Relaxed);
+                vhost.requeue(&entry.queue, entry.message, entry.charge);
+            }
+        }
+        if answer {
+            self.method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+            );
+        }
+        Ok(())
+    }
+
     /// A delivery that will not reach its consumer (its channel or connection is gone)
     /// goes back to its queue, unless it needed no acknowledgement.
     pub(super) fn give_back(&mut self, delivery: Delivery) {
@@ -174,8 +210,40 @@ impl Connection {
         self.content(id, &message, true);
     }
 
-    /// Acknowledges (or rejects) one delivery, or all up to it with `multiple`.
+    /// Acknowledges (or rejects) one delivery, or all up to it with `multiple`; in a
+    /// transaction, at its commit.
     fn settle(&mut self, id: u16, tag: u64, multiple: bool, requeue: bool) {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let settling = Settling {
+            tag,
+            multiple,
+            requeue,
+        };
+        match channel.transaction.as_mut() {
+            Some(transaction) if transaction.settlings.len() >= Transaction::MAX_SETTLINGS => {
+                let refusal = Refusal::new(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - a transaction holds at most {} acks, nacks and rejects: commit before settling more",
+                        Transaction::MAX_SETTLINGS
+                    ),
+                );
+                self.close_channel_with(id, &refusal, 60, 80);
+            }
+            Some(transaction) => transaction.settlings.push(settling),
+            None => self.settle_now(id, settling),
+        }
+    }
+
+    /// Carries out an ack, nack or reject on channel `id`.
+    pub(super) fn settle_now(&mut self, id: u16, settling: Settling) {
+        let Settling {
+            tag,
+            multiple,
+            requeue,
+        } = settling;
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
         };

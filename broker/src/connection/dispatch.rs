@@ -7,7 +7,7 @@ use amq_protocol::{
     protocol::{
         AMQPClass, basic::AMQPMethod as BasicMethod, channel::AMQPMethod as ChannelMethod,
         confirm::AMQPMethod as ConfirmMethod, exchange::AMQPMethod as ExchangeMethod,
-        queue::AMQPMethod as QueueMethod,
+        queue::AMQPMethod as QueueMethod, tx::AMQPMethod as TxMethod,
     },
 };
 
@@ -169,7 +169,16 @@ impl Connection {
             AMQPClass::Basic(BasicMethod::Ack(ack)) => self.basic_ack(id, ack),
             AMQPClass::Basic(BasicMethod::Nack(nack)) => self.basic_nack(id, nack),
             AMQPClass::Basic(BasicMethod::Reject(reject)) => self.basic_reject(id, reject),
+            AMQPClass::Basic(BasicMethod::Recover(recover)) => {
+                self.basic_recover(id, recover.requeue, true)
+            }
+            AMQPClass::Basic(BasicMethod::RecoverAsync(recover)) => {
+                self.basic_recover(id, recover.requeue, false)
+            }
             AMQPClass::Confirm(ConfirmMethod::Select(select)) => self.confirm_select(id, select),
+            AMQPClass::Tx(TxMethod::Select(_)) => self.tx_select(id),
+            AMQPClass::Tx(TxMethod::Commit(_)) => self.tx_commit(id),
+            AMQPClass::Tx(TxMethod::Rollback(_)) => self.tx_rollback(id),
             _ => {
                 self.close(
                     NOT_IMPLEMENTED,

@@ -13,7 +13,7 @@ use amq_protocol::{
 
 use protocol::policy::{Permission, Resource};
 
-use super::{COMMAND_INVALID, Connection, FRAME_ERROR, Fatal, NO_ROUTE, Publishing};
+use super::{COMMAND_INVALID, Connection, FRAME_ERROR, Fatal, NO_ROUTE, Publishing, Transaction};
 use crate::vhost::{Message, NOT_FOUND, PRECONDITION_FAILED, Refusal};
 
 impl Connection {
@@ -41,6 +41,12 @@ impl Connection {
         select: confirm::Select,
     ) -> Result<(), Refusal> {
         if let Some(channel) = self.channels.get_mut(&id) {
+            if channel.transaction.is_some() {
+                return Err(Refusal::new(
+                    PRECONDITION_FAILED,
+                    "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
+                ));
+            }
             channel.confirm = true;
         }
         self.answer(
@@ -172,34 +178,37 @@ impl Connection {
             properties: publishing.properties,
             body: Arc::new(publishing.body),
             redelivered: false,
+            position: 0,
             expires_at: None,
         };
+        if let Some(transaction) = channel.transaction.as_mut() {
+            // Routed at tx.commit, if it comes.
+            transaction.bytes += message.body.len();
+            transaction
+                .publishes
+                .push((message, publishing.method.mandatory));
+            if transaction.publishes.len() > Transaction::MAX_MESSAGES
+                || transaction.bytes > Transaction::MAX_BYTES
+            {
+                let refusal = Refusal::new(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - a transaction holds at most {} messages and {} MiB: commit before publishing more",
+                        Transaction::MAX_MESSAGES,
+                        Transaction::MAX_BYTES >> 20
+                    ),
+                );
+                self.close_channel_with(id, &refusal, 60, 40);
+            }
+            return;
+        }
         let confirm = channel.confirm.then(|| {
             channel.published += 1;
             channel.published
         });
-        let exchange = publishing.method.exchange.to_string();
-        let routed = self.vhost().publish(&exchange, message.clone());
-        let mut rejected = false;
-        match routed {
-            Ok(routed) if routed.queues == 0 && publishing.method.mandatory => {
-                self.method(
-                    id,
-                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                        reply_code: NO_ROUTE,
-                        reply_text: "NO_ROUTE".into(),
-                        exchange: message.exchange.as_str().into(),
-                        routing_key: message.routing_key.as_str().into(),
-                    })),
-                );
-                self.content(id, &message, false);
-            }
-            Ok(routed) => rejected = routed.rejected,
-            Err(refusal) => {
-                self.close_channel_with(id, &refusal, 60, 40);
-                return;
-            }
-        }
+        let Some(rejected) = self.route(id, message, publishing.method.mandatory) else {
+            return;
+        };
         if let Some(tag) = confirm {
             let answer = if rejected {
                 // A full queue with reject-publish refused it: the publisher must know.
@@ -215,6 +224,33 @@ impl Connection {
                 })
             };
             self.method(id, AMQPClass::Basic(answer));
+        }
+    }
+
+    /// Routes a message published on channel `id`, returning it first if it is
+    /// unroutable and `mandatory`. Whether a full queue refused it; `None` if the
+    /// publish was refused (its exchange is gone) and the channel closed for it.
+    pub(super) fn route(&mut self, id: u16, message: Message, mandatory: bool) -> Option<bool> {
+        let routed = self.vhost().publish(&message.exchange, message.clone());
+        match routed {
+            Ok(routed) if routed.queues == 0 && mandatory => {
+                self.method(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: NO_ROUTE,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: message.exchange.as_str().into(),
+                        routing_key: message.routing_key.as_str().into(),
+                    })),
+                );
+                self.content(id, &message, false);
+                Some(false)
+            }
+            Ok(routed) => Some(routed.rejected),
+            Err(refusal) => {
+                self.close_channel_with(id, &refusal, 60, 40);
+                None
+            }
         }
     }
 }

@@ -42,6 +42,8 @@ struct Ready {
     messages: VecDeque<Message>,
     /// Bytes of this queue's messages.
     bytes: usize,
+    /// How many messages the queue has taken in: the next one's position.
+    taken_in: u64,
     /// Bytes held by all queues of the vhost, this one's included.
     held: Arc<AtomicUsize>,
 }
@@ -51,18 +53,28 @@ impl Ready {
         Self {
             messages: VecDeque::new(),
             bytes: 0,
+            taken_in: 0,
             held,
         }
     }
 
-    fn push_back(&mut self, message: Message) {
+    /// A new message, behind all the others.
+    fn push_back(&mut self, mut message: Message) {
         self.count_in(message.body.len());
+        message.position = self.taken_in;
+        self.taken_in += 1;
         self.messages.push_back(message);
     }
 
-    fn push_front(&mut self, message: Message) {
+    /// A message taken out before, back where it was: ahead of every message that came
+    /// after it, behind those before it that are back too. (The queue's messages are
+    /// always in the order of their positions.)
+    fn put_back(&mut self, message: Message) {
         self.count_in(message.body.len());
-        self.messages.push_front(message);
+        let at = self
+            .messages
+            .partition_point(|waiting| waiting.position < message.position);
+        self.messages.insert(at, message);
     }
 
     /// The oldest message, dropped: its bytes are uncounted.
@@ -277,7 +289,7 @@ impl Queue {
                 // The connection is going away; it will remove its consumers.
                 consumer.outbox.written(bytes);
                 self.consumers.remove(index);
-                self.messages.push_front(undelivered.message);
+                self.messages.put_back(undelivered.message);
             }
         }
     }
@@ -433,12 +445,13 @@ impl Vhost {
         Ok(count)
     }
 
-    /// Puts messages back at the head of their queue, marked redelivered: counted by
-    /// the queue again instead of by its charge. If the queue is gone, so is the message.
+    /// Puts a message back in its queue where it was among the others (RabbitMQ's
+    /// order, whatever order messages come back in), marked redelivered: counted by the
+    /// queue again instead of by its charge. If the queue is gone, so is the message.
     pub fn requeue(&mut self, queue: &str, mut message: Message, charge: Charge) {
         message.redelivered = true;
         if let Some(entry) = self.queues.get_mut(queue) {
-            entry.messages.push_front(message);
+            entry.messages.put_back(message);
         }
         drop(charge);
         self.dispatch(queue);

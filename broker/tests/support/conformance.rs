@@ -13,7 +13,8 @@ use lapin::{
     ExchangeKind,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRecoverOptions, BasicRejectOptions,
         ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable},
@@ -192,6 +193,213 @@ async fn unacked_messages_return_to_the_queue_marked_redelivered() {
     let redelivered = next(&mut jobs).await;
     assert_eq!(redelivered.data, b"job 0");
     assert!(redelivered.redelivered);
+}
+
+#[tokio::test]
+async fn requeued_messages_go_back_where_they_were_however_they_come_back() {
+    let (connection, setup) = open().await;
+    let work = declare_queue(
+        &setup,
+        &unique("requeue"),
+        QueueDeclareOptions::default(),
+        expires_in_a_minute(),
+    )
+    .await
+    .unwrap();
+    for n in 0..6 {
+        send(&setup, &work, format!("m{n}").as_bytes()).await;
+    }
+    assert_eq!(ready_within(&setup, &work, 6).await, 6);
+    let all = ["m0", "m1", "m2", "m3", "m4", "m5"];
+    // Takes the first `count` messages on a channel of their own and stops consuming,
+    // leaving them unacknowledged; `put_back` returns them; then the queue is read in
+    // order (and filled again the same way).
+    async fn taken(connection: &Connection, queue: &str, count: u16) -> (Channel, Vec<Delivery>) {
+        let channel = channel_on(connection).await;
+        channel
+            .basic_qos(count, BasicQosOptions::default())
+            .await
+            .unwrap();
+        let mut consumer = consume(&channel, queue).await;
+        let mut deliveries = Vec::new();
+        for _ in 0..count {
+            deliveries.push(next(&mut consumer).await);
+        }
+        channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await
+            .unwrap();
+        (channel, deliveries)
+    }
+    async fn read_all(channel: &Channel, queue: &str) -> Vec<String> {
+        let mut order = Vec::new();
+        while let Some(body) = get(channel, queue).await {
+            order.push(String::from_utf8(body).unwrap());
+        }
+        order
+    }
+    let requeue = BasicRejectOptions { requeue: true };
+
+    // 1. basic.nack of the first four at once, with `multiple` and `requeue`.
+    let (_channel, deliveries) = taken(&connection, &work, 4).await;
+    let texts: Vec<String> = deliveries
+        .iter()
+        .map(|d| String::from_utf8(d.data.clone()).unwrap())
+        .collect();
+    assert_eq!(texts, all[..4]);
+    deliveries[3]
+        .acker
+        .nack(BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ready_within(&setup, &work, 6).await, 6);
+    assert_eq!(read_all(&setup, &work).await, all, "after a multiple nack");
+
+    // 2. Rejects one at a time, in another order than they were delivered.
+    for n in 0..6 {
+        send(&setup, &work, format!("m{n}").as_bytes()).await;
+    }
+    assert_eq!(ready_within(&setup, &work, 6).await, 6);
+    let (_channel, deliveries) = taken(&connection, &work, 3).await;
+    for n in [2, 0, 1] {
+        deliveries[n].acker.reject(requeue).await.unwrap();
+    }
+    assert_eq!(ready_within(&setup, &work, 6).await, 6);
+    assert_eq!(
+        read_all(&setup, &work).await,
+        all,
+        "after rejects in another order"
+    );
+
+    // 3. A channel closed with messages unacknowledged.
+    for n in 0..6 {
+        send(&setup, &work, format!("m{n}").as_bytes()).await;
+    }
+    assert_eq!(ready_within(&setup, &work, 6).await, 6);
+    let (channel, _deliveries) = taken(&connection, &work, 3).await;
+    channel.close(200, "done".into()).await.unwrap();
+    assert_eq!(ready_within(&setup, &work, 6).await, 6);
+    assert_eq!(read_all(&setup, &work).await, all, "after a channel closed");
+}
+
+#[tokio::test]
+async fn basic_recover_delivers_again_what_is_unacknowledged_in_order() {
+    let (connection, setup) = open().await;
+    let work = declare_queue(
+        &setup,
+        &unique("recover"),
+        QueueDeclareOptions::default(),
+        expires_in_a_minute(),
+    )
+    .await
+    .unwrap();
+    for n in 0..3 {
+        send(&setup, &work, format!("m{n}").as_bytes()).await;
+    }
+    let worker = channel_on(&connection).await;
+    let mut jobs = consume(&worker, &work).await;
+    for n in 0..3 {
+        let delivery = next(&mut jobs).await;
+        assert_eq!(
+            (
+                String::from_utf8(delivery.data).unwrap(),
+                delivery.redelivered
+            ),
+            (format!("m{n}"), false)
+        );
+    }
+    worker
+        .basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let delivery = next(&mut jobs).await;
+        assert!(delivery.redelivered);
+        again.push(String::from_utf8(delivery.data.clone()).unwrap());
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(again, ["m0", "m1", "m2"]);
+    assert!(nothing_arrives(&mut jobs).await);
+}
+
+#[tokio::test]
+async fn basic_recover_without_requeue_is_not_implemented() {
+    let (_connection, channel) = open().await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        channel.basic_recover(BasicRecoverOptions { requeue: false }),
+    )
+    .await
+    .expect("an answer, not a hang");
+    let error = refused.unwrap_err().to_string();
+    assert!(error.contains("NOT_IMPLEMENTED"), "{error}");
+}
+
+#[tokio::test]
+async fn a_transaction_publishes_and_settles_at_commit_and_forgets_at_rollback() {
+    let (connection, setup) = open().await;
+    let work = declare_queue(
+        &setup,
+        &unique("tx"),
+        QueueDeclareOptions::default(),
+        expires_in_a_minute(),
+    )
+    .await
+    .unwrap();
+    let tx = channel_on(&connection).await;
+    tx.tx_select().await.unwrap();
+    // Whether anything the transaction published is in the queue yet: a marker sent
+    // after it on the same connection, so the broker read the publishes before it.
+    let held_back = async || {
+        send(&setup, &work, b"marker").await;
+        let ready = ready_within(&setup, &work, 1).await;
+        assert_eq!(get(&setup, &work).await.unwrap(), b"marker");
+        ready == 1
+    };
+    // Publishes wait for the commit; a rollback forgets them.
+    send(&tx, &work, b"rolled back").await;
+    send(&tx, &work, b"rolled back too").await;
+    assert!(held_back().await, "nothing before the commit");
+    tx.tx_rollback().await.unwrap();
+    send(&tx, &work, b"m0").await;
+    send(&tx, &work, b"m1").await;
+    assert!(held_back().await, "nothing before the commit");
+    tx.tx_commit().await.unwrap();
+    assert_eq!(
+        ready_within(&setup, &work, 2).await,
+        2,
+        "both at the commit"
+    );
+
+    // Acks too: rolled back, the deliveries stay unacknowledged; committed, they are done.
+    tx.basic_qos(2, BasicQosOptions::default()).await.unwrap();
+    let mut jobs = consume(&tx, &work).await;
+    let (m0, m1) = (next(&mut jobs).await, next(&mut jobs).await);
+    m0.acker.ack(BasicAckOptions::default()).await.unwrap();
+    tx.tx_rollback().await.unwrap();
+    m1.acker.ack(BasicAckOptions::default()).await.unwrap();
+    tx.tx_commit().await.unwrap();
+    tx.close(200, "done".into()).await.unwrap();
+    // m0's ack was rolled back, so closing the channel put it back; m1's was committed.
+    assert_eq!(ready_within(&setup, &work, 1).await, 1);
+    assert_eq!(get(&setup, &work).await.unwrap(), b"m0");
+
+    // A channel is transactional or confirms, not both.
+    let confirming = channel_on(&connection).await;
+    select_confirms(&confirming).await;
+    let error = confirming.tx_select().await.unwrap_err().to_string();
+    assert!(error.contains("PRECONDITION_FAILED"), "{error}");
+    let plain = channel_on(&connection).await;
+    let error = plain.tx_commit().await.unwrap_err().to_string();
+    assert!(error.contains("PRECONDITION_FAILED"), "{error}");
 }
 
 #[tokio::test]

@@ -10,11 +10,6 @@ use crate::{
     reading::{self, Unreadable},
 };
 
-/// How far ahead of this server's clock a reading's time may be.
-const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60_000;
-/// 2001-09-09: a reading from before this was measured by a device without a clock.
-const MIN_PLAUSIBLE_MS: i64 = 1_000_000_000_000;
-
 /// Why a message was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
@@ -90,10 +85,10 @@ pub(crate) fn check(
     if sender != Some(device_id.as_str()) {
         return Err(Rejected::Impostor);
     }
-    let ts_ms = i64::try_from(ts_ms).map_err(|_| Rejected::BadTimestamp)?;
-    if !(MIN_PLAUSIBLE_MS..=now_ms + MAX_CLOCK_AHEAD_MS).contains(&ts_ms) {
+    if !reading::plausible_time(ts_ms, u64::try_from(now_ms).unwrap_or(0)) {
         return Err(Rejected::BadTimestamp);
     }
+    let ts_ms = i64::try_from(ts_ms).map_err(|_| Rejected::BadTimestamp)?;
     // A device this replica has not heard from yet (a backlog read after a restart) is
     // stored after the checks that need no announcement: dropping it would lose real
     // measurements.

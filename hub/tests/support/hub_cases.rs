@@ -733,6 +733,16 @@ async fn bad_readings_are_counted_and_dropped_and_a_flood_is_capped() {
         device.id, device.session_id
     );
     send("temp", text.into_bytes()).await;
+    // Stamped ten minutes ahead of the server's clock (PROTOCOL.md allows five): neither
+    // stored nor the device's latest reading.
+    let ahead = protocol::encode(&DeviceMessage::Telemetry(protocol::TelemetrySample {
+        device_id: device.id.clone(),
+        session_id: device.session_id.clone(),
+        metric: "temp".into(),
+        value: 55.0,
+        ts_ms: now_ms + 600_000,
+    }));
+    send("temp", ahead).await;
     for ms in 0..121 {
         send("temp", at("temp", 21.0, ms)).await;
     }
@@ -745,10 +755,16 @@ async fn bad_readings_are_counted_and_dropped_and_a_flood_is_capped() {
         (
             stats.readings_unknown_metric,
             stats.readings_out_of_range,
-            stats.readings_wrong_type
+            stats.readings_wrong_type,
+            stats.readings_bad_timestamp
         ),
-        (1, 1, 1),
+        (1, 1, 1, 1),
         "{stats:?}"
+    );
+    let latest = hub.device(&device.id).unwrap().latest["temp"];
+    assert!(
+        latest.value == 21.0 && latest.ts_ms < now_ms,
+        "the reading from the future is not the latest: {latest:?}"
     );
     // At least: other tests' devices on the same broker may add accepted readings.
     assert!(
@@ -781,6 +797,7 @@ async fn bad_readings_are_counted_and_dropped_and_a_flood_is_capped() {
         (Rejected::UnknownMetric, 1),
         (Rejected::OutOfRange, 1),
         (Rejected::WrongType, 1),
+        (Rejected::BadTimestamp, 1),
         (Rejected::Flood, 71),
     ] {
         assert!(recorded.rejected(why) >= at_least, "{why:?}: {recorded:?}");
