@@ -133,6 +133,7 @@ pub fn render(state: &AppState) -> String {
             ("out_of_range", hub.readings_out_of_range),
             ("flood", hub.readings_flood),
             ("wrong_type", hub.readings_wrong_type),
+            ("bad_timestamp", hub.readings_bad_timestamp),
         ],
     );
     counter(
