@@ -38,6 +38,7 @@ pub mod logs;
 pub mod machine;
 mod pace;
 pub mod real;
+pub mod recent;
 mod session;
 pub mod simulate;
 pub mod update;
@@ -413,8 +414,10 @@ pub async fn run<H: Handler>(
     let login = config.login()?;
     tokio::pin!(shutdown);
     let mut failures: u32 = 0;
+    // For the whole life of the process, across sessions: no command runs twice.
+    let recent = session::SharedRecent::default();
     loop {
-        let outcome = session::serve(&config, &login, &handler, shutdown.as_mut()).await;
+        let outcome = session::serve(&config, &login, &handler, &recent, shutdown.as_mut()).await;
         let pause = match outcome {
             Ok(session::End::Shutdown) => return Ok(()),
             Ok(session::End::Restart { downtime }) => {

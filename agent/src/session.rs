@@ -35,7 +35,11 @@ use protocol::{
 };
 use tokio::{sync::mpsc, task::AbortHandle};
 
-use crate::{Command, CommandError, Config, Handler, pace::Pace};
+use crate::{
+    Command, CommandError, Config, Handler,
+    pace::Pace,
+    recent::{self, Recent, Seen},
+};
 
 /// How many commands the broker hands this device before it acknowledges them.
 const PREFETCH: u16 = 32;
@@ -206,12 +210,24 @@ impl Publisher {
 /// the session ends.
 type Running = Arc<Mutex<HashMap<CommandId, AbortHandle>>>;
 
+/// The commands handed to this device lately, kept across sessions (see [`Recent`]).
+pub(crate) type SharedRecent = Arc<Mutex<Recent>>;
+
+/// A session's view of the device's commands: those running in it, and those handed to
+/// the device lately (in any session).
+#[derive(Clone)]
+struct Commands {
+    running: Running,
+    recent: SharedRecent,
+}
+
 /// Serves one session over a new connection, logging in as `login` says (see
 /// [`Config::login`]).
 pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
     config: &Config,
     login: &AMQPUri,
     handler: &Arc<H>,
+    recent: &SharedRecent,
     mut shutdown: Pin<&mut S>,
 ) -> Result<End, Failure> {
     let failed = |served| move |error| Failure { error, served };
@@ -250,9 +266,13 @@ pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
         ))
     })
     .map_err(failed(false))?;
-    let running: Running = Arc::default();
-    let result = serve_connection(config, handler, &connection, &running, shutdown).await;
-    for (_, task) in running
+    let commands = Commands {
+        running: Arc::default(),
+        recent: recent.clone(),
+    };
+    let result = serve_connection(config, handler, &connection, &commands, shutdown).await;
+    for (_, task) in commands
+        .running
         .lock()
         .expect("no code panics while holding this lock")
         .drain()
@@ -269,7 +289,7 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
     config: &Config,
     handler: &Arc<H>,
     connection: &Connection,
-    running: &Running,
+    tasks: &Commands,
     mut shutdown: Pin<&mut S>,
 ) -> Result<End, Failure> {
     let failed = |served| move |error: anyhow::Error| Failure { error, served };
@@ -387,7 +407,7 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
                     ignore(&config.device_id, &mut ignored, delivery).await.map_err(failed(true))?;
                 }
                 Some(Ok(delivery)) => {
-                    on_delivery(handler, &publisher, running, &restart_tx, &hello, pace.as_mut(), delivery).await.map_err(failed(true))?;
+                    on_delivery(handler, &publisher, tasks, &restart_tx, &hello, pace.as_mut(), delivery).await.map_err(failed(true))?;
                     if let Some(pace) = &pace {
                         // Sooner when a viewer arrived (at once, if the faster interval has
                         // already passed), later when the last one left.
@@ -532,7 +552,7 @@ async fn ignore(
 async fn on_delivery<H: Handler>(
     handler: &Arc<H>,
     publisher: &Publisher,
-    running: &Running,
+    commands: &Commands,
     restart: &mpsc::UnboundedSender<AfterReply>,
     hello: &DeviceMessage,
     pace: Option<&mut Pace>,
@@ -572,18 +592,20 @@ async fn on_delivery<H: Handler>(
             .await
             .context("cannot announce the device again")?,
         Ok(ServerMessage::Cancel(cancel)) => {
-            let task = running
+            let task = commands
+                .running
                 .lock()
                 .expect("no code panics while holding this lock")
                 .remove(&cancel.command_id);
             if let Some(task) = task {
                 task.abort();
                 tracing::info!(command = %cancel.command_id, "cancelled");
+                let outcome = Outcome::Error {
+                    code: ErrorCode::Cancelled,
+                    message: "cancelled on request".into(),
+                };
+                lock(&commands.recent).ended(&cancel.command_id, &outcome);
                 if let Some(reply_to) = &reply_to {
-                    let outcome = Outcome::Error {
-                        code: ErrorCode::Cancelled,
-                        message: "cancelled on request".into(),
-                    };
                     publisher
                         .reply(
                             reply_to,
@@ -599,7 +621,7 @@ async fn on_delivery<H: Handler>(
                 tracing::warn!(command = %request.command_id, "ignoring a command without reply_to");
                 return Ok(());
             };
-            start_command(handler, publisher, running, restart, request, reply_to).await;
+            start_command(handler, publisher, commands, restart, request, reply_to).await;
         }
     }
     Ok(())
@@ -608,17 +630,36 @@ async fn on_delivery<H: Handler>(
 async fn start_command<H: Handler>(
     handler: &Arc<H>,
     publisher: &Publisher,
-    running: &Running,
+    commands: &Commands,
     restart: &mpsc::UnboundedSender<AfterReply>,
     request: CommandRequest,
     reply_to: String,
 ) {
+    let Commands { running, recent } = commands;
     let id = request.command_id.clone();
     let delivered = DeviceMessage::Delivered(Delivered {
         command_id: id.clone(),
         session_id: publisher.session_id.clone(),
     });
     publisher.reply(&reply_to, &id, &delivered).await;
+
+    // Seen before: never run twice (see `Recent`).
+    let seen = lock(recent).start(&id);
+    if let Some(seen) = seen {
+        let again = match seen {
+            // Its one reply comes when it ends.
+            Seen::Started if running_now(running, &id) => None,
+            Seen::Ended(outcome) => Some(outcome),
+            other => Some(recent::not_again(&other)),
+        };
+        tracing::warn!(command = %id, "this command came again; it is not run again");
+        if let Some(outcome) = again {
+            publisher
+                .reply(&reply_to, &id, &reply(publisher, &id, outcome))
+                .await;
+        }
+        return;
+    }
 
     let command = match check(handler.as_ref(), request) {
         Ok(command) => command,
@@ -627,6 +668,7 @@ async fn start_command<H: Handler>(
                 code: error.code,
                 message: error.message,
             };
+            lock(recent).ended(&id, &outcome);
             publisher
                 .reply(&reply_to, &id, &reply(publisher, &id, outcome))
                 .await;
@@ -641,10 +683,11 @@ async fn start_command<H: Handler>(
         command_id: id.clone(),
         restart: inner_restart_tx,
     };
-    let (handler, publisher_for_task, running_for_task, restart) = (
+    let (handler, publisher_for_task, running_for_task, recent, restart) = (
         handler.clone(),
         publisher.clone(),
         running.clone(),
+        recent.clone(),
         restart.clone(),
     );
     // Held across the spawn so that the task cannot remove itself before it is listed.
@@ -665,6 +708,9 @@ async fn start_command<H: Handler>(
                 message: format!("gave up after {} ms", timeout.as_millis()),
             },
         };
+        // Recorded before it leaves `running`, so that a copy arriving meanwhile finds
+        // it in one or the other.
+        lock(&recent).ended(&id, &outcome);
         running_for_task
             .lock()
             .expect("no code panics while holding this lock")
@@ -707,6 +753,20 @@ fn reply(publisher: &Publisher, command_id: &CommandId, outcome: Outcome) -> Dev
         session_id: publisher.session_id.clone(),
         outcome,
     })
+}
+
+fn lock(recent: &SharedRecent) -> std::sync::MutexGuard<'_, Recent> {
+    recent
+        .lock()
+        .expect("no code panics while holding the recent commands")
+}
+
+/// Whether `id` runs in this session now.
+fn running_now(running: &Running, id: &CommandId) -> bool {
+    running
+        .lock()
+        .expect("no code panics while holding this lock")
+        .contains_key(id)
 }
 
 fn new_session_id() -> String {
