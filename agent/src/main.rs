@@ -296,11 +296,22 @@ async fn main() -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut stopping = false;
     let mut failed = 0_usize;
+    // Set when asked to stop: the devices' goodbyes are bounded, and so is the whole stop.
+    let mut stop_by = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = &mut shutdown, if !stopping => {
                 stopping = true;
+                stop_by = tokio::time::Instant::now() + FLEET_STOP_WITHIN;
                 let _ = stop_tx.send(true);
+            }
+            () = shutdown_signal(), if stopping => {
+                tracing::error!("asked to stop again: exiting without waiting for the goodbyes");
+                std::process::exit(1);
+            }
+            () = tokio::time::sleep_until(stop_by), if stopping => {
+                tracing::error!("the stop took longer than {FLEET_STOP_WITHIN:?}: exiting without waiting any more");
+                std::process::exit(1);
             }
             ended = agents.join_next() => match ended {
                 None => break,
@@ -478,7 +489,7 @@ async fn run_configured(
     tokio::select! {
         () = shutdown_signal() => {
             let _ = stop_tx.send(true);
-            agent.await?
+            stopped_within(&mut agent).await
         }
         // It ends by itself only when an update handed the device over to a new version.
         ended = &mut agent => {
@@ -545,6 +556,31 @@ fn abbreviate(names: &[String]) -> String {
         text.push_str(&format!(" and {} more", names.len() - SHOWN));
     }
     text
+}
+
+/// The longest a graceful stop may take (the session's bye and close are bounded by 2 s
+/// each, and a running action is killed): past it, or at a second Ctrl-C or SIGTERM,
+/// the process exits at once, so that a stop (systemd's, say) never hangs.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+/// The same for a simulated fleet, whose devices say bye all at once.
+const FLEET_STOP_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits for the agent to stop after it was asked to, within [`STOP_WITHIN`] or until a
+/// second signal; then exits the process with status 1.
+async fn stopped_within<T>(
+    agent: &mut tokio::task::JoinHandle<anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        ended = agent => ended?,
+        () = shutdown_signal() => {
+            tracing::error!("asked to stop again: exiting without waiting for the goodbye");
+            std::process::exit(1);
+        }
+        () = tokio::time::sleep(STOP_WITHIN) => {
+            tracing::error!("the stop took longer than {STOP_WITHIN:?}: exiting without waiting any more");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

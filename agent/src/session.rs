@@ -206,6 +206,10 @@ impl Publisher {
     }
 }
 
+/// The longest a stopping session waits to say bye, and then for the broker to answer
+/// its close: a stop must end even when the broker went away unannounced.
+const GOODBYE_WITHIN: Duration = Duration::from_secs(2);
+
 /// Commands running in this session, so that they can be cancelled, and stopped when
 /// the session ends.
 type Running = Arc<Mutex<HashMap<CommandId, AbortHandle>>>;
@@ -279,8 +283,13 @@ pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
     {
         task.abort();
     }
-    if connection.status().connected() {
-        let _ = connection.close(200, "bye".into()).await;
+    // Bounded: a broker that vanished without a word (no FIN) never answers the close.
+    if connection.status().connected()
+        && tokio::time::timeout(GOODBYE_WITHIN, connection.close(200, "bye".into()))
+            .await
+            .is_err()
+    {
+        tracing::warn!(device = %config.device_id, "the broker did not answer the close within {GOODBYE_WITHIN:?}; leaving without it");
     }
     result
 }
@@ -371,7 +380,11 @@ async fn serve_connection<H: Handler, S: Future<Output = ()>>(
     loop {
         tokio::select! {
             () = &mut shutdown => {
-                let _ = publisher.presence(PresenceKind::Bye, &bye("shutdown")).await;
+                let message = bye("shutdown");
+                let goodbye = publisher.presence(PresenceKind::Bye, &message);
+                if tokio::time::timeout(GOODBYE_WITHIN, goodbye).await.is_err() {
+                    tracing::warn!(device = %config.device_id, "could not say bye within {GOODBYE_WITHIN:?}");
+                }
                 return Ok(End::Shutdown);
             }
             Some(after) = restart_rx.recv() => match after {
