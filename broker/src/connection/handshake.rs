@@ -1,6 +1,6 @@
 //! The connection class: the protocol header, connection.start with the broker's
-//! capabilities, PLAIN authentication (start-ok), tune, open, and close, including
-//! waiting for the client's close-ok when the broker closed first.
+//! capabilities, PLAIN authentication (start-ok), tune, open, update-secret, and close,
+//! including waiting for the client's close-ok when the broker closed first.
 //!
 //! Each step is taken only in its turn ([`Stage`]), as in RabbitMQ. Before the client
 //! has logged in and tuned, anything out of turn gets no answer at all: the connection
@@ -17,9 +17,7 @@ use amq_protocol::{
 };
 use tokio::{io::AsyncReadExt, net::tcp::OwnedReadHalf, time::Instant};
 
-use super::{
-    CHANNEL_ERROR, COMMAND_INVALID, Connection, FRAME_MIN_SIZE, Fatal, NOT_ALLOWED, NOT_IMPLEMENTED,
-};
+use super::{CHANNEL_ERROR, COMMAND_INVALID, Connection, FRAME_MIN_SIZE, Fatal, NOT_ALLOWED};
 
 /// The protocol header of AMQP 0-9-1, the one this broker speaks.
 pub(super) const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -113,14 +111,16 @@ impl Connection {
             (Stage::Opening, Method::Open(open)) => self.connection_open(&open),
             (Stage::Running, Method::Close(_)) => self.connection_close(),
             (Stage::Running, Method::CloseOk(_)) => self.connection_close_ok(),
-            (Stage::Running, Method::UpdateSecret(update)) => {
-                self.close(
-                    NOT_IMPLEMENTED,
-                    "NOT_IMPLEMENTED",
-                    update.get_amqp_class_id(),
-                    update.get_amqp_method_id(),
+            // RabbitMQ's internal and HTTP auth backends, whose logins do not expire,
+            // answer update-secret-ok without checking the new secret: the connection
+            // is already authenticated, and nothing it may do depends on the secret.
+            // So does this broker.
+            (Stage::Running, Method::UpdateSecret(_)) => {
+                self.method(
+                    0,
+                    AMQPClass::Connection(Method::UpdateSecretOk(connection::UpdateSecretOk {})),
                 );
-                Err(Fatal)
+                Ok(())
             }
             (stage, other) => {
                 let class = AMQPClass::Connection(other);

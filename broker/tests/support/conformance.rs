@@ -403,6 +403,22 @@ async fn a_transaction_publishes_and_settles_at_commit_and_forgets_at_rollback()
 }
 
 #[tokio::test]
+async fn update_secret_is_answered_and_the_connection_goes_on() {
+    let (connection, _channel) = open().await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.update_secret("a new secret".into(), "token refreshed".into()),
+    )
+    .await
+    .expect("an answer, not a hang")
+    .unwrap();
+    let channel = channel_on(&connection).await;
+    let queue = private_queue(&channel, FieldTable::default()).await;
+    send(&channel, &queue, b"still here").await;
+    assert_eq!(get(&channel, &queue).await.unwrap(), b"still here");
+}
+
+#[tokio::test]
 async fn a_consumer_connection_that_closes_mid_flow_loses_nothing() {
     let url = start().await;
     let (_connection, setup) = open_at(&url).await;
