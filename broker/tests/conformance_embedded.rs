@@ -91,27 +91,6 @@ fn a_wall_of_hashes_against_a_long_key_is_routed_at_once() {
     }
 }
 
-#[tokio::test]
-async fn what_is_not_implemented_is_refused_cleanly() {
-    let url = broker_url().await;
-    let connection = connect(&url).await;
-    let channel = connection.create_channel().await.unwrap();
-    let refused = tokio::time::timeout(
-        Duration::from_secs(5),
-        channel.exchange_bind(
-            "amq.topic".into(),
-            "amq.fanout".into(),
-            "#".into(),
-            lapin::options::ExchangeBindOptions::default(),
-            lapin::types::FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("an answer, not a hang");
-    let error = refused.unwrap_err();
-    assert!(error.to_string().contains("NOT_IMPLEMENTED"), "{error}");
-}
-
 /// A transaction that is never committed cannot hold the broker's memory: past 10,000
 /// messages its channel is closed (RabbitMQ has no such bound).
 #[tokio::test]

@@ -156,6 +156,8 @@ impl Connection {
                 self.exchange_declare(id, declare)
             }
             AMQPClass::Exchange(ExchangeMethod::Delete(delete)) => self.exchange_delete(id, delete),
+            AMQPClass::Exchange(ExchangeMethod::Bind(bind)) => self.exchange_bind(id, bind),
+            AMQPClass::Exchange(ExchangeMethod::Unbind(unbind)) => self.exchange_unbind(id, unbind),
             AMQPClass::Queue(QueueMethod::Declare(declare)) => self.queue_declare(id, declare),
             AMQPClass::Queue(QueueMethod::Bind(bind)) => self.queue_bind(id, bind),
             AMQPClass::Queue(QueueMethod::Unbind(unbind)) => self.queue_unbind(id, unbind),

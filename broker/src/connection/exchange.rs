@@ -1,6 +1,8 @@
 //! The exchange class: exchange.declare and exchange.delete, answered from the vhost
-//! once the account may (configure on the exchange; a passive declare is not checked).
-//! Refusals for the name or type alone come first, as in RabbitMQ.
+//! once the account may (configure on the exchange; a passive declare is not checked),
+//! and exchange.bind and unbind (write on the destination, read on the source and, for
+//! a topic source, on the key: RabbitMQ's checks in its order). Refusals for the name
+//! or type alone come first, as in RabbitMQ.
 
 use amq_protocol::protocol::{AMQPClass, exchange};
 use protocol::policy::{Permission, Resource};
@@ -51,5 +53,54 @@ impl Connection {
                 AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
             );
         })
+    }
+
+    pub(super) fn exchange_bind(&mut self, id: u16, bind: exchange::Bind) -> Result<(), Refusal> {
+        let (destination, source, key) = (
+            bind.destination.as_str(),
+            bind.source.as_str(),
+            bind.routing_key.as_str(),
+        );
+        self.may_bind_exchange(destination, source, key)?;
+        let result = self.vhost().bind_exchange(destination, source, key);
+        result.map(|()| {
+            self.answer(
+                id,
+                bind.nowait,
+                AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+            );
+        })
+    }
+
+    pub(super) fn exchange_unbind(
+        &mut self,
+        id: u16,
+        unbind: exchange::Unbind,
+    ) -> Result<(), Refusal> {
+        let (destination, source, key) = (
+            unbind.destination.as_str(),
+            unbind.source.as_str(),
+            unbind.routing_key.as_str(),
+        );
+        self.may_bind_exchange(destination, source, key)?;
+        let result = self.vhost().unbind_exchange(destination, source, key);
+        result.map(|()| {
+            self.answer(
+                id,
+                unbind.nowait,
+                AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+            );
+        })
+    }
+
+    /// Binding (or unbinding) exchange `destination` to `source` with `key`, in
+    /// RabbitMQ's order: write on the destination, neither the default exchange, read on
+    /// the source, and for a topic source read on the key.
+    fn may_bind_exchange(&self, destination: &str, source: &str, key: &str) -> Result<(), Refusal> {
+        self.permit(Resource::Exchange, destination, Permission::Write)?;
+        Vhost::bindable_exchange(destination)?;
+        Vhost::bindable_exchange(source)?;
+        self.permit(Resource::Exchange, source, Permission::Read)?;
+        self.permit_topic(source, key, Permission::Read)
     }
 }

@@ -1,7 +1,10 @@
 //! Routing: the exchanges (direct, fanout, topic, and the `amq.*` ones every vhost has),
-//! their bindings to queues, and which queues a published message reaches.
+//! their bindings to queues and to other exchanges (RabbitMQ's exchange.bind), and which
+//! queues a published message reaches.
 //!
-//! - here: declaring and deleting exchanges, binding and unbinding queues, routing.
+//! - here: declaring and deleting exchanges, binding and unbinding queues and
+//!   exchanges, routing (through exchange-to-exchange bindings too, each exchange
+//!   visited once, so a cycle of bindings ends).
 //! - `bindings`: an exchange's bindings, indexed for its kind so a publish does not
 //!   test every binding.
 //! - `topic`: the trie of a topic exchange's keys, matched without backtracking.
@@ -38,7 +41,10 @@ impl ExchangeKind {
 pub(super) struct Exchange {
     kind: ExchangeKind,
     durable: bool,
+    /// To queues.
     bindings: Bindings,
+    /// To other exchanges (this one the source), indexed the same way by their names.
+    to_exchanges: Bindings,
 }
 
 impl Exchange {
@@ -47,8 +53,16 @@ impl Exchange {
             kind,
             durable,
             bindings: Bindings::new(kind),
+            to_exchanges: Bindings::new(kind),
         }
     }
+}
+
+fn no_exchange(name: &str) -> Refusal {
+    Refusal::new(
+        NOT_FOUND,
+        format!("NOT_FOUND - no exchange '{name}' in vhost '/'"),
+    )
 }
 
 /// The exchanges a new vhost starts with.
@@ -154,7 +168,7 @@ impl Vhost {
             && self
                 .exchanges
                 .get(name)
-                .is_some_and(|e| !e.bindings.is_empty())
+                .is_some_and(|e| !e.bindings.is_empty() || !e.to_exchanges.is_empty())
         {
             return Err(Refusal::new(
                 PRECONDITION_FAILED,
@@ -162,6 +176,10 @@ impl Vhost {
             ));
         }
         self.exchanges.remove(name);
+        // Bindings from other exchanges to it go with it.
+        for exchange in self.exchanges.values_mut() {
+            exchange.to_exchanges.remove_queue(name);
+        }
         Ok(())
     }
 
@@ -215,8 +233,49 @@ impl Vhost {
         Ok(())
     }
 
+    /// Binds exchange `destination` to exchange `source` with `key` (exchange.bind):
+    /// what `source` routes with it goes on through `destination` too. Both must exist
+    /// (the source is looked for first, as RabbitMQ does); neither may be the default
+    /// exchange.
+    pub fn bind_exchange(
+        &mut self,
+        destination: &str,
+        source: &str,
+        key: &str,
+    ) -> Result<(), Refusal> {
+        Self::bindable_exchange(destination)?;
+        Self::bindable_exchange(source)?;
+        if !self.exchanges.contains_key(source) {
+            return Err(no_exchange(source));
+        }
+        if !self.exchanges.contains_key(destination) {
+            return Err(no_exchange(destination));
+        }
+        if let Some(entry) = self.exchanges.get_mut(source) {
+            entry.to_exchanges.add(destination, key);
+        }
+        Ok(())
+    }
+
+    /// Removes that binding (exchange.unbind); one that is not there is no error, as in
+    /// RabbitMQ.
+    pub fn unbind_exchange(
+        &mut self,
+        destination: &str,
+        source: &str,
+        key: &str,
+    ) -> Result<(), Refusal> {
+        Self::bindable_exchange(destination)?;
+        Self::bindable_exchange(source)?;
+        if let Some(entry) = self.exchanges.get_mut(source) {
+            entry.to_exchanges.remove(destination, key);
+        }
+        Ok(())
+    }
+
     /// The queues a message published to `exchange` with `routing_key` goes to, each
     /// once, in name order; the default exchange (`""`) routes to the queue so named.
+    /// Exchanges bound to one the message reaches are followed, each once.
     pub fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, Refusal> {
         if exchange.is_empty() {
             return Ok(self
@@ -226,13 +285,27 @@ impl Vhost {
                 .into_iter()
                 .collect());
         }
-        let entry = self.exchanges.get(exchange).ok_or_else(|| {
-            Refusal::new(
-                NOT_FOUND,
-                format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'"),
-            )
-        })?;
-        Ok(entry.bindings.route(routing_key))
+        let entry = self
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| no_exchange(exchange))?;
+        if entry.to_exchanges.is_empty() {
+            return Ok(entry.bindings.route(routing_key));
+        }
+        let mut queues = std::collections::BTreeSet::new();
+        let mut visited = std::collections::HashSet::new();
+        let mut reached = vec![exchange.to_owned()];
+        while let Some(name) = reached.pop() {
+            if !visited.insert(name.clone()) {
+                continue;
+            }
+            let Some(entry) = self.exchanges.get(&name) else {
+                continue;
+            };
+            queues.extend(entry.bindings.route(routing_key));
+            reached.extend(entry.to_exchanges.route(routing_key));
+        }
+        Ok(queues.into_iter().collect())
     }
 
     /// A queue was deleted: its bindings go.

@@ -15,7 +15,8 @@ use lapin::{
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
         BasicPublishOptions, BasicQosOptions, BasicRecoverOptions, BasicRejectOptions,
-        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions,
+        QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -94,6 +95,93 @@ async fn topic_and_fanout_exchanges_route_like_rabbitmq() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("PRECONDITION_FAILED"), "{error}");
+}
+
+#[tokio::test]
+async fn exchanges_bound_to_exchanges_pass_messages_on_once_each_even_in_a_cycle() {
+    let (connection, channel) = open().await;
+    let (source, fan) = (unique("e2e-topic"), unique("e2e-fanout"));
+    // Not auto-deleted (RabbitMQ would delete the topic exchange when it loses its last
+    // binding below): deleted at the end.
+    for (name, kind) in [(&source, ExchangeKind::Topic), (&fan, ExchangeKind::Fanout)] {
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                kind,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let queue = private_queue(&channel, FieldTable::default()).await;
+    bind(&channel, &queue, &fan, "").await;
+    let exchange_bind = async |destination: &str, source: &str, key: &str| {
+        channel
+            .exchange_bind(
+                destination.into(),
+                source.into(),
+                key.into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    };
+    // The topic exchange passes `a.*` on to the fanout one, which feeds the queue.
+    exchange_bind(&fan, &source, "a.*").await.unwrap();
+    publish(&channel, &source, "a.x", b"a.x", BasicProperties::default()).await;
+    publish(&channel, &source, "b.x", b"b.x", BasicProperties::default()).await;
+    // A cycle: the fanout exchange also passes everything back to the topic one. Each
+    // exchange is visited once, and the queue gets one copy.
+    exchange_bind(&source, &fan, "").await.unwrap();
+    publish(&channel, &source, "a.y", b"a.y", BasicProperties::default()).await;
+    publish(&channel, &fan, "any", b"fan", BasicProperties::default()).await;
+    // Unbound, `a.*` no longer goes on.
+    channel
+        .exchange_unbind(
+            fan.as_str().into(),
+            source.as_str().into(),
+            "a.*".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publish(&channel, &source, "a.z", b"a.z", BasicProperties::default()).await;
+    send(&channel, &queue, b"end").await;
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while received.last().is_none_or(|last| last != "end") {
+        match get(&channel, &queue).await {
+            Some(body) => received.push(String::from_utf8(body).unwrap()),
+            None if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None => panic!("only {received:?}"),
+        }
+    }
+    assert_eq!(received, ["a.x", "a.y", "fan", "end"]);
+
+    // Binding from an exchange that does not exist: 404, the channel closed.
+    let other = channel_on(&connection).await;
+    let error = other
+        .exchange_bind(
+            fan.as_str().into(),
+            unique("missing").as_str().into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("NOT_FOUND"), "{error}");
+    for name in [&source, &fan] {
+        channel
+            .exchange_delete(name.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]
