@@ -126,9 +126,17 @@ pub fn StatusBadge(status: CommandStatus) -> impl IntoView {
         | CommandStatus::Offline
         | CommandStatus::TimedOut => "bad",
         CommandStatus::Cancelled => "muted",
-        _ => "busy",
+        // Perhaps carried out, perhaps not: never shown as a failure or as under way.
+        CommandStatus::OutcomeUnknown => "unknown",
+        CommandStatus::Accepted
+        | CommandStatus::Sent
+        | CommandStatus::Delivered
+        | CommandStatus::Progress => "busy",
     };
-    view! { <span class=format!("badge status {tone}") data-testid="status">{status.as_str().replace('_', " ")}</span> }
+    let title = (status == CommandStatus::OutcomeUnknown).then_some(
+        "The connection was lost after the device may have received this command: it may or may not have been carried out.",
+    );
+    view! { <span class=format!("badge status {tone}") data-testid="status" title=title>{status.as_str().replace('_', " ")}</span> }
 }
 
 #[cfg(test)]

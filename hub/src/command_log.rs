@@ -309,7 +309,7 @@ impl Hub {
             .collect();
         let mut ended = Vec::new();
         for mut orphan in orphans {
-            let Ok(status) = orphan.view.status.advance(CommandStatus::TimedOut) else {
+            let Ok(status) = orphan.view.status.advance(CommandStatus::OutcomeUnknown) else {
                 continue;
             };
             orphan.view.status = status;

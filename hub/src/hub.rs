@@ -259,7 +259,7 @@ impl Hub {
     /// background, as it does whenever the link drops.
     ///
     /// Its tasks run under `shutdown`. When that stops, the hub ends every pending
-    /// command as failed ("the server stopped"), tells listeners and other replicas,
+    /// command with its outcome unknown ("the server stopped"), tells listeners and other replicas,
     /// and closes its broker connection; with a command log, it leaves them pending
     /// instead, logged, and takes them back when it starts again (`command_log`).
     pub async fn start(config: HubConfig, shutdown: &Shutdown) -> Self {

@@ -161,16 +161,16 @@ impl Hub {
             let _ =
                 tokio::time::timeout(GOODBYE, connection.close(200, "reconnecting".into())).await;
             self.end_all(
-                CommandStatus::Failed,
-                "the server lost its broker connection; the answer cannot arrive",
+                CommandStatus::OutcomeUnknown,
+                "the server lost its broker connection; the answer cannot arrive, so whether it was carried out is unknown",
             );
         }
         // Stopped while disconnected.
         self.end_pending_on_stop();
     }
 
-    /// A stopping hub ends its pending commands as failed, unless a command log keeps
-    /// them for its next start.
+    /// A stopping hub ends its pending commands with their outcome unknown (the device
+    /// may have carried them out), unless a command log keeps them for its next start.
     fn end_pending_on_stop(&self) -> Vec<protocol::api::CommandView> {
         if self
             .inner
@@ -185,7 +185,7 @@ impl Hub {
             }
             return Vec::new();
         }
-        self.end_all(CommandStatus::Failed, STOPPED)
+        self.end_all(CommandStatus::OutcomeUnknown, STOPPED)
     }
 
     /// Connects again, with backoff and jitter up to 15 s between attempts; `None` if

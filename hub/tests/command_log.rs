@@ -125,11 +125,11 @@ async fn a_vanished_replicas_commands_are_ended_by_another_as_unknown() {
     store.log_commands(vec![old]).await.unwrap();
     let ended = other.end_orphans_now(&other_log).await.unwrap();
     assert_eq!(ended.len(), 1);
-    assert_eq!(ended[0].status, CommandStatus::TimedOut);
+    assert_eq!(ended[0].status, CommandStatus::OutcomeUnknown);
     assert_eq!(ended[0].error.as_deref(), Some(hub::ORPHANED));
     assert_eq!(
         logged_status(&store, &sent.id.0).await,
-        Some(CommandStatus::TimedOut)
+        Some(CommandStatus::OutcomeUnknown)
     );
     let _ = std::fs::remove_dir_all(dir);
 }

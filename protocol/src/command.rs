@@ -48,6 +48,10 @@ pub enum CommandStatus {
     TimedOut,
     /// Cancelled by a user.
     Cancelled,
+    /// The link to the device, or the server's own to the broker, was lost after the
+    /// command may have reached the device, and its answer cannot arrive: it may or may
+    /// not have been carried out. Never reported as `failed`, which says it was not.
+    OutcomeUnknown,
 }
 
 /// A status change that the lifecycle does not allow.
@@ -63,13 +67,14 @@ pub enum TransitionError {
 }
 
 impl CommandStatus {
-    pub const TERMINAL: [Self; 6] = [
+    pub const TERMINAL: [Self; 7] = [
         Self::Succeeded,
         Self::Failed,
         Self::Rejected,
         Self::Offline,
         Self::TimedOut,
         Self::Cancelled,
+        Self::OutcomeUnknown,
     ];
 
     pub fn is_terminal(self) -> bool {
@@ -106,6 +111,7 @@ impl CommandStatus {
             Self::Offline => "offline",
             Self::TimedOut => "timed_out",
             Self::Cancelled => "cancelled",
+            Self::OutcomeUnknown => "outcome_unknown",
         }
     }
 

@@ -3,7 +3,7 @@
 //! hold, and is done within 5 s, leaving its ports free. On RabbitMQ a pending command
 //! stays pending in the command log, for the next start to resume (its answer waits in
 //! the replica's durable reply queue); with the embedded broker, whose queues die with
-//! the server, it ends with a status saying the server stopped, and the broker closes
+//! the server, it ends with its outcome unknown, saying the server stopped, and the broker closes
 //! its devices' connections with a goodbye.
 
 use std::{
@@ -151,7 +151,7 @@ async fn stops_gracefully(amqp_url: Option<String>) {
     // where it can be resumed, as it was.
     let ended = long_poll.await.unwrap();
     if embedded {
-        assert_eq!(ended.status, CommandStatus::Failed, "{ended:?}");
+        assert_eq!(ended.status, CommandStatus::OutcomeUnknown, "{ended:?}");
         let why = ended.error.unwrap_or_default();
         assert!(why.contains("server stopped"), "{why}");
     } else {
@@ -165,7 +165,7 @@ async fn stops_gracefully(amqp_url: Option<String>) {
             Some(Ok(Message::Text(text))) => {
                 if let Ok(LiveEvent::CommandUpdated { command }) = serde_json::from_str(&text)
                     && command.id == accepted.id
-                    && command.status == CommandStatus::Failed
+                    && command.status == CommandStatus::OutcomeUnknown
                 {
                     saw_end = true;
                 }
@@ -194,7 +194,7 @@ async fn stops_gracefully(amqp_url: Option<String>) {
         .unwrap()
         .expect("the command is in the log");
     let expected = if embedded {
-        CommandStatus::Failed
+        CommandStatus::OutcomeUnknown
     } else {
         CommandStatus::Delivered
     };

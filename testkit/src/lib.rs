@@ -66,8 +66,10 @@ fn embedded_devices() -> &'static Mutex<HashMap<String, String>> {
     DEVICES.get_or_init(Mutex::default)
 }
 
-/// The embedded broker's authenticator: the devices [`provision`] registered.
-struct EmbeddedDevices;
+/// The embedded broker's authenticator: the devices [`provision`] registered. Public
+/// for a test that runs a broker of its own (one it stops, say) with the same devices.
+#[derive(Debug)]
+pub struct EmbeddedDevices;
 
 impl broker::Authenticator for EmbeddedDevices {
     fn authenticate<'a>(
