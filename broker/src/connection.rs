@@ -491,11 +491,13 @@ struct Channel {
 /// A channel's transaction: its publishes and settlings, held until tx.commit carries
 /// them out in order, or tx.rollback (or the channel's end) forgets them.
 /// What it holds is bounded ([`Transaction::MAX_MESSAGES`], [`Transaction::MAX_BYTES`],
-/// [`Transaction::MAX_SETTLINGS`]): a client that never commits must not hold the
+/// [`Transaction::MAX_SETTLINGS`]) and its messages count against the vhost's memory
+/// limit while held (their [`Charge`]): a client that never commits must not hold the
 /// broker's memory; past a bound the channel is closed with 406.
 #[derive(Default)]
 struct Transaction {
-    publishes: Vec<(Message, bool)>,
+    /// Each message, whether it is mandatory, and its bytes' charge until routed.
+    publishes: Vec<(Message, bool, Charge)>,
     /// The bodies' bytes in `publishes`.
     bytes: usize,
     settlings: Vec<Settling>,

@@ -179,6 +179,11 @@ impl Vhost {
         self.held.clone()
     }
 
+    /// Whether `bytes` more fit within the memory limit now.
+    pub fn has_room_for(&self, bytes: usize) -> bool {
+        self.held.load(Ordering::Relaxed) + bytes <= self.max_bytes
+    }
+
     /// Routes a published message to its queues.
     pub fn publish(&mut self, exchange: &str, message: Message) -> Result<Routed, Refusal> {
         let targets = self.route(exchange, &message.routing_key)?;

@@ -123,6 +123,54 @@ async fn a_transaction_holds_a_bounded_number_of_messages() {
     other.tx_commit().await.unwrap();
 }
 
+/// What a transaction holds counts against the memory limit: transactions left open
+/// on many channels cannot hold more than the broker allows.
+#[tokio::test]
+async fn what_a_transaction_holds_counts_toward_the_memory_limit() {
+    let (_, url) = start(Config {
+        max_bytes: 64 * 1024,
+        ..Config::on_free_port()
+    })
+    .await;
+    let connection = connect(&url).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel.tx_select().await.unwrap();
+    let body = vec![0_u8; 16 * 1024];
+    for _ in 0..5 {
+        let _ = channel
+            .basic_publish(
+                "".into(),
+                "nowhere".into(),
+                lapin::options::BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default(),
+            )
+            .await;
+    }
+    let error = tokio::time::timeout(Duration::from_secs(5), channel.tx_commit())
+        .await
+        .expect("an answer, not a hang")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("memory limit"), "{error}");
+    // Closing the channel gave the room back: another transaction fits again.
+    let other = connection.create_channel().await.unwrap();
+    other.tx_select().await.unwrap();
+    for _ in 0..3 {
+        other
+            .basic_publish(
+                "".into(),
+                "nowhere".into(),
+                lapin::options::BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+    other.tx_commit().await.unwrap();
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_are_turned_away() {
     let config = Config {

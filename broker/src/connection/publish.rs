@@ -14,7 +14,7 @@ use amq_protocol::{
 use protocol::policy::{Permission, Resource};
 
 use super::{COMMAND_INVALID, Connection, FRAME_ERROR, Fatal, NO_ROUTE, Publishing, Transaction};
-use crate::vhost::{Message, NOT_FOUND, PRECONDITION_FAILED, Refusal};
+use crate::vhost::{Charge, Message, NOT_FOUND, PRECONDITION_FAILED, Refusal};
 
 impl Connection {
     /// basic.publish: the content frames that follow make the message.
@@ -182,23 +182,35 @@ impl Connection {
             expires_at: None,
         };
         if let Some(transaction) = channel.transaction.as_mut() {
-            // Routed at tx.commit, if it comes.
-            transaction.bytes += message.body.len();
-            transaction
-                .publishes
-                .push((message, publishing.method.mandatory));
-            if transaction.publishes.len() > Transaction::MAX_MESSAGES
-                || transaction.bytes > Transaction::MAX_BYTES
+            // Routed at tx.commit, if it comes; counted against the memory limit meanwhile.
+            let bytes = message.body.len();
+            let refusal = if transaction.publishes.len() >= Transaction::MAX_MESSAGES
+                || transaction.bytes + bytes > Transaction::MAX_BYTES
             {
-                let refusal = Refusal::new(
-                    PRECONDITION_FAILED,
-                    format!(
-                        "PRECONDITION_FAILED - a transaction holds at most {} messages and {} MiB: commit before publishing more",
-                        Transaction::MAX_MESSAGES,
-                        Transaction::MAX_BYTES >> 20
-                    ),
-                );
-                self.close_channel_with(id, &refusal, 60, 40);
+                Some(format!(
+                    "PRECONDITION_FAILED - a transaction holds at most {} messages and {} MiB: commit before publishing more",
+                    Transaction::MAX_MESSAGES,
+                    Transaction::MAX_BYTES >> 20
+                ))
+            } else if !self.vhost().has_room_for(bytes) {
+                Some("PRECONDITION_FAILED - the broker's memory limit is reached: the transaction cannot hold more".to_owned())
+            } else {
+                None
+            };
+            if let Some(text) = refusal {
+                self.close_channel_with(id, &Refusal::new(PRECONDITION_FAILED, text), 60, 40);
+                return;
+            }
+            let charge = Charge::new(&self.held, bytes);
+            if let Some(transaction) = self
+                .channels
+                .get_mut(&id)
+                .and_then(|channel| channel.transaction.as_mut())
+            {
+                transaction.bytes += bytes;
+                transaction
+                    .publishes
+                    .push((message, publishing.method.mandatory, charge));
             }
             return;
         }

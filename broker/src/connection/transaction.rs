@@ -27,7 +27,9 @@ impl Connection {
 
     pub(super) fn tx_commit(&mut self, id: u16) -> Result<(), Refusal> {
         let pending = self.take_transaction(id)?;
-        for (message, mandatory) in pending.publishes {
+        for (message, mandatory, charge) in pending.publishes {
+            // Uncounted here: routing counts it again, in its queues.
+            drop(charge);
             if self.route(id, message, mandatory).is_none() {
                 // The channel closed for a refused publish: the rest goes with it.
                 return Ok(());
