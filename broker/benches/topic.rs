@@ -68,7 +68,9 @@ struct Exchange {
 impl Exchange {
     fn new(kind: &'static str, bindings: Vec<(String, String)>) -> Self {
         let mut vhost = Vhost::new(usize::MAX);
-        vhost.declare_exchange("x", kind, false, false).unwrap();
+        vhost
+            .declare_exchange("x", kind, false, false, false)
+            .unwrap();
         let no_arguments = FieldTable::default();
         for (queue, key) in &bindings {
             let declare = QueueDeclare {

@@ -26,6 +26,7 @@ impl Connection {
             declare.exchange.as_str(),
             declare.kind.as_str(),
             durable,
+            declare.auto_delete,
             declare.passive,
         );
         result.map(|()| {

@@ -4,7 +4,9 @@
 //!
 //! - here: declaring and deleting exchanges, binding and unbinding queues and
 //!   exchanges, routing (through exchange-to-exchange bindings too, each exchange
-//!   visited once, so a cycle of bindings ends).
+//!   visited once, so a cycle of bindings ends); an auto-delete exchange deleted with
+//!   its last binding (unbound, or its queue or destination exchange deleted), as in
+//!   RabbitMQ.
 //! - `bindings`: an exchange's bindings, indexed for its kind so a publish does not
 //!   test every binding.
 //! - `topic`: the trie of a topic exchange's keys, matched without backtracking.
@@ -41,6 +43,8 @@ impl ExchangeKind {
 pub(super) struct Exchange {
     kind: ExchangeKind,
     durable: bool,
+    /// Deleted when its last binding (to a queue or an exchange) goes, as in RabbitMQ.
+    auto_delete: bool,
     /// To queues.
     bindings: Bindings,
     /// To other exchanges (this one the source), indexed the same way by their names.
@@ -48,10 +52,16 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
+    /// Auto-delete, and bound to nothing any more.
+    fn unused_auto_delete(&self) -> bool {
+        self.auto_delete && self.bindings.is_empty() && self.to_exchanges.is_empty()
+    }
+
     fn new(kind: ExchangeKind, durable: bool) -> Self {
         Self {
             kind,
             durable,
+            auto_delete: false,
             bindings: Bindings::new(kind),
             to_exchanges: Bindings::new(kind),
         }
@@ -103,11 +113,14 @@ impl Vhost {
         Ok(kind)
     }
 
+    /// Declares an exchange (or, `passive`, checks that it exists). `auto_delete`: it goes
+    /// when its last binding goes (one that never had a binding stays), as in RabbitMQ.
     pub fn declare_exchange(
         &mut self,
         name: &str,
         kind: &str,
         durable: bool,
+        auto_delete: bool,
         passive: bool,
     ) -> Result<(), Refusal> {
         if passive {
@@ -140,8 +153,9 @@ impl Vhost {
                 format!("ACCESS_REFUSED - exchange name '{name}' contains reserved prefix 'amq.*'"),
             ));
         }
-        self.exchanges
-            .insert(name.to_owned(), Exchange::new(kind, durable));
+        let mut exchange = Exchange::new(kind, durable);
+        exchange.auto_delete = auto_delete;
+        self.exchanges.insert(name.to_owned(), exchange);
         Ok(())
     }
 
@@ -175,12 +189,38 @@ impl Vhost {
                 format!("PRECONDITION_FAILED - exchange '{name}' in vhost '/' in use"),
             ));
         }
-        self.exchanges.remove(name);
-        // Bindings from other exchanges to it go with it.
-        for exchange in self.exchanges.values_mut() {
-            exchange.to_exchanges.remove_queue(name);
-        }
+        self.remove_exchange(name);
         Ok(())
+    }
+
+    /// Removes an exchange, and the bindings of other exchanges to it; an auto-delete
+    /// exchange that loses its last binding so goes too.
+    fn remove_exchange(&mut self, name: &str) {
+        self.exchanges.remove(name);
+        let mut emptied = Vec::new();
+        for (other, exchange) in &mut self.exchanges {
+            if exchange.to_exchanges.is_empty() {
+                continue;
+            }
+            exchange.to_exchanges.remove_queue(name);
+            if exchange.unused_auto_delete() {
+                emptied.push(other.clone());
+            }
+        }
+        for other in emptied {
+            self.remove_exchange(&other);
+        }
+    }
+
+    /// Deletes `name` if it is auto-delete and just lost its last binding.
+    fn delete_if_unbound(&mut self, name: &str) {
+        if self
+            .exchanges
+            .get(name)
+            .is_some_and(Exchange::unused_auto_delete)
+        {
+            self.remove_exchange(name);
+        }
     }
 
     /// Refuses binding to the default exchange, as RabbitMQ does before checking
@@ -230,6 +270,7 @@ impl Vhost {
         if let Some(entry) = self.exchanges.get_mut(exchange) {
             entry.bindings.remove(queue, key);
         }
+        self.delete_if_unbound(exchange);
         Ok(())
     }
 
@@ -270,6 +311,7 @@ impl Vhost {
         if let Some(entry) = self.exchanges.get_mut(source) {
             entry.to_exchanges.remove(destination, key);
         }
+        self.delete_if_unbound(source);
         Ok(())
     }
 
@@ -310,8 +352,18 @@ impl Vhost {
 
     /// A queue was deleted: its bindings go.
     pub(super) fn unbind_all(&mut self, queue: &str) {
-        for exchange in self.exchanges.values_mut() {
+        let mut emptied = Vec::new();
+        for (name, exchange) in &mut self.exchanges {
+            if exchange.bindings.is_empty() {
+                continue;
+            }
             exchange.bindings.remove_queue(queue);
+            if exchange.unused_auto_delete() {
+                emptied.push(name.clone());
+            }
+        }
+        for name in emptied {
+            self.remove_exchange(&name);
         }
     }
 }

@@ -185,6 +185,75 @@ async fn exchanges_bound_to_exchanges_pass_messages_on_once_each_even_in_a_cycle
 }
 
 #[tokio::test]
+async fn an_auto_delete_exchange_goes_with_its_last_binding_and_only_then() {
+    let (connection, channel) = open().await;
+    let exists = async |name: &str| {
+        // On a channel of its own: a 404 closes the channel it came on.
+        let probe = channel_on(&connection).await;
+        probe
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
+    };
+    let (unbound, deleted, never) = (
+        unique("auto-unbound"),
+        unique("auto-queue-deleted"),
+        unique("auto-never-bound"),
+    );
+    for name in [&unbound, &deleted, &never] {
+        declare_exchange(&channel, name, ExchangeKind::Topic)
+            .await
+            .unwrap();
+    }
+    // Never bound: it stays.
+    assert!(exists(&never).await);
+    // Its last binding removed: it goes.
+    let queue = private_queue(&channel, FieldTable::default()).await;
+    bind(&channel, &queue, &unbound, "a.#").await;
+    bind(&channel, &queue, &unbound, "b.#").await;
+    channel
+        .queue_unbind(
+            queue.as_str().into(),
+            unbound.as_str().into(),
+            "a.#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert!(exists(&unbound).await, "one binding is left");
+    channel
+        .queue_unbind(
+            queue.as_str().into(),
+            unbound.as_str().into(),
+            "b.#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!exists(&unbound).await, "gone with its last binding");
+    // Its last bound queue deleted: it goes.
+    let doomed = private_queue(&channel, FieldTable::default()).await;
+    bind(&channel, &doomed, &deleted, "#").await;
+    channel
+        .queue_delete(doomed.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    assert!(!exists(&deleted).await, "gone with its last queue");
+    channel
+        .exchange_delete(never.as_str().into(), Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn mandatory_publishes_to_nowhere_come_back_before_their_confirm() {
     let (_connection, channel) = open().await;
     select_confirms(&channel).await;
