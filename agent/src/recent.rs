@@ -71,13 +71,29 @@ impl Recent {
         self.trim();
     }
 
-    /// Forgets the oldest until within both bounds.
+    /// Forgets the oldest until within both bounds: past the count, the oldest of all;
+    /// past the bytes, the oldest whose result is kept (forgetting a command that
+    /// holds no result frees nothing, and one still running must stay remembered).
     fn trim(&mut self) {
-        while self.order.len() > MAX_COMMANDS || self.bytes > MAX_RESULT_BYTES {
+        while self.order.len() > MAX_COMMANDS {
             let Some(oldest) = self.order.pop_front() else {
                 return;
             };
             if let Some((_, size)) = self.seen.remove(&oldest) {
+                self.bytes -= size;
+            }
+        }
+        while self.bytes > MAX_RESULT_BYTES {
+            let Some(at) = self
+                .order
+                .iter()
+                .position(|id| self.seen.get(id).is_some_and(|(_, size)| *size > 0))
+            else {
+                return;
+            };
+            if let Some(id) = self.order.remove(at)
+                && let Some((_, size)) = self.seen.remove(&id)
+            {
                 self.bytes -= size;
             }
         }
@@ -148,6 +164,15 @@ mod tests {
         }
         assert!(recent.bytes <= MAX_RESULT_BYTES);
         assert_eq!(recent.start(&id(0)), None, "the oldest went to make room");
+
+        // Making room for results never forgets a command still running.
+        let mut recent = Recent::default();
+        recent.start(&id(100));
+        for n in 0..4 {
+            recent.start(&id(n));
+            recent.ended(&id(n), &ok(&large));
+        }
+        assert_eq!(recent.start(&id(100)), Some(Seen::Started));
         assert!(matches!(recent.start(&id(3)), Some(Seen::Ended(_))));
         recent.start(&id(9));
         recent.ended(&id(9), &ok(&"z".repeat(MAX_RESULT_BYTES + 1)));

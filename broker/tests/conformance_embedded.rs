@@ -101,21 +101,9 @@ async fn a_transaction_holds_a_bounded_number_of_messages() {
     channel.tx_select().await.unwrap();
     for _ in 0..=10_000 {
         // Publishing on a channel the broker closed fails, but only once the close is in.
-        let _ = channel
-            .basic_publish(
-                "".into(),
-                "nowhere".into(),
-                lapin::options::BasicPublishOptions::default(),
-                b"x",
-                lapin::BasicProperties::default(),
-            )
-            .await;
+        let _ = publish_to_nowhere(&channel, b"x").await;
     }
-    let error = tokio::time::timeout(Duration::from_secs(5), channel.tx_commit())
-        .await
-        .expect("an answer, not a hang")
-        .unwrap_err()
-        .to_string();
+    let error = commit_refused(&channel).await;
     assert!(error.contains("at most 10000 messages"), "{error}");
     // The connection goes on.
     let other = connection.create_channel().await.unwrap();
@@ -137,38 +125,42 @@ async fn what_a_transaction_holds_counts_toward_the_memory_limit() {
     channel.tx_select().await.unwrap();
     let body = vec![0_u8; 16 * 1024];
     for _ in 0..5 {
-        let _ = channel
-            .basic_publish(
-                "".into(),
-                "nowhere".into(),
-                lapin::options::BasicPublishOptions::default(),
-                &body,
-                lapin::BasicProperties::default(),
-            )
-            .await;
+        let _ = publish_to_nowhere(&channel, &body).await;
     }
-    let error = tokio::time::timeout(Duration::from_secs(5), channel.tx_commit())
-        .await
-        .expect("an answer, not a hang")
-        .unwrap_err()
-        .to_string();
+    let error = commit_refused(&channel).await;
     assert!(error.contains("memory limit"), "{error}");
     // Closing the channel gave the room back: another transaction fits again.
     let other = connection.create_channel().await.unwrap();
     other.tx_select().await.unwrap();
     for _ in 0..3 {
-        other
-            .basic_publish(
-                "".into(),
-                "nowhere".into(),
-                lapin::options::BasicPublishOptions::default(),
-                &body,
-                lapin::BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        publish_to_nowhere(&other, &body).await.unwrap();
     }
     other.tx_commit().await.unwrap();
+}
+
+/// Publishes `body` to a queue that does not exist, through the default exchange.
+async fn publish_to_nowhere(
+    channel: &lapin::Channel,
+    body: &[u8],
+) -> lapin::Result<lapin::PublisherConfirm> {
+    channel
+        .basic_publish(
+            "".into(),
+            "nowhere".into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default(),
+        )
+        .await
+}
+
+/// The error a refused transaction's commit gets (within 5 s).
+async fn commit_refused(channel: &lapin::Channel) -> String {
+    tokio::time::timeout(Duration::from_secs(5), channel.tx_commit())
+        .await
+        .expect("an answer, not a hang")
+        .unwrap_err()
+        .to_string()
 }
 
 #[tokio::test]

@@ -33,13 +33,8 @@ async fn a_command_in_a_devices_hands_when_the_broker_goes_ends_with_its_outcome
     // Provisioned as for the shared embedded broker (the same authenticator), logging
     // in to this one.
     let (id, device_url) = testkit::provision(&testkit::embedded_broker_url(), "gw-lost").await;
-    let address = |url: &str| {
-        let rest = url.split_once('@').map_or(url, |(_, rest)| rest);
-        rest.split('/').next().unwrap_or_default().to_owned()
-    };
-    let device_url = device_url.replace(&address(&device_url), &address(&url));
     let gateway = testkit::Agent::start_as(
-        &device_url,
+        &testkit::at_address_of(&device_url, &url),
         id,
         &common::amqp_user(&url),
         agent::simulate::Kind::Gateway,

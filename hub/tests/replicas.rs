@@ -11,15 +11,6 @@ use protocol::{CommandStatus, names};
 use serde_json::json;
 use testkit::Spy;
 
-/// `url` with the address (host and port) of `other`.
-fn at(url: &str, other: &str) -> String {
-    let address = |url: &str| {
-        let rest = url.split_once('@').map_or(url, |(_, rest)| rest);
-        rest.split('/').next().unwrap_or_default().to_owned()
-    };
-    url.replace(&address(url), &address(other))
-}
-
 /// The AMQP types of what the spy's queue got until nothing came for 500 ms.
 async fn kinds_seen(seen: &mut Spy) -> Vec<Option<String>> {
     let mut kinds = Vec::new();
@@ -40,7 +31,7 @@ async fn a_replica_alone_shares_nothing_one_that_joins_sees_every_change_and_one
 
     let (id, device_url) = testkit::provision(&testkit::embedded_broker_url(), "replicas-sw").await;
     let agent = testkit::Agent::start_as(
-        &at(&device_url, &server_url),
+        &testkit::at_address_of(&device_url, &server_url),
         id.clone(),
         &common::amqp_user(&server_url),
         Kind::Switch,

@@ -162,6 +162,16 @@ pub async fn provision_in(devices: &store::Store, broker_url: &str, id: &DeviceI
     with_credential(broker_url, id.as_str(), &secret)
 }
 
+/// `url` (with its credential) pointed at the host and port of `other`: a device
+/// provisioned for one test broker logging in to another with the same accounts.
+pub fn at_address_of(url: &str, other: &str) -> String {
+    let address = |url: &str| {
+        let rest = url.split_once('@').map_or(url, |(_, rest)| rest);
+        rest.split('/').next().unwrap_or_default().to_owned()
+    };
+    url.replace(&address(url), &address(other))
+}
+
 /// `broker_url` with another user and password.
 pub fn with_credential(broker_url: &str, user: &str, password: &str) -> String {
     common::with_credential(broker_url, user, password)

@@ -197,18 +197,25 @@ impl Vhost {
     /// exchange that loses its last binding so goes too.
     fn remove_exchange(&mut self, name: &str) {
         self.exchanges.remove(name);
+        self.unbind_everywhere(name, |exchange| &mut exchange.to_exchanges);
+    }
+
+    /// Removes every binding to `destination` from the bindings `of` picks in each
+    /// exchange; auto-delete exchanges left without a binding go (and so on).
+    fn unbind_everywhere(&mut self, destination: &str, of: fn(&mut Exchange) -> &mut Bindings) {
         let mut emptied = Vec::new();
-        for (other, exchange) in &mut self.exchanges {
-            if exchange.to_exchanges.is_empty() {
+        for (name, exchange) in &mut self.exchanges {
+            let bindings = of(exchange);
+            if bindings.is_empty() {
                 continue;
             }
-            exchange.to_exchanges.remove_queue(name);
+            bindings.remove_queue(destination);
             if exchange.unused_auto_delete() {
-                emptied.push(other.clone());
+                emptied.push(name.clone());
             }
         }
-        for other in emptied {
-            self.remove_exchange(&other);
+        for name in emptied {
+            self.remove_exchange(&name);
         }
     }
 
@@ -352,18 +359,6 @@ impl Vhost {
 
     /// A queue was deleted: its bindings go.
     pub(super) fn unbind_all(&mut self, queue: &str) {
-        let mut emptied = Vec::new();
-        for (name, exchange) in &mut self.exchanges {
-            if exchange.bindings.is_empty() {
-                continue;
-            }
-            exchange.bindings.remove_queue(queue);
-            if exchange.unused_auto_delete() {
-                emptied.push(name.clone());
-            }
-        }
-        for name in emptied {
-            self.remove_exchange(&name);
-        }
+        self.unbind_everywhere(queue, |exchange| &mut exchange.bindings);
     }
 }
