@@ -8,7 +8,7 @@ use axum::{
     Json, Router,
     extract::{FromRequest, FromRequestParts, Path, Query, State, rejection::JsonRejection},
     http::StatusCode,
-    routing::get,
+    routing::{get, post},
 };
 use hub::CancelError;
 use protocol::{
@@ -50,6 +50,13 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/commands", get(recent_commands))
         .route("/v1/commands/{id}", get(get_command).delete(cancel_command))
         .route("/v1/live", get(live::upgrade))
+        .route("/v1/live/stream", get(live::http::stream))
+        .route("/v1/live/sessions", post(live::http::open))
+        .route(
+            "/v1/live/sessions/{id}",
+            post(live::http::request).delete(live::http::close),
+        )
+        .route("/v1/live/sessions/{id}/events", get(live::http::poll))
         .merge(crate::admin::routes())
         .merge(crate::diagnostics::routes())
         .merge(crate::jobs::routes())

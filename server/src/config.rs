@@ -118,6 +118,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
     pub watch_lease_ms: u64,
 
+    /// How long a live session over plain HTTP (long polls, for browsers whose network
+    /// lets no WebSocket through) lasts with no poll waiting on it, in ms.
+    #[arg(long = "live-session-idle-ms", env = "TETHER_LIVE_SESSION_IDLE_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub live_session_idle_ms: u64,
+
     /// Origins besides this server's own address whose pages may change things, e.g.
     /// `https://tether.example.com` when a proxy serves Tether there; comma-separated.
     /// Every other site's request to change anything, or to open the live channel, is
@@ -252,6 +258,7 @@ impl Config {
             store_queue_expires_ms: None,
             watch_interval_ms: 1_000,
             watch_lease_ms: 30_000,
+            live_session_idle_ms: 60_000,
             allowed_origins: Vec::new(),
             broker_auth_from: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3_600),

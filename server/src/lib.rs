@@ -247,6 +247,9 @@ impl Server {
                 server_account,
                 embedded_broker: embedded_broker.as_ref().map(|(_, handle)| handle.clone()),
                 broker_auth_from: Arc::new(config.broker_auth_from.clone()),
+                live_sessions: Arc::new(live::http::Sessions::new(Duration::from_millis(
+                    config.live_session_idle_ms,
+                ))),
             }),
             hub,
             accounts,

@@ -22,19 +22,27 @@
 //! filtered by the user's device groups. The user's session (or token) is checked again
 //! every minute: one that was revoked or expired closes the socket with 1008, and a
 //! changed role or group applies from then on.
+//!
+//! Three transports carry the same session ([`serve`], over a [`Transport`]): the
+//! WebSocket ([`Socket`]: requests are its text frames), and, for networks whose
+//! proxies let no WebSocket through, Server-Sent Events and long polls ([`http`]:
+//! events held in a bounded outbox that the stream or the polls take, requests
+//! posted). Everything above (the snapshot, the filtering, the limits and refusals,
+//! the identity checked again, the resync of a tab that fell behind, the goodbye on
+//! stop) is [`serve`]'s, written once; a transport only moves text.
 
 use axum::{
     extract::State,
     http::{HeaderMap, HeaderName, HeaderValue, header},
     response::Response,
 };
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{SinkExt, StreamExt as _};
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
-use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 use protocol::{
     DeviceId,
@@ -46,6 +54,8 @@ use protocol::{
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use hub::{Event, SharedPage, Subscription, Watching};
+
+pub mod http;
 
 use crate::{
     api::Params,
@@ -91,18 +101,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     Params(shows): Params<LiveParams>,
 ) -> Response {
-    // Only what proves who this is, to check it again later: copied, as the request's
-    // header values share (and would keep for the socket's life) the connection's
-    // whole read buffer.
-    let mut credentials = Vec::new();
-    for name in [header::AUTHORIZATION, header::COOKIE] {
-        for value in headers.get_all(&name) {
-            if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-                credentials.push((name.clone(), value));
-            }
-        }
-    }
-    let credentials: Credentials = credentials.into_boxed_slice();
+    let credentials = credentials(&headers);
     let (response, pending) = upgrade.accept();
     // Tracked, so that a stopping server waits for its goodbye.
     let shutdown = state.shutdown.clone();
@@ -114,8 +113,124 @@ pub async fn upgrade(
     response
 }
 
-/// The headers that prove who a socket's user is.
-type Credentials = Box<[(HeaderName, HeaderValue)]>;
+/// The headers that prove who a session's user is.
+pub(crate) type Credentials = Box<[(HeaderName, HeaderValue)]>;
+
+/// Only what proves who is asking, to check it again later: copied, as the request's
+/// header values share (and would keep for the session's life) the connection's whole
+/// read buffer.
+pub(crate) fn credentials(headers: &HeaderMap) -> Credentials {
+    let mut credentials = Vec::new();
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        for value in headers.get_all(&name) {
+            if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+                credentials.push((name.clone(), value));
+            }
+        }
+    }
+    credentials.into_boxed_slice()
+}
+
+/// What carries a live session to its tab: the WebSocket ([`Socket`]), or an HTTP
+/// session whose events go out as Server-Sent Events or long polls and whose requests
+/// come in as POSTs ([`http::Queued`]). The session itself ([`serve`]) is the same
+/// whatever carries it.
+pub(crate) trait Transport: Send {
+    /// The tab's next request; `None` once the tab is gone (the session ends).
+    fn request(&mut self) -> impl Future<Output = Option<Incoming>> + Send;
+    /// Sends one event, as JSON text.
+    fn send(&mut self, text: String) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Holds what is sent from now on until [`Transport::flush`], to send it together.
+    fn hold(&mut self);
+    /// How many bytes are held.
+    fn held(&self) -> usize;
+    /// Sends what is held.
+    fn flush(&mut self) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Whether events were dropped since last asked because the tab did not take them
+    /// in time: it is then sent a fresh snapshot.
+    fn overflowed(&mut self) -> bool;
+    /// Ends the session, telling the tab why.
+    fn close(&mut self, end: End) -> impl Future<Output = ()> + Send;
+}
+
+/// A request from a tab, or why it could not be read.
+pub(crate) enum Incoming {
+    Request(LiveRequest),
+    Unreadable(String),
+}
+
+/// The tab is gone.
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+/// Why the server ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The user's session or token was revoked or expired.
+    SessionEnded,
+    /// The server is stopping.
+    Stopping,
+}
+
+impl End {
+    /// The reason as an API error's code and message.
+    pub(crate) fn reason(self) -> (&'static str, &'static str) {
+        match self {
+            End::SessionEnded => ("unauthorized", "your session ended; log in again"),
+            End::Stopping => ("server_stopping", "the server is stopping"),
+        }
+    }
+}
+
+impl Transport for Socket {
+    async fn request(&mut self) -> Option<Incoming> {
+        loop {
+            // Pings are answered by tungstenite (the pong goes out with the next read,
+            // which is at once: the session always reads).
+            match self.next().await? {
+                Ok(Message::Text(text)) => {
+                    return Some(match serde_json::from_str::<LiveRequest>(text.as_str()) {
+                        Ok(request) => Incoming::Request(request),
+                        Err(error) => Incoming::Unreadable(error.to_string()),
+                    });
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), Gone> {
+        websocket::send_text(self, text).await.map_err(|_| Gone)
+    }
+
+    fn hold(&mut self) {
+        self.get_mut().hold(true);
+    }
+
+    fn held(&self) -> usize {
+        self.get_ref().held()
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        self.get_mut().hold(false);
+        SinkExt::flush(self).await.map_err(|_| Gone)
+    }
+
+    fn overflowed(&mut self) -> bool {
+        // A socket that does not read holds the session up (TCP pushes back), and falls
+        // behind the hub: it lags instead.
+        false
+    }
+
+    async fn close(&mut self, end: End) {
+        let code = match end {
+            End::SessionEnded => CloseCode::Policy,
+            End::Stopping => CloseCode::Away,
+        };
+        websocket::close(self, code, end.reason().1).await;
+    }
+}
 
 /// What one tab shows: the devices it watches, the jobs it follows and the fleet page
 /// it shows.
@@ -403,15 +518,20 @@ fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> (Shows, 
     (shows, refusals)
 }
 
-async fn serve(
-    mut socket: Socket,
+/// One tab's live session, over whatever `out` is: the snapshot (and what the tab's
+/// address asked for), then every event it shows, its requests answered, its identity
+/// checked again every [`RECHECK`], a fresh snapshot whenever it fell behind, until the
+/// tab is gone, its user's session ended or the server stops.
+pub(crate) async fn serve(
+    mut out: impl Transport,
     state: AppState,
     mut who: Identity,
     credentials: Credentials,
     params: LiveParams,
 ) {
-    let (hub, shutdown) = (&state.hub, &state.shutdown);
-    // Dropped with the connection, which releases every watch it held.
+    let out = &mut out;
+    let shutdown = &state.shutdown;
+    // Dropped with the session, which releases every watch it held.
     let (mut shows, mut refusals) = shows_from(&state, &who, &params);
     // Whether this user may see each job they were sent events of (every device of it):
     // asked of the store once per job, forgotten when the identity is checked again.
@@ -434,7 +554,7 @@ async fn serve(
     let refusals = refusals.into_iter().map(|r| Outgoing::Own(Box::new(r)));
     let opening = std::iter::once(Outgoing::from(first)).chain(first_page.map(Outgoing::from));
     for event in opening.chain(refusals) {
-        if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event)
+        if send(out, &state, &who, &shows, &mut jobs_seen, event)
             .await
             .is_err()
         {
@@ -445,8 +565,11 @@ async fn serve(
     let mut fleet_check = tokio::time::interval(FLEET_PAGE_EVERY);
     fleet_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Whether the tab fell behind (the hub's events, or what the transport holds
+        // for it): then it resyncs from a fresh snapshot.
+        let mut missed = None;
         tokio::select! {
-            // Boxed, as other rarely taken paths: what a socket keeps between events is
+            // Boxed, as other rarely taken paths: what a session keeps between events is
             // only as large as its common paths.
             _ = recheck.tick() => match Box::pin(recheck_identity(&state, &credentials)).await {
                 Ok(Some(fresh)) if fresh.name == who.name => {
@@ -458,13 +581,13 @@ async fn serve(
                     shows.checked = shows.checked.wrapping_sub(1);
                 }
                 Ok(_) | Err(_) => {
-                    websocket::close(&mut socket, CloseCode::Policy, "your session ended; log in again").await;
+                    out.close(End::SessionEnded).await;
                     return;
                 }
             },
             _ = fleet_check.tick(), if shows.fleet.is_some() => {
                 if let Some(page) = shows.fleet_page(&state, &who, false)
-                    && send(&mut socket, &state, &who, &shows, &mut jobs_seen, page).await.is_err()
+                    && send(out, &state, &who, &shows, &mut jobs_seen, page).await.is_err()
                 {
                     return;
                 }
@@ -473,7 +596,7 @@ async fn serve(
                 // The tab learns how its pending commands ended, then that we are gone.
                 let last_events = async {
                     while let Ok(Ok(event)) = tokio::time::timeout(LAST_EVENTS_QUIET, events.recv()).await {
-                        if send(&mut socket, &state, &who, &shows, &mut jobs_seen, event).await.is_err() {
+                        if send(out, &state, &who, &shows, &mut jobs_seen, event).await.is_err() {
                             return false;
                         }
                     }
@@ -482,101 +605,121 @@ async fn serve(
                 if !tokio::time::timeout(LAST_EVENTS_WITHIN, last_events).await.unwrap_or(true) {
                     return;
                 }
-                websocket::close(&mut socket, CloseCode::Away, "the server is stopping").await;
+                out.close(End::Stopping).await;
                 return;
             }
-            event = events.recv() => {
-                // How many events the tab fell behind by, if it did: then it resyncs.
-                let missed = match event {
-                    Ok(event) => match Box::pin(send_batch(&mut socket, &state, &who, &shows, &mut jobs_seen, event, &mut events)).await {
-                        Ok(missed) => missed,
-                        Err(_) => return,
-                    },
-                    Err(RecvError::Lagged(missed)) => Some(missed),
-                    Err(RecvError::Closed) => return,
-                };
-                if let Some(missed) = missed
-                    && Box::pin(resync(&mut socket, &state, &who, &mut shows, &mut jobs_seen, &mut events, missed)).await.is_err()
-                {
-                    return;
-                }
+            event = events.recv() => match event {
+                Ok(event) => match Box::pin(send_batch(out, &state, &who, &shows, &mut jobs_seen, event, &mut events)).await {
+                    Ok(lagged) => missed = lagged,
+                    Err(Gone) => return,
+                },
+                Err(RecvError::Lagged(lagged)) => missed = Some(lagged),
+                Err(RecvError::Closed) => return,
             },
-            incoming = socket.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    let answer = match serde_json::from_str::<LiveRequest>(text.as_str()) {
-                        Ok(LiveRequest::Watch { device_id }) => {
-                            // The tab may not have it yet: its current state and its
-                            // recent commands, at once.
-                            match shows.watch(&state, &who, device_id.clone()) {
-                                Ok(true) => {
-                                    let device = hub.device(&device_id).map(|device| LiveEvent::DeviceUpdated { device });
-                                    let commands = hub
-                                        .recent_commands(Some(&device_id), COMMANDS_ON_FOLLOW)
-                                        .into_iter()
-                                        .rev()
-                                        .map(|command| LiveEvent::CommandUpdated { command });
-                                    device.into_iter().chain(commands).collect()
-                                }
-                                Ok(false) => Vec::new(),
-                                Err(refusal) => vec![refusal.into()],
-                            }
-                        }
-                        Ok(LiveRequest::Unwatch { device_id }) => {
-                            shows.watching.remove(&device_id);
-                            Vec::new()
-                        }
-                        Ok(LiveRequest::Follow { job_id }) => {
-                            // The tab has read the job and its devices; the commands of
-                            // it this replica knows come at once, later changes as they
-                            // happen.
-                            match Box::pin(shows.follow(&state, &who, &mut jobs_seen, job_id.clone())).await {
-                                Ok(true) => hub
-                                    .commands_where(COMMANDS_ON_FOLLOW, |c| c.job_id.as_ref() == Some(&job_id))
-                                    .into_iter()
-                                    .rev()
-                                    .map(|command| LiveEvent::CommandUpdated { command })
-                                    .collect(),
-                                Ok(false) => Vec::new(),
-                                Err(refusal) => vec![refusal.into()],
-                            }
-                        }
-                        Ok(LiveRequest::Unfollow { job_id }) => {
-                            shows.following.remove(&job_id);
-                            Vec::new()
-                        }
-                        Ok(LiveRequest::Fleet { query }) => {
-                            match query {
-                                Some(query) => match query.check() {
-                                    Ok(()) => {
-                                        shows.fleet = Some(query);
-                                        shows.fleet_page(&state, &who, true).into_iter().collect()
-                                    }
-                                    Err(why) => vec![refused("invalid_query", why).into()],
-                                },
-                                None => {
-                                    shows.fleet = None;
-                                    shows.page = None;
-                                    Vec::new()
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            tracing::debug!("refusing a live client's message: {error}");
-                            vec![refused("invalid_request", clipped(error.to_string(), MAX_REFUSAL)).into()]
-                        }
-                    };
-                    for answer in answer {
-                        if send(&mut socket, &state, &who, &shows, &mut jobs_seen, answer).await.is_err() {
-                            return;
-                        }
+            incoming = out.request() => {
+                let answer = match incoming {
+                    Some(Incoming::Request(request)) => {
+                        Box::pin(answer(&state, &who, &mut shows, &mut jobs_seen, request)).await
+                    }
+                    Some(Incoming::Unreadable(error)) => {
+                        tracing::debug!("refusing a live client's message: {error}");
+                        vec![refused("invalid_request", clipped(error, MAX_REFUSAL)).into()]
+                    }
+                    None => return,
+                };
+                for answer in answer {
+                    if send(out, &state, &who, &shows, &mut jobs_seen, answer).await.is_err() {
+                        return;
                     }
                 }
-                // Pings are answered by tungstenite (the pong goes out with the next
-                // read, which is at once: this loop always reads).
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {}
             },
         }
+        if out.overflowed() {
+            missed = Some(missed.unwrap_or(0));
+        }
+        if let Some(missed) = missed
+            && Box::pin(resync(
+                out,
+                &state,
+                &who,
+                &mut shows,
+                &mut jobs_seen,
+                &mut events,
+                missed,
+            ))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Does what a tab asked: the events that answer it (its state at once, or why not).
+async fn answer(
+    state: &AppState,
+    who: &Identity,
+    shows: &mut Shows,
+    jobs_seen: &mut HashMap<JobId, bool>,
+    request: LiveRequest,
+) -> Vec<LiveEvent> {
+    let hub = &state.hub;
+    match request {
+        LiveRequest::Watch { device_id } => {
+            // The tab may not have it yet: its current state and its recent commands,
+            // at once.
+            match shows.watch(state, who, device_id.clone()) {
+                Ok(true) => {
+                    let device = hub
+                        .device(&device_id)
+                        .map(|device| LiveEvent::DeviceUpdated { device });
+                    let commands = hub
+                        .recent_commands(Some(&device_id), COMMANDS_ON_FOLLOW)
+                        .into_iter()
+                        .rev()
+                        .map(|command| LiveEvent::CommandUpdated { command });
+                    device.into_iter().chain(commands).collect()
+                }
+                Ok(false) => Vec::new(),
+                Err(refusal) => vec![refusal.into()],
+            }
+        }
+        LiveRequest::Unwatch { device_id } => {
+            shows.watching.remove(&device_id);
+            Vec::new()
+        }
+        LiveRequest::Follow { job_id } => {
+            // The tab has read the job and its devices; the commands of it this replica
+            // knows come at once, later changes as they happen.
+            match shows.follow(state, who, jobs_seen, job_id.clone()).await {
+                Ok(true) => hub
+                    .commands_where(COMMANDS_ON_FOLLOW, |c| c.job_id.as_ref() == Some(&job_id))
+                    .into_iter()
+                    .rev()
+                    .map(|command| LiveEvent::CommandUpdated { command })
+                    .collect(),
+                Ok(false) => Vec::new(),
+                Err(refusal) => vec![refusal.into()],
+            }
+        }
+        LiveRequest::Unfollow { job_id } => {
+            shows.following.remove(&job_id);
+            Vec::new()
+        }
+        LiveRequest::Fleet { query } => match query {
+            Some(query) => match query.check() {
+                Ok(()) => {
+                    shows.fleet = Some(query);
+                    shows.fleet_page(state, who, true).into_iter().collect()
+                }
+                Err(why) => vec![refused("invalid_query", why).into()],
+            },
+            None => {
+                shows.fleet = None;
+                shows.page = None;
+                Vec::new()
+            }
+        },
     }
 }
 
@@ -600,23 +743,23 @@ const BATCH_BYTES: usize = 32 * 1024;
 /// catches up in a few system calls instead of one per event. `Some(missed)` if it
 /// found it had fallen too far behind (the caller resyncs it).
 async fn send_batch(
-    socket: &mut Socket,
+    out: &mut impl Transport,
     state: &AppState,
     who: &Identity,
     shows: &Shows,
     jobs_seen: &mut HashMap<JobId, bool>,
     first: Event,
     events: &mut Subscription,
-) -> Result<Option<u64>, tungstenite::Error> {
-    socket.get_mut().hold(true);
+) -> Result<Option<u64>, Gone> {
+    out.hold();
     let mut lagged = None;
-    let mut sent = send(socket, state, who, shows, jobs_seen, first).await;
+    let mut sent = send(out, state, who, shows, jobs_seen, first).await;
     for _ in 1..BATCH_EVENTS {
-        if sent.is_err() || socket.get_ref().held() >= BATCH_BYTES {
+        if sent.is_err() || out.held() >= BATCH_BYTES {
             break;
         }
         match events.try_recv() {
-            Ok(event) => sent = send(socket, state, who, shows, jobs_seen, event).await,
+            Ok(event) => sent = send(out, state, who, shows, jobs_seen, event).await,
             Err(TryRecvError::Lagged(missed)) => {
                 lagged = Some(missed);
                 break;
@@ -625,30 +768,30 @@ async fn send_batch(
             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
         }
     }
-    socket.get_mut().hold(false);
+    let flushed = out.flush().await;
     sent?;
-    socket.flush().await?;
+    flushed?;
     Ok(lagged)
 }
 
 /// Sends a tab that fell `missed` events behind a fresh snapshot (and fleet page), and
 /// follows the events after it from then on.
 async fn resync(
-    socket: &mut Socket,
+    out: &mut impl Transport,
     state: &AppState,
     who: &Identity,
     shows: &mut Shows,
     jobs_seen: &mut HashMap<JobId, bool>,
     events: &mut Subscription,
     missed: u64,
-) -> Result<(), tungstenite::Error> {
+) -> Result<(), Gone> {
     tracing::debug!("a live client missed {missed} events; resyncing it");
     // The page first, as when it connected: its devices are then in the snapshot.
     let page = shows.fleet_page(state, who, true);
     let (fresh_snapshot, fresh) = snapshot(state, shows, who);
     *events = fresh;
     for event in std::iter::once(fresh_snapshot).chain(page) {
-        send(socket, state, who, shows, jobs_seen, event).await?;
+        send(out, state, who, shows, jobs_seen, event).await?;
     }
     Ok(())
 }
@@ -685,15 +828,15 @@ impl From<Event> for Outgoing {
 /// and the tab shows it (a device's changes and readings only while it is watched or
 /// on the fleet page).
 async fn send(
-    socket: &mut Socket,
+    out: &mut impl Transport,
     state: &AppState,
     who: &Identity,
     shows: &Shows,
     jobs_seen: &mut HashMap<JobId, bool>,
     event: impl Into<Outgoing>,
-) -> Result<(), tungstenite::Error> {
-    let out = event.into();
-    let event: &LiveEvent = match &out {
+) -> Result<(), Gone> {
+    let outgoing = event.into();
+    let event: &LiveEvent = match &outgoing {
         Outgoing::Own(event) => event,
         Outgoing::Shared(event) => event,
     };
@@ -726,7 +869,7 @@ async fn send(
     if !visible(state, who, event) {
         return Ok(());
     }
-    let text = match out {
+    let text = match outgoing {
         Outgoing::Shared(event) => event.json().to_owned(),
         Outgoing::Own(event) => match *event {
             LiveEvent::Snapshot {
@@ -741,7 +884,7 @@ async fn send(
             event => json(&event),
         },
     };
-    websocket::send_text(socket, text).await
+    out.send(text).await
 }
 
 fn json(event: &LiveEvent) -> String {

@@ -59,6 +59,8 @@ pub struct AppState {
     /// The embedded broker, when this server runs one: a revoked device's connections
     /// are closed through it.
     pub embedded_broker: Option<broker::BrokerHandle>,
+    /// The live channel's sessions over plain HTTP (Server-Sent Events, long polls).
+    pub live_sessions: Arc<crate::live::http::Sessions>,
     /// Who may ask the RabbitMQ auth backend; empty: loopback only.
     pub broker_auth_from: Arc<Vec<std::net::IpAddr>>,
 }
