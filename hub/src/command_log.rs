@@ -308,16 +308,8 @@ impl Hub {
             .filter(|c| c.replica != log.replica && c.view.deadline_ms < cutoff)
             .collect();
         let mut ended = Vec::new();
-        for mut orphan in orphans {
-            let Ok(status) = orphan.view.status.advance(CommandStatus::OutcomeUnknown) else {
-                continue;
-            };
-            orphan.view.status = status;
-            orphan.view.updated_ms = now_ms();
-            orphan.view.error = Some(ORPHANED.to_owned());
-            // Written under the dead replica's name, a version above anything it wrote.
-            orphan.version = (now_ms() << 20) | 0xF_FFFF;
-            ended.push(orphan);
+        for orphan in orphans {
+            ended.extend(orphaned(orphan));
         }
         if ended.is_empty() {
             return Ok(Vec::new());
@@ -327,15 +319,38 @@ impl Hub {
             ended.len()
         );
         log.store.log_commands(ended.clone()).await?;
-        let views: Vec<CommandView> = ended.into_iter().map(|c| c.view).collect();
-        {
-            let mut state = self.state();
-            for view in &views {
-                state.commands.mirror(view.clone());
-            }
-            self.broadcast_commands(&state, &views);
-        }
-        self.share(&views).await;
-        Ok(views)
+        Ok(self.mirror_orphans(&ended).await)
     }
+
+    /// Tells this replica's listeners and the other replicas that vanished replicas'
+    /// commands ended (as [`orphaned`] made them, already logged).
+    pub(crate) async fn mirror_orphans(&self, ended: &[LoggedCommand]) -> Vec<CommandView> {
+        let views: Vec<CommandView> = {
+            let mut state = self.state();
+            let views: Vec<CommandView> = ended
+                .iter()
+                .filter_map(|c| state.commands.mirror(c.view.clone(), &c.replica))
+                .collect();
+            self.broadcast_commands(&state, &views);
+            views
+        };
+        self.share(&views).await;
+        views
+    }
+}
+
+/// A vanished replica's unfinished command as it ends: `outcome_unknown` because of
+/// [`ORPHANED`], to be written under the dead replica's name with a version above
+/// anything it wrote. `None` if it had ended already.
+pub(crate) fn orphaned(mut orphan: LoggedCommand) -> Option<LoggedCommand> {
+    let status = orphan
+        .view
+        .status
+        .advance(CommandStatus::OutcomeUnknown)
+        .ok()?;
+    orphan.view.status = status;
+    orphan.view.updated_ms = now_ms();
+    orphan.view.error = Some(ORPHANED.to_owned());
+    orphan.version = (now_ms() << 20) | 0xF_FFFF;
+    Some(orphan)
 }

@@ -36,6 +36,9 @@ struct Record {
     view: CommandView,
     /// `None` for a view of another replica's command: we only mirror it.
     own: Option<Own>,
+    /// The replica that sent a mirrored command (its owner, which a cancel is
+    /// forwarded to); `None` for our own.
+    origin: Option<String>,
 }
 
 #[derive(Debug)]
@@ -79,6 +82,7 @@ impl Commands {
                     deadline,
                     gone: None,
                 }),
+                origin: None,
             },
         );
         self.forget_old();
@@ -238,15 +242,16 @@ impl Commands {
             .collect()
     }
 
-    /// Mirrors another replica's command as it reported it; the change, if it was
-    /// taken.
-    pub fn mirror(&mut self, view: CommandView) -> Option<CommandView> {
+    /// Mirrors a command of replica `origin` as it (or someone speaking for it) reported
+    /// it; the change, if it was taken.
+    pub fn mirror(&mut self, view: CommandView, origin: &str) -> Option<CommandView> {
         match self.records.get_mut(&view.id) {
             Some(record) if record.own.is_some() => None,
             // Never back: a late or repeated change of a command known further on.
             Some(record) if !view.supersedes(&record.view) => None,
             Some(record) => {
                 record.view = view.clone();
+                record.origin = Some(origin.to_owned());
                 Some(view)
             }
             None => {
@@ -256,6 +261,7 @@ impl Commands {
                     Record {
                         view: view.clone(),
                         own: None,
+                        origin: Some(origin.to_owned()),
                     },
                 );
                 self.forget_old();
@@ -269,6 +275,12 @@ impl Commands {
     pub fn route(&self, id: &CommandId) -> Option<(&str, &str)> {
         let own = self.records.get(id)?.own.as_ref()?;
         Some((own.session_id.as_str(), own.inbox.as_str()))
+    }
+
+    /// The replica that sent a command this replica only mirrors (`None` for its own,
+    /// and for commands it does not know).
+    pub fn origin(&self, id: &CommandId) -> Option<&str> {
+        self.records.get(id)?.origin.as_deref()
     }
 
     /// The inbox one of this replica's commands went to.
@@ -622,14 +634,15 @@ mod tests {
     fn other_replicas_commands_are_mirrored_but_never_overwrite_our_own() {
         let mut commands = Commands::default();
         let mut theirs = view("theirs", "d");
-        commands.mirror(theirs.clone());
+        commands.mirror(theirs.clone(), "r2");
         theirs.status = CommandStatus::Succeeded;
-        commands.mirror(theirs);
+        commands.mirror(theirs, "r2");
         assert_eq!(
             commands.get(&"theirs".into()).unwrap().status,
             CommandStatus::Succeeded
         );
         assert_eq!(commands.pending(), 0, "mirrors have no deadline here");
+        assert_eq!(commands.origin(&"theirs".into()), Some("r2"));
 
         commands.accept(
             view("ours", "d"),
@@ -639,10 +652,11 @@ mod tests {
         );
         let mut impostor = view("ours", "d");
         impostor.status = CommandStatus::Failed;
-        commands.mirror(impostor);
+        commands.mirror(impostor, "r2");
         assert_eq!(
             commands.get(&"ours".into()).unwrap().status,
             CommandStatus::Accepted
         );
+        assert_eq!(commands.origin(&"ours".into()), None);
     }
 }

@@ -1,12 +1,13 @@
 //! The [`Hub`] itself: its configuration, its shared state, how it starts and stops,
 //! and what anyone may read of it. What it does is in the sibling modules: [`link`]
 //! (the broker connection), [`intake`] (what devices and replicas publish), [`send`]
-//! (commands), [`watch`] (watch leases), [`timer`] (deadlines and heartbeats) and
-//! [`stats`].
+//! (commands), [`forward`] (cancels of other replicas' commands), [`watch`] (watch
+//! leases), [`timer`] (deadlines and heartbeats) and [`stats`].
 //!
 //! [`link`]: crate::link
 //! [`intake`]: crate::intake
 //! [`send`]: crate::send
+//! [`forward`]: crate::forward
 //! [`watch`]: crate::watch
 //! [`timer`]: crate::timer
 //! [`stats`]: crate::stats
@@ -222,8 +223,13 @@ pub(crate) struct Inner {
     devices_generation: AtomicU64,
     /// Fleet pages, shared by the tabs that show the same one.
     pages: crate::pages::Pages,
-    /// The other replicas heard from on `tether.events`, by id, and when (ms).
-    pub(crate) others: Mutex<HashMap<String, u64>>,
+    /// The other replicas heard from on `tether.events`, by id: when (ms), where they
+    /// take requests, whether they said goodbye.
+    pub(crate) others: Mutex<HashMap<String, crate::send::Other>>,
+    /// Since when the broker link is up (`None` while it is down).
+    connected_at: Mutex<Option<std::time::Instant>>,
+    /// Cancels forwarded to other replicas, by correlation id, told their answer.
+    pub(crate) forwarded: crate::forward::Forwarded,
     /// Command changes waiting to be shared with them, and whether a caller is
     /// publishing them (see [`Hub::share`]).
     pub(crate) sharing: Mutex<crate::send::Sharing>,
@@ -304,6 +310,8 @@ impl Hub {
                 devices_generation: AtomicU64::new(0),
                 pages: crate::pages::Pages::default(),
                 others: Mutex::default(),
+                connected_at: Mutex::new(first.is_some().then(std::time::Instant::now)),
+                forwarded: crate::forward::Forwarded::default(),
                 sharing: Mutex::default(),
             }),
         };
@@ -512,9 +520,24 @@ impl Hub {
     pub(crate) fn set_link(&self, link: Option<Link>) {
         *self
             .inner
+            .connected_at
+            .lock()
+            .expect("no code panics while holding the link lock") =
+            link.is_some().then(std::time::Instant::now);
+        *self
+            .inner
             .link
             .lock()
             .expect("no code panics while holding the link lock") = link;
+    }
+
+    /// How long the broker link has been up; `None` while it is down.
+    pub(crate) fn connected_for(&self) -> Option<Duration> {
+        self.inner
+            .connected_at
+            .lock()
+            .expect("no code panics while holding the link lock")
+            .map(|since| since.elapsed())
     }
 
     /// Sends events to this replica's listeners. Call with the state locked.

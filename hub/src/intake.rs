@@ -2,8 +2,10 @@
 //! Presence (hello, heartbeat, bye) updates the [`registry`](crate::registry); replies
 //! move commands on; readings are checked against what their device announced and
 //! rate-limited before they reach listeners; other replicas' command changes are
-//! mirrored. Anything malformed, foreign or from an old session is counted in
-//! [`Stats`](crate::Stats) and dropped: no message can stop a consumer.
+//! mirrored; what another replica sends this one directly (a forwarded cancel, an
+//! answer) goes to [`forward`](crate::forward). Anything malformed, foreign or from an
+//! old session is counted in [`Stats`](crate::Stats) and dropped: no message can stop
+//! a consumer.
 //!
 //! Who sent a message is its `user_id`, which the broker guarantees is the account
 //! that published it; a device's account is its id. Presence, replies and readings
@@ -24,6 +26,7 @@ use protocol::{
 use crate::{
     commands,
     flood::{Admission, MAX_READINGS_PER_SECOND},
+    forward::{CANCEL_ANSWER_KIND, CANCEL_KIND},
     hub::{Hub, State},
     link::sender,
     reading::{self, Unreadable},
@@ -310,14 +313,28 @@ impl Hub {
             .kind()
             .as_ref()
             .map(|kind| kind.as_str());
+        if let Some(kind @ (CANCEL_KIND | CANCEL_ANSWER_KIND)) = kind {
+            // Sent to this replica alone, not over the exchange.
+            return self.on_direct(delivery, kind);
+        }
         let origin = own.unwrap_or_default();
         if kind == Some(REPLICA_GONE_KIND) {
             self.gone(origin);
             return;
         }
+        // Where it takes requests, believed only from the servers' own account.
+        let queue = delivery
+            .properties
+            .reply_to()
+            .as_ref()
+            .filter(|_| {
+                self.link()
+                    .is_some_and(|link| sender(delivery) == Some(link.user.as_str()))
+            })
+            .map(|queue| queue.to_string());
         // Another replica is there (whatever it says): share command changes with it,
         // and if it is new, tell it at once that this one is here too.
-        if self.heard_from(origin) {
+        if self.heard_from(origin, queue) {
             let hub = self.clone();
             self.inner
                 .shutdown
@@ -346,7 +363,7 @@ impl Hub {
         let mut state = self.state();
         let mirrored: Vec<CommandView> = commands
             .into_iter()
-            .filter_map(|command| state.commands.mirror(command))
+            .filter_map(|command| state.commands.mirror(command, &origin))
             .collect();
         self.broadcast_commands(&state, &mirrored);
     }

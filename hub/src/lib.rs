@@ -16,6 +16,7 @@
 //! | `link` | the broker connection: connect, topology, consumers, reconnect, goodbye |
 //! | `intake` | what devices and other replicas publish: presence, replies, readings |
 //! | `send` | send, cancel, wait, share with replicas, a device going away; their errors |
+//! | `forward` | a cancel of another replica's command, forwarded to its owner and answered; an orphan's ended |
 //! | `watch` | watch leases on a device's fast reporting pace |
 //! | `timer` | deadlines, heartbeat expiry, lease renewal |
 //! | `stats` | what the hub counted |
@@ -31,6 +32,7 @@ mod announced;
 mod command_log;
 mod commands;
 mod flood;
+mod forward;
 mod hub;
 mod intake;
 mod link;

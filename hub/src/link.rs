@@ -5,7 +5,8 @@
 //! through its own exclusive queue bound to `presence.#`, reads replies from its own
 //! exclusive reply queue, reads readings through its own queue bound to `telemetry.#`,
 //! and shares command updates with other replicas over the `tether.events` fanout
-//! exchange. Consumers use auto-ack on these private queues, so nothing a handler
+//! exchange (its queue there also takes what one replica asks another directly: a
+//! forwarded cancel and its answer). Consumers use auto-ack on these private queues, so nothing a handler
 //! refuses can redeliver in a loop.
 
 use std::time::Duration;
@@ -40,6 +41,9 @@ const GOODBYE: Duration = Duration::from_secs(2);
 pub(crate) struct Link {
     pub(crate) channel: Channel,
     pub(crate) reply_queue: String,
+    /// This replica's queue on `tether.events`, where other replicas also send it
+    /// requests (a cancel forwarded to it) and answers (to one it forwarded).
+    pub(crate) events_queue: String,
     /// The broker account this replica logged in as: every message it publishes says
     /// so in `user_id`, which the broker checks and the agents require of a server.
     pub(crate) user: String,
@@ -352,6 +356,7 @@ pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
         link: Link {
             channel,
             reply_queue,
+            events_queue,
             user,
         },
         consumers,

@@ -1,9 +1,10 @@
 //! Sending: a command validated against what the device announced and published to its
 //! inbox as AMQP RPC (mandatory, with an expiration, this replica's reply queue and the
-//! command id as correlation id, under publisher confirms); cancelling; waiting for a
-//! command to end; sharing command changes with other replicas over `tether.events`;
-//! and what happens to pending commands when a device goes away. Also the errors of
-//! each, every one meaning that nothing was sent.
+//! command id as correlation id, under publisher confirms); cancelling (one's own here,
+//! another replica's forwarded to it by [`crate::forward`]); waiting for a command to
+//! end; sharing command changes with other replicas over `tether.events`, and keeping
+//! track of those replicas; and what happens to pending commands when a device goes
+//! away. Also the errors of each, every one meaning that nothing was sent.
 
 use std::{
     collections::HashMap,
@@ -105,8 +106,37 @@ const STOPPING_WAIT: Duration = Duration::from_millis(500);
 pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long after another replica was last heard from command changes are still shared:
-/// three announcements missed.
+/// three announcements missed. After that it is gone: its commands are orphans.
 const OTHERS_GONE_AFTER: Duration = Duration::from_secs(15);
+
+/// Another replica, as heard on `tether.events`.
+#[derive(Debug)]
+pub(crate) struct Other {
+    /// When it was last heard from (ms), or said goodbye.
+    heard_ms: u64,
+    /// The queue it takes requests from other replicas on (its events queue, the
+    /// `reply_to` of what it publishes there); `None` from a version without it.
+    queue: Option<String>,
+    /// It said goodbye.
+    gone: bool,
+}
+
+impl Other {
+    fn present(&self, now_ms: u64) -> bool {
+        !self.gone && now_ms.saturating_sub(self.heard_ms) <= duration_ms(OTHERS_GONE_AFTER)
+    }
+}
+
+/// What a replica knows of another (the owner of a command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Heard from lately; the queue it takes requests on, if it said.
+    Present(Option<String>),
+    /// Said goodbye, or silent for longer than it would be if it were there.
+    Gone,
+    /// Not heard from, but this replica has not been connected long enough to know.
+    Unsure,
+}
 
 /// Why a command was not sent. Nothing was sent to the device in any of these cases.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -134,8 +164,37 @@ pub enum CancelError {
     UnknownCommand(CommandId),
     #[error("command \"{}\" has already ended as {}", .0.id, .0.status)]
     AlreadyEnded(Box<CommandView>),
-    #[error("command \"{0}\" was sent by another server replica; cancel it there")]
-    NotOurs(CommandId),
+    /// The replica that sent it went away: it ended now as `outcome_unknown`, as it would
+    /// have in time ([`crate::ORPHANED`]); its device was told to stop if that could be
+    /// reached.
+    #[error("command \"{}\" was sent by a server replica that went away; it ended as {}: {}", .0.id, .0.status, .0.error.as_deref().unwrap_or_default())]
+    Orphaned(Box<CommandView>),
+    /// Another replica sent it and did not answer the forwarded cancel in time (or its
+    /// queue vanished, or it has not been heard from yet, or it runs a version that
+    /// takes no forwarded cancels). Nothing changed; the caller may try again.
+    #[error(
+        "command \"{0}\" was sent by another server replica, which did not answer; try again shortly"
+    )]
+    ReplicaUnavailable(CommandId),
+    /// Not connected to the broker: another replica's command cannot be reached.
+    #[error("the server is not connected to the broker; try again shortly")]
+    BrokerUnavailable,
+    /// The command log could not be read (the command is not in memory).
+    #[error("the command log is unavailable; try again shortly")]
+    StoreUnavailable,
+}
+
+/// What a replica can do about a cancel by itself ([`Hub::cancel_here`]).
+#[derive(Debug)]
+pub(crate) enum Here {
+    /// Its own, and now cancelled.
+    Cancelled(CommandView),
+    /// Ended already.
+    Ended(CommandView),
+    /// Another replica's (`origin`), still going as far as this one knows.
+    Theirs { view: CommandView, origin: String },
+    /// Not in memory.
+    Unknown,
 }
 
 impl Hub {
@@ -302,30 +361,60 @@ impl Hub {
 
     /// Cancels a pending command: it ends as `cancelled` now, and the device is told to
     /// stop if it is still working on it.
+    ///
+    /// Any replica can cancel any command: one that another replica sent (known from
+    /// its shared changes, or from the command log) is forwarded to that replica, which
+    /// cancels it by the same rules and answers (see [`crate::forward`]); the answer is
+    /// this call's. A command whose replica is gone ends as `outcome_unknown`
+    /// ([`CancelError::Orphaned`]), as every replica ends such commands in time anyway.
     pub async fn cancel(&self, id: &CommandId) -> Result<CommandView, CancelError> {
+        match self.cancel_here(id).await {
+            Here::Cancelled(view) => Ok(view),
+            Here::Ended(view) => Err(CancelError::AlreadyEnded(Box::new(view))),
+            Here::Theirs { view, origin } => self.cancel_theirs(view, &origin).await,
+            Here::Unknown => self.cancel_logged(id).await,
+        }
+    }
+
+    /// What this replica can do about a cancel by itself: cancel its own command, or
+    /// say that the command ended, is another replica's, or is not in memory. Used for
+    /// cancels made here and for those forwarded here alike, so both follow one set of
+    /// rules.
+    pub(crate) async fn cancel_here(&self, id: &CommandId) -> Here {
         let (view, inbox) = {
             let mut state = self.state();
-            let current = state
-                .commands
-                .get(id)
-                .ok_or_else(|| CancelError::UnknownCommand(id.clone()))?;
+            let Some(current) = state.commands.get(id) else {
+                return Here::Unknown;
+            };
             if current.status.is_terminal() {
-                return Err(CancelError::AlreadyEnded(Box::new(current)));
+                return Here::Ended(current);
             }
-            let inbox = state
-                .commands
-                .inbox(id)
-                .ok_or_else(|| CancelError::NotOurs(id.clone()))?;
-            let view = state
+            let Some(inbox) = state.commands.inbox(id) else {
+                let origin = state.commands.origin(id).unwrap_or_default().to_owned();
+                return Here::Theirs {
+                    view: current,
+                    origin,
+                };
+            };
+            let Ok(view) = state
                 .commands
                 .advance(id, CommandStatus::Cancelled, now_ms(), |v| {
                     v.error = Some("cancelled by a user".into())
                 })
-                .map_err(|_| CancelError::AlreadyEnded(Box::new(current)))?;
+            else {
+                return Here::Ended(current);
+            };
             self.broadcast_commands(&state, std::slice::from_ref(&view));
             (view, inbox)
         };
         self.share(std::slice::from_ref(&view)).await;
+        self.tell_device_to_stop(id, &inbox).await;
+        Here::Cancelled(view)
+    }
+
+    /// Tells the device behind `inbox` to stop working on command `id`. Best effort: the
+    /// command has ended for everyone already; a device that is gone has nothing to stop.
+    pub(crate) async fn tell_device_to_stop(&self, id: &CommandId, inbox: &str) {
         if let Some(link) = self.link() {
             let message = ServerMessage::Cancel(CancelRequest {
                 command_id: id.clone(),
@@ -334,11 +423,8 @@ impl Hub {
                 .properties()
                 .with_reply_to(link.reply_queue.as_str().into())
                 .with_correlation_id(id.0.as_str().into());
-            // Best effort: the command has ended for everyone already; a device that is
-            // gone has nothing to stop.
-            let _ = link.to_inbox(&inbox, &message, properties).await;
+            let _ = link.to_inbox(inbox, &message, properties).await;
         }
-        Ok(view)
     }
 
     /// Waits up to `max` for a command to end; returns it as it is then.
@@ -355,6 +441,48 @@ impl Hub {
             self.waiters().entry(id.clone()).or_default().push(notify);
             ended
         };
+        match self.until_ended(id, ended, max).await {
+            Some(command) => Some(command),
+            None => self.command(id),
+        }
+    }
+
+    /// [`Hub::wait`] for a command known to exist (`known`, as the command log has it)
+    /// that this replica may not have heard of yet: another replica's, sent a moment
+    /// ago, whose changes are on their way here. Returns the latest of what the log
+    /// and this replica know.
+    pub async fn wait_for(&self, known: CommandView, max: Duration) -> CommandView {
+        let latest = |here: Option<CommandView>, known: CommandView| match here {
+            Some(here) if here.supersedes(&known) => here,
+            _ => known,
+        };
+        let ended = {
+            let state = self.state();
+            let current = latest(state.commands.get(&known.id), known.clone());
+            if current.status.is_terminal() {
+                return current;
+            }
+            let (notify, ended) = oneshot::channel();
+            self.waiters()
+                .entry(known.id.clone())
+                .or_default()
+                .push(notify);
+            ended
+        };
+        match self.until_ended(&known.id, ended, max).await {
+            Some(command) => command,
+            None => latest(self.command(&known.id), known),
+        }
+    }
+
+    /// The end of command `id` as `ended` is told it, within `max`; `None` if it did not
+    /// come (its waiter is then forgotten).
+    async fn until_ended(
+        &self,
+        id: &CommandId,
+        ended: oneshot::Receiver<CommandView>,
+        max: Duration,
+    ) -> Option<CommandView> {
         // A stopping server answers soon, with the command as it is then: ended by the
         // stop (as a hub without a resumable log does, at once), or left for the next
         // start.
@@ -369,15 +497,19 @@ impl Hub {
                     .and_then(Result::ok),
             }
         };
-        match tokio::time::timeout(max, ended).await {
-            Ok(Some(command)) => Some(command),
-            _ => {
-                if let Some(waiting) = self.waiters().get_mut(id) {
-                    waiting.retain(|notify| !notify.is_closed());
-                }
-                self.command(id)
+        // The receiver is dropped with the timeout, before the waiters are swept.
+        let told = tokio::time::timeout(max, ended).await;
+        if let Ok(Some(command)) = told {
+            return Some(command);
+        }
+        let mut waiters = self.waiters();
+        if let Some(waiting) = waiters.get_mut(id) {
+            waiting.retain(|notify| !notify.is_closed());
+            if waiting.is_empty() {
+                waiters.remove(id);
             }
         }
+        None
     }
 
     /// Tells this replica's browsers, and the other replicas' (through `tether.events`),
@@ -470,27 +602,77 @@ impl Hub {
     /// say goodbye since).
     pub(crate) fn others_present(&self) -> bool {
         let now = now_ms();
-        self.others()
-            .values()
-            .any(|&heard| now.saturating_sub(heard) <= duration_ms(OTHERS_GONE_AFTER))
+        self.others().values().any(|other| other.present(now))
     }
 
-    /// Notes that replica `id` was heard from now; whether it is new (or was gone).
-    pub(crate) fn heard_from(&self, id: &str) -> bool {
+    /// Notes that replica `id` was heard from now, and the queue it takes requests on
+    /// (its events queue) if it said; whether it is new (or was gone).
+    pub(crate) fn heard_from(&self, id: &str, queue: Option<String>) -> bool {
         let now = now_ms();
         let mut others = self.others();
         // Those not heard from for long are forgotten (the map stays as small as the
         // set of live replicas).
-        others.retain(|_, heard| now.saturating_sub(*heard) <= duration_ms(OTHERS_GONE_AFTER));
-        others.insert(id.to_owned(), now).is_none()
+        others.retain(|_, other| {
+            now.saturating_sub(other.heard_ms) <= duration_ms(OTHERS_GONE_AFTER)
+        });
+        let known = others.get(id);
+        let new = known.is_none_or(|other| other.gone);
+        let queue = queue.or_else(|| known.and_then(|other| other.queue.clone()));
+        others.insert(
+            id.to_owned(),
+            Other {
+                heard_ms: now,
+                queue,
+                gone: false,
+            },
+        );
+        new
     }
 
-    /// Replica `id` said goodbye.
+    /// Replica `id` said goodbye: nothing is shared with it any more, and its commands
+    /// are orphans (see [`Hub::owner`]) until it is heard from again.
     pub(crate) fn gone(&self, id: &str) {
-        self.others().remove(id);
+        let now = now_ms();
+        self.others()
+            .entry(id.to_owned())
+            .and_modify(|other| {
+                other.gone = true;
+                other.heard_ms = now;
+            })
+            .or_insert(Other {
+                heard_ms: now,
+                queue: None,
+                gone: true,
+            });
     }
 
-    fn others(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    /// What this replica knows of replica `id`, the owner of a command it was asked to
+    /// cancel.
+    pub(crate) fn owner(&self, id: &str) -> Owner {
+        let now = now_ms();
+        if id == self.inner.replica_id {
+            // Ours, yet not in memory: lost track of (the log could not be read when
+            // this replica resumed). Nobody is waiting for its answer.
+            return Owner::Gone;
+        }
+        match self.others().get(id) {
+            Some(other) if other.gone => return Owner::Gone,
+            Some(other) if other.present(now) => return Owner::Present(other.queue.clone()),
+            _ => {}
+        }
+        // Silent: gone, if this replica has been connected long enough to have heard
+        // it announce itself; else it may just not have been heard from yet.
+        if self
+            .connected_for()
+            .is_some_and(|connected| connected > OTHERS_GONE_AFTER)
+        {
+            Owner::Gone
+        } else {
+            Owner::Unsure
+        }
+    }
+
+    fn others(&self) -> std::sync::MutexGuard<'_, HashMap<String, Other>> {
         self.inner
             .others
             .lock()
@@ -499,10 +681,12 @@ impl Hub {
 
     /// Publishes `body` on `tether.events`, of AMQP type `kind` (none: a command change).
     async fn to_replicas(&self, link: &crate::link::Link, body: &[u8], kind: Option<&str>) {
-        // The origin in a property too, so replicas skip their own without decoding.
+        // The origin in a property too, so replicas skip their own without decoding;
+        // and where this replica takes requests (a cancel forwarded to it).
         let mut properties = link
             .properties()
-            .with_app_id(self.inner.replica_id.as_str().into());
+            .with_app_id(self.inner.replica_id.as_str().into())
+            .with_reply_to(link.events_queue.as_str().into());
         if let Some(kind) = kind {
             properties = properties.with_type(kind.into());
         }

@@ -18,9 +18,12 @@ pub struct Stats {
     /// Messages from a device session that a newer one replaced, or from an unknown device.
     pub stale: AtomicU64,
     /// Presence, replies and readings that speak for a device other than the account
-    /// that published them (their `user_id`): one device posing as another.
+    /// that published them (their `user_id`): one device posing as another; and
+    /// messages for this replica alone (a forwarded cancel, its answer) that the
+    /// servers' account did not send.
     pub impostors: AtomicU64,
-    /// Messages about commands that had already ended, or that we never sent.
+    /// Messages about commands that had already ended, or that we never sent; answers
+    /// to forwarded cancels that nobody waits for any more.
     pub late: AtomicU64,
     /// Commands that came back unroutable: the device's inbox was gone.
     pub returned: AtomicU64,

@@ -133,3 +133,104 @@ async fn a_vanished_replicas_commands_are_ended_by_another_as_unknown() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A cancel of a command whose replica is gone (it stopped, leaving it pending in the
+/// log for a next start that has not come) cannot be forwarded: the command ends at
+/// once with its outcome unknown, as it would have a minute past its deadline, in the
+/// log too, and its device (whose inbox the log knows) is told to stop.
+#[tokio::test]
+async fn a_cancel_of_a_gone_replicas_command_ends_it_as_unknown_and_tells_the_device() {
+    use futures_util::StreamExt as _;
+
+    let url = testkit::rabbitmq_url();
+    let (store, dir) = store().await;
+    let gone_stop = common::Shutdown::new();
+    let gone = Hub::start(
+        HubConfig {
+            command_log: Some(log(&store, &testkit::unique("gone"))),
+            ..HubConfig::new(url.clone())
+        },
+        &gone_stop,
+    )
+    .await;
+    let other = testkit::start_hub(HubConfig {
+        command_log: Some(log(&store, &testkit::unique("other"))),
+        ..HubConfig::new(url.clone())
+    })
+    .await;
+    let device = testkit::RawDevice::connect(&url, "orphan-cancel", 60_000).await;
+    let mut inbox = device
+        .channel
+        .basic_consume(
+            device.inbox.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    testkit::online(&gone, &device.id).await;
+    let sent = gone
+        .send(
+            &device.id,
+            testkit::command("echo", json!({}), Some(60_000)),
+        )
+        .await
+        .unwrap();
+    let mut next_message = async || {
+        let delivery = testkit::within(Duration::from_secs(5), "a message", inbox.next())
+            .await
+            .unwrap()
+            .unwrap();
+        protocol::decode::<protocol::ServerMessage>(&delivery.data).unwrap()
+    };
+    assert!(matches!(
+        next_message().await,
+        protocol::ServerMessage::Command(_)
+    ));
+    assert!(gone_stop.stop_and_wait(Duration::from_secs(3)).await);
+    assert_eq!(
+        logged_status(&store, &sent.id.0).await,
+        Some(CommandStatus::Sent),
+        "left for its next start"
+    );
+
+    // Its goodbye may take a moment to arrive; until then its queue is found gone.
+    let refused = testkit::within(Duration::from_secs(10), "the cancel", async {
+        loop {
+            match other.cancel(&sent.id).await {
+                Err(hub::CancelError::ReplicaUnavailable(_)) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap_err();
+    let hub::CancelError::Orphaned(ended) = &refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(
+        (ended.status, ended.error.as_deref()),
+        (CommandStatus::OutcomeUnknown, Some(hub::ORPHANED))
+    );
+    assert_eq!(other.command(&sent.id).as_ref(), Some(&**ended));
+    assert_eq!(
+        logged_status(&store, &sent.id.0).await,
+        Some(CommandStatus::OutcomeUnknown)
+    );
+    let stop = next_message().await;
+    assert!(
+        matches!(&stop, protocol::ServerMessage::Cancel(c) if c.command_id == sent.id),
+        "{stop:?}"
+    );
+    assert!(matches!(
+        other.cancel(&sent.id).await,
+        Err(hub::CancelError::AlreadyEnded(_))
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -320,7 +320,8 @@ impl Driver {
             let hub = self.jobs.inner.hub.clone();
             for command in self.running.keys().cloned().collect::<Vec<_>>() {
                 // Ended as cancelled (its event settles the device), or already ended
-                // (the check settles it), or another replica's (it ends on its own).
+                // (the check settles it); another replica's is cancelled by it (the hub
+                // forwards the cancel), or ends on its own if that cannot answer.
                 let _ = hub.cancel(&command).await;
             }
             self.check_running().await;

@@ -444,24 +444,28 @@ async fn get_command(
             format!("no command \"{id}\""),
         )
     };
-    // Whether it may be seen is decided before waiting, so no one waits on others' commands.
-    let visible = state
-        .hub
-        .command(&id)
-        .is_some_and(|c| state.groups.may_see(&who, c.device_id.as_str()));
-    if !visible {
-        return Err(unknown());
-    }
+    // Whether it may be seen is decided before waiting, so no one waits on others'
+    // commands. From memory, else from the command log: another replica's command,
+    // sent a moment ago, is in the log before its sender answered, and its changes
+    // reach this replica a moment later.
+    let known = find_command(&state, &who, &id).await.ok_or_else(unknown)?;
     let command = match wait.wait_ms {
         Some(ms) if ms > 0 => {
-            state
+            let waited = state
                 .hub
-                .wait(&id, Duration::from_millis(ms.min(MAX_WAIT_MS)))
-                .await
+                .wait_for(known, Duration::from_millis(ms.min(MAX_WAIT_MS)))
+                .await;
+            // Still going, as far as this replica heard: the log may know better.
+            match find_command(&state, &who, &id).await {
+                Some(logged) if !waited.status.is_terminal() && logged.supersedes(&waited) => {
+                    logged
+                }
+                _ => waited,
+            }
         }
-        _ => state.hub.command(&id),
+        _ => known,
     };
-    command.map(Json).ok_or_else(unknown)
+    Ok(Json(command))
 }
 
 async fn cancel_command(
@@ -474,25 +478,20 @@ async fn cancel_command(
 }
 
 /// Cancels a command as `who` (an operator who may see its device), recorded in the
-/// audit trail.
+/// audit trail. Whichever replica sent the command: another replica's cancel is
+/// forwarded to it by the hub (503 `replica_unavailable` if it does not answer in time;
+/// one that is gone ends the command as `outcome_unknown`, 409 `already_ended`).
 pub async fn cancel(
     state: &AppState,
     who: &Identity,
     address: &str,
     id: &CommandId,
 ) -> Result<CommandView, Failure> {
+    // Who may cancel is decided here, by the replica the request reached; the hub
+    // forwards the cancel to the replica that sent the command if that is another.
     let Some(command) = find_command(state, who, id).await else {
         return Err(CancelError::UnknownCommand(id.clone()).into());
     };
-    if state.hub.command(id).is_none() {
-        // Only in the log: ended long ago, or another replica's.
-        return Err(if command.status.is_terminal() {
-            CancelError::AlreadyEnded(Box::new(command))
-        } else {
-            CancelError::NotOurs(id.clone())
-        }
-        .into());
-    }
     let target = command.device_id.as_str();
     if let Err(refused) = who.require(Role::Operator, "cancelling commands") {
         audit::record(

@@ -73,7 +73,15 @@ impl From<CancelError> for Failure {
         let (status, code) = match &error {
             CancelError::UnknownCommand(_) => (StatusCode::NOT_FOUND, "unknown_command"),
             CancelError::AlreadyEnded(_) => (StatusCode::CONFLICT, "already_ended"),
-            CancelError::NotOurs(_) => (StatusCode::CONFLICT, "other_replica"),
+            // Ended now as outcome_unknown: over, as far as the caller can do anything.
+            CancelError::Orphaned(_) => (StatusCode::CONFLICT, "already_ended"),
+            CancelError::ReplicaUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "replica_unavailable")
+            }
+            CancelError::BrokerUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
+            }
+            CancelError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         Self::new(status, code, error.to_string())
     }

@@ -628,6 +628,147 @@ async fn another_replica_sees_every_status_of_a_command_and_can_wait_for_it() {
     gateway.stop().await;
 }
 
+/// Behind a load balancer a cancel reaches any replica: one that only mirrors the
+/// command forwards it to the replica that sent it, which cancels it (the device is told
+/// to stop) and answers. A device that learnt where replicas take such requests cannot
+/// cancel anything: the owner takes them only from the servers' account.
+#[tokio::test]
+async fn another_replica_cancels_a_command_through_the_replica_that_sent_it() {
+    let owner = start_hub().await;
+    let other = start_hub().await;
+    // Where replicas take requests: the reply_to of what they say on tether.events.
+    let mut events = testkit::Spy::on(&amqp_url(), names::EVENTS_EXCHANGE, "").await;
+    let device = raw_device("raw-forwarded", 60_000).await;
+    let intruder = raw_device("raw-canceller", 60_000).await;
+    online(&owner, &device.id).await;
+    online(&other, &device.id).await;
+    let mut inbox = device
+        .channel
+        .basic_consume(
+            device.inbox.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let next_message = async |inbox: &mut lapin::Consumer| {
+        let delivery = within(
+            Duration::from_secs(5),
+            "a message in the inbox",
+            inbox.next(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let sender = delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .map(|u| u.to_string());
+        (
+            protocol::decode::<ServerMessage>(&delivery.data).unwrap(),
+            sender,
+        )
+    };
+    let sent = owner
+        .send(&device.id, command("echo", json!({}), Some(60_000)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_message(&mut inbox).await.0,
+        ServerMessage::Command(_)
+    ));
+    eventually("the command mirrored", Duration::from_secs(5), || {
+        other.command(&sent.id)
+    })
+    .await;
+
+    // A device puts a cancel into the owner's queue, as a replica would: dropped.
+    let owners_queue = within(
+        Duration::from_secs(10),
+        "the owner says where it is",
+        async {
+            loop {
+                if let Some(delivery) = events.next(Duration::from_secs(10)).await
+                    && delivery.properties.app_id().as_ref().map(|a| a.as_str())
+                        == Some(owner.replica_id())
+                    && let Some(queue) = delivery.properties.reply_to()
+                {
+                    return queue.to_string();
+                }
+            }
+        },
+    )
+    .await;
+    let forged =
+        serde_json::to_vec(&json!({"v": protocol::PROTOCOL_VERSION, "command_id": sent.id}))
+            .unwrap();
+    let impostors = owner.stats().impostors;
+    intruder
+        .publish(
+            "",
+            &owners_queue,
+            &forged,
+            BasicProperties::default()
+                .with_type("cancel".into())
+                .with_app_id("forger".into())
+                .with_reply_to(intruder.inbox.as_str().into())
+                .with_correlation_id("forged".into()),
+        )
+        .await;
+    eventually("the forged cancel counted", Duration::from_secs(5), || {
+        Some(owner.stats()).filter(|s| s.impostors > impostors)
+    })
+    .await;
+    assert!(
+        !owner.command(&sent.id).unwrap().status.is_terminal(),
+        "a device cancelled a command"
+    );
+
+    // The other replica cancels it: through its owner, which tells the device.
+    let cancelled = within(
+        Duration::from_secs(10),
+        "the forwarded cancel",
+        other.cancel(&sent.id),
+    )
+    .await
+    .expect("cancelled by its owner");
+    assert_eq!(
+        (cancelled.status, cancelled.error.as_deref()),
+        (CommandStatus::Cancelled, Some("cancelled by a user"))
+    );
+    assert_eq!(owner.command(&sent.id), Some(cancelled.clone()));
+    assert_eq!(
+        other.command(&sent.id),
+        Some(cancelled.clone()),
+        "the answer is taken at once"
+    );
+    let (stop, sender) = next_message(&mut inbox).await;
+    assert!(
+        matches!(&stop, ServerMessage::Cancel(c) if c.command_id == sent.id),
+        "{stop:?}"
+    );
+    assert_eq!(sender, Some(common::amqp_user(&amqp_url())));
+    // Again, on either: it has ended.
+    for hub in [&other, &owner] {
+        let again = hub.cancel(&sent.id).await.unwrap_err();
+        assert!(
+            matches!(&again, hub::CancelError::AlreadyEnded(c) if c.status == CommandStatus::Cancelled),
+            "{again:?}"
+        );
+    }
+    // A command nobody knows is unknown to both.
+    let nobody = protocol::CommandId("no-such-command".into());
+    assert!(matches!(
+        other.cancel(&nobody).await,
+        Err(hub::CancelError::UnknownCommand(_))
+    ));
+}
+
 #[tokio::test]
 async fn readings_of_announced_metrics_reach_listeners() {
     let hub = start_hub().await;
