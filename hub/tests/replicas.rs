@@ -99,3 +99,173 @@ async fn a_replica_alone_shares_nothing_one_that_joins_sees_every_change_and_one
     );
     agent.stop().await;
 }
+
+/// A cancel of another replica's command goes to that replica's own queue, signed by
+/// the servers' account, and waits a bounded time for its answer: a replica that does
+/// not answer makes it fail as `ReplicaUnavailable` within seconds, its late answer is
+/// counted and dropped, as is an answer that does not parse, and the consumer goes on
+/// to take the next real answer. The other replica here is the test's own, speaking
+/// the protocol by hand.
+#[tokio::test]
+async fn a_forwarded_cancel_waits_a_bounded_time_and_takes_only_a_real_answer() {
+    use lapin::{BasicProperties, options::BasicPublishOptions};
+    use protocol::{CommandId, DeviceId, api::CommandView};
+
+    let server_url = testkit::private_embedded_broker_url();
+    let hub = testkit::start_hub(hub::HubConfig::new(server_url.clone())).await;
+    let account = common::amqp_user(&server_url);
+    // The other replica: a queue on tether.events, as every replica has, which it
+    // names in the reply_to of what it says there.
+    let mut ghost = Spy::on(&server_url, names::EVENTS_EXCHANGE, "").await;
+    let ghost_id = testkit::unique("ghost");
+    let (channel, queue) = (ghost.channel.clone(), ghost.queue.clone());
+    let publish =
+        async |exchange: &str, key: &str, kind: &str, body: Vec<u8>, correlation: Option<&str>| {
+            let mut properties = BasicProperties::default()
+                .with_user_id(account.as_str().into())
+                .with_app_id(ghost_id.as_str().into())
+                .with_type(kind.into())
+                .with_reply_to(queue.as_str().into());
+            if let Some(correlation) = correlation {
+                properties = properties.with_correlation_id(correlation.into());
+            }
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        };
+    let command = CommandView {
+        id: CommandId(testkit::unique("ghost-command")),
+        device_id: DeviceId::new(testkit::unique("ghost-device")).unwrap(),
+        name: "echo".into(),
+        args: Default::default(),
+        status: CommandStatus::Sent,
+        created_ms: common::now_ms(),
+        updated_ms: common::now_ms(),
+        deadline_ms: common::now_ms() + 60_000,
+        percent: None,
+        message: None,
+        result: None,
+        error: None,
+        issued_by: None,
+        job_id: None,
+    };
+    let envelope = |value: serde_json::Value| {
+        let mut value = value;
+        value["v"] = json!(protocol::PROTOCOL_VERSION);
+        serde_json::to_vec(&value).unwrap()
+    };
+    publish(names::EVENTS_EXCHANGE, "", "replica", Vec::new(), None).await;
+    publish(
+        names::EVENTS_EXCHANGE,
+        "",
+        "commands",
+        envelope(json!({"origin": ghost_id, "commands": [command]})),
+        None,
+    )
+    .await;
+    testkit::eventually(
+        "the ghost's command mirrored",
+        Duration::from_secs(5),
+        || hub.command(&command.id),
+    )
+    .await;
+
+    // The forwarded cancel, as the ghost receives it.
+    let forwarded = async |ghost: &mut Spy| loop {
+        let delivery = ghost
+            .next(Duration::from_secs(5))
+            .await
+            .expect("the cancel forwarded to the ghost");
+        if delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some("cancel") {
+            return delivery;
+        }
+    };
+    let started = std::time::Instant::now();
+    let (refused, request) = tokio::join!(hub.cancel(&command.id), forwarded(&mut ghost));
+    let waited = started.elapsed();
+    assert!(
+        matches!(refused, Err(hub::CancelError::ReplicaUnavailable(_))),
+        "{refused:?}"
+    );
+    assert!(
+        (Duration::from_secs(4)..Duration::from_secs(8)).contains(&waited),
+        "waited {waited:?}"
+    );
+    let property =
+        |value: &Option<lapin::types::ShortString>| value.as_ref().map(|v| v.to_string());
+    assert_eq!(
+        property(request.properties.user_id()),
+        Some(account.clone())
+    );
+    assert_eq!(
+        property(request.properties.app_id()).as_deref(),
+        Some(hub.replica_id())
+    );
+    let reply_to = property(request.properties.reply_to()).expect("reply_to");
+    let correlation = property(request.properties.correlation_id()).expect("correlation_id");
+    let asked: serde_json::Value = serde_json::from_slice(&request.data).unwrap();
+    assert_eq!(asked["command_id"], json!(command.id));
+    assert!(
+        !hub.command(&command.id).unwrap().status.is_terminal(),
+        "nothing changed"
+    );
+
+    // Its answer, too late: counted and dropped.
+    let mut cancelled = command.clone();
+    cancelled.status = CommandStatus::Cancelled;
+    cancelled.error = Some("cancelled by a user".into());
+    cancelled.updated_ms = common::now_ms();
+    let answer = envelope(json!({"outcome": "cancelled", "command": cancelled}));
+    let late = hub.stats().late;
+    publish(
+        "",
+        &reply_to,
+        "cancel_answer",
+        answer.clone(),
+        Some(&correlation),
+    )
+    .await;
+    testkit::eventually("the late answer counted", Duration::from_secs(5), || {
+        Some(hub.stats()).filter(|s| s.late > late)
+    })
+    .await;
+    assert!(!hub.command(&command.id).unwrap().status.is_terminal());
+
+    // Asked again: a broken answer is dropped, then the real one is taken.
+    let cancelling = tokio::spawn({
+        let hub = hub.clone();
+        let id = command.id.clone();
+        async move { hub.cancel(&id).await }
+    });
+    let request = forwarded(&mut ghost).await;
+    let correlation = property(request.properties.correlation_id()).expect("correlation_id");
+    let malformed = hub.stats().malformed;
+    publish(
+        "",
+        &reply_to,
+        "cancel_answer",
+        b"{\"v\":1,\"outcome\":\"maybe\"}".to_vec(),
+        Some(&correlation),
+    )
+    .await;
+    testkit::eventually("the broken answer counted", Duration::from_secs(5), || {
+        Some(hub.stats()).filter(|s| s.malformed > malformed)
+    })
+    .await;
+    publish("", &reply_to, "cancel_answer", answer, Some(&correlation)).await;
+    let taken = cancelling
+        .await
+        .unwrap()
+        .expect("the real answer is the cancel's");
+    assert_eq!(taken, cancelled);
+    assert_eq!(hub.command(&command.id), Some(cancelled));
+}
