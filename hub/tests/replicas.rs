@@ -1,8 +1,9 @@
 //! Replicas share command changes over `tether.events` only while another replica is
 //! there: a replica alone publishes none (only its "I am here" every few seconds), one
 //! that joins is told every change from then on, and one that stops says goodbye, after
-//! which the others share nothing again. On an embedded broker of the test's own, so no
-//! other test's replica is there.
+//! which the others share nothing again. A cancel of another replica's command is
+//! forwarded to it, and waits for its answer a bounded time. On an embedded broker of
+//! the test's own, so no other test's replica is there.
 
 use std::time::Duration;
 
