@@ -47,9 +47,25 @@ struct Own {
     /// The session's inbox, for a cancel.
     inbox: String,
     deadline: Instant,
-    /// Set when the device went away: at `deadline` the command ends as offline, for
-    /// this reason, instead of timing out.
-    gone: Option<String>,
+    /// Set when the device went away: at `deadline` the command ends (offline or
+    /// outcome unknown, see [`Departure`]), for this reason, instead of timing out.
+    gone: Option<Gone>,
+}
+
+/// Why a device went away, and how.
+type Gone = (String, Departure);
+
+/// How a device's session ended, which decides what its pending commands become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// It said goodbye. A device says `delivered` before it carries a command out, so a
+    /// command it never acknowledged never reached it (offline), and one it did may
+    /// have been carried out, or half (outcome unknown).
+    Bye,
+    /// It vanished: its heartbeats stopped, it came back with a new session, its inbox
+    /// went, or its credential was revoked. Any command in its inbox may have reached
+    /// it with its acknowledgement lost on the way back: outcome unknown.
+    Lost,
 }
 
 #[derive(Debug, Default)]
@@ -164,26 +180,42 @@ impl Commands {
         }
     }
 
-    /// Ends every command whose deadline has passed: as offline if its device went
-    /// away (see [`Self::device_gone`]), else as timed out.
+    /// Ends every command whose deadline has passed: if its device went away (see
+    /// [`Self::device_gone`]) as offline when it certainly never reached the device, as
+    /// outcome unknown when it may have; else as timed out.
     pub fn expire(&mut self, now: Instant, now_ms: u64) -> Vec<CommandView> {
-        let due: Vec<(CommandId, Option<String>)> = self
+        let due: Vec<(CommandId, Option<Gone>, CommandStatus)> = self
             .deadlines
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
             .map(|(_, id)| {
-                let gone = self
-                    .records
-                    .get(id)
+                let record = self.records.get(id);
+                let gone = record
                     .and_then(|r| r.own.as_ref())
                     .and_then(|own| own.gone.clone());
-                (id.clone(), gone)
+                let status = record.map_or(CommandStatus::Accepted, |r| r.view.status);
+                (id.clone(), gone, status)
             })
             .collect();
         due.into_iter()
-            .filter_map(|(id, gone)| {
+            .filter_map(|(id, gone, now_status)| {
+                let acknowledged = matches!(
+                    now_status,
+                    CommandStatus::Delivered | CommandStatus::Progress
+                );
                 let (status, why) = match gone {
-                    Some(why) => (CommandStatus::Offline, why),
+                    Some((why, Departure::Bye)) if !acknowledged => (CommandStatus::Offline, why),
+                    Some((why, departure)) => (
+                        CommandStatus::OutcomeUnknown,
+                        match departure {
+                            Departure::Bye => format!(
+                                "{why} while carrying the command out: it may or may not have been done"
+                            ),
+                            Departure::Lost => format!(
+                                "{why} after the command reached its inbox: it may or may not have been carried out"
+                            ),
+                        },
+                    ),
                     None => (
                         CommandStatus::TimedOut,
                         "the device did not answer before the deadline".to_owned(),
@@ -196,7 +228,8 @@ impl Commands {
     }
 
     /// The device's session ended (bye, a new session, or its inbox vanished): every
-    /// command still pending on that session ends as offline at `at` — a moment later,
+    /// command still pending on that session ends at `at` (as offline or outcome
+    /// unknown, by `departure` and how far it got: see [`Departure`]) — a moment later,
     /// not now, because answers the device sent just before leaving travel on another
     /// queue than its goodbye and may arrive after it. Returns how many were pending.
     pub fn device_gone(
@@ -204,6 +237,7 @@ impl Commands {
         device: &DeviceId,
         session_id: &str,
         why: &str,
+        departure: Departure,
         at: Instant,
     ) -> usize {
         let mut moved = Vec::new();
@@ -218,7 +252,7 @@ impl Commands {
             else {
                 continue;
             };
-            own.gone = Some(why.to_owned());
+            own.gone = Some((why.to_owned(), departure));
             if at < own.deadline {
                 moved.push((own.deadline, at, record.view.id.clone()));
                 own.deadline = at;
@@ -569,7 +603,10 @@ mod tests {
             t0 + Duration::from_secs(10),
         );
         let a = DeviceId::new("a").unwrap();
-        assert_eq!(commands.device_gone(&a, "sa", "gone", grace), 2);
+        assert_eq!(
+            commands.device_gone(&a, "sa", "gone", Departure::Bye, grace),
+            2
+        );
         assert_eq!(commands.next_deadline(), Some(grace));
         assert!(
             commands.expire(t0, 0).is_empty(),

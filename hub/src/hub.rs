@@ -28,7 +28,7 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use crate::{
     announced::{Announced, Known},
     command_log::{CommandLog, LogWriter},
-    commands::Commands,
+    commands::{Commands, Departure},
     flood::FloodGate,
     link::Link,
     registry::Registry,
@@ -397,7 +397,11 @@ impl Hub {
         };
         let offline = state.registry.unroutable(id, &session, now_ms);
         let why = "the device's credential was revoked";
-        if state.commands.device_gone(id, &session, why, now) > 0 {
+        if state
+            .commands
+            .device_gone(id, &session, why, Departure::Lost, now)
+            > 0
+        {
             self.inner.timer.notify_one();
         }
         let events: Vec<LiveEvent> = offline

@@ -24,7 +24,7 @@ use protocol::{
 };
 
 use crate::{
-    commands,
+    commands::{self, Departure},
     flood::{Admission, MAX_READINGS_PER_SECOND},
     forward::{CANCEL_ANSWER_KIND, CANCEL_KIND},
     hub::{Hub, State},
@@ -82,10 +82,13 @@ impl Hub {
                 if let Some(old) = replaced {
                     let why =
                         "the device reconnected with a new session; the old one cannot answer";
-                    if state
-                        .commands
-                        .device_gone(&device, &old, why, now + OFFLINE_GRACE)
-                        > 0
+                    if state.commands.device_gone(
+                        &device,
+                        &old,
+                        why,
+                        Departure::Lost,
+                        now + OFFLINE_GRACE,
+                    ) > 0
                     {
                         self.inner.timer.notify_one();
                     }
@@ -119,6 +122,7 @@ impl Hub {
                             &device,
                             &bye.session_id,
                             &why,
+                            Departure::Bye,
                             now + OFFLINE_GRACE,
                         ) > 0
                         {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::command_log::SEND_FLUSH_WITHIN;
+use crate::commands::Departure;
 use crate::hub::Hub;
 
 /// How long after a device's session ends its pending commands wait for answers that
@@ -746,10 +747,13 @@ impl Hub {
             .ok()
             .into_iter()
             .collect();
-        if state
-            .commands
-            .device_gone(device, session_id, why, Instant::now() + OFFLINE_GRACE)
-            > 0
+        if state.commands.device_gone(
+            device,
+            session_id,
+            why,
+            Departure::Lost,
+            Instant::now() + OFFLINE_GRACE,
+        ) > 0
         {
             self.inner.timer.notify_one();
         }

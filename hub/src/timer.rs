@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use protocol::api::LiveEvent;
 
-use crate::hub::Hub;
+use crate::{commands::Departure, hub::Hub};
 
 /// How often device heartbeats are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -52,7 +52,7 @@ impl Hub {
                     let why = "the device stopped sending heartbeats";
                     state
                         .commands
-                        .device_gone(&device.id, &session_id, why, now);
+                        .device_gone(&device.id, &session_id, why, Departure::Lost, now);
                     self.broadcast(&[LiveEvent::DeviceUpdated { device }]);
                 }
                 let changed = state.commands.expire(now, now_ms);
