@@ -21,15 +21,21 @@ impl Hub {
         let renew_every = self.inner.config.watch_lease / 3;
         let mut renewed = Instant::now();
         let mut announced = Instant::now();
+        // When the next sweep is due, fixed until it is done: a wake-up for a new
+        // deadline (every command sent notifies) must not put it off, or under a steady
+        // load of commands heartbeats would never be checked again.
+        let mut sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
             let next_deadline = self.state().commands.next_deadline();
-            let sweep = Instant::now() + SWEEP_INTERVAL;
             let wake_at = next_deadline.map_or(sweep, |deadline| deadline.min(sweep));
             tokio::select! {
                 () = tokio::time::sleep_until(wake_at.into()) => {}
                 () = self.inner.timer.notified() => continue,
             }
             let (now, now_ms) = (Instant::now(), common::now_ms());
+            if now >= sweep {
+                sweep = now + SWEEP_INTERVAL;
+            }
             let late = now.saturating_duration_since(wake_at);
             if late > STALL_AFTER {
                 tracing::warn!(

@@ -278,6 +278,33 @@ async fn a_command_to_a_vanished_inbox_is_offline_at_once() {
 }
 
 #[tokio::test]
+async fn a_silent_device_goes_offline_in_time_while_commands_flow_to_others() {
+    let hub = start_hub().await;
+    let busy = start_agent("switch-busy", Kind::Switch, Duration::from_secs(1)).await;
+    let silent = raw_device("raw-quiet", 200).await;
+    online(&hub, &busy.id).await;
+    online(&hub, &silent.id).await;
+    // Twenty commands a second to another device: each one wakes the hub's timer. It
+    // must still check heartbeats: three missed 200 ms heartbeats, and a sweep, are
+    // well under two seconds.
+    let flowing = {
+        let (hub, device) = (hub.clone(), busy.id.clone());
+        tokio::spawn(async move {
+            loop {
+                let _ = hub.send(&device, command("toggle", json!({}), None)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    eventually("the silent device offline", Duration::from_secs(2), || {
+        (!hub.device(&silent.id).unwrap().online).then_some(())
+    })
+    .await;
+    flowing.abort();
+    busy.stop().await;
+}
+
+#[tokio::test]
 async fn a_device_that_stops_heartbeating_goes_offline_and_its_commands_outcome_unknown() {
     let hub = start_hub().await;
     let device = raw_device("raw-silent", 200).await;
