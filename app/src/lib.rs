@@ -31,7 +31,7 @@ use leptos_router::{
     components::{Route, Router, Routes},
 };
 
-use crate::fleet::live::{LinkStatus, provide_live};
+use crate::fleet::live::{LinkStatus, LiveTransport, provide_live};
 
 /// The HTML document around the app: head with hydration scripts, body with [`App`].
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -71,7 +71,7 @@ pub fn App() -> impl IntoView {
                     "Tether"
                 </a>
                 <auth::UserMenu>
-                    <ConnectionIndicator status=live.status />
+                    <ConnectionIndicator status=live.status transport=live.transport />
                 </auth::UserMenu>
             </header>
             <main>
@@ -104,13 +104,18 @@ pub fn App() -> impl IntoView {
     }
 }
 
-/// Whether this tab is receiving live updates.
+/// Whether this tab is receiving live updates, and over what: "live (WebSocket)",
+/// "live (SSE)" or "live (polling)" (`fleet::live` falls back to the latter two where
+/// the network lets no WebSocket through).
 #[component]
-pub fn ConnectionIndicator(status: RwSignal<LinkStatus>) -> impl IntoView {
+pub fn ConnectionIndicator(
+    status: RwSignal<LinkStatus>,
+    transport: RwSignal<LiveTransport>,
+) -> impl IntoView {
     let text = move || match status.get() {
-        LinkStatus::Connecting => "connecting…",
-        LinkStatus::Live => "live",
-        LinkStatus::Reconnecting => "reconnecting…",
+        LinkStatus::Connecting => "connecting…".to_owned(),
+        LinkStatus::Live => format!("live ({})", transport.get().label()),
+        LinkStatus::Reconnecting => "reconnecting…".to_owned(),
     };
     let class = move || match status.get() {
         LinkStatus::Live => "link live",

@@ -1,6 +1,17 @@
-//! The live channel, browser side: one WebSocket per tab to `/api/v1/live`. The server
-//! sends a snapshot, then every change; on any break the tab reconnects with backoff
-//! and takes a fresh snapshot. Pages read the signals here; nothing polls.
+//! The live channel, browser side: one connection per tab. The server sends a
+//! snapshot, then every change; on any break the tab reconnects with backoff and takes
+//! a fresh snapshot. Pages read the signals here.
+//!
+//! The connection is a WebSocket to `/api/v1/live` where the network lets one through.
+//! Where it does not (some proxies and corporate networks refuse or hold the upgrade),
+//! a WebSocket that cannot open or brings nothing within [`FIRST_MESSAGE_MS`] is given
+//! up for Server-Sent Events (`/api/v1/live/stream`), and those likewise for long polls
+//! (`/api/v1/live/sessions`): the same session on the server, snapshot then events,
+//! with the tab's requests posted instead of sent on the socket. A connection that
+//! worked is tried again as it was; when every kind failed, the next try starts from
+//! the WebSocket again. [`Live::transport`] says which carries the tab (the connection
+//! indicator shows it). Commands never go over the live channel: they are server
+//! functions, whichever transport carries the events.
 //!
 //! A tab is sent only the devices it shows: those its views watch ([`Live::watch`]) and
 //! the page of the fleet list it shows ([`Live::show_fleet`]), which the server keeps
@@ -36,6 +47,41 @@ const KEEP_JOBS: usize = 200;
 /// Devices of followed jobs kept in the tab, least recently changed dropped first.
 const KEEP_JOB_TARGETS: usize = 5_000;
 
+/// How long a connection may take to bring its first event before the tab gives it up
+/// for the next kind (a proxy may hold a WebSocket or an event stream open and pass
+/// nothing through).
+pub const FIRST_MESSAGE_MS: u32 = 8_000;
+
+/// What carries the live channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveTransport {
+    WebSocket,
+    /// Server-Sent Events, requests posted.
+    Sse,
+    /// Long polls, requests posted.
+    Polling,
+}
+
+impl LiveTransport {
+    /// Its name in the connection indicator.
+    pub fn label(self) -> &'static str {
+        match self {
+            LiveTransport::WebSocket => "WebSocket",
+            LiveTransport::Sse => "SSE",
+            LiveTransport::Polling => "polling",
+        }
+    }
+
+    /// What to try when this cannot connect at all.
+    pub fn fallback(self) -> Option<Self> {
+        match self {
+            LiveTransport::WebSocket => Some(LiveTransport::Sse),
+            LiveTransport::Sse => Some(LiveTransport::Polling),
+            LiveTransport::Polling => None,
+        }
+    }
+}
+
 /// The state of the live channel, for the connection indicator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkStatus {
@@ -60,6 +106,8 @@ pub struct Live {
     /// The latest reading of each device's metrics.
     pub readings: RwSignal<BTreeMap<(DeviceId, String), Reading>>,
     pub status: RwSignal<LinkStatus>,
+    /// What carries the live channel (or was last tried).
+    pub transport: RwSignal<LiveTransport>,
     /// Whether a snapshot has arrived: until then pages show what the server rendered.
     pub synced: RwSignal<bool>,
     /// Milliseconds since the Unix epoch, ticking every second in the browser, for
@@ -394,6 +442,7 @@ pub fn provide_live() -> Live {
         commands: RwSignal::new(BTreeMap::new()),
         readings: RwSignal::new(BTreeMap::new()),
         status: RwSignal::new(LinkStatus::Connecting),
+        transport: RwSignal::new(LiveTransport::WebSocket),
         synced: RwSignal::new(false),
         now_ms: RwSignal::new(now_ms()),
         outputs: RwSignal::new(Default::default()),
@@ -460,6 +509,16 @@ mod tests {
             issued_by: None,
             job_id: None,
         }
+    }
+
+    #[test]
+    fn transports_fall_back_from_the_websocket_to_sse_to_polling() {
+        let mut tried = vec![LiveTransport::WebSocket];
+        while let Some(next) = tried.last().and_then(|t| t.fallback()) {
+            tried.push(next);
+        }
+        let labels: Vec<_> = tried.iter().map(|t| t.label()).collect();
+        assert_eq!(labels, ["WebSocket", "SSE", "polling"]);
     }
 
     #[test]
@@ -556,54 +615,42 @@ mod tests {
 
 #[cfg(feature = "hydrate")]
 mod browser {
-    use futures_util::{SinkExt as _, StreamExt as _};
+    use futures_channel::{mpsc, oneshot};
+    use futures_util::{
+        SinkExt as _, StreamExt as _,
+        future::{Either, select},
+    };
     use gloo_net::websocket::{Message, futures::WebSocket};
     use gloo_timers::future::TimeoutFuture;
     use leptos::prelude::*;
-    use protocol::backoff::Backoff;
+    use protocol::{api::LiveEvent, backoff::Backoff};
+    use wasm_bindgen::{JsCast as _, closure::Closure};
+    use web_sys::{EventSource, MessageEvent, XmlHttpRequest};
 
-    use super::{LinkStatus, Live};
+    use super::{FIRST_MESSAGE_MS, LinkStatus, Live, LiveTransport};
 
-    /// A lost socket is retried after 0.5–1 s, then twice as long each time, up to 10 s.
+    /// A lost connection is retried after 0.5–1 s, then twice as long each time, up to
+    /// 10 s.
     const RECONNECT: Backoff = Backoff::new(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(10),
     );
 
-    /// Keeps the tab connected: connect, read events until the socket breaks, wait with
-    /// backoff and jitter, and again. Every new connection starts with a snapshot.
+    /// Keeps the tab connected: connect, read events until the connection breaks, wait
+    /// with backoff and jitter, and again. Every new connection starts with a snapshot.
+    /// A kind of connection that brought nothing is given up for the next at once;
+    /// when none did, the next try (after the pause) starts from the WebSocket again.
     pub async fn stay_connected(live: Live) {
         let mut failures: u32 = 0;
+        let mut transport = LiveTransport::WebSocket;
         loop {
-            // What the tab shows goes in the address, so the snapshot holds it; later
-            // changes go out as requests.
-            if let Ok(socket) = WebSocket::open(&live_url(&live)) {
-                let (mut outgoing, mut incoming) = socket.split();
-                // Requests go out through a channel while this connection lasts.
-                let (outbox, mut requests) = futures_channel::mpsc::unbounded::<String>();
-                live.outbox.set_value(Some(outbox));
-                leptos::task::spawn_local(async move {
-                    while let Some(text) = requests.next().await {
-                        if outgoing.send(Message::Text(text)).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                while let Some(Ok(message)) = incoming.next().await {
-                    let text = match message {
-                        Message::Text(text) => text,
-                        Message::Bytes(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                    };
-                    match serde_json::from_str(&text) {
-                        Ok(event) => {
-                            failures = 0;
-                            live.apply(event);
-                        }
-                        Err(error) => leptos::logging::warn!("ignoring a live message: {error}"),
-                    }
-                }
-            }
-            // Dropping the sender ends the writer, and with it the socket.
+            live.transport.set(transport);
+            let heard = match transport {
+                LiveTransport::WebSocket => websocket(live).await,
+                LiveTransport::Sse => event_stream(live).await,
+                LiveTransport::Polling => long_polls(live).await,
+            };
+            // Dropping the sender ends the writer, and with it the connection.
             live.outbox.set_value(None);
             let commands = live.commands;
             live.outputs.update(|outputs| {
@@ -613,9 +660,329 @@ mod browser {
                 })
             });
             live.status.set(LinkStatus::Reconnecting);
+            if heard {
+                failures = 0;
+            } else {
+                if let Some(next) = transport.fallback() {
+                    leptos::logging::warn!(
+                        "the live channel got nothing over {}; trying {}",
+                        transport.label(),
+                        next.label()
+                    );
+                    transport = next;
+                    continue;
+                }
+                transport = LiveTransport::WebSocket;
+            }
             failures = failures.saturating_add(1);
             let pause = RECONNECT.delay(failures, js_sys::Math::random());
             TimeoutFuture::new(u32::try_from(pause.as_millis()).unwrap_or(u32::MAX)).await;
+        }
+    }
+
+    /// Applies one event's JSON; whether it was one.
+    fn apply_text(live: &Live, text: &str) -> bool {
+        match serde_json::from_str::<LiveEvent>(text) {
+            Ok(event) => {
+                live.apply(event);
+                true
+            }
+            Err(error) => {
+                leptos::logging::warn!("ignoring a live message: {error}");
+                false
+            }
+        }
+    }
+
+    /// `next`, or `None` if the tab has heard nothing yet and it does not come within
+    /// [`FIRST_MESSAGE_MS`].
+    async fn unless_silent<T>(heard: bool, next: impl Future<Output = Option<T>>) -> Option<T> {
+        if heard {
+            return next.await;
+        }
+        let next = std::pin::pin!(next);
+        match select(next, TimeoutFuture::new(FIRST_MESSAGE_MS)).await {
+            Either::Left((next, _)) => next,
+            Either::Right(_) => None,
+        }
+    }
+
+    /// The live channel over a WebSocket, until it breaks: whether it brought events.
+    async fn websocket(live: Live) -> bool {
+        let location = window().location();
+        let scheme = if location.protocol().as_deref() == Ok("https:") {
+            "wss"
+        } else {
+            "ws"
+        };
+        let host = location.host().unwrap_or_default();
+        let url = format!("{scheme}://{host}/api/v1/live{}", query(&live));
+        let Ok(socket) = WebSocket::open(&url) else {
+            return false;
+        };
+        let (mut outgoing, mut incoming) = socket.split();
+        // Requests go out through a channel while this connection lasts.
+        let (outbox, mut requests) = mpsc::unbounded::<String>();
+        live.outbox.set_value(Some(outbox));
+        leptos::task::spawn_local(async move {
+            while let Some(text) = requests.next().await {
+                if outgoing.send(Message::Text(text)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut heard = false;
+        while let Some(Ok(message)) = unless_silent(heard, incoming.next()).await {
+            let text = match message {
+                Message::Text(text) => text,
+                Message::Bytes(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            };
+            heard |= apply_text(&live, &text);
+        }
+        heard
+    }
+
+    /// What an event stream brings.
+    enum FromStream {
+        Session(String),
+        Event(String),
+        /// The server ended the session, the stream broke, or a request could not be
+        /// posted: the tab connects again (and says afresh what it shows).
+        Over,
+    }
+
+    /// Closes the event stream and lets go of its handlers when dropped.
+    struct Stream {
+        source: EventSource,
+        _handlers: Vec<Closure<dyn FnMut(MessageEvent)>>,
+    }
+
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            self.source.close();
+            self.source.set_onmessage(None);
+            self.source.set_onerror(None);
+        }
+    }
+
+    /// The live channel over Server-Sent Events, requests posted, until it breaks:
+    /// whether it brought events.
+    async fn event_stream(live: Live) -> bool {
+        // Requests made from now on wait for the session's id; what the tab shows now
+        // goes in the address.
+        let (outbox, requests) = mpsc::unbounded::<String>();
+        live.outbox.set_value(Some(outbox));
+        let Ok(source) = EventSource::new(&format!("/api/v1/live/stream{}", query(&live))) else {
+            return false;
+        };
+        let (tx, mut rx) = mpsc::unbounded::<FromStream>();
+        let handler = |wrap: fn(String) -> FromStream| {
+            let tx = tx.clone();
+            Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+                let _ = tx.unbounded_send(wrap(event.data().as_string().unwrap_or_default()));
+            })
+        };
+        let on_message = handler(FromStream::Event);
+        let on_session = handler(FromStream::Session);
+        let on_end = handler(|_| FromStream::Over);
+        let on_error = handler(|_| FromStream::Over);
+        source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        // The browser would reconnect by itself, to a new session: the tab does it.
+        source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        let listen = |name: &str, handler: &Closure<dyn FnMut(MessageEvent)>| {
+            source
+                .add_event_listener_with_callback(name, handler.as_ref().unchecked_ref())
+                .is_ok()
+        };
+        if !(listen("session", &on_session) && listen("end", &on_end)) {
+            source.close();
+            return false;
+        }
+        let _stream = Stream {
+            source,
+            _handlers: vec![on_message, on_session, on_end, on_error],
+        };
+        let mut requests = Some(requests);
+        let mut heard = false;
+        while let Some(message) = unless_silent(heard, rx.next()).await {
+            match message {
+                FromStream::Session(data) => {
+                    let id = session_id(&data);
+                    match (id, requests.take()) {
+                        (Some(id), Some(requests)) => {
+                            let tx = tx.clone();
+                            leptos::task::spawn_local(post_requests(id, requests, move || {
+                                let _ = tx.unbounded_send(FromStream::Over);
+                            }));
+                        }
+                        _ => break,
+                    }
+                }
+                FromStream::Event(text) => heard |= apply_text(&live, &text),
+                FromStream::Over => break,
+            }
+        }
+        heard
+    }
+
+    /// The session id in `{"session":"…"}`.
+    fn session_id(json: &str) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Opened {
+            session: String,
+        }
+        let id = serde_json::from_str::<Opened>(json).ok()?.session;
+        // It goes into addresses: only what the server makes (hex).
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    }
+
+    /// A long poll's answer.
+    #[derive(serde::Deserialize)]
+    struct Polled {
+        next: u64,
+        events: Vec<serde_json::Value>,
+        #[serde(default)]
+        end: Option<protocol::api::ApiError>,
+    }
+
+    /// The live channel over long polls, requests posted, until it breaks: whether it
+    /// brought events.
+    async fn long_polls(live: Live) -> bool {
+        let (outbox, requests) = mpsc::unbounded::<String>();
+        live.outbox.set_value(Some(outbox));
+        let opened = request(
+            "POST",
+            &format!("/api/v1/live/sessions{}", query(&live)),
+            None,
+        )
+        .await;
+        let Some(id) = opened
+            .ok()
+            .filter(|(status, _)| *status == 201)
+            .and_then(|(_, body)| session_id(&body))
+        else {
+            return false;
+        };
+        let (broken_tx, mut broken) = oneshot::channel::<()>();
+        leptos::task::spawn_local(post_requests(id.clone(), requests, move || {
+            let _ = broken_tx.send(());
+        }));
+        let mut after = 0;
+        let mut heard = false;
+        loop {
+            let url = format!("/api/v1/live/sessions/{id}/events?after={after}");
+            let poll = async {
+                match select(std::pin::pin!(request("GET", &url, None)), &mut broken).await {
+                    Either::Left((Ok((200, body)), _)) => {
+                        serde_json::from_str::<Polled>(&body).ok()
+                    }
+                    _ => None,
+                }
+            };
+            let Some(polled) = unless_silent(heard, poll).await else {
+                break;
+            };
+            for event in polled.events {
+                match serde_json::from_value::<LiveEvent>(event) {
+                    Ok(event) => {
+                        live.apply(event);
+                        heard = true;
+                    }
+                    Err(error) => leptos::logging::warn!("ignoring a live message: {error}"),
+                }
+            }
+            after = polled.next;
+            if let Some(end) = polled.end {
+                leptos::logging::warn!("the live session ended ({}): {}", end.code, end.message);
+                break;
+            }
+        }
+        // The server would let it expire; tell it now (whether or not it is reached).
+        leptos::task::spawn_local(async move {
+            let _ = request("DELETE", &format!("/api/v1/live/sessions/{id}"), None).await;
+        });
+        heard
+    }
+
+    /// Posts the tab's requests to session `id`, in order, until the connection ends (the
+    /// channel closes) or one cannot be posted (`broken` is then called: the tab
+    /// connects again and says afresh what it shows).
+    async fn post_requests(
+        id: String,
+        mut requests: mpsc::UnboundedReceiver<String>,
+        broken: impl FnOnce(),
+    ) {
+        let url = format!("/api/v1/live/sessions/{id}");
+        while let Some(text) = requests.next().await {
+            match request("POST", &url, Some(&text)).await {
+                Ok((202, _)) => {}
+                // The request itself was refused (a bug, or a limit): said in the
+                // console, as a refusal on the socket is.
+                Ok((400, body)) => {
+                    leptos::logging::warn!("the live channel refused a request: {body}");
+                }
+                _ => {
+                    broken();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An `XMLHttpRequest` aborted (and its handler let go) if dropped before it ended.
+    struct Pending {
+        xhr: XmlHttpRequest,
+        _on_end: Closure<dyn FnMut()>,
+    }
+
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            self.xhr.set_onloadend(None);
+            if self.xhr.ready_state() != XmlHttpRequest::DONE {
+                let _ = self.xhr.abort();
+            }
+        }
+    }
+
+    /// One same-origin request (JSON `body`, if any): its status and body, or `Err` if
+    /// no answer came. The session cookie goes with it, and the browser marks it
+    /// same-origin, which the server's cross-site guard lets through.
+    async fn request(method: &str, url: &str, body: Option<&str>) -> Result<(u16, String), ()> {
+        let xhr = XmlHttpRequest::new().map_err(drop)?;
+        xhr.open_with_async(method, url, true).map_err(drop)?;
+        let (ended_tx, ended) = oneshot::channel::<()>();
+        let mut ended_tx = Some(ended_tx);
+        let on_end = Closure::<dyn FnMut()>::new(move || {
+            if let Some(tx) = ended_tx.take() {
+                let _ = tx.send(());
+            }
+        });
+        xhr.set_onloadend(Some(on_end.as_ref().unchecked_ref()));
+        let pending = Pending {
+            xhr,
+            _on_end: on_end,
+        };
+        let sent = match body {
+            Some(body) => pending
+                .xhr
+                .set_request_header("content-type", "application/json")
+                .and_then(|()| pending.xhr.send_with_opt_str(Some(body))),
+            None => pending.xhr.send(),
+        };
+        sent.map_err(drop)?;
+        let _ = ended.await;
+        match pending.xhr.status().unwrap_or(0) {
+            // No answer: the network, or the server went away.
+            0 => Err(()),
+            status => Ok((
+                status,
+                pending
+                    .xhr
+                    .response_text()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+            )),
         }
     }
 
@@ -627,28 +994,24 @@ mod browser {
         }
     }
 
-    /// The live channel's address, saying what the tab shows now.
-    fn live_url(live: &Live) -> String {
-        let location = window().location();
-        let scheme = if location.protocol().as_deref() == Ok("https:") {
-            "wss"
-        } else {
-            "ws"
-        };
-        let host = location.host().unwrap_or_default();
+    /// The query that says what the tab shows now (`?watch=…&jobs=…&fleet=…`), or
+    /// nothing.
+    fn query(live: &Live) -> String {
         let mut params = Vec::new();
         let watching: Vec<String> = live
             .watching
             .get_untracked()
             .into_keys()
-            .map(|id| id.to_string())
+            .map(|id| String::from(js_sys::encode_uri_component(id.as_str())))
             .collect();
         if !watching.is_empty() {
             params.push(format!("watch={}", watching.join(",")));
         }
-        let following: Vec<String> = live
-            .following
-            .with_value(|all| all.keys().map(|id| id.to_string()).collect());
+        let following: Vec<String> = live.following.with_value(|all| {
+            all.keys()
+                .map(|id| String::from(js_sys::encode_uri_component(&id.to_string())))
+                .collect()
+        });
         if !following.is_empty() {
             params.push(format!("jobs={}", following.join(",")));
         }
@@ -661,9 +1024,9 @@ mod browser {
             ));
         }
         if params.is_empty() {
-            format!("{scheme}://{host}/api/v1/live")
+            String::new()
         } else {
-            format!("{scheme}://{host}/api/v1/live?{}", params.join("&"))
+            format!("?{}", params.join("&"))
         }
     }
 }
