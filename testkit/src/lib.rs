@@ -36,6 +36,7 @@ use tokio::sync::watch;
 
 pub use common::Shutdown;
 
+pub mod fault_link;
 pub mod slow_link;
 
 /// The RabbitMQ node that admits devices through Tether's HTTP auth backend
