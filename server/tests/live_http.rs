@@ -799,3 +799,48 @@ async fn a_stopping_server_ends_streams_and_polls_with_why() {
         .unwrap();
     assert_eq!(answer["end"]["code"], "server_stopping", "{answer}");
 }
+
+#[tokio::test]
+async fn a_user_removed_meanwhile_loses_their_stream_at_the_next_check() {
+    let running = support::start().await;
+    let (admin, _, _) = running.user(Role::Admin, &[]).await;
+    let (viewer, _, name) = running.user(Role::Viewer, &[]).await;
+    let mut stream = Stream::open(&viewer, &running.url("/api/v1/live/stream")).await;
+    session_of(&mut stream).await;
+    assert!(matches!(stream.event().await, LiveEvent::Snapshot { .. }));
+    let opened = open_polled(&running, &viewer, "").await;
+    let id = opened.json::<Value>().await.unwrap()["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, after, _) = polled(poll(&running, &viewer, &id, 0, 5_000).await).await;
+
+    let removed = admin
+        .delete(running.url(&format!("/api/v1/users/{name}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    // The credentials are checked again every minute: the stream ends then, saying why.
+    let end = testkit::within(Duration::from_secs(75), "the stream's end", async {
+        loop {
+            if let Some(sse) = stream.next(Duration::from_secs(20)).await
+                && sse.event == "end"
+            {
+                return sse;
+            }
+        }
+    })
+    .await;
+    let end: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(end["code"], "unauthorized");
+    assert!(
+        stream.next(Duration::from_secs(2)).await.is_none(),
+        "then it ends"
+    );
+    // Nor can the removed user poll their other session.
+    assert_eq!(
+        poll(&running, &viewer, &id, after, 0).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
