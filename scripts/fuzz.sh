@@ -9,7 +9,8 @@
 # Needs nightly Rust and cargo-fuzz, and installs them when missing (rustup, cargo).
 # A finding stops its target: libFuzzer writes the input to
 # fuzzing/fuzz/artifacts/<target>/ and prints it; reproduce it on stable by copying it
-# into fuzzing/corpus/<target>/ and running `cargo test -p fuzzing`.
+# into fuzzing/corpus/<target>/ as found-<what> and running `cargo test -p fuzzing`;
+# minimizing keeps found-* inputs.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzzing"
 seconds="${1:-600}"
@@ -32,7 +33,11 @@ for target in "${targets[@]}"; do
     -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 || true
   # The run's summary, and a finding's message and input (the whole output is in $log).
   grep -E -A1 '^(Done|stat::|==[0-9]+==|SUMMARY|thread .* panicked|artifact_prefix)' "$log" || true
-  echo "=== $target: minimizing the corpus"
+  echo "=== $target: minimizing the corpus (inputs named found-* stay: each once found a bug)"
+  keep="$(mktemp -d)"
+  cp "$corpus"/found-* "$keep"/ 2>/dev/null || true
   cargo +nightly fuzz cmin -O "$target" "$corpus" 2>&1 | grep -E 'MERGE-OUTER: [0-9]+ new files' || true
+  cp "$keep"/* "$corpus"/ 2>/dev/null || true
+  rm -rf "$keep"
   echo "=== $target: $(ls "$corpus" | wc -l) inputs kept"
 done
