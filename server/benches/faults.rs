@@ -141,6 +141,11 @@ struct Report {
     recovery: Option<Duration>,
     /// The terminal statuses of commands to the devices the fault hit, by phase.
     affected: [BTreeMap<&'static str, usize>; 3],
+    /// What the watching browser showed of the commands to the devices the fault hit:
+    /// another status than the truth, or nothing.
+    browser_wrong: usize,
+    browser_missing: usize,
+    browser_reconnects: usize,
 }
 
 impl Report {
@@ -160,11 +165,21 @@ impl Report {
                 format!("{phase}: {}", parts.join(", "))
             })
             .collect();
-        format!("  devices hit: {}", phases.join("; "))
+        format!(
+            "  devices hit: {}\n  a browser watching them: {} shown with another status than the truth, {} not shown, {} reconnections",
+            phases.join("; "),
+            self.browser_wrong,
+            self.browser_missing,
+            self.browser_reconnects
+        )
     }
 
     fn kept_promises(&self) -> bool {
-        self.stuck == 0 && self.duplicates == 0 && self.dishonest == 0 && self.recovery.is_some()
+        self.stuck == 0
+            && self.duplicates == 0
+            && self.dishonest == 0
+            && self.browser_wrong == 0
+            && self.recovery.is_some()
     }
 
     fn row(&self, fault: &str) -> String {
@@ -376,6 +391,19 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
     )
     .await?;
 
+    // A browser watching the devices the fault hits.
+    let hit: Vec<String> = devices[..through_link]
+        .iter()
+        .map(|d| d.id.clone())
+        .collect();
+    let browser = Arc::new(Browser::default());
+    let (stop_browser, browser_stopped) = tokio::sync::watch::channel(false);
+    let watching = tokio::spawn(browser.clone().watch(
+        format!("ws://{}/api/v1/live?watch={}", server.http, hit.join(",")),
+        token.clone(),
+        browser_stopped,
+    ));
+
     // The load, in the background, through every phase.
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let refused: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
@@ -475,6 +503,12 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
         }
     }
     report.duplicates = carried_out.values().map(|n| n.saturating_sub(1)).sum();
+    let _ = stop_browser.send(true);
+    let _ = watching.await;
+    report.browser_reconnects = browser
+        .reconnects
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let shown = std::mem::take(&mut *browser.statuses.lock().expect("statuses"));
     let now_ms = common::now_ms();
     for command in &sent {
         let view: CommandView = client
@@ -485,6 +519,13 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
             .json()
             .await?;
         *report.statuses.entry(view.status.as_str()).or_default() += 1;
+        if hit.iter().any(|id| *id == view.device_id.as_str()) {
+            match shown.get(&command.id) {
+                Some(status) if *status == view.status => {}
+                Some(_) => report.browser_wrong += 1,
+                None => report.browser_missing += 1,
+            }
+        }
         if command.affected {
             *report.affected[usize::from(command.phase)]
                 .entry(view.status.as_str())
@@ -609,6 +650,76 @@ impl Load {
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// A browser tab watching the devices a fault hits over the live channel, as a person
+/// would: it keeps what its snapshot and events say of each command, reconnects when its
+/// socket ends (a server restart) and takes the fresh snapshot as the truth.
+#[derive(Default)]
+struct Browser {
+    statuses: Mutex<HashMap<String, CommandStatus>>,
+    reconnects: std::sync::atomic::AtomicUsize,
+}
+
+impl Browser {
+    fn take(&self, command: &CommandView) {
+        let mut statuses = self.statuses.lock().expect("statuses");
+        let known = statuses
+            .entry(command.id.to_string())
+            .or_insert(command.status);
+        // Never back: a status only moves on.
+        if !known.is_terminal() {
+            *known = command.status;
+        }
+    }
+
+    async fn watch(
+        self: Arc<Self>,
+        url: String,
+        token: String,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use futures_util::StreamExt as _;
+        use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+        loop {
+            let Ok(mut request) = url.as_str().into_client_request() else {
+                return;
+            };
+            if let Ok(value) = format!("Bearer {token}").parse() {
+                request.headers_mut().insert("authorization", value);
+            }
+            if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await {
+                loop {
+                    let message = tokio::select! {
+                        message = socket.next() => message,
+                        _ = stop.changed() => return,
+                    };
+                    let text = match message {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(_)) => continue,
+                        _ => break,
+                    };
+                    match serde_json::from_str::<protocol::api::LiveEvent>(&text) {
+                        Ok(protocol::api::LiveEvent::Snapshot { commands, .. }) => {
+                            for command in &commands {
+                                self.take(command);
+                            }
+                        }
+                        Ok(protocol::api::LiveEvent::CommandUpdated { command }) => {
+                            self.take(&command);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            self.reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+        }
     }
 }
 
