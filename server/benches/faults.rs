@@ -28,8 +28,8 @@
 //! statuses, those left non-terminal past their deadline (must be 0), duplicates
 //! carried out (must be 0), commands carried out that ended `failed`, `offline` or
 //! `rejected` (the device did it, the status says it did not: must be 0), and the
-//! time from the fault's end to the first command sent after it to a device it hit
-//! that succeeded (recovery).
+//! time from the fault's end until every device it hit had succeeded again (recovery:
+//! for each, the first command sent to it after the fault that succeeded).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -510,6 +510,8 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
         .load(std::sync::atomic::Ordering::Relaxed);
     let shown = std::mem::take(&mut *browser.statuses.lock().expect("statuses"));
     let now_ms = common::now_ms();
+    // Per device the fault hit, the first command sent after it that succeeded.
+    let mut first_success: HashMap<String, Duration> = HashMap::new();
     for command in &sent {
         let view: CommandView = client
             .get(format!("{}/api/v1/commands/{}", server.base(), command.id))
@@ -557,8 +559,20 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
         }
         if view.status == CommandStatus::Succeeded && command.affected && command.at >= healed {
             let after = command.at - healed;
-            report.recovery = Some(report.recovery.map_or(after, |r| r.min(after)));
+            let first = first_success
+                .entry(view.device_id.to_string())
+                .or_insert(after);
+            *first = (*first).min(after);
         }
+    }
+    // Recovered once every device the fault hit works again.
+    let hit_count = if fault == "server-kill" {
+        settings.devices
+    } else {
+        through_link
+    };
+    if first_success.len() == hit_count {
+        report.recovery = first_success.values().max().copied();
     }
     drop(devices);
     server.kill();
