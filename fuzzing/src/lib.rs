@@ -68,8 +68,14 @@ fn take_panics() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// One target at a time: the record of panics is the process's, and the test harness
+/// runs tests on several threads, so one target's panic must not be cleared by, or
+/// blamed on, another running beside it.
+static RUNNING: Mutex<()> = Mutex::new(());
+
 /// Runs `target` and turns any panic during it (on any thread) into a finding.
 fn guarded(target: impl FnOnce() -> Result<(), Finding>) -> Result<(), Finding> {
+    let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     watch_panics();
     take_panics();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(target))

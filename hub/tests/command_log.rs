@@ -159,19 +159,7 @@ async fn a_cancel_of_a_gone_replicas_command_ends_it_as_unknown_and_tells_the_de
     })
     .await;
     let device = testkit::RawDevice::connect(&url, "orphan-cancel", 60_000).await;
-    let mut inbox = device
-        .channel
-        .basic_consume(
-            device.inbox.as_str().into(),
-            "".into(),
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut inbox = device.consume_inbox().await;
     testkit::online(&gone, &device.id).await;
     let sent = gone
         .send(

@@ -437,6 +437,22 @@ impl RawDevice {
         device
     }
 
+    /// Consumes its inbox (auto-ack): what the servers send it, to read in a test.
+    pub async fn consume_inbox(&self) -> lapin::Consumer {
+        self.channel
+            .basic_consume(
+                self.inbox.as_str().into(),
+                "".into(),
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot consume {}'s inbox: {e}", self.id))
+    }
+
     pub async fn publish_presence(&self, kind: &str, body: &[u8]) {
         let key = format!("presence.{}.{kind}", self.id);
         self.publish(

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use agent::simulate::{Kind, Simulated};
 use futures_util::StreamExt as _;
 use hub::{Hub, HubConfig, SendError};
-use lapin::{BasicProperties, options::BasicConsumeOptions, types::FieldTable};
+use lapin::BasicProperties;
 use protocol::{
     CommandStatus, DeviceId, DeviceMessage, Outcome, Reply, ServerMessage,
     api::{CommandView, SendCommand},
@@ -550,19 +550,7 @@ async fn malformed_and_foreign_messages_are_counted_and_ignored() {
 
     // A command: the device answers with garbage, a reply from another session, then
     // the real reply.
-    let mut inbox = device
-        .channel
-        .basic_consume(
-            device.inbox.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut inbox = device.consume_inbox().await;
     let sent = hub
         .send(&device.id, command("echo", json!({}), None))
         .await
@@ -683,19 +671,7 @@ async fn another_replica_cancels_a_command_through_the_replica_that_sent_it() {
     let intruder = raw_device("raw-canceller", 60_000).await;
     online(&owner, &device.id).await;
     online(&other, &device.id).await;
-    let mut inbox = device
-        .channel
-        .basic_consume(
-            device.inbox.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut inbox = device.consume_inbox().await;
     let next_message = async |inbox: &mut lapin::Consumer| {
         let delivery = within(
             Duration::from_secs(5),
@@ -1107,19 +1083,7 @@ async fn messages_that_speak_for_another_device_than_their_sender_are_dropped() 
     let device = raw_device("raw-victim", 60_000).await;
     let intruder = raw_device("raw-intruder", 60_000).await;
     online(&hub, &device.id).await;
-    let mut inbox = device
-        .channel
-        .basic_consume(
-            device.inbox.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut inbox = device.consume_inbox().await;
     let sent = hub
         .send(&device.id, command("echo", json!({}), None))
         .await
