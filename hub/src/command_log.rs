@@ -32,7 +32,7 @@ use std::{
 use common::{Retry, Shutdown, duration_ms, now_ms};
 use protocol::{CommandStatus, api::CommandView};
 use store::{LoggedCommand, Store};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::hub::Hub;
 
@@ -87,6 +87,9 @@ pub(crate) struct LogWriter {
     /// Batches written and failed writes, for `/metrics`.
     pub(crate) written: Arc<AtomicU64>,
     pub(crate) failures: Arc<AtomicU64>,
+    /// Whether the writer's last write failed (the database is down): then nobody
+    /// waits for the log, since it cannot be written before the database is back.
+    failing: watch::Receiver<bool>,
 }
 
 impl LogWriter {
@@ -95,12 +98,14 @@ impl LogWriter {
     pub(crate) fn start(log: &CommandLog, shutdown: &Shutdown) -> Self {
         let (changes, received) = mpsc::unbounded_channel();
         let (written, failures) = (Arc::default(), Arc::default());
+        let (set_failing, failing) = watch::channel(false);
         shutdown.spawn(write(
             log.store.clone(),
             received,
             shutdown.clone(),
             Arc::clone(&written),
             Arc::clone(&failures),
+            set_failing,
         ));
         Self {
             changes,
@@ -108,6 +113,7 @@ impl LogWriter {
             version: AtomicU64::new(0),
             written,
             failures,
+            failing,
         }
     }
 
@@ -122,14 +128,27 @@ impl LogWriter {
         })));
     }
 
-    /// Resolves once every change logged so far is written (or after `within`, or when
-    /// the writer stops, whichever comes first). Concurrent callers share one write.
+    /// Resolves once every change logged so far is written (or after `within`, when
+    /// the writer stops, or as soon as a write fails, whichever comes first; at once
+    /// while the database is known to be down). Concurrent callers share one write.
+    ///
+    /// Without the early answers, every command sent during a database outage would
+    /// be answered `within` late (the fault suite's postgres-restart found sends
+    /// taking 5 s for as long as the database was down, and until the writer's next
+    /// retry after).
     pub(crate) async fn flushed(&self, within: Duration) -> bool {
+        if *self.failing.borrow() {
+            return false;
+        }
         let (done, written) = oneshot::channel();
         if self.changes.send(Change::Flush(done)).is_err() {
             return false;
         }
-        matches!(tokio::time::timeout(within, written).await, Ok(Ok(())))
+        let mut failing = self.failing.clone();
+        tokio::select! {
+            written = tokio::time::timeout(within, written) => matches!(written, Ok(Ok(()))),
+            _ = failing.wait_for(|failing| *failing) => false,
+        }
     }
 
     /// Greater than every version before it, in this process and (the clock allowing)
@@ -159,6 +178,7 @@ async fn write(
     shutdown: Shutdown,
     written: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
+    failing: watch::Sender<bool>,
 ) {
     let mut batch = Vec::new();
     // Told once the batch is written.
@@ -203,11 +223,13 @@ async fn write(
             match store.log_commands(batch.clone()).await {
                 Ok(()) => {
                     written.fetch_add(1, Ordering::Relaxed);
+                    failing.send_if_modified(|failing| std::mem::replace(failing, false));
                     batch.clear();
                     break;
                 }
                 Err(error) => {
                     failures.fetch_add(1, Ordering::Relaxed);
+                    failing.send_if_modified(|failing| !std::mem::replace(failing, true));
                     tracing::warn!(
                         "cannot write {} command changes to the log: {error:#}; retrying",
                         batch.len()
