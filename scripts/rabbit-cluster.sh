@@ -469,8 +469,11 @@ case "${1:-}" in
     ;;
   users)
     node_arg "${2:-}"
-    ctl "$2" list_connections user ||
+    # list_connections lists the whole cluster's: only those whose process is on node
+    # N (its pid reads <node.n.n.n>).
+    users="$(ctl "$2" list_connections user pid)" ||
       fail "cannot list node $(node_name "$2")'s connections: is it up?"
+    printf '%s\n' "$users" | awk -v node="<$(node_name "$2")." -F '\t' 'index($2, node) == 1 { print $1 }'
     ;;
   *)
     echo "usage: $0 start|stop|status|env|stop-node N|start-node N|users N" >&2
