@@ -490,7 +490,7 @@ pub async fn run<H: Handler>(
                     tried = 0;
                 } else {
                     tried += 1;
-                    if tried % logins.len() == 0 || failures == 0 {
+                    if tried.is_multiple_of(logins.len()) || failures == 0 {
                         failures = failures.saturating_add(1);
                     }
                 }
