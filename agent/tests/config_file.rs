@@ -94,7 +94,7 @@ fn a_clusters_nodes_are_a_list_or_one_text() {
         load(&write(&dir, &bad), &Overrides::default()).unwrap_err()
     );
     assert!(problems.contains("broker URL 2 of 2"), "{problems}");
-    assert!(problems.contains("line 1"), "{problems}");
+    assert!(problems.contains("agent.toml:1:"), "{problems}");
 }
 
 #[test]
