@@ -5,8 +5,9 @@
 #   127.0.0.1:5432, each started if it is not running, and a RabbitMQ node of their own
 #   on 127.0.0.1:5674 whose devices Tether admits: scripts/identity-broker.sh, stopped
 #   at the end; the aarch64 and armv7 agents, cross-built, that tests run under
-#   qemu-user: scripts/cross-build.sh aarch64 armv7); the release build; the Playwright
-#   suite in headless Chromium.
+#   qemu-user: scripts/cross-build.sh aarch64 armv7; and a three-node RabbitMQ cluster
+#   on 127.0.0.1:5681-5683, scripts/rabbit-cluster.sh, for server/tests/cluster.rs,
+#   stopped at the end); the release build; the Playwright suite in headless Chromium.
 # Every stage runs even when an earlier one failed; the script ends with each runner's
 # summary, then one line `N passed, N failed` over all of them, and exits non-zero on
 # any failure. A failed check (fmt, clippy, build) counts as one failure.
@@ -72,9 +73,17 @@ identity_broker() {
 stage fmt cargo fmt --all --check
 stage "clippy (server, ssr)" cargo clippy --workspace --exclude frontend --all-targets --locked -- -D warnings
 stage "clippy (wasm32, hydrate)" cargo clippy -p frontend -p protocol --target wasm32-unknown-unknown --locked -- -D warnings
+# A three-node RabbitMQ cluster (127.0.0.1:5681-5683) with an auth server of its own,
+# for server/tests/cluster.rs, which stops a node under load (about a minute to start).
+rabbit_cluster() {
+  scripts/rabbit-cluster.sh start &&
+    eval "$(scripts/rabbit-cluster.sh env)"
+}
+
 stage rabbitmq ensure_rabbitmq
-trap 'scripts/identity-broker.sh stop' EXIT
+trap 'scripts/identity-broker.sh stop; scripts/rabbit-cluster.sh stop' EXIT
 stage "identity broker" identity_broker
+stage "rabbitmq cluster" rabbit_cluster
 stage postgresql ensure_postgres
 # The aarch64 (static) and armv7 (glibc 2.17) agents and their .debs, which
 # server/tests/cross_agent.rs runs under qemu-user and inspects; qemu-user-static and

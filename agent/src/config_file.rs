@@ -2,7 +2,8 @@
 //! is, where its broker is, its pace, its built-in features and its [actions](crate::actions).
 //!
 //! ```toml
-//! amqp_url = "amqps://broker.example.com:5671/%2f"
+//! amqp_url = "amqps://broker.example.com:5671/%2f"  # or a cluster's nodes: a list of
+//!                                                  # URLs, or one text, comma-separated
 //! device_id = "boiler-1"
 //! secret_file = "/etc/tether/secret"   # or: secret = "…" (the file is preferred)
 //! server_accounts = ["tether-server"]
@@ -65,7 +66,7 @@ use crate::{
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    amqp_url: Option<Spanned<String>>,
+    amqp_url: Option<Spanned<Urls>>,
     device_id: Option<Spanned<String>>,
     secret: Option<Spanned<String>>,
     secret_file: Option<Spanned<PathBuf>>,
@@ -80,6 +81,25 @@ struct File {
     update: Option<Spanned<UpdateFile>>,
     #[serde(default)]
     actions: Vec<Spanned<ActionSpec>>,
+}
+
+/// `amqp_url` as written: one text (which may hold several URLs, comma-separated), or
+/// a list of URLs (a cluster's nodes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Urls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Urls {
+    /// As [`Config::amqp_url`] takes them: comma-separated.
+    fn joined(&self) -> String {
+        match self {
+            Self::One(url) => url.clone(),
+            Self::Many(urls) => urls.join(","),
+        }
+    }
 }
 
 /// Settings given as flags or environment variables; each one that is set wins over
@@ -294,11 +314,14 @@ pub fn parse(text: &str, base: &Path, overrides: &Overrides) -> Result<Loaded, V
             }
         },
     };
-    let (amqp_url, url_span) = pick(overrides.amqp_url.as_ref(), file.amqp_url.as_ref())
-        .map_or_else(
-            || ("amqp://127.0.0.1:5672/%2f".to_owned(), None),
-            |(url, span)| (url, span),
-        );
+    let file_urls = file
+        .amqp_url
+        .as_ref()
+        .map(|urls| Spanned::new(urls.span(), urls.get_ref().joined()));
+    let (amqp_url, url_span) = pick(overrides.amqp_url.as_ref(), file_urls.as_ref()).map_or_else(
+        || ("amqp://127.0.0.1:5672/%2f".to_owned(), None),
+        |(url, span)| (url, span),
+    );
 
     // The secret: flag, flag's file, file's secret, file's secret file.
     if file.secret.is_some() && file.secret_file.is_some() {

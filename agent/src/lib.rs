@@ -55,8 +55,12 @@ pub use session::CommandContext;
 /// How an agent connects and presents itself.
 #[derive(Clone)]
 pub struct Config {
-    /// `amqp://user:password@host:port/vhost` (or `amqps://…`). Its credentials are used
-    /// only when `secret` is `None`.
+    /// `amqp://user:password@host:port/vhost` (or `amqps://…`), or several,
+    /// comma-separated (the nodes of a RabbitMQ cluster): the agent starts with a random
+    /// one, so that a fleet given the same list spreads over the nodes, and moves on to
+    /// the next whenever one does not answer or its connection is lost; only a whole
+    /// round that failed backs off. Its credentials are used only when `secret` is
+    /// `None`.
     pub amqp_url: String,
     /// Who the device is; with `secret`, also its user name on the broker.
     pub device_id: DeviceId,
@@ -123,7 +127,7 @@ impl Config {
         }
     }
 
-    /// Whether this configuration can work at all: the URL parses, and the agent would
+    /// Whether this configuration can work at all: every URL parses, and the agent would
     /// log in as its device (the broker refuses messages whose `user_id` is not the
     /// login's own). [`run`] checks it before it first connects; call it to find out
     /// sooner (`tether-agent` checks every device before it starts any).
@@ -131,17 +135,44 @@ impl Config {
     /// # Errors
     /// Saying what is wrong and what to do, without the URL's password or the secret.
     pub fn check(&self) -> anyhow::Result<()> {
-        self.login().map(drop)
+        self.logins().map(drop)
     }
 
-    /// Where and as whom the agent logs in: `amqp_url`, parsed as lapin parses it, with
+    /// Where and as whom the agent logs in, one for each URL of `amqp_url` (see
+    /// [`Config::login_at`]), each with its URL as given (for messages, redacted).
+    pub(crate) fn logins(&self) -> anyhow::Result<Vec<(String, AMQPUri)>> {
+        let urls: Vec<&str> = common::split_urls(&self.amqp_url).collect();
+        anyhow::ensure!(!urls.is_empty(), "no broker URL given (amqp_url)");
+        urls.iter()
+            .enumerate()
+            .map(|(i, url)| {
+                self.login_at(url)
+                    .map(|login| ((*url).to_owned(), login))
+                    .map_err(|error| {
+                        if urls.len() > 1 {
+                            error.context(format!("broker URL {} of {}", i + 1, urls.len()))
+                        } else {
+                            error
+                        }
+                    })
+            })
+            .collect()
+    }
+
+    /// The login at the first URL, for tests.
+    #[cfg(test)]
+    pub(crate) fn login(&self) -> anyhow::Result<AMQPUri> {
+        Ok(self.logins()?.remove(0).1)
+    }
+
+    /// Where and as whom the agent logs in at `url`, parsed as lapin parses it, with
     /// user = device id and password = `secret` when a secret is set. Parsed rather than
     /// edited as text, so that no character of a secret can break the URL.
-    pub(crate) fn login(&self) -> anyhow::Result<AMQPUri> {
-        let mut uri: AMQPUri = self.amqp_url.parse().map_err(|error| {
+    fn login_at(&self, url: &str) -> anyhow::Result<AMQPUri> {
+        let mut uri: AMQPUri = url.parse().map_err(|error| {
             anyhow::anyhow!(
                 "the broker URL {} is not usable: {error}",
-                common::redact(&self.amqp_url)
+                common::redact(url)
             )
         })?;
         if let Some(secret) = &self.secret {
@@ -411,17 +442,25 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let login = config.login()?;
+    let logins = config.logins()?;
     tokio::pin!(shutdown);
+    // Rounds over the URLs that failed in a row: what the backoff grows with.
     let mut failures: u32 = 0;
+    // Which URL, starting with a random one so that a fleet spreads over the nodes,
+    // and how many failed in a row within this round.
+    let mut at = fastrand::usize(..logins.len());
+    let mut tried: usize = 0;
     // For the whole life of the process, across sessions: no command runs twice.
     let recent = session::SharedRecent::default();
     loop {
-        let outcome = session::serve(&config, &login, &handler, &recent, shutdown.as_mut()).await;
+        let (url, login) = &logins[at];
+        let outcome =
+            session::serve(&config, url, login, &handler, &recent, shutdown.as_mut()).await;
         let pause = match outcome {
             Ok(session::End::Shutdown) => return Ok(()),
             Ok(session::End::Restart { downtime }) => {
                 failures = 0;
+                tried = 0;
                 tracing::info!(device = %config.device_id, "restarting; back in {downtime:?}");
                 downtime
             }
@@ -435,17 +474,26 @@ pub async fn run<H: Handler>(
                     session::HandedOver::Exit => return Ok(()),
                     session::HandedOver::Resume => {
                         failures = 0;
+                        tried = 0;
                         tracing::info!(device = %config.device_id, "connecting again as firmware {}", config.firmware);
                         Duration::ZERO
                     }
                 }
             }
             Err(session::Failure { error, served }) => {
-                failures = if served {
-                    1
+                // The next URL: this one's node may be down. Only a whole round of
+                // failures backs off further, so that a device whose node went away
+                // reaches another within moments.
+                at = (at + 1) % logins.len();
+                if served {
+                    failures = 1;
+                    tried = 0;
                 } else {
-                    failures.saturating_add(1)
-                };
+                    tried += 1;
+                    if tried.is_multiple_of(logins.len()) || failures == 0 {
+                        failures = failures.saturating_add(1);
+                    }
+                }
                 let pause = backoff(&config, failures);
                 match &config.fleet {
                     Some(fleet) => {
@@ -539,6 +587,31 @@ mod tests {
         let error = format!("{error:#}");
         assert!(error.contains("is not usable"), "{error}");
         assert!(!error.contains("hush"), "{error}");
+    }
+
+    #[test]
+    fn every_url_of_a_list_logs_in_as_the_device() {
+        let device = DeviceId::new("boiler-1").unwrap();
+        let mut config = Config::new(
+            "amqp://n1:5681/%2f, amqp://guest:guest@n2:5682/%2f",
+            device.clone(),
+            "k",
+        );
+        config.secret = Some("s3cret".into());
+        let logins = config.logins().unwrap();
+        assert_eq!(logins.len(), 2);
+        for (_, login) in &logins {
+            assert_eq!(login.authority.userinfo.username, "boiler-1");
+            assert_eq!(login.authority.userinfo.password, "s3cret");
+        }
+        assert_eq!(logins[1].1.authority.port, 5682);
+        // One bad URL is named, its password hidden.
+        config.amqp_url = "amqp://n1/%2f,http://x:hush@n2".into();
+        let error = format!("{:#}", config.check().unwrap_err());
+        assert!(error.contains("broker URL 2 of 2"), "{error}");
+        assert!(!error.contains("hush"), "{error}");
+        config.amqp_url = " , ".into();
+        assert!(format!("{:#}", config.check().unwrap_err()).contains("no broker URL"));
     }
 
     #[test]

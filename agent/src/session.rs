@@ -229,6 +229,7 @@ struct Commands {
 /// [`Config::login`]).
 pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
     config: &Config,
+    url: &str,
     login: &AMQPUri,
     handler: &Arc<H>,
     recent: &SharedRecent,
@@ -246,7 +247,7 @@ pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
                 return Err(Failure {
                     error: anyhow::anyhow!(
                         "cannot connect to {}: no answer within {} ms",
-                        redact(&config.amqp_url),
+                        redact(url),
                         config.setup_timeout.as_millis()
                     ),
                     served: false,
@@ -264,10 +265,8 @@ pub(crate) async fn serve<H: Handler, S: Future<Output = ()>>(
         } else {
             ""
         };
-        anyhow::Error::new(error).context(format!(
-            "cannot connect to {} as {user}{hint}",
-            redact(&config.amqp_url)
-        ))
+        anyhow::Error::new(error)
+            .context(format!("cannot connect to {} as {user}{hint}", redact(url)))
     })
     .map_err(failed(false))?;
     let commands = Commands {

@@ -67,6 +67,37 @@ fn a_good_file_loads() {
 }
 
 #[test]
+fn a_clusters_nodes_are_a_list_or_one_text() {
+    let dir = scratch("cluster");
+    let listed = GOOD.replace(
+        r#"amqp_url = "amqp://broker.lan:5672/%2f""#,
+        r#"amqp_url = ["amqp://n1:5681/%2f", "amqp://n2:5682/%2f"]"#,
+    );
+    let loaded = load(&write(&dir, &listed), &Overrides::default()).unwrap();
+    assert_eq!(
+        loaded.config.amqp_url,
+        "amqp://n1:5681/%2f,amqp://n2:5682/%2f"
+    );
+    let joined = GOOD.replace(
+        r#"amqp_url = "amqp://broker.lan:5672/%2f""#,
+        r#"amqp_url = "amqp://n1:5681/%2f, amqp://n2:5682/%2f""#,
+    );
+    let loaded = load(&write(&dir, &joined), &Overrides::default()).unwrap();
+    loaded.config.check().unwrap();
+    // A bad one is reported at its line, naming which.
+    let bad = GOOD.replace(
+        r#"amqp_url = "amqp://broker.lan:5672/%2f""#,
+        r#"amqp_url = ["amqp://n1:5681/%2f", "http://n2"]"#,
+    );
+    let problems = format!(
+        "{:#}",
+        load(&write(&dir, &bad), &Overrides::default()).unwrap_err()
+    );
+    assert!(problems.contains("broker URL 2 of 2"), "{problems}");
+    assert!(problems.contains("agent.toml:1:"), "{problems}");
+}
+
+#[test]
 fn the_example_file_parses() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/agent.example.toml"))
         .unwrap();

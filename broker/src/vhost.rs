@@ -232,7 +232,7 @@ impl Vhost {
 
 #[cfg(test)]
 mod tests {
-    use amq_protocol::types::FieldTable;
+    use amq_protocol::types::{AMQPValue, FieldTable};
 
     use super::*;
 
@@ -290,5 +290,39 @@ mod tests {
             !vhost.publish("", message(&b, 900)).unwrap().rejected,
             "a deleted queue gives its bytes back"
         );
+    }
+
+    #[test]
+    fn queues_are_classic_only() {
+        let mut vhost = Vhost::new(1_000);
+        let declare = |arguments| QueueDeclare {
+            name: "replies",
+            exclusive: false,
+            auto_delete: false,
+            passive: false,
+            arguments,
+            quota: None,
+        };
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        let refused = vhost.declare_queue(1, &declare(&quorum)).unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("classic queues only (quorum queues need RabbitMQ)"),
+            "{refused:?}"
+        );
+        let mut classic = FieldTable::default();
+        classic.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        vhost.declare_queue(1, &declare(&classic)).unwrap();
+        // Nor does a classic queue become quorum when declared again.
+        assert!(vhost.declare_queue(1, &declare(&quorum)).is_err());
+        vhost
+            .declare_queue(1, &declare(&FieldTable::default()))
+            .unwrap();
     }
 }

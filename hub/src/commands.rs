@@ -304,6 +304,16 @@ impl Commands {
         }
     }
 
+    /// Other replicas' commands this replica mirrors that have not ended, with their
+    /// senders.
+    pub fn unfinished_mirrors(&self) -> Vec<(CommandId, String)> {
+        self.records
+            .iter()
+            .filter(|(_, record)| record.own.is_none() && !record.view.status.is_terminal())
+            .filter_map(|(id, record)| Some((id.clone(), record.origin.clone()?)))
+            .collect()
+    }
+
     /// The session and inbox one of this replica's commands went to; `None` for other
     /// replicas' commands.
     pub fn route(&self, id: &CommandId) -> Option<(&str, &str)> {

@@ -39,6 +39,9 @@ use crate::{
 /// How the hub reaches the broker.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
+    /// The broker's URL, or several, comma-separated (the nodes of a RabbitMQ
+    /// cluster): the hub starts with a random one and moves on to the next whenever one
+    /// does not answer or its connection is lost (`common::Brokers`).
     pub amqp_url: String,
     /// A command's deadline when the caller gives none.
     pub default_timeout: Duration,
@@ -53,6 +56,10 @@ pub struct HubConfig {
     /// Where every command and its changes are logged, so that they outlive this
     /// process; `None` keeps them in memory only (and a stop ends the pending ones).
     pub command_log: Option<CommandLog>,
+    /// The type of this replica's durable reply queue (with a resumable command log):
+    /// quorum to survive a node of a RabbitMQ cluster. The storage queue has its own
+    /// ([`StoreQueue::queue_type`]).
+    pub queue_type: crate::store_queue::QueueType,
 }
 
 impl HubConfig {
@@ -65,6 +72,7 @@ impl HubConfig {
             watch_interval: Duration::from_secs(1),
             watch_lease: Duration::from_secs(30),
             command_log: None,
+            queue_type: crate::store_queue::QueueType::Classic,
         }
     }
 }
@@ -192,6 +200,8 @@ impl Subscription {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: HubConfig,
+    /// The broker URLs of [`HubConfig::amqp_url`], and which to try next.
+    pub(crate) brokers: common::Brokers,
     /// Identifies this replica's events on `tether.events`, so it skips its own.
     pub(crate) replica_id: String,
     state: Mutex<State>,
@@ -269,7 +279,8 @@ impl Hub {
     /// and closes its broker connection; with a command log, it leaves them pending
     /// instead, logged, and takes them back when it starts again (`command_log`).
     pub async fn start(config: HubConfig, shutdown: &Shutdown) -> Self {
-        let first = match crate::link::connect(&config).await {
+        let brokers = common::Brokers::new(&config.amqp_url);
+        let first = match crate::link::connect(&config, &brokers).await {
             Ok(connected) => Some(connected),
             Err(error) => {
                 tracing::error!(
@@ -295,6 +306,7 @@ impl Hub {
         let hub = Self {
             inner: Arc::new(Inner {
                 config,
+                brokers,
                 replica_id,
                 state: Mutex::default(),
                 events,
@@ -422,6 +434,12 @@ impl Hub {
 
     pub fn command(&self, id: &CommandId) -> Option<CommandView> {
         self.state().commands.get(id)
+    }
+
+    /// The replica that sent a command this one only mirrors; `None` for its own, and
+    /// for commands it does not know.
+    pub fn command_origin(&self, id: &CommandId) -> Option<String> {
+        self.state().commands.origin(id).map(str::to_owned)
     }
 
     /// The most recent commands, newest first, of one device or of all.

@@ -24,7 +24,7 @@
 //! | `pages` | fleet pages computed once per change of the devices, shared by the tabs that show them |
 //! | `reading` | a reading decoded once for both paths (live view and recorders) |
 //! | `announced` | the narrow "what did this device announce" view |
-//! | `store_queue` | the durable storage queue and its caps |
+//! | `store_queue` | the durable storage queue and its caps; `QueueType` (classic or quorum) |
 //! | `recorder` | the recorders: batch, check, write, ack after commit |
 //! | `command_log` | commands written to the database in batches; resumed on start; vanished replicas' ended |
 
@@ -55,6 +55,6 @@ pub use self::{
     recorder::{Recorder, RecorderConfig, RecorderSnapshot, RecorderStats, Rejected, Stop},
     send::{CancelError, SendError},
     stats::{Stats, StatsSnapshot},
-    store_queue::{QUEUE_MAX_BYTES, QUEUE_MAX_LENGTH, StoreQueue},
+    store_queue::{QUEUE_MAX_BYTES, QUEUE_MAX_LENGTH, QueueType, StoreQueue},
     watch::Watching,
 };

@@ -105,6 +105,8 @@ pub(crate) struct Consumers {
 /// A fresh connection with its link and consumers.
 pub(crate) struct Connected {
     connection: Connection,
+    /// Which of the broker URLs it is to (`common::Brokers`).
+    index: usize,
     pub(crate) link: Link,
     consumers: Consumers,
 }
@@ -132,6 +134,8 @@ impl Hub {
                     Some(connected) => {
                         // Back: the other replicas may have stopped sharing with this one.
                         self.announce().await;
+                        // What they shared meanwhile went to the queue that was lost.
+                        self.refresh_mirrors().await;
                         connected
                     }
                     None => break,
@@ -139,6 +143,7 @@ impl Hub {
             };
             let Connected {
                 connection,
+                index,
                 mut consumers,
                 ..
             } = connected;
@@ -161,6 +166,8 @@ impl Hub {
                 }
             };
             tracing::warn!("lost the broker connection: {failed:#}");
+            // Its node may be down: the next attempt goes to the next URL.
+            self.inner.brokers.lost(index);
             self.set_link(None);
             let _ =
                 tokio::time::timeout(GOODBYE, connection.close(200, "reconnecting".into())).await;
@@ -171,6 +178,41 @@ impl Hub {
         }
         // Stopped while disconnected.
         self.end_pending_on_stop();
+    }
+
+    /// Re-reads, from the command log, the other replicas' commands this replica mirrors
+    /// and had not seen end: the changes they shared while this replica's link was down
+    /// went to its queue on `tether.events`, which went with the link, and would
+    /// otherwise show them unfinished here for good (found stopping a cluster node under
+    /// load, `server/tests/cluster.rs`). Called once the new queue exists, so that a
+    /// change is either in the log by now or arrives on it.
+    pub(crate) async fn refresh_mirrors(&self) {
+        let Some(log) = &self.inner.config.command_log else {
+            return;
+        };
+        let unfinished = self.state().commands.unfinished_mirrors();
+        let mut refreshed = Vec::new();
+        for (id, origin) in unfinished {
+            match log.store.logged_command(&id.0).await {
+                Ok(Some(logged)) => refreshed.push((logged.view, origin)),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot re-read other replicas' commands from the log: {error:#}"
+                    );
+                    return;
+                }
+            }
+        }
+        if refreshed.is_empty() {
+            return;
+        }
+        let mut state = self.state();
+        let changed: Vec<protocol::api::CommandView> = refreshed
+            .into_iter()
+            .filter_map(|(view, origin)| state.commands.mirror(view, &origin))
+            .collect();
+        self.broadcast_commands(&state, &changed);
     }
 
     /// A stopping hub ends its pending commands with their outcome unknown (the device
@@ -202,7 +244,7 @@ impl Hub {
                 () = tokio::time::sleep(pause) => {}
                 () = self.inner.shutdown.stopping() => return None,
             }
-            match connect(&self.inner.config).await {
+            match connect(&self.inner.config, &self.inner.brokers).await {
                 Ok(connected) => {
                     tracing::info!("connected to the broker");
                     self.set_link(Some(connected.link.clone()));
@@ -239,13 +281,48 @@ impl Hub {
     }
 }
 
-/// Connects and declares this replica's topology.
-pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
-    let amqp_url = config.amqp_url.as_str();
+/// Longest one broker URL may take to accept a connection before the next is tried (a
+/// node that accepts sockets but never answers must not hold the hub).
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// Connects to the first of the broker URLs that answers, in turn from the one to try
+/// next (`common::Brokers`), and declares this replica's topology there; an error
+/// naming each URL and why it failed when none did.
+pub(crate) async fn connect(
+    config: &HubConfig,
+    brokers: &common::Brokers,
+) -> anyhow::Result<Connected> {
+    let mut failures = Vec::new();
+    for (index, amqp_url) in brokers.round() {
+        match connect_to(config, amqp_url, index).await {
+            Ok(connected) => {
+                brokers.connected(index);
+                if brokers.urls().len() > 1 {
+                    tracing::info!("connected to the broker at {}", redact(amqp_url));
+                }
+                return Ok(connected);
+            }
+            Err(error) if brokers.urls().len() == 1 => return Err(error),
+            Err(error) => {
+                tracing::warn!("{error:#}; trying the next broker URL");
+                failures.push(format!("{error:#}"));
+            }
+        }
+    }
+    anyhow::bail!("no broker answered: {}", failures.join("; "))
+}
+
+/// Connects to the broker at `amqp_url` and declares this replica's topology.
+async fn connect_to(config: &HubConfig, amqp_url: &str, index: usize) -> anyhow::Result<Connected> {
     let user = common::amqp_user(amqp_url);
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-        .await
-        .with_context(|| format!("cannot connect to the broker at {}", redact(amqp_url)))?;
+    let connection = tokio::time::timeout(
+        CONNECT_WITHIN,
+        Connection::connect(amqp_url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_WITHIN:?}"))
+    .and_then(|connected| connected.map_err(anyhow::Error::new))
+    .with_context(|| format!("cannot connect to the broker at {}", redact(amqp_url)))?;
     let channel = connection
         .create_channel()
         .await
@@ -302,6 +379,8 @@ pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
                 "x-expires".into(),
                 AMQPValue::LongLongInt(REPLY_QUEUE_EXPIRES_MS),
             );
+            // Quorum: replicated, so that the replies survive the node it was on.
+            config.queue_type.add_to(&mut arguments);
             let durable = QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -309,7 +388,8 @@ pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
             channel
                 .queue_declare(name.as_str().into(), durable, arguments)
                 .await
-                .with_context(|| format!("cannot declare the reply queue {name}"))?;
+                .map_err(|error| config.queue_type.declare_error(&name, error))
+                .context("cannot declare the reply queue")?;
             name
         }
         _ => queue(None).await?,
@@ -353,6 +433,7 @@ pub(crate) async fn connect(config: &HubConfig) -> anyhow::Result<Connected> {
         .context("cannot ask devices to announce themselves")?;
     Ok(Connected {
         connection,
+        index,
         link: Link {
             channel,
             reply_queue,

@@ -40,6 +40,8 @@ use crate::{announced::Announced, flood::FloodGate, store_queue::StoreQueue};
 /// How a recorder works.
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
+    /// The broker's URL, or several, comma-separated (a cluster's nodes): each recorder
+    /// starts with a random one and moves on when it fails (`common::Brokers`).
     pub amqp_url: String,
     /// The shared queue it consumes.
     pub queue: StoreQueue,
@@ -132,6 +134,8 @@ pub struct Recorder {
     /// announcement is checked.
     announced: Option<Arc<dyn Announced>>,
     stats: Arc<RecorderStats>,
+    /// The broker URLs, and which to try next.
+    brokers: common::Brokers,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -173,6 +177,7 @@ impl Recorder {
         stats: Arc<RecorderStats>,
     ) -> Self {
         Self {
+            brokers: common::Brokers::new(&config.amqp_url),
             config,
             store,
             announced,
@@ -194,7 +199,7 @@ impl Recorder {
         };
         let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(15));
         loop {
-            let (connection, mut consumer) = match self.connect().await {
+            let (connection, mut consumer, index) = match self.connect().await {
                 Ok(connected) => {
                     retry.succeeded();
                     connected
@@ -216,13 +221,32 @@ impl Recorder {
             .await;
             match ended {
                 Ok(()) => return,
-                Err(error) => tracing::warn!("recorder lost the broker: {error:#}; reconnecting"),
+                Err(error) => {
+                    // Its node may be down: the next attempt goes to the next URL.
+                    self.brokers.lost(index);
+                    tracing::warn!("recorder lost the broker: {error:#}; reconnecting");
+                }
             }
         }
     }
 
-    async fn connect(&self) -> anyhow::Result<(Connection, Consumer)> {
-        let url = &self.config.amqp_url;
+    /// Connects to the first broker URL that answers, in turn from the one to try next;
+    /// the connection, its consumer, and which URL it is.
+    async fn connect(&self) -> anyhow::Result<(Connection, Consumer, usize)> {
+        let mut failures = Vec::new();
+        for (index, url) in self.brokers.round() {
+            match self.connect_to(url).await {
+                Ok((connection, consumer)) => {
+                    self.brokers.connected(index);
+                    return Ok((connection, consumer, index));
+                }
+                Err(error) => failures.push(format!("{error:#}")),
+            }
+        }
+        anyhow::bail!("{}", failures.join("; "))
+    }
+
+    async fn connect_to(&self, url: &str) -> anyhow::Result<(Connection, Consumer)> {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .with_context(|| format!("cannot connect to the broker at {}", redact(url)))?;

@@ -117,6 +117,7 @@ impl Bench {
                 name: self.queue.clone(),
                 binding: format!("telemetry.{}.#", self.device),
                 expires: Some(Duration::from_millis(EXPIRES_MS as u64)),
+                queue_type: hub::QueueType::Classic,
             },
             batch,
             linger,

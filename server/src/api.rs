@@ -330,6 +330,22 @@ pub fn log_unavailable(error: anyhow::Error, what: &str) -> Failure {
 /// One command `who` may see: from memory, else from the command log.
 pub async fn find_command(state: &AppState, who: &Identity, id: &CommandId) -> Option<CommandView> {
     let command = match state.hub.command(id) {
+        // Another replica's, unfinished as far as this one heard: the log may know
+        // better (its changes are lost to a replica whose link broke meanwhile).
+        Some(command)
+            if !command.status.is_terminal()
+                && state.hub.command_origin(id).is_some()
+                && state.store.is_some() =>
+        {
+            let logged = match &state.store {
+                Some(store) => store.logged_command(&id.0).await.ok().flatten(),
+                None => None,
+            };
+            match logged {
+                Some(logged) if logged.view.supersedes(&command) => Some(logged.view),
+                _ => Some(command),
+            }
+        }
         Some(command) => Some(command),
         None => match &state.store {
             Some(store) => store

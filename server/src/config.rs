@@ -17,10 +17,22 @@ pub struct Config {
     #[arg(long = "site-root", env = "TETHER_SITE_ROOT")]
     pub site_root: Option<PathBuf>,
 
-    /// The AMQP 0-9-1 broker devices connect to (RabbitMQ, say). Unset: start the
-    /// embedded broker and use it.
+    /// The AMQP 0-9-1 broker devices connect to (RabbitMQ, say), or the nodes of a
+    /// RabbitMQ cluster, comma-separated: the hub and each recorder start with a random
+    /// one and move on to the next when it does not answer or its connection is lost.
+    /// Unset: start the embedded broker and use it.
     #[arg(long = "amqp-url", env = "TETHER_AMQP_URL")]
     pub amqp_url: Option<String>,
+
+    /// The type of the queues that must outlive a broker node: the storage queue and
+    /// each replica's durable reply queue. `quorum` (RabbitMQ only) replicates them
+    /// over a cluster's nodes; a queue's type cannot change once it is declared.
+    #[arg(
+        long = "queue-type",
+        env = "TETHER_QUEUE_TYPE",
+        default_value = "classic"
+    )]
+    pub queue_type: hub::QueueType,
 
     /// Where the embedded broker listens when TETHER_AMQP_URL is unset. Not 5672, so it
     /// never collides with a RabbitMQ on the same machine.
@@ -244,6 +256,7 @@ impl Config {
             addr: Some(addr),
             site_root: None,
             amqp_url: Some(amqp_url.into()),
+            queue_type: hub::QueueType::Classic,
             broker_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             broker_user: "tether-server".into(),
             broker_password: None,
@@ -271,11 +284,69 @@ impl Config {
 }
 
 impl Config {
+    /// Whether the broker settings can work: every URL of `TETHER_AMQP_URL` parses (all
+    /// logging in as one account), and quorum queues are asked for only of RabbitMQ.
+    ///
+    /// # Errors
+    /// Saying which setting is wrong and what to do, passwords hidden.
+    pub fn check_broker(&self) -> anyhow::Result<()> {
+        match &self.amqp_url {
+            Some(urls) => {
+                common::Brokers::parse(urls)
+                    .map_err(|error| anyhow::anyhow!("TETHER_AMQP_URL: {error}"))?;
+            }
+            None => anyhow::ensure!(
+                self.queue_type == hub::QueueType::Classic,
+                "TETHER_QUEUE_TYPE={}: the embedded broker (TETHER_AMQP_URL unset) has classic queues only; \
+                 quorum queues need a RabbitMQ cluster: set TETHER_AMQP_URL to its nodes, or TETHER_QUEUE_TYPE=classic",
+                self.queue_type
+            ),
+        }
+        Ok(())
+    }
+
     /// The storage queue as configured.
     pub fn store_queue(&self) -> hub::StoreQueue {
         hub::StoreQueue {
+            queue_type: self.queue_type,
             expires: self.store_queue_expires_ms.map(Duration::from_millis),
             ..hub::StoreQueue::named(self.store_queue.clone())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_settings_are_checked_before_anything_starts() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = Config::new(addr, "amqp://s:pw@n1:5681/%2f,amqp://s:pw@n2:5682/%2f");
+        config.queue_type = hub::QueueType::Quorum;
+        config.check_broker().unwrap();
+        config.amqp_url = Some("amqp://s:pw@n1:5681/%2f,n2:5682".into());
+        let error = config.check_broker().unwrap_err().to_string();
+        assert!(
+            error.starts_with("TETHER_AMQP_URL: broker URL 2 of 2"),
+            "{error}"
+        );
+        assert!(!error.contains("pw"), "{error}");
+        // The embedded broker has no quorum queues: refused at start, saying so.
+        config.amqp_url = None;
+        let error = config.check_broker().unwrap_err().to_string();
+        assert!(error.contains("classic queues only"), "{error}");
+        config.queue_type = hub::QueueType::Classic;
+        config.check_broker().unwrap();
+    }
+
+    #[test]
+    fn the_queue_type_is_a_flag_and_a_setting() {
+        use clap::Parser as _;
+        let config = Config::try_parse_from(["tether-server", "--queue-type", "quorum"]).unwrap();
+        assert_eq!(config.queue_type, hub::QueueType::Quorum);
+        let error =
+            Config::try_parse_from(["tether-server", "--queue-type", "stream"]).unwrap_err();
+        assert!(error.to_string().contains("classic or quorum"), "{error}");
     }
 }

@@ -114,6 +114,7 @@ impl Server {
     /// [`Shutdown`], which [`Server::serve`] stops.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let (shutdown, broker_shutdown) = (Shutdown::new(), Shutdown::new());
+        config.check_broker()?;
         let options = leptos_options(&config)?;
         let store = match config.database_url.as_str() {
             "none" => None,
@@ -178,6 +179,7 @@ impl Server {
         };
         let hub_config = HubConfig {
             command_log,
+            queue_type: config.queue_type,
             default_timeout: Duration::from_millis(config.command_timeout_ms),
             store_queue: store.is_some().then(|| config.store_queue()),
             watch_interval: Duration::from_millis(config.watch_interval_ms),

@@ -203,10 +203,16 @@ fn credential(state: &AppState, id: String, secret: String) -> DeviceCredential 
 /// The broker URL as devices are to use it: the server's own, without the server's
 /// user and password (which are not the devices' to have). `None` if it does not parse.
 pub fn device_broker_url(broker_url: &str) -> Option<String> {
-    let mut url = url::Url::parse(broker_url).ok()?;
-    url.set_username("").ok()?;
-    url.set_password(None).ok()?;
-    Some(url.to_string())
+    // Of a cluster's nodes, every one: the agent takes the list as the server does.
+    let urls = common::split_urls(broker_url)
+        .map(|one| {
+            let mut url = url::Url::parse(one).ok()?;
+            url.set_username("").ok()?;
+            url.set_password(None).ok()?;
+            Some(url.to_string())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (!urls.is_empty()).then(|| urls.join(","))
 }
 
 pub use common::with_credential;
@@ -222,6 +228,12 @@ mod tests {
         assert_eq!(
             with_credential(&base, "boiler-1", "0a1b").as_deref(),
             Some("amqp://boiler-1:0a1b@127.0.0.1:5672/%2f")
+        );
+        let cluster = device_broker_url("amqp://s:pw@n1:5681/%2f,amqp://s:pw@n2:5682/%2f").unwrap();
+        assert_eq!(cluster, "amqp://n1:5681/%2f,amqp://n2:5682/%2f");
+        assert_eq!(
+            with_credential(&cluster, "d-1", "ab").as_deref(),
+            Some("amqp://d-1:ab@n1:5681/%2f,amqp://d-1:ab@n2:5682/%2f")
         );
         let tls = device_broker_url("amqps://tether@broker.example.com/site?heartbeat=10");
         assert_eq!(

@@ -322,6 +322,7 @@ impl Vhost {
         } else {
             name.to_owned()
         };
+        classic_only(&name, arguments)?;
         if let Some(queue) = self.queues.get(&name) {
             if queue.owner.is_some_and(|owner| owner != connection) {
                 return Err(Refusal::new(
@@ -505,6 +506,32 @@ impl Vhost {
     pub fn dispatch(&mut self, name: &str) {
         if let Some(queue) = self.queues.get_mut(name) {
             queue.dispatch(name);
+        }
+    }
+}
+
+/// Refuses a queue type other than classic (`x-queue-type`), new or redeclared, as
+/// RabbitMQ refuses a type it does not know (406, closing the channel): this broker is
+/// one process, and has nothing to replicate a quorum queue to. Silently declaring a
+/// classic queue instead would let a server believe its queues survive a node.
+fn classic_only(queue: &str, arguments: &FieldTable) -> Result<(), Refusal> {
+    match arguments.inner().get("x-queue-type") {
+        None => Ok(()),
+        Some(AMQPValue::LongString(kind)) if kind.as_bytes() == b"classic" => Ok(()),
+        Some(other) => {
+            let kind = match other {
+                AMQPValue::LongString(kind) => {
+                    String::from_utf8_lossy(kind.as_bytes()).into_owned()
+                }
+                other => format!("{other:?}"),
+            };
+            Err(Refusal::new(
+                PRECONDITION_FAILED,
+                format!(
+                    "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{queue}' in vhost '/': \
+                     '{kind}': the embedded broker has classic queues only ({kind} queues need RabbitMQ)"
+                ),
+            ))
         }
     }
 }
