@@ -288,7 +288,7 @@ impl Thermostat {
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
                     let ts_ms = first + n * EVERY.as_millis() as u64;
-                    if n % 20 == 0 {
+                    if n.is_multiple_of(20) {
                         let beat = DeviceMessage::Heartbeat(Heartbeat {
                             device_id: id.clone(),
                             session_id: session_id.clone(),
