@@ -136,6 +136,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub live_session_idle_ms: u64,
 
+    /// How long a write to an HTTP connection may wait on a peer that takes nothing, in
+    /// ms: past it the connection is closed. A tab whose live socket or event stream
+    /// stopped reading (a laptop gone to sleep) so ends its session and frees what it
+    /// held; a WebSocket's every send must also complete within it.
+    #[arg(long = "write-timeout-ms", env = "TETHER_WRITE_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub write_timeout_ms: u64,
+
     /// Origins besides this server's own address whose pages may change things, e.g.
     /// `https://tether.example.com` when a proxy serves Tether there; comma-separated.
     /// Every other site's request to change anything, or to open the live channel, is
@@ -272,6 +280,7 @@ impl Config {
             watch_interval_ms: 1_000,
             watch_lease_ms: 30_000,
             live_session_idle_ms: 60_000,
+            write_timeout_ms: 30_000,
             allowed_origins: Vec::new(),
             broker_auth_from: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3_600),

@@ -10,7 +10,8 @@
 //! - [`live`]: the WebSocket that streams a snapshot and then every event to a tab.
 //! - [`health`]: `/healthz` and `/readyz`; [`metrics`]: `/metrics` in the Prometheus
 //!   format.
-//! - [`guard`]: cross-site requests refused.
+//! - [`guard`]: cross-site requests refused; [`write_bound`]: every connection's
+//!   writes bounded, so a peer that stops reading cannot hold what it reaches for good.
 //! - [`assets`]: the site's files, precompressed and cached; compression and
 //!   `Cache-Control` for every answer.
 //! - [`auth`]: who is asking (sessions, API tokens), the login forms, who sees which
@@ -54,6 +55,7 @@ pub mod metrics;
 pub mod provision;
 pub mod state;
 pub mod websocket;
+pub mod write_bound;
 
 use std::{
     future::Future,
@@ -72,6 +74,7 @@ use axum::{
     extract::{Request, State},
     http::Uri,
     routing::get,
+    serve::ListenerExt as _,
 };
 use common::{Shutdown, redact};
 use hub::{Hub, HubConfig, Recorder, RecorderConfig, RecorderStats, Stop};
@@ -95,6 +98,10 @@ const BROKER_WITHIN: Duration = Duration::from_millis(750);
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    /// How long a write may wait on a peer that takes nothing.
+    write_timeout: Duration,
+    /// Connections closed for that, for `/metrics`.
+    write_timeouts: write_bound::Timeouts,
     router: Router,
     hub: Hub,
     accounts: Store,
@@ -226,8 +233,12 @@ impl Server {
             ::jobs::JobsConfig::default(),
             Some(Arc::new(update_args)),
         );
+        let write_timeout = Duration::from_millis(config.write_timeout_ms);
+        let write_timeouts = write_bound::Timeouts::default();
         Ok(Self {
             listener,
+            write_timeout,
+            write_timeouts: write_timeouts.clone(),
             router: router(AppState {
                 leptos_options: options,
                 hub: hub.clone(),
@@ -252,6 +263,8 @@ impl Server {
                 live_sessions: Arc::new(live::http::Sessions::new(Duration::from_millis(
                     config.live_session_idle_ms,
                 ))),
+                write_timeout,
+                write_timeouts,
             }),
             hub,
             accounts,
@@ -310,8 +323,13 @@ impl Server {
             }
         });
         let stopping = shutdown.clone();
+        // Tapped (with nothing) for axum's `ConnectInfo<SocketAddr>`, which it gives
+        // for a tapped listener of any kind.
+        let listener =
+            write_bound::Bounded::new(self.listener, self.write_timeout, self.write_timeouts)
+                .tap_io(|_| {});
         let http = axum::serve(
-            self.listener,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )

@@ -30,6 +30,12 @@
 //! posted). Everything above (the snapshot, the filtering, the limits and refusals,
 //! the identity checked again, the resync of a tab that fell behind, the goodbye on
 //! stop) is [`serve`]'s, written once; a transport only moves text.
+//!
+//! A tab that stops reading cannot hold its session for good: every write to a
+//! connection is bounded (`TETHER_WRITE_TIMEOUT_MS`, [`crate::write_bound`]), and a
+//! WebSocket's every send must complete within that bound ([`LiveSocket`]); past it
+//! the session ends, its socket or stream is closed and its watches are released.
+//! Within it, the tab merely falls behind and catches up, or resyncs from a snapshot.
 
 use axum::{
     extract::State,
@@ -107,6 +113,11 @@ pub async fn upgrade(
     let shutdown = state.shutdown.clone();
     shutdown.spawn(async move {
         if let Some(socket) = pending.socket(MAX_INCOMING).await {
+            let socket = LiveSocket {
+                socket,
+                bound: state.write_timeout,
+                timeouts: state.write_timeouts.clone(),
+            };
             serve(socket, state, who, credentials, shows).await;
         }
     });
@@ -182,12 +193,44 @@ impl End {
     }
 }
 
-impl Transport for Socket {
+/// A live session's WebSocket: each send (or flush, or the goodbye) must complete
+/// within the write bound (`TETHER_WRITE_TIMEOUT_MS`), else the session ends and the
+/// socket is dropped, which frees everything it held. Within the bound a tab that reads
+/// slowly holds its session up and falls behind the hub's events; once it reads again
+/// it gets them, or a fresh snapshot if it fell too far behind.
+pub(crate) struct LiveSocket {
+    socket: Socket,
+    bound: Duration,
+    timeouts: crate::write_bound::Timeouts,
+}
+
+impl LiveSocket {
+    /// What a bounded write came to: a tab that took nothing for the bound is gone.
+    fn written<E>(
+        &self,
+        written: Result<Result<(), E>, tokio::time::error::Elapsed>,
+    ) -> Result<(), Gone> {
+        match written {
+            Ok(result) => result.map_err(|_| Gone),
+            Err(_) => {
+                self.timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    "ending a live session: its tab took nothing for {:?} (it stopped reading)",
+                    self.bound
+                );
+                Err(Gone)
+            }
+        }
+    }
+}
+
+impl Transport for LiveSocket {
     async fn request(&mut self) -> Option<Incoming> {
         loop {
             // Pings are answered by tungstenite (the pong goes out with the next read,
             // which is at once: the session always reads).
-            match self.next().await? {
+            match self.socket.next().await? {
                 Ok(Message::Text(text)) => {
                     return Some(match serde_json::from_str::<LiveRequest>(text.as_str()) {
                         Ok(request) => Incoming::Request(request),
@@ -201,25 +244,28 @@ impl Transport for Socket {
     }
 
     async fn send(&mut self, text: String) -> Result<(), Gone> {
-        websocket::send_text(self, text).await.map_err(|_| Gone)
+        let sent =
+            tokio::time::timeout(self.bound, websocket::send_text(&mut self.socket, text)).await;
+        self.written(sent)
     }
 
     fn hold(&mut self) {
-        self.get_mut().hold(true);
+        self.socket.get_mut().hold(true);
     }
 
     fn held(&self) -> usize {
-        self.get_ref().held()
+        self.socket.get_ref().held()
     }
 
     async fn flush(&mut self) -> Result<(), Gone> {
-        self.get_mut().hold(false);
-        SinkExt::flush(self).await.map_err(|_| Gone)
+        self.socket.get_mut().hold(false);
+        let flushed = tokio::time::timeout(self.bound, SinkExt::flush(&mut self.socket)).await;
+        self.written(flushed)
     }
 
     fn overflowed(&mut self) -> bool {
-        // A socket that does not read holds the session up (TCP pushes back), and falls
-        // behind the hub: it lags instead.
+        // A socket that does not read holds the session up (TCP pushes back, within the
+        // write bound), and falls behind the hub: it lags instead.
         false
     }
 
@@ -228,7 +274,12 @@ impl Transport for Socket {
             End::SessionEnded => CloseCode::Policy,
             End::Stopping => CloseCode::Away,
         };
-        websocket::close(self, code, end.reason().1).await;
+        let closed = tokio::time::timeout(
+            self.bound,
+            websocket::close(&mut self.socket, code, end.reason().1),
+        )
+        .await;
+        let _ = self.written(closed.map(Ok::<(), Gone>));
     }
 }
 
@@ -529,6 +580,7 @@ pub(crate) async fn serve(
     credentials: Credentials,
     params: LiveParams,
 ) {
+    let _served = state.live_sessions.served();
     let out = &mut out;
     let shutdown = &state.shutdown;
     // Dropped with the session, which releases every watch it held.

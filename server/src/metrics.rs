@@ -99,6 +99,20 @@ pub fn render(state: &AppState) -> String {
     );
     gauge(
         &mut registry,
+        "live_sessions",
+        "Live sessions (browser tabs) being served, over WebSockets, event streams and long polls.",
+        state.live_sessions.serving() as u64,
+    );
+    counter(
+        &mut registry,
+        "http_write_timeouts",
+        "Connections closed because a write to them waited on a peer that took nothing for TETHER_WRITE_TIMEOUT_MS (a live socket or event stream that stopped reading, a stalled download).",
+        state
+            .write_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    gauge(
+        &mut registry,
         "broker_connected",
         "Whether the broker link is up.",
         u64::from(hub.connected),

@@ -61,6 +61,13 @@ pub struct AppState {
     pub embedded_broker: Option<broker::BrokerHandle>,
     /// The live channel's sessions over plain HTTP (Server-Sent Events, long polls).
     pub live_sessions: Arc<crate::live::http::Sessions>,
+    /// How long a write may wait on a peer that takes nothing (a live socket's every
+    /// send must complete within it).
+    #[from_ref(skip)]
+    pub write_timeout: Duration,
+    /// Connections closed because a write waited longer, for `/metrics`.
+    #[from_ref(skip)]
+    pub write_timeouts: crate::write_bound::Timeouts,
     /// Who may ask the RabbitMQ auth backend; empty: loopback only.
     pub broker_auth_from: Arc<Vec<std::net::IpAddr>>,
 }

@@ -36,7 +36,10 @@ use std::{
     collections::{HashMap, VecDeque},
     convert::Infallible,
     fmt,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -92,6 +95,8 @@ const REMEMBER_ENDED: usize = 4_096;
 pub struct Sessions {
     idle: Duration,
     registry: Mutex<Registry>,
+    /// Live sessions being served, over any transport (WebSockets included).
+    serving: AtomicUsize,
 }
 
 impl fmt::Debug for Sessions {
@@ -150,7 +155,19 @@ impl Sessions {
         Self {
             idle,
             registry: Mutex::default(),
+            serving: AtomicUsize::new(0),
         }
+    }
+
+    /// How many live sessions are being served, over any transport.
+    pub fn serving(&self) -> usize {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Counts a session being served until the guard is dropped.
+    pub(crate) fn served(self: &Arc<Self>) -> Served {
+        self.serving.fetch_add(1, Ordering::Relaxed);
+        Served(self.clone())
     }
 
     /// How many sessions are open.
@@ -243,6 +260,15 @@ impl Sessions {
         registry
             .ended
             .insert(channel.id.clone(), (channel.owner.clone(), ending));
+    }
+}
+
+/// A live session being served; counted until dropped.
+pub(crate) struct Served(Arc<Sessions>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
