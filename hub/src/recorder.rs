@@ -197,7 +197,7 @@ impl Recorder {
             future: Box::pin(stop),
             received: None,
         };
-        let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(15));
+        let mut retry = Retry::new(Duration::from_millis(500), crate::link::RECONNECT_MAX);
         loop {
             let (connection, mut consumer, index) = match self.connect().await {
                 Ok(connected) => {

@@ -302,6 +302,7 @@ impl Report {
 /// A command the API took.
 struct Sent {
     id: String,
+    device: String,
     tag: String,
     at: Instant,
     /// To one of the devices the fault hit.
@@ -1079,6 +1080,46 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
     let healed = restarted.unwrap_or_else(Instant::now);
     phase.store(2, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(settings.phase).await;
+    // The after phase goes on until every device the fault hit has succeeded again
+    // (devices reconnect with a backoff that grows with the outage), for at most two
+    // minutes more: recovery is measured, not cut short by the phase.
+    let hit_ids: Vec<String> = devices[..if hits_all(fault) {
+        settings.devices
+    } else {
+        through_link
+    }]
+        .iter()
+        .map(|d| d.id.clone())
+        .collect();
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let mut recovered = std::collections::HashSet::new();
+    while recovered.len() < hit_ids.len() && Instant::now() < give_up {
+        // Per device not yet back, its latest command old enough to have ended.
+        let settled = Instant::now() - Duration::from_secs(3);
+        let mut candidates: HashMap<String, String> = HashMap::new();
+        for command in sent.lock().expect("sent").iter().rev() {
+            if command.at >= healed && command.at <= settled && !recovered.contains(&command.device)
+            {
+                candidates
+                    .entry(command.device.clone())
+                    .or_insert_with(|| command.id.clone());
+            }
+        }
+        for (device, id) in candidates {
+            let view: Option<CommandView> = match client
+                .get(format!("{}/api/v1/commands/{id}", server.base()))
+                .send()
+                .await
+            {
+                Ok(response) => response.json().await.ok(),
+                Err(_) => None,
+            };
+            if view.is_some_and(|v| v.status == CommandStatus::Succeeded) {
+                recovered.insert(device);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let _ = stop_load.send(true);
     let _ = stop_meters.send(true);
     load.await?;
@@ -1277,6 +1318,7 @@ impl Load {
                             Ok(view) => {
                                 sent.lock().expect("sent").push(Sent {
                                     id: view.id.to_string(),
+                                    device: view.device_id.to_string(),
                                     tag,
                                     at,
                                     affected,
