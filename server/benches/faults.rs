@@ -1165,7 +1165,17 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
         if hit.iter().any(|id| *id == view.device_id.as_str()) {
             match shown.get(&command.id) {
                 Some(status) if *status == view.status => {}
-                Some(_) => report.browser_wrong += 1,
+                Some(status) => {
+                    report.browser_wrong += 1;
+                    if std::env::var_os("TETHER_FAULTS_VERBOSE").is_some() {
+                        println!(
+                            "  the browser shows {} {status:?}, the truth is {:?} (created {} ms before the end of the fault)",
+                            command.id,
+                            view.status,
+                            healed.saturating_duration_since(command.at).as_millis()
+                        );
+                    }
+                }
                 None => report.browser_missing += 1,
             }
         }
@@ -1372,6 +1382,23 @@ impl Browser {
         }
     }
 
+    /// A fresh snapshot replaces what the tab shows, as the app does
+    /// (`app/src/fleet/live.rs`): a command it showed as unfinished that the snapshot
+    /// no longer holds (only the latest commands are in it) is no longer shown, rather
+    /// than shown with a status that may have moved on meanwhile. An ended one keeps
+    /// its status, which cannot change.
+    fn resync(&self, commands: &[CommandView]) {
+        let holds: std::collections::HashSet<String> =
+            commands.iter().map(|c| c.id.to_string()).collect();
+        self.statuses
+            .lock()
+            .expect("statuses")
+            .retain(|id, status| status.is_terminal() || holds.contains(id));
+        for command in commands {
+            self.take(command);
+        }
+    }
+
     async fn watch(
         self: Arc<Self>,
         url: String,
@@ -1400,9 +1427,7 @@ impl Browser {
                     };
                     match serde_json::from_str::<protocol::api::LiveEvent>(&text) {
                         Ok(protocol::api::LiveEvent::Snapshot { commands, .. }) => {
-                            for command in &commands {
-                                self.take(command);
-                            }
+                            self.resync(&commands);
                         }
                         Ok(protocol::api::LiveEvent::CommandUpdated { command }) => {
                             self.take(&command);
