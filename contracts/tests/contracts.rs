@@ -139,10 +139,13 @@ fn validate(schemas: &Schemas, value: &Value) -> Result<(), String> {
     own.map_or(Ok(()), Err)
 }
 
+/// An example and the line of PROTOCOL.md it is on.
+type Example = (usize, Value);
+
 /// The JSON examples in PROTOCOL.md: every value in a ```json block (a block may hold
 /// several, one per line) and every inline code span that is a message (`{"v":…}`).
 /// Inline spans elided with `…` outside a string are not JSON; they are counted apart.
-fn protocol_md_examples() -> (Vec<(usize, Value)>, Vec<(usize, String)>) {
+fn protocol_md_examples() -> (Vec<Example>, Vec<(usize, String)>) {
     let text = fs::read_to_string(root().join("../PROTOCOL.md")).expect("PROTOCOL.md");
     let (mut examples, mut elided) = (Vec::new(), Vec::new());
     let mut block: Option<(usize, String)> = None;
