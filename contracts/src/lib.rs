@@ -58,6 +58,7 @@ pub fn schemas() -> Vec<(String, Value)> {
         protocol::schema::capabilities().to_value(),
     ));
     for (_, schema) in &mut schemas {
+        unwrap_descriptions(schema);
         if let Value::Object(object) = schema {
             object.insert(
                 "$comment".into(),
@@ -113,5 +114,28 @@ pub fn sorted(value: &Value) -> Value {
         }
         Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
         other => other.clone(),
+    }
+}
+
+/// Descriptions come from doc comments, hard-wrapped at 90 columns: joins each
+/// paragraph's lines into one.
+fn unwrap_descriptions(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::String(text) if key == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|paragraph| paragraph.split('\n').collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    _ => unwrap_descriptions(value),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
     }
 }
