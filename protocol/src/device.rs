@@ -12,6 +12,13 @@ use serde_json::Value;
 
 use crate::{Capabilities, CommandId, DeviceId};
 
+/// The shortest heartbeat interval servers accept: they drop a hello announcing less.
+pub const MIN_HEARTBEAT_MS: u64 = 100;
+
+/// 2001-09-09 in milliseconds since the Unix epoch: a reading measured before it comes
+/// from a device without a set clock, and servers refuse it.
+pub const MIN_READING_TS_MS: u64 = 1_000_000_000_000;
+
 /// Everything a device sends.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,7 +99,7 @@ pub struct Hello {
     pub firmware: String,
     /// How often heartbeats come. The server declares the device offline after
     /// several are missed. At least 100: servers drop a hello with less.
-    #[cfg_attr(feature = "schema", schemars(range(min = 100)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_HEARTBEAT_MS)))]
     pub heartbeat_ms: u64,
     #[serde(default)]
     pub capabilities: Capabilities,
@@ -224,7 +231,7 @@ pub struct TelemetrySample {
     /// When it was measured, in milliseconds since the Unix epoch. Servers refuse
     /// readings from before 2001-09-09 (10^12 ms: a device without a clock) or more
     /// than 5 minutes ahead of their own clock.
-    #[cfg_attr(feature = "schema", schemars(range(min = 1_000_000_000_000u64)))]
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_READING_TS_MS)))]
     pub ts_ms: u64,
 }
 
