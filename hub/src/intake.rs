@@ -68,7 +68,8 @@ impl Hub {
             (DeviceMessage::Hello(hello), Some((device, PresenceKind::Hello)))
                 if device == hello.device_id =>
             {
-                if hello.heartbeat_ms < 100 || hello.inbox.is_empty() {
+                if hello.heartbeat_ms < protocol::device::MIN_HEARTBEAT_MS || hello.inbox.is_empty()
+                {
                     drop(state);
                     return self.dropped(
                         &self.inner.stats.malformed,

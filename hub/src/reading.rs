@@ -7,7 +7,7 @@ use protocol::{DeviceMessage, TelemetrySample, names};
 /// How far ahead of this server's clock a reading's time may be.
 const MAX_CLOCK_AHEAD_MS: u64 = 5 * 60_000;
 /// 2001-09-09: a reading from before this was measured by a device without a clock.
-const MIN_PLAUSIBLE_MS: u64 = 1_000_000_000_000;
+const MIN_PLAUSIBLE_MS: u64 = protocol::device::MIN_READING_TS_MS;
 
 /// Whether a reading measured at `ts_ms` (the device's clock) can be true at `now_ms`
 /// (this server's): not more than 5 minutes ahead, and not from before clocks were set.

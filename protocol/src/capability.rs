@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Everything a device announces in its hello.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Capabilities {
     #[serde(default)]
@@ -21,6 +22,7 @@ pub struct Capabilities {
 }
 
 /// A device's reporting pace.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reporting {
     /// The usual interval between readings.
@@ -36,6 +38,7 @@ impl Capabilities {
 }
 
 /// One command a device accepts.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandSpec {
     pub name: String,
@@ -47,6 +50,7 @@ pub struct CommandSpec {
 }
 
 /// One argument of a command.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArgSpec {
     pub name: String,
@@ -63,6 +67,7 @@ pub struct ArgSpec {
 }
 
 /// An argument's type and the values it allows.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ArgKind {
@@ -89,8 +94,15 @@ pub enum ArgKind {
 }
 
 /// A metric a device reports.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricSpec {
+    /// One word of the routing key `telemetry.<device>.<metric>`: no `.`, and not `*`
+    /// or `#` (the broker refuses a device's reading under such a key).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::schema::routing_word")
+    )]
     pub name: String,
     /// Unit for people, e.g. `°C`, `W`, `%`, `dBm`.
     #[serde(default)]

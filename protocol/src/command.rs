@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// A command's identity, chosen by the server that accepted it; also the AMQP
 /// `correlation_id` of the request and of everything the device sends back about it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CommandId(pub String);

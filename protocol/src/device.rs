@@ -12,7 +12,15 @@ use serde_json::Value;
 
 use crate::{Capabilities, CommandId, DeviceId};
 
+/// The shortest heartbeat interval servers accept: they drop a hello announcing less.
+pub const MIN_HEARTBEAT_MS: u64 = 100;
+
+/// 2001-09-09 in milliseconds since the Unix epoch: a reading measured before it comes
+/// from a device without a set clock, and servers refuse it.
+pub const MIN_READING_TS_MS: u64 = 1_000_000_000_000;
+
 /// Everything a device sends.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DeviceMessage {
@@ -39,6 +47,7 @@ impl DeviceMessage {
 }
 
 /// Everything a server sends to a device's inbox.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
@@ -53,6 +62,7 @@ pub enum ServerMessage {
 /// it to what it announced) for the next `lease_ms`. A server renews the lease while its
 /// viewers stay, so a server that vanishes cannot keep a device fast; the device goes
 /// back to its usual pace once every replica's lease has lapsed or been released.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchRequest {
     /// Which server replica holds this lease.
@@ -62,6 +72,7 @@ pub struct WatchRequest {
 }
 
 /// "My last viewer left": releases the replica's lease at once.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnwatchRequest {
     pub replica: String,
@@ -69,28 +80,33 @@ pub struct UnwatchRequest {
 
 /// "Say hello again": sent to every device through `tether.discover` by a server that has
 /// just connected, so it learns of devices that were already online.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnnounceRequest {}
 
 /// A device announces itself: sent on every (re)connect, with a new session and inbox.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub device_id: DeviceId,
     /// New on every connection; messages from older sessions are ignored.
     pub session_id: String,
     /// The broker-named queue that receives this session's commands.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub inbox: String,
     /// What sort of device it is, e.g. `thermostat`.
     pub kind: String,
     pub firmware: String,
     /// How often heartbeats come. The server declares the device offline after
-    /// several are missed.
+    /// several are missed. At least 100: servers drop a hello with less.
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_HEARTBEAT_MS)))]
     pub heartbeat_ms: u64,
     #[serde(default)]
     pub capabilities: Capabilities,
 }
 
 /// "Still here", every `heartbeat_ms`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub device_id: DeviceId,
@@ -98,6 +114,7 @@ pub struct Heartbeat {
 }
 
 /// "Going away now" (shutdown, reboot).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bye {
     pub device_id: DeviceId,
@@ -107,6 +124,7 @@ pub struct Bye {
 }
 
 /// A command for a device.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRequest {
     pub command_id: CommandId,
@@ -114,17 +132,24 @@ pub struct CommandRequest {
     #[serde(default)]
     pub args: BTreeMap<String, Value>,
     /// Time the device has, from receipt, to reply. Past it the server has already
-    /// reported the command as timed out, and a late reply is ignored.
+    /// reported the command as timed out, and a late reply is ignored. Servers send
+    /// 100 to 300,000 ms.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(range(min = crate::api::timeouts::MIN_MS, max = crate::api::timeouts::MAX_MS))
+    )]
     pub timeout_ms: u64,
 }
 
 /// Stop working on a command, if it is still running.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelRequest {
     pub command_id: CommandId,
 }
 
 /// The device has received the command (sent at once, before running it).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
     pub command_id: CommandId,
@@ -132,12 +157,14 @@ pub struct Delivered {
 }
 
 /// The command is under way.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub command_id: CommandId,
     pub session_id: String,
     /// 0–100, when the device can tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(max = 100)))]
     pub percent: Option<u8>,
     /// What it is doing now, or a piece of partial output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +172,7 @@ pub struct Progress {
 }
 
 /// The command's one and only answer.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub command_id: CommandId,
@@ -153,6 +181,7 @@ pub struct Reply {
 }
 
 /// How a command ended on the device.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
@@ -186,13 +215,23 @@ pub enum ErrorCode {
 }
 
 /// One reading.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TelemetrySample {
     pub device_id: DeviceId,
     pub session_id: String,
+    /// An announced metric's name: the last word of the routing key
+    /// `telemetry.<device>.<metric>`.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::schema::routing_word")
+    )]
     pub metric: String,
     pub value: f64,
-    /// When it was measured, in milliseconds since the Unix epoch.
+    /// When it was measured, in milliseconds since the Unix epoch. Servers refuse
+    /// readings from before 2001-09-09 (10^12 ms: a device without a clock) or more
+    /// than 5 minutes ahead of their own clock.
+    #[cfg_attr(feature = "schema", schemars(range(min = MIN_READING_TS_MS)))]
     pub ts_ms: u64,
 }
 

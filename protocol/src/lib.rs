@@ -16,6 +16,8 @@
 //! - [`command`]: a command's statuses and the state machine between them.
 //! - [`policy`]: what each broker account (server or device) may do, for both brokers.
 //! - [`backoff`]: the reconnect pacing every party shares (exponential, with jitter).
+//! - `schema` (feature `schema`): the JSON Schemas of the device messages, as
+//!   `contracts/` writes and checks them.
 
 pub mod api;
 pub mod artifact;
@@ -29,6 +31,8 @@ pub mod fleet;
 pub mod job;
 pub mod names;
 pub mod policy;
+#[cfg(feature = "schema")]
+pub mod schema;
 
 pub use capability::{
     ArgKind, ArgSpec, ArgumentError, Capabilities, CommandSpec, MetricSpec, Reporting,
