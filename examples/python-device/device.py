@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A Tether device in about 400 lines of Python, written from PROTOCOL.md alone.
+"""A Tether device in one file of Python, written from PROTOCOL.md alone.
 
 It is a (pretend) coffee machine. It
 
@@ -124,6 +124,7 @@ class Session:
         now = time.monotonic()
         # The first heartbeat is due one interval after the hello (the hello counts).
         self.next_heartbeat = now + device.heartbeat_ms / 1000
+        self.last_reading = now
         self.next_reading = now  # a first reading at once
         log.info("online: session %s, inbox %s", self.session_id, self.inbox)
 
@@ -313,8 +314,6 @@ class Session:
         asked = min((interval for interval, _ in self.leases.values()), default=reporting["interval_ms"])
         return max(reporting["fastest_ms"], min(asked, reporting["interval_ms"]))
 
-    last_reading = 0.0
-
     def bye(self, reason):
         """Going away: say so, so that the server marks us offline now."""
         for command in list(self.running.values()):
@@ -409,7 +408,7 @@ class Device:
                 log.error("the broker refused %s: is it provisioned, and its secret right?", self.device_id)
                 return 1
             except pika.exceptions.AMQPConnectionError as e:
-                log.warning("cannot connect (%r); again in %.1f s", e, backoff)
+                log.warning("cannot connect (%s); again in at most %.1f s", e, backoff)
                 self.sleep(backoff)
                 backoff = min(backoff * 2, 30)
                 continue
@@ -424,7 +423,7 @@ class Device:
                 log.info("bye")
             except pika.exceptions.ChannelClosedByBroker as e:
                 # e.g. 404 on the passive declare: no server has set the broker up yet.
-                log.warning("the broker closed the channel: %s %s; again in %.1f s", e.reply_code, e.reply_text, backoff)
+                log.warning("the broker closed the channel: %s %s; again in at most %.1f s", e.reply_code, e.reply_text, backoff)
                 self.close(connection)
                 self.sleep(backoff)
                 backoff = min(backoff * 2, 30)
@@ -436,7 +435,9 @@ class Device:
         return 0
 
     def sleep(self, seconds):
-        end = time.monotonic() + seconds
+        """Waits a random time between half and all of `seconds` (so that a fleet that
+        lost its broker does not come back all at once), or less if stopped."""
+        end = time.monotonic() + seconds * random.uniform(0.5, 1.0)
         while not self.stopping and time.monotonic() < end:
             time.sleep(0.05)
 
@@ -464,7 +465,8 @@ def main():
         parser.error("set TETHER_DEVICE_SECRET to the device's secret")
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every failed attempt at length; the device says what happened itself.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
     device = Device(options)
 
