@@ -27,7 +27,8 @@ use serde_json::{Value, json};
 const HEARTBEAT_MS: u64 = 1000;
 
 fn python() -> PathBuf {
-    let python = std::env::var_os("TETHER_PYTHON").map_or_else(|| "/usr/bin/python3".into(), PathBuf::from);
+    let python =
+        std::env::var_os("TETHER_PYTHON").map_or_else(|| "/usr/bin/python3".into(), PathBuf::from);
     let probe = Command::new(&python)
         .args(["-c", "import pika"])
         .output()
@@ -108,9 +109,14 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
     let device_path = format!("/api/v1/devices/{id}");
 
     // Online, with what it announced.
-    let view = until(&server, &admin, &device_path, "the device online", Duration::from_secs(20), |d| {
-        d["online"] == true
-    })
+    let view = until(
+        &server,
+        &admin,
+        &device_path,
+        "the device online",
+        Duration::from_secs(20),
+        |d| d["online"] == true,
+    )
     .await;
     assert_eq!(view["kind"], "coffee machine", "{view}");
     assert_eq!(view["firmware"], "0.1.0-test", "{view}");
@@ -123,8 +129,15 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
         json!({"name": "cups", "description": "how many", "type": "integer", "min": 1, "max": 12, "required": true}),
         "{capabilities}"
     );
-    assert_eq!(brew["args"][1]["choices"], json!(["mild", "strong"]), "{capabilities}");
-    assert_eq!(capabilities["metrics"][0]["name"], "boiler_temp", "{capabilities}");
+    assert_eq!(
+        brew["args"][1]["choices"],
+        json!(["mild", "strong"]),
+        "{capabilities}"
+    );
+    assert_eq!(
+        capabilities["metrics"][0]["name"], "boiler_temp",
+        "{capabilities}"
+    );
     assert_eq!(
         capabilities["reporting"],
         json!({"interval_ms": 5000, "fastest_ms": 500}),
@@ -142,11 +155,21 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // A command with progress: delivered, progress per cup, then its result.
-    let sent = send(&server, &admin, &id, json!({"name": "brew", "args": {"cups": 3, "strength": "strong"}})).await;
+    let sent = send(
+        &server,
+        &admin,
+        &id,
+        json!({"name": "brew", "args": {"cups": 3, "strength": "strong"}}),
+    )
+    .await;
     assert_eq!(sent.args["strength"], "strong");
     let done = outcome(&server, &admin, &sent).await;
     assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
-    assert_eq!(done.result, Some(json!({"cups": 3, "strength": "strong"})), "{done:?}");
+    assert_eq!(
+        done.result,
+        Some(json!({"cups": 3, "strength": "strong"})),
+        "{done:?}"
+    );
     assert_eq!(done.percent, Some(100), "{done:?}");
     assert_eq!(
         done.message.as_deref(),
@@ -155,19 +178,44 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
     );
 
     // A default filled in by the server reaches the device.
-    let mild = send(&server, &admin, &id, json!({"name": "brew", "args": {"cups": 1}})).await;
+    let mild = send(
+        &server,
+        &admin,
+        &id,
+        json!({"name": "brew", "args": {"cups": 1}}),
+    )
+    .await;
     let mild = outcome(&server, &admin, &mild).await;
-    assert_eq!(mild.result, Some(json!({"cups": 1, "strength": "mild"})), "{mild:?}");
+    assert_eq!(
+        mild.result,
+        Some(json!({"cups": 1, "strength": "mild"})),
+        "{mild:?}"
+    );
 
     // Cancelled while it runs (12 cups take 3.6 s): it ends as cancelled, and the device
     // stops (it takes the next command at once instead of answering busy).
-    let long = send(&server, &admin, &id, json!({"name": "brew", "args": {"cups": 12}})).await;
-    let command_path = format!("/api/v1/commands/{}", long.id.0);
-    until(&server, &admin, &command_path, "progress on the long brew", Duration::from_secs(10), |c| {
-        c["status"] == "progress"
-    })
+    let long = send(
+        &server,
+        &admin,
+        &id,
+        json!({"name": "brew", "args": {"cups": 12}}),
+    )
     .await;
-    let cancelled = admin.delete(server.url(&command_path)).send().await.unwrap();
+    let command_path = format!("/api/v1/commands/{}", long.id.0);
+    until(
+        &server,
+        &admin,
+        &command_path,
+        "progress on the long brew",
+        Duration::from_secs(10),
+        |c| c["status"] == "progress",
+    )
+    .await;
+    let cancelled = admin
+        .delete(server.url(&command_path))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancelled.status(), StatusCode::OK);
     let cancelled: CommandView = cancelled.json().await.unwrap();
     assert_eq!(cancelled.status, CommandStatus::Cancelled, "{cancelled:?}");
@@ -175,14 +223,29 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, still) = get(&server, &admin, &command_path).await;
     assert_eq!(still["status"], "cancelled", "{still}");
-    let after = send(&server, &admin, &id, json!({"name": "brew", "args": {"cups": 1}})).await;
+    let after = send(
+        &server,
+        &admin,
+        &id,
+        json!({"name": "brew", "args": {"cups": 1}}),
+    )
+    .await;
     let after = outcome(&server, &admin, &after).await;
-    assert_eq!(after.status, CommandStatus::Succeeded, "the cancelled brew stopped: {after:?}");
+    assert_eq!(
+        after.status,
+        CommandStatus::Succeeded,
+        "the cancelled brew stopped: {after:?}"
+    );
 
     // A reading: live (the device's latest) and stored (the history).
-    let view = until(&server, &admin, &device_path, "a live reading", Duration::from_secs(10), |d| {
-        d["latest"]["boiler_temp"]["value"].is_number()
-    })
+    let view = until(
+        &server,
+        &admin,
+        &device_path,
+        "a live reading",
+        Duration::from_secs(10),
+        |d| d["latest"]["boiler_temp"]["value"].is_number(),
+    )
     .await;
     let value = view["latest"]["boiler_temp"]["value"].as_f64().unwrap();
     assert!((0.0..=130.0).contains(&value), "{view}");
@@ -201,12 +264,21 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
     .await;
 
     // Heartbeats keep it online past 3 heartbeats of silence after its hello.
-    let view = until(&server, &admin, &device_path, "heartbeats", Duration::from_secs(10), |d| {
-        d["last_seen_ms"].as_u64().unwrap_or(0) > online_since + 3 * HEARTBEAT_MS + 500
-    })
+    let view = until(
+        &server,
+        &admin,
+        &device_path,
+        "heartbeats",
+        Duration::from_secs(10),
+        |d| d["last_seen_ms"].as_u64().unwrap_or(0) > online_since + 3 * HEARTBEAT_MS + 500,
+    )
     .await;
     assert_eq!(view["online"], true, "{view}");
-    assert_eq!(view["since_ms"].as_u64(), Some(online_since), "never went offline: {view}");
+    assert_eq!(
+        view["since_ms"].as_u64(),
+        Some(online_since),
+        "never went offline: {view}"
+    );
 
     // SIGTERM: it says bye and exits 0; offline at once, long before 3 missed heartbeats.
     let stopping_ms = common::now_ms();
@@ -215,17 +287,28 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
         .await
         .expect("the Python device exits within 10 s of SIGTERM");
     assert!(status.success(), "the Python device exited with {status}");
-    let view = until(&server, &admin, &device_path, "the device offline", Duration::from_secs(10), |d| {
-        d["online"] == false
-    })
+    let view = until(
+        &server,
+        &admin,
+        &device_path,
+        "the device offline",
+        Duration::from_secs(10),
+        |d| d["online"] == false,
+    )
     .await;
-    let offline_after = view["since_ms"].as_u64().unwrap().saturating_sub(stopping_ms);
+    let offline_after = view["since_ms"]
+        .as_u64()
+        .unwrap()
+        .saturating_sub(stopping_ms);
     assert!(
         offline_after < 2 * HEARTBEAT_MS,
         "offline {offline_after} ms after SIGTERM: by its bye, not by missed heartbeats\n{}",
         device.output()
     );
     let output = device.output();
-    assert!(output.contains("online: session") && output.contains("bye"), "{output}");
+    assert!(
+        output.contains("online: session") && output.contains("bye"),
+        "{output}"
+    );
     eprintln!("the Python device's test took {:?}", started.elapsed());
 }
