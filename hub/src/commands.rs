@@ -147,7 +147,8 @@ impl Commands {
             DeviceMessage::Progress(progress) => {
                 self.advance(&id, CommandStatus::Progress, now_ms, |view| {
                     if progress.percent.is_some() {
-                        view.percent = progress.percent;
+                        // 0–100 (PROTOCOL.md); a device's 101–255 is taken as done.
+                        view.percent = progress.percent.map(|percent| percent.min(100));
                     }
                     if let Some(message) = &progress.message {
                         view.message = Some(truncate(message));
@@ -479,6 +480,18 @@ mod tests {
         assert_eq!(
             (halfway.status, halfway.percent, halfway.message.as_deref()),
             (CommandStatus::Progress, Some(50), Some("half"))
+        );
+        let beyond = DeviceMessage::Progress(Progress {
+            command_id: "c".into(),
+            session_id: "s".into(),
+            percent: Some(250),
+            message: None,
+        });
+        let beyond = commands.apply_device_message(&beyond, 3).unwrap();
+        assert_eq!(
+            (beyond.percent, beyond.message.as_deref()),
+            (Some(100), Some("half")),
+            "a percent over 100 is taken as 100; a progress without a message keeps the last"
         );
         let done = commands
             .apply_device_message(&reply("c", "s", Outcome::Ok { result: json!(42) }), 4)

@@ -68,13 +68,9 @@ impl Hub {
             (DeviceMessage::Hello(hello), Some((device, PresenceKind::Hello)))
                 if device == hello.device_id =>
             {
-                if hello.heartbeat_ms < protocol::device::MIN_HEARTBEAT_MS || hello.inbox.is_empty()
-                {
+                if let Some(problem) = crate::registry::hello_problem(&hello) {
                     drop(state);
-                    return self.dropped(
-                        &self.inner.stats.malformed,
-                        "hello without an inbox or with a heartbeat under 100 ms",
-                    );
+                    return self.dropped(&self.inner.stats.malformed, problem);
                 }
                 let (view, replaced) = state.registry.hello(hello, now, now_ms);
                 if state.watched.contains_key(&device) {

@@ -13,6 +13,23 @@ use protocol::{Bye, Capabilities, DeviceId, Heartbeat, Hello, api::DeviceView};
 /// Heartbeats a device may miss before it is declared offline.
 pub const MISSED_HEARTBEATS: u32 = 3;
 
+/// The heartbeat intervals a hello may announce (PROTOCOL.md), as `tether-agent` allows
+/// them: a longer one would let a device that vanished stay online for hours.
+pub const HEARTBEAT_MS: std::ops::RangeInclusive<u64> =
+    protocol::device::MIN_HEARTBEAT_MS..=protocol::device::MAX_HEARTBEAT_MS;
+
+/// Why a hello cannot be taken, if it cannot: no inbox to send commands to, or a
+/// heartbeat outside [`HEARTBEAT_MS`].
+pub fn hello_problem(hello: &Hello) -> Option<&'static str> {
+    if hello.inbox.is_empty() {
+        Some("a hello without an inbox")
+    } else if !HEARTBEAT_MS.contains(&hello.heartbeat_ms) {
+        Some("a hello with a heartbeat outside 100 ms – 10 minutes")
+    } else {
+        None
+    }
+}
+
 /// A device and where its current session can be reached.
 #[derive(Debug, Clone)]
 pub struct Device {
@@ -271,6 +288,22 @@ mod tests {
             device_id: DeviceId::new(id).unwrap(),
             session_id: session.into(),
         }
+    }
+
+    #[test]
+    fn a_hello_needs_an_inbox_and_a_heartbeat_of_100_ms_to_10_minutes() {
+        let with = |heartbeat_ms, inbox: &str| Hello {
+            heartbeat_ms,
+            inbox: inbox.into(),
+            ..hello("d", "s")
+        };
+        for fine in [100, 5_000, 600_000] {
+            assert_eq!(hello_problem(&with(fine, "q")), None, "{fine}");
+        }
+        for wrong in [0, 99, 600_001, u64::MAX] {
+            assert!(hello_problem(&with(wrong, "q")).is_some(), "{wrong}");
+        }
+        assert!(hello_problem(&with(1000, "")).is_some());
     }
 
     #[test]

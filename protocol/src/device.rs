@@ -14,6 +14,9 @@ use crate::{Capabilities, CommandId, DeviceId};
 
 /// The shortest heartbeat interval servers accept: they drop a hello announcing less.
 pub const MIN_HEARTBEAT_MS: u64 = 100;
+/// The longest heartbeat interval servers accept (10 minutes): they drop a hello
+/// announcing more.
+pub const MAX_HEARTBEAT_MS: u64 = 600_000;
 
 /// 2001-09-09 in milliseconds since the Unix epoch: a reading measured before it comes
 /// from a device without a set clock, and servers refuse it.
@@ -98,8 +101,11 @@ pub struct Hello {
     pub kind: String,
     pub firmware: String,
     /// How often heartbeats come. The server declares the device offline after
-    /// several are missed. At least 100: servers drop a hello with less.
-    #[cfg_attr(feature = "schema", schemars(range(min = MIN_HEARTBEAT_MS)))]
+    /// several are missed. From 100 ms to 10 minutes: servers drop a hello outside.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(range(min = MIN_HEARTBEAT_MS, max = MAX_HEARTBEAT_MS))
+    )]
     pub heartbeat_ms: u64,
     #[serde(default)]
     pub capabilities: Capabilities,
