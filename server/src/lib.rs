@@ -52,6 +52,7 @@ pub mod history;
 pub mod jobs;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod provision;
 pub mod state;
 pub mod websocket;
