@@ -187,7 +187,7 @@ description = "The devices the caller may see, filtered, sorted and paged, with 
 params(DeviceQuery),
 responses(
     (status = 200, description = "The page", body = DevicePage),
-    (status = 422, description = "`invalid_input`: a query out of bounds (`limit` over 500, a search over 200 bytes)", body = ApiError),
+    (status = 422, description = "`invalid_input`: a query out of bounds (`limit` outside 1..=500, `search` or `kind` over 128 bytes)", body = ApiError),
 )
 )]
 async fn list_devices(
@@ -417,11 +417,11 @@ pub fn visible_commands(state: &AppState, who: &Identity, limit: usize) -> Vec<C
 #[utoipa::path(
 post, path = "/v1/devices/{id}/commands", tag = "commands",
 summary = "Send a command to a device",
-description = "Validated against what the device announced, recorded as `accepted` (in the command log when there is one) and published to the device; answers at once, without waiting for the device. Needs the operator role.",
+description = "Validated against what the device announced, recorded (in the command log when there is one) and published to the device; answers once the broker took it, without waiting for the device. Needs the operator role.",
 params(("id" = String, Path, description = "The device's id")),
 request_body = SendCommand,
 responses(
-    (status = 202, description = "The command as recorded: status `accepted` (or `offline` if the broker returned it at once), `args` with the announced defaults filled in", body = CommandView),
+    (status = 202, description = "The command as it is once the broker took it: `sent` (or `offline` if the broker returned it, `failed` if it refused it; later if the device already answered), with its id and `args` as stored, the announced defaults filled in", body = CommandView),
     (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
     (status = 404, description = "`unknown_device`: no such device, or one the caller may not see", body = ApiError),
     (status = 409, description = "`device_offline`: the device is offline", body = ApiError),
@@ -616,7 +616,7 @@ params(("id" = String, Path, description = "The device's id"), HistoryQuery),
 responses(
     (status = 200, description = "One series per metric asked for", body = History),
     (status = 404, description = "`unknown_device`: no such device, or one the caller may not see; `unknown_metric`: the device announced no such metric", body = ApiError),
-    (status = 422, description = "`invalid_range`: `from` after `to`, or `to` before `from`; `invalid_max_points`: `max_points` outside 1..=2000", body = ApiError),
+    (status = 422, description = "`invalid_range`: `from` is not before `to` (after the defaults: `to` now, `from` an hour before `to`); `invalid_max_points`: `max_points` outside 1..=2000", body = ApiError),
     (status = 503, description = "`storage_off`: the server keeps no readings; `store_unavailable`: the database cannot be read", body = ApiError),
 )
 )]

@@ -139,7 +139,8 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
 }
 
 /// 401 on every operation that needs a login (those that do not say `security(())`),
-/// 400 on every one that reads a query, a path or a body.
+/// 400 on every one that reads a query, a path or a body, 415 and 422 `bad_request`
+/// on those that read a JSON body.
 fn shared_responses(operation: &mut Operation) {
     let public = operation
         .security
@@ -156,11 +157,34 @@ fn shared_responses(operation: &mut Operation) {
     }
     let reads_input = operation.request_body.is_some()
         || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let json_body = operation
+        .request_body
+        .as_ref()
+        .is_some_and(|body| body.content.contains_key("application/json"));
+    // A handler that lists its own 415 reads its body itself (a live request); the
+    // others take it through `api::Body`, whose rejections are these.
+    if json_body && !responses.contains_key("415") {
+        {
+            responses.insert(
+                "415".into(),
+                error_response("`bad_request`: a body without `Content-Type: application/json`"),
+            );
+        }
+        let shape = "`bad_request`: a JSON body of the wrong shape (a missing field, a wrong type)";
+        match responses.get_mut("422") {
+            Some(RefOr::T(response)) => {
+                response.description = format!("{}; {shape}", response.description);
+            }
+            _ => {
+                responses.insert("422".into(), error_response(shape));
+            }
+        }
+    }
     if reads_input && !responses.contains_key("400") {
         responses.insert(
             "400".into(),
             error_response(
-                "`bad_request`: a query parameter, path parameter or body that does not parse",
+                "`bad_request`: a query or path parameter that does not parse, or a body that is not JSON",
             ),
         );
     }
