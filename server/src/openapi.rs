@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use axum::{Json, http::StatusCode};
+use axum::http::StatusCode;
 use protocol::api::ApiError;
 use utoipa::{
     OpenApi,
@@ -213,9 +213,127 @@ pub fn document() -> Option<&'static str> {
     DOCUMENT.get().map(String::as_str)
 }
 
-/// The document as JSON, for the API page.
-pub fn json() -> Option<Json<serde_json::Value>> {
-    document()
+/// `GET /docs/api`: the document as a page people read, rendered here from the document
+/// (no script, nothing fetched from elsewhere): each operation's method, path, summary,
+/// parameters, body and responses. Behind the login, as every page.
+pub async fn page() -> axum::response::Html<String> {
+    let document: serde_json::Value = document()
         .and_then(|text| serde_json::from_str(text).ok())
-        .map(Json)
+        .unwrap_or_default();
+    axum::response::Html(render(&document))
+}
+
+/// HTML-escapes `text`.
+fn esc(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A schema, named by its component when it is one.
+fn schema_name(schema: &serde_json::Value) -> String {
+    if let Some(name) = schema["$ref"].as_str() {
+        return name.rsplit('/').next().unwrap_or(name).to_owned();
+    }
+    if schema["type"] == "array" {
+        return format!("[{}]", schema_name(&schema["items"]));
+    }
+    match &schema["type"] {
+        serde_json::Value::String(kind) => kind.clone(),
+        serde_json::Value::Array(kinds) => kinds
+            .iter()
+            .filter_map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        _ => "any".into(),
+    }
+}
+
+fn render(document: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut html = String::from(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Tether API</title><style>\
+         body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}\
+         code,.path{font-family:ui-monospace,monospace}\
+         section{border-top:1px solid #ccc;padding:.5rem 0}\
+         .method{display:inline-block;min-width:4.5rem;font-weight:bold}\
+         table{border-collapse:collapse;margin:.3rem 0}td,th{text-align:left;padding:.1rem .6rem .1rem 0;vertical-align:top}\
+         </style></head><body><p><a href=\"/\">← Tether</a></p><h1>Tether API</h1>",
+    );
+    let _ = write!(
+        html,
+        "<p>{} The machine-readable document: <a href=\"/api/v1/openapi.json\"><code>/api/v1/openapi.json</code></a> (OpenAPI 3.1). \
+         Log in with the session cookie or <code>Authorization: Bearer &lt;token&gt;</code>.</p>",
+        esc(document["info"]["description"].as_str().unwrap_or_default())
+    );
+    let empty = serde_json::Map::new();
+    for (path, item) in document["paths"].as_object().unwrap_or(&empty) {
+        for (method, operation) in item.as_object().unwrap_or(&empty) {
+            let _ = write!(
+                html,
+                "<section><h3><span class=\"method\">{}</span> <span class=\"path\">{}</span></h3><p>{}</p>",
+                esc(&method.to_uppercase()),
+                esc(path),
+                esc(operation["summary"].as_str().unwrap_or_default())
+            );
+            if let Some(description) = operation["description"].as_str() {
+                let _ = write!(html, "<p>{}</p>", esc(description));
+            }
+            if operation["security"] == serde_json::json!([{}]) {
+                html.push_str("<p><em>No login needed.</em></p>");
+            }
+            if let Some(parameters) = operation["parameters"].as_array() {
+                html.push_str(
+                    "<table><tr><th>Parameter</th><th>In</th><th>Type</th><th></th></tr>",
+                );
+                for parameter in parameters {
+                    let _ = write!(
+                        html,
+                        "<tr><td><code>{}</code>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(parameter["name"].as_str().unwrap_or_default()),
+                        if parameter["required"] == true {
+                            " (required)"
+                        } else {
+                            ""
+                        },
+                        esc(parameter["in"].as_str().unwrap_or_default()),
+                        esc(&schema_name(&parameter["schema"])),
+                        esc(parameter["description"].as_str().unwrap_or_default())
+                    );
+                }
+                html.push_str("</table>");
+            }
+            if let Some(content) = operation["requestBody"]["content"].as_object() {
+                for (kind, body) in content {
+                    let _ = write!(
+                        html,
+                        "<p>Body ({}): <code>{}</code></p>",
+                        esc(kind),
+                        esc(&schema_name(&body["schema"]))
+                    );
+                }
+            }
+            html.push_str("<table><tr><th>Status</th><th>Body</th><th></th></tr>");
+            for (status, response) in operation["responses"].as_object().unwrap_or(&empty) {
+                let body = response["content"]
+                    .as_object()
+                    .and_then(|c| c.values().next())
+                    .map(|c| schema_name(&c["schema"]))
+                    .unwrap_or_default();
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                    esc(status),
+                    esc(&body),
+                    esc(response["description"].as_str().unwrap_or_default())
+                );
+            }
+            html.push_str("</table></section>");
+        }
+    }
+    html.push_str("</body></html>");
+    html
 }

@@ -291,6 +291,24 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
         }
     }
 
+    // The page people read lists every operation.
+    let page = setup
+        .client
+        .get(format!("{}/docs/api", setup.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    for (method, path) in &documented {
+        assert!(
+            page.contains(&format!(
+                "<span class=\"method\">{method}</span> <span class=\"path\">{path}</span>"
+            )),
+            "{method} {path} is not on /docs/api"
+        );
+    }
+
     // Unknown routes: 404 `not_found`, with or without a login.
     let (status, answer) = setup.call("GET", "/api/v1/nothing-here", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
