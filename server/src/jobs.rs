@@ -106,7 +106,6 @@ params(("id" = String, Path, description = "The job's id"), TargetQuery),
 responses(
     (status = 200, description = "The page", body = TargetPage),
     (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
-    (status = 422, description = "`invalid_input`: a query out of bounds", body = ApiError),
     (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
 )
 )]
@@ -127,8 +126,8 @@ request_body = NewJob,
 responses(
     (status = 201, description = "The job, running", body = JobView),
     (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
-    (status = 404, description = "`unknown_artifact`: the job names no artifact", body = ApiError),
-    (status = 422, description = "`invalid_job`: a job that does not check (no device chosen, a command no chosen device announced, arguments refused, bounds)", body = ApiError),
+    (status = 404, description = "`unknown_device`: an id the caller may not see; `unknown_artifact`: the job names no artifact", body = ApiError),
+    (status = 422, description = "`invalid_job`: settings out of bounds, no device matches; `unknown_command`: no chosen device announced it; `invalid_arguments`: no device that announced it accepts them", body = ApiError),
     (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
 )
 )]
