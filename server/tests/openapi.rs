@@ -379,6 +379,10 @@ async fn real_answers_match_the_document() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
     assert!(
+        ["sent", "delivered", "progress", "succeeded"].contains(&sent["status"].as_str().unwrap()),
+        "the broker took it: {sent}"
+    );
+    assert!(
         sent["args"]["lines"].is_number(),
         "the announced default is filled in: {sent}"
     );
@@ -418,6 +422,10 @@ async fn real_answers_match_the_document() {
         done["args"], sent["args"],
         "args are kept as sent, defaults included"
     );
+    assert!(
+        done.get("result").is_some() && done.get("error").is_none(),
+        "{done}"
+    );
     // A wait over the limit is cut to it, not refused.
     let (status, _) = call(
         "GET",
@@ -453,14 +461,18 @@ async fn real_answers_match_the_document() {
     let (status, history) = call("GET", commands, format!("{path}?limit=5"), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(history[0]["id"], id);
-    let (status, _) = call(
+    let (status, none) = call(
         "GET",
         "/api/v1/commands",
         "/api/v1/commands?limit=0".into(),
         None,
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (status, none),
+        (StatusCode::OK, json!([])),
+        "limit=0 lists none"
+    );
     let (status, _) = call(
         "GET",
         "/api/v1/devices/{id}/telemetry",
@@ -468,7 +480,19 @@ async fn real_answers_match_the_document() {
         None,
     )
     .await;
-    assert!(status.is_client_error() || status.is_server_error());
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "from after to");
+    let (status, error) = call(
+        "GET",
+        "/api/v1/devices/{id}/telemetry",
+        format!("/api/v1/devices/{device}/telemetry?from=5&to=5"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_range")),
+        "an empty range"
+    );
 
     // Jobs.
     let (status, job) = call(
@@ -555,6 +579,28 @@ async fn real_answers_match_the_document() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+
+    // A JSON body without its content type: 415 `bad_request`, as documented.
+    let response = setup
+        .client
+        .post(format!("{}/api/v1/devices/{device}/commands", setup.base))
+        .body(r#"{"name":"collect_logs"}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("bad_request"))
+    );
+    check(
+        &document,
+        "POST",
+        "/api/v1/devices/{id}/commands",
+        status,
+        &answer,
+    );
 
     // Without a login: 401, as documented.
     let response = reqwest::get(format!("{}/api/v1/devices", setup.base))
