@@ -48,7 +48,7 @@ impl Identity {
     }
 }
 
-/// For a logged-in user: the sections (fleet, jobs, updates), `children` (the live indicator),
+/// For a logged-in user: the sections (fleet, jobs, updates, the API's reference), `children` (the live indicator),
 /// their name and role, links to what their role may open, and the logout button (a form, so it works without WASM).
 #[component]
 pub fn UserMenu(children: ChildrenFn) -> impl IntoView {
@@ -62,6 +62,8 @@ pub fn UserMenu(children: ChildrenFn) -> impl IntoView {
                         <a href="/">"Fleet"</a>
                         <a href="/jobs">"Jobs"</a>
                         <a href="/updates">"Updates"</a>
+                        // Served by the server itself (not a route of the app).
+                        <a href="/docs/api" rel="external">"API"</a>
                     </nav>
                     {children()}
                     <nav class="user-menu" aria-label="Account">

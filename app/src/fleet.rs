@@ -186,6 +186,7 @@ pub struct Provisioned {
 
 /// A user as an admin creates them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct NewUser {
     pub name: String,
     pub password: String,
@@ -196,6 +197,7 @@ pub struct NewUser {
 
 /// What an admin changes about a user; absent fields stay as they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct UserChange {
     pub role: Option<Role>,
     pub groups: Option<Vec<String>>,
@@ -204,6 +206,7 @@ pub struct UserChange {
 
 /// Which audit entries to show: exact matches, and paging by `before` (a `seq`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 pub struct AuditFilter {
     pub actor: Option<String>,
     pub action: Option<String>,

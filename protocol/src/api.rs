@@ -10,7 +10,9 @@ use crate::{Capabilities, CommandId, CommandStatus, DeviceId};
 
 /// A device as users see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: DeviceId,
     pub kind: String,
     pub firmware: String,
@@ -22,6 +24,7 @@ pub struct DeviceView {
     pub heartbeat_ms: u64,
     /// Shared with every device that announced the same (a fleet of one kind holds one
     /// copy); on the wire the object itself.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub capabilities: std::sync::Arc<Capabilities>,
     /// The latest accepted reading of each metric, as of this view.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -30,6 +33,7 @@ pub struct DeviceView {
 
 /// A metric's latest reading.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Latest {
     pub value: f64,
     pub ts_ms: u64,
@@ -37,11 +41,15 @@ pub struct Latest {
 
 /// A command as users see it, at its latest status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: CommandId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub device_id: DeviceId,
     pub name: String,
     pub args: BTreeMap<String, Value>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = command_status_schema))]
     pub status: CommandStatus,
     pub created_ms: u64,
     pub updated_ms: u64,
@@ -82,9 +90,12 @@ impl CommandView {
 /// A diagnostics report a device gave (the result of its built-in `diagnostics`
 /// command), as listed; the report itself is downloaded apart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiagnosticsReport {
     /// The command that collected it: the report's id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub command_id: CommandId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub device_id: DeviceId,
     /// When it was asked for and when the device answered (ms since the Unix epoch).
     pub requested_ms: u64,
@@ -118,7 +129,9 @@ impl DiagnosticsReport {
 
 /// One accepted reading, as the live channel carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reading {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub device_id: DeviceId,
     pub metric: String,
     pub value: f64,
@@ -128,6 +141,7 @@ pub struct Reading {
 
 /// One point of a metric's history: the samples of one time bucket, summarised.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Point {
     /// The mean time of the bucket's samples (ms since the Unix epoch): a bucket
     /// holding one sample sits exactly at that sample.
@@ -151,7 +165,9 @@ pub struct Series {
 
 /// `GET /api/v1/devices/{id}/telemetry`: a device's history, downsampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct History {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub device_id: DeviceId,
     pub from_ms: u64,
     pub to_ms: u64,
@@ -163,6 +179,8 @@ pub struct History {
 /// The query of `GET /api/v1/devices/{id}/telemetry`, all optional: every announced
 /// metric, over the last hour, in [`history::DEFAULT_POINTS`] points.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct HistoryQuery {
     /// One metric; all of them when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +206,7 @@ pub mod history {
 
 /// What the live channel carries: a snapshot first, then changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveEvent {
     Snapshot {
@@ -232,14 +251,17 @@ pub enum LiveEvent {
 /// job's own changes (the jobs list) but the changes of a job's devices only while it
 /// follows that job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveRequest {
     /// A device's page: it is sent at once and whenever it changes, and it reports
     /// faster while watched.
     Watch {
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
         device_id: DeviceId,
     },
     Unwatch {
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
         device_id: DeviceId,
     },
     /// The fleet list with this query (`None`: no longer shown).
@@ -258,6 +280,8 @@ pub enum LiveRequest {
 /// `GET /api/v1/live?watch=a,b&fleet={query as JSON}&jobs=x,y`: what the tab shows
 /// from the start, so that its snapshot already holds it. All optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct LiveParams {
     /// Device ids, separated by commas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,6 +296,7 @@ pub struct LiveParams {
 
 /// `POST /api/v1/devices/{id}/commands`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendCommand {
     pub name: String,
     #[serde(default)]
@@ -283,6 +308,7 @@ pub struct SendCommand {
 
 /// Every API error: a stable code for programs, a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub code: String,
     pub message: String,
@@ -294,3 +320,117 @@ pub mod timeouts {
     pub const MIN_MS: u64 = 100;
     pub const MAX_MS: u64 = 300_000;
 }
+
+/// The OpenAPI schemas written by hand: a command's status (its enum lives with the
+/// device messages) and a series (its metric's fields flattened in).
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::{
+        Object, ObjectBuilder, RefOr, Schema, Type,
+        schema::{ArrayBuilder, OneOfBuilder},
+    };
+
+    use super::{Point, Series};
+    use crate::CommandStatus;
+
+    /// Every status, as written on the wire.
+    pub const COMMAND_STATUSES: [CommandStatus; 11] = [
+        CommandStatus::Accepted,
+        CommandStatus::Sent,
+        CommandStatus::Delivered,
+        CommandStatus::Progress,
+        CommandStatus::Succeeded,
+        CommandStatus::Failed,
+        CommandStatus::Rejected,
+        CommandStatus::Offline,
+        CommandStatus::TimedOut,
+        CommandStatus::Cancelled,
+        CommandStatus::OutcomeUnknown,
+    ];
+
+    pub fn command_status_schema() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(COMMAND_STATUSES.iter().map(|s| s.as_str())))
+            .description(Some("Where a command is in its life."))
+            .build()
+    }
+
+    fn number_or_null() -> OneOfBuilder {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+    }
+
+    impl utoipa::PartialSchema for Series {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .description(Some(
+                    "One metric's points: the metric as announced, and its buckets.",
+                ))
+                .property("name", ObjectBuilder::new().schema_type(Type::String))
+                .required("name")
+                .property("unit", ObjectBuilder::new().schema_type(Type::String))
+                .property("min", number_or_null())
+                .property("max", number_or_null())
+                .property("points", ArrayBuilder::new().items(Point::schema_ref()))
+                .required("points")
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for Series {
+        fn name() -> std::borrow::Cow<'static, str> {
+            "Series".into()
+        }
+
+        fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+            schemas.push((
+                <Point as utoipa::ToSchema>::name().into_owned(),
+                <Point as utoipa::PartialSchema>::schema(),
+            ));
+        }
+    }
+
+    trait SchemaRef {
+        fn schema_ref() -> RefOr<Schema>;
+    }
+
+    impl<T: utoipa::ToSchema> SchemaRef for T {
+        fn schema_ref() -> RefOr<Schema> {
+            RefOr::Ref(utoipa::openapi::Ref::from_schema_name(T::name()))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_status_schema_lists_every_status() {
+            for status in COMMAND_STATUSES {
+                // A new status breaks this match: add it to COMMAND_STATUSES too.
+                match status {
+                    CommandStatus::Accepted
+                    | CommandStatus::Sent
+                    | CommandStatus::Delivered
+                    | CommandStatus::Progress
+                    | CommandStatus::Succeeded
+                    | CommandStatus::Failed
+                    | CommandStatus::Rejected
+                    | CommandStatus::Offline
+                    | CommandStatus::TimedOut
+                    | CommandStatus::Cancelled
+                    | CommandStatus::OutcomeUnknown => {}
+                }
+                assert_eq!(
+                    serde_json::to_value(status).unwrap(),
+                    serde_json::json!(status.as_str())
+                );
+            }
+        }
+    }
+}
+
+#[cfg(feature = "openapi")]
+use openapi::command_status_schema;

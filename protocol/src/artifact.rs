@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// An artifact's identity, chosen by the server that stored it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct ArtifactId(pub String);
 
@@ -27,6 +28,8 @@ pub const MAX_NAME: usize = 100;
 
 /// `POST /api/v1/artifacts?name=&version=&arch=`, the file as the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct NewArtifact {
     pub name: String,
     pub version: String,
@@ -59,6 +62,7 @@ impl NewArtifact {
 
 /// An artifact as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArtifactView {
     pub id: ArtifactId,
     pub name: String,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a person or a token may do. Ordered: each role may do all the one below may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sees devices, readings and commands.
@@ -57,6 +58,7 @@ impl FromStr for Role {
 
 /// The person (or a person's token) a request comes from, as the UI shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Me {
     pub name: String,
     /// The role in force: a token's own, which is never above its owner's.
@@ -67,6 +69,7 @@ pub struct Me {
 
 /// A user, as admins see them. Never carries the password or its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserView {
     pub name: String,
     pub role: Role,
@@ -77,6 +80,7 @@ pub struct UserView {
 /// An API token, without its secret (which is shown once, at creation, and stored only
 /// as a hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenView {
     pub id: String,
     pub name: String,
@@ -91,6 +95,7 @@ pub struct TokenView {
 
 /// A token just created: its secret, to use as `Authorization: Bearer <secret>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewToken {
     pub token: TokenView,
     pub secret: String,
@@ -98,6 +103,7 @@ pub struct NewToken {
 
 /// One entry of the audit trail: who did what to what, from where, and how it went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Its place in the chain: 1, 2, 3… with no gaps.
     pub seq: u64,
@@ -119,6 +125,7 @@ pub struct AuditEntry {
 /// that credential: its secret is shown once, when made or rotated, and stored only as
 /// an argon2 hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProvisionedDevice {
     pub id: String,
     pub created_ms: u64,
@@ -132,6 +139,7 @@ pub struct ProvisionedDevice {
 /// device's `TETHER_AMQP_URL`; absent when the server's own broker URL cannot carry a
 /// credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceCredential {
     pub id: String,
     pub secret: String,
@@ -141,6 +149,7 @@ pub struct DeviceCredential {
 
 /// Whether the audit chain is intact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditCheck {
     /// How many entries were checked.
     pub entries: u64,

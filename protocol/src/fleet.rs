@@ -12,6 +12,8 @@ use crate::api::DeviceView;
 
 /// `GET /api/v1/devices?search=…&status=…&kind=…&sort=…&order=…&offset=…&limit=…`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct DeviceQuery {
     /// Devices whose id contains this text, ignoring case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,6 +39,7 @@ pub struct DeviceQuery {
 
 /// Online or offline devices only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StatusFilter {
     Online,
@@ -45,6 +48,7 @@ pub enum StatusFilter {
 
 /// What the list is sorted by; ties are broken by id, so a page is always the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceSort {
     Id,
@@ -57,6 +61,7 @@ pub enum DeviceSort {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SortOrder {
     Asc,
@@ -65,6 +70,7 @@ pub enum SortOrder {
 
 /// Above the list: how many devices the caller may see, and how many are online.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetSummary {
     pub total: u32,
     pub online: u32,
@@ -74,6 +80,7 @@ pub struct FleetSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KindCount {
     pub kind: String,
     pub count: u32,
@@ -81,6 +88,7 @@ pub struct KindCount {
 
 /// A page of the fleet list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DevicePage {
     pub devices: Vec<DeviceView>,
     /// How many devices match the query in all.

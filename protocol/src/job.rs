@@ -19,6 +19,7 @@ use crate::{CommandId, DeviceId};
 
 /// A job's identity, chosen by the server that created it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct JobId(pub String);
 
@@ -30,6 +31,7 @@ impl fmt::Display for JobId {
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Devices are being commanded.
@@ -81,6 +83,7 @@ impl fmt::Display for JobState {
 
 /// Where one device of a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TargetStatus {
     /// Not started yet.
@@ -152,9 +155,11 @@ impl fmt::Display for TargetStatus {
 /// `group` whose id contains `search`); `ids` adds devices by name. Resolved once,
 /// when the job is created, among the devices the creator may see.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Selector {
     /// These devices, by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub ids: Vec<DeviceId>,
     /// Every device in this group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,6 +235,7 @@ fn plural(n: usize, what: &str) -> String {
 /// When failures halt a job: after this many devices failed, or this share of all its
 /// devices (rounded up, at least one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Threshold {
     Count(u32),
@@ -261,6 +267,7 @@ impl fmt::Display for Threshold {
 
 /// What happens to a device that is offline when its turn comes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OfflinePolicy {
     /// It is skipped.
@@ -285,6 +292,7 @@ pub mod limits {
 
 /// `POST /api/v1/jobs`: a job to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewJob {
     /// A name for people; the command's name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,6 +406,7 @@ impl NewJob {
 
 /// How many of a job's devices are in each status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobCounts {
     pub total: u32,
     pub pending: u32,
@@ -442,6 +451,7 @@ impl JobCounts {
 
 /// A job as users see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     pub id: JobId,
     pub name: String,
@@ -475,6 +485,7 @@ pub struct JobView {
 
 /// The artifact a software update installs, as it was when the job was created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobArtifact {
     pub id: crate::artifact::ArtifactId,
     pub name: String,
@@ -501,14 +512,17 @@ impl From<&crate::artifact::ArtifactView> for JobArtifact {
 
 /// One device of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobTarget {
     pub job_id: JobId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub device_id: DeviceId,
     /// Its place in the job's order (devices are started in this order).
     pub seq: u32,
     pub status: TargetStatus,
     /// Its command, once sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub command_id: Option<CommandId>,
     /// What happened, for people: the command's error or result, why it was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -518,6 +532,8 @@ pub struct JobTarget {
 
 /// `GET /api/v1/jobs/{id}/devices`: a page of a job's devices, in job order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct TargetQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TargetStatus>,
@@ -544,6 +560,7 @@ impl TargetQuery {
 
 /// What a user may do to a job: `POST /api/v1/jobs/{id}/pause` (or `resume`, `cancel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobAction {
     /// Start no more devices (those running finish).
@@ -566,6 +583,8 @@ impl JobAction {
 
 /// `GET /api/v1/jobs`: jobs newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct JobListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<JobState>,
@@ -579,6 +598,7 @@ pub struct JobListQuery {
 
 /// A page of a job's devices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetPage {
     pub targets: Vec<JobTarget>,
     /// How many devices match the query in all.

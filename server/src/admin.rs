@@ -4,14 +4,12 @@
 
 use app::fleet::{AuditFilter, NewUser, UserChange};
 use axum::extract::{Path, State};
-use axum::{
-    Json, Router,
-    http::StatusCode,
-    routing::{get, put},
-};
+use axum::{Json, http::StatusCode};
+use protocol::api::ApiError;
 use protocol::auth::{AuditCheck, AuditEntry, Me, NewToken, Role, TokenView, UserView};
 use serde::Deserialize;
 use store::{AccountError, AuditQuery};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     api::{Body, Device, Params},
@@ -21,23 +19,17 @@ use crate::{
     state::AppState,
 };
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/me", get(me))
-        .route("/v1/users", get(list_users).post(create_user))
-        .route(
-            "/v1/users/{name}",
-            get(get_user).patch(change_user).delete(delete_user),
-        )
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
-        .route("/v1/groups", get(list_groups))
-        .route(
-            "/v1/devices/{id}/groups",
-            put(set_device_groups).get(device_groups),
-        )
-        .route("/v1/audit", get(audit_trail))
-        .route("/v1/audit/verify", get(verify_audit))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, change_user, delete_user))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_groups))
+        .routes(routes!(set_device_groups, device_groups))
+        .routes(routes!(audit_trail))
+        .routes(routes!(verify_audit))
 }
 
 impl From<AccountError> for Failure {
@@ -61,10 +53,24 @@ pub fn store_unavailable(error: &dyn std::fmt::Display) -> Failure {
     )
 }
 
+#[utoipa::path(
+get, path = "/v1/me", tag = "accounts",
+summary = "Who the caller is",
+responses((status = 200, description = "The caller", body = Me))
+)]
 async fn me(who: Identity) -> Json<Me> {
     Json(who.me())
 }
 
+#[utoipa::path(
+get, path = "/v1/users", tag = "accounts",
+summary = "Every user",
+responses(
+    (status = 200, description = "The users", body = Vec<UserView>),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn list_users(
     State(state): State<AppState>,
     who: Identity,
@@ -79,6 +85,17 @@ pub(crate) async fn list_users(
     ))
 }
 
+#[utoipa::path(
+get, path = "/v1/users/{name}", tag = "accounts",
+summary = "One user (admins: anyone; others: themselves)",
+params(("name" = String, Path, description = "The user's name")),
+responses(
+    (status = 200, description = "The user", body = UserView),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 404, description = "`not_found`", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     who: Identity,
@@ -102,6 +119,18 @@ pub(crate) async fn get_user(
         })
 }
 
+#[utoipa::path(
+post, path = "/v1/users", tag = "accounts",
+summary = "Create a user",
+request_body = NewUser,
+responses(
+    (status = 201, description = "The user", body = UserView),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 409, description = "`already_exists`", body = ApiError),
+    (status = 422, description = "`invalid_input`: a name, password or group that does not check", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
     who: Identity,
@@ -126,6 +155,20 @@ pub(crate) async fn create_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+#[utoipa::path(
+patch, path = "/v1/users/{name}", tag = "accounts",
+summary = "Change a user's role, groups or password",
+params(("name" = String, Path, description = "The user's name")),
+request_body = UserChange,
+responses(
+    (status = 200, description = "The user", body = UserView),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 404, description = "`not_found`", body = ApiError),
+    (status = 409, description = "`own_role`: lowering one's own role", body = ApiError),
+    (status = 422, description = "`invalid_input`", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn change_user(
     State(state): State<AppState>,
     who: Identity,
@@ -185,6 +228,18 @@ pub(crate) async fn change_user(
     }
 }
 
+#[utoipa::path(
+delete, path = "/v1/users/{name}", tag = "accounts",
+summary = "Delete a user (and their tokens and sessions)",
+params(("name" = String, Path, description = "The user's name")),
+responses(
+    (status = 204, description = "Deleted"),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 404, description = "`not_found`", body = ApiError),
+    (status = 409, description = "`own_account`: deleting oneself", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn delete_user(
     State(state): State<AppState>,
     who: Identity,
@@ -213,11 +268,23 @@ pub(crate) async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Owner {
+    /// Whose tokens: the caller's if absent (an admin's: everyone's).
     pub owner: Option<String>,
 }
 
+#[utoipa::path(
+get, path = "/v1/tokens", tag = "accounts",
+summary = "API tokens: the caller's own, or (admins) anyone's",
+params(Owner),
+responses(
+    (status = 200, description = "The tokens (no secrets)", body = Vec<TokenView>),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn list_tokens(
     State(state): State<AppState>,
     who: Identity,
@@ -241,7 +308,7 @@ pub(crate) async fn list_tokens(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
@@ -251,6 +318,18 @@ pub struct TokenRequest {
     pub owner: Option<String>,
 }
 
+#[utoipa::path(
+post, path = "/v1/tokens", tag = "accounts",
+summary = "Create an API token (its secret is shown once)",
+request_body = TokenRequest,
+responses(
+    (status = 201, description = "The token and its secret", body = NewToken),
+    (status = 403, description = "`forbidden`: a role above the creator's, or (not admin) for another user", body = ApiError),
+    (status = 404, description = "`not_found`: no such owner", body = ApiError),
+    (status = 422, description = "`invalid_input`", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn create_token(
     State(state): State<AppState>,
     who: Identity,
@@ -289,6 +368,17 @@ pub(crate) async fn create_token(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+delete, path = "/v1/tokens/{id}", tag = "accounts",
+summary = "Revoke an API token",
+params(("id" = String, Path, description = "The token's id")),
+responses(
+    (status = 200, description = "The token, revoked", body = TokenView),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 404, description = "`not_found`", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     who: Identity,
@@ -326,6 +416,15 @@ pub(crate) async fn revoke_token(
     Ok(Json(token))
 }
 
+#[utoipa::path(
+get, path = "/v1/groups", tag = "accounts",
+summary = "Every device group",
+responses(
+    (status = 200, description = "The groups", body = Vec<String>),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn list_groups(
     State(state): State<AppState>,
     who: Identity,
@@ -340,6 +439,15 @@ async fn list_groups(
     ))
 }
 
+#[utoipa::path(
+get, path = "/v1/devices/{id}/groups", tag = "devices",
+summary = "A device's groups",
+params(("id" = String, Path, description = "The device's id")),
+responses(
+    (status = 200, description = "The groups", body = Vec<String>),
+    (status = 404, description = "`unknown_device`: one the caller may not see", body = ApiError),
+)
+)]
 async fn device_groups(
     State(state): State<AppState>,
     who: Identity,
@@ -351,6 +459,18 @@ async fn device_groups(
     Ok(Json(state.groups.of(id.as_str())))
 }
 
+#[utoipa::path(
+put, path = "/v1/devices/{id}/groups", tag = "devices",
+summary = "Set a device's groups",
+params(("id" = String, Path, description = "The device's id")),
+request_body = Vec<String>,
+responses(
+    (status = 200, description = "The groups", body = Vec<String>),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 422, description = "`invalid_input`: a group name that does not check", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn set_device_groups(
     State(state): State<AppState>,
     who: Identity,
@@ -376,6 +496,16 @@ async fn set_device_groups(
     Ok(Json(groups))
 }
 
+#[utoipa::path(
+get, path = "/v1/audit", tag = "accounts",
+summary = "The audit trail, newest first",
+params(AuditFilter),
+responses(
+    (status = 200, description = "The entries", body = Vec<AuditEntry>),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn audit_trail(
     State(state): State<AppState>,
     who: Identity,
@@ -400,6 +530,15 @@ pub(crate) async fn audit_trail(
     ))
 }
 
+#[utoipa::path(
+get, path = "/v1/audit/verify", tag = "accounts",
+summary = "Check the audit trail's hash chain",
+responses(
+    (status = 200, description = "The check", body = AuditCheck),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn verify_audit(
     State(state): State<AppState>,
     who: Identity,

@@ -8,7 +8,6 @@ use axum::{
     Json, Router,
     extract::{FromRequest, FromRequestParts, Path, Query, State, rejection::JsonRejection},
     http::StatusCode,
-    routing::{get, post},
 };
 use hub::CancelError;
 use protocol::{
@@ -24,46 +23,45 @@ use crate::{
     audit,
     auth::{Identity, Source},
     error::{Failure, parse_device_id},
-    history, live, provision,
+    history, live, openapi, provision,
     state::AppState,
 };
+use protocol::api::ApiError;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The longest a `GET /api/v1/commands/{id}?wait_ms=` may wait.
 const MAX_WAIT_MS: u64 = 60_000;
 
+/// The API's routes, under `/api`; each one is described in the OpenAPI document,
+/// which is kept for `GET /api/v1/openapi.json` (see `openapi`).
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    let (router, document) = OpenApiRouter::with_openapi(openapi::base())
         // Provisioning shares these two paths (see `provision`).
-        .route(
-            "/v1/devices",
-            get(list_devices).post(provision::provision_device),
-        )
-        .route(
-            "/v1/devices/{id}",
-            get(get_device).delete(provision::revoke_device),
-        )
-        .route(
-            "/v1/devices/{id}/commands",
-            get(device_commands).post(send_command),
-        )
-        .route("/v1/devices/{id}/telemetry", get(device_telemetry))
-        .route("/v1/commands", get(recent_commands))
-        .route("/v1/commands/{id}", get(get_command).delete(cancel_command))
-        .route("/v1/live", get(live::upgrade))
-        .route("/v1/live/stream", get(live::http::stream))
-        .route("/v1/live/sessions", post(live::http::open))
-        .route(
-            "/v1/live/sessions/{id}",
-            post(live::http::request).delete(live::http::close),
-        )
-        .route("/v1/live/sessions/{id}/events", get(live::http::poll))
+        .routes(routes!(list_devices, provision::provision_device))
+        .routes(routes!(get_device, provision::revoke_device))
+        .routes(routes!(device_commands, send_command))
+        .routes(routes!(device_telemetry))
+        .routes(routes!(recent_commands))
+        .routes(routes!(get_command, cancel_command))
+        .routes(routes!(openapi::serve))
+        .merge(live::routes())
         .merge(crate::admin::routes())
         .merge(crate::diagnostics::routes())
         .merge(crate::jobs::routes())
         .merge(crate::artifacts::routes())
         .merge(provision::routes())
+        .split_for_parts();
+    openapi::keep(document);
+    router
         .fallback(|| async {
             Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            Failure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this API endpoint does not answer this method",
+            )
         })
 }
 
@@ -182,6 +180,16 @@ where
     }
 }
 
+#[utoipa::path(
+get, path = "/v1/devices", tag = "devices",
+summary = "A page of the fleet list",
+description = "The devices the caller may see, filtered, sorted and paged, with the fleet's counts.",
+params(DeviceQuery),
+responses(
+    (status = 200, description = "The page", body = DevicePage),
+    (status = 422, description = "`invalid_input`: a query out of bounds (`limit` outside 1..=500, `search` or `kind` over 128 bytes)", body = ApiError),
+)
+)]
 async fn list_devices(
     State(state): State<AppState>,
     who: Identity,
@@ -204,6 +212,15 @@ pub fn device_page(
         .device_page(query, |id| state.groups.may_see(who, id.as_str())))
 }
 
+#[utoipa::path(
+get, path = "/v1/devices/{id}", tag = "devices",
+summary = "One device",
+params(("id" = String, Path, description = "The device's id")),
+responses(
+    (status = 200, description = "The device", body = DeviceView),
+    (status = 404, description = "`unknown_device`: no such device, or one the caller may not see", body = ApiError),
+)
+)]
 async fn get_device(
     State(state): State<AppState>,
     who: Identity,
@@ -222,8 +239,10 @@ pub fn device(state: &AppState, who: &Identity, id: &DeviceId) -> Result<DeviceV
         .ok_or_else(|| Failure::unknown_device(id))
 }
 
-#[derive(Debug, Deserialize)]
-struct Page {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Page {
+    /// How many commands: 50 if absent; more than 1,000 is 1,000.
     limit: Option<usize>,
     /// The id of the last command of the previous page: older ones come next.
     before: Option<String>,
@@ -236,6 +255,17 @@ impl Page {
     }
 }
 
+#[utoipa::path(
+get, path = "/v1/devices/{id}/commands", tag = "commands",
+summary = "A device's commands, newest first",
+params(("id" = String, Path, description = "The device's id"), Page),
+responses(
+    (status = 200, description = "Up to `limit` commands, newest first", body = Vec<CommandView>),
+    (status = 400, description = "`bad_request`: `before` names no command, or a query that does not parse", body = ApiError),
+    (status = 404, description = "`unknown_device`: no such device (neither known now nor with a history), or one the caller may not see", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the command log cannot be read", body = ApiError),
+)
+)]
 async fn device_commands(
     State(state): State<AppState>,
     who: Identity,
@@ -254,6 +284,16 @@ async fn device_commands(
     Ok(Json(history))
 }
 
+#[utoipa::path(
+get, path = "/v1/commands", tag = "commands",
+summary = "Recent commands to the devices the caller may see, newest first",
+params(Page),
+responses(
+    (status = 200, description = "Up to `limit` commands, newest first", body = Vec<CommandView>),
+    (status = 400, description = "`bad_request`: `before` names no command, or a query that does not parse", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the command log cannot be read", body = ApiError),
+)
+)]
 async fn recent_commands(
     State(state): State<AppState>,
     who: Identity,
@@ -374,6 +414,21 @@ pub fn visible_commands(state: &AppState, who: &Identity, limit: usize) -> Vec<C
     commands
 }
 
+#[utoipa::path(
+post, path = "/v1/devices/{id}/commands", tag = "commands",
+summary = "Send a command to a device",
+description = "Validated against what the device announced, recorded (in the command log when there is one) and published to the device; answers once the broker took it, without waiting for the device. Needs the operator role.",
+params(("id" = String, Path, description = "The device's id")),
+request_body = SendCommand,
+responses(
+    (status = 202, description = "The command as it is once the broker took it: `sent` (or `offline` if the broker returned it, `failed` if it refused it; later if the device already answered), with its id and `args` as stored, the announced defaults filled in", body = CommandView),
+    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    (status = 404, description = "`unknown_device`: no such device, or one the caller may not see", body = ApiError),
+    (status = 409, description = "`device_offline`: the device is offline", body = ApiError),
+    (status = 422, description = "`unknown_command`: the device announced no such command; `invalid_arguments`: arguments its spec refuses; `invalid_timeout`: `timeout_ms` outside 100..=300000", body = ApiError),
+    (status = 503, description = "`broker_unavailable`: no broker link; `server_stopping`: the server is stopping", body = ApiError),
+)
+)]
 async fn send_command(
     State(state): State<AppState>,
     who: Identity,
@@ -441,12 +496,22 @@ pub async fn send(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Wait {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Wait {
     /// Wait up to this long for the command to end (long poll).
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(
+get, path = "/v1/commands/{id}", tag = "commands",
+summary = "One command, optionally waiting for it to end",
+params(("id" = String, Path, description = "The command's id"), Wait),
+responses(
+    (status = 200, description = "The command: ended, or as it is when the wait is over", body = CommandView),
+    (status = 404, description = "`unknown_command`: no such command, or one to a device the caller may not see", body = ApiError),
+)
+)]
 async fn get_command(
     State(state): State<AppState>,
     who: Identity,
@@ -484,6 +549,19 @@ async fn get_command(
     Ok(Json(command))
 }
 
+#[utoipa::path(
+delete, path = "/v1/commands/{id}", tag = "commands",
+summary = "Cancel a command that has not ended",
+description = "Needs the operator role. Whichever replica sent it.",
+params(("id" = String, Path, description = "The command's id")),
+responses(
+    (status = 200, description = "The command, now `cancelled`", body = CommandView),
+    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    (status = 404, description = "`unknown_command`: no such command, or one to a device the caller may not see", body = ApiError),
+    (status = 409, description = "`already_ended`: the command had ended (or its replica is gone: it is now `outcome_unknown`)", body = ApiError),
+    (status = 503, description = "`replica_unavailable`: the replica that sent it did not answer in time; `broker_unavailable`; `store_unavailable`", body = ApiError),
+)
+)]
 async fn cancel_command(
     State(state): State<AppState>,
     who: Identity,
@@ -531,6 +609,17 @@ pub async fn cancel(
     Ok(cancelled?)
 }
 
+#[utoipa::path(
+get, path = "/v1/devices/{id}/telemetry", tag = "telemetry",
+summary = "A device's readings over a range, downsampled",
+params(("id" = String, Path, description = "The device's id"), HistoryQuery),
+responses(
+    (status = 200, description = "One series per metric asked for", body = History),
+    (status = 404, description = "`unknown_device`: no such device, or one the caller may not see; `unknown_metric`: the device announced no such metric", body = ApiError),
+    (status = 422, description = "`invalid_range`: `from` is not before `to` (after the defaults: `to` now, `from` an hour before `to`); `invalid_max_points`: `max_points` outside 1..=2000", body = ApiError),
+    (status = 503, description = "`storage_off`: the server keeps no readings; `store_unavailable`: the database cannot be read", body = ApiError),
+)
+)]
 async fn device_telemetry(
     State(state): State<AppState>,
     who: Identity,

@@ -13,20 +13,21 @@
 //! Both keys are files in the data folder, made on first start (mode 0600); replicas
 //! that serve the same devices need the same ones, and the same `artifacts/` folder.
 
+use protocol::api::ApiError;
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use anyhow::Context as _;
 use axum::{
-    Json, Router,
+    Json,
     body::Body,
     extract::{Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing,
 };
 use ed25519_dalek::{Signer as _, SigningKey};
 use futures_util::StreamExt as _;
@@ -208,12 +209,12 @@ fn key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/artifacts", routing::get(list).post(upload))
-        .route("/v1/artifacts/signing-key", routing::get(signing_key))
-        .route("/v1/artifacts/{id}", routing::get(get_one).delete(remove))
-        .route("/v1/artifacts/{id}/download", routing::get(download))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, upload))
+        .routes(routes!(signing_key))
+        .routes(routes!(get_one, remove))
+        .routes(routes!(download))
         // Uploads are streamed to disk with a limit of their own.
         .route_layer(axum::extract::DefaultBodyLimit::disable())
 }
@@ -235,6 +236,14 @@ fn unknown(id: &str) -> Failure {
     )
 }
 
+#[utoipa::path(
+get, path = "/v1/artifacts", tag = "artifacts",
+summary = "Every artifact, newest first",
+responses(
+    (status = 200, description = "The artifacts", body = Vec<ArtifactView>),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn list(
     State(state): State<AppState>,
     _who: Identity,
@@ -248,6 +257,16 @@ pub async fn all(state: &AppState) -> Result<Vec<ArtifactView>, Failure> {
     state.accounts.artifacts().await.map_err(unavailable)
 }
 
+#[utoipa::path(
+get, path = "/v1/artifacts/{id}", tag = "artifacts",
+summary = "One artifact",
+params(("id" = String, Path, description = "The artifact's id")),
+responses(
+    (status = 200, description = "The artifact", body = ArtifactView),
+    (status = 404, description = "`unknown_artifact`", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn get_one(
     State(state): State<AppState>,
     _who: Identity,
@@ -262,14 +281,45 @@ async fn get_one(
         .ok_or_else(|| unknown(&id))
 }
 
-async fn signing_key(State(state): State<AppState>, _who: Identity) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "algorithm": "ed25519",
-        "public_key": state.artifacts.public_key(),
-    }))
+#[utoipa::path(
+get, path = "/v1/artifacts/signing-key", tag = "artifacts",
+summary = "The server's update-signing public key",
+responses(
+    (status = 200, description = "The key", body = UpdateKey),
+)
+)]
+async fn signing_key(State(state): State<AppState>, _who: Identity) -> Json<UpdateKey> {
+    Json(UpdateKey {
+        algorithm: "ed25519",
+        public_key: state.artifacts.public_key(),
+    })
+}
+
+/// The key artifacts are signed with.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UpdateKey {
+    /// Always `ed25519`.
+    algorithm: &'static str,
+    /// The public key, hex.
+    public_key: String,
 }
 
 /// Admin: stores the body as an artifact.
+#[utoipa::path(
+post, path = "/v1/artifacts", tag = "artifacts",
+summary = "Upload an artifact (the request body is the file)",
+description = "Needs the admin role. The body is the file itself, streamed to disk; at most `TETHER_MAX_ARTIFACT_MB`.",
+params(NewArtifact),
+request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file"),
+responses(
+    (status = 201, description = "The artifact, signed", body = ArtifactView),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 413, description = "`artifact_too_large`: over `TETHER_MAX_ARTIFACT_MB`", body = ApiError),
+    (status = 422, description = "`invalid_input`: a name, version or arch that does not check, or an empty file", body = ApiError),
+    (status = 500, description = "`internal`: the file could not be written", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn upload(
     State(state): State<AppState>,
     who: Identity,
@@ -395,6 +445,18 @@ async fn receive(body: Body, path: &Path, max_bytes: u64) -> Result<([u8; 32], u
 }
 
 /// Admin: forgets an artifact and deletes its file.
+#[utoipa::path(
+delete, path = "/v1/artifacts/{id}", tag = "artifacts",
+summary = "Forget an artifact and delete its file",
+description = "Needs the admin role.",
+params(("id" = String, Path, description = "The artifact's id")),
+responses(
+    (status = 204, description = "Removed"),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 404, description = "`unknown_artifact`", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn remove(
     State(state): State<AppState>,
     who: Identity,
@@ -426,14 +488,32 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Ticket {
+    /// The device the link was made for.
     device: String,
+    /// Until when the link is good (ms since the epoch).
     expires: u64,
+    /// The link's HMAC.
     token: String,
 }
 
 /// A device's download: no login, the token instead; `Range` answered.
+#[utoipa::path(
+get, path = "/v1/artifacts/{id}/download", tag = "artifacts",
+summary = "A device's download of an artifact",
+description = "No login: the link's token instead (each device is given its own link in its update command). `Range` is answered.",
+security(()),
+params(("id" = String, Path, description = "The artifact's id"), Ticket),
+responses(
+    (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+    (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>),
+    (status = 403, description = "`invalid_token`: a link that is not valid; `token_expired`: a link past its time", body = ApiError),
+    (status = 404, description = "`unknown_artifact`", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn download(
     State(state): State<AppState>,
     PathId(id): PathId,

@@ -299,7 +299,14 @@ async fn look_up(accounts: &Store, headers: &HeaderMap) -> Result<Option<Identit
 fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/login" | "/setup" | "/healthz" | "/readyz" | "/metrics" | "/favicon.svg"
+        "/login"
+            | "/setup"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/favicon.svg"
+            // It describes the API and holds no data (see `openapi`).
+            | "/api/v1/openapi.json"
     ) || path.starts_with("/auth/")
         || path.starts_with("/pkg/")
         // Devices fetch updates with a token of their own (checked by the handler).

@@ -13,18 +13,19 @@
 //! hides them before sending).
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
+use protocol::api::ApiError;
 use protocol::{
     CommandId, CommandStatus, DeviceId,
     api::{CommandView, DiagnosticsReport},
 };
 use serde::Deserialize;
 use store::CommandQuery;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     api::Params,
@@ -36,17 +37,29 @@ use crate::{
 const DEFAULT_LIST: usize = 20;
 const MAX_LIST: usize = 100;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/devices/{id}/diagnostics", get(list))
-        .route("/v1/devices/{id}/diagnostics/{command}", get(download))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(download))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Limit {
+    /// How many reports: 20 if absent, between 1 and 100.
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+get, path = "/v1/devices/{id}/diagnostics", tag = "diagnostics",
+summary = "A device's diagnostics reports, newest first",
+params(("id" = String, Path, description = "The device's id"), Limit),
+responses(
+    (status = 200, description = "The reports", body = Vec<DiagnosticsReport>),
+    (status = 404, description = "`unknown_device`", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn list(
     State(state): State<AppState>,
     who: Identity,
@@ -95,6 +108,15 @@ pub async fn reports(
     Ok(reports)
 }
 
+#[utoipa::path(
+get, path = "/v1/devices/{id}/diagnostics/{command}", tag = "diagnostics",
+summary = "Download one diagnostics report (a JSON file)",
+params(("id" = String, Path, description = "The device's id"), ("command" = String, Path, description = "The id of the command that collected it")),
+responses(
+    (status = 200, description = "The report, as an attachment", content_type = "application/json", body = Object),
+    (status = 404, description = "`unknown_device`; `unknown_report`", body = ApiError),
+)
+)]
 async fn download(
     State(state): State<AppState>,
     who: Identity,

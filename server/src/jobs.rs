@@ -6,15 +6,12 @@
 //! Who sees a job: an admin every job, anyone else a job whose every device they may
 //! see (so nothing of a device outside their groups shows, not even in the counts).
 
+use protocol::api::ApiError;
 use std::collections::{BTreeMap, HashSet};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use ::jobs::JobError;
-use axum::{
-    Json, Router,
-    extract::State,
-    http::StatusCode,
-    routing::{self, post},
-};
+use axum::{Json, extract::State, http::StatusCode};
 use protocol::{
     DeviceId,
     api::DeviceView,
@@ -31,14 +28,14 @@ use crate::{
     state::AppState,
 };
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", routing::get(list_jobs).post(create_job))
-        .route("/v1/jobs/{id}", routing::get(get_job))
-        .route("/v1/jobs/{id}/devices", routing::get(job_devices))
-        .route("/v1/jobs/{id}/pause", post(pause_job))
-        .route("/v1/jobs/{id}/resume", post(resume_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_jobs, create_job))
+        .routes(routes!(get_job))
+        .routes(routes!(job_devices))
+        .routes(routes!(pause_job))
+        .routes(routes!(resume_job))
+        .routes(routes!(cancel_job))
 }
 
 impl From<JobError> for Failure {
@@ -66,6 +63,16 @@ fn job_id(PathId(id): PathId) -> JobId {
     JobId(id)
 }
 
+#[utoipa::path(
+get, path = "/v1/jobs", tag = "jobs",
+summary = "Jobs the caller may see, newest first",
+params(JobListQuery),
+responses(
+    (status = 200, description = "The jobs", body = Vec<JobView>),
+    (status = 400, description = "`bad_request`: `before` names no job, or a query that does not parse", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn list_jobs(
     State(state): State<AppState>,
     who: Identity,
@@ -74,6 +81,16 @@ async fn list_jobs(
     list(&state, &who, query).await.map(Json)
 }
 
+#[utoipa::path(
+get, path = "/v1/jobs/{id}", tag = "jobs",
+summary = "One job",
+params(("id" = String, Path, description = "The job's id")),
+responses(
+    (status = 200, description = "The job", body = JobView),
+    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn get_job(
     State(state): State<AppState>,
     who: Identity,
@@ -82,6 +99,16 @@ async fn get_job(
     get(&state, &who, &job_id(id)).await.map(Json)
 }
 
+#[utoipa::path(
+get, path = "/v1/jobs/{id}/devices", tag = "jobs",
+summary = "A page of a job's devices, in start order",
+params(("id" = String, Path, description = "The job's id"), TargetQuery),
+responses(
+    (status = 200, description = "The page", body = TargetPage),
+    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn job_devices(
     State(state): State<AppState>,
     who: Identity,
@@ -91,6 +118,19 @@ async fn job_devices(
     targets(&state, &who, &job_id(id), query).await.map(Json)
 }
 
+#[utoipa::path(
+post, path = "/v1/jobs", tag = "jobs",
+summary = "Start a job: one command sent to many devices",
+description = "Needs the operator role. The devices are chosen once, among those the caller may see.",
+request_body = NewJob,
+responses(
+    (status = 201, description = "The job, running", body = JobView),
+    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    (status = 404, description = "`unknown_device`: an id the caller may not see; `unknown_artifact`: the job names no artifact", body = ApiError),
+    (status = 422, description = "`invalid_job`: settings out of bounds, no device matches; `unknown_command`: no chosen device announced it; `invalid_arguments`: no device that announced it accepts them", body = ApiError),
+    (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
+)
+)]
 async fn create_job(
     State(state): State<AppState>,
     who: Identity,
@@ -101,6 +141,19 @@ async fn create_job(
     Ok((StatusCode::CREATED, Json(job)))
 }
 
+#[utoipa::path(
+post, path = "/v1/jobs/{id}/pause", tag = "jobs",
+summary = "Pause a job",
+description = "Needs the operator role.",
+params(("id" = String, Path, description = "The job's id")),
+responses(
+    (status = 200, description = "The job", body = JobView),
+    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
+    (status = 409, description = "`already_ended`: the job has ended", body = ApiError),
+    (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
+)
+)]
 async fn pause_job(
     State(state): State<AppState>,
     who: Identity,
@@ -112,6 +165,19 @@ async fn pause_job(
         .map(Json)
 }
 
+#[utoipa::path(
+post, path = "/v1/jobs/{id}/resume", tag = "jobs",
+summary = "Resume a job",
+description = "Needs the operator role.",
+params(("id" = String, Path, description = "The job's id")),
+responses(
+    (status = 200, description = "The job", body = JobView),
+    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
+    (status = 409, description = "`already_ended`: the job has ended", body = ApiError),
+    (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
+)
+)]
 async fn resume_job(
     State(state): State<AppState>,
     who: Identity,
@@ -123,6 +189,19 @@ async fn resume_job(
         .map(Json)
 }
 
+#[utoipa::path(
+post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+summary = "Cancel a job",
+description = "Needs the operator role.",
+params(("id" = String, Path, description = "The job's id")),
+responses(
+    (status = 200, description = "The job", body = JobView),
+    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
+    (status = 409, description = "`already_ended`: the job has ended", body = ApiError),
+    (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
+)
+)]
 async fn cancel_job(
     State(state): State<AppState>,
     who: Identity,

@@ -52,6 +52,7 @@ pub mod history;
 pub mod jobs;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod provision;
 pub mod state;
 pub mod websocket;
@@ -517,6 +518,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::serve))
         .nest("/api", api::routes())
+        .route("/docs/api", get(openapi::page))
         .nest(
             "/auth",
             auth::login::routes().nest("/rabbitmq", broker_auth::routes()),

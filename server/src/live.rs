@@ -52,7 +52,7 @@ use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode
 
 use protocol::{
     DeviceId,
-    api::{CommandView, LiveEvent, LiveParams, LiveRequest},
+    api::{ApiError, CommandView, LiveEvent, LiveParams, LiveRequest},
     auth::Role,
     fleet::{DevicePage, DeviceQuery},
     job::JobId,
@@ -100,6 +100,28 @@ const LAST_EVENTS_WITHIN: Duration = Duration::from_secs(1);
 /// How often an open socket's credentials are checked again.
 const RECHECK: Duration = Duration::from_secs(60);
 
+/// The live channel's routes (under `/api`), each in the OpenAPI document.
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(upgrade))
+        .routes(routes!(http::stream))
+        .routes(routes!(http::open))
+        .routes(routes!(http::request, http::close))
+        .routes(routes!(http::poll))
+}
+
+#[utoipa::path(
+get, path = "/v1/live", tag = "live",
+summary = "The live channel, as a WebSocket",
+description = "A WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). The socket carries `LiveEvent`s to the client and `LiveRequest`s from it (API.md, Live events).",
+params(LiveParams),
+responses(
+    (status = 101, description = "Switching protocols: the socket is open; the first event is a `snapshot`"),
+    (status = 400, description = "`bad_upgrade`: not a WebSocket upgrade (the reason is in the message)", body = ApiError),
+    (status = 403, description = "`cross_site`: asked from another site's page", body = ApiError),
+)
+)]
 pub async fn upgrade(
     upgrade: Upgrade,
     State(state): State<AppState>,

@@ -11,13 +11,14 @@
 //! (`fleet`) too.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     http::StatusCode,
-    routing::{get, post},
 };
+use protocol::api::ApiError;
 use protocol::auth::{DeviceCredential, ProvisionedDevice, Role};
 use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     admin::store_unavailable,
@@ -34,19 +35,29 @@ pub const PROVISIONED: &str = "may connect with a secret of its own (shown once)
 pub const ROTATED: &str = "new secret; the old one no longer connects";
 pub const REVOKED: &str = "credential deleted; the device can no longer connect";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/provisioned", get(list_provisioned))
-        .route("/v1/devices/{id}/secret", post(rotate_secret))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_provisioned))
+        .routes(routes!(rotate_secret))
 }
 
 /// The body of `POST /v1/devices`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     pub id: String,
 }
 
+#[utoipa::path(
+get, path = "/v1/provisioned", tag = "devices",
+summary = "Every provisioned device (no secrets)",
+description = "Needs the admin role.",
+responses(
+    (status = 200, description = "Sorted by id", body = Vec<ProvisionedDevice>),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn list_provisioned(
     State(state): State<AppState>,
     who: Identity,
@@ -54,6 +65,19 @@ async fn list_provisioned(
     list(&state, &who).await.map(Json)
 }
 
+#[utoipa::path(
+post, path = "/v1/devices", tag = "devices",
+summary = "Provision a device: a broker credential of its own",
+description = "Needs the admin role. The secret is shown once.",
+request_body = NewDevice,
+responses(
+    (status = 201, description = "The credential", body = DeviceCredential),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 409, description = "`already_exists`: the device is provisioned already", body = ApiError),
+    (status = 422, description = "`invalid_input`: an id that is no device id, or the servers' own account", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn provision_device(
     State(state): State<AppState>,
     who: Identity,
@@ -64,6 +88,18 @@ pub(crate) async fn provision_device(
     Ok((StatusCode::CREATED, Json(credential)))
 }
 
+#[utoipa::path(
+post, path = "/v1/devices/{id}/secret", tag = "devices",
+summary = "Give a device a new secret (the old one stops working)",
+description = "Needs the admin role.",
+params(("id" = String, Path, description = "The device's id")),
+responses(
+    (status = 200, description = "The new credential", body = DeviceCredential),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 404, description = "`not_found`: the device is not provisioned", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 async fn rotate_secret(
     State(state): State<AppState>,
     who: Identity,
@@ -73,6 +109,18 @@ async fn rotate_secret(
     rotate(&state, &who, &address, &id).await.map(Json)
 }
 
+#[utoipa::path(
+delete, path = "/v1/devices/{id}", tag = "devices",
+summary = "Revoke a device's credential",
+description = "Needs the admin role. Its connections are closed.",
+params(("id" = String, Path, description = "The device's id")),
+responses(
+    (status = 204, description = "Revoked"),
+    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    (status = 404, description = "`not_found`: the device is not provisioned", body = ApiError),
+    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+)
+)]
 pub(crate) async fn revoke_device(
     State(state): State<AppState>,
     who: Identity,

@@ -60,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{End, Gone, Incoming, MAX_INCOMING, MAX_REFUSAL, Transport, clipped, credentials};
 use crate::{api::Params, auth::Identity, error::Failure, guard, state::AppState};
+use protocol::api::ApiError;
 
 /// Sessions one user holds at once (over HTTP; WebSockets are not counted).
 pub const MAX_SESSIONS_PER_USER: usize = 32;
@@ -552,6 +553,18 @@ fn start(
 }
 
 /// `GET /api/v1/live/stream`: a session whose events are Server-Sent Events.
+#[utoipa::path(
+get, path = "/v1/live/stream", tag = "live",
+summary = "The live channel, as Server-Sent Events",
+description = "First `event: session` with `{\"session\"}`, then every `LiveEvent` as a plain message, and `event: end` with `{\"code\",\"message\"}` when the server ends the session.",
+params(LiveParams),
+responses(
+    (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+    (status = 403, description = "`cross_site`: asked from another site's page", body = ApiError),
+    (status = 429, description = "`too_many_sessions`: the user holds 32 sessions", body = ApiError),
+    (status = 503, description = "`too_many_sessions`: the server holds 10,000 sessions", body = ApiError),
+)
+)]
 pub async fn stream(
     State(state): State<AppState>,
     who: Identity,
@@ -642,6 +655,17 @@ async fn next_chunk(mut at: StreamState) -> Option<(Result<Bytes, Infallible>, S
 }
 
 /// `POST /api/v1/live/sessions`: a session whose events are polled.
+#[utoipa::path(
+post, path = "/v1/live/sessions", tag = "live",
+summary = "Open a live session whose events are polled",
+params(LiveParams),
+responses(
+    (status = 201, description = "The session", body = LiveSession),
+    (status = 403, description = "`cross_site`: asked from another site's page", body = ApiError),
+    (status = 429, description = "`too_many_sessions`: the user holds 32 sessions", body = ApiError),
+    (status = 503, description = "`too_many_sessions`: the server holds 10,000 sessions", body = ApiError),
+)
+)]
 pub async fn open(
     State(state): State<AppState>,
     who: Identity,
@@ -651,21 +675,58 @@ pub async fn open(
     let channel = start(&state, who, &headers, params, false)?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "session": channel.id })),
+        Json(LiveSession {
+            session: channel.id.clone(),
+        }),
     )
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PollParams {
+    /// The `next` of the previous answer; 0 for the first poll.
     #[serde(default)]
     after: u64,
+    /// How long to wait for events: 25,000 ms if absent, at most 30,000.
     wait_ms: Option<u64>,
+}
+
+/// The answer of `POST /api/v1/live/sessions`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LiveSession {
+    /// The session's id, for polls and requests.
+    pub session: String,
+}
+
+/// A poll's answer (described here; written by `poll` as text).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct LivePoll {
+    /// The `after` of the next poll.
+    next: u64,
+    /// The events numbered above `after` (at most 256 KiB of them).
+    events: Vec<protocol::api::LiveEvent>,
+    /// Why the server ended the session, with its last events.
+    end: Option<ApiError>,
 }
 
 /// `GET /api/v1/live/sessions/{id}/events`: the events after `after`, once there are
 /// some (or the wait is over).
+#[utoipa::path(
+get, path = "/v1/live/sessions/{id}/events", tag = "live",
+summary = "Poll a live session's events",
+params(("id" = String, Path, description = "The session's id"), PollParams),
+responses(
+    (status = 200, description = "The events numbered above `after`, or none once `wait_ms` passed", body = LivePoll),
+    (status = 400, description = "`invalid_cursor`: `after` is past the session's last event; `invalid_session`: a session id that is no id; `bad_request`: a query that does not parse", body = ApiError),
+    (status = 403, description = "`cross_site`: asked from another site's page", body = ApiError),
+    (status = 404, description = "`unknown_session`: no such session of this user", body = ApiError),
+    (status = 409, description = "`streamed_session`: the session's events go to its event stream", body = ApiError),
+    (status = 410, description = "The session ended: `session_expired`, `session_closed`, `unauthorized`, `server_stopping`", body = ApiError),
+)
+)]
 pub async fn poll(
     State(state): State<AppState>,
     who: Identity,
@@ -767,6 +828,22 @@ impl Drop for Attached {
 }
 
 /// `POST /api/v1/live/sessions/{id}`: a request, as the WebSocket takes it.
+#[utoipa::path(
+post, path = "/v1/live/sessions/{id}", tag = "live",
+summary = "Send a request (watch, unwatch, follow, unfollow, fleet) to a live session",
+params(("id" = String, Path, description = "The session's id")),
+request_body = LiveRequest,
+responses(
+    (status = 202, description = "Queued; its answer comes as events, in order"),
+    (status = 400, description = "`invalid_request`: not such a request; `invalid_session`: a session id that is no id", body = ApiError),
+    (status = 403, description = "`cross_site`: asked from another site's page", body = ApiError),
+    (status = 404, description = "`unknown_session`: no such session of this user", body = ApiError),
+    (status = 410, description = "The session ended: `session_expired`, `session_closed`, `unauthorized`, `server_stopping`", body = ApiError),
+    (status = 413, description = "`too_large`: a request over 16 KiB", body = ApiError),
+    (status = 415, description = "`unsupported_media_type`: not JSON", body = ApiError),
+    (status = 429, description = "`too_many_requests`: 16 requests wait in the session", body = ApiError),
+)
+)]
 pub async fn request(
     State(state): State<AppState>,
     who: Identity,
@@ -820,6 +897,17 @@ pub async fn request(
 }
 
 /// `DELETE /api/v1/live/sessions/{id}`: ends the session.
+#[utoipa::path(
+delete, path = "/v1/live/sessions/{id}", tag = "live",
+summary = "Close a live session",
+params(("id" = String, Path, description = "The session's id")),
+responses(
+    (status = 204, description = "Closed"),
+    (status = 403, description = "`cross_site`: asked from another site's page", body = ApiError),
+    (status = 404, description = "`unknown_session`: no such session of this user", body = ApiError),
+    (status = 410, description = "The session had ended", body = ApiError),
+)
+)]
 pub async fn close(
     State(state): State<AppState>,
     who: Identity,
