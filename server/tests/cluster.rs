@@ -276,6 +276,10 @@ async fn publish_readings(
             continue;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(1_000 / READINGS_PER_SECOND));
+        // A device keeps its rate: after a stalled confirm it does not catch up in a burst
+        // (a burst would pass the per-device limit of 50 a second and be refused, as
+        // PROTOCOL.md says).
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
             let ts_ms = common::now_ms().max(last_ts + 1);
