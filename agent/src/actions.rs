@@ -158,12 +158,9 @@ fn parse_element(element: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
+/// A command or argument name as servers accept it in a hello.
 pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    protocol::capability::valid_command_name(name)
 }
 
 impl ActionSpec {

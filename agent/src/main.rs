@@ -461,22 +461,42 @@ async fn run_configured(
         }
         Err(error) => return Err(error),
     };
-    if args.check_config {
-        println!("{}: ok: {}", path.display(), loaded.summary());
-        return Ok(());
-    }
     // After an update, the version it installed (unless --firmware says otherwise).
-    if overrides.firmware.is_none()
+    if !args.check_config
+        && overrides.firmware.is_none()
         && let Some(version) = loaded.update.installed_version()
     {
         tracing::info!("firmware {version}: installed by the last update");
         loaded.config.firmware = version;
     }
+    let mut device = agent::real::RealDevice::configured(&loaded, readings);
+    // What it will announce, checked as servers check a hello: one they would drop
+    // would leave the device offline for good.
+    let problems = agent::Handler::capabilities(&device).problems();
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!(
+                "{}: servers would refuse the capabilities: {problem}",
+                path.display()
+            );
+        }
+        if args.check_config {
+            std::process::exit(1);
+        }
+        anyhow::bail!(
+            "{} problem(s) with the capabilities {} announces",
+            problems.len(),
+            path.display()
+        );
+    }
+    if args.check_config {
+        println!("{}: ok: {}", path.display(), loaded.summary());
+        return Ok(());
+    }
     if given("reconnect_max_ms") {
         loaded.config.reconnect_max = Duration::from_millis(args.reconnect_max_ms);
     }
     tracing::info!("{}", loaded.summary());
-    let mut device = agent::real::RealDevice::configured(&loaded, readings);
     if let Some(trial) = agent::update::Trial::from_env(loaded.config.firmware.clone()) {
         tracing::info!("started on trial by the previous version after an update");
         device = device.with_trial(trial);

@@ -751,11 +751,20 @@ fn check<H: Handler>(handler: &H, request: CommandRequest) -> Result<Command, Co
     let args = spec
         .validate(&request.args)
         .map_err(|e| CommandError::invalid_arguments(e.to_string()))?;
+    // Until the server's deadline when this clock agrees with it: part of the budget
+    // may have gone by in the broker.
+    let timeout = request.time_left(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            }),
+    );
     Ok(Command {
         id: request.command_id,
         name: request.name,
         args,
-        timeout: Duration::from_millis(request.timeout_ms),
+        timeout,
     })
 }
 

@@ -378,6 +378,7 @@ async fn an_action_runs_end_to_end_through_the_broker() {
         name: "act".into(),
         args: [("msg".to_owned(), json!("; touch /tmp/tether-e2e-canary"))].into(),
         timeout_ms: 10_000,
+        deadline_ms: None,
     });
     to_inbox(&server, &hello.inbox, &replies_queue, "e2e-1", &request).await;
     let (progress, result) =

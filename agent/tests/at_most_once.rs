@@ -50,6 +50,7 @@ fn count(id: &str) -> ServerMessage {
         name: "count".into(),
         args: Default::default(),
         timeout_ms: 10_000,
+        deadline_ms: None,
     })
 }
 

@@ -242,6 +242,26 @@ fn check_config_exits_by_whether_the_file_is_right() {
 }
 
 #[test]
+fn check_config_refuses_capabilities_servers_would_drop() {
+    let dir = scratch("capabilities");
+    // 300 choices: a file the agent can run, but a hello servers drop, which would
+    // leave the device offline for good.
+    let choices: Vec<String> = (0..300).map(|i| format!("\"c{i}\"")).collect();
+    let many = GOOD.replace(
+        r#"choices = ["hi", "bye"]"#,
+        &format!("choices = [{}]", choices.join(", ")),
+    );
+    let output = check_config(&write(&dir, &many));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        stderr.contains("servers would refuse the capabilities")
+            && stderr.contains("has 300 choices; at most 256 are accepted"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_machine_table_is_checked_and_its_metrics_announced() {
     let dir = scratch("machine");
     let wrong = write(

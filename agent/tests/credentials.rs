@@ -49,6 +49,7 @@ fn echo(id: &str, delay_ms: u64) -> ServerMessage {
         ]
         .into(),
         timeout_ms: 10_000,
+        deadline_ms: None,
     })
 }
 
@@ -79,6 +80,7 @@ async fn a_command_from_the_server_account_is_run_and_answered_as_the_device() {
         name: "collect_logs".into(),
         args: [("lines".to_owned(), json!(2))].into(),
         timeout_ms: 10_000,
+        deadline_ms: None,
     });
     to_inbox(&server, &hello.inbox, &replies_queue, "logs-1", &logs).await;
     let answers = answers_until_replied(&mut replies, "gw-a", &["logs-1"]).await;

@@ -454,6 +454,7 @@ async fn logs_and_diagnostics_run_end_to_end_through_the_broker() {
             name: name.into(),
             args: serde_json::from_value(args).unwrap(),
             timeout_ms: 10_000,
+            deadline_ms: None,
         });
         to_inbox(&server, &hello.inbox, &replies_queue, id, &request).await;
         let (progress, outcome) =

@@ -439,6 +439,7 @@ impl Console {
             name: "update".into(),
             args: serde_json::from_value(args).unwrap(),
             timeout_ms: 120_000,
+            deadline_ms: None,
         });
         to_inbox(
             &self.server,

@@ -389,6 +389,39 @@ fn refused_after_decoding() -> Vec<(&'static str, Value)> {
             "a command with a timeout of an hour",
             json!({"v": 1, "type": "command", "command_id": "c", "name": "n", "timeout_ms": 3_600_000}),
         ),
+        ("a metric with a space", hello(1000, "q", "cpu load")),
+        (
+            "a metric of 65 characters",
+            hello(1000, "q", &"m".repeat(65)),
+        ),
+        (
+            "a session id that is not one word",
+            json!({"v": 1, "type": "hello", "device_id": "d", "session_id": "a.b", "inbox": "q", "kind": "k", "firmware": "1", "heartbeat_ms": 1000}),
+        ),
+        (
+            "an inbox name longer than an AMQP short string",
+            hello(1000, &"q".repeat(256), "t"),
+        ),
+        (
+            "a command name with a space",
+            json!({"v": 1, "type": "hello", "device_id": "d", "session_id": "s", "inbox": "q", "kind": "k", "firmware": "1", "heartbeat_ms": 1000, "capabilities": {"commands": [{"name": "go now"}]}}),
+        ),
+        (
+            "a choice argument without choices",
+            json!({"v": 1, "type": "hello", "device_id": "d", "session_id": "s", "inbox": "q", "kind": "k", "firmware": "1", "heartbeat_ms": 1000, "capabilities": {"commands": [{"name": "go", "args": [{"name": "x", "type": "choice", "choices": []}]}]}}),
+        ),
+        (
+            "an empty choice",
+            json!({"v": 1, "type": "hello", "device_id": "d", "session_id": "s", "inbox": "q", "kind": "k", "firmware": "1", "heartbeat_ms": 1000, "capabilities": {"commands": [{"name": "go", "args": [{"name": "x", "type": "choice", "choices": [""]}]}]}}),
+        ),
+        (
+            "reporting faster than 100 ms",
+            json!({"v": 1, "type": "hello", "device_id": "d", "session_id": "s", "inbox": "q", "kind": "k", "firmware": "1", "heartbeat_ms": 1000, "capabilities": {"reporting": {"interval_ms": 1000, "fastest_ms": 50}}}),
+        ),
+        (
+            "257 metrics",
+            json!({"v": 1, "type": "hello", "device_id": "d", "session_id": "s", "inbox": "q", "kind": "k", "firmware": "1", "heartbeat_ms": 1000, "capabilities": {"metrics": (0..257).map(|i| json!({"name": format!("m{i}")})).collect::<Vec<_>>()}}),
+        ),
     ]
 }
 
@@ -415,6 +448,16 @@ fn hostile_bodies_are_refused_by_the_schemas_as_by_the_servers() {
         if validate(&schemas, &body).is_ok() {
             problems.push(format!(
                 "{what}: servers refuse it but the schemas admit it: {body}"
+            ));
+        }
+        // A hello servers drop by its own rules: the rules must say so.
+        if let Ok(DeviceMessage::Hello(hello)) =
+            protocol::decode::<DeviceMessage>(&serde_json::to_vec(&body).unwrap())
+            && !what.contains("serde reads")
+            && hello.problems().is_empty()
+        {
+            problems.push(format!(
+                "{what}: Hello::problems finds nothing wrong, so servers take it: {body}"
             ));
         }
     }

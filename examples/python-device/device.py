@@ -82,6 +82,18 @@ def now_ms():
     return int(time.time() * 1000)
 
 
+def time_left_ms(request):
+    """PROTOCOL.md "Time": until the server's deadline_ms when it lies within timeout_ms
+    from now by this clock; otherwise (no deadline, or clocks that disagree)
+    timeout_ms from receipt."""
+    budget = request["timeout_ms"]
+    deadline = request.get("deadline_ms")
+    now = now_ms()
+    if isinstance(deadline, int) and now < deadline <= now + budget:
+        return deadline - now
+    return budget
+
+
 def message(type_, **fields):
     """A protocol message: a JSON object with `v` and `type` beside its fields."""
     return json.dumps({"v": VERSION, "type": type_, **fields}).encode()
@@ -210,7 +222,7 @@ class Session:
             "reply_to": properties.reply_to,
             # The budget counts from receipt; the server's deadline from the command's
             # creation, so this is a little generous, never short (PROTOCOL.md, "Time").
-            "give_up_at": time.monotonic() + request["timeout_ms"] / 1000,
+            "give_up_at": time.monotonic() + time_left_ms(request) / 1000,
         }
         # `delivered` first, before doing anything: the server then knows it arrived.
         self.answer(command, "delivered")

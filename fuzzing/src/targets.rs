@@ -139,6 +139,18 @@ pub fn device_message(data: &[u8]) -> Result<(), Finding> {
                 for spec in &hello.capabilities.commands {
                     let _ = spec.validate(&args);
                 }
+                // What servers do with a hello: check it, then cut its text.
+                let problems = hello.problems();
+                let mut cut = hello.clone();
+                cut.cut_text();
+                if cut.kind.chars().count() > protocol::device::MAX_KIND
+                    || cut.firmware.chars().count() > protocol::device::MAX_FIRMWARE
+                {
+                    return Err(format!("{cut:?} was not cut to its limits"));
+                }
+                if problems.is_empty() != cut.problems().is_empty() {
+                    return Err(format!("cutting the text of {hello:?} changed its verdict"));
+                }
             }
             let _ = message.answer_to();
         }
@@ -162,6 +174,27 @@ pub fn capabilities(data: &[u8]) -> Result<(), Finding> {
         let Ok(capabilities) = serde_json::from_value::<Capabilities>(announced) else {
             return Ok(());
         };
+        // Accepted by the announcement's rules: every name is one servers take, and
+        // every default is a value its argument accepts.
+        if capabilities.problems().is_empty() {
+            for command in &capabilities.commands {
+                if !protocol::capability::valid_command_name(&command.name) {
+                    return Err(format!("{command:?} passed with a bad name"));
+                }
+                for spec in &command.args {
+                    if let Some(default) = &spec.default
+                        && spec.check(default).is_err()
+                    {
+                        return Err(format!("{spec:?} passed with a default it refuses"));
+                    }
+                }
+            }
+            for metric in &capabilities.metrics {
+                if !protocol::capability::valid_metric_name(&metric.name) {
+                    return Err(format!("{metric:?} passed with a bad name"));
+                }
+            }
+        }
         let sent = values::object(&mut u, 2).unwrap_or_default();
         let mut args: BTreeMap<String, Value> = sent.into_iter().collect();
         // Often the names the spec has, so that checks of values run.

@@ -65,13 +65,17 @@ impl Hub {
         // A watched device that (re)connected gets its lease on the new inbox at once.
         let mut rewatch = None;
         match (message, routed) {
-            (DeviceMessage::Hello(hello), Some((device, PresenceKind::Hello)))
+            (DeviceMessage::Hello(mut hello), Some((device, PresenceKind::Hello)))
                 if device == hello.device_id =>
             {
                 if let Some(problem) = crate::registry::hello_problem(&hello) {
                     drop(state);
-                    return self.dropped(&self.inner.stats.malformed, problem);
+                    return self.dropped(
+                        &self.inner.stats.refused_hellos,
+                        &format!("a hello from {device}: {problem}"),
+                    );
                 }
+                hello.cut_text();
                 let (view, replaced) = state.registry.hello(hello, now, now_ms);
                 if state.watched.contains_key(&device) {
                     rewatch = Some(device.clone());
@@ -104,9 +108,10 @@ impl Hub {
                     }
                 }
             }
-            (DeviceMessage::Bye(bye), Some((device, PresenceKind::Bye)))
+            (DeviceMessage::Bye(mut bye), Some((device, PresenceKind::Bye)))
                 if device == bye.device_id =>
             {
+                protocol::capability::cut(&mut bye.reason, protocol::device::MAX_BYE_REASON);
                 match state.registry.bye(&bye, now_ms) {
                     Ok(gone) => {
                         events.extend(gone.map(|device| LiveEvent::DeviceUpdated { device }));

@@ -13,21 +13,20 @@ use protocol::{Bye, Capabilities, DeviceId, Heartbeat, Hello, api::DeviceView};
 /// Heartbeats a device may miss before it is declared offline.
 pub const MISSED_HEARTBEATS: u32 = 3;
 
-/// The heartbeat intervals a hello may announce (PROTOCOL.md), as `tether-agent` allows
-/// them: a longer one would let a device that vanished stay online for hours.
-pub const HEARTBEAT_MS: std::ops::RangeInclusive<u64> =
-    protocol::device::MIN_HEARTBEAT_MS..=protocol::device::MAX_HEARTBEAT_MS;
-
-/// Why a hello cannot be taken, if it cannot: no inbox to send commands to, or a
-/// heartbeat outside [`HEARTBEAT_MS`].
-pub fn hello_problem(hello: &Hello) -> Option<&'static str> {
-    if hello.inbox.is_empty() {
-        Some("a hello without an inbox")
-    } else if !HEARTBEAT_MS.contains(&hello.heartbeat_ms) {
-        Some("a hello with a heartbeat outside 100 ms – 10 minutes")
-    } else {
-        None
+/// Why a hello cannot be taken, if it cannot (every rule is [`Hello::problems`]): its
+/// first few problems as one line for the log, cut to a readable length.
+pub fn hello_problem(hello: &Hello) -> Option<String> {
+    const SHOWN: usize = 3;
+    let problems = hello.problems();
+    if problems.is_empty() {
+        return None;
     }
+    let mut text = problems[..problems.len().min(SHOWN)].join("; ");
+    if problems.len() > SHOWN {
+        text.push_str(&format!(" (and {} more)", problems.len() - SHOWN));
+    }
+    protocol::capability::cut(&mut text, 1_000);
+    Some(text)
 }
 
 /// A device and where its current session can be reached.
@@ -304,6 +303,26 @@ mod tests {
             assert!(hello_problem(&with(wrong, "q")).is_some(), "{wrong}");
         }
         assert!(hello_problem(&with(1000, "")).is_some());
+    }
+
+    #[test]
+    fn a_hello_problem_names_the_first_three_of_many() {
+        let metrics = (0..5)
+            .map(|i| protocol::MetricSpec {
+                name: format!("bad.{i}"),
+                unit: String::new(),
+                min: None,
+                max: None,
+            })
+            .collect();
+        let mut bad = hello("d", "s");
+        bad.capabilities.metrics = metrics;
+        let problem = hello_problem(&bad).unwrap();
+        assert!(
+            problem.starts_with("metric name \"bad.0\" must be"),
+            "{problem}"
+        );
+        assert!(problem.ends_with("(and 2 more)"), "{problem}");
     }
 
     #[test]

@@ -291,6 +291,7 @@ impl Hub {
             name: view.name.clone(),
             args: view.args.clone(),
             timeout_ms,
+            deadline_ms: Some(view.deadline_ms),
         });
         let properties = link
             .properties()

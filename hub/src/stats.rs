@@ -13,6 +13,9 @@ use crate::hub::Hub;
 pub struct Stats {
     /// Bodies that were not a message of this protocol version.
     pub malformed: AtomicU64,
+    /// Hellos that decoded but break the protocol's rules (`Hello::problems`): a
+    /// device set up wrong, which stays offline.
+    pub refused_hellos: AtomicU64,
     /// Well-formed messages on a queue where they do not belong.
     pub foreign: AtomicU64,
     /// Messages from a device session that a newer one replaced, or from an unknown device.
@@ -46,6 +49,7 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct StatsSnapshot {
     pub malformed: u64,
+    pub refused_hellos: u64,
     pub foreign: u64,
     pub stale: u64,
     pub impostors: u64,
@@ -88,6 +92,7 @@ impl Hub {
         };
         StatsSnapshot {
             malformed: load(&stats.malformed),
+            refused_hellos: load(&stats.refused_hellos),
             impostors: load(&stats.impostors),
             foreign: load(&stats.foreign),
             stale: load(&stats.stale),

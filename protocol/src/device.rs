@@ -93,12 +93,21 @@ pub struct AnnounceRequest {}
 pub struct Hello {
     pub device_id: DeviceId,
     /// New on every connection; messages from older sessions are ignored.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))
+    )]
     pub session_id: String,
     /// The broker-named queue that receives this session's commands.
-    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = MAX_INBOX)))]
     pub inbox: String,
-    /// What sort of device it is, e.g. `thermostat`.
+    /// What sort of device it is, e.g. `thermostat`. Servers cut a longer one to 64
+    /// characters.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = MAX_KIND)))]
     pub kind: String,
+    /// The software version it runs; `""` if it cannot tell. Servers cut a longer one
+    /// to 64 characters.
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_FIRMWARE)))]
     pub firmware: String,
     /// How often heartbeats come. The server declares the device offline after
     /// several are missed. From 100 ms to 10 minutes: servers drop a hello outside.
@@ -109,6 +118,55 @@ pub struct Hello {
     pub heartbeat_ms: u64,
     #[serde(default)]
     pub capabilities: Capabilities,
+}
+
+/// Longest `kind` and `firmware` servers keep, in characters: longer ones are cut.
+pub const MAX_KIND: usize = 64;
+pub const MAX_FIRMWARE: usize = 64;
+/// Longest `bye.reason` servers keep, in characters: a longer one is cut.
+pub const MAX_BYE_REASON: usize = 200;
+/// Longest inbox name: an AMQP short string.
+pub const MAX_INBOX: usize = 255;
+
+/// A session id: 1–64 ASCII letters, digits, `-` or `_`.
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))
+}
+
+impl Hello {
+    /// Everything that makes servers drop this hello (the device does not come online),
+    /// each a sentence; empty if it is accepted.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !valid_session_id(&self.session_id) {
+            problems.push(format!(
+                "session_id {:?} must be 1–64 ASCII letters, digits, `-` or `_`",
+                crate::capability::shown(&self.session_id)
+            ));
+        }
+        if self.inbox.is_empty() || self.inbox.len() > MAX_INBOX {
+            problems.push(format!("the inbox must be 1–{MAX_INBOX} bytes"));
+        }
+        if !(MIN_HEARTBEAT_MS..=MAX_HEARTBEAT_MS).contains(&self.heartbeat_ms) {
+            problems.push(format!(
+                "heartbeat_ms {} is outside {MIN_HEARTBEAT_MS}–{MAX_HEARTBEAT_MS}",
+                self.heartbeat_ms
+            ));
+        }
+        problems.extend(self.capabilities.problems());
+        problems
+    }
+
+    /// Cuts what is shown to people (kind, firmware, descriptions, units) to its limits.
+    pub fn cut_text(&mut self) {
+        crate::capability::cut(&mut self.kind, MAX_KIND);
+        crate::capability::cut(&mut self.firmware, MAX_FIRMWARE);
+        self.capabilities.cut_text();
+    }
 }
 
 /// "Still here", every `heartbeat_ms`.
@@ -125,7 +183,10 @@ pub struct Heartbeat {
 pub struct Bye {
     pub device_id: DeviceId,
     pub session_id: String,
+    /// Free text for people, e.g. `shutdown`. Servers cut a longer one to 200
+    /// characters.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_BYE_REASON)))]
     pub reason: String,
 }
 
@@ -145,6 +206,27 @@ pub struct CommandRequest {
         schemars(range(min = crate::api::timeouts::MIN_MS, max = crate::api::timeouts::MAX_MS))
     )]
     pub timeout_ms: u64,
+    /// When the server's deadline passes, in milliseconds since the Unix epoch by the
+    /// server's clock (the API's `deadline_ms`): `timeout_ms` after the command was
+    /// created, so the part of the budget spent in the broker is already gone. Absent
+    /// from servers before it was added. See [`CommandRequest::time_left`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+impl CommandRequest {
+    /// The time a device has for this command, received at `now_ms` by its own clock:
+    /// until `deadline_ms` when that falls within `timeout_ms` from now, otherwise (no
+    /// deadline given, or a clock that disagrees with the server's: the deadline lies
+    /// in the past or further ahead than the whole budget) `timeout_ms` from receipt.
+    pub fn time_left(&self, now_ms: u64) -> std::time::Duration {
+        let budget = self.timeout_ms;
+        let left = match self.deadline_ms {
+            Some(deadline) if deadline > now_ms && deadline - now_ms <= budget => deadline - now_ms,
+            _ => budget,
+        };
+        std::time::Duration::from_millis(left)
+    }
 }
 
 /// Stop working on a command, if it is still running.
@@ -252,6 +334,100 @@ mod tests {
         DeviceId::new(s).unwrap()
     }
 
+    fn hello() -> Hello {
+        Hello {
+            device_id: id("sw-1"),
+            session_id: "9f2c41d07be5a318".into(),
+            inbox: "amq.gen-abc".into(),
+            kind: "switch".into(),
+            firmware: "1.2.3".into(),
+            heartbeat_ms: 2000,
+            capabilities: Capabilities::default(),
+        }
+    }
+
+    #[test]
+    fn a_command_lasts_until_the_deadline_when_the_clocks_agree() {
+        let at = |deadline_ms| CommandRequest {
+            command_id: CommandId::from("c"),
+            name: "n".into(),
+            args: BTreeMap::new(),
+            timeout_ms: 10_000,
+            deadline_ms,
+        };
+        let now = 1_800_000_000_000;
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(at(None).time_left(now), ms(10_000));
+        // 2.5 s of the budget went by in the broker.
+        assert_eq!(at(Some(now + 7_500)).time_left(now), ms(7_500));
+        assert_eq!(at(Some(now + 10_000)).time_left(now), ms(10_000));
+        assert_eq!(at(Some(now + 1)).time_left(now), ms(1));
+        // Clocks that disagree: the device's is behind, or ahead (or the deadline
+        // passed): the budget counts from receipt.
+        assert_eq!(at(Some(now + 10_001)).time_left(now), ms(10_000));
+        assert_eq!(at(Some(now)).time_left(now), ms(10_000));
+        assert_eq!(at(Some(now - 60_000)).time_left(now), ms(10_000));
+        assert_eq!(at(Some(0)).time_left(u64::MAX), ms(10_000));
+    }
+
+    #[test]
+    fn a_hello_is_checked_whole() {
+        assert_eq!(hello().problems(), Vec::<String>::new());
+        let cases: [(fn(&mut Hello), &str); 7] = [
+            (
+                |h| h.session_id = String::new(),
+                "session_id \"\" must be 1–64",
+            ),
+            (
+                |h| h.session_id = "a.b".into(),
+                "session_id \"a.b\" must be",
+            ),
+            (|h| h.session_id = "s".repeat(65), "must be 1–64 ASCII"),
+            (|h| h.inbox = String::new(), "the inbox must be 1–255 bytes"),
+            (
+                |h| h.inbox = "q".repeat(256),
+                "the inbox must be 1–255 bytes",
+            ),
+            (
+                |h| h.heartbeat_ms = 99,
+                "heartbeat_ms 99 is outside 100–600000",
+            ),
+            (
+                |h| {
+                    h.capabilities.metrics =
+                        vec![serde_json::from_value(json!({"name": "a.b"})).unwrap()]
+                },
+                "metric name \"a.b\"",
+            ),
+        ];
+        for (spoil, expected) in cases {
+            let mut bad = hello();
+            spoil(&mut bad);
+            let problems = bad.problems();
+            assert!(
+                problems.len() == 1 && problems[0].contains(expected),
+                "{problems:?}, expected {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hello_keeps_its_text_for_people_within_limits() {
+        let mut long = Hello {
+            kind: "k".repeat(65),
+            firmware: "1.0-ü".repeat(20),
+            ..hello()
+        };
+        assert_eq!(
+            long.problems(),
+            Vec::<String>::new(),
+            "long text is cut, not refused"
+        );
+        long.cut_text();
+        assert_eq!(long.kind, "k".repeat(64));
+        assert_eq!(long.firmware.chars().count(), 64);
+    }
+
     fn every_device_message() -> Vec<DeviceMessage> {
         let capabilities: Capabilities = serde_json::from_value(json!({
             "commands": [{"name": "toggle"}, {"name": "set", "args": [
@@ -326,6 +502,7 @@ mod tests {
                 name: "set".into(),
                 args: [("on".to_owned(), json!(true))].into(),
                 timeout_ms: 10_000,
+                deadline_ms: None,
             }),
             ServerMessage::Cancel(CancelRequest {
                 command_id: "c-9".into(),

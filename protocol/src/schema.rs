@@ -119,14 +119,25 @@ fn enveloped(mut schema: Schema, tag: Option<&str>) -> Schema {
     schema
 }
 
-/// One word of a routing key (a metric's name in `telemetry.<device>.<metric>`): not
-/// empty, no `.`, and not `*` or `#`, which the broker's topic permissions refuse.
+/// One word of a routing key (a metric's name in `telemetry.<device>.<metric>`): 1–64
+/// ASCII letters, digits, `_` or `-`, as servers check it in a hello (so no `.`, and
+/// not `*` or `#`, which the broker's topic permissions refuse).
 pub fn routing_word(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
         "minLength": 1,
-        "pattern": "^[^.]+$",
-        "not": { "enum": ["*", "#"] },
+        "maxLength": crate::capability::limits::NAME,
+        "pattern": "^[A-Za-z0-9_-]+$",
+    })
+}
+
+/// A command's or argument's name: 1–64 ASCII letters, digits, `_`, `-` or `.`.
+pub fn command_name(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": crate::capability::limits::NAME,
+        "pattern": "^[A-Za-z0-9_.-]+$",
     })
 }
 

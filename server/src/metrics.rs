@@ -124,6 +124,7 @@ pub fn render(state: &AppState) -> String {
         "reason",
         &[
             ("malformed", hub.malformed),
+            ("hello_refused", hub.refused_hellos),
             ("foreign", hub.foreign),
             ("stale_session", hub.stale),
             ("impostor", hub.impostors),

@@ -504,6 +504,108 @@ async fn a_thousand_pending_slow_commands_do_not_delay_a_fast_one() {
 }
 
 #[tokio::test]
+async fn a_hello_breaking_the_rules_changes_nothing_and_text_for_people_is_cut() {
+    let hub = start_hub().await;
+    let device = raw_device("raw-rules", 60_000).await;
+    online(&hub, &device.id).await;
+    let dropped_before = hub.stats().refused_hellos;
+    let before = hub.device(&device.id).unwrap();
+    let hello = |session: &str, kind: &str, capabilities: serde_json::Value| {
+        protocol::encode(&DeviceMessage::Hello(protocol::Hello {
+            device_id: device.id.clone(),
+            session_id: session.into(),
+            inbox: device.inbox.clone(),
+            kind: kind.into(),
+            firmware: "1".into(),
+            heartbeat_ms: 60_000,
+            capabilities: serde_json::from_value(capabilities).unwrap(),
+        }))
+    };
+    // Each is dropped: a dotted metric (its readings could never be published), a
+    // default its own argument refuses, duplicate commands, reporting faster than its
+    // fastest, a session id that is not one word. Sent with a new session too: the
+    // device keeps its current one.
+    let bad = [
+        json!({"metrics": [{"name": "cpu.load"}]}),
+        json!({"commands": [{"name": "go", "args": [{"name": "n", "type": "integer", "max": 5, "default": 9}]}]}),
+        json!({"commands": [{"name": "go"}, {"name": "go"}]}),
+        json!({"reporting": {"interval_ms": 1000, "fastest_ms": 5000}}),
+    ];
+    for (i, capabilities) in bad.iter().enumerate() {
+        device
+            .publish_presence(
+                "hello",
+                &hello(&device.session_id, "raw", capabilities.clone()),
+            )
+            .await;
+        device
+            .publish_presence(
+                "hello",
+                &hello(&format!("new-{i}"), "raw", capabilities.clone()),
+            )
+            .await;
+    }
+    device
+        .publish_presence("hello", &hello("not one.word", "raw", json!({})))
+        .await;
+    eventually("the bad hellos counted", Duration::from_secs(5), || {
+        Some(()).filter(|()| hub.stats().refused_hellos >= dropped_before + 9)
+    })
+    .await;
+    let known = hub.device(&device.id).unwrap();
+    assert!(known.online);
+    assert_eq!(known.kind, "raw");
+    let names: Vec<&str> = known
+        .capabilities
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["temp"],
+        "the announcement before the bad hellos stands"
+    );
+    assert_eq!(known.since_ms, before.since_ms, "no new session began");
+
+    // Over-long text for people is cut, and the hello is taken.
+    let long = hello(
+        &device.session_id,
+        &"k".repeat(100),
+        json!({"commands": [{"name": "echo", "description": "é".repeat(500)}],
+               "metrics": [{"name": "temp", "unit": "u".repeat(50)}]}),
+    );
+    device.publish_presence("hello", &long).await;
+    let known = eventually("the long hello taken", Duration::from_secs(5), || {
+        hub.device(&device.id)
+            .filter(|d| d.kind.len() < 100 && d.kind.starts_with('k'))
+    })
+    .await;
+    assert_eq!(known.kind, "k".repeat(64));
+    assert_eq!(known.capabilities.commands[0].description, "é".repeat(200));
+    assert_eq!(known.capabilities.metrics[0].unit, "u".repeat(32));
+
+    // A command carries the server's deadline, so the device can tell what is left.
+    let mut inbox = device.consume_inbox().await;
+    let sent = hub
+        .send(&device.id, command("echo", json!({}), Some(7_000)))
+        .await
+        .unwrap();
+    let delivery = within(Duration::from_secs(5), "the command", inbox.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ServerMessage::Command(request) =
+        protocol::decode::<ServerMessage>(&delivery.data).unwrap()
+    else {
+        panic!("not a command")
+    };
+    assert_eq!(request.timeout_ms, 7_000);
+    assert_eq!(request.deadline_ms, Some(sent.deadline_ms));
+    assert_eq!(sent.deadline_ms, sent.created_ms + 7_000);
+}
+
+#[tokio::test]
 async fn malformed_and_foreign_messages_are_counted_and_ignored() {
     let hub = start_hub().await;
     let device = raw_device("raw-noisy", 60_000).await;

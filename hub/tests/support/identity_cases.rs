@@ -217,6 +217,7 @@ async fn an_agent_ignores_a_command_another_device_put_into_its_inbox() {
         name: "echo".into(),
         args: serde_json::from_value(json!({"message": "pwned"})).unwrap(),
         timeout_ms: 5_000,
+        deadline_ms: None,
     });
     let properties = BasicProperties::default()
         .with_user_id(intruder.as_str().into())
