@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use agent::simulate::Kind;
-use protocol::{DeviceId, auth::Role};
+use protocol::{DeviceId, api::ErrorCode, auth::Role};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -73,6 +73,7 @@ struct Setup {
     base: String,
     device: DeviceId,
     client: reqwest::Client,
+    hub: hub::Hub,
     _stop_server: oneshot::Sender<()>,
     _agent: testkit::Agent,
 }
@@ -104,6 +105,7 @@ async fn setup() -> Setup {
         base,
         device: agent.id.clone(),
         client: testkit::api_client(&token),
+        hub,
         _stop_server: stop_server,
         _agent: agent,
     }
@@ -153,6 +155,60 @@ fn operations(document: &Value) -> BTreeSet<(String, String)> {
         }
     }
     found
+}
+
+/// `document` made strict, for the tests only: every object schema that lists its
+/// `properties` (and says nothing of others: not a map) refuses any other property, so
+/// that an answer carrying a field the document does not describe fails. The served
+/// document stays open: clients must ignore fields they do not know (API.md, Rules).
+fn strict(document: &Value) -> Value {
+    fn close(schema: &mut Value) {
+        match schema {
+            Value::Object(object) => {
+                let lists_properties = object.get("properties").is_some_and(Value::is_object);
+                let says_otherwise = object.contains_key("additionalProperties")
+                    || object.contains_key("unevaluatedProperties")
+                    || object.contains_key("patternProperties");
+                if lists_properties && !says_otherwise {
+                    object.insert("additionalProperties".into(), Value::Bool(false));
+                }
+                for (key, value) in object.iter_mut() {
+                    // A property named like a keyword is a name, not a schema: go into
+                    // the schemas it names, never the map itself.
+                    if key == "properties" {
+                        if let Value::Object(properties) = value {
+                            properties.values_mut().for_each(close);
+                        }
+                    } else {
+                        close(value);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(close),
+            _ => {}
+        }
+    }
+    let mut strict = document.clone();
+    close(&mut strict["components"]["schemas"]);
+    close(&mut strict["paths"]);
+    strict
+}
+
+/// The codes `document`'s `ErrorCode` schema lists.
+fn documented_codes(document: &Value) -> BTreeSet<String> {
+    let code = &document["components"]["schemas"]["ApiError"]["properties"]["code"];
+    assert_eq!(
+        code["$ref"], "#/components/schemas/ErrorCode",
+        "ApiError.code is an ErrorCode: {code}"
+    );
+    let schema = &document["components"]["schemas"]["ErrorCode"];
+    assert_eq!(schema["type"], "string", "{schema}");
+    schema["enum"]
+        .as_array()
+        .expect("ErrorCode is an enum")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// The schema `document` gives for the JSON answer `status` of `method path`, as a
@@ -220,8 +276,31 @@ fn is_unknown_route(status: StatusCode, body: &Value) -> bool {
 #[tokio::test]
 async fn the_document_describes_every_route_and_the_routes_answer() {
     let setup = setup().await;
-    let document = setup.document().await;
+    let document = strict(&setup.document().await);
     assert_eq!(document["openapi"], "3.1.0");
+
+    // `ApiError.code` is the enum of every code the server can send, each explained.
+    let codes = documented_codes(&document);
+    let known: BTreeSet<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(codes, known);
+    let explained = document["components"]["schemas"]["ErrorCode"]["description"]
+        .as_str()
+        .unwrap();
+    for code in ErrorCode::ALL {
+        assert!(
+            explained.contains(&format!("- `{}`: {}", code.as_str(), code.description())),
+            "{code} is not explained"
+        );
+    }
+    // Only /api/v1 is the contract, says the document itself.
+    let about = document["info"]["description"].as_str().unwrap();
+    assert!(
+        about.contains("server functions") && about.contains("not part of this API"),
+        "{about}"
+    );
 
     let documented = operations(&document);
     let listed: BTreeSet<(String, String)> = OPERATIONS
@@ -327,13 +406,20 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
 #[tokio::test]
 async fn real_answers_match_the_document() {
     let setup = setup().await;
-    let document = setup.document().await;
+    let served = setup.document().await;
+    // Strict: an answer with a field the document does not describe fails.
+    let document = strict(&served);
     let device = setup.device.to_string();
     let mut checked = 0;
+    // The error codes the answers carried.
+    let mut codes = BTreeSet::new();
     let mut call = async |method: &str, template: &str, path: String, body: Option<Value>| {
         let (status, answer) = setup.call(method, &path, body).await;
         check(&document, method, template, status, &answer);
         checked += 1;
+        if status.as_u16() >= 400 {
+            codes.insert(answer["code"].as_str().unwrap().to_owned());
+        }
         (status, answer)
     };
 
@@ -610,7 +696,17 @@ async fn real_answers_match_the_document() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     check(&document, "GET", "/api/v1/devices", status, &answer);
+    codes.insert(answer["code"].as_str().unwrap().to_owned());
     assert!(checked >= 30, "{checked}");
+
+    // Every code an answer carried is one the document lists (and explains).
+    let listed = documented_codes(&served);
+    assert!(codes.len() >= 8, "{codes:?}");
+    let undocumented: Vec<&String> = codes.difference(&listed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "codes the answers carried that ErrorCode does not list: {undocumented:?}"
+    );
 }
 
 /// The check can fail: a device whose `online` is not a boolean, a command without
@@ -624,6 +720,38 @@ async fn a_wrong_answer_does_not_validate() {
         .await;
     let devices = validator(&document, "GET", "/api/v1/devices/{id}", StatusCode::OK);
     assert!(devices.is_valid(&view));
+
+    // A field the document does not describe: fine for the served document (clients
+    // ignore what they do not know), a failure for the tests' strict copy, in the
+    // device itself and in an object within it.
+    let strict_devices = validator(
+        &strict(&document),
+        "GET",
+        "/api/v1/devices/{id}",
+        StatusCode::OK,
+    );
+    assert!(strict_devices.is_valid(&view), "{view}");
+    let mut extra = view.clone();
+    extra["surprise"] = json!(1);
+    assert!(devices.is_valid(&extra));
+    assert!(!strict_devices.is_valid(&extra));
+    let mut nested = view.clone();
+    nested["latest"]["cpu"] = json!({"value": 1.0, "ts_ms": 5, "unit": "%"});
+    assert!(devices.is_valid(&nested));
+    assert!(!strict_devices.is_valid(&nested));
+    let errors = validator(
+        &strict(&document),
+        "GET",
+        "/api/v1/devices/{id}",
+        StatusCode::NOT_FOUND,
+    );
+    assert!(errors.is_valid(&json!({"code": "unknown_device", "message": "no"})));
+    assert!(!errors.is_valid(&json!({"code": "unknown_device", "message": "no", "detail": 1})));
+    assert!(
+        !errors.is_valid(&json!({"code": "made_up", "message": "no"})),
+        "a code ErrorCode does not list"
+    );
+
     view["online"] = json!("yes");
     assert!(!devices.is_valid(&view));
     view.as_object_mut().unwrap().remove("online");
@@ -650,4 +778,154 @@ async fn a_wrong_answer_does_not_validate() {
         StatusCode::NOT_FOUND,
     );
     assert!(!errors.is_valid(&json!({"code": 404})));
+}
+
+/// API.md, Rules: a device with no accepted reading has no `latest` at all (not `{}`,
+/// not `null`), in the list as alone; one that sent readings has them there.
+#[tokio::test]
+async fn a_device_without_readings_has_no_latest() {
+    let setup = setup().await;
+    let document = strict(&setup.document().await);
+    let quiet = testkit::Agent::start(
+        &testkit::rabbitmq_url(),
+        "openapi-quiet",
+        Kind::Thermostat,
+        |config| {
+            config.heartbeat = Duration::from_secs(1);
+            config.telemetry = None;
+        },
+    )
+    .await;
+    testkit::online(&setup.hub, &quiet.id).await;
+
+    let one = format!("/api/v1/devices/{}", quiet.id);
+    let (status, view) = setup.call("GET", &one, None).await;
+    assert_eq!(status, StatusCode::OK);
+    check(&document, "GET", "/api/v1/devices/{id}", status, &view);
+    assert!(view.get("id").is_some(), "{view}");
+    assert!(view.get("latest").is_none(), "no `latest` key: {view}");
+
+    let (status, page) = setup
+        .call("GET", &format!("/api/v1/devices?search={}", quiet.id), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    check(&document, "GET", "/api/v1/devices", status, &page);
+    let listed = listed(&page, &quiet.id).expect("listed");
+    assert!(listed.get("latest").is_none(), "no `latest` key: {listed}");
+
+    // The contrast: the gateway sends readings, and its `latest` holds them.
+    let gateway = format!("/api/v1/devices/{}", setup.device);
+    let view = until("a reading", Duration::from_secs(20), async || {
+        let (_, view) = setup.call("GET", &gateway, None).await;
+        view["latest"]
+            .as_object()
+            .is_some_and(|l| !l.is_empty())
+            .then_some(view)
+    })
+    .await;
+    check(
+        &document,
+        "GET",
+        "/api/v1/devices/{id}",
+        StatusCode::OK,
+        &view,
+    );
+    quiet.stop().await;
+}
+
+/// API.md, Rules: a device that went offline (here: its agent said bye) stays listed,
+/// `online: false`, in the list and alone, for as long as the server runs.
+#[tokio::test]
+async fn an_offline_device_stays_listed() {
+    let setup = setup().await;
+    let document = strict(&setup.document().await);
+    let leaving = testkit::Agent::start(
+        &testkit::rabbitmq_url(),
+        "openapi-leaving",
+        Kind::Switch,
+        |config| config.heartbeat = Duration::from_millis(200),
+    )
+    .await;
+    testkit::online(&setup.hub, &leaving.id).await;
+    let id = leaving.id.clone();
+    let one = format!("/api/v1/devices/{id}");
+    let (_, before) = setup.call("GET", &one, None).await;
+    assert_eq!(before["online"], true, "{before}");
+    leaving.stop().await;
+
+    let offline = until("offline", Duration::from_secs(10), async || {
+        let (_, view) = setup.call("GET", &one, None).await;
+        (view["online"] == false).then_some(view)
+    })
+    .await;
+    check(
+        &document,
+        "GET",
+        "/api/v1/devices/{id}",
+        StatusCode::OK,
+        &offline,
+    );
+    assert!(
+        offline["since_ms"].as_u64() >= before["since_ms"].as_u64(),
+        "since_ms is when it went offline: {offline}"
+    );
+
+    // Well past the point where its heartbeats would have counted as missed (3 × 200
+    // ms), and again: still there, still offline.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (status, view) = setup.call("GET", &one, None).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        check(&document, "GET", "/api/v1/devices/{id}", status, &view);
+        assert_eq!(view["online"], false, "{view}");
+
+        for query in [
+            format!("search={id}"),
+            format!("search={id}&status=offline"),
+        ] {
+            let (status, page) = setup
+                .call("GET", &format!("/api/v1/devices?{query}"), None)
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            check(&document, "GET", "/api/v1/devices", status, &page);
+            let listed = listed(&page, &id).unwrap_or_else(|| panic!("listed ({query}): {page}"));
+            assert_eq!(listed["online"], false, "{listed}");
+        }
+        let (_, online) = setup
+            .call(
+                "GET",
+                &format!("/api/v1/devices?search={id}&status=online"),
+                None,
+            )
+            .await;
+        assert!(listed(&online, &id).is_none(), "{online}");
+    }
+}
+
+/// The device `id` in a page of `GET /api/v1/devices`.
+fn listed<'a>(page: &'a Value, id: &DeviceId) -> Option<&'a Value> {
+    page["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id.as_str())
+}
+
+/// What `check` gives once it gives something; panics after `within`.
+async fn until(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<Value>,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
