@@ -709,6 +709,163 @@ async fn real_answers_match_the_document() {
     );
 }
 
+/// What the admin makes and reads (users, tokens, device credentials, artifacts)
+/// against the strict document: each kind of object the API answers with
+/// carries only fields the document describes.
+#[tokio::test]
+async fn what_is_made_matches_the_strict_document() {
+    let setup = setup().await;
+    let document = strict(&setup.document().await);
+    let tag = format!("{:06x}", fastrand::u32(..0xff_ffff));
+    let call = async |method: &str, template: &str, path: String, body: Option<Value>| {
+        let (status, answer) = setup.call(method, &path, body).await;
+        if status != StatusCode::NO_CONTENT {
+            check(&document, method, template, status, &answer);
+        }
+        (status, answer)
+    };
+
+    let user = format!("openapi-{tag}");
+    let (status, made) = call(
+        "POST",
+        "/api/v1/users",
+        "/api/v1/users".into(),
+        Some(json!({"name": user, "password": "a long password", "role": "viewer", "groups": ["site-a"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let one = "/api/v1/users/{name}";
+    let (status, _) = call("GET", one, format!("/api/v1/users/{user}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        "PATCH",
+        one,
+        format!("/api/v1/users/{user}"),
+        Some(json!({"role": "operator"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, error) = call(
+        "POST",
+        "/api/v1/users",
+        "/api/v1/users".into(),
+        Some(json!({"name": user, "password": "a long password", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_exists"))
+    );
+
+    let (status, token) = call(
+        "POST",
+        "/api/v1/tokens",
+        "/api/v1/tokens".into(),
+        Some(json!({"name": "openapi", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{token}");
+    let (status, _) = call("GET", "/api/v1/tokens", "/api/v1/tokens".into(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let token_id = token["token"]["id"].as_str().unwrap();
+    let (status, revoked) = call(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        format!("/api/v1/tokens/{token_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &revoked["revoked"]),
+        (StatusCode::OK, &json!(true))
+    );
+
+    let device = format!("openapi-made-{tag}");
+    let (status, credential) = call(
+        "POST",
+        "/api/v1/devices",
+        "/api/v1/devices".into(),
+        Some(json!({"id": device})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{credential}");
+    let (status, _) = call(
+        "POST",
+        "/api/v1/devices/{id}/secret",
+        format!("/api/v1/devices/{device}/secret"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, provisioned) = call(
+        "GET",
+        "/api/v1/provisioned",
+        "/api/v1/provisioned".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        provisioned
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == device.as_str() && p.get("rotated_ms").is_some()),
+        "{provisioned}"
+    );
+
+    // An artifact: uploaded as the body, listed, read, removed.
+    let response = setup
+        .client
+        .post(format!(
+            "{}/api/v1/artifacts?name=openapi&version=1.0.{tag}&arch=any",
+            setup.base
+        ))
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let artifact: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{artifact}");
+    check(&document, "POST", "/api/v1/artifacts", status, &artifact);
+    let artifact_id = artifact["id"].as_str().unwrap();
+    let (status, listed) = call("GET", "/api/v1/artifacts", "/api/v1/artifacts".into(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!listed.as_array().unwrap().is_empty());
+    let (status, _) = call(
+        "GET",
+        "/api/v1/artifacts/{id}",
+        format!("/api/v1/artifacts/{artifact_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        "DELETE",
+        "/api/v1/artifacts/{id}",
+        format!("/api/v1/artifacts/{artifact_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // These servers keep no readings (`TETHER_DATABASE_URL=none`): the history is 503
+    // `storage_off`, as documented.
+    let (status, error) = call(
+        "GET",
+        "/api/v1/devices/{id}/telemetry",
+        format!("/api/v1/devices/{}/telemetry", setup.device),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("storage_off"))
+    );
+}
+
 /// The check can fail: a device whose `online` is not a boolean, a command without
 /// its status or with one that does not exist, are refused.
 #[tokio::test]
