@@ -236,10 +236,12 @@ pub enum LiveEvent {
         query: crate::fleet::DeviceQuery,
         page: crate::fleet::DevicePage,
     },
-    /// A request the tab sent was not done, and why (`code` as the HTTP API's errors:
-    /// `invalid_request`, `invalid_query`, `too_many`, `not_found`). The socket stays
-    /// open and everything else the tab asked for stands.
+    /// A request the tab sent was not done, and why (`code` an `ErrorCode`, as the HTTP
+    /// API's errors: `invalid_request`, `invalid_query`, `too_many`, `not_found`,
+    /// `store_unavailable`). The socket stays open and everything else the tab asked
+    /// for stands.
     Refused {
+        #[cfg_attr(feature = "openapi", schema(value_type = ErrorCode))]
         code: String,
         message: String,
     },

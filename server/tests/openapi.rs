@@ -295,6 +295,17 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
             "{code} is not explained"
         );
     }
+    // So is a live `refused` event's.
+    let refused = document["components"]["schemas"]["LiveEvent"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["properties"]["type"]["enum"] == json!(["refused"]))
+        .expect("a refused event");
+    assert_eq!(
+        refused["properties"]["code"]["$ref"], "#/components/schemas/ErrorCode",
+        "{refused}"
+    );
     // Only /api/v1 is the contract, says the document itself.
     let about = document["info"]["description"].as_str().unwrap();
     assert!(
