@@ -357,6 +357,7 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
     // Probing: each documented method of each path is routed (whatever it then says of
     // the made-up ids), each other method is 405 `method_not_allowed`.
     let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    let mut probed_codes = BTreeSet::new();
     for path in paths {
         let url = concrete(path);
         for method in METHODS {
@@ -366,11 +367,22 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
             }
             let body = matches!(method, "POST" | "PUT" | "PATCH").then(|| json!({}));
             let (status, answer) = setup.call(method, &url, body).await;
+            if status.as_u16() >= 400 {
+                // Every error is an ApiError with a listed code.
+                let code = answer["code"].as_str().unwrap_or_default();
+                assert!(
+                    codes.contains(code),
+                    "{method} {url}: {status} {answer}: not a listed code"
+                );
+                probed_codes.insert(code.to_owned());
+            }
             if documented.contains(&(method.to_owned(), path.clone())) {
                 assert!(
                     !is_unknown_route(status, &answer) && status != StatusCode::METHOD_NOT_ALLOWED,
                     "{method} {url} is documented but not routed: {status} {answer}"
                 );
+                // And it is the answer the document gives for that status.
+                check(&document, method, path, status, &answer);
             } else {
                 assert_eq!(
                     (status, answer["code"].as_str()),
@@ -380,6 +392,8 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
             }
         }
     }
+
+    assert!(probed_codes.len() >= 5, "{probed_codes:?}");
 
     // The page people read lists every operation.
     let page = setup
