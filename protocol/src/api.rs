@@ -236,10 +236,12 @@ pub enum LiveEvent {
         query: crate::fleet::DeviceQuery,
         page: crate::fleet::DevicePage,
     },
-    /// A request the tab sent was not done, and why (`code` as the HTTP API's errors:
-    /// `invalid_request`, `invalid_query`, `too_many`, `not_found`). The socket stays
-    /// open and everything else the tab asked for stands.
+    /// A request the tab sent was not done, and why (`code` an `ErrorCode`, as the HTTP
+    /// API's errors: `invalid_request`, `invalid_query`, `too_many`, `not_found`,
+    /// `store_unavailable`). The socket stays open and everything else the tab asked
+    /// for stands.
     Refused {
+        #[cfg_attr(feature = "openapi", schema(value_type = ErrorCode))]
         code: String,
         message: String,
     },
@@ -310,8 +312,185 @@ pub struct SendCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
+    // Kept as the text that came, so that a client built against this version (the
+    // browser's) still reads an error of a newer server whose code it does not know
+    // (`error_code` is then `None`). The server only ever sends an `ErrorCode`
+    // (`ApiError::new`), and the OpenAPI document gives `code` as that enum.
+    #[cfg_attr(feature = "openapi", schema(value_type = ErrorCode))]
     pub code: String,
     pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The code, if this version knows it.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
+}
+
+/// Defines [`ErrorCode`]: each variant's doc comment (its HTTP statuses first) is also
+/// its description in the OpenAPI document, and its text on the wire is checked
+/// against serde's by the tests.
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $text:literal,)+) => {
+        /// Every `code` the server puts in an [`ApiError`] (and in a live channel's
+        /// `refused` event or `end`), as it is written on the wire: snake_case text.
+        /// A new code is a new variant here, so the server cannot send one that is not
+        /// documented.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order they are documented.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),+];
+
+            /// The code as written on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $text,)+
+                }
+            }
+
+            /// What the code means and the HTTP statuses it comes with, for people.
+            pub fn description(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => concat!($($doc),+).trim(),)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// 409: the command or job already ended (also a cancel of a command whose replica is
+    /// gone: it ends at once as `outcome_unknown`).
+    AlreadyEnded = "already_ended",
+    /// 409: a user or provisioned device of that name already exists.
+    AlreadyExists = "already_exists",
+    /// 413: the uploaded artifact is over `TETHER_MAX_ARTIFACT_MB`.
+    ArtifactTooLarge = "artifact_too_large",
+    /// 400: a query or path parameter that does not parse, a body that is not JSON, a
+    /// `before` that names nothing; 415: a JSON body without its content type; 422: a
+    /// JSON body of the wrong shape.
+    BadRequest = "bad_request",
+    /// 400, 405, 426: a WebSocket upgrade without the right method, version or headers.
+    BadUpgrade = "bad_upgrade",
+    /// 503: the broker link is down; try again shortly.
+    BrokerUnavailable = "broker_unavailable",
+    /// 403: a request that changes something, or an upgrade, from another site's page.
+    CrossSite = "cross_site",
+    /// 409: the device is offline; the command was not sent.
+    DeviceOffline = "device_offline",
+    /// 403: the caller's role is below what the request needs.
+    Forbidden = "forbidden",
+    /// 500: the server failed on its side; its log says why.
+    Internal = "internal",
+    /// 422: the arguments do not match what the device announced for the command.
+    InvalidArguments = "invalid_arguments",
+    /// 400: a long poll's `after` is beyond the session's events.
+    InvalidCursor = "invalid_cursor",
+    /// 422: a value that parses but is out of bounds or malformed (a limit, a name, a
+    /// password, an id, an empty artifact).
+    InvalidInput = "invalid_input",
+    /// 422: a job's settings are out of bounds, or no device matches its targets.
+    InvalidJob = "invalid_job",
+    /// 422: `max_points` is outside 1 – 2 000.
+    InvalidMaxPoints = "invalid_max_points",
+    /// Live `refused` event only: a fleet query that does not parse or is out of
+    /// bounds.
+    InvalidQuery = "invalid_query",
+    /// 422: `from` is not before `to`.
+    InvalidRange = "invalid_range",
+    /// 400: a live request that is not one (not JSON, no known `type`, a malformed id);
+    /// also a live `refused` event.
+    InvalidRequest = "invalid_request",
+    /// 400: a live session id that is not 32 lowercase hex digits.
+    InvalidSession = "invalid_session",
+    /// 422: a command timeout outside 100 ms – 5 min.
+    InvalidTimeout = "invalid_timeout",
+    /// 403: a download link whose token is not valid for that artifact and device.
+    InvalidToken = "invalid_token",
+    /// 405: a known API path asked with a method it does not take.
+    MethodNotAllowed = "method_not_allowed",
+    /// 404: no such API endpoint, user, token or provisioned device; also a live
+    /// `refused` event (a device or job the user may not see).
+    NotFound = "not_found",
+    /// 409: an admin cannot delete their own account.
+    OwnAccount = "own_account",
+    /// 409: an admin cannot lower their own role.
+    OwnRole = "own_role",
+    /// 503: the replica that sent the command did not answer a forwarded cancel in
+    /// time; nothing changed, try again.
+    ReplicaUnavailable = "replica_unavailable",
+    /// 503: the server is shutting down; 410: a live session ended because of it.
+    ServerStopping = "server_stopping",
+    /// 410: the live session was closed.
+    SessionClosed = "session_closed",
+    /// 410: the live session expired (no poll came for too long).
+    SessionExpired = "session_expired",
+    /// 503: readings are not stored (`TETHER_DATABASE_URL=none`).
+    StorageOff = "storage_off",
+    /// 503: the database is unavailable; try again shortly. Also a live `refused`
+    /// event.
+    StoreUnavailable = "store_unavailable",
+    /// 409: the live session's events go to its event stream; they cannot be polled.
+    StreamedSession = "streamed_session",
+    /// 403: a download link that has expired.
+    TokenExpired = "token_expired",
+    /// 413: a live request over 16 KiB.
+    TooLarge = "too_large",
+    /// Live `refused` event only: past 32 watched devices or 16 followed jobs.
+    TooMany = "too_many",
+    /// 429: too many requests wait in the live session.
+    TooManyRequests = "too_many_requests",
+    /// 429: the user holds too many live sessions; 503: the server does.
+    TooManySessions = "too_many_sessions",
+    /// 401: no session cookie nor API token, or a token that is unknown or revoked.
+    Unauthenticated = "unauthenticated",
+    /// 410 (and a live session's `end`): the user's session was revoked or expired.
+    Unauthorized = "unauthorized",
+    /// 404: no artifact of that id.
+    UnknownArtifact = "unknown_artifact",
+    /// 404: no such command (or one the caller may not see); 422: the device did not
+    /// announce that command.
+    UnknownCommand = "unknown_command",
+    /// 404: no device of that id has connected, or the caller may not see it, or the id
+    /// is not a valid id.
+    UnknownDevice = "unknown_device",
+    /// 404: no job of that id (or one the caller may not see).
+    UnknownJob = "unknown_job",
+    /// 404: the device announced no metric of that name.
+    UnknownMetric = "unknown_metric",
+    /// 404: no diagnostics report of that id for the device.
+    UnknownReport = "unknown_report",
+    /// 404: no live session of that id of the caller's.
+    UnknownSession = "unknown_session",
+    /// 415: a body of the wrong content type (a server function's or a live request's
+    /// that is not `application/json`).
+    UnsupportedMediaType = "unsupported_media_type",
+}
+
+impl ErrorCode {
+    /// The code of this text, if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|code| code.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Command timeouts: the default, and the bounds a caller may choose within.
@@ -330,8 +509,34 @@ mod openapi {
         schema::{ArrayBuilder, OneOfBuilder},
     };
 
-    use super::{Point, Series};
+    use super::{ErrorCode, Point, Series};
     use crate::CommandStatus;
+
+    /// `ErrorCode` as a named schema: a string `enum` of every code, the description
+    /// listing each with its statuses and meaning.
+    impl utoipa::PartialSchema for ErrorCode {
+        fn schema() -> RefOr<Schema> {
+            let mut description = String::from(
+                "A stable code for programs; the HTTP status is listed with each. A client \
+                 MUST be ready for codes a newer server adds (treat one it does not know by \
+                 its HTTP status).\n",
+            );
+            for code in ErrorCode::ALL {
+                description.push_str(&format!("\n- `{}`: {}", code.as_str(), code.description()));
+            }
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(ErrorCode::ALL.iter().map(|code| code.as_str())))
+                .description(Some(description))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for ErrorCode {
+        fn name() -> std::borrow::Cow<'static, str> {
+            "ErrorCode".into()
+        }
+    }
 
     /// Every status, as written on the wire.
     pub const COMMAND_STATUSES: [CommandStatus; 11] = [
@@ -434,3 +639,48 @@ mod openapi {
 
 #[cfg(feature = "openapi")]
 use openapi::command_status_schema;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_is_written_as_serde_writes_it() {
+        let mut seen = std::collections::BTreeSet::new();
+        for &code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::json!(code.as_str()),
+                "{code:?}"
+            );
+            let back: ErrorCode = serde_json::from_value(serde_json::json!(code.as_str())).unwrap();
+            assert_eq!(back, code);
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert!(
+                !code.description().is_empty(),
+                "{code:?} has no description"
+            );
+            assert!(seen.insert(code.as_str()), "{code:?} twice");
+        }
+        // Sorted as documented: alphabetically, so a new code has one place to go.
+        let texts: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let mut sorted = texts.clone();
+        sorted.sort_unstable();
+        assert_eq!(texts, sorted);
+    }
+
+    #[test]
+    fn an_error_keeps_its_wire_format_and_an_unknown_code_still_reads() {
+        let error = ApiError::new(ErrorCode::DeviceOffline, "the device is offline");
+        assert_eq!(
+            serde_json::to_value(&error).unwrap(),
+            serde_json::json!({"code": "device_offline", "message": "the device is offline"})
+        );
+        assert_eq!(error.error_code(), Some(ErrorCode::DeviceOffline));
+        // A newer server's code: read, kept as it came, not known.
+        let newer: ApiError =
+            serde_json::from_str(r#"{"code":"quota_exceeded","message":"too many"}"#).unwrap();
+        assert_eq!(newer.code, "quota_exceeded");
+        assert_eq!(newer.error_code(), None);
+    }
+}

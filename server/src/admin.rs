@@ -5,7 +5,7 @@
 use app::fleet::{AuditFilter, NewUser, UserChange};
 use axum::extract::{Path, State};
 use axum::{Json, http::StatusCode};
-use protocol::api::ApiError;
+use protocol::api::{ApiError, ErrorCode};
 use protocol::auth::{AuditCheck, AuditEntry, Me, NewToken, Role, TokenView, UserView};
 use serde::Deserialize;
 use store::{AccountError, AuditQuery};
@@ -35,9 +35,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 impl From<AccountError> for Failure {
     fn from(error: AccountError) -> Self {
         let (status, code) = match &error {
-            AccountError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-            AccountError::Exists(_) => (StatusCode::CONFLICT, "already_exists"),
-            AccountError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AccountError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput),
+            AccountError::Exists(_) => (StatusCode::CONFLICT, ErrorCode::AlreadyExists),
+            AccountError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             AccountError::Db(_) => return store_unavailable(&error),
         };
         Self::new(status, code, error.to_string())
@@ -48,7 +48,7 @@ pub fn store_unavailable(error: &dyn std::fmt::Display) -> Failure {
     tracing::error!("the accounts database failed: {error}");
     Failure::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        ErrorCode::StoreUnavailable,
         "the database is unavailable; try again shortly",
     )
 }
@@ -113,7 +113,7 @@ pub(crate) async fn get_user(
         .ok_or_else(|| {
             Failure::new(
                 StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 format!("no user \"{name}\""),
             )
         })
@@ -180,7 +180,7 @@ pub(crate) async fn change_user(
     if name == who.name && change.role.is_some_and(|role| role < Role::Admin) {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "own_role",
+            ErrorCode::OwnRole,
             "you cannot lower your own role (another admin can)",
         ));
     }
@@ -250,7 +250,7 @@ pub(crate) async fn delete_user(
     if name == who.name {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "own_account",
+            ErrorCode::OwnAccount,
             "you cannot delete your own account (another admin can)",
         ));
     }
@@ -344,7 +344,7 @@ pub(crate) async fn create_token(
     if role > who.role {
         return Err(Failure::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "a token cannot have a higher role ({role}) than yours ({})",
                 who.role
@@ -388,7 +388,7 @@ pub(crate) async fn revoke_token(
     let unknown = || {
         Failure::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no token \"{id}\""),
         )
     };

@@ -26,7 +26,7 @@ use crate::{
     history, live, openapi, provision,
     state::AppState,
 };
-use protocol::api::ApiError;
+use protocol::api::{ApiError, ErrorCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The longest a `GET /api/v1/commands/{id}?wait_ms=` may wait.
@@ -54,12 +54,16 @@ pub fn routes() -> Router<AppState> {
     openapi::keep(document);
     router
         .fallback(|| async {
-            Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such API endpoint",
+            )
         })
         .method_not_allowed_fallback(|| async {
             Failure::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this API endpoint does not answer this method",
             )
         })
@@ -121,7 +125,7 @@ async fn path_id<S: Send + Sync>(
         .map_err(|rejection| {
             Failure::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 rejection.body_text(),
             )
         })?;
@@ -147,7 +151,7 @@ where
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(Failure::new(
                 rejection.status(),
-                "bad_request",
+                ErrorCode::BadRequest,
                 rejection.body_text(),
             )),
         }
@@ -173,7 +177,7 @@ where
             Ok(Query(value)) => Ok(Self(value)),
             Err(rejection) => Err(Failure::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 rejection.body_text(),
             )),
         }
@@ -205,7 +209,11 @@ pub fn device_page(
     query: &DeviceQuery,
 ) -> Result<DevicePage, Failure> {
     query.check().map_err(|message| {
-        Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+        Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidInput,
+            message,
+        )
     })?;
     Ok(state
         .hub
@@ -332,7 +340,7 @@ pub async fn command_history(
             let last = logged.ok_or_else(|| {
                 Failure::new(
                     StatusCode::BAD_REQUEST,
-                    "bad_request",
+                    ErrorCode::BadRequest,
                     format!("`before` names no command: \"{id}\""),
                 )
             })?;
@@ -362,7 +370,7 @@ pub fn log_unavailable(error: anyhow::Error, what: &str) -> Failure {
     tracing::error!("cannot read the command log: {error:#}");
     Failure::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        ErrorCode::StoreUnavailable,
         format!("{what} (its database is down); try again shortly"),
     )
 }
@@ -521,7 +529,7 @@ async fn get_command(
     let unknown = || {
         Failure::new(
             StatusCode::NOT_FOUND,
-            "unknown_command",
+            ErrorCode::UnknownCommand,
             format!("no command \"{id}\""),
         )
     };

@@ -13,7 +13,7 @@
 //! Both keys are files in the data folder, made on first start (mode 0600); replicas
 //! that serve the same devices need the same ones, and the same `artifacts/` folder.
 
-use protocol::api::ApiError;
+use protocol::api::{ApiError, ErrorCode};
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -223,7 +223,7 @@ fn unavailable(error: anyhow::Error) -> Failure {
     tracing::error!("artifacts: {error:#}");
     Failure::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        ErrorCode::StoreUnavailable,
         "artifacts are unavailable (their database is down); try again shortly",
     )
 }
@@ -231,7 +231,7 @@ fn unavailable(error: anyhow::Error) -> Failure {
 fn unknown(id: &str) -> Failure {
     Failure::new(
         StatusCode::NOT_FOUND,
-        "unknown_artifact",
+        ErrorCode::UnknownArtifact,
         format!("no artifact \"{id}\""),
     )
 }
@@ -341,7 +341,11 @@ async fn upload(
         return Err(refused);
     }
     new.check().map_err(|message| {
-        Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+        Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidInput,
+            message,
+        )
     })?;
     let artifacts = &state.artifacts;
     let id = ArtifactId(format!("{:032x}", fastrand::u128(..)));
@@ -394,7 +398,7 @@ fn internal(error: anyhow::Error) -> Failure {
     tracing::error!("artifacts: {error:#}");
     Failure::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
+        ErrorCode::Internal,
         "the server could not keep the file; see its log",
     )
 }
@@ -411,7 +415,7 @@ async fn receive(body: Body, path: &Path, max_bytes: u64) -> Result<([u8; 32], u
         let chunk = chunk.map_err(|error| {
             Failure::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!("the upload broke off: {error}"),
             )
         })?;
@@ -419,7 +423,7 @@ async fn receive(body: Body, path: &Path, max_bytes: u64) -> Result<([u8; 32], u
         if size > max_bytes {
             return Err(Failure::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "artifact_too_large",
+                ErrorCode::ArtifactTooLarge,
                 format!(
                     "an artifact may be at most {} MiB (TETHER_MAX_ARTIFACT_MB)",
                     max_bytes / (1024 * 1024)
@@ -434,7 +438,7 @@ async fn receive(body: Body, path: &Path, max_bytes: u64) -> Result<([u8; 32], u
     if size == 0 {
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
+            ErrorCode::InvalidInput,
             "the artifact is empty: send the file as the request's body",
         ));
     }
@@ -521,7 +525,8 @@ async fn download(
     request: Request,
 ) -> Result<Response, Failure> {
     let id = ArtifactId(id);
-    let forbidden = |message: &str| Failure::new(StatusCode::FORBIDDEN, "invalid_token", message);
+    let forbidden =
+        |message: &str| Failure::new(StatusCode::FORBIDDEN, ErrorCode::InvalidToken, message);
     let Ok(device) = DeviceId::new(ticket.device) else {
         return Err(forbidden("this download link is not valid"));
     };
@@ -534,7 +539,7 @@ async fn download(
     if ticket.expires < common::now_ms() {
         return Err(Failure::new(
             StatusCode::FORBIDDEN,
-            "token_expired",
+            ErrorCode::TokenExpired,
             "this download link has expired; the server gives a fresh one with each update",
         ));
     }

@@ -29,6 +29,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Redirect, Response},
 };
+use protocol::api::ErrorCode;
 use protocol::auth::{Me, Role};
 use store::Store;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +78,7 @@ impl Identity {
         } else {
             Err(Failure::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 format!("{to} needs the {role} role; you are {}", self.role),
             ))
         }
@@ -124,7 +125,7 @@ pub fn source(parts: &Parts) -> Source {
 pub fn unauthenticated() -> Failure {
     Failure::new(
         StatusCode::UNAUTHORIZED,
-        "unauthenticated",
+        ErrorCode::Unauthenticated,
         "log in first, or send an API token as `Authorization: Bearer <token>`",
     )
 }
@@ -243,7 +244,7 @@ async fn look_up(accounts: &Store, headers: &HeaderMap) -> Result<Option<Identit
         tracing::error!("cannot check credentials: {error:#}");
         Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
+            ErrorCode::StoreUnavailable,
             "cannot check credentials: the database is unavailable; try again shortly",
         )
     };
@@ -257,7 +258,7 @@ async fn look_up(accounts: &Store, headers: &HeaderMap) -> Result<Option<Identit
             .ok_or_else(|| {
                 Failure::new(
                     StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
+                    ErrorCode::Unauthenticated,
                     "the Authorization header must be `Bearer <token>`",
                 )
             })?;
@@ -268,7 +269,7 @@ async fn look_up(accounts: &Store, headers: &HeaderMap) -> Result<Option<Identit
             .ok_or_else(|| {
                 Failure::new(
                     StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
+                    ErrorCode::Unauthenticated,
                     "this API token is unknown or was revoked",
                 )
             })?;

@@ -18,7 +18,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use protocol::api::ApiError;
+use protocol::api::{ApiError, ErrorCode};
 use protocol::{
     CommandId, CommandStatus, DeviceId,
     api::{CommandView, DiagnosticsReport},
@@ -136,7 +136,7 @@ async fn download(
     }) else {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
-            "unknown_report",
+            ErrorCode::UnknownReport,
             format!(
                 "device \"{device}\" has no diagnostics report \"{}\"",
                 command.0

@@ -9,7 +9,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use hub::{CancelError, SendError};
-use protocol::{DeviceId, api::ApiError};
+use protocol::{
+    DeviceId,
+    api::{ApiError, ErrorCode},
+};
 
 use crate::history::HistoryError;
 
@@ -18,21 +21,17 @@ use crate::history::HistoryError;
 pub struct Failure(pub StatusCode, pub ApiError);
 
 impl Failure {
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self(
-            status,
-            ApiError {
-                code: code.to_owned(),
-                message: message.into(),
-            },
-        )
+    /// `code` is one of [`ErrorCode`]'s, each documented in the OpenAPI document: a code
+    /// cannot be made up here.
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(status, ApiError::new(code, message))
     }
 
     /// No device of this id (or of this malformed text) has ever connected.
     pub fn unknown_device(id: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "unknown_device",
+            ErrorCode::UnknownDevice,
             format!("no device \"{id}\" has ever connected"),
         )
     }
@@ -53,16 +52,22 @@ impl From<SendError> for Failure {
     fn from(error: SendError) -> Self {
         let (status, code) = match &error {
             SendError::UnknownDevice(id) => return Self::unknown_device(id),
-            SendError::DeviceOffline(_) => (StatusCode::CONFLICT, "device_offline"),
+            SendError::DeviceOffline(_) => (StatusCode::CONFLICT, ErrorCode::DeviceOffline),
             SendError::UnknownCommand { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_command")
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::UnknownCommand)
             }
-            SendError::InvalidArguments(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments")
+            SendError::InvalidArguments(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidArguments,
+            ),
+            SendError::InvalidTimeout(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidTimeout)
             }
-            SendError::InvalidTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout"),
-            SendError::BrokerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
-            SendError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "server_stopping"),
+            SendError::BrokerUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::BrokerUnavailable,
+            ),
+            SendError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerStopping),
         };
         Self::new(status, code, error.to_string())
     }
@@ -71,17 +76,21 @@ impl From<SendError> for Failure {
 impl From<CancelError> for Failure {
     fn from(error: CancelError) -> Self {
         let (status, code) = match &error {
-            CancelError::UnknownCommand(_) => (StatusCode::NOT_FOUND, "unknown_command"),
-            CancelError::AlreadyEnded(_) => (StatusCode::CONFLICT, "already_ended"),
+            CancelError::UnknownCommand(_) => (StatusCode::NOT_FOUND, ErrorCode::UnknownCommand),
+            CancelError::AlreadyEnded(_) => (StatusCode::CONFLICT, ErrorCode::AlreadyEnded),
             // Ended now as outcome_unknown: over, as far as the caller can do anything.
-            CancelError::Orphaned(_) => (StatusCode::CONFLICT, "already_ended"),
-            CancelError::ReplicaUnavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "replica_unavailable")
+            CancelError::Orphaned(_) => (StatusCode::CONFLICT, ErrorCode::AlreadyEnded),
+            CancelError::ReplicaUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ReplicaUnavailable,
+            ),
+            CancelError::BrokerUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::BrokerUnavailable,
+            ),
+            CancelError::StoreUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
             }
-            CancelError::BrokerUnavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
-            }
-            CancelError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         Self::new(status, code, error.to_string())
     }
@@ -91,16 +100,17 @@ impl From<HistoryError> for Failure {
     fn from(error: HistoryError) -> Self {
         let (status, code) = match &error {
             HistoryError::UnknownDevice(id) => return Self::unknown_device(id),
-            HistoryError::UnknownMetric { .. } => (StatusCode::NOT_FOUND, "unknown_metric"),
+            HistoryError::UnknownMetric { .. } => (StatusCode::NOT_FOUND, ErrorCode::UnknownMetric),
             HistoryError::InvalidRange { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_range")
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRange)
             }
-            HistoryError::InvalidMaxPoints(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_max_points")
-            }
-            HistoryError::StorageOff => (StatusCode::SERVICE_UNAVAILABLE, "storage_off"),
+            HistoryError::InvalidMaxPoints(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidMaxPoints,
+            ),
+            HistoryError::StorageOff => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageOff),
             HistoryError::StoreUnavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
             }
         };
         Self::new(status, code, error.to_string())

@@ -17,6 +17,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use protocol::api::ErrorCode;
+
 use crate::error::Failure;
 
 /// Origins besides the server's own that may change things, e.g. `https://tether.example.com`.
@@ -72,7 +74,7 @@ pub async fn refuse_cross_site(
             "refused a cross-site {method} {}: {why}",
             request.uri().path()
         );
-        return Failure::new(StatusCode::FORBIDDEN, "cross_site", why).into_response();
+        return Failure::new(StatusCode::FORBIDDEN, ErrorCode::CrossSite, why).into_response();
     }
     if method == Method::POST
         && is_server_function(request.uri().path())
@@ -80,7 +82,7 @@ pub async fn refuse_cross_site(
     {
         return Failure::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "server functions take application/json",
         )
         .into_response();

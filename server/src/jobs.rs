@@ -6,7 +6,7 @@
 //! Who sees a job: an admin every job, anyone else a job whose every device they may
 //! see (so nothing of a device outside their groups shows, not even in the counts).
 
-use protocol::api::ApiError;
+use protocol::api::{ApiError, ErrorCode};
 use std::collections::{BTreeMap, HashSet};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -41,13 +41,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 impl From<JobError> for Failure {
     fn from(error: JobError) -> Self {
         let (status, code) = match &error {
-            JobError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_job"),
-            JobError::Finished(_) => (StatusCode::CONFLICT, "already_ended"),
-            JobError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_job"),
-            JobError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "server_stopping"),
+            JobError::Unknown(_) => (StatusCode::NOT_FOUND, ErrorCode::UnknownJob),
+            JobError::Finished(_) => (StatusCode::CONFLICT, ErrorCode::AlreadyEnded),
+            JobError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidJob),
+            JobError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerStopping),
             JobError::Store(cause) => {
                 tracing::error!("jobs: {cause:#}");
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
             }
         };
         Self::new(status, code, error.to_string())
@@ -243,7 +243,7 @@ pub async fn list(
                 .ok_or_else(|| {
                     Failure::new(
                         StatusCode::BAD_REQUEST,
-                        "bad_request",
+                        ErrorCode::BadRequest,
                         format!("`before` names no job: \"{id}\""),
                     )
                 })?;
@@ -317,7 +317,11 @@ pub async fn create(
     }
     let created = async {
         new.check().map_err(|message| {
-            Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_job", message)
+            Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidJob,
+                message,
+            )
         })?;
         let devices = choose(state, who, &new)?;
         let artifact = match &new.artifact {
@@ -331,7 +335,7 @@ pub async fn create(
                     .ok_or_else(|| {
                         Failure::new(
                             StatusCode::NOT_FOUND,
-                            "unknown_artifact",
+                            ErrorCode::UnknownArtifact,
                             format!("no artifact \"{id}\""),
                         )
                     })?;
@@ -422,7 +426,7 @@ fn choose(state: &AppState, who: &Identity, new: &NewJob) -> Result<Vec<DeviceId
     if chosen.is_empty() {
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_job",
+            ErrorCode::InvalidJob,
             format!(
                 "no device you may see matches the selection ({})",
                 selector.describe()
@@ -449,7 +453,7 @@ fn check_command(
     let Some(first) = announcing.first() else {
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_command",
+            ErrorCode::UnknownCommand,
             format!(
                 "none of the {} chosen devices announced a command \"{command}\"",
                 devices.len(),
@@ -470,7 +474,7 @@ fn check_command(
     let error = first_error.map_or_else(String::new, |e| e.to_string());
     Err(Failure::new(
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_arguments",
+        ErrorCode::InvalidArguments,
         format!("{error} (as device \"{}\" announced it)", first.id),
     ))
 }

@@ -52,7 +52,7 @@ use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode
 
 use protocol::{
     DeviceId,
-    api::{ApiError, CommandView, LiveEvent, LiveParams, LiveRequest},
+    api::{ApiError, CommandView, ErrorCode, LiveEvent, LiveParams, LiveRequest},
     auth::Role,
     fleet::{DevicePage, DeviceQuery},
     job::JobId,
@@ -207,10 +207,10 @@ pub(crate) enum End {
 
 impl End {
     /// The reason as an API error's code and message.
-    pub(crate) fn reason(self) -> (&'static str, &'static str) {
+    pub(crate) fn reason(self) -> (ErrorCode, &'static str) {
         match self {
-            End::SessionEnded => ("unauthorized", "your session ended; log in again"),
-            End::Stopping => ("server_stopping", "the server is stopping"),
+            End::SessionEnded => (ErrorCode::Unauthorized, "your session ended; log in again"),
+            End::Stopping => (ErrorCode::ServerStopping, "the server is stopping"),
         }
     }
 }
@@ -349,7 +349,7 @@ impl Shows {
     ) -> Result<bool, Refusal> {
         if job.0.is_empty() || job.0.len() > MAX_JOB_ID {
             return Err(refused(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("a job id is 1 to {MAX_JOB_ID} bytes long"),
             ));
         }
@@ -358,13 +358,13 @@ impl Shows {
         }
         if self.following.len() >= MAX_FOLLOWED_PER_CLIENT {
             return Err(refused(
-                "too_many",
+                ErrorCode::TooMany,
                 format!("a tab follows at most {MAX_FOLLOWED_PER_CLIENT} jobs at once"),
             ));
         }
         let unavailable = || {
             refused(
-                "store_unavailable",
+                ErrorCode::StoreUnavailable,
                 "the job cannot be looked up now; follow it again later",
             )
         };
@@ -383,7 +383,7 @@ impl Shows {
         jobs_seen.insert(job.clone(), seen);
         if !seen {
             return Err(refused(
-                "not_found",
+                ErrorCode::NotFound,
                 format!("no job {:?} that you may see", job.0),
             ));
         }
@@ -403,13 +403,13 @@ impl Shows {
         }
         if self.watching.len() >= MAX_WATCHED_PER_CLIENT {
             return Err(refused(
-                "too_many",
+                ErrorCode::TooMany,
                 format!("a tab watches at most {MAX_WATCHED_PER_CLIENT} devices at once"),
             ));
         }
         if !state.groups.may_see(who, device.as_str()) {
             return Err(refused(
-                "not_found",
+                ErrorCode::NotFound,
                 format!("no device {:?} that you may see", device.as_str()),
             ));
         }
@@ -472,11 +472,11 @@ fn viewer(who: &Identity) -> String {
 
 /// Why a tab's request was not done: sent as a `refused` event.
 struct Refusal {
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
-fn refused(code: &'static str, message: impl Into<String>) -> Refusal {
+fn refused(code: ErrorCode, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -486,7 +486,7 @@ fn refused(code: &'static str, message: impl Into<String>) -> Refusal {
 impl From<Refusal> for LiveEvent {
     fn from(refusal: Refusal) -> Self {
         LiveEvent::Refused {
-            code: refusal.code.to_owned(),
+            code: refusal.code.as_str().to_owned(),
             message: refusal.message,
         }
     }
@@ -527,7 +527,7 @@ fn listed<'a>(
     if ids.len() > max {
         refusals.push(
             refused(
-                "too_many",
+                ErrorCode::TooMany,
                 format!(
                     "{} {what} in the address; a tab holds at most {max}",
                     ids.len()
@@ -566,7 +566,7 @@ fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> (Shows, 
             }
             Err(error) => refusals.push(
                 refused(
-                    "invalid_request",
+                    ErrorCode::InvalidRequest,
                     clipped(format!("watch: {error}"), MAX_REFUSAL),
                 )
                 .into(),
@@ -577,11 +577,11 @@ fn shows_from(state: &AppState, who: &Identity, params: &LiveParams) -> (Shows, 
         match serde_json::from_str::<DeviceQuery>(json) {
             Ok(query) => match query.check() {
                 Ok(()) => shows.fleet = Some(query),
-                Err(why) => refusals.push(refused("invalid_query", why).into()),
+                Err(why) => refusals.push(refused(ErrorCode::InvalidQuery, why).into()),
             },
             Err(error) => refusals.push(
                 refused(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     clipped(format!("fleet: {error}"), MAX_REFUSAL),
                 )
                 .into(),
@@ -697,7 +697,7 @@ pub(crate) async fn serve(
                     }
                     Some(Incoming::Unreadable(error)) => {
                         tracing::debug!("refusing a live client's message: {error}");
-                        vec![refused("invalid_request", clipped(error, MAX_REFUSAL)).into()]
+                        vec![refused(ErrorCode::InvalidRequest, clipped(error, MAX_REFUSAL)).into()]
                     }
                     None => return,
                 };
@@ -786,7 +786,7 @@ async fn answer(
                     shows.fleet = Some(query);
                     shows.fleet_page(state, who, true).into_iter().collect()
                 }
-                Err(why) => vec![refused("invalid_query", why).into()],
+                Err(why) => vec![refused(ErrorCode::InvalidQuery, why).into()],
             },
             None => {
                 shows.fleet = None;

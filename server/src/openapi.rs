@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use axum::http::StatusCode;
-use protocol::api::ApiError;
+use protocol::api::{ApiError, ErrorCode};
 use utoipa::{
     OpenApi,
     openapi::{
@@ -33,10 +33,13 @@ pub const TOKEN: &str = "token";
     info(
         title = "Tether API",
         description = "The JSON HTTP API of a Tether server (API.md says what each part means). \
-            Every error is `{\"code\", \"message\"}` with the HTTP status listed for its code.",
+            Every error is `{\"code\", \"message\"}` with the HTTP status listed for its code \
+            (`ErrorCode` lists every code). Clients MUST ignore fields they do not know. \
+            Only `/api/v1` is the contract: the web UI's server functions (`/api/<name>`) are \
+            its internal calls, not part of this API, and may change in any release.",
         license(name = "MIT OR Apache-2.0"),
     ),
-    components(schemas(ApiError)),
+    components(schemas(ApiError, ErrorCode)),
     tags(
         (name = "devices", description = "The fleet: devices, their groups and credentials"),
         (name = "commands", description = "Commands sent to devices, and their history"),

@@ -15,7 +15,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use protocol::api::ApiError;
+use protocol::api::{ApiError, ErrorCode};
 use protocol::auth::{DeviceCredential, ProvisionedDevice, Role};
 use serde::Deserialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -161,7 +161,7 @@ pub(crate) async fn provision(
         // Agents obey this account: a device under its name could command them all.
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
+            ErrorCode::InvalidInput,
             format!("{id:?} is the servers' own broker account; a device cannot have that name"),
         ));
     }

@@ -37,6 +37,8 @@ use tokio_tungstenite::{
     },
 };
 
+use protocol::api::ErrorCode;
+
 use crate::error::Failure;
 
 /// An upgraded live socket.
@@ -145,14 +147,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let bad = |message: &str| Failure::new(StatusCode::BAD_REQUEST, "bad_upgrade", message);
+        let bad =
+            |message: &str| Failure::new(StatusCode::BAD_REQUEST, ErrorCode::BadUpgrade, message);
         if parts.version != Version::HTTP_11 {
             return Err(bad("a WebSocket upgrade needs HTTP/1.1"));
         }
         if parts.method != Method::GET {
             return Err(Failure::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "bad_upgrade",
+                ErrorCode::BadUpgrade,
                 "a WebSocket upgrade is a GET request",
             ));
         }
@@ -180,7 +183,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .ok_or_else(|| {
                 Failure::new(
                     StatusCode::UPGRADE_REQUIRED,
-                    "bad_upgrade",
+                    ErrorCode::BadUpgrade,
                     "this connection cannot be upgraded",
                 )
             })?;

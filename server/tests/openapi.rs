@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use agent::simulate::Kind;
-use protocol::{DeviceId, auth::Role};
+use protocol::{DeviceId, api::ErrorCode, auth::Role};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -73,6 +73,7 @@ struct Setup {
     base: String,
     device: DeviceId,
     client: reqwest::Client,
+    hub: hub::Hub,
     _stop_server: oneshot::Sender<()>,
     _agent: testkit::Agent,
 }
@@ -104,6 +105,7 @@ async fn setup() -> Setup {
         base,
         device: agent.id.clone(),
         client: testkit::api_client(&token),
+        hub,
         _stop_server: stop_server,
         _agent: agent,
     }
@@ -153,6 +155,60 @@ fn operations(document: &Value) -> BTreeSet<(String, String)> {
         }
     }
     found
+}
+
+/// `document` made strict, for the tests only: every object schema that lists its
+/// `properties` (and says nothing of others: not a map) refuses any other property, so
+/// that an answer carrying a field the document does not describe fails. The served
+/// document stays open: clients must ignore fields they do not know (API.md, Rules).
+fn strict(document: &Value) -> Value {
+    fn close(schema: &mut Value) {
+        match schema {
+            Value::Object(object) => {
+                let lists_properties = object.get("properties").is_some_and(Value::is_object);
+                let says_otherwise = object.contains_key("additionalProperties")
+                    || object.contains_key("unevaluatedProperties")
+                    || object.contains_key("patternProperties");
+                if lists_properties && !says_otherwise {
+                    object.insert("additionalProperties".into(), Value::Bool(false));
+                }
+                for (key, value) in object.iter_mut() {
+                    // A property named like a keyword is a name, not a schema: go into
+                    // the schemas it names, never the map itself.
+                    if key == "properties" {
+                        if let Value::Object(properties) = value {
+                            properties.values_mut().for_each(close);
+                        }
+                    } else {
+                        close(value);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(close),
+            _ => {}
+        }
+    }
+    let mut strict = document.clone();
+    close(&mut strict["components"]["schemas"]);
+    close(&mut strict["paths"]);
+    strict
+}
+
+/// The codes `document`'s `ErrorCode` schema lists.
+fn documented_codes(document: &Value) -> BTreeSet<String> {
+    let code = &document["components"]["schemas"]["ApiError"]["properties"]["code"];
+    assert_eq!(
+        code["$ref"], "#/components/schemas/ErrorCode",
+        "ApiError.code is an ErrorCode: {code}"
+    );
+    let schema = &document["components"]["schemas"]["ErrorCode"];
+    assert_eq!(schema["type"], "string", "{schema}");
+    schema["enum"]
+        .as_array()
+        .expect("ErrorCode is an enum")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// The schema `document` gives for the JSON answer `status` of `method path`, as a
@@ -220,8 +276,42 @@ fn is_unknown_route(status: StatusCode, body: &Value) -> bool {
 #[tokio::test]
 async fn the_document_describes_every_route_and_the_routes_answer() {
     let setup = setup().await;
-    let document = setup.document().await;
+    let document = strict(&setup.document().await);
     assert_eq!(document["openapi"], "3.1.0");
+
+    // `ApiError.code` is the enum of every code the server can send, each explained.
+    let codes = documented_codes(&document);
+    let known: BTreeSet<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(codes, known);
+    let explained = document["components"]["schemas"]["ErrorCode"]["description"]
+        .as_str()
+        .unwrap();
+    for code in ErrorCode::ALL {
+        assert!(
+            explained.contains(&format!("- `{}`: {}", code.as_str(), code.description())),
+            "{code} is not explained"
+        );
+    }
+    // So is a live `refused` event's.
+    let refused = document["components"]["schemas"]["LiveEvent"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["properties"]["type"]["enum"] == json!(["refused"]))
+        .expect("a refused event");
+    assert_eq!(
+        refused["properties"]["code"]["$ref"], "#/components/schemas/ErrorCode",
+        "{refused}"
+    );
+    // Only /api/v1 is the contract, says the document itself.
+    let about = document["info"]["description"].as_str().unwrap();
+    assert!(
+        about.contains("server functions") && about.contains("not part of this API"),
+        "{about}"
+    );
 
     let documented = operations(&document);
     let listed: BTreeSet<(String, String)> = OPERATIONS
@@ -267,6 +357,7 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
     // Probing: each documented method of each path is routed (whatever it then says of
     // the made-up ids), each other method is 405 `method_not_allowed`.
     let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    let mut probed_codes = BTreeSet::new();
     for path in paths {
         let url = concrete(path);
         for method in METHODS {
@@ -276,11 +367,22 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
             }
             let body = matches!(method, "POST" | "PUT" | "PATCH").then(|| json!({}));
             let (status, answer) = setup.call(method, &url, body).await;
+            if status.as_u16() >= 400 {
+                // Every error is an ApiError with a listed code.
+                let code = answer["code"].as_str().unwrap_or_default();
+                assert!(
+                    codes.contains(code),
+                    "{method} {url}: {status} {answer}: not a listed code"
+                );
+                probed_codes.insert(code.to_owned());
+            }
             if documented.contains(&(method.to_owned(), path.clone())) {
                 assert!(
                     !is_unknown_route(status, &answer) && status != StatusCode::METHOD_NOT_ALLOWED,
                     "{method} {url} is documented but not routed: {status} {answer}"
                 );
+                // And it is the answer the document gives for that status.
+                check(&document, method, path, status, &answer);
             } else {
                 assert_eq!(
                     (status, answer["code"].as_str()),
@@ -290,6 +392,8 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
             }
         }
     }
+
+    assert!(probed_codes.len() >= 5, "{probed_codes:?}");
 
     // The page people read lists every operation.
     let page = setup
@@ -327,13 +431,20 @@ async fn the_document_describes_every_route_and_the_routes_answer() {
 #[tokio::test]
 async fn real_answers_match_the_document() {
     let setup = setup().await;
-    let document = setup.document().await;
+    let served = setup.document().await;
+    // Strict: an answer with a field the document does not describe fails.
+    let document = strict(&served);
     let device = setup.device.to_string();
     let mut checked = 0;
+    // The error codes the answers carried.
+    let mut codes = BTreeSet::new();
     let mut call = async |method: &str, template: &str, path: String, body: Option<Value>| {
         let (status, answer) = setup.call(method, &path, body).await;
         check(&document, method, template, status, &answer);
         checked += 1;
+        if status.as_u16() >= 400 {
+            codes.insert(answer["code"].as_str().unwrap().to_owned());
+        }
         (status, answer)
     };
 
@@ -610,7 +721,174 @@ async fn real_answers_match_the_document() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     check(&document, "GET", "/api/v1/devices", status, &answer);
+    codes.insert(answer["code"].as_str().unwrap().to_owned());
     assert!(checked >= 30, "{checked}");
+
+    // Every code an answer carried is one the document lists (and explains).
+    let listed = documented_codes(&served);
+    assert!(codes.len() >= 8, "{codes:?}");
+    let undocumented: Vec<&String> = codes.difference(&listed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "codes the answers carried that ErrorCode does not list: {undocumented:?}"
+    );
+}
+
+/// What the admin makes and reads (users, tokens, device credentials, artifacts)
+/// against the strict document: each kind of object the API answers with
+/// carries only fields the document describes.
+#[tokio::test]
+async fn what_is_made_matches_the_strict_document() {
+    let setup = setup().await;
+    let document = strict(&setup.document().await);
+    let tag = format!("{:06x}", fastrand::u32(..0xff_ffff));
+    let call = async |method: &str, template: &str, path: String, body: Option<Value>| {
+        let (status, answer) = setup.call(method, &path, body).await;
+        if status != StatusCode::NO_CONTENT {
+            check(&document, method, template, status, &answer);
+        }
+        (status, answer)
+    };
+
+    let user = format!("openapi-{tag}");
+    let (status, made) = call(
+        "POST",
+        "/api/v1/users",
+        "/api/v1/users".into(),
+        Some(json!({"name": user, "password": "a long password", "role": "viewer", "groups": ["site-a"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let one = "/api/v1/users/{name}";
+    let (status, _) = call("GET", one, format!("/api/v1/users/{user}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        "PATCH",
+        one,
+        format!("/api/v1/users/{user}"),
+        Some(json!({"role": "operator"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, error) = call(
+        "POST",
+        "/api/v1/users",
+        "/api/v1/users".into(),
+        Some(json!({"name": user, "password": "a long password", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_exists"))
+    );
+
+    let (status, token) = call(
+        "POST",
+        "/api/v1/tokens",
+        "/api/v1/tokens".into(),
+        Some(json!({"name": "openapi", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{token}");
+    let (status, _) = call("GET", "/api/v1/tokens", "/api/v1/tokens".into(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let token_id = token["token"]["id"].as_str().unwrap();
+    let (status, revoked) = call(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        format!("/api/v1/tokens/{token_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &revoked["revoked"]),
+        (StatusCode::OK, &json!(true))
+    );
+
+    let device = format!("openapi-made-{tag}");
+    let (status, credential) = call(
+        "POST",
+        "/api/v1/devices",
+        "/api/v1/devices".into(),
+        Some(json!({"id": device})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{credential}");
+    let (status, _) = call(
+        "POST",
+        "/api/v1/devices/{id}/secret",
+        format!("/api/v1/devices/{device}/secret"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, provisioned) = call(
+        "GET",
+        "/api/v1/provisioned",
+        "/api/v1/provisioned".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        provisioned
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == device.as_str() && p.get("rotated_ms").is_some()),
+        "{provisioned}"
+    );
+
+    // An artifact: uploaded as the body, listed, read, removed.
+    let response = setup
+        .client
+        .post(format!(
+            "{}/api/v1/artifacts?name=openapi&version=1.0.{tag}&arch=any",
+            setup.base
+        ))
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let artifact: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{artifact}");
+    check(&document, "POST", "/api/v1/artifacts", status, &artifact);
+    let artifact_id = artifact["id"].as_str().unwrap();
+    let (status, listed) = call("GET", "/api/v1/artifacts", "/api/v1/artifacts".into(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!listed.as_array().unwrap().is_empty());
+    let (status, _) = call(
+        "GET",
+        "/api/v1/artifacts/{id}",
+        format!("/api/v1/artifacts/{artifact_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        "DELETE",
+        "/api/v1/artifacts/{id}",
+        format!("/api/v1/artifacts/{artifact_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // These servers keep no readings (`TETHER_DATABASE_URL=none`): the history is 503
+    // `storage_off`, as documented.
+    let (status, error) = call(
+        "GET",
+        "/api/v1/devices/{id}/telemetry",
+        format!("/api/v1/devices/{}/telemetry", setup.device),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("storage_off"))
+    );
 }
 
 /// The check can fail: a device whose `online` is not a boolean, a command without
@@ -624,6 +902,38 @@ async fn a_wrong_answer_does_not_validate() {
         .await;
     let devices = validator(&document, "GET", "/api/v1/devices/{id}", StatusCode::OK);
     assert!(devices.is_valid(&view));
+
+    // A field the document does not describe: fine for the served document (clients
+    // ignore what they do not know), a failure for the tests' strict copy, in the
+    // device itself and in an object within it.
+    let strict_devices = validator(
+        &strict(&document),
+        "GET",
+        "/api/v1/devices/{id}",
+        StatusCode::OK,
+    );
+    assert!(strict_devices.is_valid(&view), "{view}");
+    let mut extra = view.clone();
+    extra["surprise"] = json!(1);
+    assert!(devices.is_valid(&extra));
+    assert!(!strict_devices.is_valid(&extra));
+    let mut nested = view.clone();
+    nested["latest"]["cpu"] = json!({"value": 1.0, "ts_ms": 5, "unit": "%"});
+    assert!(devices.is_valid(&nested));
+    assert!(!strict_devices.is_valid(&nested));
+    let errors = validator(
+        &strict(&document),
+        "GET",
+        "/api/v1/devices/{id}",
+        StatusCode::NOT_FOUND,
+    );
+    assert!(errors.is_valid(&json!({"code": "unknown_device", "message": "no"})));
+    assert!(!errors.is_valid(&json!({"code": "unknown_device", "message": "no", "detail": 1})));
+    assert!(
+        !errors.is_valid(&json!({"code": "made_up", "message": "no"})),
+        "a code ErrorCode does not list"
+    );
+
     view["online"] = json!("yes");
     assert!(!devices.is_valid(&view));
     view.as_object_mut().unwrap().remove("online");
@@ -650,4 +960,154 @@ async fn a_wrong_answer_does_not_validate() {
         StatusCode::NOT_FOUND,
     );
     assert!(!errors.is_valid(&json!({"code": 404})));
+}
+
+/// API.md, Rules: a device with no accepted reading has no `latest` at all (not `{}`,
+/// not `null`), in the list as alone; one that sent readings has them there.
+#[tokio::test]
+async fn a_device_without_readings_has_no_latest() {
+    let setup = setup().await;
+    let document = strict(&setup.document().await);
+    let quiet = testkit::Agent::start(
+        &testkit::rabbitmq_url(),
+        "openapi-quiet",
+        Kind::Thermostat,
+        |config| {
+            config.heartbeat = Duration::from_secs(1);
+            config.telemetry = None;
+        },
+    )
+    .await;
+    testkit::online(&setup.hub, &quiet.id).await;
+
+    let one = format!("/api/v1/devices/{}", quiet.id);
+    let (status, view) = setup.call("GET", &one, None).await;
+    assert_eq!(status, StatusCode::OK);
+    check(&document, "GET", "/api/v1/devices/{id}", status, &view);
+    assert!(view.get("id").is_some(), "{view}");
+    assert!(view.get("latest").is_none(), "no `latest` key: {view}");
+
+    let (status, page) = setup
+        .call("GET", &format!("/api/v1/devices?search={}", quiet.id), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    check(&document, "GET", "/api/v1/devices", status, &page);
+    let listed = listed(&page, &quiet.id).expect("listed");
+    assert!(listed.get("latest").is_none(), "no `latest` key: {listed}");
+
+    // The contrast: the gateway sends readings, and its `latest` holds them.
+    let gateway = format!("/api/v1/devices/{}", setup.device);
+    let view = until("a reading", Duration::from_secs(20), async || {
+        let (_, view) = setup.call("GET", &gateway, None).await;
+        view["latest"]
+            .as_object()
+            .is_some_and(|l| !l.is_empty())
+            .then_some(view)
+    })
+    .await;
+    check(
+        &document,
+        "GET",
+        "/api/v1/devices/{id}",
+        StatusCode::OK,
+        &view,
+    );
+    quiet.stop().await;
+}
+
+/// API.md, Rules: a device that went offline (here: its agent said bye) stays listed,
+/// `online: false`, in the list and alone, for as long as the server runs.
+#[tokio::test]
+async fn an_offline_device_stays_listed() {
+    let setup = setup().await;
+    let document = strict(&setup.document().await);
+    let leaving = testkit::Agent::start(
+        &testkit::rabbitmq_url(),
+        "openapi-leaving",
+        Kind::Switch,
+        |config| config.heartbeat = Duration::from_millis(200),
+    )
+    .await;
+    testkit::online(&setup.hub, &leaving.id).await;
+    let id = leaving.id.clone();
+    let one = format!("/api/v1/devices/{id}");
+    let (_, before) = setup.call("GET", &one, None).await;
+    assert_eq!(before["online"], true, "{before}");
+    leaving.stop().await;
+
+    let offline = until("offline", Duration::from_secs(10), async || {
+        let (_, view) = setup.call("GET", &one, None).await;
+        (view["online"] == false).then_some(view)
+    })
+    .await;
+    check(
+        &document,
+        "GET",
+        "/api/v1/devices/{id}",
+        StatusCode::OK,
+        &offline,
+    );
+    assert!(
+        offline["since_ms"].as_u64() >= before["since_ms"].as_u64(),
+        "since_ms is when it went offline: {offline}"
+    );
+
+    // Well past the point where its heartbeats would have counted as missed (3 × 200
+    // ms), and again: still there, still offline.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (status, view) = setup.call("GET", &one, None).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        check(&document, "GET", "/api/v1/devices/{id}", status, &view);
+        assert_eq!(view["online"], false, "{view}");
+
+        for query in [
+            format!("search={id}"),
+            format!("search={id}&status=offline"),
+        ] {
+            let (status, page) = setup
+                .call("GET", &format!("/api/v1/devices?{query}"), None)
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            check(&document, "GET", "/api/v1/devices", status, &page);
+            let listed = listed(&page, &id).unwrap_or_else(|| panic!("listed ({query}): {page}"));
+            assert_eq!(listed["online"], false, "{listed}");
+        }
+        let (_, online) = setup
+            .call(
+                "GET",
+                &format!("/api/v1/devices?search={id}&status=online"),
+                None,
+            )
+            .await;
+        assert!(listed(&online, &id).is_none(), "{online}");
+    }
+}
+
+/// The device `id` in a page of `GET /api/v1/devices`.
+fn listed<'a>(page: &'a Value, id: &DeviceId) -> Option<&'a Value> {
+    page["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id.as_str())
+}
+
+/// What `check` gives once it gives something; panics after `within`.
+async fn until(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<Value>,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

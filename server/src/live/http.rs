@@ -60,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{End, Gone, Incoming, MAX_INCOMING, MAX_REFUSAL, Transport, clipped, credentials};
 use crate::{api::Params, auth::Identity, error::Failure, guard, state::AppState};
-use protocol::api::ApiError;
+use protocol::api::{ApiError, ErrorCode};
 
 /// Sessions one user holds at once (over HTTP; WebSockets are not counted).
 pub const MAX_SESSIONS_PER_USER: usize = 32;
@@ -121,17 +121,17 @@ struct Registry {
 /// Why a session ended: the API error a late poll or request is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ending {
-    code: &'static str,
+    code: ErrorCode,
     message: &'static str,
 }
 
 const CLOSED: Ending = Ending {
-    code: "session_closed",
+    code: ErrorCode::SessionClosed,
     message: "the live session was closed; open a new one",
 };
 
 const EXPIRED: Ending = Ending {
-    code: "session_expired",
+    code: ErrorCode::SessionExpired,
     message: "the live session expired (no poll came for too long); open a new one",
 };
 
@@ -182,7 +182,7 @@ impl Sessions {
         if registry.open.len() >= MAX_SESSIONS {
             return Err(Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_sessions",
+                ErrorCode::TooManySessions,
                 "the server holds as many live sessions as it can; try again later",
             ));
         }
@@ -190,7 +190,7 @@ impl Sessions {
         if held >= MAX_SESSIONS_PER_USER {
             return Err(Failure::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sessions",
+                ErrorCode::TooManySessions,
                 format!(
                     "you hold {MAX_SESSIONS_PER_USER} live sessions already; close one \
                      (or let it expire) first"
@@ -218,7 +218,7 @@ impl Sessions {
         if !is_id(id) {
             return Err(Failure::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_session",
+                ErrorCode::InvalidSession,
                 "a live session id is 32 lowercase hex digits",
             ));
         }
@@ -235,7 +235,7 @@ impl Sessions {
         }
         Err(Failure::new(
             StatusCode::NOT_FOUND,
-            "unknown_session",
+            ErrorCode::UnknownSession,
             format!("no live session {id} of yours; open a new one"),
         ))
     }
@@ -280,7 +280,7 @@ fn new_id() -> Result<String, Failure> {
         tracing::error!("no randomness from the OS for a live session: {error}");
         Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "cannot make a session id now",
         )
     })?;
@@ -522,7 +522,7 @@ impl Drop for Queued {
 fn same_site(state: &AppState, headers: &HeaderMap) -> Result<(), Failure> {
     guard::same_site(headers, &state.allowed_origins).map_err(|why| {
         tracing::warn!("refused a cross-site live session request: {why}");
-        Failure::new(StatusCode::FORBIDDEN, "cross_site", why)
+        Failure::new(StatusCode::FORBIDDEN, ErrorCode::CrossSite, why)
     })
 }
 
@@ -739,7 +739,7 @@ pub async fn poll(
     if channel.streamed {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "streamed_session",
+            ErrorCode::StreamedSession,
             "this session's events go to its event stream; they cannot be polled",
         ));
     }
@@ -753,7 +753,7 @@ pub async fn poll(
         if after >= outbox.next {
             return Err(Failure::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_cursor",
+                ErrorCode::InvalidCursor,
                 format!(
                     "after={after} is past the last event of this session ({})",
                     outbox.next - 1
@@ -859,7 +859,7 @@ pub async fn request(
     if !is_json {
         return Err(Failure::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "a live request is application/json",
         ));
     }
@@ -869,14 +869,14 @@ pub async fn request(
         .map_err(|_| {
             Failure::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                ErrorCode::TooLarge,
                 format!("a live request is at most {MAX_INCOMING} bytes"),
             )
         })?;
     let request = serde_json::from_slice::<LiveRequest>(&body).map_err(|error| {
         Failure::new(
             StatusCode::BAD_REQUEST,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             clipped(error.to_string(), MAX_REFUSAL),
         )
     })?;
@@ -884,7 +884,7 @@ pub async fn request(
         Ok(()) => Ok(StatusCode::ACCEPTED),
         Err(mpsc::error::TrySendError::Full(_)) => Err(Failure::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
+            ErrorCode::TooManyRequests,
             format!(
                 "{MAX_WAITING_REQUESTS} requests of this session wait already; send more once they are answered"
             ),
