@@ -373,7 +373,8 @@ mod tests {
     #[test]
     fn a_hello_is_checked_whole() {
         assert_eq!(hello().problems(), Vec::<String>::new());
-        let cases: [(fn(&mut Hello), &str); 7] = [
+        type Spoil = fn(&mut Hello);
+        let cases: [(Spoil, &str); 7] = [
             (
                 |h| h.session_id = String::new(),
                 "session_id \"\" must be 1–64",
