@@ -52,13 +52,11 @@
 //! Both children are killed when the bench ends, on error too.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -220,8 +218,9 @@ async fn measure(
     stall_secs: u64,
     rates: &[u32],
 ) -> anyhow::Result<()> {
-    let (server, base, device_url) = start_server(dir, database, amqp_url.as_deref())?;
-    let server_pid = server.0.id();
+    let (server, device_url) = start_server(dir, database, amqp_url.as_deref());
+    let base = server.base.clone();
+    let server_pid = server.child.id();
     let broker_pid: Option<u32> = setting("TETHER_FLEET_BROKER_PID")?;
     let client = testkit::api_client(token);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -746,68 +745,33 @@ async fn provisioned(
     Ok(path)
 }
 
-/// Starts the release server on free ports; its address and the broker URL devices are
-/// given (the embedded broker's, or `amqp_url`).
+/// Starts the release server on free ports; the broker URL devices are given (the
+/// embedded broker's, or `amqp_url`).
 fn start_server(
     dir: &Path,
     database: &str,
     amqp_url: Option<&str>,
-) -> anyhow::Result<(Process, String, String)> {
+) -> (testkit::ServerProcess, String) {
     // Another build's server may be measured with the same bench: `TETHER_SERVER_BIN`.
     let binary = std::env::var_os("TETHER_SERVER_BIN")
         .map_or_else(|| env!("CARGO_BIN_EXE_tether-server").into(), PathBuf::from);
-    let mut command = Command::new(binary);
-    command
-        .env("TETHER_ADDR", "127.0.0.1:0")
-        .env("TETHER_BROKER_ADDR", "127.0.0.1:0")
-        .env("TETHER_DATABASE_URL", database)
-        .env("TETHER_DATA_DIR", dir.join("data"))
-        .env("RUST_LOG", "warn,server=info,broker=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    match amqp_url {
-        Some(url) => command.env("TETHER_AMQP_URL", url),
-        None => command.env_remove("TETHER_AMQP_URL"),
-    };
-    let mut child = command.spawn()?;
-    let (found, listening) = mpsc::channel();
-    for output in [
-        Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().expect("piped")),
-    ] {
-        let found = found.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(output).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
-                    let _ =
-                        found.send(("http", line[at + "listening on ".len()..].trim().to_owned()));
-                } else if let Some(at) = line.find("embedded AMQP broker on ") {
-                    let addr = line[at + "embedded AMQP broker on ".len()..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = found.send(("amqp", addr));
-                } else if line.contains("WARN") || line.contains("ERROR") {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
+    let mut settings = vec![
+        ("TETHER_ADDR", "127.0.0.1:0".to_owned()),
+        ("TETHER_BROKER_ADDR", "127.0.0.1:0".to_owned()),
+        ("TETHER_DATABASE_URL", database.to_owned()),
+        ("TETHER_DATA_DIR", dir.join("data").display().to_string()),
+        ("RUST_LOG", "warn,server=info,broker=info".to_owned()),
+    ];
+    if let Some(url) = amqp_url {
+        settings.push(("TETHER_AMQP_URL", url.to_owned()));
     }
-    let process = Process(child);
-    let (mut base, mut broker) = (None, None);
-    while base.is_none() || (amqp_url.is_none() && broker.is_none()) {
-        match listening.recv_timeout(Duration::from_secs(60))? {
-            ("http", url) => base = Some(url),
-            (_, addr) => broker = Some(addr),
-        }
-    }
-    let device_url = match amqp_url {
-        Some(url) => url.to_owned(),
-        None => format!("amqp://{}/%2f", broker.expect("seen")),
+    let server = testkit::ServerProcess::start(binary, "server", &settings);
+    let device_url = match (amqp_url, &server.broker) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(broker)) => format!("amqp://{broker}/%2f"),
+        (None, None) => unreachable!("ServerProcess waits for the embedded broker's address"),
     };
-    Ok((process, base.expect("seen"), device_url))
+    (server, device_url)
 }
 
 /// The last `n` lines of a file.

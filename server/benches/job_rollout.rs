@@ -21,10 +21,8 @@
 
 use std::{
     collections::HashSet,
-    io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -75,8 +73,9 @@ async fn main() -> anyhow::Result<()> {
     let (token, _) = testkit::user_token(&accounts, Role::Admin, &[]).await;
     let client = testkit::api_client(&token);
 
-    let (server, base) = start_server(&dir, &database)?;
-    let server_pid = server.0.id();
+    let server = start_server(&dir, &database);
+    let base = server.base.clone();
+    let server_pid = server.child.id();
     println!(
         "server started: {:.0} MB resident",
         rss_kb(server_pid) as f64 / 1024.0
@@ -279,36 +278,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the release server on free ports with its embedded broker; its address.
-fn start_server(dir: &Path, database: &str) -> anyhow::Result<(Process, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
-        .env("TETHER_ADDR", "127.0.0.1:0")
-        .env("TETHER_BROKER_ADDR", "127.0.0.1:0")
-        .env_remove("TETHER_AMQP_URL")
-        .env("TETHER_DATABASE_URL", database)
-        .env("TETHER_DATA_DIR", dir)
-        .env("RUST_LOG", "warn,server=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let (found, listening) = mpsc::channel();
-    for output in [
-        Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().expect("piped")),
-    ] {
-        let found = found.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(output).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
-                    let _ = found.send(line[at + "listening on ".len()..].trim().to_owned());
-                } else if line.contains("ERROR") {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-    }
-    let process = Process(child);
-    let base = listening.recv_timeout(Duration::from_secs(30))?;
-    Ok((process, base))
+/// Starts the release server on free ports with its embedded broker.
+fn start_server(dir: &Path, database: &str) -> testkit::ServerProcess {
+    testkit::ServerProcess::start(
+        env!("CARGO_BIN_EXE_tether-server"),
+        "server",
+        &[
+            ("TETHER_ADDR", "127.0.0.1:0".into()),
+            ("TETHER_BROKER_ADDR", "127.0.0.1:0".into()),
+            ("TETHER_DATABASE_URL", database.into()),
+            ("TETHER_DATA_DIR", dir.display().to_string()),
+            ("RUST_LOG", "warn,server=info".into()),
+        ],
+    )
 }

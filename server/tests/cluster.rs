@@ -13,9 +13,8 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,6 +32,7 @@ use protocol::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testkit::ServerProcess;
 
 const DEVICES: usize = 6;
 /// Commands per second through the two replicas together.
@@ -88,66 +88,27 @@ impl Drop for Restart {
     }
 }
 
-/// A `tether-server` process; killed when dropped.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts a replica: every node's URL, quorum queues, the shared database, its own data
 /// folder; waits until it listens.
-fn start_replica(name: &str, dir: &Path, database: &str, store_queue: &str) -> Process {
+fn start_replica(name: &str, dir: &Path, database: &str, store_queue: &str) -> ServerProcess {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
-        .env("TETHER_ADDR", "127.0.0.1:0")
-        .env(
-            "TETHER_AMQP_URL",
-            cluster_env("TETHER_TEST_CLUSTER_AMQP_URLS"),
-        )
-        .env("TETHER_QUEUE_TYPE", "quorum")
-        .env("TETHER_DATABASE_URL", database)
-        .env("TETHER_DATA_DIR", &data)
-        .env("TETHER_STORE_QUEUE", store_queue)
-        .env("TETHER_STORE_QUEUE_EXPIRES_MS", "600000")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tether-server starts");
-    let (found, listening) = std::sync::mpsc::channel();
-    for output in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let found = found.clone();
-        let name = name.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(output).lines().map_while(Result::ok) {
-                if std::env::var_os("TETHER_TEST_SERVER_LOG").is_some()
-                    || line.contains("WARN")
-                    || line.contains("ERROR")
-                {
-                    eprintln!("{name}: {line}");
-                }
-                if let Some(at) = line.find("listening on http://") {
-                    let _ = found.send(line[at + "listening on ".len()..].trim().to_owned());
-                }
-            }
-        });
-    }
-    let base = listening
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server says where it listens within 30 s");
-    Process { child, base }
+    ServerProcess::start(
+        env!("CARGO_BIN_EXE_tether-server"),
+        name,
+        &[
+            ("TETHER_ADDR", "127.0.0.1:0".into()),
+            (
+                "TETHER_AMQP_URL",
+                cluster_env("TETHER_TEST_CLUSTER_AMQP_URLS"),
+            ),
+            ("TETHER_QUEUE_TYPE", "quorum".into()),
+            ("TETHER_DATABASE_URL", database.into()),
+            ("TETHER_DATA_DIR", data.display().to_string()),
+            ("TETHER_STORE_QUEUE", store_queue.into()),
+            ("TETHER_STORE_QUEUE_EXPIRES_MS", "600000".into()),
+        ],
+    )
 }
 
 /// A simulated gateway that counts how often it carried out each command.

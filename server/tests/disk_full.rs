@@ -12,9 +12,9 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -33,6 +33,7 @@ use protocol::{
 };
 use reqwest::{StatusCode, header};
 use serde_json::json;
+use testkit::ServerProcess;
 
 /// The tmpfs's size.
 const SIZE: &str = "4m";
@@ -110,92 +111,22 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-/// The `tether-server` process; killed when dropped.
-struct Process {
-    child: Child,
-    base: String,
-    /// Every line it logged so far.
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    fn start(dir: &Path, broker_port: u16) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
-            .env_remove("TETHER_AMQP_URL")
-            .env("TETHER_ADDR", "127.0.0.1:0")
-            .env("TETHER_BROKER_ADDR", format!("127.0.0.1:{broker_port}"))
-            .env(
+/// Starts the server on `dir` with its embedded broker on `broker_port` (the devices'
+/// port across restarts); waits until it listens.
+fn start_server(dir: &Path, broker_port: u16) -> ServerProcess {
+    ServerProcess::start(
+        env!("CARGO_BIN_EXE_tether-server"),
+        "server",
+        &[
+            ("TETHER_ADDR", "127.0.0.1:0".into()),
+            ("TETHER_BROKER_ADDR", format!("127.0.0.1:{broker_port}")),
+            (
                 "TETHER_DATABASE_URL",
                 format!("sqlite://{}", database(dir).display()),
-            )
-            .env("TETHER_DATA_DIR", dir.join("data"))
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tether-server starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (found, listening) = std::sync::mpsc::channel();
-        for output in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let (found, log) = (found.clone(), log.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(output).lines().map_while(Result::ok) {
-                    if std::env::var_os("TETHER_TEST_SERVER_LOG").is_some() {
-                        eprintln!("server: {line}");
-                    }
-                    if let Some(at) = line.find("listening on http://") {
-                        let _ = found.send(line[at + "listening on ".len()..].trim().to_owned());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let base = listening
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server says where it listens within 30 s");
-        Self { child, base, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// The first line it logged since line `from` that holds every one of `words`.
-    fn logged(&self, from: usize, words: &[&str]) -> Option<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .skip(from)
-            .find(|line| words.iter().all(|word| line.contains(word)))
-            .cloned()
-    }
-
-    fn lines(&self) -> usize {
-        self.log.lock().unwrap().len()
-    }
-
-    fn still_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            let log = self.log.lock().unwrap();
-            let tail = &log[log.len().saturating_sub(30)..];
-            panic!(
-                "the server exited ({status}); its last lines:\n{}",
-                tail.join("\n")
-            );
-        }
-    }
+            ),
+            ("TETHER_DATA_DIR", dir.join("data").display().to_string()),
+        ],
+    )
 }
 
 fn database(dir: &Path) -> PathBuf {
@@ -405,7 +336,7 @@ async fn a_full_disk_queues_readings_and_refuses_logins_then_everything_is_store
         .local_addr()
         .unwrap()
         .port();
-    let mut server = Process::start(&dir, broker_port);
+    let mut server = start_server(&dir, broker_port);
     let client = testkit::api_client(&token);
     let broker =
         |id: &DeviceId, secret: &str| format!("amqp://{id}:{secret}@127.0.0.1:{broker_port}/%2f");

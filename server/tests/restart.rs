@@ -4,10 +4,7 @@
 //! ends with it; a command whose deadline passed during the downtime ends timed out.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -20,63 +17,29 @@ use protocol::{
 };
 use reqwest::StatusCode;
 use serde_json::json;
-
-/// A `tether-server` process; killed with SIGKILL when dropped.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use testkit::ServerProcess;
 
 /// Starts the server on `dir` (its database and data folder), storing readings
 /// through a queue of its own, and waits until it listens.
-fn start(dir: &Path, tag: &str) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
-        .env("TETHER_ADDR", "127.0.0.1:0")
-        .env("TETHER_AMQP_URL", testkit::rabbitmq_url())
-        .env(
-            "TETHER_DATABASE_URL",
-            format!("sqlite://{}", database(dir).display()),
-        )
-        .env("TETHER_DATA_DIR", dir)
-        .env(
-            "TETHER_STORE_QUEUE",
-            format!("tether.telemetry.store.test-{tag}"),
-        )
-        .env("TETHER_STORE_QUEUE_EXPIRES_MS", "60000")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tether-server starts");
-    let (found, listening) = mpsc::channel();
-    for output in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let found = found.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(output).lines().map_while(Result::ok) {
-                if std::env::var_os("TETHER_TEST_SERVER_LOG").is_some() {
-                    eprintln!("server: {line}");
-                }
-                if let Some(at) = line.find("listening on http://") {
-                    let _ = found.send(line[at + "listening on ".len()..].trim().to_owned());
-                }
-            }
-        });
-    }
-    let base = listening
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server says where it listens within 30 s");
-    Process { child, base }
+fn start(dir: &Path, tag: &str) -> ServerProcess {
+    ServerProcess::start(
+        env!("CARGO_BIN_EXE_tether-server"),
+        "server",
+        &[
+            ("TETHER_ADDR", "127.0.0.1:0".into()),
+            ("TETHER_AMQP_URL", testkit::rabbitmq_url()),
+            (
+                "TETHER_DATABASE_URL",
+                format!("sqlite://{}", database(dir).display()),
+            ),
+            ("TETHER_DATA_DIR", dir.display().to_string()),
+            (
+                "TETHER_STORE_QUEUE",
+                format!("tether.telemetry.store.test-{tag}"),
+            ),
+            ("TETHER_STORE_QUEUE_EXPIRES_MS", "60000".into()),
+        ],
+    )
 }
 
 fn database(dir: &Path) -> PathBuf {

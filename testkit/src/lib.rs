@@ -37,7 +37,10 @@ use tokio::sync::watch;
 pub use common::Shutdown;
 
 pub mod fault_link;
+pub mod server_process;
 pub mod slow_link;
+
+pub use server_process::ServerProcess;
 
 /// The RabbitMQ node that admits devices through Tether's HTTP auth backend
 /// (`TETHER_TEST_IDENTITY_AMQP_URL`, its server account's URL), which scripts/test.sh
