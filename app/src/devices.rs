@@ -165,6 +165,7 @@ mod tests {
             heartbeat_ms: 30_000,
             capabilities: Default::default(),
             latest: Default::default(),
+            hello_refused: None,
         };
         let ten_minutes = 600_000;
         assert_eq!(super::last_heard(ten_minutes, &device(true)), "30 s ago");

@@ -258,7 +258,13 @@ pub(crate) struct State {
     /// Devices whose credential was revoked through this replica: nothing they send is
     /// taken any more (until provisioned again).
     pub(crate) revoked: std::collections::HashSet<DeviceId>,
+    /// The last hello each device sent that was dropped, until one is taken (at most
+    /// [`REFUSED_HELLOS`] devices: past it the record starts afresh).
+    pub(crate) refused_hellos: HashMap<DeviceId, protocol::api::RefusedHello>,
 }
+
+/// Devices whose refused hello is remembered.
+pub(crate) const REFUSED_HELLOS: usize = 10_000;
 
 /// Live events a slow browser may fall behind by before it must resync.
 const EVENT_BUFFER: usize = 4096;
@@ -430,6 +436,13 @@ impl Hub {
 
     pub fn device(&self, id: &DeviceId) -> Option<DeviceView> {
         self.state().registry.get(id).map(|d| d.view.clone())
+    }
+
+    /// The last hello of `id` that was dropped for breaking a rule of the protocol,
+    /// unless one was taken since: why a device set up wrong is not online, or does not
+    /// offer what it announced.
+    pub fn refused_hello(&self, id: &DeviceId) -> Option<protocol::api::RefusedHello> {
+        self.state().refused_hellos.get(id).cloned()
     }
 
     pub fn command(&self, id: &CommandId) -> Option<CommandView> {

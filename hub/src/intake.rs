@@ -19,7 +19,7 @@ use common::now_ms;
 use lapin::message::Delivery;
 use protocol::{
     DeviceMessage,
-    api::{CommandView, Latest, LiveEvent, Reading},
+    api::{CommandView, Latest, LiveEvent, Reading, RefusedHello},
     names::{self, PresenceKind},
 };
 
@@ -69,12 +69,28 @@ impl Hub {
                 if device == hello.device_id =>
             {
                 if let Some(problem) = crate::registry::hello_problem(&hello) {
-                    drop(state);
-                    return self.dropped(
+                    self.dropped(
                         &self.inner.stats.refused_hellos,
                         &format!("a hello from {device}: {problem}"),
                     );
+                    // Kept where people look: the device's view, and for a device never
+                    // seen, the API's answer about it.
+                    let refused = RefusedHello {
+                        at_ms: now_ms,
+                        problem,
+                    };
+                    if state.refused_hellos.len() >= crate::hub::REFUSED_HELLOS
+                        && !state.refused_hellos.contains_key(&device)
+                    {
+                        state.refused_hellos.clear();
+                    }
+                    state.refused_hellos.insert(device.clone(), refused.clone());
+                    if let Some(view) = state.registry.hello_refused(&device, refused) {
+                        self.broadcast(&[LiveEvent::DeviceUpdated { device: view }]);
+                    }
+                    return;
                 }
+                state.refused_hellos.remove(&device);
                 hello.cut_text();
                 let (view, replaced) = state.registry.hello(hello, now, now_ms);
                 if state.watched.contains_key(&device) {

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use protocol::{Bye, Capabilities, DeviceId, Heartbeat, Hello, api::DeviceView};
+use protocol::{
+    Bye, Capabilities, DeviceId, Heartbeat, Hello,
+    api::{DeviceView, RefusedHello},
+};
 
 /// Heartbeats a device may miss before it is declared offline.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -142,6 +145,8 @@ impl Registry {
             // Kept across sessions: the last value known is still worth showing.
             latest: previous.map(|d| d.view.latest.clone()).unwrap_or_default(),
             capabilities: self.capabilities.share(hello.capabilities),
+            // A hello taken: what it announced is in effect.
+            hello_refused: None,
         };
         let device = Device {
             view: view.clone(),
@@ -210,6 +215,13 @@ impl Registry {
         for device in self.devices.values_mut().filter(|d| d.view.online) {
             device.last_heard = (device.last_heard + stall).min(now);
         }
+    }
+
+    /// Notes on a known device that its last hello was dropped; its view, changed.
+    pub fn hello_refused(&mut self, id: &DeviceId, refused: RefusedHello) -> Option<DeviceView> {
+        let device = self.devices.get_mut(id)?;
+        device.view.hello_refused = Some(refused);
+        Some(device.view.clone())
     }
 
     pub fn get(&self, id: &DeviceId) -> Option<&Device> {

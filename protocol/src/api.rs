@@ -29,6 +29,21 @@ pub struct DeviceView {
     /// The latest accepted reading of each metric, as of this view.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub latest: BTreeMap<String, Latest>,
+    /// Its last hello, if servers dropped it for breaking a rule of the protocol (a
+    /// device set up wrong: what it announced there is not in effect); absent once a
+    /// hello is taken again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello_refused: Option<RefusedHello>,
+}
+
+/// A hello servers dropped, and why: what a device set up wrong needs fixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RefusedHello {
+    /// When it arrived (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Its first problems, e.g. `metric name "cpu.load" must be 1–64 ASCII letters, …`.
+    pub problem: String,
 }
 
 /// A metric's latest reading.

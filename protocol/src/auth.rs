@@ -132,6 +132,10 @@ pub struct ProvisionedDevice {
     /// When the secret was last replaced; `None` if it is still the first one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_ms: Option<u64>,
+    /// Its last hello, if servers dropped it (it stays offline until it sends one that
+    /// keeps the protocol's rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello_refused: Option<crate::api::RefusedHello>,
 }
 
 /// A device credential just made or rotated: the device connects as user `id` with

@@ -348,6 +348,7 @@ mod tests {
             heartbeat_ms: 5_000,
             capabilities: Default::default(),
             latest: Default::default(),
+            hello_refused: None,
         }
     }
 

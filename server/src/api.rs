@@ -239,12 +239,26 @@ async fn get_device(
 
 /// The device, if it exists and `who` may see it: one they may not see does not exist,
 /// as far as they can tell.
+/// A device that never came online because its hello was refused is unknown too, with
+/// the reason in the message.
 pub fn device(state: &AppState, who: &Identity, id: &DeviceId) -> Result<DeviceView, Failure> {
-    state
-        .hub
-        .device(id)
-        .filter(|_| state.groups.may_see(who, id.as_str()))
-        .ok_or_else(|| Failure::unknown_device(id))
+    if !state.groups.may_see(who, id.as_str()) {
+        return Err(Failure::unknown_device(id));
+    }
+    state.hub.device(id).ok_or_else(|| {
+        match state.hub.refused_hello(id) {
+            Some(refused) => Failure::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::UnknownDevice,
+                format!(
+                    "no device \"{id}\" has ever connected: its last hello ({} s ago) was refused: {}",
+                    common::now_ms().saturating_sub(refused.at_ms) / 1000,
+                    refused.problem
+                ),
+            ),
+            None => Failure::unknown_device(id),
+        }
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

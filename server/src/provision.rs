@@ -141,11 +141,18 @@ pub(crate) async fn list(
     who: &Identity,
 ) -> Result<Vec<ProvisionedDevice>, Failure> {
     who.require(Role::Admin, "listing provisioned devices")?;
-    state
+    let mut devices = state
         .accounts
         .provisioned_devices()
         .await
-        .map_err(|e| store_unavailable(&e))
+        .map_err(|e| store_unavailable(&e))?;
+    // Why a device that has its credential is not online, when its hello was refused.
+    for device in &mut devices {
+        if let Ok(id) = protocol::DeviceId::new(device.id.as_str()) {
+            device.hello_refused = state.hub.refused_hello(&id);
+        }
+    }
+    Ok(devices)
 }
 
 /// Provisions the device `id` (checked by the store as a [`protocol::DeviceId`]): the

@@ -29,6 +29,8 @@ struct Setup {
     /// A viewer's, of no device group.
     viewer: String,
     hub: hub::Hub,
+    /// The server's database of users and device credentials.
+    accounts: store::Store,
     _stop_server: oneshot::Sender<()>,
     /// Stops (and says bye) when dropped.
     _agent: testkit::Agent,
@@ -56,6 +58,7 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
     let hub = server.hub().clone();
     let (token, _) = testkit::user_token(server.accounts(), Role::Admin, &[]).await;
     let (viewer, _) = testkit::user_token(server.accounts(), Role::Viewer, &[]).await;
+    let accounts = server.accounts().clone();
     assert!(
         hub.is_connected(),
         "RabbitMQ must be running at {} (scripts/test.sh starts it)",
@@ -84,6 +87,7 @@ async fn setup_with(kind: Kind, telemetry: Option<Duration>) -> Setup {
         token,
         viewer,
         hub,
+        accounts,
         _stop_server: stop_server,
         _agent: agent,
     }
@@ -333,6 +337,116 @@ async fn the_fleet_list_is_searched_filtered_sorted_and_paged() {
     for agent in agents {
         agent.stop().await;
     }
+}
+
+/// Publishes a hello as `device` (connected as itself) on the presence exchange.
+async fn say_hello(channel: &lapin::Channel, device: &DeviceId, session: &str, metric: &str) {
+    let hello = protocol::DeviceMessage::Hello(protocol::Hello {
+        device_id: device.clone(),
+        session_id: session.into(),
+        inbox: "amq.gen-not-consumed".into(),
+        kind: "meter".into(),
+        firmware: "1".into(),
+        heartbeat_ms: 60_000,
+        capabilities: serde_json::from_value(json!({"metrics": [{"name": metric}]})).unwrap(),
+    });
+    channel
+        .basic_publish(
+            protocol::names::PRESENCE_EXCHANGE.into(),
+            format!("presence.{device}.hello").as_str().into(),
+            Default::default(),
+            &protocol::encode(&hello),
+            lapin::BasicProperties::default().with_user_id(device.as_str().into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_hello_is_shown_where_people_look() {
+    let s = setup(Kind::Switch).await;
+    // A device whose credential works but whose every hello breaks a rule: the API
+    // says why it is not there, and so does the list of provisioned devices.
+    let (device, url) = testkit::provision(&amqp_url(), "api-refused").await;
+    s.accounts.provision_device(device.as_str()).await.unwrap();
+    let connection = lapin::Connection::connect(&url, Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    say_hello(&channel, &device, "s1", "cpu.load").await;
+    let path = format!("/api/v1/devices/{device}");
+    let why =
+        testkit::eventually_async("the refusal to be told", Duration::from_secs(5), || async {
+            let (status, body): (StatusCode, Value) = s.get(&path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+            let message = error(body).message;
+            message.contains("was refused").then_some(message)
+        })
+        .await;
+    assert!(
+        why.starts_with(&format!(
+            "no device \"{device}\" has ever connected: its last hello ("
+        )),
+        "{why}"
+    );
+    assert!(why.contains("metric name \"cpu.load\" must be"), "{why}");
+    let (status, listed): (StatusCode, Value) = s.get("/api/v1/provisioned").await;
+    assert_eq!(status, StatusCode::OK);
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == device.as_str())
+        .unwrap_or_else(|| panic!("{device} listed: {listed}"));
+    assert!(
+        entry["hello_refused"]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("cpu.load")),
+        "{entry}"
+    );
+    // Someone who may not see the device learns nothing of it.
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", s.base))
+        .bearer_auth(&s.viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let message = response.json::<ApiError>().await.unwrap().message;
+    assert!(!message.contains("hello"), "{message}");
+
+    // Fixed, it comes online and the refusal is gone; broken again (same session), it
+    // stays online with what it announced before, and its view says its hello was
+    // refused.
+    say_hello(&channel, &device, "s1", "cpu_load").await;
+    testkit::online(&s.hub, &device).await;
+    let (_, view): (StatusCode, DeviceView) = s.get(&path).await;
+    assert_eq!(view.hello_refused, None);
+    assert_eq!(view.capabilities.metrics[0].name, "cpu_load");
+    let (_, listed): (StatusCode, Value) = s.get("/api/v1/provisioned").await;
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == device.as_str())
+        .unwrap();
+    assert!(entry.get("hello_refused").is_none(), "{entry}");
+    say_hello(&channel, &device, "s1", "cpu#load").await;
+    let view = testkit::eventually_async("the view to say so", Duration::from_secs(5), || async {
+        let (_, view): (StatusCode, DeviceView) = s.get(&path).await;
+        view.hello_refused.is_some().then_some(view)
+    })
+    .await;
+    assert!(view.online);
+    assert_eq!(view.capabilities.metrics[0].name, "cpu_load");
+    assert!(
+        view.hello_refused
+            .unwrap()
+            .problem
+            .contains("metric name \"cpu#load\""),
+    );
 }
 
 #[tokio::test]

@@ -284,6 +284,8 @@ fn device_from(row: &Row) -> anyhow::Result<ProvisionedDevice> {
         id: row.text(0)?.to_owned(),
         created_ms: row.unsigned(1)?,
         rotated_ms: row.opt_int(2)?.map(|ms| ms.max(0) as u64),
+        // Not the store's to know: the hub's (the API adds it).
+        hello_refused: None,
     })
 }
 

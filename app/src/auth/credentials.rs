@@ -227,7 +227,14 @@ fn Credentials() -> impl IntoView {
                                     view! {
                                         <tr data-device=device.device.id.clone()>
                                             <th scope="row"><a href=format!("/devices/{}", device.device.id)>{device.device.id.clone()}</a></th>
-                                            <td>{status}</td>
+                                            <td>
+                                                {status}
+                                                {device.device.hello_refused.clone().map(|refused| view! {
+                                                    <small class="error refused-hello" role="alert" data-testid="hello-refused">
+                                                        {format!("Its last hello was refused ({}): {}", crate::auth::audit::when(refused.at_ms), refused.problem)}
+                                                    </small>
+                                                })}
+                                            </td>
                                             <td>{crate::auth::audit::when(device.device.created_ms)}</td>
                                             <td>{device.device.rotated_ms.map_or_else(|| "never".to_owned(), crate::auth::audit::when)}</td>
                                             <td>{actions}</td>

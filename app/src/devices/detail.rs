@@ -169,6 +169,15 @@ fn DeviceHeader(device: Signal<Option<DeviceView>>) -> impl IntoView {
                         <dt>"Last seen"</dt><dd>{move || super::last_heard(now_ms.get(), &heard)}</dd>
                         <dt>"Heartbeat"</dt><dd>{format!("every {} s", d.heartbeat_ms as f64 / 1000.0)}</dd>
                     </dl>
+                    {d.hello_refused.clone().map(|refused| view! {
+                        <p class="error" role="alert" data-testid="hello-refused">
+                            {format!(
+                                "Its last hello was refused ({}), so what it announced then is not in effect: {}",
+                                crate::auth::audit::when(refused.at_ms),
+                                refused.problem
+                            )}
+                        </p>
+                    })}
                 </section>
             }
             .into_any()

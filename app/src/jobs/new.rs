@@ -684,6 +684,7 @@ mod tests {
             }))
             .unwrap(),
             latest: Default::default(),
+            hello_refused: None,
         }
     }
 

@@ -567,6 +567,14 @@ async fn a_hello_breaking_the_rules_changes_nothing_and_text_for_people_is_cut()
         "the announcement before the bad hellos stands"
     );
     assert_eq!(known.since_ms, before.since_ms, "no new session began");
+    let refused = known
+        .hello_refused
+        .expect("the view says its hello was refused");
+    assert!(
+        refused.problem.contains("session_id \"not one.word\""),
+        "{refused:?}"
+    );
+    assert_eq!(hub.refused_hello(&device.id), Some(refused));
 
     // Over-long text for people is cut, and the hello is taken.
     let long = hello(
@@ -582,6 +590,11 @@ async fn a_hello_breaking_the_rules_changes_nothing_and_text_for_people_is_cut()
     })
     .await;
     assert_eq!(known.kind, "k".repeat(64));
+    assert_eq!(
+        known.hello_refused, None,
+        "a hello taken clears the refusal"
+    );
+    assert_eq!(hub.refused_hello(&device.id), None);
     assert_eq!(known.capabilities.commands[0].description, "é".repeat(200));
     assert_eq!(known.capabilities.metrics[0].unit, "u".repeat(32));
 
