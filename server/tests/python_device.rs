@@ -312,3 +312,75 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
     );
     eprintln!("the Python device's test took {:?}", started.elapsed());
 }
+
+/// The same device set up wrong (a heartbeat faster than servers take): it never comes
+/// online, and the API says why, to the admin who provisioned it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_device_whose_hello_is_refused_is_told_why() {
+    let python = python();
+    let (server, admin) = server_and_admin().await;
+    let (id, secret, url) = provision(&server, &admin, "py-wrong").await;
+    let script = script();
+    let _device = Agent::spawn(
+        &python,
+        &[
+            script.to_str().unwrap(),
+            "--amqp-url",
+            &url,
+            "--device-id",
+            &id,
+            "--heartbeat-ms",
+            "50",
+        ],
+        &[("TETHER_DEVICE_SECRET", &secret)],
+    );
+    let device_path = format!("/api/v1/devices/{id}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        let (status, body) = get(&server, &admin, &device_path).await;
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "a refused device is not online: {body}"
+        );
+        let message = body["message"].as_str().unwrap_or_default().to_owned();
+        if message.contains("was refused") {
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the refusal; last {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        message.contains("heartbeat_ms 50 is outside 100–600000"),
+        "{message}"
+    );
+    let provisioned = until(
+        &server,
+        &admin,
+        "/api/v1/provisioned",
+        "the refusal in the list",
+        Duration::from_secs(5),
+        |list| {
+            list.as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|d| d["id"] == id.as_str() && d.get("hello_refused").is_some())
+            })
+        },
+    )
+    .await;
+    let entry = provisioned
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id.as_str())
+        .unwrap();
+    assert!(
+        entry["hello_refused"]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("heartbeat_ms 50")),
+        "{entry}"
+    );
+}
