@@ -584,11 +584,15 @@ impl Postgres {
         Ok(postgres)
     }
 
+    /// Whether the suite runs as root (asked once).
     fn as_root() -> bool {
-        Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+        static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ROOT.get_or_init(|| {
+            Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+        })
     }
 
     /// Runs one of PostgreSQL's programs, as `postgres` when the suite is root.
@@ -889,6 +893,12 @@ async fn run(fault: &str, dir: &Path, settings: &Settings) -> anyhow::Result<Rep
     // A third of the devices go through a link that fails on command.
     let link = FaultLink::to(server.amqp()).await?;
     let through_link = settings.devices.div_ceil(3);
+    // The devices the fault hits: the first `hit_count` (all, or those behind the link).
+    let hit_count = if hits_all(fault) {
+        settings.devices
+    } else {
+        through_link
+    };
     let mut devices = Vec::new();
     for n in 0..settings.devices {
         let id = format!("faults-{n}");
@@ -984,11 +994,7 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
             client: client.clone(),
             base: server.base(),
             devices: devices.iter().map(|d| d.id.clone()).collect(),
-            affected: if hits_all(fault) {
-                settings.devices
-            } else {
-                through_link
-            },
+            affected: hit_count,
             rate: settings.rate,
             phase: phase.clone(),
             sent: sent.clone(),
@@ -1083,14 +1089,7 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
     // The after phase goes on until every device the fault hit has succeeded again
     // (devices reconnect with a backoff that grows with the outage), for at most two
     // minutes more: recovery is measured, not cut short by the phase.
-    let hit_ids: Vec<String> = devices[..if hits_all(fault) {
-        settings.devices
-    } else {
-        through_link
-    }]
-        .iter()
-        .map(|d| d.id.clone())
-        .collect();
+    let hit_ids: Vec<String> = devices[..hit_count].iter().map(|d| d.id.clone()).collect();
     let give_up = Instant::now() + Duration::from_secs(120);
     let mut recovered = std::collections::HashSet::new();
     while recovered.len() < hit_ids.len() && Instant::now() < give_up {
@@ -1217,11 +1216,6 @@ args = [{{ name = "tag", type = "string", max_len = 64, required = true }}]
         }
     }
     // Recovered once every device the fault hit works again.
-    let hit_count = if hits_all(fault) {
-        settings.devices
-    } else {
-        through_link
-    };
     if first_success.len() == hit_count {
         report.recovery = first_success.values().max().copied();
     }
