@@ -2,6 +2,7 @@
 //! device groups and the audit trail. Users, groups and the audit trail are for admins;
 //! anyone may manage their own tokens. Every change is written to the audit trail.
 
+use crate::openapi::shared;
 use app::fleet::{AuditFilter, NewUser, UserChange};
 use axum::extract::{Path, State};
 use axum::{Json, http::StatusCode};
@@ -67,8 +68,8 @@ get, path = "/v1/users", tag = "accounts",
 summary = "Every user",
 responses(
     (status = 200, description = "The users", body = Vec<UserView>),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::AdminOnly,
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn list_users(
@@ -91,9 +92,9 @@ summary = "One user (admins: anyone; others: themselves)",
 params(("name" = String, Path, description = "The user's name")),
 responses(
     (status = 200, description = "The user", body = UserView),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 404, description = "`not_found`", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn get_user(
@@ -125,10 +126,10 @@ summary = "Create a user",
 request_body = NewUser,
 responses(
     (status = 201, description = "The user", body = UserView),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 409, description = "`already_exists`", body = ApiError),
     (status = 422, description = "`invalid_input`: a name, password or group that does not check", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn create_user(
@@ -162,11 +163,11 @@ params(("name" = String, Path, description = "The user's name")),
 request_body = UserChange,
 responses(
     (status = 200, description = "The user", body = UserView),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 404, description = "`not_found`", body = ApiError),
     (status = 409, description = "`own_role`: lowering one's own role", body = ApiError),
     (status = 422, description = "`invalid_input`", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn change_user(
@@ -234,10 +235,10 @@ summary = "Delete a user (and their tokens and sessions)",
 params(("name" = String, Path, description = "The user's name")),
 responses(
     (status = 204, description = "Deleted"),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 404, description = "`not_found`", body = ApiError),
     (status = 409, description = "`own_account`: deleting oneself", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn delete_user(
@@ -281,8 +282,8 @@ summary = "API tokens: the caller's own, or (admins) anyone's",
 params(Owner),
 responses(
     (status = 200, description = "The tokens (no secrets)", body = Vec<TokenView>),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::AdminOnly,
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn list_tokens(
@@ -327,7 +328,7 @@ responses(
     (status = 403, description = "`forbidden`: a role above the creator's, or (not admin) for another user", body = ApiError),
     (status = 404, description = "`not_found`: no such owner", body = ApiError),
     (status = 422, description = "`invalid_input`", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn create_token(
@@ -374,9 +375,9 @@ summary = "Revoke an API token",
 params(("id" = String, Path, description = "The token's id")),
 responses(
     (status = 200, description = "The token, revoked", body = TokenView),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 404, description = "`not_found`", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn revoke_token(
@@ -421,8 +422,8 @@ get, path = "/v1/groups", tag = "accounts",
 summary = "Every device group",
 responses(
     (status = 200, description = "The groups", body = Vec<String>),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::AdminOnly,
+    shared::StoreUnavailable,
 )
 )]
 async fn list_groups(
@@ -466,9 +467,9 @@ params(("id" = String, Path, description = "The device's id")),
 request_body = Vec<String>,
 responses(
     (status = 200, description = "The groups", body = Vec<String>),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 422, description = "`invalid_input`: a group name that does not check", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn set_device_groups(
@@ -502,8 +503,8 @@ summary = "The audit trail, newest first",
 params(AuditFilter),
 responses(
     (status = 200, description = "The entries", body = Vec<AuditEntry>),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::AdminOnly,
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn audit_trail(
@@ -535,8 +536,8 @@ get, path = "/v1/audit/verify", tag = "accounts",
 summary = "Check the audit trail's hash chain",
 responses(
     (status = 200, description = "The check", body = AuditCheck),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::AdminOnly,
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn verify_audit(

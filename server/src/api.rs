@@ -2,6 +2,7 @@
 //! API.md). Ids and bodies are parsed here, at the edge; every error is a
 //! [`Failure`]: JSON `{"code": "...", "message": "..."}` with a fitting status.
 
+use crate::openapi::shared;
 use std::time::Duration;
 
 use axum::{
@@ -444,7 +445,7 @@ params(("id" = String, Path, description = "The device's id")),
 request_body = SendCommand,
 responses(
     (status = 202, description = "The command as it is once the broker took it: `sent` (or `offline` if the broker returned it, `failed` if it refused it; later if the device already answered), with its id and `args` as stored, the announced defaults filled in", body = CommandView),
-    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    shared::OperatorOnly,
     (status = 404, description = "`unknown_device`: no such device, or one the caller may not see", body = ApiError),
     (status = 409, description = "`device_offline`: the device is offline", body = ApiError),
     (status = 422, description = "`unknown_command`: the device announced no such command; `invalid_arguments`: arguments its spec refuses; `invalid_timeout`: `timeout_ms` outside 100..=300000", body = ApiError),
@@ -578,7 +579,7 @@ description = "Needs the operator role. Whichever replica sent it.",
 params(("id" = String, Path, description = "The command's id")),
 responses(
     (status = 200, description = "The command, now `cancelled`", body = CommandView),
-    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    shared::OperatorOnly,
     (status = 404, description = "`unknown_command`: no such command, or one to a device the caller may not see", body = ApiError),
     (status = 409, description = "`already_ended`: the command had ended (or its replica is gone: it is now `outcome_unknown`)", body = ApiError),
     (status = 503, description = "`replica_unavailable`: the replica that sent it did not answer in time; `broker_unavailable`; `store_unavailable`", body = ApiError),

@@ -13,6 +13,7 @@
 //! Both keys are files in the data folder, made on first start (mode 0600); replicas
 //! that serve the same devices need the same ones, and the same `artifacts/` folder.
 
+use crate::openapi::shared;
 use protocol::api::{ApiError, ErrorCode};
 use std::{
     io::Write as _,
@@ -241,7 +242,7 @@ get, path = "/v1/artifacts", tag = "artifacts",
 summary = "Every artifact, newest first",
 responses(
     (status = 200, description = "The artifacts", body = Vec<ArtifactView>),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn list(
@@ -264,7 +265,7 @@ params(("id" = String, Path, description = "The artifact's id")),
 responses(
     (status = 200, description = "The artifact", body = ArtifactView),
     (status = 404, description = "`unknown_artifact`", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn get_one(
@@ -313,11 +314,11 @@ params(NewArtifact),
 request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file"),
 responses(
     (status = 201, description = "The artifact, signed", body = ArtifactView),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 413, description = "`artifact_too_large`: over `TETHER_MAX_ARTIFACT_MB`", body = ApiError),
     (status = 422, description = "`invalid_input`: a name, version or arch that does not check, or an empty file", body = ApiError),
     (status = 500, description = "`internal`: the file could not be written", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn upload(
@@ -456,9 +457,9 @@ description = "Needs the admin role.",
 params(("id" = String, Path, description = "The artifact's id")),
 responses(
     (status = 204, description = "Removed"),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 404, description = "`unknown_artifact`", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn remove(
@@ -515,7 +516,7 @@ responses(
     (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>),
     (status = 403, description = "`invalid_token`: a link that is not valid; `token_expired`: a link past its time", body = ApiError),
     (status = 404, description = "`unknown_artifact`", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn download(

@@ -12,6 +12,7 @@
 //! Whoever may see the device may read its reports (they hold no secrets: the agent
 //! hides them before sending).
 
+use crate::openapi::shared;
 use axum::{
     Json,
     extract::{Path, State},
@@ -57,7 +58,7 @@ params(("id" = String, Path, description = "The device's id"), Limit),
 responses(
     (status = 200, description = "The reports", body = Vec<DiagnosticsReport>),
     (status = 404, description = "`unknown_device`", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn list(

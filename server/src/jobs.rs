@@ -6,6 +6,7 @@
 //! Who sees a job: an admin every job, anyone else a job whose every device they may
 //! see (so nothing of a device outside their groups shows, not even in the counts).
 
+use crate::openapi::shared;
 use protocol::api::{ApiError, ErrorCode};
 use std::collections::{BTreeMap, HashSet};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -70,7 +71,7 @@ params(JobListQuery),
 responses(
     (status = 200, description = "The jobs", body = Vec<JobView>),
     (status = 400, description = "`bad_request`: `before` names no job, or a query that does not parse", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn list_jobs(
@@ -87,8 +88,8 @@ summary = "One job",
 params(("id" = String, Path, description = "The job's id")),
 responses(
     (status = 200, description = "The job", body = JobView),
-    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::UnknownJob,
+    shared::StoreUnavailable,
 )
 )]
 async fn get_job(
@@ -105,8 +106,8 @@ summary = "A page of a job's devices, in start order",
 params(("id" = String, Path, description = "The job's id"), TargetQuery),
 responses(
     (status = 200, description = "The page", body = TargetPage),
-    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::UnknownJob,
+    shared::StoreUnavailable,
 )
 )]
 async fn job_devices(
@@ -125,7 +126,7 @@ description = "Needs the operator role. The devices are chosen once, among those
 request_body = NewJob,
 responses(
     (status = 201, description = "The job, running", body = JobView),
-    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
+    shared::OperatorOnly,
     (status = 404, description = "`unknown_device`: an id the caller may not see; `unknown_artifact`: the job names no artifact", body = ApiError),
     (status = 422, description = "`invalid_job`: settings out of bounds, no device matches; `unknown_command`: no chosen device announced it; `invalid_arguments`: no device that announced it accepts them", body = ApiError),
     (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
@@ -148,8 +149,8 @@ description = "Needs the operator role.",
 params(("id" = String, Path, description = "The job's id")),
 responses(
     (status = 200, description = "The job", body = JobView),
-    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
-    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
+    shared::OperatorOnly,
+    shared::UnknownJob,
     (status = 409, description = "`already_ended`: the job has ended", body = ApiError),
     (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
 )
@@ -172,8 +173,8 @@ description = "Needs the operator role.",
 params(("id" = String, Path, description = "The job's id")),
 responses(
     (status = 200, description = "The job", body = JobView),
-    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
-    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
+    shared::OperatorOnly,
+    shared::UnknownJob,
     (status = 409, description = "`already_ended`: the job has ended", body = ApiError),
     (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
 )
@@ -196,8 +197,8 @@ description = "Needs the operator role.",
 params(("id" = String, Path, description = "The job's id")),
 responses(
     (status = 200, description = "The job", body = JobView),
-    (status = 403, description = "`forbidden`: needs the operator role", body = ApiError),
-    (status = 404, description = "`unknown_job`: no such job, or one with a device the caller may not see", body = ApiError),
+    shared::OperatorOnly,
+    shared::UnknownJob,
     (status = 409, description = "`already_ended`: the job has ended", body = ApiError),
     (status = 503, description = "`store_unavailable`; `server_stopping`", body = ApiError),
 )

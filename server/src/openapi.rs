@@ -127,6 +127,38 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
     .flatten()
 }
 
+/// Error answers many operations share: each is one row of their `responses(...)`,
+/// written once here. Never built: they only describe.
+pub mod shared {
+    use protocol::api::ApiError;
+
+    #[derive(Debug, utoipa::IntoResponses)]
+    #[response(
+        status = 503,
+        description = "`store_unavailable`: the database cannot be read or written"
+    )]
+    #[allow(dead_code)]
+    pub struct StoreUnavailable(ApiError);
+
+    #[derive(Debug, utoipa::IntoResponses)]
+    #[response(status = 403, description = "`forbidden`: needs the admin role")]
+    #[allow(dead_code)]
+    pub struct AdminOnly(ApiError);
+
+    #[derive(Debug, utoipa::IntoResponses)]
+    #[response(status = 403, description = "`forbidden`: needs the operator role")]
+    #[allow(dead_code)]
+    pub struct OperatorOnly(ApiError);
+
+    #[derive(Debug, utoipa::IntoResponses)]
+    #[response(
+        status = 404,
+        description = "`unknown_job`: no such job, or one with a device the caller may not see"
+    )]
+    #[allow(dead_code)]
+    pub struct UnknownJob(ApiError);
+}
+
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     ResponseBuilder::new()
         .description(description)

@@ -10,6 +10,7 @@
 //! [`provision`], [`rotate`] and [`revoke`] do the work, for the UI's server functions
 //! (`fleet`) too.
 
+use crate::openapi::shared;
 use axum::{
     Json,
     extract::{Path, State},
@@ -54,8 +55,8 @@ summary = "Every provisioned device (no secrets)",
 description = "Needs the admin role.",
 responses(
     (status = 200, description = "Sorted by id", body = Vec<ProvisionedDevice>),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::AdminOnly,
+    shared::StoreUnavailable,
 )
 )]
 async fn list_provisioned(
@@ -72,10 +73,10 @@ description = "Needs the admin role. The secret is shown once.",
 request_body = NewDevice,
 responses(
     (status = 201, description = "The credential", body = DeviceCredential),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 409, description = "`already_exists`: the device is provisioned already", body = ApiError),
     (status = 422, description = "`invalid_input`: an id that is no device id, or the servers' own account", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn provision_device(
@@ -95,9 +96,9 @@ description = "Needs the admin role.",
 params(("id" = String, Path, description = "The device's id")),
 responses(
     (status = 200, description = "The new credential", body = DeviceCredential),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 404, description = "`not_found`: the device is not provisioned", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 async fn rotate_secret(
@@ -116,9 +117,9 @@ description = "Needs the admin role. Its connections are closed.",
 params(("id" = String, Path, description = "The device's id")),
 responses(
     (status = 204, description = "Revoked"),
-    (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+    shared::AdminOnly,
     (status = 404, description = "`not_found`: the device is not provisioned", body = ApiError),
-    (status = 503, description = "`store_unavailable`: the database cannot be read or written", body = ApiError),
+    shared::StoreUnavailable,
 )
 )]
 pub(crate) async fn revoke_device(
