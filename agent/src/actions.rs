@@ -42,7 +42,7 @@ use std::{
     time::Duration,
 };
 
-use protocol::{ArgKind, ArgSpec, CommandSpec};
+use protocol::{ArgSpec, CommandSpec, capability::valid_command_name};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{io::AsyncReadExt as _, sync::mpsc};
@@ -158,43 +158,24 @@ fn parse_element(element: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-/// A command or argument name as servers accept it in a hello.
-pub(crate) fn valid_name(name: &str) -> bool {
-    protocol::capability::valid_command_name(name)
-}
-
 impl ActionSpec {
     /// Everything wrong with this action on its own (not counting clashes with others),
     /// each as a sentence. Checks the file system: the program must exist and be
     /// executable, the working directory must exist.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if !valid_name(&self.name) {
+        if !valid_command_name(&self.name) {
             problems.push(format!(
                 "the name {:?} must be 1–64 letters, digits, `_`, `-` or `.`",
                 self.name
             ));
         }
+        // Each argument as servers check it in a hello (name, range, choices, default).
         let mut names = BTreeSet::new();
         for arg in &self.args {
-            if !valid_name(&arg.name) {
-                problems.push(format!(
-                    "argument name {:?} must be 1–64 letters, digits, `_`, `-` or `.`",
-                    arg.name
-                ));
-            }
+            problems.extend(arg.problems());
             if !names.insert(arg.name.as_str()) {
                 problems.push(format!("argument {:?} is declared twice", arg.name));
-            }
-            if let Some(default) = &arg.default
-                && let Err(error) = arg.check(default)
-            {
-                problems.push(format!("the default of argument {:?}: {error}", arg.name));
-            }
-            if let ArgKind::Choice { choices } = &arg.kind
-                && choices.is_empty()
-            {
-                problems.push(format!("argument {:?} has no choices", arg.name));
             }
         }
         for element in &self.argv {

@@ -50,7 +50,7 @@ use toml::Spanned;
 
 use crate::{
     Command, CommandContext, CommandError,
-    actions::{GroupGuard, PATH, PROGRESS_EVERY, PROGRESS_MAX_BYTES, pump, valid_name},
+    actions::{GroupGuard, PATH, PROGRESS_EVERY, PROGRESS_MAX_BYTES, pump},
 };
 
 /// The default and the largest `max_lines`.
@@ -164,7 +164,7 @@ impl Logs {
         for (name, source) in file.sources {
             let span = Some(source.span());
             let source = source.into_inner();
-            if !valid_name(&name) {
+            if !protocol::capability::valid_command_name(&name) {
                 problems.push((
                     span.clone(),
                     format!("log source {name:?}: the name must be 1–64 letters, digits, `_`, `-` or `.`"),

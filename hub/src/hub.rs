@@ -445,6 +445,12 @@ impl Hub {
         self.state().refused_hellos.get(id).cloned()
     }
 
+    /// Every device's refused hello, as [`Hub::refused_hello`] gives one: a copy taken
+    /// under one lock, for a list of many devices.
+    pub fn refused_hellos(&self) -> HashMap<DeviceId, protocol::api::RefusedHello> {
+        self.state().refused_hellos.clone()
+    }
+
     pub fn command(&self, id: &CommandId) -> Option<CommandView> {
         self.state().commands.get(id)
     }

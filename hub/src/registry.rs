@@ -29,7 +29,12 @@ pub fn hello_problem(hello: &Hello) -> Option<String> {
         text.push_str(&format!(" (and {} more)", problems.len() - SHOWN));
     }
     protocol::capability::cut(&mut text, 1_000);
-    Some(text)
+    // A device's text goes to the log and to people: no line breaks or escapes of its own.
+    Some(
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
+    )
 }
 
 /// A device and where its current session can be reached.
@@ -335,6 +340,20 @@ mod tests {
             "{problem}"
         );
         assert!(problem.ends_with("(and 2 more)"), "{problem}");
+    }
+
+    #[test]
+    fn a_hello_problem_holds_no_control_characters() {
+        let mut bad = hello("d", "s");
+        bad.capabilities.commands = vec![
+            serde_json::from_value(serde_json::json!({"name": "go", "args": [
+                {"name": "x\nFAKE LOG LINE\u{1b}[31m", "type": "integer", "max": 1, "default": 2}
+            ]}))
+            .unwrap(),
+        ];
+        let problem = hello_problem(&bad).unwrap();
+        assert!(problem.contains("FAKE LOG LINE"), "{problem}");
+        assert!(!problem.chars().any(char::is_control), "{problem:?}");
     }
 
     #[test]

@@ -148,9 +148,12 @@ pub(crate) async fn list(
         .await
         .map_err(|e| store_unavailable(&e))?;
     // Why a device that has its credential is not online, when its hello was refused.
-    for device in &mut devices {
-        if let Ok(id) = protocol::DeviceId::new(device.id.as_str()) {
-            device.hello_refused = state.hub.refused_hello(&id);
+    let refused = state.hub.refused_hellos();
+    if !refused.is_empty() {
+        for device in &mut devices {
+            if let Ok(id) = protocol::DeviceId::new(device.id.as_str()) {
+                device.hello_refused = refused.get(&id).cloned();
+            }
         }
     }
     Ok(devices)

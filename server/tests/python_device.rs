@@ -60,7 +60,7 @@ async fn get(server: &Running, admin: &reqwest::Client, path: &str) -> (StatusCo
     (status, answer.json().await.unwrap_or(Value::Null))
 }
 
-/// Polls `path` until `check` accepts its JSON (at most `within`).
+/// Polls `path` until it answers 200 with JSON `check` accepts (at most `within`).
 async fn until(
     server: &Running,
     admin: &reqwest::Client,
@@ -69,10 +69,25 @@ async fn until(
     within: Duration,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
+    until_answer(server, admin, path, what, within, |status, body| {
+        status == StatusCode::OK && check(body)
+    })
+    .await
+}
+
+/// Polls `path` until `check` accepts its status and JSON (at most `within`).
+async fn until_answer(
+    server: &Running,
+    admin: &reqwest::Client,
+    path: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(StatusCode, &Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let (status, body) = get(server, admin, path).await;
-        if status == StatusCode::OK && check(&body) {
+        if check(status, &body) {
             return body;
         }
         assert!(
@@ -83,28 +98,35 @@ async fn until(
     }
 }
 
+/// Starts the Python device as `id` with its secret, heartbeating every
+/// `heartbeat_ms`, with `more` arguments.
+fn start_device(id: &str, secret: &str, url: &str, heartbeat_ms: &str, more: &[&str]) -> Agent {
+    let script = script();
+    let mut args = vec![
+        script.to_str().unwrap(),
+        "--amqp-url",
+        url,
+        "--device-id",
+        id,
+        "--heartbeat-ms",
+        heartbeat_ms,
+    ];
+    args.extend_from_slice(more);
+    Agent::spawn(&python(), &args, &[("TETHER_DEVICE_SECRET", secret)])
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
     let started = Instant::now();
-    let python = python();
     let (server, admin) = server_and_admin().await;
     let (id, secret, url) = provision(&server, &admin, "py-coffee").await;
     let heartbeat = HEARTBEAT_MS.to_string();
-    let script = script();
-    let mut device = Agent::spawn(
-        &python,
-        &[
-            script.to_str().unwrap(),
-            "--amqp-url",
-            &url,
-            "--device-id",
-            &id,
-            "--heartbeat-ms",
-            &heartbeat,
-            "--firmware",
-            "0.1.0-test",
-        ],
-        &[("TETHER_DEVICE_SECRET", &secret)],
+    let mut device = start_device(
+        &id,
+        &secret,
+        &url,
+        &heartbeat,
+        &["--firmware", "0.1.0-test"],
     );
     let device_path = format!("/api/v1/devices/{id}");
 
@@ -317,42 +339,29 @@ async fn the_python_device_comes_online_obeys_reports_and_says_bye() {
 /// online, and the API says why, to the admin who provisioned it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_device_whose_hello_is_refused_is_told_why() {
-    let python = python();
     let (server, admin) = server_and_admin().await;
     let (id, secret, url) = provision(&server, &admin, "py-wrong").await;
-    let script = script();
-    let _device = Agent::spawn(
-        &python,
-        &[
-            script.to_str().unwrap(),
-            "--amqp-url",
-            &url,
-            "--device-id",
-            &id,
-            "--heartbeat-ms",
-            "50",
-        ],
-        &[("TETHER_DEVICE_SECRET", &secret)],
-    );
+    let _device = start_device(&id, &secret, &url, "50", &[]);
     let device_path = format!("/api/v1/devices/{id}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let message = loop {
-        let (status, body) = get(&server, &admin, &device_path).await;
-        assert_ne!(
-            status,
-            StatusCode::OK,
-            "a refused device is not online: {body}"
-        );
-        let message = body["message"].as_str().unwrap_or_default().to_owned();
-        if message.contains("was refused") {
-            break message;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the refusal; last {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let refusal = until_answer(
+        &server,
+        &admin,
+        &device_path,
+        "the refusal",
+        Duration::from_secs(20),
+        |status, body| {
+            assert_ne!(
+                status,
+                StatusCode::OK,
+                "a refused device is not online: {body}"
+            );
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("was refused"))
+        },
+    )
+    .await;
+    let message = refusal["message"].as_str().unwrap();
     assert!(
         message.contains("heartbeat_ms 50 is outside 100–600000"),
         "{message}"

@@ -54,6 +54,23 @@ async fn raw_device(name: &str, heartbeat_ms: u64) -> testkit::RawDevice {
     testkit::RawDevice::connect(&amqp_url(), name, heartbeat_ms).await
 }
 
+/// The next message in a raw device's inbox, which must be a command: the delivery
+/// (for its properties) and the request.
+async fn next_command(
+    inbox: &mut lapin::Consumer,
+) -> (lapin::message::Delivery, protocol::CommandRequest) {
+    let delivery = within(Duration::from_secs(5), "the command", inbox.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ServerMessage::Command(request) =
+        protocol::decode::<ServerMessage>(&delivery.data).unwrap()
+    else {
+        panic!("not a command")
+    };
+    (delivery, request)
+}
+
 async fn run(hub: &Hub, device: &DeviceId, request: SendCommand) -> CommandView {
     let sent = hub.send(device, request).await.expect("command accepted");
     hub.wait(&sent.id, Duration::from_secs(30))
@@ -604,15 +621,7 @@ async fn a_hello_breaking_the_rules_changes_nothing_and_text_for_people_is_cut()
         .send(&device.id, command("echo", json!({}), Some(7_000)))
         .await
         .unwrap();
-    let delivery = within(Duration::from_secs(5), "the command", inbox.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let ServerMessage::Command(request) =
-        protocol::decode::<ServerMessage>(&delivery.data).unwrap()
-    else {
-        panic!("not a command")
-    };
+    let (_, request) = next_command(&mut inbox).await;
     assert_eq!(request.timeout_ms, 7_000);
     assert_eq!(request.deadline_ms, Some(sent.deadline_ms));
     assert_eq!(sent.deadline_ms, sent.created_ms + 7_000);
@@ -670,15 +679,7 @@ async fn malformed_and_foreign_messages_are_counted_and_ignored() {
         .send(&device.id, command("echo", json!({}), None))
         .await
         .unwrap();
-    let delivery = within(Duration::from_secs(5), "the command", inbox.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let ServerMessage::Command(request) =
-        protocol::decode::<ServerMessage>(&delivery.data).unwrap()
-    else {
-        panic!("not a command")
-    };
+    let (delivery, request) = next_command(&mut inbox).await;
     assert_eq!(request.command_id, sent.id);
     let reply_to = delivery.properties.reply_to().as_ref().unwrap().to_string();
     let correlated = BasicProperties::default().with_correlation_id(sent.id.0.as_str().into());
@@ -1203,10 +1204,7 @@ async fn messages_that_speak_for_another_device_than_their_sender_are_dropped() 
         .send(&device.id, command("echo", json!({}), None))
         .await
         .unwrap();
-    let delivery = within(Duration::from_secs(5), "the command", inbox.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let (delivery, _) = next_command(&mut inbox).await;
     assert_eq!(
         delivery.properties.user_id().as_ref().map(|u| u.as_str()),
         Some(common::amqp_user(&amqp_url()).as_str()),
