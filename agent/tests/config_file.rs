@@ -244,18 +244,34 @@ fn check_config_exits_by_whether_the_file_is_right() {
 #[test]
 fn check_config_refuses_capabilities_servers_would_drop() {
     let dir = scratch("capabilities");
-    // 300 choices: a file the agent can run, but a hello servers drop, which would
-    // leave the device offline for good.
-    let choices: Vec<String> = (0..300).map(|i| format!("\"c{i}\"")).collect();
-    let many = GOOD.replace(
-        r#"choices = ["hi", "bye"]"#,
-        &format!("choices = [{}]", choices.join(", ")),
-    );
+    // 256 actions and the built-in `diagnostics`: each action is right on its own, but
+    // servers drop a hello of 257 commands, which would leave the device offline for good.
+    let mut many = GOOD.to_owned();
+    for n in 0..255 {
+        many.push_str(&format!(
+            "\n[[actions]]\nname = \"say{n}\"\nprogram = \"/bin/echo\"\n"
+        ));
+    }
     let output = check_config(&write(&dir, &many));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(
         stderr.contains("servers would refuse the capabilities")
+            && stderr.contains("257 commands announced; at most 256 are accepted"),
+        "{stderr}"
+    );
+
+    // An argument servers would refuse is caught with the action, by line.
+    let choices: Vec<String> = (0..300).map(|i| format!("\"c{i}\"")).collect();
+    let wide = GOOD.replace(
+        r#"choices = ["hi", "bye"]"#,
+        &format!("choices = [{}]", choices.join(", ")),
+    );
+    let output = check_config(&write(&dir, &wide));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        stderr.contains("action \"say\"")
             && stderr.contains("has 300 choices; at most 256 are accepted"),
         "{stderr}"
     );
