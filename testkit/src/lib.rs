@@ -351,6 +351,37 @@ pub async fn private_queue(channel: &lapin::Channel, what: &str) -> String {
         .to_string()
 }
 
+/// Waits until the broker at `url` no longer has `queue`. RabbitMQ deletes an exclusive
+/// queue shortly *after* it confirms its owner's connection close, so a test that kills a
+/// device and then expects its inbox to be gone must wait for this first.
+pub async fn queue_gone(url: &str, queue: &str) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("the broker must be running at {url}: {e}"));
+    eventually_async(
+        &format!("the broker to delete the queue {queue}"),
+        Duration::from_secs(5),
+        || async {
+            let channel = connection.create_channel().await.ok()?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            // A queue that still exists is declared (or refused as another connection's,
+            // 405); only 404 says it is gone. Either way a failed declare closes the channel.
+            match channel
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await
+            {
+                Err(e) if e.to_string().contains("NOT_FOUND") => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
 /// A queue of a test's own, bound to an exchange: what the test sees of the messages it
 /// routes (read without acks). The queue goes with the connection.
 #[derive(Debug)]

@@ -277,6 +277,7 @@ async fn a_command_to_a_vanished_inbox_is_offline_at_once() {
     online(&hub, &device.id).await;
     // Gone without a bye, as if the process were killed: the broker deletes the inbox.
     device.connection.close(320, "killed".into()).await.unwrap();
+    testkit::queue_gone(&amqp_url(), &device.inbox).await;
 
     let sent = within(
         Duration::from_secs(2),
