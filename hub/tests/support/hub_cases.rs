@@ -295,6 +295,76 @@ async fn a_command_to_a_vanished_inbox_is_offline_at_once() {
     assert_eq!(hub.stats().returned, 1);
 }
 
+/// The broker confirms many publishes with one `basic.ack` (`multiple`), and a
+/// `basic.return` names no command: each return must still reach the command it came
+/// from. A return given to the wrong command would leave a vanished device's command
+/// `sent`, and end a live device's command as offline and take the live device offline
+/// while it carries the command out.
+#[tokio::test]
+async fn returns_of_many_commands_confirmed_at_once_reach_their_own_commands() {
+    let hub = start_hub().await;
+    let live = start_agent("gw-live", Kind::Gateway, Duration::from_secs(2)).await;
+    online(&hub, &live.id).await;
+    let mut gone = Vec::new();
+    for n in 0..8 {
+        let device = raw_device(&format!("raw-gone{n}"), 60_000).await;
+        online(&hub, &device.id).await;
+        gone.push(device);
+    }
+    for device in &gone {
+        device.connection.close(320, "killed".into()).await.unwrap();
+        testkit::queue_gone(&amqp_url(), &device.inbox).await;
+    }
+
+    // Interleaved, all at once, on the hub's one channel.
+    let sends = (0..240).map(|n| {
+        let target = if n % 2 == 0 {
+            live.id.clone()
+        } else {
+            gone[(n / 2) % gone.len()].id.clone()
+        };
+        let hub = hub.clone();
+        async move {
+            let sent = hub
+                .send(&target, command("echo", json!({"message": n}), None))
+                .await;
+            (target, sent)
+        }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    let mut to_live = Vec::new();
+    let mut returned = 0;
+    for (target, sent) in results {
+        if target == live.id {
+            let view = sent.expect("the live device takes commands");
+            assert_ne!(view.status, CommandStatus::Offline, "{view:?}");
+            to_live.push(view);
+        } else {
+            match sent {
+                // Sent before the hub knew: it came back, so it is offline.
+                Ok(view) => {
+                    assert_eq!(view.status, CommandStatus::Offline, "{view:?}");
+                    returned += 1;
+                }
+                // Refused once a return had shown the device gone.
+                Err(SendError::DeviceOffline(_)) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(returned >= gone.len(), "each vanished device had a command returned");
+    assert_eq!(hub.stats().returned, returned as u64);
+    assert!(hub.device(&live.id).unwrap().online);
+    for device in &gone {
+        assert!(!hub.device(&device.id).unwrap().online);
+    }
+    for view in to_live {
+        let ended = hub.wait(&view.id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(ended.status, CommandStatus::Succeeded, "{ended:?}");
+    }
+    live.stop().await;
+}
+
 #[tokio::test]
 async fn a_silent_device_goes_offline_in_time_while_commands_flow_to_others() {
     let hub = start_hub().await;

@@ -20,8 +20,10 @@ impl Acknowledgements {
         Self(SharedMutex::new(Inner::new(channel_id, returned_messages)))
     }
 
-    pub(crate) fn register_pending(&self) -> PublisherConfirm {
-        self.lock_inner().register_pending()
+    /// `returnable`: the publish's [`crate::returned_messages::fingerprint`] if it is
+    /// mandatory (Tether's patch).
+    pub(crate) fn register_pending(&self, returnable: Option<u64>) -> PublisherConfirm {
+        self.lock_inner().register_pending(returnable)
     }
 
     pub(crate) fn get_last_pending(&self) -> Option<Promise<()>> {
@@ -80,11 +82,19 @@ impl fmt::Debug for Acknowledgements {
     }
 }
 
+/// A publish waiting for its confirm: its resolvers, and its fingerprint if the broker
+/// may return it (Tether's patch).
+type Pending = (
+    PromiseResolver<Confirmation>,
+    PromiseResolver<()>,
+    Option<u64>,
+);
+
 struct Inner {
     channel_id: u16,
     delivery_tag: IdSequence<DeliveryTag>,
     last: Option<Promise<()>>,
-    pending: HashMap<DeliveryTag, (PromiseResolver<Confirmation>, PromiseResolver<()>)>,
+    pending: HashMap<DeliveryTag, Pending>,
     returned_messages: ReturnedMessages,
 }
 
@@ -99,24 +109,20 @@ impl Inner {
         }
     }
 
-    fn register_pending(&mut self) -> PublisherConfirm {
+    fn register_pending(&mut self, returnable: Option<u64>) -> PublisherConfirm {
         let delivery_tag = self.delivery_tag.next();
         trace!("Publishing with delivery_tag {}", delivery_tag);
         let (promise, resolver) = Promise::new("acknowledgement");
         let (err_promise, err_resolver) = Promise::new("acknowledgement-error");
         let promise = PublisherConfirm::new(promise, self.returned_messages.clone());
         self.last = Some(err_promise);
-        self.pending.insert(delivery_tag, (resolver, err_resolver));
+        self.pending
+            .insert(delivery_tag, (resolver, err_resolver, returnable));
         promise
     }
 
-    fn complete_pending(
-        &mut self,
-        success: bool,
-        delivery_tag: DeliveryTag,
-        resolvers: (PromiseResolver<Confirmation>, PromiseResolver<()>),
-    ) {
-        let returned_message = self.returned_messages.get_waiting_message();
+    fn complete_pending(&mut self, success: bool, delivery_tag: DeliveryTag, resolvers: Pending) {
+        let returned_message = self.returned_messages.take_returned(resolvers.2);
         resolvers.0.resolve(if success {
             Confirmation::Ack(returned_message)
         } else {
@@ -131,11 +137,15 @@ impl Inner {
         for (delivery_tag, resolvers) in std::mem::take(&mut self.pending) {
             self.complete_pending(success, delivery_tag, resolvers);
         }
+        self.returned_messages.keep_unclaimed();
     }
 
     fn drop_pending(&mut self, delivery_tag: DeliveryTag, success: bool) -> AMQPResult {
         if let Some(resolvers) = self.pending.remove(&delivery_tag) {
             self.complete_pending(success, delivery_tag, resolvers);
+            if self.pending.is_empty() {
+                self.returned_messages.keep_unclaimed();
+            }
             Ok(())
         } else {
             Err(AMQPError::new(
@@ -181,10 +191,93 @@ impl Inner {
             }
         }
         self.returned_messages.clear_dropped_confirms();
+        self.returned_messages.keep_unclaimed();
     }
 
     fn reset(&mut self, error: Error) {
         self.delivery_tag = IdSequence::new(false);
         self.on_channel_error(error);
+    }
+}
+
+#[cfg(test)]
+mod tether_patch_tests {
+    use super::*;
+    use crate::{
+        BasicProperties, error_holder::ErrorHolder, message::BasicReturnMessage,
+        returned_messages::fingerprint,
+    };
+    use std::{
+        future::Future,
+        pin::pin,
+        task::{Context, Poll, Waker},
+    };
+
+    /// What the broker sends back for an unroutable mandatory publish.
+    fn returned(messages: &ReturnedMessages, exchange: &str, key: &str, body: &[u8]) {
+        messages.start_new_delivery(BasicReturnMessage::new(
+            exchange.into(),
+            key.into(),
+            312,
+            "NO_ROUTE".into(),
+            ErrorHolder::default(),
+        ));
+        messages.handle_content_header_frame(
+            body.len() as crate::types::PayloadSize,
+            BasicProperties::default(),
+            true,
+        );
+        messages.handle_body_frame(0, body.to_vec(), true);
+    }
+
+    /// The routing key of the message a confirm carries back, if any.
+    fn carried(confirm: PublisherConfirm) -> Option<String> {
+        let mut confirm = pin!(confirm);
+        let Poll::Ready(confirmation) = confirm
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        else {
+            panic!("not confirmed yet")
+        };
+        let confirmation = confirmation.unwrap();
+        assert!(confirmation.is_ack());
+        confirmation
+            .take_message()
+            .map(|message| message.delivery.routing_key.to_string())
+    }
+
+    #[test]
+    fn a_return_reaches_the_confirm_of_its_own_publish_when_many_are_acked_at_once() {
+        for _ in 0..50 {
+            let messages = ReturnedMessages::default();
+            let acks = Acknowledgements::new(1, messages.clone());
+            // Not mandatory (never returned), routed, unroutable, unroutable.
+            let plain = acks.register_pending(None);
+            let routed = acks.register_pending(Some(fingerprint("", "inbox-a", b"one")));
+            let first_gone = acks.register_pending(Some(fingerprint("", "inbox-b", b"two")));
+            let second_gone = acks.register_pending(Some(fingerprint("", "inbox-c", b"3")));
+            returned(&messages, "", "inbox-b", b"two");
+            returned(&messages, "", "inbox-c", b"3");
+            acks.ack_all_before(4).unwrap();
+
+            assert_eq!(carried(plain), None);
+            assert_eq!(carried(routed), None);
+            assert_eq!(carried(first_gone).as_deref(), Some("inbox-b"));
+            assert_eq!(carried(second_gone).as_deref(), Some("inbox-c"));
+            assert!(messages.drain().is_empty(), "every return was claimed");
+        }
+    }
+
+    #[test]
+    fn a_return_no_pending_publish_claims_is_kept_for_wait_for_confirms() {
+        let messages = ReturnedMessages::default();
+        let acks = Acknowledgements::new(1, messages.clone());
+        let plain = acks.register_pending(None);
+        returned(&messages, "", "inbox-x", b"?");
+        acks.ack(1).unwrap();
+        assert_eq!(carried(plain), None);
+        let kept = messages.drain();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].delivery.routing_key.as_str(), "inbox-x");
     }
 }

@@ -630,9 +630,19 @@ impl Channel {
         }
     }
 
-    fn before_basic_publish(&self) -> Option<PublisherConfirm> {
+    fn before_basic_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        payload: &[u8],
+    ) -> Option<PublisherConfirm> {
         if self.status.confirm() {
-            Some(self.acknowledgements.register_pending())
+            // Tether's patch: a mandatory publish is known by its fingerprint, so the
+            // message the broker may return for it reaches its own confirm.
+            let returnable = mandatory
+                .then(|| crate::returned_messages::fingerprint(exchange, routing_key, payload));
+            Some(self.acknowledgements.register_pending(returnable))
         } else {
             None
         }

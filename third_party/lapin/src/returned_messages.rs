@@ -5,6 +5,7 @@ use crate::{
 use std::{
     collections::VecDeque,
     fmt,
+    hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex, MutexGuard},
 };
 use tracing::{trace, warn};
@@ -45,8 +46,33 @@ impl ReturnedMessages {
         self.lock_inner().register_dropped_confirm(promise);
     }
 
-    pub(crate) fn get_waiting_message(&self) -> Option<BasicReturnMessage> {
-        self.lock_inner().waiting_messages.pop_front()
+    /// Tether's patch: the returned message that belongs to the publish of
+    /// `fingerprint` (see [`fingerprint`]; `None` for a publish that was not mandatory,
+    /// which the broker never returns). `basic.return` names no delivery tag, and one
+    /// `basic.ack` with `multiple` may confirm several publishes at once, so handing out
+    /// returned messages in arrival order gave one publish's return to another.
+    pub(crate) fn take_returned(&self, fingerprint: Option<u64>) -> Option<BasicReturnMessage> {
+        let fingerprint = fingerprint?;
+        let mut inner = self.lock_inner();
+        let at = inner
+            .waiting_messages
+            .iter()
+            .position(|(of, _)| *of == fingerprint)?;
+        inner
+            .waiting_messages
+            .remove(at)
+            .map(|(_, message)| message)
+    }
+
+    /// Tether's patch: no publish is waiting for its confirm any more, so a returned
+    /// message none of them claimed is kept with those of dropped confirms (what
+    /// `wait_for_confirms` gives) instead of waiting for ever.
+    pub(crate) fn keep_unclaimed(&self) {
+        let mut inner = self.lock_inner();
+        let unclaimed = std::mem::take(&mut inner.waiting_messages);
+        inner
+            .messages
+            .extend(unclaimed.into_iter().map(|(_, message)| message));
     }
 
     pub(crate) fn clear_dropped_confirms(&self) {
@@ -75,7 +101,7 @@ impl fmt::Debug for ReturnedMessages {
 struct Inner {
     current_message: Option<BasicReturnMessage>,
     non_confirm_messages: Vec<BasicReturnMessage>,
-    waiting_messages: VecDeque<BasicReturnMessage>,
+    waiting_messages: VecDeque<(u64, BasicReturnMessage)>,
     messages: Vec<BasicReturnMessage>,
     dropped_confirms: Vec<Promise<Confirmation>>,
 }
@@ -113,7 +139,13 @@ impl Inner {
         if let Some(message) = self.current_message.take() {
             warn!(?message, "Server returned us a message");
             if confirm_mode {
-                self.waiting_messages.push_back(message);
+                let delivery = &message.delivery;
+                let of = fingerprint(
+                    delivery.exchange.as_str(),
+                    delivery.routing_key.as_str(),
+                    &delivery.data,
+                );
+                self.waiting_messages.push_back((of, message));
             } else {
                 self.non_confirm_messages.push(message);
             }
@@ -167,4 +199,15 @@ impl Inner {
         }
         messages
     }
+}
+
+/// Tether's patch: what a mandatory publish and the message the broker returns for it
+/// have in common (the broker returns the exchange, routing key and body as published),
+/// so a returned message goes to the confirm of the publish it came from.
+pub(crate) fn fingerprint(exchange: &str, routing_key: &str, payload: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    exchange.hash(&mut hasher);
+    routing_key.hash(&mut hasher);
+    payload.hash(&mut hasher);
+    hasher.finish()
 }

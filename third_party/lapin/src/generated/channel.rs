@@ -673,7 +673,12 @@ impl Channel {
             return Err(self.status.state_error("basic.publish"));
         }
 
-        let start_hook_res = self.before_basic_publish();
+        let start_hook_res = self.before_basic_publish(
+            exchange.as_str(),
+            routing_key.as_str(),
+            options.mandatory,
+            payload,
+        );
         let BasicPublishOptions {
             mandatory,
             immediate,
