@@ -326,7 +326,7 @@ async fn returns_of_many_commands_confirmed_at_once_reach_their_own_commands() {
         let hub = hub.clone();
         async move {
             let sent = hub
-                .send(&target, command("echo", json!({"message": n}), None))
+                .send(&target, command("echo", json!({"message": n.to_string()}), None))
                 .await;
             (target, sent)
         }
