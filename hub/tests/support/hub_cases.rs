@@ -303,8 +303,19 @@ async fn a_command_to_a_vanished_inbox_is_offline_at_once() {
 #[tokio::test]
 async fn returns_of_many_commands_confirmed_at_once_reach_their_own_commands() {
     let hub = start_hub().await;
+    // With another replica present, every command is also shared on `tether.events`
+    // from the same channel: publishes that are routed, so confirmed a moment after the
+    // returns of those that are not.
+    let other = start_hub().await;
     let live = start_agent("gw-live", Kind::Gateway, Duration::from_secs(2)).await;
     online(&hub, &live.id).await;
+    let first = run(&hub, &live.id, command("echo", json!({}), None)).await;
+    eventually(
+        "the other replica to be shared with",
+        Duration::from_secs(5),
+        || other.command(&first.id),
+    )
+    .await;
     let mut gone = Vec::new();
     for n in 0..8 {
         let device = raw_device(&format!("raw-gone{n}"), 60_000).await;
