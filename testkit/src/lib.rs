@@ -28,6 +28,7 @@ use hub::{Hub, HubConfig};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicPublishOptions, QueueDeclareOptions},
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::FieldTable,
 };
 use protocol::{DeviceId, DeviceMessage, Hello, api::SendCommand, names, policy::Account};
@@ -373,7 +374,15 @@ pub async fn queue_gone(url: &str, queue: &str) {
                 .queue_declare(queue.into(), passive, FieldTable::default())
                 .await
             {
-                Err(e) if e.to_string().contains("NOT_FOUND") => Some(()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        lapin::ErrorKind::ProtocolError(amqp)
+                            if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+                    ) =>
+                {
+                    Some(())
+                }
                 _ => None,
             }
         },

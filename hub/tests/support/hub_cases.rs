@@ -54,6 +54,13 @@ async fn raw_device(name: &str, heartbeat_ms: u64) -> testkit::RawDevice {
     testkit::RawDevice::connect(&amqp_url(), name, heartbeat_ms).await
 }
 
+/// Ends a raw device as if its process were killed (no bye), and waits until the broker
+/// has deleted its inbox, which RabbitMQ does shortly after confirming the close.
+async fn vanish(device: &testkit::RawDevice) {
+    device.connection.close(320, "killed".into()).await.unwrap();
+    testkit::queue_gone(&amqp_url(), &device.inbox).await;
+}
+
 /// The next message in a raw device's inbox, which must be a command: the delivery
 /// (for its properties) and the request.
 async fn next_command(
@@ -275,9 +282,7 @@ async fn a_command_to_a_vanished_inbox_is_offline_at_once() {
     let hub = start_hub().await;
     let device = raw_device("raw-gone", 60_000).await;
     online(&hub, &device.id).await;
-    // Gone without a bye, as if the process were killed: the broker deletes the inbox.
-    device.connection.close(320, "killed".into()).await.unwrap();
-    testkit::queue_gone(&amqp_url(), &device.inbox).await;
+    vanish(&device).await;
 
     let sent = within(
         Duration::from_secs(2),
@@ -323,8 +328,7 @@ async fn returns_of_many_commands_confirmed_at_once_reach_their_own_commands() {
         gone.push(device);
     }
     for device in &gone {
-        device.connection.close(320, "killed".into()).await.unwrap();
-        testkit::queue_gone(&amqp_url(), &device.inbox).await;
+        vanish(device).await;
     }
 
     // Interleaved, all at once, on the hub's one channel.
